@@ -1,0 +1,51 @@
+"""Shared fixtures: a CLI runner, a fresh store, and the third-party test images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from images import TestImages, build_images, have_tools  # noqa: E402
+
+
+def run_cli(*args: str | os.PathLike[str], root: Path | None = None, check: bool = True,
+            input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m unionfs [--root ROOT] ARGS`` in a subprocess, as a user would."""
+    cmd = [sys.executable, "-m", "unionfs"]
+    if root is not None:
+        cmd += ["--root", str(root)]
+    cmd += [str(a) for a in args]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture
+def store_root(tmp_path: Path) -> Path:
+    """A path for a fresh, empty store."""
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def cli(store_root: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli(*args, check=True)`` runs unionfs against the test's own store."""
+    def _run(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, root=store_root, check=check)
+    return _run
+
+
+@pytest.fixture(scope="session")
+def test_images(tmp_path_factory: pytest.TempPathFactory) -> TestImages:
+    """The umoci/skopeo-made images (built once per session)."""
+    reason = have_tools()
+    if reason:
+        pytest.skip(reason)
+    return build_images(tmp_path_factory.mktemp("images"))
