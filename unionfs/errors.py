@@ -21,7 +21,16 @@ The tree::
     ├── LayerError                    a layer cannot be unpacked or packed
     │   ├── UnsafeLayerError          a hostile entry (escape, symlink traversal...)
     │   └── LayerTooLargeError        decompressed size over the bound (gzip bomb)
-    └── MountError                    a mount cannot be made or ended
+    ├── MountError                    a mount cannot be made or ended
+    ├── CommitError                   an upper cannot be committed (a live mount that cannot be paused)
+    ├── TreePathError                 a path is not in an image's merged tree (ls, cat, which...)
+    └── RegistryError                 a registry answered with an error or broke the protocol
+        ├── RegistryConnectionError   the registry (or token server) cannot be reached, TLS failed
+        ├── RegistryAuthError         UNAUTHORIZED: no or wrong credentials, token refused
+        ├── RegistryDeniedError       DENIED: authenticated but not allowed
+        ├── RegistryNotFoundError     MANIFEST_UNKNOWN, NAME_UNKNOWN, BLOB_UNKNOWN, any 404
+        ├── RegistryRateLimitError    TOOMANYREQUESTS (HTTP 429) after the retries
+        └── CredentialsError          the docker config (credentials file or helper) is unusable
 
 Code below the CLI raises these and never prints.
 """
@@ -99,3 +108,48 @@ class LayerTooLargeError(LayerError):
 
 class MountError(UnionfsError):
     """A mount cannot be made, found or ended."""
+
+
+class RegistryError(UnionfsError):
+    """A registry answered with an error, or not as the distribution API says it should.
+
+    ``code`` is the registry's error code (``MANIFEST_UNKNOWN``...) when it sent one, else None;
+    ``status`` the HTTP status of the answer, when there was one.
+    """
+
+    def __init__(self, message: str, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class RegistryConnectionError(RegistryError):
+    """The registry or its token server cannot be reached (refused, DNS, TLS, timeouts after retries)."""
+
+
+class RegistryAuthError(RegistryError):
+    """Authentication failed: no credentials where they are needed, wrong ones, or a token refused."""
+
+
+class RegistryDeniedError(RegistryError):
+    """The registry knows who we are and does not allow the operation."""
+
+
+class RegistryNotFoundError(RegistryError):
+    """A repository, manifest, tag or blob is not in the registry."""
+
+
+class RegistryRateLimitError(RegistryError):
+    """The registry kept answering TOOMANYREQUESTS (HTTP 429)."""
+
+
+class CredentialsError(RegistryError):
+    """The docker config file or a credential helper cannot be read or written."""
+
+
+class CommitError(UnionfsError):
+    """A container or upper directory cannot be committed (e.g. its live mount cannot be paused)."""
+
+
+class TreePathError(UnionfsError):
+    """A path asked for is not in an image's merged tree, or is not of the kind the command needs."""
