@@ -1,0 +1,281 @@
+"""The mount daemon's life cycle: check a plan, start the FUSE daemon in the background, wait until the mount
+is live, end it, list live mounts.
+
+``mount()`` starts ``python -m unionfs.daemon`` in a new session with a pipe; the daemon answers ``ok`` on the
+pipe from FUSE's ``init`` (the kernel is talking to it, the mount is live) or ``error: <message>`` when it
+cannot start, and ``mount()`` raises that as a one-line :class:`MountError`. Unmounting by ``umount``,
+``fusermount3 -u`` or :func:`umount` ends the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from .errors import MountError
+from .mountplan import MountPlan
+
+log = logging.getLogger(__name__)
+
+FSTYPE = "fuse.unionfs"
+START_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class LiveMount:
+    """One line of /proc/self/mounts with type fuse.unionfs."""
+
+    source: str
+    mountpoint: str
+    options: str
+
+    @property
+    def name(self) -> str | None:
+        """The container name encoded in the source (``unionfs:NAME``), if any."""
+        return self.source.split(":", 1)[1] if ":" in self.source else None
+
+
+def _unescape(s: str) -> str:
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 3 < len(s) and s[i + 1:i + 4].isdigit():
+            out.append(chr(int(s[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def live_mounts() -> list[LiveMount]:
+    """The unionfs mounts currently live, from /proc/self/mounts."""
+    out = []
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and parts[2] == FSTYPE:
+                    out.append(LiveMount(_unescape(parts[0]), _unescape(parts[1]), parts[3]))
+    except OSError:
+        pass
+    return out
+
+
+def is_mounted(mountpoint: str) -> bool:
+    """True when ``mountpoint`` is a live unionfs mount."""
+    mp = os.path.realpath(mountpoint)
+    return any(m.mountpoint == mp for m in live_mounts())
+
+
+def check_plan(plan: MountPlan, mountpoint: str) -> None:
+    """Raise a one-line MountError for what would make the mount fail (before starting a daemon)."""
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} does not exist or is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is busy (something is already mounted there)")
+    for d in plan.lowers:
+        if not os.path.isdir(d):
+            raise MountError(f"lower directory {d} does not exist")
+    if plan.upper is not None and plan.work is not None:
+        for what, d in (("upper", plan.upper), ("work", plan.work)):
+            if not os.path.isdir(d):
+                raise MountError(f"{what} directory {d} does not exist")
+        up, wk = os.path.realpath(plan.upper), os.path.realpath(plan.work)
+        if os.stat(up).st_dev != os.stat(wk).st_dev:
+            raise MountError(f"upper {plan.upper} and work {plan.work} must be on the same filesystem")
+        if up == wk or (up + "/").startswith(wk + "/") or (wk + "/").startswith(up + "/"):
+            raise MountError("upper and work directories must not contain each other")
+        mp = os.path.realpath(mountpoint)
+        for d in (up, wk):
+            if (d + "/").startswith(mp + "/"):
+                raise MountError(f"{d} is inside the mountpoint {mountpoint}")
+        _check_xattrs(plan.work)
+
+
+def _check_xattrs(work: str) -> None:
+    from . import whiteout as wh
+
+    probe = os.path.join(work, f".unionfs-xattr-probe.{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise MountError(f"cannot write in work directory {work}: {e.strerror}") from None
+    try:
+        os.setxattr(fd, wh.xattr_namespace() + "overlay.unionfs.probe", b"y")
+    except OSError as e:
+        raise MountError(f"the upper filesystem at {work} does not support {wh.xattr_namespace()}* "
+                         f"xattrs ({e.strerror})") from None
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
+    opts: dict[str, object] = {
+        "fsname": "unionfs" + (f":{plan.name}" if plan.name else ""),
+        "subtype": "unionfs",
+        "default_permissions": True,
+    }
+    if os.geteuid() == 0:
+        opts.update({"allow_other": True, "dev": True, "suid": True})
+    if plan.upper is None:
+        opts["ro"] = True
+    for o in options:
+        for item in o.split(","):
+            if not item:
+                continue
+            k, sep, v = item.partition("=")
+            if k in ("writeback", "threads"):
+                opts[k] = v.lower() not in ("0", "no", "false", "off") if sep else True
+            elif k in ("nowriteback",):
+                opts["writeback"] = False
+            else:
+                opts[k] = v if sep else True
+    return opts
+
+
+def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None, foreground: bool = False) -> None:
+    """Mount ``plan`` at ``mountpoint``; return once the mount is live (``foreground``: serve until unmounted).
+
+    Raises MountError with a one-line message when the mount cannot be made.
+    """
+    options = list(options or [])
+    mountpoint = os.path.abspath(mountpoint)
+    check_plan(plan, mountpoint)
+    spec = {"lowers": [os.path.abspath(p) for p in plan.lowers],
+            "upper": os.path.abspath(plan.upper) if plan.upper else None,
+            "work": os.path.abspath(plan.work) if plan.work else None,
+            "name": plan.name, "mountpoint": mountpoint, "options": options}
+    if foreground:
+        _serve(spec, None)
+        return
+    import tempfile
+
+    errfile = tempfile.TemporaryFile()
+    r, w = os.pipe()
+    env = dict(os.environ)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "unionfs.daemon", json.dumps(spec), str(w)],
+                                pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=errfile, env=env, cwd="/")
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        raise MountError(f"cannot start the mount daemon: {e.strerror}") from None
+    os.close(w)
+    msg = b""
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            msg += chunk
+            if msg.endswith(b"\n"):
+                break
+    finally:
+        os.close(r)
+    text = msg.decode(errors="replace").strip()
+    if text == "ok":
+        errfile.close()
+        return
+    if proc.poll() is None and not text:
+        proc.kill()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    errfile.seek(0)
+    err = errfile.read().decode(errors="replace").strip()
+    errfile.close()
+    if text.startswith("error: "):
+        raise MountError(text[len("error: "):])
+    last = err.splitlines()[-1] if err else "no answer"
+    raise MountError(f"mount daemon failed to start at {mountpoint}: {last}")
+
+
+def umount(mountpoint: str, *, lazy: bool = False) -> None:
+    """End the unionfs mount at ``mountpoint`` (the daemon then exits). MountError when that fails."""
+    mp = os.path.realpath(mountpoint)
+    if not is_mounted(mp):
+        raise MountError(f"{mountpoint} is not a unionfs mount")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool:
+        cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mp]
+    else:
+        cmd = ["umount"] + (["-l"] if lazy else []) + [mp]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        if "busy" in detail.lower():
+            raise MountError(f"{mountpoint} is busy: {detail}")
+        raise MountError(f"cannot unmount {mountpoint}: {detail}")
+    for _ in range(100):
+        if not is_mounted(mp):
+            return
+        time.sleep(0.05)
+
+
+def _serve(spec: dict, ready_fd: int | None) -> None:
+    """Run the daemon (this process serves the mount until it ends)."""
+    from .fusefs import serve
+    from .overlay import Overlay
+
+    try:
+        ov = Overlay(spec["lowers"], spec["upper"], spec["work"])
+    except OSError as e:
+        raise MountError(f"cannot open the layers: {e}") from None
+
+    def ready() -> None:
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, b"ok\n")
+                os.close(ready_fd)
+            except OSError:
+                pass
+            if not os.environ.get("UNIONFS_DAEMON_LOG"):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+
+    plan = MountPlan(tuple(spec["lowers"]), spec["upper"], spec["work"], spec.get("name"))
+    opts = _fuse_options(plan, spec.get("options", []))
+    threads = bool(opts.pop("threads", False))
+    serve(ov, spec["mountpoint"], options=opts, ready=ready, threads=threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the background daemon: ``python -m unionfs.daemon SPEC_JSON READY_FD``."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    fd = int(argv[1])
+    log_to = os.environ.get("UNIONFS_DAEMON_LOG")
+    logging.basicConfig(level=logging.DEBUG if log_to else logging.WARNING, filename=log_to or None,
+                        format="unionfs-daemon: %(levelname)s: %(name)s: %(message)s")
+    try:
+        _serve(spec, fd)
+    except (MountError, OSError, ValueError) as e:  # report a startup failure as one line on the pipe
+        try:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            os.write(fd, f"error: {msg}\n".encode())
+        except OSError:
+            pass
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""The read-only union view: resolve a path and list a directory over lowers + an optional upper.
+
+Pure over real directories; imports no FUSE. Layers are given **base first** (DESIGN.md, principle 2) and
+only this module walks them top-down.
+
+Rules (the kernel overlayfs' lookup):
+
+* the upper hides the lowers, a higher lower hides a lower one;
+* a whiteout in any format of :mod:`unionfs.whiteout` ends the search for its name;
+* a non-directory ends the search; directories merge down to (and including) the first opaque one;
+* a name starting with ``.wh.`` is never visible.
+
+Inode numbers: one namespace for the whole mount. An upper entry that carries the private xattr
+:data:`INO_XATTR` (written at copy-up) keeps the number it had in the lower; otherwise the number is the real
+``st_ino``, with the layer filesystem's index in the top bits when the layers span several filesystems (the
+kernel's ``xino`` idea). Numbers are therefore stable across copy-up, rename and remount.
+
+Lower hardlinks: once one alias of a lower hardlinked file has been copied up, its data lives in the index
+(``WORK/unionfs/index/<ino>``) and every other lower alias resolves to that index file (index=on).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from . import whiteout as wh
+
+log = logging.getLogger(__name__)
+
+#: private xattr holding an upper entry's overlay inode number (decimal ASCII)
+INO_SUFFIX = "overlay.unionfs.ino"
+#: private xattr on an index file: how many lower aliases still resolve to it
+NLINK_SUFFIX = "overlay.unionfs.lowerlinks"
+
+
+def ino_xattr() -> str:
+    """The xattr name storing an upper entry's inode number (``trusted.`` as root, ``user.`` otherwise)."""
+    return wh.xattr_namespace() + INO_SUFFIX
+
+
+def nlink_xattr() -> str:
+    """The xattr name storing an index file's count of pending lower aliases."""
+    return wh.xattr_namespace() + NLINK_SUFFIX
+
+
+def _err(code: int, path: str = "") -> OSError:
+    return OSError(code, os.strerror(code), path) if path else OSError(code, os.strerror(code))
+
+
+@dataclass
+class Node:
+    """One resolved union entry.
+
+    ``layer`` indexes :attr:`Union.layers` (top-down; 0 is the upper when there is one). ``real`` is the real
+    path holding the entry's data and attributes (for an indexed hardlink alias: the index file), ``st`` its
+    lstat. ``dirs`` is, for a directory, the stack of real directories to merge, top-down. ``indexed`` marks a
+    lower hardlink alias whose data already lives in the index.
+    """
+
+    path: str
+    layer: int
+    real: str
+    st: os.stat_result
+    ino: int
+    dirs: tuple[tuple[int, str], ...] = ()
+    indexed: bool = False
+    merged: bool = False
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+
+@dataclass
+class Union:
+    """A read-only union over ``lowers`` (base first) and ``upper`` (None: read-only union).
+
+    ``index_dir`` is where copied-up lower hardlinks live (None: no index).
+    """
+
+    lowers: Sequence[str]
+    upper: str | None = None
+    index_dir: str | None = None
+    layers: list[str] = field(init=False)
+    _fsidx: dict[int, int] = field(init=False)
+    _shift: int = field(init=False)
+    _ino_cache: dict[tuple[int, int, int], int] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.layers = ([self.upper] if self.upper is not None else []) + [os.fspath(p) for p in
+                                                                          reversed(self.lowers)]
+        if not self.layers:
+            raise ValueError("a union needs at least one layer")
+        self._fsidx = {}
+        for p in self.layers:
+            dev = os.stat(p).st_dev
+            self._fsidx.setdefault(dev, len(self._fsidx))
+        n = len(self._fsidx)
+        self._shift = 64 - max(1, n.bit_length()) if n > 1 else 0
+        self._ino_xattr = ino_xattr()
+
+    # ------------------------------------------------------------------ inode numbers
+    @property
+    def has_upper(self) -> bool:
+        return self.upper is not None
+
+    def real_ino(self, st: os.stat_result) -> int:
+        """The overlay inode number of a real entry that carries no persistent number."""
+        if not self._shift:
+            return st.st_ino
+        idx = self._fsidx.get(st.st_dev, len(self._fsidx) - 1)
+        return st.st_ino ^ (idx << self._shift)
+
+    def ino_of(self, layer: int, real: str, st: os.stat_result) -> int:
+        """The overlay inode number of the entry at ``real`` in ``layer``."""
+        if self.upper is not None and layer == 0:
+            key = (st.st_dev, st.st_ino, st.st_ctime_ns)
+            v = self._ino_cache.get(key)
+            if v is not None:
+                return v
+            try:
+                raw = os.getxattr(real, self._ino_xattr, follow_symlinks=False)
+                v = int(raw)
+            except (OSError, ValueError):
+                v = self.real_ino(st)
+            if len(self._ino_cache) > 65536:
+                self._ino_cache.clear()
+            self._ino_cache[key] = v
+            return v
+        return self.real_ino(st)
+
+    # ------------------------------------------------------------------ lookup
+    def root(self) -> Node:
+        """The root directory: every layer's root merges, down to an opaque one."""
+        dirs: list[tuple[int, str]] = []
+        for i, p in enumerate(self.layers):
+            dirs.append((i, p))
+            if wh.is_opaque_dir(p):
+                break
+        st = os.lstat(self.layers[0])
+        return Node("/", 0, self.layers[0], st, self.ino_of(0, self.layers[0], st), tuple(dirs),
+                    merged=len(dirs) > 1)
+
+    def lookup(self, path: str) -> Node:
+        """Resolve the union path ``path`` ("/a/b"); raises OSError ENOENT/ENOTDIR/ENAMETOOLONG."""
+        node = self.root()
+        for name in _components(path):
+            if not node.is_dir:
+                raise _err(errno.ENOTDIR, path)
+            found = self.child(node, name)
+            if found is None:
+                raise _err(errno.ENOENT, path)
+            node = found
+        return node
+
+    def try_lookup(self, path: str) -> Node | None:
+        """Like :meth:`lookup` but None when the path does not exist."""
+        try:
+            return self.lookup(path)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+
+    def child(self, parent: Node, name: str, *, start: int = 0) -> Node | None:
+        """The entry ``name`` in directory ``parent``; None when absent or hidden.
+
+        ``start`` skips the first ``start`` layers of the parent's stack (``start=1`` on a writable union
+        asks "what would show if the upper entry were gone?").
+        """
+        if len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise _err(errno.ENAMETOOLONG, name)
+        if wh.is_hidden_name(name) or name in (".", ".."):
+            return None
+        top: Node | None = None
+        dirs: list[tuple[int, str]] = []
+        for layer, dpath in parent.dirs:
+            if layer < start:
+                continue
+            p = os.path.join(dpath, name)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                if _lexists(os.path.join(dpath, wh.WH_PREFIX + name)):
+                    break
+                continue
+            except NotADirectoryError:
+                continue
+            if wh.is_whiteout(p, st):
+                break
+            if top is None:
+                top = Node(_join(parent.path, name), layer, p, st, 0)
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                dirs.append((layer, p))
+            elif stat.S_ISDIR(st.st_mode):
+                dirs.append((layer, p))
+            else:
+                break
+            if wh.is_opaque_dir(p):
+                break
+        if top is None:
+            return None
+        top.dirs = tuple(dirs)
+        top.merged = len(dirs) > 1
+        top.ino = self.ino_of(top.layer, top.real, top.st)
+        if (self.index_dir is not None and self.upper is not None and top.layer > 0
+                and stat.S_ISREG(top.st.st_mode) and top.st.st_nlink > 1):
+            ip = os.path.join(self.index_dir, str(top.ino))
+            try:
+                ist = os.lstat(ip)
+            except FileNotFoundError:
+                pass
+            else:
+                top.real, top.st, top.indexed = ip, ist, True
+        return top
+
+    def lower_has(self, parent: Node, name: str) -> bool:
+        """True when some layer under the upper shows ``name`` in ``parent`` (a delete needs a whiteout)."""
+        if self.upper is None:
+            return True
+        return self.child(parent, name, start=1) is not None
+
+    # ------------------------------------------------------------------ listing
+    def listdir(self, node: Node) -> list[Node]:
+        """The visible entries of directory ``node`` (no ``.``/``..``, no whiteouts, never a ``.wh.`` name)."""
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR, node.path)
+        hidden: set[str] = set()
+        out: dict[str, Node] = {}
+        below: dict[str, list[tuple[int, str]]] = {}
+        stopped: set[str] = set()
+        for layer, dpath in node.dirs:
+            names = []
+            try:
+                with os.scandir(dpath) as it:
+                    names = [e.name for e in it]
+            except OSError as e:
+                log.warning("cannot list %s: %s", dpath, e)
+                continue
+            layer_hidden: set[str] = set()
+            for name in names:
+                if wh.is_hidden_name(name):
+                    if name != wh.OPAQUE_MARKER:
+                        try:
+                            t = wh.whiteout_target(name)
+                        except ValueError:
+                            t = None
+                        if t is not None:
+                            layer_hidden.add(t)
+                    continue
+                if name in hidden or name in stopped:
+                    continue
+                p = os.path.join(dpath, name)
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                if name in out:
+                    # a lower layer under a visible directory: merges only while directories continue
+                    if stat.S_ISDIR(st.st_mode):
+                        below.setdefault(name, []).append((layer, p))
+                        if wh.is_opaque_dir(p):
+                            stopped.add(name)
+                    else:
+                        stopped.add(name)
+                    continue
+                if wh.is_whiteout(p, st):
+                    layer_hidden.add(name)
+                    continue
+                n = Node(_join(node.path, name), layer, p, st, 0)
+                out[name] = n
+                if stat.S_ISDIR(st.st_mode):
+                    below[name] = [(layer, p)]
+                    if wh.is_opaque_dir(p):
+                        stopped.add(name)
+                else:
+                    stopped.add(name)
+            hidden |= layer_hidden
+        result = []
+        for name, n in out.items():
+            if n.is_dir:
+                n.dirs = tuple(below.get(name, ()))
+                n.merged = len(n.dirs) > 1
+            n.ino = self.ino_of(n.layer, n.real, n.st)
+            if (self.index_dir is not None and self.upper is not None and n.layer > 0
+                    and stat.S_ISREG(n.st.st_mode) and n.st.st_nlink > 1):
+                ip = os.path.join(self.index_dir, str(n.ino))
+                try:
+                    n.st, n.real, n.indexed = os.lstat(ip), ip, True
+                except FileNotFoundError:
+                    pass
+            result.append(n)
+        return result
+
+    def is_empty_dir(self, node: Node) -> bool:
+        """True when the directory shows no entries (it may still hold whiteouts)."""
+        return not self.listdir(node)
+
+    # ------------------------------------------------------------------ attributes
+    def stat_dict(self, node: Node) -> dict[str, int]:
+        """The attributes the mount shows for ``node`` (a fusepy-style stat dict, times in ns)."""
+        return stat_dict(node.st, node.ino, merged=node.merged, nlink=self.nlink(node))
+
+    def nlink(self, node: Node) -> int:
+        """The visible link count (merged directories say 1, as the kernel; index aliases count lowers)."""
+        if node.is_dir:
+            return 1 if node.merged else node.st.st_nlink
+        if node.indexed or (node.layer == 0 and self.upper is not None and node.st.st_nlink > 1
+                            and stat.S_ISREG(node.st.st_mode) and self._in_index(node)):
+            return node.st.st_nlink - 1 + self.pending_lower_links(node)
+        return node.st.st_nlink
+
+    def _in_index(self, node: Node) -> bool:
+        if node.indexed:
+            return True
+        if self.index_dir is None:
+            return False
+        try:
+            ist = os.lstat(os.path.join(self.index_dir, str(node.ino)))
+        except FileNotFoundError:
+            return False
+        return ist.st_ino == node.st.st_ino and ist.st_dev == node.st.st_dev
+
+    def pending_lower_links(self, node: Node) -> int:
+        """How many lower aliases of an indexed hardlink still resolve to the index."""
+        try:
+            return max(0, int(os.getxattr(node.real, nlink_xattr(), follow_symlinks=False)))
+        except (OSError, ValueError):
+            return 0
+
+    def readlink(self, node: Node) -> str:
+        """The target of a symlink node."""
+        if not stat.S_ISLNK(node.st.st_mode):
+            raise _err(errno.EINVAL, node.path)
+        return os.readlink(node.real)
+
+    def listxattr(self, node: Node) -> list[str]:
+        """Visible xattr names (the overlay's private ones hidden)."""
+        try:
+            names = os.listxattr(node.real, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.ENOTSUP, errno.EPERM):
+                return []
+            raise
+        return [n for n in names if not wh.is_private_xattr(n)]
+
+    def getxattr(self, node: Node, name: str) -> bytes:
+        """One visible xattr's value (private ones answer ENODATA)."""
+        if wh.is_private_xattr(name):
+            raise _err(errno.ENODATA)
+        return os.getxattr(node.real, name, follow_symlinks=False)
+
+    def walk(self, node: Node | None = None) -> Iterator[Node]:
+        """Every node under ``node`` (default: the root), parents before children."""
+        node = node or self.root()
+        yield node
+        if node.is_dir:
+            for c in sorted(self.listdir(node), key=lambda n: n.path):
+                yield from self.walk(c)
+
+
+def stat_dict(st: os.stat_result, ino: int, *, merged: bool = False, nlink: int | None = None) -> dict[str, int]:
+    """A fusepy stat dict (times as integer nanoseconds) for ``st`` shown with inode ``ino``."""
+    return {
+        "st_mode": st.st_mode, "st_ino": ino, "st_nlink": st.st_nlink if nlink is None else nlink,
+        "st_uid": st.st_uid, "st_gid": st.st_gid, "st_size": st.st_size, "st_rdev": st.st_rdev,
+        "st_blocks": st.st_blocks, "st_blksize": st.st_blksize,
+        "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns,
+    }
+
+
+def _components(path: str) -> list[str]:
+    return [c for c in path.split("/") if c and c != "."]
+
+
+def _join(parent: str, name: str) -> str:
+    return "/" + name if parent == "/" else parent + "/" + name
+
+
+def _lexists(p: str) -> bool:
+    try:
+        os.lstat(p)
+        return True
+    except OSError:
+        return False
