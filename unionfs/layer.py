@@ -336,8 +336,14 @@ class _Unpacker:
         except tarfile.EOFHeaderError:
             self._finish(tf)
             return None
-        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
-            raise LayerError("truncated tar stream: it ends before the end-of-archive marker") from None
+        except tarfile.EmptyHeaderError:
+            # The stream ends at an entry boundary (or inside the last entry's padding) without the
+            # end-of-archive marker: umoci insert writes such layers and Go's archive/tar accepts them.
+            # Truncation at exactly this point is left to the DiffID check.
+            log.debug("layer tar ends without an end-of-archive marker")
+            return None
+        except tarfile.TruncatedHeaderError:
+            raise LayerError("truncated tar stream: it ends inside a header") from None
         except tarfile.HeaderError as e:
             raise LayerError(f"corrupt tar stream: bad header at offset {tf.offset}: {e}") from None
 
