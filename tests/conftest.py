@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from images import TestImages, build_images, have_tools  # noqa: E402
+from images import ImageSet, build_images, have_tools  # noqa: E402
 
 
 def run_cli(*args: str | os.PathLike[str], root: Path | None = None, check: bool = True,
@@ -43,7 +43,7 @@ def cli(store_root: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 @pytest.fixture(scope="session")
-def test_images(tmp_path_factory: pytest.TempPathFactory) -> TestImages:
+def test_images(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
     """The umoci/skopeo-made images (built once per session)."""
     reason = have_tools()
     if reason:

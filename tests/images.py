@@ -2,7 +2,7 @@
 
 Nothing here is committed as a binary fixture: ``build_images(workdir)`` makes
 
-* an OCI layout with a three-layer busybox image ``test:v3`` (made with umoci):
+* an OCI layout with a four-layer busybox image ``test:v3`` (made with umoci):
   layer 1 a busybox rootfs with setuid/sticky modes, owners, an xattr, a hardlink pair, a fifo, a long and a
   non-UTF-8 name; layer 2 deletes files, deletes a directory, replaces a directory by a file (umoci repack
   writes the whiteouts); layer 3 an opaque ``/etc`` (``umoci insert --opaque``) and a ``--whiteout``;
@@ -102,7 +102,7 @@ def _modify(rootfs: Path) -> None:
 
 
 @dataclass
-class TestImages:
+class ImageSet:
     """Paths of the images one ``build_images`` call made."""
 
     layout: Path          # OCI layout with test:v3 (gzip)
@@ -114,7 +114,7 @@ class TestImages:
     ref: str = "test:v3"
 
 
-def build_images(work: Path) -> TestImages:
+def build_images(work: Path) -> ImageSet:
     """Make every test image under ``work`` (see the module docstring)."""
     layout = work / "layout"
     run("umoci", "init", "--layout", layout)
@@ -147,7 +147,7 @@ def build_images(work: Path) -> TestImages:
     plain_layout = work / "plain"
     run("skopeo", "copy", "-q", "--dest-oci-accept-uncompressed-layers", f"docker-archive:{docker_archive}",
         f"oci:{plain_layout}:test:{TAG}")
-    return TestImages(layout, docker_archive, oci_archive, zstd_layout, plain_layout, rootfs_bundle / "rootfs")
+    return ImageSet(layout, docker_archive, oci_archive, zstd_layout, plain_layout, rootfs_bundle / "rootfs")
 
 
 def flatten_layers(layers: list[Path], dest: Path) -> None:

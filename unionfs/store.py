@@ -173,6 +173,7 @@ class Store:
             os.chmod(self.root, 0o700)
             for d in (self.blobs_dir, self.layers_dir, self.containers_dir, self.tmp_dir):
                 d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.root / "lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             layout = self.root / "oci-layout"
             if not layout.exists():
                 atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}')
