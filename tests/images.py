@@ -112,6 +112,10 @@ class ImageSet:
     plain_layout: Path    # OCI layout with uncompressed layers
     rootfs: Path          # umoci unpack's rootfs of test:v3
     ref: str = "test:v3"
+    __test__ = False  # not a pytest test class
+
+
+TestImages = ImageSet  # the name some test modules import
 
 
 def build_images(work: Path) -> ImageSet:
