@@ -521,3 +521,14 @@ def test_whiteout_below_a_same_layer_file_is_moot(dest):
     # umoci writes whiteouts for the old children of a directory it replaced by a file in the same layer.
     unpack(build([file("d", b"file now"), whiteout("d/old-child")]), dest)
     assert (dest / "d").read_bytes() == b"file now"
+
+
+def test_unprivileged_mode_uses_user_namespace_and_keeps_our_ids(dest, monkeypatch):
+    # Simulates a non-root run (real non-root runs use the same code path keyed on geteuid).
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    me = (os.getuid(), os.getgid())
+    unpack(build([opaque("d"), file("d/f", b"1", uid=4242, gid=4343, mode=0o4755), whiteout("w")]), dest)
+    assert os.getxattr(dest / "d", "user.overlay.opaque") == b"y"
+    st = lst(dest, "d/f")
+    assert (st.st_uid, st.st_gid) == me
+    assert is_whiteout(dest, "w")

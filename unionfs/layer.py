@@ -12,7 +12,9 @@ symlink. Hostile input raises a ``UnionfsError`` subclass with a one-line messag
 ``UnsafeLayerError`` (escapes, symlink traversal, bad whiteouts, oversized headers), ``LayerTooLargeError``
 (decompressed size over the bound), ``DigestError`` (DiffID mismatch), ``LayerError`` (truncated or corrupt
 streams, unsupported entries). No OSError, tarfile, zlib or zstd exception escapes. On error ``dest`` may
-hold a partial tree: the caller (the store's staging) deletes it.
+hold a partial tree: the caller (the store's staging) deletes it. A stream that stops at an entry boundary
+without the end-of-archive marker is accepted (umoci insert writes such layers; Go's archive/tar reads
+them): a cut at exactly that point is caught by the DiffID, which covers every byte read.
 
 Format (OCI image spec, "Whiteouts"; DESIGN.md principle 3):
 
