@@ -153,8 +153,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if sys.stdout.isatty():
         raise UsageError("refusing to write a tar archive to a terminal; use -o FILE or redirect the output")
-    _tree(args).export(sys.stdout.buffer)
-    sys.stdout.buffer.flush()
+    try:
+        _tree(args).export(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the reader went away (| head): not an error, and nothing more to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -246,6 +246,13 @@ class TarEmitter:
         """Write the end-of-archive blocks (``out`` itself stays open)."""
         self.tar.close()
 
+    def abort(self) -> None:
+        """Give up without writing anything more (after a write error: no end blocks, no flush at exit)."""
+        stream = self.tar.fileobj
+        self.tar.closed = True
+        if hasattr(stream, "closed"):
+            stream.closed = True  # tarfile's _Stream would otherwise flush again when collected
+
 
 # ---------------------------------------------------------------------------
 # walks
@@ -347,9 +354,12 @@ def write_diff_tar(upper: str, out: BinaryIO, *, lowers: Sequence[str] = (), rep
     packer = _Packer(em, lowers, index_dir)
     try:
         packer.diff("", os.fspath(upper), "/", wh.is_opaque_dir(os.fspath(upper)))
-    except OSError as e:
-        raise LayerError(f"cannot pack {upper}: {e.strerror or e}") from None
-    em.close()
+        em.close()
+    except BaseException as e:
+        em.abort()
+        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+            raise LayerError(f"cannot pack {upper}: {e.strerror or e}") from None
+        raise
     return em.entries
 
 
@@ -364,9 +374,12 @@ def write_merged_tar(lowers: Sequence[str], out: BinaryIO, *, upper: str | None 
     try:
         packer.merged("", os.fspath(upper) if upper is not None else None,
                       [os.fspath(p) for p in reversed(lowers)], "/")
-    except OSError as e:
-        raise LayerError(f"cannot export: {e.strerror or e}") from None
-    em.close()
+        em.close()
+    except BaseException as e:
+        em.abort()
+        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+            raise LayerError(f"cannot export: {e.strerror or e}") from None
+        raise
     return em.entries
 
 
