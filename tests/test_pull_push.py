@@ -363,3 +363,14 @@ def test_token_auth_pull_anonymously_push_after_login(cli: CLI, store_root: Path
         with RegistryClient(reg.host, credentials=Credentials("bob", USERS["bob"]),
                             retry=RetryPolicy(attempts=2, backoff=0.01)) as c:
             assert c.get_manifest("team/copy", "v3").digest == c.get_manifest("team/app", "v3").digest
+
+
+def test_pull_all_tags(cli: CLI, store_root: Path, registry: Registry, test_images: TestImages) -> None:
+    for tag in ("a1", "a2"):
+        skopeo_push(f"oci:{test_images.layout}:v3", f"{registry.host}/alltags:{tag}")
+    p = cli("pull", "-q", "-a", f"{registry.host}/alltags")
+    assert p.stdout.split() == [f"{registry.host}/alltags:a1", f"{registry.host}/alltags:a2"]
+    store = Store(store_root)
+    assert store.resolve(f"{registry.host}/alltags:a1").id == store.resolve(f"{registry.host}/alltags:a2").id
+    bad = cli("pull", "-a", f"{registry.host}/alltags:a1", check=False)
+    assert bad.returncode == 2 and "without a tag" in bad.stderr

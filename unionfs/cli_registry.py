@@ -47,7 +47,7 @@ class LineProgress:
 
 
 class BarProgress:
-    """One tqdm bar per blob on a terminal."""
+    """One tqdm bar per running transfer on a terminal; finished ones leave a plain line."""
 
     def __init__(self, stream: Any = None) -> None:
         from tqdm import tqdm
@@ -65,7 +65,7 @@ class BarProgress:
         with self._lock:
             self._bars[key] = self._tqdm(total=total if total and total > 0 else None, desc=f"{key}: {action}",
                                          unit="B", unit_scale=True, unit_divisor=1000, file=self._stream,
-                                         leave=True, dynamic_ncols=True)
+                                         leave=False, dynamic_ncols=True)
 
     def advance(self, key: str, n: int) -> None:
         bar = self._bars.get(key)
@@ -75,11 +75,9 @@ class BarProgress:
     def end(self, key: str, status: str) -> None:
         with self._lock:
             bar = self._bars.pop(key, None)
-            if bar is None:
-                self._tqdm.write(f"{key}: {status}", file=self._stream)
-                return
-            bar.set_description_str(f"{key}: {status}")
-            bar.close()
+            if bar is not None:  # finished bars vanish; a line for them goes above the running ones
+                bar.close()
+            self._tqdm.write(f"{key}: {status}", file=self._stream)
 
 
 def _progress(args: argparse.Namespace) -> Progress:

@@ -248,10 +248,9 @@ def push(store: Store, source: str, dest: Reference, client: RegistryClient, *, 
                 progress.advance(key, n)
 
             candidates = sources.get(desc.digest, [])[:3]
-            progress.begin(key, desc.size, "Pushing")
             how = client.push_blob(dest.repository, desc.digest, desc.size, lambda: store.open_blob(desc.digest),
                                    mount_from=candidates, chunk_threshold=chunk_threshold, chunk_size=chunk_size,
-                                   on_bytes=on_bytes)
+                                   on_bytes=on_bytes, on_upload=lambda: progress.begin(key, desc.size, "Pushing"))
             with lock:
                 counts[how] += 1
             progress.end(key, {"uploaded": "Pushed", "exists": "Layer already exists",

@@ -631,13 +631,15 @@ class RegistryClient:
 
     def push_blob(self, repository: str, digest: Digest, size: int, opener: Callable[[], IO[bytes]], *,
                   mount_from: Sequence[str] = (), chunk_threshold: int = DEFAULT_CHUNK_THRESHOLD,
-                  chunk_size: int = DEFAULT_CHUNK_SIZE, on_bytes: Callable[[int], None] | None = None) -> str:
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, on_bytes: Callable[[int], None] | None = None,
+                  on_upload: Callable[[], None] | None = None) -> str:
         """Make the repository hold a blob; returns ``"exists"``, ``"mounted"`` or ``"uploaded"``.
 
         Skips a blob the repository has (HEAD); tries a cross-repository mount from each of ``mount_from``;
         otherwise uploads: one monolithic PUT after the POST, or PATCH chunks of ``chunk_size`` when the
         blob is larger than ``chunk_threshold``. ``opener`` returns a fresh stream of the content (called
-        again when an upload is retried). The registry verifies the digest.
+        again when an upload is retried). ``on_upload`` is called once, when bytes are about to be sent.
+        The registry verifies the digest.
         """
         if self.blob_size(repository, digest) is not None:
             return "exists"
@@ -652,6 +654,8 @@ class RegistryClient:
                 return "mounted"
             location = loc
             break
+        if on_upload:
+            on_upload()
         for attempt in range(self.retry.attempts):
             if location is None:
                 location = self._start_upload(repository)[1]

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): pull and push of a ~50 MB image with unionfs against ``skopeo copy`` doing the same.
+
+    .venv/bin/python scripts/bench_registry.py [pull|push|both] [--runs N] [--mb SIZE]
+
+Starts its own ``docker-registry`` on 127.0.0.1 (tests/registry_server.py), builds the image with umoci
+(half incompressible, half text, in two layers), then times N runs of each side and prints medians and the
+ratio unionfs/skopeo. ``pull`` for unionfs includes verifying and unpacking the layers into the store (skopeo
+only writes the blobs into an OCI layout); ``push`` sends to a fresh registry each run, so that every blob is
+really uploaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from registry_server import running_registry  # noqa: E402
+
+UNIONFS = [sys.executable, "-m", "unionfs"]
+
+
+def sh(*cmd: str | os.PathLike[str]) -> None:
+    subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   cwd=ROOT)
+
+
+def timed(*cmd: str | os.PathLike[str]) -> float:
+    t0 = time.perf_counter()
+    sh(*cmd)
+    return time.perf_counter() - t0
+
+
+def build_image(work: Path, mb: int) -> Path:
+    layout = work / "layout"
+    sh("umoci", "init", "--layout", layout)
+    sh("umoci", "new", "--image", f"{layout}:base")
+    for i, kind in enumerate(("random", "text")):
+        bundle = work / f"b{i}"
+        sh("umoci", "unpack", "--rootless", "--image", f"{layout}:{'base' if i == 0 else 'l0'}", bundle)
+        d = bundle / "rootfs" / f"data{i}"
+        d.mkdir(parents=True)
+        per_file = 1 << 20
+        for n in range(mb // 2):
+            data = os.urandom(per_file) if kind == "random" else (f"line {n} " * (per_file // 10))[:per_file].encode()
+            (d / f"f{n}").write_bytes(data)
+        sh("umoci", "repack", "--image", f"{layout}:l{i}", bundle)
+        shutil.rmtree(bundle)
+    return layout
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", nargs="?", default="both", choices=("pull", "push", "both"))
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--mb", type=int, default=50)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-registry-"))
+    try:
+        layout = build_image(work, args.mb)
+        with running_registry(work / "reg") as reg:
+            ref = f"{reg.host}/bench:v1"
+            sh("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:l1", f"docker://{ref}")
+            results: dict[str, tuple[float, float]] = {}
+            if args.what in ("pull", "both"):
+                ours, theirs = [], []
+                for i in range(args.runs):
+                    ours.append(timed(*UNIONFS, "--root", work / f"store{i}", "pull", "-q", ref))
+                    theirs.append(timed("skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}",
+                                        f"oci:{work / f'oci{i}'}:x"))
+                    shutil.rmtree(work / f"oci{i}")
+                results["pull"] = (statistics.median(ours), statistics.median(theirs))
+            if args.what in ("push", "both"):
+                store = work / "store-push"
+                sh(*UNIONFS, "--root", store, "pull", "-q", ref)
+                ours, theirs = [], []
+                for i in range(args.runs):
+                    with running_registry(work / f"dst{i}") as dst:
+                        ours.append(timed(*UNIONFS, "--root", store, "push", "-q", ref, f"{dst.host}/bench:v1"))
+                    with running_registry(work / f"dsts{i}") as dst:
+                        theirs.append(timed("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:l1",
+                                            f"docker://{dst.host}/bench:v1"))
+                results["push"] = (statistics.median(ours), statistics.median(theirs))
+        for name, (ours_m, theirs_m) in results.items():
+            print(f"{name}: unionfs {ours_m:.3f}s  skopeo {theirs_m:.3f}s  ratio {ours_m / theirs_m:.2f}x "
+                  f"(median of {args.runs}, {args.mb} MB image)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
