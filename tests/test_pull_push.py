@@ -181,7 +181,8 @@ def test_push_to_another_registry_round_trips_through_skopeo_and_umoci(
         dest = f"{other.host}/copied/test:v3"
         p = cli("push", pushed, dest)
         digest = manifest_digest(pushed)
-        assert p.stdout.strip() == f"v3: digest: {digest} size: {len(run('skopeo', 'inspect', '--raw', '--tls-verify=false', f'docker://{pushed}').encode())}"
+        size = len(run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{pushed}").encode())
+        assert p.stdout.strip() == f"v3: digest: {digest} size: {size}"
         assert "Pushed" in p.stderr
         assert manifest_digest(dest) == digest  # pull then push keeps the manifest digest
         out = tmp_path / "out"
@@ -255,7 +256,7 @@ def test_corrupted_blob_fails_and_stores_nothing(where: str, cli: CLI, store_roo
                                                 test_images: TestImages, tmp_path: Path) -> None:
     ref = f"{registry.host}/corrupt-{where}:v3"
     skopeo_push(f"oci:{test_images.layout}:v3", ref)
-    store = Store(store_root)
+    Store(store_root)  # an empty store, created
     before = store_state(store_root)
     raw = json.loads(run("skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"))
     big = max(raw["layers"], key=lambda d: d["size"])["digest"]

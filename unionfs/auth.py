@@ -78,10 +78,10 @@ class DockerConfig:
         """The credentials for a registry, or None when none are configured."""
         reg = normalize_server(registry)
         data = self.load()
-        helper = (data.get("credHelpers") or {}).get(reg) if isinstance(data.get("credHelpers"), dict) else None
-        if helper:
+        helper = _section(data, "credHelpers").get(reg)
+        if isinstance(helper, str) and helper:
             return _helper_get(helper, server_key(reg))
-        auths = data.get("auths") if isinstance(data.get("auths"), dict) else {}
+        auths = _section(data, "auths")
         for key, entry in auths.items():
             if normalize_server(key) == reg and isinstance(entry, dict):
                 creds = _decode_entry(entry, key, self.path)
@@ -96,7 +96,7 @@ class DockerConfig:
         """Record credentials for a registry under ``auths`` (replacing any other key naming it)."""
         reg = normalize_server(registry)
         data = self.load()
-        auths = {k: v for k, v in (data.get("auths") or {}).items() if normalize_server(k) != reg}
+        auths = {k: v for k, v in _section(data, "auths").items() if normalize_server(k) != reg}
         raw = f"{credentials.username}:{credentials.password}".encode()
         entry: dict[str, str] = {"auth": base64.b64encode(raw).decode()}
         if credentials.identity_token:
@@ -109,7 +109,7 @@ class DockerConfig:
         """Forget a registry's credentials; True when there were some in the file."""
         reg = normalize_server(registry)
         data = self.load()
-        auths = data.get("auths") or {}
+        auths = _section(data, "auths")
         keep = {k: v for k, v in auths.items() if normalize_server(k) != reg}
         if len(keep) == len(auths):
             return False
@@ -137,6 +137,11 @@ class DockerConfig:
                 raise
         except OSError as e:
             raise CredentialsError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+
+def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _decode_entry(entry: dict[str, Any], key: str, path: Path) -> Credentials | None:

@@ -203,7 +203,7 @@ def _print_hub(results: list[SearchResult], no_trunc: bool) -> None:
         rows.append([r.name, desc, str(r.stars), "[OK]" if r.official else ""])
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def cmd_tags(args: argparse.Namespace) -> int:

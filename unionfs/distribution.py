@@ -28,7 +28,7 @@ import concurrent.futures
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import IO, Callable, Protocol, cast
 
 from .digest import Digest
 from .errors import BlobNotFoundError, RegistryError, UnionfsError
@@ -182,7 +182,7 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
                 # the store hashes while writing; the reader need not hash the same bytes again
                 with client.open_blob(ref.repository, desc.digest, desc.size, verify=False, urls=desc.urls,
                                       follow_urls=follow_foreign_urls, on_bytes=on_bytes) as reader:
-                    store.put_blob(reader, desc.digest, desc.size)
+                    store.put_blob(cast(IO[bytes], reader), desc.digest, desc.size)
                 progress.end(key, "Download complete")
             return run
 

@@ -31,6 +31,7 @@ Contracts:
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import logging
@@ -39,7 +40,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 import httpx
 
@@ -360,7 +361,7 @@ class RegistryClient:
         realm_url = httpx.URL(realm)
         if realm_url.scheme != "https" and not (self.insecure or is_loopback(self.host)):
             raise RegistryAuthError(f"registry {self.registry} wants credentials sent to a plain-HTTP realm {realm}")
-        params: list[tuple[str, str]] = []
+        params: list[tuple[str, str | int | float | bool | None]] = []
         if ch.params.get("service"):
             params.append(("service", ch.params["service"]))
         params.extend(("scope", s) for s in sorted(scopes))
@@ -370,7 +371,7 @@ class RegistryClient:
         for attempt in range(self.retry.attempts):
             try:
                 if creds and creds.identity_token:
-                    form = dict(params)
+                    form = {k: str(v) for k, v in params if k != "scope"}
                     form.update(grant_type="refresh_token", refresh_token=creds.identity_token,
                                 client_id="unionfs", scope=" ".join(sorted(scopes)))
                     r = self._http.post(realm_url, data=form)
@@ -687,10 +688,9 @@ class RegistryClient:
         offset = 0
         while offset < size:
             n = min(chunk_size, size - offset)
-            start = offset
-            r = self._upload_request("PATCH", location, scopes, None,
-                                     lambda: _stream_file(opener, start, n, on_bytes), n,
-                                     f"{start}-{start + n - 1}", (202,), f"push blob {digest.short}")
+            body = functools.partial(_stream_file, opener, offset, n, on_bytes)
+            r = self._upload_request("PATCH", location, scopes, None, body, n, f"{offset}-{offset + n - 1}",
+                                     (202,), f"push blob {digest.short}")
             location = str(httpx.URL(location).join(r.headers.get("location") or location))
             offset += n
         self._upload_request("PUT", location, scopes, {"digest": str(digest)}, b"", 0, None, (201,),
