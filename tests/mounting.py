@@ -1,0 +1,777 @@
+"""Test helpers for real mounts: unionfs (through its CLI), the kernel overlayfs and fuse-overlayfs.
+
+Every mount helper is a context manager that *always* unmounts on exit, also when the body raised: it first
+asks politely (``unionfs umount`` / ``fusermount3 -u`` / ``umount``), then lazily (``fusermount3 -u -z`` /
+``umount -l``), and finally kills the FUSE daemon that still serves the mountpoint.
+
+Layers are given **base first** everywhere (DESIGN.md, principle 2); only the kernel and fuse-overlayfs option
+strings are written top first, as their syntax demands.
+
+The module also builds layer directories in code (whiteouts are character devices 0/0 made with ``os.mknod``,
+opaque directories carry ``trusted.overlay.opaque=y``), so no ``.wh.*`` file or device node is ever committed,
+and it takes snapshots of whole trees (:func:`tree_snapshot`) for comparisons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: seconds we give a mount or an unmount command before we call it hung
+COMMAND_TIMEOUT = 60.0
+#: seconds we wait for a FUSE daemon to exit after its mount is gone, before we kill it
+DAEMON_EXIT_GRACE = 10.0
+
+#: the overlay's private xattr namespaces, hidden through a mount and never copied up
+PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+#: the opaque marker we write into layers we build (as root: the kernel's trusted namespace)
+OPAQUE_XATTR = "trusted.overlay.opaque"
+#: kernel overlayfs options that match the semantics unionfs promises (issue 3)
+KERNEL_OPTIONS = ("redirect_dir=on", "index=on")
+
+
+# ---------------------------------------------------------------------------
+# environment checks: skip with a clear reason
+# ---------------------------------------------------------------------------
+
+def unionfs_bin() -> Path | None:
+    """The ``unionfs`` executable of this checkout's virtualenv (or the one on PATH), or None."""
+    candidates = [Path(sys.executable).parent / "unionfs", REPO / ".venv" / "bin" / "unionfs"]
+    found = shutil.which("unionfs")
+    if found:
+        candidates.append(Path(found))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def unionfs_has_mount() -> bool:
+    """True when the ``unionfs`` CLI offers the ``mount`` and ``umount`` commands."""
+    exe = unionfs_bin()
+    if exe is None:
+        return False
+    for cmd in ("mount", "umount"):
+        try:
+            r = subprocess.run([str(exe), cmd, "--help"], capture_output=True, timeout=COMMAND_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if r.returncode != 0:
+            return False
+    return True
+
+
+def skip_reason_root() -> str | None:
+    """Why a root-only test cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (mknod whiteouts, trusted.* xattrs, kernel overlay mounts)"
+    return None
+
+
+def skip_reason_fuse() -> str | None:
+    """Why a FUSE test cannot run here, or None."""
+    if not os.path.exists("/dev/fuse"):
+        return "needs /dev/fuse"
+    if shutil.which("fusermount3") is None:
+        return "needs fusermount3 (Debian package fuse3)"
+    return None
+
+
+def skip_reason_tool(tool: str, package: str | None = None) -> str | None:
+    """Why a test needing the executable ``tool`` cannot run here, or None."""
+    if shutil.which(tool) is None:
+        return f"needs {tool} (Debian package {package or tool})"
+    return None
+
+
+def skip_reason_unionfs() -> str | None:
+    """Why a test of the real unionfs mount cannot run here, or None."""
+    if unionfs_bin() is None:
+        return "the unionfs CLI is not installed (run scripts/setup.sh)"
+    if not unionfs_has_mount():
+        return "the unionfs CLI has no `mount`/`umount` commands yet"
+    return None
+
+
+def skip_reason_kernel_overlay() -> str | None:
+    """Why the kernel overlayfs cannot be used as an oracle here, or None."""
+    try:
+        with open("/proc/filesystems") as f:
+            if any(line.split()[-1] == "overlay" for line in f if line.strip()):
+                return None
+    except OSError:
+        pass
+    subprocess.run(["modprobe", "overlay"], capture_output=True)
+    with open("/proc/filesystems") as f:
+        if any(line.split()[-1] == "overlay" for line in f if line.strip()):
+            return None
+    return "the kernel has no overlay filesystem"
+
+
+def require(*reasons: str | None) -> None:
+    """Skip the calling test with the first reason that is not None."""
+    for r in reasons:
+        if r:
+            pytest.skip(r)
+
+
+# ---------------------------------------------------------------------------
+# mount table and processes
+# ---------------------------------------------------------------------------
+
+def _unescape_mountinfo(s: str) -> str:
+    """Undo the octal escapes (``\\040`` ...) of /proc/self/mountinfo."""
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and len(s[i + 1:i + 4]) == 3 and s[i + 1:i + 4].isdigit():
+            out.append(chr(int(s[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_fstype(path: Path | str) -> str | None:
+    """The filesystem type mounted exactly at ``path`` (the topmost one), or None if nothing is."""
+    target = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if _unescape_mountinfo(fields[4]) == target:
+                found = right.split()[0]
+    return found
+
+
+def is_mounted(path: Path | str) -> bool:
+    """True when something is mounted exactly at ``path``."""
+    return mount_fstype(path) is not None
+
+
+def daemon_pids(mountpoint: Path | str) -> list[int]:
+    """Pids of processes whose command line names ``mountpoint`` as an argument (the FUSE daemon).
+
+    The test process itself and its ancestors are never returned.
+    """
+    target = os.fsencode(os.path.realpath(mountpoint))
+    plain = os.fsencode(str(mountpoint))
+    exclude = {os.getpid()}
+    pid = os.getppid()
+    while pid > 1:
+        exclude.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                pid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == b"Z":
+            continue
+        if target in args or plain in args or any(a.endswith(b"," + target) or a.endswith(b"=" + target)
+                                                  for a in args):
+            pids.append(int(entry))
+    return pids
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def wait_pids_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait up to ``timeout`` seconds for ``pids`` to exit; returns those still alive."""
+    pids = list(pids)
+    end = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if _pid_alive(p)]
+        if not alive or time.monotonic() >= end:
+            return alive
+        time.sleep(0.05)
+
+
+def kill_pids(pids: Iterable[int]) -> None:
+    """SIGKILL each of ``pids`` (each by its own id), ignoring those already gone."""
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing output; a hang becomes a failed CompletedProcess, never an exception."""
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(list(argv), 124, e.stdout or "", f"timed out after {timeout}s")
+
+
+# ---------------------------------------------------------------------------
+# mounts
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Mount:
+    """A live mount made by one of the helpers below."""
+
+    kind: str  #: "unionfs", "kernel" or "fuse-overlayfs"
+    path: Path  #: the mountpoint
+    lowers: tuple[Path, ...]  #: base first
+    upper: Path | None
+    work: Path | None
+    pids: list[int] = dataclasses.field(default_factory=list)  #: FUSE daemon pids seen after mounting
+    log: list[str] = dataclasses.field(default_factory=list)  #: what the helper ran, for failure messages
+
+    @property
+    def is_fuse(self) -> bool:
+        """True for the FUSE implementations."""
+        return self.kind != "kernel"
+
+    def abort(self) -> None:
+        """Stop the mount hard (kill the daemon, detach lazily): pending calls then fail with ENOTCONN."""
+        if self.is_fuse:
+            kill_pids(set(self.pids) | set(daemon_pids(self.path)))
+            _run(["fusermount3", "-u", "-z", str(self.path)])
+        else:
+            _run(["umount", "-l", str(self.path)])
+
+    @contextlib.contextmanager
+    def watchdog(self, seconds: float, what: str = "") -> Iterator[None]:
+        """Abort the mount if the body takes longer than ``seconds`` (a hung daemon must not hang the tests).
+
+        This is no timing assertion: the limit is far above any sane duration and only turns a hang into a
+        failure with a message.
+        """
+        fired: list[bool] = []
+
+        def fire() -> None:
+            fired.append(True)
+            self.abort()
+
+        timer = threading.Timer(seconds, fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+        if fired:
+            raise AssertionError(f"{self.kind} mount at {self.path} hung for {seconds}s on {what or 'a call'};"
+                                 " the mount was aborted")
+
+
+def _unmount(m: Mount, polite: Sequence[Sequence[str]]) -> list[str]:
+    """Unmount ``m`` at all costs; returns the problems met (empty when the polite way worked)."""
+    problems: list[str] = []
+    pids = set(m.pids) | (set(daemon_pids(m.path)) if m.is_fuse else set())
+    for argv in polite:
+        if not is_mounted(m.path):
+            break
+        r = _run(argv)
+        m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+        if r.returncode != 0:
+            problems.append(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip()}")
+    if is_mounted(m.path) and mount_fstype(m.path) is not None:
+        problems.append(f"{m.path} still mounted after a polite unmount; detaching lazily")
+        if m.is_fuse:
+            kill_pids(pids)
+            _run(["fusermount3", "-u", "-z", str(m.path)])
+        if is_mounted(m.path):
+            _run(["umount", "-l", str(m.path)])
+    if m.is_fuse and pids:
+        alive = wait_pids_gone(pids, DAEMON_EXIT_GRACE)
+        if alive:
+            problems.append(f"daemon pids {alive} still alive {DAEMON_EXIT_GRACE}s after unmount; killed")
+            kill_pids(alive)
+            wait_pids_gone(alive, DAEMON_EXIT_GRACE)
+    return problems
+
+
+@contextlib.contextmanager
+def _managed(m: Mount, polite: Sequence[Sequence[str]], strict: bool) -> Iterator[Mount]:
+    """Yield ``m``; always unmount it afterwards. With ``strict``, a failed polite unmount fails the test."""
+    ok = False
+    try:
+        yield m
+        ok = True
+    finally:
+        problems = _unmount(m, polite)
+        if strict and ok and problems:
+            raise AssertionError(f"unmounting the {m.kind} mount at {m.path} went wrong: " + "; ".join(problems))
+
+
+def _check_dirs(lowers: Sequence[Path], upper: Path | None, work: Path | None, mnt: Path) -> None:
+    """Create the upper, work and mountpoint directories when missing; the lowers must exist."""
+    for low in lowers:
+        if not Path(low).is_dir():
+            raise FileNotFoundError(f"lower directory {low} does not exist")
+    for d in (upper, work, mnt):
+        if d is not None:
+            Path(d).mkdir(parents=True, exist_ok=True)
+
+
+def _wait_mounted(m: Mount, fstype_prefix: str, launched: subprocess.CompletedProcess[str]) -> None:
+    """Fail with the command's output unless ``m.path`` carries a mount of the expected type."""
+    fstype = mount_fstype(m.path)
+    if launched.returncode != 0 or fstype is None or not fstype.startswith(fstype_prefix):
+        m.abort()
+        raise AssertionError(f"mounting {m.kind} at {m.path} failed: exit {launched.returncode}, "
+                             f"mounted type {fstype!r}\nstdout: {launched.stdout}\nstderr: {launched.stderr}")
+
+
+@contextlib.contextmanager
+def unionfs_mount(lowers: Sequence[Path], upper: Path | None, work: Path | None, mnt: Path,
+                  extra_args: Sequence[str] = (), strict_unmount: bool = True) -> Iterator[Mount]:
+    """Mount unionfs through its CLI: ``unionfs mount --lower L1 --lower L2 ... --upper U --work W MNT``.
+
+    ``lowers`` base first. The CLI returns once the mount is live with the daemon in the background; on exit
+    ``unionfs umount MNT`` ends it (falling back to fusermount3, lazy detach and kill). With ``strict_unmount``
+    a failing ``unionfs umount`` fails the test even when everything else went through.
+    """
+    exe = unionfs_bin()
+    if exe is None:
+        raise RuntimeError("the unionfs CLI is not installed")
+    _check_dirs(lowers, upper, work, mnt)
+    argv = [str(exe), "mount"]
+    for low in lowers:
+        argv += ["--lower", str(low)]
+    if upper is not None:
+        argv += ["--upper", str(upper)]
+    if work is not None:
+        argv += ["--work", str(work)]
+    argv += [*extra_args, str(mnt)]
+    m = Mount("unionfs", Path(mnt), tuple(Path(p) for p in lowers), upper, work)
+    r = _run(argv)
+    m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+    m.pids = daemon_pids(mnt)
+    _wait_mounted(m, "fuse", r)
+    with _managed(m, [[str(exe), "umount", str(mnt)], ["fusermount3", "-u", str(mnt)]], strict_unmount) as mm:
+        yield mm
+
+
+@contextlib.contextmanager
+def kernel_overlay(lowers: Sequence[Path], upper: Path | None, work: Path | None, mnt: Path,
+                   options: Sequence[str] = KERNEL_OPTIONS) -> Iterator[Mount]:
+    """Mount the kernel's overlayfs (``lowers`` base first; by default redirect_dir=on,index=on)."""
+    _check_dirs(lowers, upper, work, mnt)
+    opts = ["lowerdir=" + ":".join(str(p) for p in reversed(lowers))]
+    if upper is not None:
+        opts += [f"upperdir={upper}", f"workdir={work}"]
+    opts += list(options)
+    argv = ["mount", "-t", "overlay", "overlay", "-o", ",".join(opts), str(mnt)]
+    m = Mount("kernel", Path(mnt), tuple(Path(p) for p in lowers), upper, work)
+    r = _run(argv)
+    m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+    _wait_mounted(m, "overlay", r)
+    with _managed(m, [["umount", str(mnt)]], strict=True) as mm:
+        yield mm
+
+
+@contextlib.contextmanager
+def fuse_overlayfs_mount(lowers: Sequence[Path], upper: Path | None, work: Path | None,
+                         mnt: Path) -> Iterator[Mount]:
+    """Mount fuse-overlayfs (``lowers`` base first), the stand-in used to validate this harness."""
+    _check_dirs(lowers, upper, work, mnt)
+    opts = ["lowerdir=" + ":".join(str(p) for p in reversed(lowers))]
+    if upper is not None:
+        opts += [f"upperdir={upper}", f"workdir={work}"]
+    argv = ["fuse-overlayfs", "-o", ",".join(opts), str(mnt)]
+    m = Mount("fuse-overlayfs", Path(mnt), tuple(Path(p) for p in lowers), upper, work)
+    r = _run(argv)
+    m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+    m.pids = daemon_pids(mnt)
+    _wait_mounted(m, "fuse", r)
+    with _managed(m, [["fusermount3", "-u", str(mnt)]], strict=True) as mm:
+        yield mm
+
+
+#: the implementations a test may run against, by name
+IMPLEMENTATIONS: dict[str, Callable[..., contextlib.AbstractContextManager[Mount]]] = {
+    "unionfs": unionfs_mount,
+    "fuse-overlayfs": fuse_overlayfs_mount,
+    "kernel": kernel_overlay,
+}
+
+
+def implementation_under_test() -> str:
+    """The implementation the mount tests exercise: ``$UNIONFS_TEST_IMPL``, ``unionfs`` by default.
+
+    ``UNIONFS_TEST_IMPL=fuse-overlayfs`` or ``=kernel`` run the same tests against fuse-overlayfs or the
+    kernel's overlayfs, which validates the harness itself (the kernel against itself must always pass).
+    """
+    impl = os.environ.get("UNIONFS_TEST_IMPL", "unionfs")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"UNIONFS_TEST_IMPL={impl!r}: expected one of {sorted(IMPLEMENTATIONS)}")
+    return impl
+
+
+def require_implementation() -> Callable[..., contextlib.AbstractContextManager[Mount]]:
+    """Skip unless the implementation under test can run here; return its mount helper.
+
+    The helper takes ``(lowers, upper, work, mnt)`` with ``lowers`` base first.
+    """
+    impl = implementation_under_test()
+    require(skip_reason_root())
+    if impl == "unionfs":
+        require(skip_reason_fuse(), skip_reason_unionfs())
+    elif impl == "fuse-overlayfs":
+        require(skip_reason_fuse(), skip_reason_tool("fuse-overlayfs"))
+    else:
+        require(skip_reason_kernel_overlay())
+    return IMPLEMENTATIONS[impl]
+
+
+# ---------------------------------------------------------------------------
+# building layer directories in code
+# ---------------------------------------------------------------------------
+
+#: the mtime (and atime) every entry of a built layer gets: an old, fixed time (2001-09-09)
+LAYER_TIME = 1_000_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class File:
+    """A regular file with ``content``."""
+
+    path: str
+    content: bytes = b""
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    xattrs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dir:
+    """A directory; ``opaque`` marks it with ``trusted.overlay.opaque=y``."""
+
+    path: str
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    opaque: bool = False
+    xattrs: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Symlink:
+    """A symbolic link to ``target``."""
+
+    path: str
+    target: str
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardlink:
+    """A second name for the file at ``existing`` (in the same layer)."""
+
+    path: str
+    existing: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Whiteout:
+    """The kernel's whiteout: a character device 0/0 named ``path``."""
+
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Fifo:
+    """A named pipe."""
+
+    path: str
+    mode: int = 0o644
+
+
+Entry = File | Dir | Symlink | Hardlink | Whiteout | Fifo
+
+
+def build_layer(root: Path, entries: Iterable[Entry], mtime: int = LAYER_TIME) -> Path:
+    """Create ``root`` and the ``entries`` in it (parents must come first); returns ``root``.
+
+    Every entry and the root get ``mtime`` as atime and mtime, so two builds of the same entries are equal
+    in everything a snapshot compares.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = [root]
+    for e in entries:
+        p = root / e.path
+        if isinstance(e, File):
+            p.write_bytes(e.content)
+            os.chmod(p, e.mode)
+            os.lchown(p, e.uid, e.gid)
+            for k, v in e.xattrs.items():
+                os.setxattr(p, k, v, follow_symlinks=False)
+        elif isinstance(e, Dir):
+            p.mkdir()
+            os.chmod(p, e.mode)
+            os.lchown(p, e.uid, e.gid)
+            if e.opaque:
+                os.setxattr(p, OPAQUE_XATTR, b"y")
+            for k, v in e.xattrs.items():
+                os.setxattr(p, k, v, follow_symlinks=False)
+        elif isinstance(e, Symlink):
+            os.symlink(e.target, p)
+            os.lchown(p, e.uid, e.gid)
+        elif isinstance(e, Hardlink):
+            os.link(root / e.existing, p)
+        elif isinstance(e, Whiteout):
+            os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+        elif isinstance(e, Fifo):
+            os.mkfifo(p, e.mode)
+            os.chmod(p, e.mode)
+        else:  # pragma: no cover - a typo in a test
+            raise TypeError(f"unknown layer entry {e!r}")
+        made.append(p)
+    for p in reversed(made):  # children before parents: setting a child's time never touches the parent's
+        os.utime(p, (mtime, mtime), follow_symlinks=False)
+    return root
+
+
+def build_layers(root: Path, layers: Sequence[Sequence[Entry]]) -> list[Path]:
+    """Build ``layers`` (base first) as ``root/l0``, ``root/l1``...; returns their paths, base first."""
+    return [build_layer(Path(root) / f"l{i}", entries) for i, entries in enumerate(layers)]
+
+
+# ---------------------------------------------------------------------------
+# tree snapshots
+# ---------------------------------------------------------------------------
+
+def _ftype(mode: int) -> str:
+    """A short name for the file type in ``mode``."""
+    for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
+                       (stat.S_ISCHR, "chr"), (stat.S_ISBLK, "blk"), (stat.S_ISFIFO, "fifo"),
+                       (stat.S_ISSOCK, "sock")):
+        if test(mode):
+            return name
+    return "?"
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """What a snapshot records for one path (times only when asked for)."""
+
+    type: str
+    mode: int  #: permission bits incl. setuid/setgid/sticky, without the type
+    uid: int
+    gid: int
+    size: int | None  #: None for directories (their size is the backing filesystem's business)
+    nlink: int | None  #: None for directories (overlayfs reports 1 for merged ones)
+    sha256: str | None  #: regular files only
+    target: str | None  #: symlinks only
+    rdev: tuple[int, int] | None  #: device nodes only
+    xattrs: tuple[tuple[str, bytes], ...]  #: without the overlay's private ones
+    private_xattrs: tuple[str, ...]  #: names of the overlay's private xattrs that were visible
+    mtime_ns: int | None = None
+    ctime_ns: int | None = None
+    ino: int | None = None  #: only with ``inodes=True``; hardlink groups are always recorded
+
+    def describe(self) -> str:
+        """One readable line."""
+        parts = [self.type, oct(self.mode), f"{self.uid}:{self.gid}"]
+        if self.size is not None:
+            parts.append(f"size={self.size}")
+        if self.nlink is not None:
+            parts.append(f"nlink={self.nlink}")
+        if self.sha256:
+            parts.append(f"sha={self.sha256[:10]}")
+        if self.target is not None:
+            parts.append(f"-> {self.target!r}")
+        if self.rdev is not None:
+            parts.append(f"rdev={self.rdev}")
+        if self.xattrs:
+            parts.append(f"xattrs={dict(self.xattrs)}")
+        if self.private_xattrs:
+            parts.append(f"PRIVATE={list(self.private_xattrs)}")
+        if self.mtime_ns is not None:
+            parts.append(f"mtime={self.mtime_ns}")
+        if self.ctime_ns is not None:
+            parts.append(f"ctime={self.ctime_ns}")
+        if self.ino is not None:
+            parts.append(f"ino={self.ino}")
+        return " ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A whole tree: every path (relative, ``.`` for the root) and the hardlink groups."""
+
+    nodes: Mapping[str, Node]
+    hardlinks: tuple[tuple[str, ...], ...]  #: sorted groups of 2+ non-directory paths sharing an inode
+    problems: tuple[str, ...] = ()  #: inconsistencies met while walking (e.g. d_ino != st_ino)
+
+    def diff(self, other: "Snapshot", names: tuple[str, str] = ("a", "b"), limit: int = 40) -> list[str]:
+        """Readable differences with ``other`` (empty when equal)."""
+        out = []
+        for p in sorted(set(self.nodes) | set(other.nodes)):
+            a, b = self.nodes.get(p), other.nodes.get(p)
+            if a == b:
+                continue
+            if a is None:
+                out.append(f"{p}: only in {names[1]}: {b.describe()}")  # type: ignore[union-attr]
+            elif b is None:
+                out.append(f"{p}: only in {names[0]}: {a.describe()}")
+            else:
+                fields = [f.name for f in dataclasses.fields(Node) if getattr(a, f.name) != getattr(b, f.name)]
+                out.append(f"{p}: differs in {', '.join(fields)}\n    {names[0]}: {a.describe()}\n"
+                           f"    {names[1]}: {b.describe()}")
+        if self.hardlinks != other.hardlinks:
+            out.append(f"hardlink groups: {names[0]}: {list(self.hardlinks)}\n"
+                       f"    {names[1]}: {list(other.hardlinks)}")
+        if self.problems != other.problems:
+            out.append(f"walk problems: {names[0]}: {list(self.problems)}\n    {names[1]}: {list(other.problems)}")
+        if len(out) > limit:
+            out = out[:limit] + [f"... and {len(out) - limit} more"]
+        return out
+
+
+def _xattrs(path: str) -> tuple[tuple[tuple[str, bytes], ...], tuple[str, ...]]:
+    """(visible non-private xattrs with values, names of visible private ones) of ``path``, not following."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return (), ()
+        raise
+    public, private = [], []
+    for n in sorted(names):
+        if n.startswith(PRIVATE_XATTR_PREFIXES):
+            private.append(n)
+            continue
+        try:
+            public.append((n, os.getxattr(path, n, follow_symlinks=False)))
+        except OSError as e:
+            public.append((n, f"<getxattr: {errno.errorcode.get(e.errno, e.errno)}>".encode()))
+    return tuple(public), tuple(private)
+
+
+def _hash(path: str) -> str:
+    """sha256 of a regular file's content (opened without following a symlink)."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def tree_snapshot(root: Path | str, *, times: bool = False, ctimes: bool = False, inodes: bool = False,
+                  private_values: bool = False, check_dino: bool = True) -> Snapshot:
+    """Record everything comparable about the tree under ``root``.
+
+    For every path: type, mode, owner, size and link count (not for directories), content hash, symlink
+    target, device numbers, xattrs (the overlay's private ``trusted.overlay.*``/``user.overlay.*`` are listed
+    by name only, in ``private_xattrs``, unless ``private_values``), and the hardlink groups (non-directory
+    paths of the tree that share an inode). ``times`` adds mtimes, ``ctimes`` ctimes, ``inodes`` the inode
+    numbers. With ``check_dino``, readdir's d_ino must equal lstat's st_ino for every entry; and the tree
+    must show one st_dev (both are recorded in ``problems`` when they do not hold).
+    """
+    root = os.fspath(root)
+    nodes: dict[str, Node] = {}
+    by_ino: dict[tuple[int, int], list[str]] = {}
+    problems: list[str] = []
+    devices: set[int] = set()
+
+    def record(rel: str, full: str) -> os.stat_result:
+        st = os.lstat(full)
+        devices.add(st.st_dev)
+        kind = _ftype(st.st_mode)
+        public, private = _xattrs(full)
+        if private_values:
+            public = tuple(sorted(public + tuple((n, os.getxattr(full, n, follow_symlinks=False))
+                                                 for n in private)))
+            private = ()
+        nodes[rel] = Node(
+            type=kind,
+            mode=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            size=None if kind == "dir" else st.st_size,
+            nlink=None if kind == "dir" else st.st_nlink,
+            sha256=_hash(full) if kind == "file" else None,
+            target=os.readlink(full) if kind == "symlink" else None,
+            rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("chr", "blk") else None,
+            xattrs=public,
+            private_xattrs=private,
+            mtime_ns=st.st_mtime_ns if times else None,
+            ctime_ns=st.st_ctime_ns if ctimes else None,
+            ino=st.st_ino if inodes else None,
+        )
+        if kind != "dir":
+            by_ino.setdefault((st.st_dev, st.st_ino), []).append(rel)
+        return st
+
+    def walk(rel: str, full: str) -> None:
+        with os.scandir(full) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            crel = e.name if rel == "." else f"{rel}/{e.name}"
+            st = record(crel, e.path)
+            if check_dino and e.inode() != st.st_ino:
+                problems.append(f"{crel}: readdir d_ino {e.inode()} != st_ino {st.st_ino}")
+            if stat.S_ISDIR(st.st_mode):
+                walk(crel, e.path)
+
+    record(".", root)
+    walk(".", root)
+    if len(devices) > 1:
+        problems.append(f"{len(devices)} distinct st_dev values in one tree")
+    groups = tuple(sorted(tuple(sorted(g)) for g in by_ino.values() if len(g) > 1))
+    return Snapshot(nodes=nodes, hardlinks=groups, problems=tuple(problems))
+
+
+def assert_same_tree(a: Snapshot, b: Snapshot, names: tuple[str, str] = ("expected", "actual"),
+                     context: str = "") -> None:
+    """Fail with a readable diff unless the snapshots are equal."""
+    d = a.diff(b, names)
+    if d:
+        raise AssertionError((context + "\n" if context else "") + "trees differ:\n  " + "\n  ".join(d))
+
+
+def leftover_mounts(under: Path | str) -> list[str]:
+    """Mountpoints (from /proc/self/mountinfo) at or below ``under``: what a test must not leave."""
+    base = os.path.realpath(under)
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = _unescape_mountinfo(line.split()[4])
+            if mp == base or mp.startswith(base + "/"):
+                out.append(mp)
+    return out
