@@ -22,14 +22,13 @@ import logging
 import os
 import tarfile
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO, Iterator
 
 from .compression import compress_stream, open_decompressed
 from .digest import Digest, HashingReader
 from .errors import ArchiveError, DigestError, ManifestError, ReferenceError_, UnionfsError
-from .manifest import (CONTAINERD_NAME_ANNOTATION, DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
+from .manifest import (CONTAINERD_NAME_ANNOTATION, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
                        OCI_LAYER_GZIP, OCI_LAYER_ZSTD, REF_NAME_ANNOTATION, Descriptor, ImageConfig, Index,
                        Manifest, Platform, canonical_json, is_index)
 from .reference import Reference
@@ -127,13 +126,6 @@ def _open_source(path: str) -> _Source:
 
 
 # --- loading ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Loaded:
-    """One image a load stored: its id and the tags it received."""
-
-    image: Image
-
-
 def _sniff_layer_type(head: bytes) -> str:
     if head[:2] == b"\x1f\x8b":
         return OCI_LAYER_GZIP
@@ -429,5 +421,3 @@ def _save_oci(store: Store, images: list[tuple[Image, list[Reference]]], f: IO[b
     w.add_bytes("index.json", canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}))
     w.close()
 
-
-__all__ = ["load", "save", "import_rootfs", "Loaded", "DOCKER_CONFIG", "INDEX_TYPES"]

@@ -76,26 +76,10 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from .archive import import_rootfs
+    from .commit import apply_changes
 
     ref = Reference.parse(args.reference) if args.reference else None
-    changes: dict[str, Any] = {}
-    for change in args.change or []:
-        key, _, value = change.partition(" ")
-        key = key.upper()
-        if key in ("CMD", "ENTRYPOINT"):
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                parsed = ["/bin/sh", "-c", value]
-            changes["Cmd" if key == "CMD" else "Entrypoint"] = parsed
-        elif key == "ENV":
-            changes.setdefault("Env", []).append(value.replace(" ", "=", 1) if "=" not in value else value)
-        elif key == "WORKDIR":
-            changes["WorkingDir"] = value
-        elif key == "USER":
-            changes["User"] = value
-        else:
-            raise UsageError(f"unsupported --change instruction {key!r} (CMD, ENTRYPOINT, ENV, WORKDIR, USER)")
+    changes = apply_changes({}, args.change or [])
     image = import_rootfs(_store(args), args.file, ref, args.message or "", changes)
     print(image.id)
     return 0
@@ -269,8 +253,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("file", help="rootfs tarball")
     p.add_argument("reference", nargs="?", help="name:tag for the new image")
     p.add_argument("-m", "--message", help="commit message for the history")
-    p.add_argument("-c", "--change", action="append", help="apply a Dockerfile instruction (CMD, ENTRYPOINT, "
-                   "ENV, WORKDIR, USER)")
+    p.add_argument("-c", "--change", action="append", help="apply a Dockerfile instruction to the config "
+                   "(CMD, ENTRYPOINT, ENV, LABEL, EXPOSE, VOLUME, ONBUILD, WORKDIR, USER, STOPSIGNAL)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("images", help="list images", description="List images in the store.")

@@ -32,7 +32,6 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -671,13 +670,3 @@ def _is_mounted(path: str) -> bool:
             return any(line.split()[1] == target for line in f if len(line.split()) > 1)
     except OSError:
         return False
-
-
-def is_dir_empty(path: str | Path) -> bool:
-    """True when ``path`` is a directory with no entries."""
-    with os.scandir(path) as it:
-        return next(it, None) is None
-
-
-__all__ = ["Store", "Image", "Transaction", "default_root", "atomic_write", "remove_tree", "fsync_dir",
-           "now_rfc3339", "is_dir_empty", "stat"]
