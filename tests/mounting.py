@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -167,12 +168,13 @@ def is_mounted(path: Path | str) -> bool:
 
 
 def daemon_pids(mountpoint: Path | str) -> list[int]:
-    """Pids of processes whose command line names ``mountpoint`` as an argument (the FUSE daemon).
+    """Pids of live processes whose command line names ``mountpoint`` (the FUSE daemon serving it).
 
-    The test process itself and its ancestors are never returned.
+    The path may stand alone as an argument or inside one (``x=PATH``, a JSON string, a comma list), but
+    only as a whole path. The test process itself and its ancestors are never returned.
     """
-    target = os.fsencode(os.path.realpath(mountpoint))
-    plain = os.fsencode(str(mountpoint))
+    targets = {os.fsencode(os.path.realpath(mountpoint)), os.fsencode(str(mountpoint))}
+    pattern = re.compile(b"(?:^|[=\"',: ])(?:" + b"|".join(re.escape(t) for t in targets) + b")(?:$|[\"',: ])")
     exclude = {os.getpid()}
     pid = os.getppid()
     while pid > 1:
@@ -189,14 +191,9 @@ def daemon_pids(mountpoint: Path | str) -> list[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 args = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if state == b"Z":
-            continue
-        if target in args or plain in args or any(a.endswith(b"," + target) or a.endswith(b"=" + target)
-                                                  for a in args):
+        if _pid_alive(int(entry)) and any(pattern.search(a) for a in args):
             pids.append(int(entry))
     return pids
 
