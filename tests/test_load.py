@@ -274,3 +274,32 @@ def test_errors_are_one_line(args: tuple[str, ...], message: str, cli) -> None:
 @pytest.mark.parametrize("command", ["load", "import", "images", "inspect", "history", "tag", "rmi", "prune", "save"])
 def test_every_command_has_help(command: str, cli) -> None:
     assert "usage: unionfs " + command in cli(command, "--help").stdout
+
+
+def test_load_index_picks_platform(test_images: ImageSet, cli, store_root: Path, tmp_path: Path) -> None:
+    """An OCI layout whose index.json names an image index with two platforms: the host's is picked by
+    default, ``--platform`` picks the other."""
+    layout = tmp_path / "multi"
+    shutil.copytree(test_images.layout, layout)
+    index = json.loads((layout / "index.json").read_text())
+    by_tag = {m["annotations"]["org.opencontainers.image.ref.name"]: m for m in index["manifests"]}
+    v3, v1 = dict(by_tag["v3"]), dict(by_tag["v1"])
+    v3.pop("annotations"), v1.pop("annotations")
+    v3["platform"] = {"os": "linux", "architecture": "amd64"}
+    v1["platform"] = {"os": "linux", "architecture": "arm64", "variant": "v8"}
+    inner = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [v1, v3]}).encode()
+    import hashlib
+    digest = hashlib.sha256(inner).hexdigest()
+    (layout / "blobs/sha256" / digest).write_bytes(inner)
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": f"sha256:{digest}", "size": len(inner),
+         "annotations": {"org.opencontainers.image.ref.name": "multi:1"}}]}))
+    cli("load", "-i", layout, "--platform", "linux/arm64/v8")
+    store = Store(store_root)
+    assert store.resolve("multi:1").manifest_desc.digest.hex == v1["digest"].split(":")[1]
+    cli("rmi", "multi:1")
+    cli("load", "-i", layout, "--platform", "linux/amd64")
+    assert store.resolve("multi:1").manifest_desc.digest.hex == v3["digest"].split(":")[1]
+    p = cli("load", "-i", layout, "--platform", "linux/s390x", check=False)
+    assert p.returncode == 1 and "no manifest for platform linux/s390x" in p.stderr
