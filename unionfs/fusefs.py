@@ -7,7 +7,10 @@ fusepy. Against mfusepy 3.1.1 on libfuse 3 it also passes what mfusepy drops: re
 enters Python.
 
 Speed settings (DESIGN.md "Speed, by design"): entry/attr/negative timeouts of an hour and kernel_cache (correct
-because every write goes through this daemon), the writeback cache, cached symlinks, a single-threaded loop.
+because every write goes through this daemon), readdirplus, fd buffers for read/write, cached symlinks, a
+single-threaded loop. The writeback cache is opt-in (``-o writeback``): with it the kernel owns mtime and on
+kernel 6.18 does not always send it back, so a file's mtime can change across a remount (found by the
+differential test).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - the fusepy fallback
     import fuse  # type: ignore[no-redef]
 
-from .overlay import Overlay, fallocate
+from .overlay import UTIME_NOW, UTIME_OMIT, Overlay, fallocate
 from .union import Node, stat_dict
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,7 @@ class UnionOperations(fuse.Operations):
     use_ns = True
 
     def __init__(self, overlay: Overlay, *, ready: Callable[[], None] | None = None,
-                 writeback: bool = True) -> None:
+                 writeback: bool = False) -> None:
         self.ov = overlay
         self.view = overlay.view
         self._ready = ready
@@ -79,6 +82,8 @@ class UnionOperations(fuse.Operations):
         self._upper_fds: set[int] = set()
         self._aliases: dict[int, set[str]] = {}
         self.invalidate: Callable[[str], None] | None = None
+        #: the mtime the kernel last sent per inode (with the writeback cache the kernel owns mtime)
+        self._kmtime: dict[int, tuple[int, int]] = {}
         self._dirs: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
         self._next_dh = 1
 
@@ -218,8 +223,10 @@ class UnionOperations(fuse.Operations):
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         return os.pread(fh, size, offset)
 
-    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
-        return os.pwrite(fh, data, offset)
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:  # fusepy fallback
+        n = os.pwrite(fh, data, offset)
+        self.after_write(fh)
+        return n
 
     def flush(self, path: str | None, fh: int) -> int:
         if fh in self._upper_fds:
@@ -249,11 +256,13 @@ class UnionOperations(fuse.Operations):
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         if fh is not None and fh in self._upper_fds:
             os.ftruncate(fh, length)
+            self._kmtime.pop(self._fh_ino.get(fh, -1), None)
         elif path is None:
             raise OSError(errno.EBADF, "no path nor handle")
         else:
             p = self._path_of(path, fh)
             self.ov.truncate(p, length)
+            self._kmtime.pop(self.view.lookup(p).ino, None)
             self._changed(self.view.lookup(p).ino, p)
         return 0
 
@@ -331,9 +340,25 @@ class UnionOperations(fuse.Operations):
         from .overlay import utimensat
         if fh is not None and fh in self._upper_fds:
             utimensat(None, times, fd=fh)
+            if times is not None and times[1][1] not in (UTIME_NOW, UTIME_OMIT):
+                if len(self._kmtime) > 4096:
+                    self._kmtime.clear()
+                self._kmtime[self._fh_ino.get(fh, -1)] = times[1]
         else:
-            self.ov.utimens(self._path_of(path, fh), times)
+            p = self._path_of(path, fh)
+            self.ov.utimens(p, times)
+            if times is not None and times[1][1] not in (UTIME_NOW, UTIME_OMIT):
+                # the kernel's inode writeback may send this before the WRITEs it follows
+                self._kmtime[self.view.lookup(p).ino] = times[1]
         return 0
+
+    def after_write(self, fh: int) -> None:
+        """A write landed after the kernel sent its mtime (writeback requests may overtake the SETATTR):
+        put the kernel's mtime back."""
+        t = self._kmtime.get(self._fh_ino.get(fh, -1))
+        if t is not None:
+            from .overlay import utimensat
+            utimensat(None, ((0, UTIME_OMIT), t), fd=fh)
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:  # fusepy fallback
         t = None if times is None else tuple(divmod(int(x), 10**9) for x in times)
@@ -434,7 +459,10 @@ if _MFUSEPY:
             dst = _BufVec(1, 0, 0)
             d = dst.buf[0]
             d.size, d.flags, d.mem, d.fd, d.pos = total, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, None, fip.contents.fh, offset
-            return _libfuse.fuse_buf_copy(ctypes.byref(dst), src, 0)
+            res = _libfuse.fuse_buf_copy(ctypes.byref(dst), src, 0)
+            if res > 0:
+                self.operations.after_write(fip.contents.fh)
+            return res
 
     # mfusepy only wires a libfuse callback when the Operations object has an attribute of that name
     UnionOperations.read_buf = lambda self, *a: 0  # type: ignore[attr-defined]
@@ -446,5 +474,5 @@ else:  # pragma: no cover
 def serve(overlay: Overlay, mountpoint: str, *, options: dict[str, Any], ready: Callable[[], None] | None,
           threads: bool = False) -> None:
     """Run the FUSE loop in this process until the mount ends. ``ready`` runs once the kernel talks to us."""
-    ops = UnionOperations(overlay, ready=ready, writeback=options.pop("writeback", True))
+    ops = UnionOperations(overlay, ready=ready, writeback=bool(options.pop("writeback", False)))
     UnionFUSE(ops, mountpoint, foreground=True, nothreads=not threads, raw_fi=False, **options)

@@ -1,0 +1,108 @@
+"""The union case table (tests/union_cases.py), unchanged, through a real FUSE mount made by the CLI.
+
+Each mount runs in its own daemon process (``unionfs mount`` returns once it is live) and is unmounted in a
+``finally`` even when the test fails (``fusermount3 -u -z`` as the last resort).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any, Iterator
+
+import pytest
+
+from union_cases import CASES, Case, apply_os, build_layer, case_id, snapshot, tree_of
+
+
+def skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (whiteout device nodes, trusted.* xattrs, allow_other)"
+    if not os.path.exists("/dev/fuse"):
+        return "needs /dev/fuse"
+    if not shutil.which("fusermount3"):
+        return "needs fusermount3 (Debian package fuse3)"
+    return None
+
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse,
+              pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
+
+CLI = [sys.executable, "-m", "unionfs"]
+
+
+def unionfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the unionfs CLI in a subprocess."""
+    res = subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=60)
+    if check and res.returncode != 0:
+        raise AssertionError(f"unionfs {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def force_unmount(mnt: str) -> None:
+    """Unmount whatever is at ``mnt``, politely then lazily."""
+    with open("/proc/self/mounts") as f:
+        mounted = any(line.split()[1] == mnt for line in f)
+    if not mounted:
+        return
+    if unionfs("umount", mnt, check=False).returncode != 0:
+        subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+
+
+@contextlib.contextmanager
+def mounted(lowers: list[str], upper: str | None, work: str | None, mnt: str,
+            extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """Mount through the CLI (``--lower`` base first) and always unmount."""
+    os.makedirs(mnt, exist_ok=True)
+    args = ["mount"]
+    for d in lowers:
+        args += ["--lower", d]
+    if upper is not None:
+        args += ["--upper", upper, "--work", work or ""]
+    args += list(extra) + [mnt]
+    try:
+        unionfs(*args)
+        yield mnt
+    finally:
+        force_unmount(mnt)
+
+
+def build(tmp_path: Any, case: Case) -> tuple[list[str], str, str]:
+    lowers = []
+    for i, spec in enumerate(case.lowers):
+        d = str(tmp_path / f"l{i}")
+        build_layer(d, spec)
+        lowers.append(d)
+    build_layer(str(tmp_path / "upper"), case.upper)
+    os.makedirs(tmp_path / "work")
+    return lowers, str(tmp_path / "upper"), str(tmp_path / "work")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_case_through_mount(tmp_path: Any, case: Case) -> None:
+    lowers, upper, work = build(tmp_path, case)
+    before = [snapshot(d) for d in lowers]
+    mnt = str(tmp_path / "mnt")
+    with mounted(lowers, upper, work, mnt):
+        for i, op in enumerate(case.ops):
+            if i == len(case.ops) - 1 and case.errno is not None:
+                with pytest.raises(OSError) as ei:
+                    apply_os(mnt, op)
+                assert ei.value.errno == case.errno, f"{op}: {ei.value}"
+            else:
+                apply_os(mnt, op)
+        if case.expect is not None:
+            assert tree_of(mnt) == case.expect
+        for group in case.same_ino:
+            assert len({os.lstat(os.path.join(mnt, p)).st_ino for p in group}) == 1, group
+        for path, n in case.nlink:
+            assert os.lstat(os.path.join(mnt, path)).st_nlink == n, path
+        inos = {p: os.lstat(os.path.join(mnt, p)).st_ino for p in tree_of(mnt)}
+    assert [snapshot(d) for d in lowers] == before, "a lower changed"
+    with mounted(lowers, upper, work, mnt):
+        if case.expect is not None:
+            assert tree_of(mnt) == case.expect
+        assert {p: os.lstat(os.path.join(mnt, p)).st_ino for p in tree_of(mnt)} == inos
