@@ -15,7 +15,7 @@ from . import __version__
 from .errors import UnionfsError
 
 #: modules that add subcommands, in the order they appear in --help
-COMMAND_MODULES = ("cli_store", "cli_registry", "cli_mount", "cli_inspect")
+COMMAND_MODULES = ("cli_store", "cli_registry", "cli_mount", "cli_inspect", "cli_build")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,11 @@ The tree::
     ├── MountError                    a mount cannot be made or ended
     ├── CommitError                   an upper cannot be committed (a live mount that cannot be paused)
     ├── TreePathError                 a path is not in an image's merged tree (ls, cat, which...)
+    ├── BuildError                    a build step failed (names the Dockerfile line)
+    │   └── DockerfileError           a Dockerfile does not parse or uses something unsupported
+    ├── SandboxError                  a command cannot be run in a rootfs (namespaces, mounts; exit 125)
+    │   ├── ExecError                 the command cannot be executed (exit 127 not found, 126 otherwise)
+    │   └── CommandFailedError        the command exited non-zero (command, status, output)
     └── RegistryError                 a registry answered with an error or broke the protocol
         ├── RegistryConnectionError   the registry (or token server) cannot be reached, TLS failed
         ├── RegistryAuthError         UNAUTHORIZED: no or wrong credentials, token refused
@@ -153,3 +158,46 @@ class CommitError(UnionfsError):
 
 class TreePathError(UnionfsError):
     """A path asked for is not in an image's merged tree, or is not of the kind the command needs."""
+
+
+class BuildError(UnionfsError):
+    """A build failed; the message names the Dockerfile and line (``Dockerfile:7: ...``).
+
+    ``line`` is the 1-based line of the instruction (None when no line is to blame); ``output`` the tail of
+    a failed command's output, when there is one.
+    """
+
+    def __init__(self, message: str, line: int | None = None, output: str = "") -> None:
+        super().__init__(message)
+        self.line = line
+        self.output = output
+
+
+class DockerfileError(BuildError):
+    """A Dockerfile does not parse, or uses an instruction, flag or form that unionfs does not support."""
+
+
+class SandboxError(UnionfsError):
+    """A command cannot be run in a rootfs: namespaces, mounts, user lookup or working directory failed."""
+
+    exit_code = 125
+
+
+class ExecError(SandboxError):
+    """The command cannot be executed in the rootfs: not found (exit status 127) or not executable (126)."""
+
+    def __init__(self, message: str, exit_code: int = 127) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CommandFailedError(SandboxError):
+    """The command ran and exited non-zero. ``argv`` is the command, ``status`` its exit status (128+N
+    for a signal N), ``output`` the tail of what it printed (when it was captured)."""
+
+    def __init__(self, message: str, argv: list[str], status: int, output: str = "") -> None:
+        super().__init__(message)
+        self.argv = argv
+        self.status = status
+        self.output = output
+        self.exit_code = status

@@ -1,0 +1,138 @@
+"""The Python API for programs and tests that need an image's rootfs.
+
+``with unionfs.mounted("busybox:latest") as rootfs: ...`` makes a new container of the image in the store
+(``root``: the store directory, default as for the CLI), mounts it (unionfs FUSE) and yields the merged,
+writable rootfs as a ``Path``. On leaving the block, normally or by an exception, the mount is ended and the
+container with its upper is deleted (unless ``keep=True``). The image's layers stay extracted in the store,
+so the next ``mounted`` of the same image costs only the mount.
+
+``run(rootfs, argv, ...)`` runs a command in such a rootfs with the isolation of ``unionfs run`` (see
+``sandbox``); the rootfs carries placeholders for /proc, /dev, /etc/hosts and /etc/resolv.conf in an init
+layer (never in the upper), so that works for every image.
+
+``container(...)`` is the context manager both build on (``unionfs run`` uses it too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from . import daemon
+from .errors import ContainerError, ImageNotFoundError
+from .manifest import Platform
+from .mountplan import MountPlan
+from .sandbox import Bind, Completed, Process, make_init_layer
+from .store import Image, Store
+
+log = logging.getLogger(__name__)
+
+#: mount targets every container gets a placeholder for
+BASE_TARGETS = Process(()).mount_targets()
+
+
+@dataclass(frozen=True)
+class Mounted:
+    """A live container mount: the store, the image, the container name and the merged rootfs."""
+
+    store: Store
+    image: Image
+    name: str
+    rootfs: Path
+
+
+def obtain(store: Store, ref: str, platform: Platform | None = None) -> Image:
+    """The image ``ref`` from the store, pulled from its registry when it is missing there."""
+    try:
+        return store.resolve(ref, platform)
+    except ImageNotFoundError:
+        try:
+            from .auth import DockerConfig
+            from .distribution import pull
+            from .reference import Reference
+            from .registry import RegistryClient
+        except ImportError:
+            raise
+        r = Reference.parse(ref)
+        with RegistryClient(r.registry, credentials=DockerConfig().get(r.registry)) as client:
+            return pull(store, r, client, platform=platform).image
+
+
+@contextlib.contextmanager
+def container(store: Store, image: str, *, name: str | None = None, keep: bool = True,
+              binds: Sequence[Bind] = (), options: Sequence[str] = ()) -> Iterator[Mounted]:
+    """Mount container ``name`` of ``image`` (a new one when ``name`` is None or unknown) at
+    ``ROOT/containers/NAME/merged``; unmount on exit and delete the container unless ``keep``.
+
+    An existing container must belong to the same image and must not be mounted already (ContainerError).
+    """
+    img = obtain(store, image)
+    if name is not None:
+        for c in store.containers():
+            if c["name"] == name and c.get("mountpoint") and daemon.is_mounted(c["mountpoint"]):
+                raise ContainerError(f"container {name} is mounted at {c['mountpoint']}")
+    existed = name is not None and any(c["name"] == name for c in store.containers())
+    plan = store.prepare_container(image, name or f"{_base_name(img)}-{secrets.token_hex(4)}")
+    assert plan.name is not None and plan.upper is not None
+    cdir = Path(plan.upper).parent
+    mnt, init = cdir / "merged", cdir / "init"
+    mounted = False
+    try:
+        shutil.rmtree(init, ignore_errors=True)
+        init.mkdir(mode=0o755)
+        targets = BASE_TARGETS + [(b.target, os.path.isdir(b.source)) for b in binds]
+        make_init_layer(str(init), plan.lowers, targets)
+        mnt.mkdir(exist_ok=True)
+        daemon.mount(MountPlan((*plan.lowers, str(init)), plan.upper, plan.work, plan.name), str(mnt),
+                     options=list(options))
+        mounted = True
+        store.set_container_mount(plan.name, str(mnt))
+        yield Mounted(store, img, plan.name, mnt)
+    finally:
+        try:
+            if mounted:
+                from .builder import unmount
+
+                unmount(str(mnt))
+                with contextlib.suppress(ContainerError):
+                    store.set_container_mount(plan.name, None)
+        finally:
+            if not daemon.is_mounted(str(mnt)):
+                for d in (mnt, init):
+                    shutil.rmtree(d, ignore_errors=True)
+                if not keep or (not existed and not mounted):
+                    with contextlib.suppress(ContainerError):
+                        store.remove_container(plan.name)
+
+
+def _base_name(img: Image) -> str:
+    return img.tags[0].repository.rsplit("/", 1)[-1] if img.tags else "c"
+
+
+@contextlib.contextmanager
+def mounted(image: str, root: str | os.PathLike[str] | None = None, *, name: str | None = None,
+            keep: bool = False) -> Iterator[Path]:
+    """A writable merged rootfs of ``image`` for the time of the block; see the module docstring."""
+    with container(Store(root), image, name=name, keep=keep) as m:
+        yield m.rootfs
+
+
+def run(rootfs: str | os.PathLike[str], argv: Sequence[str], *, env: Sequence[str] = (), user: str = "",
+        workdir: str = "/", check: bool = True, capture: bool = True) -> Completed:
+    """Run ``argv`` in a rootfs from ``mounted`` (see ``sandbox.run``); with ``capture`` the output is in
+    the result (stdout and stderr together), else it goes to this process's stdout/stderr."""
+    from . import sandbox
+
+    process = Process(tuple(argv), tuple(env), user, workdir)
+    if capture:
+        return sandbox.run(os.fspath(rootfs), process, output=lambda _b: None, check=check)
+    return sandbox.run(os.fspath(rootfs), process, check=check)
+
+
+__all__ = ["mounted", "run", "container", "obtain", "Mounted"]

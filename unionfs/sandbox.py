@@ -1,0 +1,557 @@
+"""Run one command in a rootfs directory (a union mount of an image), isolated like a container's process.
+
+``run(rootfs, process)`` starts ``python -m unionfs.sandbox`` (the *helper*) in a new session. The helper
+makes new mount, PID, UTS and IPC namespaces (``unshare(2)`` through ctypes), makes every mount private and
+forks PID 1 of the new PID namespace, which
+
+* mounts a fresh ``/proc``, a tmpfs ``/dev`` holding ``null zero full random urandom tty`` bind-mounted from
+  the host (plus ``fd``/``stdin``/``stdout``/``stderr`` links and a tmpfs ``/dev/shm``), a generated
+  ``/etc/hosts``, a copy of the host's ``/etc/resolv.conf`` and the caller's bind mounts (``Bind``), every
+  target resolved inside the rootfs (``rootpath``), never through the host's ``/``;
+* forks the command, which chroots into the rootfs, resolves the user in the rootfs's ``/etc/passwd`` and
+  ``/etc/group`` (name or uid, optional ``:group``/``:gid``; supplementary groups from ``/etc/group``),
+  creates and enters the working directory, drops to that user and execs the command with the given
+  environment (``PATH``, ``HOME`` and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
+* forwards the signals the helper forwards to it, reaps every orphan, and exits with the command's status.
+
+Contracts:
+
+* Nothing outlives the call. When PID 1 exits the kernel kills what the command left running in its PID
+  namespace; every mount made for the command lives only in the private mount namespace, which disappears
+  with its last process, so nothing is mounted on (and nothing keeps busy) the caller's rootfs mount.
+* Mount targets must exist in the rootfs: ``make_init_layer`` writes the missing ones as placeholders into a
+  directory meant to be the topmost read-only lower of the union (docker's "init layer"), so that they are
+  never written into the upper, i.e. never end up in a committed layer.
+* The exit status is the command's, or 128+N when a signal N killed it. SIGHUP, SIGINT, SIGQUIT, SIGTERM,
+  SIGUSR1, SIGUSR2 and SIGWINCH sent to the caller (while ``run`` waits, in the main thread) reach the
+  command. A failure before the command runs raises ``SandboxError`` (exit 125) or ``ExecError`` (127 not
+  found, 126 not executable); a non-zero status raises ``CommandFailedError`` when ``check`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Iterator, Sequence
+
+from .errors import CommandFailedError, ExecError, SandboxError, UsageError
+from .rootpath import resolve_in_root
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+             ("stderr", "/proc/self/fd/2"))
+FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGWINCH)
+#: bytes of a command's output kept for an error message
+OUTPUT_TAIL = 64 * 1024
+
+
+# ---------------------------------------------------------------------------
+# what to run
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bind-mounted at ``target`` inside the rootfs (read-only when ``read_only``)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Bind":
+        """``HOST:CONTAINER[:ro|rw]`` (HOST made absolute); raises UsageError."""
+        parts = text.split(":")
+        ro = False
+        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+            ro = parts[2] == "ro"
+            parts = parts[:2]
+        if len(parts) != 2 or not parts[0] or not parts[1].startswith("/"):
+            raise UsageError(f"invalid volume {text!r}: expected HOST:/CONTAINER[:ro]")
+        src = os.path.abspath(parts[0])
+        if not os.path.exists(src):
+            raise UsageError(f"volume source {parts[0]} does not exist")
+        return cls(src, os.path.normpath(parts[1]), ro)
+
+
+@dataclass(frozen=True)
+class Process:
+    """The command and its settings: ``argv`` (searched in the environment's PATH), ``env`` (``K=V``
+    strings), ``user`` (``""`` root, ``name``, ``uid``, with ``:group``/``:gid``), ``workdir`` (created when
+    missing), ``hostname`` and bind mounts."""
+
+    argv: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    user: str = ""
+    workdir: str = "/"
+    hostname: str = "unionfs"
+    binds: tuple[Bind, ...] = field(default=())
+
+    def mount_targets(self) -> list[tuple[str, bool]]:
+        """Paths inside the rootfs that get something mounted on them, with True for a directory."""
+        out = [("/proc", True), ("/dev", True), ("/etc/hosts", False), ("/etc/resolv.conf", False)]
+        out += [(b.target, os.path.isdir(b.source)) for b in self.binds]
+        return out
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished command: its exit status (128+N for signal N) and the tail of its captured output."""
+
+    status: int
+    output: str = ""
+
+
+# ---------------------------------------------------------------------------
+# users
+# ---------------------------------------------------------------------------
+
+def _db(root: str, name: str) -> list[list[str]]:
+    try:
+        with open(resolve_in_root(root, f"/etc/{name}"), encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+    except OSError:
+        return []
+
+
+def resolve_user(root: str, spec: str) -> tuple[int, int, list[int], str]:
+    """``(uid, gid, supplementary gids, home)`` for ``spec`` in the rootfs ``root``'s passwd and group files.
+
+    ``""`` is root. A numeric uid missing from passwd gets gid 0 and home ``/``. Raises SandboxError for a
+    name that is not in the files.
+    """
+    user, _, group = (spec or "0").partition(":")
+    passwd = _db(root, "passwd")
+    entry = None
+    for e in passwd:
+        if len(e) >= 6 and (e[0] == user or (user.isdigit() and e[2] == user)):
+            entry = e
+            break
+    if entry is not None:
+        uid, gid, home, name = int(entry[2]), int(entry[3]), entry[5] or "/", entry[0]
+    elif user.isdigit():
+        uid, gid, home, name = int(user), 0, "/", None
+    else:
+        raise SandboxError(f"unable to find user {user}: no matching entries in passwd file")
+    groups_db = _db(root, "group")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            found = [e for e in groups_db if len(e) >= 3 and e[0] == group]
+            if not found:
+                raise SandboxError(f"unable to find group {group}: no matching entries in group file")
+            gid = int(found[0][2])
+    extra = [gid]
+    if name is not None and not group:
+        for e in groups_db:
+            if len(e) >= 4 and name in e[3].split(",") and e[2].isdigit() and int(e[2]) not in extra:
+                extra.append(int(e[2]))
+    return uid, gid, extra, home
+
+
+# ---------------------------------------------------------------------------
+# the init layer: placeholders for mount targets
+# ---------------------------------------------------------------------------
+
+def make_init_layer(dest: str, lowers: Sequence[str], targets: Sequence[tuple[str, bool]]) -> None:
+    """Write into ``dest`` (an empty directory) placeholders for the mount ``targets`` the union of
+    ``lowers`` (base first) lacks, to be mounted as the topmost lower.
+
+    A directory on the way that the lowers have is mirrored with their mode, owner and mtime, so the merged
+    view is unchanged; a path that runs through a non-directory (a symlink) gets no placeholder (the
+    sandbox resolves it inside the rootfs).
+    """
+    from .union import Union
+
+    union = Union(list(lowers)) if lowers else None
+    mirrored: dict[str, os.stat_result] = {}
+
+    def lookup(path: str) -> os.stat_result | None:
+        if union is None:
+            return None
+        node = union.try_lookup(path)
+        return node.st if node is not None else None
+
+    root_st = lookup("/")
+    if root_st is not None:
+        mirrored["/"] = root_st
+    for target, is_dir in targets:
+        parts = [p for p in target.split("/") if p]
+        cur = ""
+        for i, name in enumerate(parts):
+            cur = cur + "/" + name
+            last = i == len(parts) - 1
+            st = lookup(cur)
+            host = os.path.join(dest, cur.lstrip("/"))
+            if st is not None:
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                if not last and not os.path.isdir(host):
+                    os.mkdir(host)
+                    mirrored[cur] = st
+                continue
+            if last and not is_dir:
+                if not os.path.lexists(host):
+                    os.close(os.open(host, os.O_WRONLY | os.O_CREAT, 0o644))
+            elif not os.path.isdir(host):
+                os.mkdir(host, 0o755)
+    for path in sorted(mirrored, key=len, reverse=True):
+        host = os.path.join(dest, path.lstrip("/")) if path != "/" else dest
+        st = mirrored[path]
+        os.chown(host, st.st_uid, st.st_gid)
+        os.chmod(host, stat.S_IMODE(st.st_mode))
+        os.utime(host, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# ---------------------------------------------------------------------------
+# the caller's side
+# ---------------------------------------------------------------------------
+
+def hosts_file(hostname: str) -> str:
+    """The /etc/hosts given to a command."""
+    return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n")
+
+
+@contextlib.contextmanager
+def _forwarding(pid: int) -> Iterator[None]:
+    """While the block runs, forward FORWARDED_SIGNALS sent to this process to ``pid`` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None,
+        output: Callable[[bytes], None] | None = None, check: bool = True) -> Completed:
+    """Run ``process`` chrooted in ``rootfs`` (see the module docstring) and wait for it.
+
+    ``stdin``/``stdout``/``stderr`` are passed on as to ``subprocess.Popen`` (None: inherited). With
+    ``output``, stdout and stderr go together through a pipe: every chunk goes to ``output`` and the tail is
+    kept for the result and for errors. Raises SandboxError, ExecError, and CommandFailedError when ``check``
+    is set and the status is not 0.
+    """
+    if not process.argv:
+        raise SandboxError("no command to run")
+    rootfs = os.path.abspath(rootfs)
+    if not os.path.isdir(rootfs):
+        raise SandboxError(f"rootfs {rootfs} is not a directory")
+    if os.geteuid() != 0:
+        raise SandboxError("running a command in a rootfs needs root (namespaces, chroot, mounts)")
+    priv = tempfile.mkdtemp(prefix="unionfs-sandbox-")
+    try:
+        hosts = os.path.join(priv, "hosts")
+        with open(hosts, "w") as f:
+            f.write(hosts_file(process.hostname))
+        resolv = os.path.join(priv, "resolv.conf")
+        try:
+            shutil.copyfile("/etc/resolv.conf", resolv)
+        except OSError:
+            open(resolv, "w").close()
+        os.chmod(priv, 0o755)
+        for p in (hosts, resolv):
+            os.chmod(p, 0o644)
+        r, w = os.pipe()
+        spec = {"root": rootfs, "argv": list(process.argv), "env": list(process.env), "user": process.user,
+                "workdir": process.workdir or "/", "hostname": process.hostname, "errfd": w,
+                "hosts": hosts, "resolv": resolv,
+                "binds": [[b.source, b.target, b.read_only] for b in process.binds]}
+        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH)}
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = pkg_root
+        tail = bytearray()
+        try:
+            try:
+                proc = subprocess.Popen([sys.executable, "-m", "unionfs.sandbox", json.dumps(spec)],
+                                        pass_fds=(w,), start_new_session=True, stdin=stdin,
+                                        stdout=subprocess.PIPE if output else stdout,
+                                        stderr=subprocess.STDOUT if output else stderr, env=env, cwd="/")
+            except OSError as e:
+                raise SandboxError(f"cannot start the sandbox helper: {e.strerror}") from None
+            finally:
+                os.close(w)
+            with _forwarding(proc.pid):
+                try:
+                    if output is not None:
+                        assert proc.stdout is not None
+                        fd = proc.stdout.fileno()
+                        while chunk := os.read(fd, 65536):
+                            output(chunk)
+                            tail += chunk
+                            if len(tail) > OUTPUT_TAIL:
+                                del tail[:-OUTPUT_TAIL]
+                        proc.stdout.close()
+                    status = proc.wait()
+                except BaseException:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()  # PID 1 of the namespace dies with the helper's kill below
+                    proc.wait()
+                    raise
+            report = b""
+            while chunk := os.read(r, 65536):
+                report += chunk
+        finally:
+            os.close(r)
+    finally:
+        shutil.rmtree(priv, ignore_errors=True)
+    text = tail.decode(errors="replace")
+    if report.startswith(b"error:"):
+        _, code, msg = report.decode(errors="replace").split(":", 2)
+        msg = msg.strip().splitlines()[0] if msg.strip() else "failed"
+        if int(code) in (126, 127):
+            raise ExecError(msg, int(code))
+        raise SandboxError(msg)
+    if check and status != 0:
+        shown = " ".join(process.argv)
+        raise CommandFailedError(f"the command '{shown}' returned a non-zero code: {status}",
+                                 list(process.argv), status, text)
+    return Completed(status, text)
+
+
+# ---------------------------------------------------------------------------
+# the helper (``python -m unionfs.sandbox SPEC``) and PID 1
+# ---------------------------------------------------------------------------
+
+_libc: Any = None
+
+
+def _c() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                                ctypes.c_char_p]
+    return _libc
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = (lambda s: s.encode() if s is not None else None)
+    _check(_c().mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _status(wstatus: int) -> int:
+    if os.WIFSIGNALED(wstatus):
+        return 128 + os.WTERMSIG(wstatus)
+    return os.WEXITSTATUS(wstatus)
+
+
+def _report(fd: int, code: int, message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, f"error:{code}:{message}\n".encode())
+
+
+def _setup_mounts(spec: dict[str, Any]) -> None:
+    root = spec["root"]
+
+    def target(path: str, want_dir: bool) -> str | None:
+        t = resolve_in_root(root, path)
+        try:
+            st = os.stat(t)
+        except OSError:
+            return None
+        return t if stat.S_ISDIR(st.st_mode) == want_dir else None
+
+    proc = target("/proc", True)
+    if proc is None:
+        raise OSError(0, "the rootfs has no /proc directory to mount proc on")
+    _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    dev = target("/dev", True)
+    if dev is None:
+        raise OSError(0, "the rootfs has no /dev directory")
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
+    for name in DEV_NODES:
+        p = os.path.join(dev, name)
+        if not os.path.exists(f"/dev/{name}"):
+            continue
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o666))
+        _mount(f"/dev/{name}", p, None, MS_BIND)
+    for name, to in DEV_LINKS:
+        os.symlink(to, os.path.join(dev, name))
+    os.mkdir(os.path.join(dev, "shm"), 0o1777)
+    _mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    os.mkdir(os.path.join(dev, "pts"), 0o755)
+    with contextlib.suppress(OSError):
+        _mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620")
+        os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    for path, src in (("/etc/hosts", spec["hosts"]), ("/etc/resolv.conf", spec["resolv"])):
+        t = target(path, False)
+        if t is not None:  # an image may lack /etc or point these elsewhere: then it goes without
+            _mount(src, t, None, MS_BIND)
+    for source, path, ro in spec["binds"]:
+        t = target(path, os.path.isdir(source))
+        if t is None:
+            raise OSError(0, f"cannot mount {source} on {path}: no such "
+                             f"{'directory' if os.path.isdir(source) else 'file'} in the rootfs")
+        _mount(source, t, None, MS_BIND | MS_REC)
+        if ro:
+            _mount(None, t, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def _exec_command(spec: dict[str, Any]) -> None:
+    """In the command's process: chroot, user, working directory, exec. Never returns."""
+    errfd = spec["errfd"]
+    try:
+        os.chroot(spec["root"])
+        os.chdir("/")
+        uid, gid, groups, home = resolve_user("/", spec["user"])
+        env = list(spec["env"])
+        keys = {e.split("=", 1)[0] for e in env}
+        if "PATH" not in keys:
+            env.insert(0, f"PATH={DEFAULT_PATH}")
+        if "HOME" not in keys:
+            env.append(f"HOME={home}")
+        if "HOSTNAME" not in keys:
+            env.append(f"HOSTNAME={spec['hostname']}")
+        workdir = spec["workdir"] if spec["workdir"].startswith("/") else "/" + spec["workdir"]
+        if not os.path.isdir(workdir):
+            os.makedirs(workdir, 0o755, exist_ok=True)
+        os.chdir(workdir)
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+        os.umask(0o022)
+        for s in (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.set_inheritable(errfd, False)
+        envmap = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    except SandboxError as e:
+        _report(errfd, 125, str(e))
+        os._exit(125)
+    except OSError as e:
+        _report(errfd, 125, f"cannot prepare the command: {e.strerror or e}")
+        os._exit(125)
+    argv = spec["argv"]
+    try:
+        os.execvpe(argv[0], argv, envmap)
+    except FileNotFoundError:
+        _report(errfd, 127, f"exec {argv[0]}: no such file or directory in the image's PATH")
+        os._exit(127)
+    except OSError as e:
+        _report(errfd, 126, f"exec {argv[0]}: {e.strerror}")
+        os._exit(126)
+
+
+def _init(spec: dict[str, Any]) -> None:
+    """PID 1 of the new PID namespace: mounts, then run the command, forward signals, reap. Never returns."""
+    errfd = spec["errfd"]
+    try:
+        name = spec["hostname"].encode()
+        _check(_c().sethostname(name, len(name)), "sethostname")
+        _setup_mounts(spec)
+    except OSError as e:
+        _report(errfd, 125, f"cannot set up the sandbox: {e.strerror or e}")
+        os._exit(125)
+    child: list[int] = []
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child[0], signum)
+        else:
+            pending.append(signum)
+
+    for s in FORWARDED_SIGNALS:
+        signal.signal(s, forward)
+    pid = os.fork()
+    if pid == 0:
+        _exec_command(spec)
+    child.append(pid)
+    for s in pending:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, s)
+    status = 1
+    while True:
+        try:
+            wpid, wstatus = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if wpid == pid:
+            status = _status(wstatus)
+            break
+    os._exit(status)  # the kernel kills whatever is left in the namespace
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The helper: ``python -m unionfs.sandbox SPEC_JSON``; exits with the command's status."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    errfd = spec["errfd"]
+    try:
+        _check(_c().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC), "unshare")
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    except OSError as e:
+        _report(errfd, 125, f"cannot create namespaces: {e.strerror or e}")
+        return 125
+    pid1: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if pid1:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid1[0], signum)
+
+    for s in FORWARDED_SIGNALS:
+        signal.signal(s, forward)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _init(spec)
+        finally:
+            os._exit(125)
+    pid1.append(pid)
+    os.close(errfd)
+    _, wstatus = os.waitpid(pid, 0)
+    return _status(wstatus)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Bind", "Process", "Completed", "run", "resolve_user", "make_init_layer", "hosts_file",
+           "DEFAULT_PATH"]
