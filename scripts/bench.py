@@ -57,6 +57,22 @@ from unionfs import whiteout  # noqa: E402
 
 DEFAULT_CACHE = REPO / ".bench-cache" / "mount-v1"
 IMPLS = ("unionfs", "fuse-overlayfs", "kernel")
+REFERENCES = ("fuse-overlayfs", "kernel")
+
+
+def base_impl(impl: str) -> str:
+    """``unionfs+writeback`` -> ``unionfs``: a variant is unionfs with ``-o`` options after ``+``."""
+    return impl.partition("+")[0]
+
+
+def variant_opts(impl: str) -> list[str]:
+    """The ``-o`` options of a unionfs variant (``unionfs+writeback+threads`` -> [writeback, threads])."""
+    return [o for o in impl.split("+")[1:] if o]
+
+
+def ours(impls: Sequence[str]) -> list[str]:
+    """The unionfs columns (the plain one and its variants)."""
+    return [i for i in impls if base_impl(i) == "unionfs"]
 MIB = 1 << 20
 CMD_TIMEOUT = 1800.0
 
@@ -272,12 +288,12 @@ def mount_command(impl: str, lowers: list[Path], upper: Path, work: Path, mnt: P
     layers fit the kernel's one-page limit on mount options.
     """
     rel = [p.name for p in lowers]
-    if impl == "unionfs":
+    if base_impl(impl) == "unionfs":
         cmd = [str(REPO / ".venv" / "bin" / "unionfs"), "mount"]
         for p in lowers:
             cmd += ["--lower", str(p)]
         cmd += ["--upper", str(upper), "--work", str(work)]
-        for o in unionfs_opts:
+        for o in [*unionfs_opts, *variant_opts(impl)]:
             cmd += ["-o", o]
         return cmd + [str(mnt)]
     opts = f"lowerdir={':'.join(reversed(rel))},upperdir={upper},workdir={work}"
@@ -333,7 +349,7 @@ def unmount(mnt: Path, impl: str) -> None:
     pid = daemon_pid(mnt) if impl != "kernel" else None
     polite = {"unionfs": [str(REPO / ".venv" / "bin" / "unionfs"), "umount", str(mnt)],
               "fuse-overlayfs": ["fusermount3", "-u", str(mnt)],
-              "kernel": ["umount", str(mnt)]}[impl]
+              "kernel": ["umount", str(mnt)]}[base_impl(impl)]
     lazy = ["umount", "-l", str(mnt)] if impl == "kernel" else ["fusermount3", "-u", "-z", str(mnt)]
     for cmd in (polite, lazy, ["umount", "-l", str(mnt)]):
         if not is_mounted(mnt):
@@ -630,14 +646,15 @@ def _r(v: float | None) -> str:
 def markdown(table: dict, impls: Sequence[str], metrics: Sequence[tuple[str, str]]) -> str:
     """The results as a markdown table: medians (min–max) per implementation and the ratios of unionfs."""
     head = ["workload", *impls]
-    others = [i for i in ("fuse-overlayfs", "kernel") if i in impls and "unionfs" in impls]
-    head += [f"unionfs / {o}" for o in others]
+    others = [i for i in REFERENCES if i in impls]
+    pairs = [(u, o) for u in ours(impls) for o in others]
+    head += [f"{u} / {o}" for u, o in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, label in metrics:
         if all(table[m].get(i) is None for i in impls):
             continue
         row = [label, *(_cell(table[m].get(i)) for i in impls)]
-        row += [_r(ratio(table, m, "unionfs", o)) for o in others]
+        row += [_r(ratio(table, m, u, o)) for u, o in pairs]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -652,7 +669,8 @@ def machine() -> dict[str, str]:
 def _version(cmd: list[str]) -> str:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        return (out.stdout or out.stderr).strip().splitlines()[0]
+        lines = (out.stdout + out.stderr).strip().splitlines()
+        return next((ln for ln in lines if cmd[0] in ln), lines[0])
     except (OSError, IndexError, subprocess.TimeoutExpired):
         return "?"
 
@@ -804,11 +822,11 @@ def check_environment(impls: Sequence[str]) -> None:
     """Fail early with a one-line reason when something needed is missing."""
     if os.geteuid() != 0:
         raise SystemExit("bench.py needs root (kernel overlayfs, drop_caches, whiteout device nodes)")
-    if not os.path.exists("/dev/fuse") and set(impls) & {"unionfs", "fuse-overlayfs"}:
+    if not os.path.exists("/dev/fuse") and set(map(base_impl, impls)) & {"unionfs", "fuse-overlayfs"}:
         raise SystemExit("bench.py: /dev/fuse is missing")
     if "fuse-overlayfs" in impls and not shutil.which("fuse-overlayfs"):
         raise SystemExit("bench.py: fuse-overlayfs is not installed (apt-get install fuse-overlayfs)")
-    if not (REPO / ".venv" / "bin" / "unionfs").exists() and "unionfs" in impls:
+    if not (REPO / ".venv" / "bin" / "unionfs").exists() and ours(impls):
         raise SystemExit("bench.py: .venv/bin/unionfs is missing (run scripts/setup.sh)")
 
 
@@ -824,7 +842,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--plot", metavar="PNG", help="with --scaling: plot the growth (if matplotlib is importable)")
     p.add_argument("--json", metavar="FILE", help="write every run and the summaries as JSON")
     p.add_argument("--markdown", metavar="FILE", help="also write the results table as markdown")
-    p.add_argument("--only", default=",".join(IMPLS), help="comma-separated implementations (default: all)")
+    p.add_argument("--only", default=",".join(IMPLS),
+                   help="comma-separated implementations (default: all three); unionfs+OPT[+OPT] is a variant "
+                        "mounted with -o OPT, e.g. unionfs+writeback")
     p.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
     p.add_argument("--write-mib", type=int, help="size of the write workloads (default 1024; --quick 256)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"data cache (default {DEFAULT_CACHE})")
@@ -840,7 +860,7 @@ def _on_signal(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     impls = [i.strip() for i in args.only.split(",") if i.strip()]
-    if unknown := set(impls) - set(IMPLS):
+    if unknown := set(map(base_impl, impls)) - set(IMPLS):
         raise SystemExit(f"unknown implementations: {', '.join(sorted(unknown))}")
     check_environment(impls)
     atexit.register(cleanup_all)
@@ -874,7 +894,9 @@ def _main_bench(args: argparse.Namespace, impls: list[str], cache: Path, scratch
     results = benchmark(ctx, impls, runs)
     table = summary_table(results, METRICS)
     info = machine()
-    text = markdown(table, impls, METRICS)
+    size = "1 GiB" if write_mib == 1024 else f"{write_mib} MiB"
+    labels = [(m, label.replace("write 1 GiB", f"write {size}")) for m, label in METRICS]
+    text = markdown(table, impls, labels)
     print(f"\n{info['date']}, {info['nproc']} cores, kernel {info['kernel']}, {info['fuse-overlayfs']}; "
           f"runs={runs}, writes of {write_mib} MiB; medians (min–max)\n")
     print(text)
@@ -886,7 +908,8 @@ def _main_bench(args: argparse.Namespace, impls: list[str], cache: Path, scratch
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     if args.json:
-        ratios = {m: {o: ratio(table, m, "unionfs", o) for o in impls if o != "unionfs"} for m, _ in METRICS}
+        ratios = {m: {f"{u}/{o}": ratio(table, m, u, o) for u in ours(impls) for o in impls if o not in ours(impls)}
+                  for m, _ in METRICS}
         doc = {"machine": info, "argv": sys.argv, "runs": runs, "write_mib": write_mib,
                "spec": dataclasses.asdict(spec), "implementations": impls, "summary": table,
                "ratios": ratios, "results": results}

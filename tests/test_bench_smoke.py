@@ -66,6 +66,6 @@ def test_bench_smoke_reports_every_field(tmp_path: Path) -> None:
             assert run["holes_kept"] in (0.0, 1.0)
             assert run["find_entries"] > 0
         assert "unionfs / fuse-overlayfs" in proc.stdout
-        assert set(doc["ratios"]["find_first"]) == {"fuse-overlayfs", "kernel"}
+        assert set(doc["ratios"]["find_first"]) == {"unionfs/fuse-overlayfs", "unionfs/kernel"}
     finally:
         assert _mounts_under(tmp_path) == [], "bench.py left a mount behind"
