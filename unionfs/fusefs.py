@@ -84,6 +84,8 @@ class UnionOperations(fuse.Operations):
         self.invalidate: Callable[[str], None] | None = None
         #: the mtime the kernel last sent per inode (with the writeback cache the kernel owns mtime)
         self._kmtime: dict[int, tuple[int, int]] = {}
+        #: names libfuse gave to unlinked open files -> their inode number (the open handles hold the data)
+        self._hidden: dict[str, int] = {}
         self._dirs: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
         self._next_dh = 1
 
@@ -95,7 +97,7 @@ class UnionOperations(fuse.Operations):
             config.negative_timeout = TIMEOUT
             config.use_ino = 1
             config.readdir_ino = 0
-            config.hard_remove = 1
+            config.hard_remove = 0  # open files unlinked: libfuse renames to .fuse_hidden*, see rename()
             config.nullpath_ok = 1
             config.kernel_cache = 1
         if conn is not None:
@@ -151,6 +153,11 @@ class UnionOperations(fuse.Operations):
                 raise OSError(errno.EBADF, "no path nor handle")
             st = os.fstat(fh)
             return stat_dict(st, self._fh_ino.get(fh, st.st_ino))
+        if path in self._hidden:
+            fd = next((f for f, p in self._fh_path.items() if p == path), None)
+            if fd is None:
+                raise OSError(errno.ENOENT, path)
+            return stat_dict(os.fstat(fd), self._hidden[path], nlink=0)
         return self._stat(self.view.lookup(path))
 
     def readlink(self, path: str) -> str:
@@ -292,6 +299,8 @@ class UnionOperations(fuse.Operations):
         return 0
 
     def unlink(self, path: str) -> int:
+        if self._hidden.pop(path, None) is not None:
+            return 0
         node = self.view.lookup(path)
         self.ov.unlink(path)
         if node.ino in self._aliases:
@@ -304,6 +313,16 @@ class UnionOperations(fuse.Operations):
         return 0
 
     def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if new.rpartition("/")[2].startswith(".fuse_hidden") and not flags:
+            # libfuse hides an unlinked file that is still open: keep its data for the open handles, show
+            # nothing in the union (the kernel overlay's fstat then says nlink 0)
+            node = self.view.lookup(old)
+            self.unlink(old)
+            self._hidden[new] = node.ino
+            for fd, p in list(self._fh_path.items()):
+                if p == old:
+                    self._fh_path[fd] = new
+            return 0
         self.ov.rename(old, new, flags)
         self._renamed(old, new, flags)
         return 0

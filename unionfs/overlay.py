@@ -335,11 +335,12 @@ class Overlay:
         os.setxattr(ipath, nlink_xattr(), str(max(0, n + delta)).encode())
 
     def _drop_lower_alias(self, node: Node) -> None:
-        """A lower hardlink alias disappears from the union (unlink, or renamed onto)."""
+        """A lower hardlink alias disappears from the union (unlink, or renamed onto): index the file (as
+        the kernel's index=on does) so that the other names show one link fewer."""
         if self.read_only or node.layer == 0 or not stat.S_ISREG(node.st.st_mode) or node.st.st_nlink <= 1:
             return
-        if node.indexed:
-            self._adjust_pending(node.real, -1)
+        ipath = node.real if node.indexed else self._make_index(node)
+        self._adjust_pending(ipath, -1)
 
     def _deep_copy(self, node: Node) -> str:
         """Copy the merged tree under directory ``node`` into a fresh opaque staging directory."""
