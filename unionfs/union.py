@@ -103,6 +103,13 @@ class Union:
         n = len(self._fsidx)
         self._shift = 64 - max(1, n.bit_length()) if n > 1 else 0
         self._ino_xattr = ino_xattr()
+        self._opaque_cache: dict[str, bool] = {}
+        dirs: list[tuple[int, str]] = []
+        for i, p in enumerate(self.layers):
+            dirs.append((i, p))
+            if wh.is_opaque_dir(p):
+                break
+        self._root_dirs = tuple(dirs)  # no one sets a layer root opaque while mounted
 
     # ------------------------------------------------------------------ inode numbers
     @property
@@ -137,14 +144,21 @@ class Union:
     # ------------------------------------------------------------------ lookup
     def root(self) -> Node:
         """The root directory: every layer's root merges, down to an opaque one."""
-        dirs: list[tuple[int, str]] = []
-        for i, p in enumerate(self.layers):
-            dirs.append((i, p))
-            if wh.is_opaque_dir(p):
-                break
+        dirs = self._root_dirs
         st = os.lstat(self.layers[0])
-        return Node("/", 0, self.layers[0], st, self.ino_of(0, self.layers[0], st), tuple(dirs),
+        return Node("/", 0, self.layers[0], st, self.ino_of(0, self.layers[0], st), dirs,
                     merged=len(dirs) > 1)
+
+    def _is_opaque(self, layer: int, p: str) -> bool:
+        """Opaque check; memoized for lower layers (read-only, never change while mounted)."""
+        if self.upper is not None and layer == 0:
+            return wh.is_opaque_dir(p)
+        v = self._opaque_cache.get(p)
+        if v is None:
+            if len(self._opaque_cache) > 200000:
+                self._opaque_cache.clear()
+            v = self._opaque_cache[p] = wh.is_opaque_dir(p)
+        return v
 
     def lookup(self, path: str) -> Node:
         """Resolve the union path ``path`` ("/a/b"); raises OSError ENOENT/ENOTDIR/ENAMETOOLONG."""
@@ -202,7 +216,7 @@ class Union:
                 dirs.append((layer, p))
             else:
                 break
-            if wh.is_opaque_dir(p):
+            if self._is_opaque(layer, p):
                 break
         if top is None:
             return None
@@ -265,7 +279,7 @@ class Union:
                     # a lower layer under a visible directory: merges only while directories continue
                     if stat.S_ISDIR(st.st_mode):
                         below.setdefault(name, []).append((layer, p))
-                        if wh.is_opaque_dir(p):
+                        if self._is_opaque(layer, p):
                             stopped.add(name)
                     else:
                         stopped.add(name)
@@ -277,7 +291,7 @@ class Union:
                 out[name] = n
                 if stat.S_ISDIR(st.st_mode):
                     below[name] = [(layer, p)]
-                    if wh.is_opaque_dir(p):
+                    if self._is_opaque(layer, p):
                         stopped.add(name)
                 else:
                     stopped.add(name)
