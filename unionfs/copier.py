@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import tarfile
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from . import whiteout as wh
 from .compression import open_decompressed
@@ -130,20 +130,20 @@ def copy_entry(src: str, dst: str, *, owner: Owner | None, chmod: int | None,
 # ADD's archives
 # ---------------------------------------------------------------------------
 
-def _open_plain(path: str) -> BinaryIO:
+@contextlib.contextmanager
+def _open_plain(path: str) -> Iterator[BinaryIO]:
     """The file's decompressed content (gzip, zstd, bzip2, xz or none)."""
     with open(path, "rb") as f:
         head = f.read(6)
-    if head.startswith(b"BZh"):
-        return bz2.open(path, "rb")  # type: ignore[return-value]
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.open(path, "rb")  # type: ignore[return-value]
-    f = open(path, "rb")
-    try:
-        return open_decompressed(f, None)
-    except LayerError:
-        f.close()
-        raise
+        f.seek(0)
+        if head.startswith(b"BZh"):
+            with bz2.open(f, "rb") as d:
+                yield d  # type: ignore[misc]
+        elif head.startswith(b"\xfd7zXZ\x00"):
+            with lzma.open(f, "rb") as d:
+                yield d  # type: ignore[misc]
+        else:
+            yield open_decompressed(f, None)
 
 
 def is_archive(path: str) -> bool:
@@ -151,7 +151,7 @@ def is_archive(path: str) -> bool:
     if not os.path.isfile(path):
         return False
     try:
-        with contextlib.closing(_open_plain(path)) as f:
+        with _open_plain(path) as f:
             block = f.read(512)
     except (OSError, LayerError, EOFError, lzma.LZMAError, ValueError):
         return False
@@ -170,16 +170,12 @@ def unpack_archive(path: str, dest: str) -> None:
     from .layer import unpack_layer
 
     try:
-        stream = _open_plain(path)
-    except OSError as e:
-        raise LayerError(f"cannot read {path}: {e.strerror}") from None
-    with contextlib.closing(stream):
-        try:
+        with _open_plain(path) as stream:
             unpack_layer(stream, dest, media_type=None)
-        except OSError as e:  # bz2/lzma read errors
-            raise LayerError(f"cannot unpack {os.path.basename(path)}: {e.strerror or e}") from None
-        except (EOFError, lzma.LZMAError) as e:
-            raise LayerError(f"cannot unpack {os.path.basename(path)}: {e}") from None
+    except OSError as e:  # opening, or bz2/lzma read errors
+        raise LayerError(f"cannot unpack {os.path.basename(path)}: {e.strerror or e}") from None
+    except (EOFError, lzma.LZMAError) as e:
+        raise LayerError(f"cannot unpack {os.path.basename(path)}: {e}") from None
 
 
 __all__ = ["copy_entry", "makedirs", "is_archive", "unpack_archive", "Owner"]

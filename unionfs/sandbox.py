@@ -240,15 +240,17 @@ def hosts_file(hostname: str) -> str:
 
 
 @contextlib.contextmanager
-def _forwarding(pid: int) -> Iterator[None]:
-    """While the block runs, forward FORWARDED_SIGNALS sent to this process to ``pid`` (main thread only)."""
+def _forwarding(target: list[int]) -> Iterator[None]:
+    """While the block runs, forward FORWARDED_SIGNALS sent to this process to ``target[0]`` once it is set
+    (main thread only; elsewhere signals keep their handlers)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+        if target:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target[0], signum)
 
     old = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
     try:
@@ -297,17 +299,23 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = pkg_root
         tail = bytearray()
+        helper: list[int] = []
         try:
-            try:
-                proc = subprocess.Popen([sys.executable, "-m", "unionfs.sandbox", json.dumps(spec)],
-                                        pass_fds=(w,), start_new_session=True, stdin=stdin,
-                                        stdout=subprocess.PIPE if output else stdout,
-                                        stderr=subprocess.STDOUT if output else stderr, env=env, cwd="/")
-            except OSError as e:
-                raise SandboxError(f"cannot start the sandbox helper: {e.strerror}") from None
-            finally:
-                os.close(w)
-            with _forwarding(proc.pid):
+            with _forwarding(helper):
+                # the helper starts with the forwarded signals blocked and unblocks them once its handlers
+                # are in place: a signal sent meanwhile waits instead of killing it half-way
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+                try:
+                    proc = subprocess.Popen([sys.executable, "-m", "unionfs.sandbox", json.dumps(spec)],
+                                            pass_fds=(w,), start_new_session=True, stdin=stdin,
+                                            stdout=subprocess.PIPE if output else stdout,
+                                            stderr=subprocess.STDOUT if output else stderr, env=env, cwd="/")
+                    helper.append(proc.pid)
+                except OSError as e:
+                    raise SandboxError(f"cannot start the sandbox helper: {e.strerror}") from None
+                finally:
+                    os.close(w)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 try:
                     if output is not None:
                         assert proc.stdout is not None
@@ -370,6 +378,14 @@ def _check(ret: int, what: str) -> None:
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = (lambda s: s.encode() if s is not None else None)
     _check(_c().mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (so a killed caller takes the namespace with it)."""
+    pr_set_pdeathsig = 1
+    _c().prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:
+        os._exit(125)
 
 
 def _status(wstatus: int) -> int:
@@ -479,6 +495,7 @@ def _exec_command(spec: dict[str, Any]) -> None:
 def _init(spec: dict[str, Any]) -> None:
     """PID 1 of the new PID namespace: mounts, then run the command, forward signals, reap. Never returns."""
     errfd = spec["errfd"]
+    _die_with_parent()
     try:
         name = spec["hostname"].encode()
         _check(_c().sethostname(name, len(name)), "sethostname")
@@ -505,6 +522,7 @@ def _init(spec: dict[str, Any]) -> None:
     for s in pending:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, s)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     status = 1
     while True:
         try:
@@ -522,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
     errfd = spec["errfd"]
+    _die_with_parent()
     try:
         _check(_c().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC), "unshare")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -545,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(125)
     pid1.append(pid)
     os.close(errfd)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     _, wstatus = os.waitpid(pid, 0)
     return _status(wstatus)
 
