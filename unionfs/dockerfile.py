@@ -242,7 +242,7 @@ def parse(text: str, name: str = "Dockerfile") -> Dockerfile:
         else:
             stages[-1].instructions.append(ins)
     if not stages:
-        raise _error(name, max(1, len(lines)), "no FROM instruction")
+        raise _error(name, 1, "no FROM instruction")
     return Dockerfile(global_args, stages, escape, name)
 
 
