@@ -389,6 +389,12 @@ def kernel_overlay(lowers: Sequence[Path], upper: Path | None, work: Path | None
     argv = ["mount", "-t", "overlay", "overlay", "-o", ",".join(opts), str(mnt)]
     m = Mount("kernel", Path(mnt), tuple(Path(p) for p in lowers), upper, work)
     r = _run(argv)
+    # EBUSY ("already mounted"): our previous mount of these directories can outlive its umount for a moment
+    # when another process copied it into its own mount namespace (unshare) and has not exited yet
+    end = time.monotonic() + 20
+    while r.returncode != 0 and "already mounted" in r.stderr and time.monotonic() < end:
+        time.sleep(0.2)
+        r = _run(argv)
     m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
     _wait_mounted(m, "overlay", r)
     with _managed(m, [["umount", str(mnt)]], strict=True) as mm:
