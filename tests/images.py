@@ -237,5 +237,5 @@ def snapshot(root: Path) -> dict[bytes, tuple]:
             size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0
             out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, content,
                         target, xattrs, rdev, st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else None)
-    groups = {p: tuple(sorted(g)) for g in inodes.values() for p in g}
+    groups = {p: tuple(sorted(g)) for g in inodes.values() if len(g) > 1 for p in g}
     return {p: v + (groups.get(p, ()),) for p, v in out.items()}
