@@ -570,12 +570,19 @@ METRICS = [
 ]
 
 
-def run_one(ctx: Ctx, impl: str, names: Sequence[str]) -> Result:
-    """One run of the named workloads for one implementation (used by the interleaving loop)."""
-    out: Result = {}
-    for n in names:
-        out.update(WORKLOADS[n](ctx, impl))
-    return out
+ERRORS: list[str] = []
+
+
+def guarded(fn: Callable[[], Result], what: str) -> Result:
+    """Run one workload; a failure (a command that failed or hung) is logged and kept in ERRORS, not fatal,
+    so that one broken workload does not lose the others' numbers."""
+    try:
+        return fn()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        msg = f"{what}: {e}".replace("\n", " ")[:400]
+        ERRORS.append(msg)
+        log(f"FAILED {msg}")
+        return {}
 
 
 def derive(run_result: Result) -> Result:
@@ -596,7 +603,7 @@ def benchmark(ctx: Ctx, impls: Sequence[str], runs: int) -> dict[str, list[Resul
             order = list(impls[r % len(impls):]) + list(impls[:r % len(impls)])
             for impl in order:
                 t0 = time.perf_counter()
-                results[impl][r].update(fn(ctx, impl))
+                results[impl][r].update(guarded(lambda: fn(ctx, impl), f"run {r + 1} {name} {impl}"))
                 log(f"run {r + 1}/{runs} {name:<14} {impl:<15} {time.perf_counter() - t0:6.1f} s")
         for impl in impls:
             derive(results[impl][r])
@@ -746,10 +753,18 @@ SCALE_METRICS = [("mount", "mount (s)"), ("find_first", "find first (s)"), ("fin
                  ("rss_mb", "peak RSS (MB)"), ("cpu_s", "CPU (s)")]
 
 
-def scaling(cache: Path, scratch: Path, impls: Sequence[str], runs: int, drop: bool, grid: bool,
-            opts: Sequence[str]) -> dict:
+def parse_points(text: str) -> list[tuple[int, int]]:
+    """``"100000x128,10000x1"`` -> [(100000, 128), (10000, 1)] (files x layers)."""
+    out = []
+    for item in text.split(","):
+        n, _, nl = item.strip().partition("x")
+        out.append((int(n), int(nl)))
+    return out
+
+
+def scaling(cache: Path, scratch: Path, impls: Sequence[str], runs: int, drop: bool,
+            points: Sequence[tuple[int, int]], opts: Sequence[str]) -> dict:
     """Every scaling point for every implementation, interleaved; returns {point: {impl: summaries}}."""
-    points = SCALE_GRID if grid else SCALE_POINTS
     out: dict = {}
     for n, nl in points:
         lowers = ensure_scale_data(cache, n, nl)
@@ -758,7 +773,8 @@ def scaling(cache: Path, scratch: Path, impls: Sequence[str], runs: int, drop: b
             order = list(impls[r % len(impls):]) + list(impls[:r % len(impls)])
             for impl in order:
                 t0 = time.perf_counter()
-                res[impl].append(scale_once(impl, lowers, n, scratch, drop, opts))
+                res[impl].append(guarded(lambda: scale_once(impl, lowers, n, scratch, drop, opts),
+                                         f"scaling {n} files {nl} layers {impl}"))
                 log(f"scaling {n} files {nl} layers run {r + 1}/{runs} {impl:<15} "
                     f"{time.perf_counter() - t0:6.1f} s")
         out[f"{n}x{nl}"] = {"files": n, "layers": nl, "summary": summary_table(res, SCALE_METRICS), "runs": res}
@@ -838,6 +854,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny data set, one run (for the test suite)")
     p.add_argument("--scaling", action="store_true", help="find/read at 10k..1M files and 1..128 layers")
     p.add_argument("--grid", action="store_true", help="with --scaling: the full 3x3 grid instead of a cross")
+    p.add_argument("--points", metavar="NxL,...", help="with --scaling: these points (files x layers) only")
     p.add_argument("--scaling-runs", type=int, default=1, help="runs per scaling point (default 1)")
     p.add_argument("--plot", metavar="PNG", help="with --scaling: plot the growth (if matplotlib is importable)")
     p.add_argument("--json", metavar="FILE", help="write every run and the summaries as JSON")
@@ -912,20 +929,29 @@ def _main_bench(args: argparse.Namespace, impls: list[str], cache: Path, scratch
                   for m, _ in METRICS}
         doc = {"machine": info, "argv": sys.argv, "runs": runs, "write_mib": write_mib,
                "spec": dataclasses.asdict(spec), "implementations": impls, "summary": table,
-               "ratios": ratios, "results": results}
+               "ratios": ratios, "results": results, "errors": ERRORS}
         Path(args.json).write_text(json.dumps(doc, indent=1))
-    return 0
+    return report_errors()
+
+
+def report_errors() -> int:
+    """Print the failed workloads; the exit status is 1 when there were any."""
+    for e in ERRORS:
+        print(f"FAILED: {e}")
+    return 1 if ERRORS else 0
 
 
 def _main_scaling(args: argparse.Namespace, impls: list[str], cache: Path, scratch: Path, drop: bool) -> int:
     runs = args.scaling_runs
-    sc = scaling(cache, scratch, impls, runs, drop, args.grid, args.unionfs_opt)
+    points = parse_points(args.points) if args.points else SCALE_GRID if args.grid else SCALE_POINTS
+    sc = scaling(cache, scratch, impls, runs, drop, points, args.unionfs_opt)
     print(scaling_markdown(sc, impls))
     if args.plot:
         plot(sc, impls, args.plot)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "argv": sys.argv, "scaling": sc}, indent=1))
-    return 0
+        Path(args.json).write_text(json.dumps({"machine": machine(), "argv": sys.argv, "scaling": sc,
+                                               "errors": ERRORS}, indent=1))
+    return report_errors()
 
 
 if __name__ == "__main__":
