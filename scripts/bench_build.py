@@ -37,7 +37,9 @@ CMD ["cat", "/app/all.txt"]
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    if p.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
     return time.perf_counter() - start
 
 
@@ -69,8 +71,11 @@ def main() -> int:
                 env = dict(os.environ, STORAGE_DRIVER="vfs", BUILDAH_ISOLATION="chroot")
                 base = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
                         "--storage-driver", "vfs"]
-                subprocess.run(base + ["import", str(tarball), "base"], check=False, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                cid = subprocess.run(base + ["from", "scratch"], check=True, env=env, capture_output=True,
+                                     text=True).stdout.strip()
+                subprocess.run(base + ["add", cid, str(tarball), "/"], check=True, env=env, capture_output=True)
+                subprocess.run(base + ["commit", "-q", cid, "base"], check=True, env=env, capture_output=True)
+                subprocess.run(base + ["rm", cid], check=True, env=env, capture_output=True)
                 bud = base + ["bud", "--layers", "--isolation", "chroot", "-t", "b:1", str(ctx)]
                 results["buildah"]["cold"].append(timed(bud, env))
                 results["buildah"]["cached"].append(timed(bud, env))

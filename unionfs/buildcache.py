@@ -66,7 +66,7 @@ def record(store: Store, key: str, image: Image, step: str) -> Path:
 
 def roots(store: Store) -> list[Descriptor]:
     """The manifests the cache names (for the store's garbage collection to keep)."""
-    out = []
+    out: list[Descriptor] = []
     d = cache_dir(store)
     if not d.is_dir():
         return out

@@ -536,9 +536,9 @@ class Builder:
         if kw == "MAINTAINER":
             author = ex(ins.args.strip())
 
-            def mutate(_c: dict[str, Any], d: dict[str, Any]) -> None:
+            def set_author(_c: dict[str, Any], d: dict[str, Any]) -> None:
                 d["author"] = author
-            return f"MAINTAINER {author}", mutate
+            return f"MAINTAINER {author}", set_author
         if kw == "EXPOSE":
             ports: list[str] = []
             for w in split_words(ins.args, esc):
@@ -575,20 +575,21 @@ class Builder:
                 c[key] = value
             return f"{kw} {value}", mutate
         if kw in ("CMD", "ENTRYPOINT"):
+            argv: list[str]
             if ins.json is not None:
-                value = list(ins.json)
+                argv = list(ins.json)
             elif ins.args.strip():
-                value = self._shell(state) + [ins.args]
+                argv = self._shell(state) + [ins.args]
             else:
-                value = []
-            key = "Cmd" if kw == "CMD" else "Entrypoint"
+                argv = []
+            field_name = "Cmd" if kw == "CMD" else "Entrypoint"
             reset_cmd = kw == "ENTRYPOINT" and not state.cmd_set
 
             def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                c[key] = value or None
+                c[field_name] = argv or None
                 if reset_cmd:  # docker: an ENTRYPOINT drops a CMD inherited from the base image
                     c["Cmd"] = None
-            return f"{kw} {json.dumps(value)}", mutate
+            return f"{kw} {json.dumps(argv)}", mutate
         if kw == "SHELL":
             shell = list(ins.json or ())
 

@@ -21,7 +21,6 @@ import lzma
 import os
 import shutil
 import stat
-import tarfile
 from typing import BinaryIO, Callable, Iterator
 
 from . import whiteout as wh
@@ -159,10 +158,13 @@ def is_archive(path: str) -> bool:
         return False
     if block[257:262] == b"ustar":
         return True
-    try:  # a v7 tar: the header checksum must hold
-        return tarfile.nti(block[148:156]) in tarfile.calc_chksums(block)
-    except (tarfile.HeaderError, ValueError):
+    try:  # a v7 tar: the header checksum (octal, over the header with its own field as blanks) must hold
+        stored = int(block[148:156].replace(b"\0", b" ").strip() or b"-1", 8)
+    except ValueError:
         return False
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    signed = sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]) + 8 * 32
+    return stored in (unsigned, signed)
 
 
 def unpack_archive(path: str, dest: str) -> None:

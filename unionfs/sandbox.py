@@ -519,9 +519,9 @@ def _init(spec: dict[str, Any]) -> None:
     if pid == 0:
         _exec_command(spec)
     child.append(pid)
-    for s in pending:
+    for signum in pending:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, s)
+            os.kill(pid, signum)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     status = 1
     while True:
