@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fuse3 attr umoci skopeo busybox-static docker-registry fuse-overlayfs fio stress-ng
+APT_PACKAGES=(fuse3 attr umoci skopeo busybox-static docker-registry fuse-overlayfs fio stress-ng buildah
               python3-venv gcc python3-dev util-linux kmod)
 
 missing=()

@@ -187,6 +187,19 @@ def test_no_cache_runs_again_and_prune_cache_empties_it(store: Path, context: Pa
     assert "Using cache" not in p.stdout and counter.joinpath("runs").read_text() != ""
 
 
+def test_gc_keeps_the_cache_and_unionfs_prune_clears_it(store: Path, context: Path, counter: Path) -> None:
+    build(store, context, counter, "-t", "test:built")
+    unionfs("rmi", "test:built", root=store)  # a gc: the cached step images must survive it
+    counter.joinpath("runs").write_text("")
+    p = build(store, context, counter, "-t", "test:built")
+    assert "Using cache" in p.stdout and counter.joinpath("runs").read_text() == ""
+    out = unionfs("prune", root=store).stdout
+    assert "Deleted build cache: " in out
+    counter.joinpath("runs").write_text("")
+    p = build(store, context, counter, "-t", "test:built")
+    assert "Using cache" not in p.stdout and counter.joinpath("runs").read_text() != ""
+
+
 def test_quiet_prints_only_the_id(store: Path, context: Path, counter: Path) -> None:
     p = build(store, context, counter, "-q", "-t", "test:q")
     assert re.fullmatch(r"sha256:[0-9a-f]{64}\n", p.stdout), p.stdout

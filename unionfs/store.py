@@ -600,7 +600,9 @@ class Store:
         with self.lock():
             keep_blobs: set[str] = set()
             keep_layers: set[str] = set()
-            roots = [Descriptor.from_json(e) for e in self._read_index()]
+            from . import buildcache  # the build cache's step images are roots too, until `prune`
+
+            roots = [Descriptor.from_json(e) for e in self._read_index()] + buildcache.roots(self)
             containers = self.containers()
             for c in containers:
                 keep_layers.update(c.get("layers") or [])
@@ -638,8 +640,8 @@ class Store:
             layers.update(d.hex for d in ImageConfig.parse(self.read_blob(manifest.config.digest, False)).diff_ids)
 
     def prune(self, all_unused: bool = False) -> list[str]:
-        """Remove dangling images (all images no container uses, with ``all_unused``), then collect garbage
-        and empty ``tmp/``. Returns lines describing what went."""
+        """Remove dangling images (all images no container uses, with ``all_unused``) and the build cache,
+        then collect garbage and empty ``tmp/``. Returns lines describing what went."""
         out: list[str] = []
         with self.lock():
             used = {c.get("manifest") for c in self.containers()}
@@ -651,6 +653,9 @@ class Store:
                     ref = self._entry_ref(e)
                     out.append(f"Untagged: {ref.familiar}" if ref else f"Deleted: {e.get('digest')}")
             self._write_index(keep)
+            from . import buildcache
+
+            out.extend(buildcache.prune(self))
             out.extend(f"Deleted: {d}" for d in self.gc())
             for p in self.tmp_dir.iterdir():
                 remove_tree(p)
