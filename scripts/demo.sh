@@ -39,10 +39,28 @@ if $U mount --help >/dev/null 2>&1; then
   step sh -c "echo 'written through the mount' > '$mnt/etc/motd'; rm '$mnt/bin/mv'; echo changed > '$mnt/etc/hostname'"
   step cat "$mnt/etc/motd" "$mnt/etc/hostname"
   step $U ps
+  step $U diff demo
   step $U umount "$mnt"
   upper="$UNIONFS_ROOT/containers/demo/upper"
   step ls -lR "$upper"
+  $U rmi demo/busybox:2 >/dev/null 2>&1 || true
+  step $U commit -m "demo changes" demo demo/busybox:2
+  step $U layers demo/busybox:2
+  step $U cat demo/busybox:2 /etc/motd
   step $U rm demo
+fi
+
+if $U build --help >/dev/null 2>&1; then
+  mkdir -p "$work/ctx"
+  echo "hello from a build" > "$work/ctx/greeting.txt"
+  cat > "$work/ctx/Dockerfile" <<'DOCKERFILE'
+FROM demo/busybox:1
+COPY greeting.txt /srv/
+RUN echo "built at step 3" >> /srv/greeting.txt
+CMD ["cat", "/srv/greeting.txt"]
+DOCKERFILE
+  step $U build -t demo/hello:1 "$work/ctx"
+  step $U run --rm demo/hello:1
 fi
 echo
 echo "demo finished; store at $UNIONFS_ROOT"
