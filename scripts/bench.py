@@ -796,7 +796,7 @@ def scaling_markdown(sc: dict, impls: Sequence[str]) -> str:
 
 
 def plot(sc: dict, impls: Sequence[str], path: str) -> None:
-    """find time, cat time and daemon RSS against files and against layers (needs matplotlib)."""
+    """find time, cat time, mount time and daemon RSS against files and against layers (needs matplotlib)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -804,13 +804,13 @@ def plot(sc: dict, impls: Sequence[str], path: str) -> None:
     except ImportError:
         log("--plot: matplotlib is not importable; no plot written")
         return
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
     pts = list(sc.values())
     for row, (axis, fixed) in enumerate((("files", "layers"), ("layers", "files"))):
         groups: dict[int, list[dict]] = {}
         for p in pts:
             groups.setdefault(p[fixed], []).append(p)
-        for col, m in enumerate(("find_first", "cat_sample", "rss_mb")):
+        for col, m in enumerate(("find_first", "cat_sample", "mount", "rss_mb")):
             ax = axes[row][col]
             for fv, ps in groups.items():
                 if len(ps) < 2:
