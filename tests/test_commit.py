@@ -256,10 +256,6 @@ def test_commit_round_trip(impl: str, test_images: Any, cli, store_root: Path, t
     assert ("D", "/usr/share/doc") in image_diff and ("A", "/usr/share/documentation/added") in image_diff
     assert {p for _, p in image_diff} <= {p for _, p in EXPECTED_DIFF}
 
-    if mtimes and impl == "unionfs":
-        # everything else matched; the unionfs mount shows other mtimes than its upper keeps
-        pytest.xfail("unionfs: mtime through the mount != mtime in the upper (/work/findings-mount.md):\n"
-                     + "\n".join(mtimes))
     assert not mtimes, "\n".join(mtimes)
 
 

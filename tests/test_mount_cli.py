@@ -163,3 +163,56 @@ def test_read_only_mount(tmp_path: Any) -> None:
         with pytest.raises(OSError) as ei:
             open(os.path.join(mnt, "x"), "w")
         assert ei.value.errno == 30
+
+
+def test_mtime_through_mount_is_the_uppers(tmp_path: Any) -> None:
+    """With the writeback cache (on by default) the kernel owns mtime: the upper must keep exactly the mtime
+    the mount showed, after sync and after umount (the commit round trip depends on it)."""
+    lowers, u, w, mnt = layers(tmp_path)
+    shown: dict[str, int] = {}
+    with mounted(lowers, u, w, mnt):
+        for i in range(8):
+            p = os.path.join(mnt, f"new{i}")
+            with open(p, "w") as f:
+                f.write("hello\n" * i * 500)
+            shown[f"new{i}"] = os.stat(p).st_mtime_ns
+        with open(os.path.join(mnt, "a"), "a") as f:  # copy-up and append
+            f.write("more")
+        shown["a"] = os.stat(os.path.join(mnt, "a")).st_mtime_ns
+        fd = os.open(os.path.join(mnt, "top"), os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, 1 << 16)
+            os.pwrite(fd, b"x", 100)
+            os.ftruncate(fd, 50)
+        finally:
+            os.close(fd)
+        shown["top"] = os.stat(os.path.join(mnt, "top")).st_mtime_ns
+        os.sync()
+        assert {n: os.stat(os.path.join(u, n)).st_mtime_ns for n in shown} == shown
+    assert {n: os.stat(os.path.join(u, n)).st_mtime_ns for n in shown} == shown
+
+
+def test_listings_follow_changes(tmp_path: Any) -> None:
+    """The kernel caches directory listings (and the daemon its path resolutions): every change made through
+    the mount shows in the next listing and lookup."""
+    lowers, u, w, mnt = layers(tmp_path)
+    d = os.path.join(mnt, "d")
+    with mounted(lowers, u, w, mnt):
+        assert sorted(os.listdir(d)) == ["f", "g"]
+        assert sorted(os.listdir(d)) == ["f", "g"]  # from the kernel's cache
+        open(os.path.join(d, "h"), "w").close()
+        assert sorted(os.listdir(d)) == ["f", "g", "h"]
+        os.unlink(os.path.join(d, "f"))
+        assert sorted(os.listdir(d)) == ["g", "h"]
+        os.rename(os.path.join(d, "g"), os.path.join(mnt, "g2"))
+        assert sorted(os.listdir(d)) == ["h"]
+        assert "g2" in os.listdir(mnt)
+        os.rename(d, os.path.join(mnt, "d2"))
+        assert sorted(os.listdir(os.path.join(mnt, "d2"))) == ["h"]
+        assert not os.path.exists(d)
+        os.mkdir(d)
+        assert os.listdir(d) == []
+        with open(os.path.join(mnt, "d2", "h"), "w") as f:
+            f.write("data")
+        with open(os.path.join(mnt, "d2", "h")) as f:
+            assert f.read() == "data"

@@ -128,6 +128,8 @@ def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
         opts.update({"allow_other": True, "dev": True, "suid": True})
     if plan.upper is None:
         opts["ro"] = True
+    else:
+        opts["writeback"] = True  # see fusefs: the kernel's page cache takes small writes, mtimes stay true
     for o in options:
         for item in o.split(","):
             if not item:

@@ -27,12 +27,14 @@ try:
 except ImportError:  # pragma: no cover - the fusepy fallback
     import fuse  # type: ignore[no-redef]
 
-from .overlay import UTIME_NOW, UTIME_OMIT, Overlay, fallocate
+from .overlay import UTIME_NOW, UTIME_OMIT, Overlay, fallocate, utimensat
 from .union import Node, stat_dict
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 3600.0
+#: bytes per WRITE request: the kernel's default is 128 KiB; 1 MiB quarters the requests of a stream
+MAX_WRITE = 1 << 20
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
 FUSE_BUF_IS_FD = 1 << 1
@@ -82,11 +84,10 @@ class UnionOperations(fuse.Operations):
         self._upper_fds: set[int] = set()
         self._aliases: dict[int, set[str]] = {}
         self.invalidate: Callable[[str], None] | None = None
-        #: the mtime the kernel last sent per inode (with the writeback cache the kernel owns mtime)
-        self._kmtime: dict[int, tuple[int, int]] = {}
         #: names libfuse gave to unlinked open files -> their inode number (the open handles hold the data)
         self._hidden: dict[str, int] = {}
-        self._dirs: dict[int, list[tuple[str, dict[str, int] | None]]] = {}
+        #: open directory handles: the path until the first readdir lists it, then its entries
+        self._dirs: dict[int, str | list[tuple[str, dict[str, int] | None]]] = {}
         self._next_dh = 1
 
     # ------------------------------------------------------------------ life cycle
@@ -105,6 +106,9 @@ class UnionOperations(fuse.Operations):
             if self.writeback and not self.ov.read_only:
                 want |= CAP_WRITEBACK_CACHE
             conn.want = (conn.want | (want & conn.capable)) & ~(CAP_POSIX_LOCKS | CAP_FLOCK_LOCKS)
+            # libfuse 3.14 takes max_write from here only (fuse_main has no -o max_write) and derives the
+            # kernel's max_pages from it; its receive buffer holds 1 MiB + header
+            conn.max_write = MAX_WRITE
         if self._ready is not None:
             self._ready()
 
@@ -161,26 +165,40 @@ class UnionOperations(fuse.Operations):
         return self._stat(self.view.lookup(path))
 
     def readlink(self, path: str) -> str:
-        return self.view.readlink(self.view.lookup(path))
+        return self.view.readlink(self.view.resolve(path))
 
     def opendir(self, path: str) -> int:
-        node = self.view.lookup(path)
+        """Open a directory handle; the listing is made at the first readdir (the kernel answers repeated
+        listings from its readdir cache and then sends no READDIR at all)."""
+        node = self.view.resolve(path)
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, path)
-        entries: list[tuple[str, dict[str, int] | None]] = [(".", self._stat(node)), ("..", None)]
-        for child in self.view.listdir(node):
-            entries.append((child.path.rpartition("/")[2], self._stat(child)))
         dh = self._next_dh
         self._next_dh += 1
-        self._dirs[dh] = entries
+        self._dirs[dh] = path
         return dh
+
+    def _entries(self, fh: int) -> list[tuple[str, dict[str, int] | None]]:
+        entries = self._dirs.get(fh)
+        if entries is None:
+            return []
+        if isinstance(entries, str):
+            path = entries
+            node = self.view.lookup(path)
+            entries = [(".", self._stat(node)), ("..", None)]
+            children = self.view.listdir(node)
+            for child in children:
+                entries.append((child.path.rpartition("/")[2], self._stat(child)))
+            self.view.adopt(path, children)
+            self._dirs[fh] = entries
+        return entries
 
     def readdir_entries(self, fh: int, offset: int) -> list[tuple[str, dict[str, int] | None]]:
         """The directory handle's entries from ``offset`` on (the next offset of entry i is i + 1)."""
-        return self._dirs.get(fh, [])[offset:]
+        return self._entries(fh)[offset:]
 
     def readdir(self, path: str, fh: int) -> list[str]:  # fusepy fallback
-        return [name for name, _ in self._dirs.get(fh, [])]
+        return [name for name, _ in self._entries(fh)]
 
     def releasedir(self, path: str | None, fh: int) -> int:
         self._dirs.pop(fh, None)
@@ -190,15 +208,14 @@ class UnionOperations(fuse.Operations):
         return self.ov.statfs()
 
     def listxattr(self, path: str) -> list[str]:
-        return self.view.listxattr(self.view.lookup(path))
+        return self.view.listxattr(self.view.resolve(path))
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        return self.view.getxattr(self.view.lookup(path), name)
+        return self.view.getxattr(self.view.resolve(path), name)
 
     # ------------------------------------------------------------------ files
     def open(self, path: str, flags: int) -> int:
-        fd = self.ov.open(path, flags)
-        node = self.view.lookup(path)
+        fd, node = self.ov.open_node(path, flags)
         self._fh_ino[fd] = node.ino
         self._fh_path[fd] = path
         if node.layer == 0 and not node.indexed and not self.ov.read_only:
@@ -222,7 +239,7 @@ class UnionOperations(fuse.Operations):
     def create(self, path: str, mode: int, flags: int = os.O_WRONLY) -> int:
         uid, gid = self._ctx()
         fd = self.ov.create(path, mode, flags, uid, gid)
-        self._fh_ino[fd] = self.view.lookup(path).ino
+        self._fh_ino[fd] = self.view.resolve(path).ino
         self._fh_path[fd] = path
         self._upper_fds.add(fd)
         return fd
@@ -231,19 +248,15 @@ class UnionOperations(fuse.Operations):
         return os.pread(fh, size, offset)
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:  # fusepy fallback
+        t = self.before_write(fh)
         n = os.pwrite(fh, data, offset)
-        self.after_write(fh)
+        self.after_write(fh, t)
         return n
-
-    def flush(self, path: str | None, fh: int) -> int:
-        if fh in self._upper_fds:
-            self._changed(self._fh_ino.get(fh), self._fh_path.get(fh))
-        return 0
 
     def release(self, path: str | None, fh: int) -> int:
         if fh in self._upper_fds:
             self._changed(self._fh_ino.get(fh), self._fh_path.get(fh))
-        self._fh_ino.pop(fh, None)
+        ino = self._fh_ino.pop(fh, None)
         self._fh_path.pop(fh, None)
         self._upper_fds.discard(fh)
         os.close(fh)
@@ -257,19 +270,19 @@ class UnionOperations(fuse.Operations):
         return 0
 
     def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
+        t = self.before_write(fh)
         fallocate(fh, mode, offset, size)
+        self.after_write(fh, t)
         return 0
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         if fh is not None and fh in self._upper_fds:
             os.ftruncate(fh, length)
-            self._kmtime.pop(self._fh_ino.get(fh, -1), None)
         elif path is None:
             raise OSError(errno.EBADF, "no path nor handle")
         else:
             p = self._path_of(path, fh)
             self.ov.truncate(p, length)
-            self._kmtime.pop(self.view.lookup(p).ino, None)
             self._changed(self.view.lookup(p).ino, p)
         return 0
 
@@ -356,28 +369,34 @@ class UnionOperations(fuse.Operations):
 
     def utimens_raw(self, path: str | None, times: Any, fh: int | None) -> int:
         """utimens with the raw ((sec, nsec), (sec, nsec)) pairs (nsec may be UTIME_NOW/UTIME_OMIT)."""
-        from .overlay import utimensat
         if fh is not None and fh in self._upper_fds:
             utimensat(None, times, fd=fh)
-            if times is not None and times[1][1] not in (UTIME_NOW, UTIME_OMIT):
-                if len(self._kmtime) > 4096:
-                    self._kmtime.clear()
-                self._kmtime[self._fh_ino.get(fh, -1)] = times[1]
         else:
-            p = self._path_of(path, fh)
-            self.ov.utimens(p, times)
-            if times is not None and times[1][1] not in (UTIME_NOW, UTIME_OMIT):
-                # the kernel's inode writeback may send this before the WRITEs it follows
-                self._kmtime[self.view.lookup(p).ino] = times[1]
+            self.ov.utimens(self._path_of(path, fh), times)
         return 0
 
-    def after_write(self, fh: int) -> None:
-        """A write landed after the kernel sent its mtime (writeback requests may overtake the SETATTR):
-        put the kernel's mtime back."""
-        t = self._kmtime.get(self._fh_ino.get(fh, -1))
-        if t is not None:
-            from .overlay import utimensat
-            utimensat(None, ((0, UTIME_OMIT), t), fd=fh)
+    def before_write(self, fh: int) -> int | None:
+        """Call before changing the data of handle ``fh``; pass the result to :meth:`after_write`.
+
+        With the writeback cache the kernel owns a file's mtime (and ctime): it changes them in its own
+        inode when a write enters its page cache and tells us with a SETATTR (FATTR_MTIME) when its value
+        changed; the WRITE requests come later, at writeback. So a data change made here must not move the
+        upper's mtime: the mtime is read before and put back after. Otherwise the upper would keep a later
+        mtime than the mount showed (and a remount or a commit would see it).
+        """
+        return os.fstat(fh).st_mtime_ns if self.writeback else None
+
+    def after_write(self, fh: int, mtime_ns: int | None = None) -> None:
+        """After data landed in the upper file of handle ``fh`` (``mtime_ns`` from :meth:`before_write`).
+
+        Other names of a hardlinked file have their kernel caches dropped (there is no FLUSH request:
+        close(2) waits for the writeback of dirty pages, which ends here).
+        """
+        if mtime_ns is not None:
+            utimensat(None, ((0, UTIME_OMIT), divmod(mtime_ns, 10**9)), fd=fh)
+        ino = self._fh_ino.get(fh, -1)
+        if ino in self._aliases:
+            self._changed(ino, self._fh_path.get(fh))
 
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:  # fusepy fallback
         t = None if times is None else tuple(divmod(int(x), 10**9) for x in times)
@@ -411,12 +430,17 @@ if _MFUSEPY:
 
         def init_fuse_3(self, conn: Any, config: Any) -> None:
             fuse_ptr = ctypes.c_void_p(_libfuse.fuse_get_context().contents.fuse)
+            self._cache_dirs = _enable_readdir_cache(fuse_ptr.value)
 
             def invalidate(path: str) -> None:
                 _libfuse.fuse_invalidate_path(fuse_ptr, path.encode(self.encoding, self.errors))
 
             self.operations.invalidate = invalidate
             super().init_fuse_3(conn, config)
+
+        def opendir(self, path: bytes, fip: Any) -> int:
+            fip.contents.fh = self.operations.opendir(self._p(path))
+            return 0
 
         def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
             return self.operations.chmod(self._p(path), mode, fip.contents.fh if fip else None)
@@ -478,10 +502,79 @@ if _MFUSEPY:
             dst = _BufVec(1, 0, 0)
             d = dst.buf[0]
             d.size, d.flags, d.mem, d.fd, d.pos = total, FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK, None, fip.contents.fh, offset
+            t = self.operations.before_write(fip.contents.fh)
             res = _libfuse.fuse_buf_copy(ctypes.byref(dst), src, 0)
             if res > 0:
-                self.operations.after_write(fip.contents.fh)
+                self.operations.after_write(fip.contents.fh, t)
             return res
+
+    _LL_OPS = 44          # function pointers in libfuse 3.14's struct fuse_lowlevel_ops
+    _LL_OPENDIR = 20      # index of opendir in it
+    _LL_OPENDIR_T = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.POINTER(fuse.fuse_file_info))
+    _ll_keep: list[Any] = []  # the installed callback must outlive the session
+
+    def _libfuse_text() -> tuple[int, int] | None:
+        """The address range of libfuse3's executable mapping."""
+        lo = hi = None
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and "libfuse3" in parts[5] and "x" in parts[1]:
+                    a, b = (int(x, 16) for x in parts[0].split("-"))
+                    lo, hi = min(a, lo or a), max(b, hi or b)
+        return None if lo is None else (lo, hi)
+
+    def _enable_readdir_cache(fuse_addr: int | None) -> bool:
+        """Make every OPENDIR reply ask the kernel to cache the listing (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE).
+
+        libfuse 3.14's high-level opendir does not pass those bits from the filesystem's fuse_file_info to
+        the reply, but it replies with the low-level one it was given, untouched but for ``fh``. So the
+        session's low-level opendir (in ``struct fuse_session``, found through ``struct fuse``'s first
+        member) is wrapped: set the bits, then call libfuse's own. The table is recognised by its shape (44
+        slots, each NULL or an address in libfuse's code, init/lookup/opendir/readdir set); when it is not
+        found nothing changes and listings simply are not cached (logged). The kernel drops a directory's
+        cached listing whenever it changes through this mount (its mtime/i_version moves).
+        """
+        if not fuse_addr:
+            return False
+        try:
+            text = _libfuse_text()
+            if text is None:
+                raise LookupError("libfuse3 mapping not found")
+            se = ctypes.c_void_p.from_address(fuse_addr).value
+            if not se:
+                raise LookupError("no session")
+            words = (ctypes.c_uint64 * 96).from_address(se)
+            lo, hi = text
+
+            def code(v: int) -> bool:
+                return lo <= v < hi
+            for start in range(0, 96 - _LL_OPS):
+                slots = words[start:start + _LL_OPS]
+                if not all(v == 0 or code(v) for v in slots):
+                    continue
+                if not all(code(slots[i]) for i in (0, 2, 4, _LL_OPENDIR, _LL_OPENDIR + 1, _LL_OPENDIR + 2)):
+                    continue
+                if code(words[start + _LL_OPS]) or code(words[start - 1]) if start else False:
+                    continue
+                orig = _LL_OPENDIR_T(slots[_LL_OPENDIR])
+
+                def ll_opendir(req: int, ino: int, llfi: Any, _orig: Any = orig) -> None:
+                    fi = llfi.contents
+                    fi.cache_readdir = 1
+                    fi.keep_cache = 1
+                    _orig(req, ino, llfi)
+
+                cb = _LL_OPENDIR_T(ll_opendir)
+                _ll_keep.append((cb, orig))
+                slot = ctypes.c_void_p.from_address(se + 8 * (start + _LL_OPENDIR))
+                slot.value = ctypes.cast(cb, ctypes.c_void_p).value
+                log.debug("readdir cache on (low-level ops at session offset %d)", 8 * start)
+                return True
+            raise LookupError("low-level ops table not recognised")
+        except (LookupError, OSError, ValueError) as e:
+            log.warning("kernel readdir cache not enabled: %s", e)
+            return False
 
     # mfusepy only wires a libfuse callback when the Operations object has an attribute of that name
     UnionOperations.read_buf = lambda self, *a: 0  # type: ignore[attr-defined]

@@ -18,17 +18,20 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import itertools
 import logging
 import os
 import shutil
 import stat
-from typing import Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 from . import whiteout as wh
 from .union import Node, Union, ino_xattr, nlink_xattr
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -162,12 +165,32 @@ def copy_xattrs(src: str, dst: str, *, dst_fd: int | None = None) -> None:
             raise
 
 
+def _forgetting(*which: int) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    """Decorate an :class:`Overlay` method whose positional arguments ``which`` are union paths it may change
+    the resolution of: they are forgotten in the view's cache afterwards (also on failure)."""
+    def deco(fn: Callable[..., _T]) -> Callable[..., _T]:
+        @functools.wraps(fn)
+        def wrapper(self: "Overlay", *args: Any, **kwargs: Any) -> _T:
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                for i in which:
+                    self.view.forget(args[i])
+        return wrapper
+    return deco
+
+
 class Overlay:
     """The union of ``lowers`` (base first) under the writable ``upper`` (None: read-only) with ``work``
-    (same filesystem as ``upper``). ``view`` is the read side (:class:`unionfs.union.Union`)."""
+    (same filesystem as ``upper``). ``view`` is the read side (:class:`unionfs.union.Union`).
+
+    ``cache``: the view keeps path resolutions (:class:`unionfs.union.Union` ``cache``); correct as long as
+    this object is the only writer of the upper while it lives (a mount daemon). Every method that changes
+    what a path resolves to forgets that path in the view, also when it fails half way.
+    """
 
     def __init__(self, lowers: list[str] | tuple[str, ...], upper: str | None = None,
-                 work: str | None = None) -> None:
+                 work: str | None = None, *, cache: bool = True) -> None:
         if (upper is None) != (work is None):
             raise ValueError("upper and work go together")
         self.upper = upper
@@ -182,11 +205,20 @@ class Overlay:
             self._clean_tmp()
         else:
             self.tmp = self.index = self.keep = ""
-        self.view = Union(tuple(lowers), upper, self.index or None)
+        self.view = Union(tuple(lowers), upper, self.index or None, cache=cache)
         self._counter = itertools.count()
         self._ns = wh.xattr_namespace()
 
     # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def _changes(self, *paths: str) -> Iterator[None]:
+        """Forget ``paths`` (and their subtrees) in the view's cache once the body is done, even on failure."""
+        try:
+            yield
+        finally:
+            for p in paths:
+                self.view.forget(p)
+
     def _clean_tmp(self) -> None:
         """Remove what a killed daemon left in the staging directory (never visible in the union)."""
         for name in os.listdir(self.tmp):
@@ -265,7 +297,11 @@ class Overlay:
             self._link_from_index(ipath, dst)
         else:
             tmp = self._copy_one(node, data=data)
-            os.rename(tmp, dst)
+            try:
+                os.rename(tmp, dst)
+            finally:
+                self.view.forget(path, keep_children=True)
+        self.view.forget(path, keep_children=True)
         self._set_times(pnode.real, pst)
         log.debug("copied up %s", path)
         return self.view.lookup(path)
@@ -318,6 +354,7 @@ class Overlay:
             tmp = self._copy_one(node, data=data)
             os.setxattr(tmp, nlink_xattr(), str(node.st.st_nlink).encode())
             os.rename(tmp, ipath)
+            self.view.forget_all()  # every lower alias of this inode now resolves to the index
         return ipath
 
     def _link_from_index(self, ipath: str, dst: str) -> None:
@@ -435,6 +472,7 @@ class Overlay:
             gid = pst.st_gid
         return uid, gid
 
+    @_forgetting(0)
     def create(self, path: str, mode: int, flags: int, uid: int = 0, gid: int = 0) -> int:
         """Create and open a regular file; returns the real fd (in the upper)."""
         pnode, name, dst = self._prepare_create(path)
@@ -449,6 +487,7 @@ class Overlay:
         self._place(dst, make)
         return fds[0]
 
+    @_forgetting(0)
     def mkdir(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> None:
         """mkdir; over a whiteout the new directory is opaque (and only then)."""
         pnode, name, dst = self._prepare_create(path)
@@ -464,6 +503,7 @@ class Overlay:
 
         self._place(dst, make, is_dir=True)
 
+    @_forgetting(0)
     def mknod(self, path: str, mode: int, dev: int, uid: int = 0, gid: int = 0) -> None:
         """mknod/mkfifo (a char device 0/0 is refused: it would read as a whiteout)."""
         if stat.S_ISCHR(mode) and dev == 0:
@@ -479,6 +519,7 @@ class Overlay:
 
         self._place(dst, make)
 
+    @_forgetting(1)
     def symlink(self, target: str, path: str, uid: int = 0, gid: int = 0) -> None:
         """Create the symlink ``path`` -> ``target``."""
         pnode, name, dst = self._prepare_create(path)
@@ -490,6 +531,7 @@ class Overlay:
 
         self._place(dst, make)
 
+    @_forgetting(0, 1)
     def link(self, src: str, dst: str) -> None:
         """Hard link: copies ``src`` up first; lower hardlinks stay one inode through the index."""
         self._writable()
@@ -526,6 +568,7 @@ class Overlay:
         else:
             os.unlink(real)
 
+    @_forgetting(0)
     def unlink(self, path: str) -> None:
         """unlink: a lower name leaves a whiteout."""
         self._writable()
@@ -547,6 +590,7 @@ class Overlay:
             finally:
                 os.close(fd)
 
+    @_forgetting(0)
     def rmdir(self, path: str) -> None:
         """rmdir: works on a merged directory empty only because of whiteouts; a lower name leaves a
         whiteout."""
@@ -573,6 +617,7 @@ class Overlay:
                 os.close(fd)
 
     # ------------------------------------------------------------------ rename
+    @_forgetting(0, 1)
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         """rename with RENAME_NOREPLACE / RENAME_EXCHANGE; directories from lower layers are copied up
         whole (never EXDEV)."""
@@ -690,16 +735,26 @@ class Overlay:
     def open(self, path: str, flags: int) -> int:
         """Open for I/O; any write access copies up first (O_TRUNC without copying the data). Returns a
         real fd. A read-only open never copies up."""
+        return self.open_node(path, flags)[0]
+
+    def open_node(self, path: str, flags: int) -> tuple[int, Node]:
+        """:meth:`open`, also returning the node the fd was opened on (its ``st`` may be stale)."""
         acc = flags & os.O_ACCMODE
         if acc == os.O_RDONLY and not flags & os.O_TRUNC:
-            node = self.view.lookup(path)
-            return os.open(node.real, _real_flags(flags) & ~os.O_ACCMODE | os.O_RDONLY)
+            node = self.view.resolve(path)
+            rflags = _real_flags(flags) & ~os.O_ACCMODE | os.O_RDONLY
+            try:
+                return os.open(node.real, rflags), node
+            except FileNotFoundError:  # the cached resolution went stale: resolve afresh once
+                self.view.forget(path)
+                node = self.view.resolve(path)
+                return os.open(node.real, rflags), node
         self._writable()
-        node = self.view.lookup(path)
+        node = self.view.resolve(path)
         if node.is_dir:
             raise _e(errno.EISDIR, path)
         node = self.copy_up(path, data=not (flags & os.O_TRUNC))
-        return os.open(node.real, _real_flags(flags))
+        return os.open(node.real, _real_flags(flags)), node
 
     def chmod(self, path: str, mode: int) -> None:
         node = self.copy_up(path)
@@ -726,12 +781,16 @@ class Overlay:
         node = self.copy_up(path, data=length > 0)
         os.truncate(node.real, length)
 
+    @_forgetting(0)
     def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
         if wh.is_private_xattr(name):
             raise _e(errno.EPERM, name)
         node = self.copy_up(path)
         os.setxattr(node.real, name, value, flags, follow_symlinks=False)
+        if node.st.st_nlink > 1:
+            self.view.forget_all()  # other names of this inode cache their xattr state too
 
+    @_forgetting(0)
     def removexattr(self, path: str, name: str) -> None:
         if wh.is_private_xattr(name):
             raise _e(errno.ENODATA, name)
@@ -741,6 +800,8 @@ class Overlay:
             os.getxattr(node.real, name, follow_symlinks=False)  # ENODATA without a copy-up
         node = self.copy_up(path)
         os.removexattr(node.real, name, follow_symlinks=False)
+        if node.st.st_nlink > 1:
+            self.view.forget_all()
 
     def statfs(self) -> dict[str, int]:
         """statvfs of the upper's filesystem (the top lower's when read-only), f_namemax 255."""

@@ -15,6 +15,12 @@ Inode numbers: one namespace for the whole mount. An upper entry that carries th
 ``st_ino``, with the layer filesystem's index in the top bits when the layers span several filesystems (the
 kernel's ``xino`` idea). Numbers are therefore stable across copy-up, rename and remount.
 
+Path cache (``cache=True``, used by :class:`unionfs.overlay.Overlay`, the only writer of a mounted upper): the
+resolution of every path looked up is kept in a tree of :class:`_Ent` (name -> entry), so that a lookup costs one
+dict step per component and one ``lstat`` of the final real entry instead of a walk of every layer per
+component. The writer must call :meth:`Union.forget` for every path whose resolution it changes (and
+:meth:`Union.forget_all` when the hardlink index changes); forgetting a directory forgets its subtree.
+
 Lower hardlinks: once one alias of a lower hardlinked file has been copied up, its data lives in the index
 (``WORK/unionfs/index/<ino>``) and every other lower alias resolves to that index file (index=on).
 """
@@ -52,7 +58,7 @@ def _err(code: int, path: str = "") -> OSError:
     return OSError(code, os.strerror(code), path) if path else OSError(code, os.strerror(code))
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """One resolved union entry.
 
@@ -70,22 +76,53 @@ class Node:
     dirs: tuple[tuple[int, str], ...] = ()
     indexed: bool = False
     merged: bool = False
+    #: known to carry no ``security.capability`` xattr (the kernel asks before every write(2)); only ever set
+    #: True after a real ENODATA, and a node is forgotten whenever its xattrs may change
+    nocap: bool = False
 
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.st.st_mode)
 
 
+class SlimStat:
+    """The part of a stat result a cached node keeps (type, identity, link count): a fraction of the memory
+    of an ``os.stat_result``. :meth:`Union.lookup` always puts a fresh full one back."""
+
+    __slots__ = ("st_mode", "st_ino", "st_dev", "st_nlink")
+
+    def __init__(self, st: os.stat_result) -> None:
+        self.st_mode, self.st_ino, self.st_dev, self.st_nlink = st.st_mode, st.st_ino, st.st_dev, st.st_nlink
+
+
+class _Ent:
+    """One path-cache entry: the resolved node (None: re-resolve, children kept) and the cached children."""
+
+    __slots__ = ("node", "kids")
+
+    def __init__(self, node: Node | None) -> None:
+        self.node = node
+        self.kids: dict[str, _Ent] = {}
+
+
+#: the path cache is dropped whole when it holds more entries than this (bounds the daemon's memory)
+CACHE_MAX = 200_000
+CAP_XATTR = "security.capability"
+
+
 @dataclass
 class Union:
     """A read-only union over ``lowers`` (base first) and ``upper`` (None: read-only union).
 
-    ``index_dir`` is where copied-up lower hardlinks live (None: no index).
+    ``index_dir`` is where copied-up lower hardlinks live (None: no index). ``cache``: keep path resolutions
+    (see the module docstring); only correct when every change of the layers goes through a writer that calls
+    :meth:`forget`.
     """
 
     lowers: Sequence[str]
     upper: str | None = None
     index_dir: str | None = None
+    cache: bool = False
     layers: list[str] = field(init=False)
     _fsidx: dict[int, int] = field(init=False)
     _shift: int = field(init=False)
@@ -110,6 +147,8 @@ class Union:
             if wh.is_opaque_dir(p):
                 break
         self._root_dirs = tuple(dirs)  # no one sets a layer root opaque while mounted
+        self._tree = _Ent(None)
+        self._cached = 0
 
     # ------------------------------------------------------------------ inode numbers
     @property
@@ -161,7 +200,100 @@ class Union:
         return v
 
     def lookup(self, path: str) -> Node:
-        """Resolve the union path ``path`` ("/a/b"); raises OSError ENOENT/ENOTDIR/ENAMETOOLONG."""
+        """Resolve the union path ``path`` ("/a/b") with fresh attributes (``st``); raises OSError
+        ENOENT/ENOTDIR/ENAMETOOLONG."""
+        if not self.cache:
+            return self._walk(path)
+        node = self.resolve(path)
+        try:
+            st = os.lstat(node.real)
+        except FileNotFoundError:
+            st = None
+        if st is None or st.st_ino != node.st.st_ino or st.st_dev != node.st.st_dev:
+            # changed behind the cache's back: resolve again from scratch
+            self.forget(path)
+            return self.resolve(path)
+        node.st = st
+        return node
+
+    def resolve(self, path: str) -> Node:
+        """Like :meth:`lookup`, but with the cache the node's ``st`` may be older than the last write: for
+        callers that need the resolution only (the real path, layer, type, inode number)."""
+        if not self.cache:
+            return self._walk(path)
+        ent = self._tree
+        node = ent.node
+        if node is None:
+            node = ent.node = self.root()
+        for name in _components(path):
+            if not node.is_dir:
+                raise _err(errno.ENOTDIR, path)
+            kid = ent.kids.get(name)
+            if kid is None or kid.node is None:
+                found = self.child(node, name)
+                if found is None:
+                    raise _err(errno.ENOENT, path)
+                if kid is None:
+                    if self._cached >= CACHE_MAX:
+                        self.forget_all()
+                        return self._walk(path)
+                    kid = ent.kids[name] = _Ent(found)
+                    self._cached += 1
+                else:
+                    kid.node = found
+            ent, node = kid, kid.node
+        return node
+
+    def forget(self, path: str, *, keep_children: bool = False) -> None:
+        """The resolution of ``path`` may have changed: drop it (and, unless ``keep_children``, everything
+        cached under it). ``keep_children`` is for a directory copied up: its children resolve as before."""
+        if not self.cache:
+            return
+        comps = _components(path)
+        ent = self._tree
+        if not comps:
+            self.forget_all()
+            return
+        for name in comps[:-1]:
+            nxt = ent.kids.get(name)
+            if nxt is None:
+                return
+            ent = nxt
+        if keep_children:
+            kid = ent.kids.get(comps[-1])
+            if kid is not None:
+                kid.node = None
+        else:
+            ent.kids.pop(comps[-1], None)
+
+    def adopt(self, path: str, children: Sequence[Node]) -> None:
+        """Cache the just listed ``children`` of the directory ``path`` (a readdir answers every later lookup
+        of them). Names already cached are left alone. The caller gives the nodes up: their ``st`` becomes
+        a :class:`SlimStat`."""
+        if not self.cache:
+            return
+        ent = self._tree
+        for name in _components(path):
+            nxt = ent.kids.get(name)
+            if nxt is None or nxt.node is None:
+                return
+            ent = nxt
+        kids = ent.kids
+        if self._cached + len(children) > CACHE_MAX:
+            return
+        for c in children:
+            name = c.path.rpartition("/")[2]
+            if name not in kids:
+                c.st = SlimStat(c.st)  # type: ignore[assignment]
+                kids[name] = _Ent(c)
+                self._cached += 1
+
+    def forget_all(self) -> None:
+        """Drop the whole path cache (the hardlink index changed, or the cache is full)."""
+        self._tree = _Ent(None)
+        self._cached = 0
+
+    def _walk(self, path: str) -> Node:
         node = self.root()
         for name in _components(path):
             if not node.is_dir:
@@ -365,7 +497,17 @@ class Union:
         return [n for n in names if not wh.is_private_xattr(n)]
 
     def getxattr(self, node: Node, name: str) -> bytes:
-        """One visible xattr's value (private ones answer ENODATA)."""
+        """One visible xattr's value (private ones answer ENODATA). A missing ``security.capability`` is
+        remembered on the node (see :attr:`Node.nocap`)."""
+        if name == CAP_XATTR:
+            if node.nocap:
+                raise _err(errno.ENODATA)
+            try:
+                return os.getxattr(node.real, name, follow_symlinks=False)
+            except OSError as e:
+                if e.errno == errno.ENODATA:
+                    node.nocap = True
+                raise
         if wh.is_private_xattr(name):
             raise _err(errno.ENODATA)
         return os.getxattr(node.real, name, follow_symlinks=False)
