@@ -216,3 +216,23 @@ def test_listings_follow_changes(tmp_path: Any) -> None:
             f.write("data")
         with open(os.path.join(mnt, "d2", "h")) as f:
             assert f.read() == "data"
+
+
+def test_mtime_after_truncates_is_the_uppers(tmp_path: Any) -> None:
+    """Finding D4: truncate twice (and O_TRUNC opens) must leave the upper with the mtime the mount shows."""
+    lowers, u, w, mnt = layers(tmp_path)
+    with mounted(lowers, u, w, mnt):
+        for name in ("top", "a"):
+            p = os.path.join(mnt, name)
+            os.truncate(p, 0)
+            os.truncate(p, 0)
+        p = os.path.join(mnt, "new")
+        for _ in range(3):
+            with open(p, "w") as f:
+                f.write("12345")
+        os.truncate(p, 2)
+        os.truncate(p, 1)
+        shown = {n: os.stat(os.path.join(mnt, n)).st_mtime_ns for n in ("top", "a", "new")}
+    assert {n: os.stat(os.path.join(u, n)).st_mtime_ns for n in shown} == shown
+    with mounted(lowers, u, w, mnt):
+        assert {n: os.stat(os.path.join(mnt, n)).st_mtime_ns for n in shown} == shown

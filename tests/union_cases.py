@@ -103,6 +103,8 @@ CASES: list[Case] = [
     Case("unlink a lower hardlink before any copy-up", ({"h1": "f:1", "h2": "h:h1", "a": "d", "a/h3": "h:h1"},),
          (("unlink", "a/h3"), ("chmod", "h1", 0o600)), {"h1": "f:1", "h2": "f:1", "a": "d"},
          same_ino=(("h1", "h2"),), nlink=(("h1", 2), ("h2", 2))),
+    Case("unlink two lower hardlinks (finding D1b)", ({"h1": "f:1", "h2": "h:h1", "a": "d", "a/h3": "h:h1"},),
+         (("unlink", "h1"), ("unlink", "h2")), {"a": "d", "a/h3": "f:1"}, nlink=(("a/h3", 1),)),
     Case("chmod copies up", ({"a": "f:1"},), (("chmod", "a", 0o600),), {"a": "f:1"}),
     Case("truncate copies up", ({"a": "f:12345"},), (("truncate", "a", 2),), {"a": "f:12"}),
     Case("mkfifo", ({},), (("mkfifo", "p"),), {"p": "p"}),

@@ -215,7 +215,7 @@ class UnionOperations(fuse.Operations):
 
     # ------------------------------------------------------------------ files
     def open(self, path: str, flags: int) -> int:
-        fd, node = self.ov.open_node(path, flags)
+        fd, node = self.ov.open_node(path, flags, keep_mtime=self.writeback)
         self._fh_ino[fd] = node.ino
         self._fh_path[fd] = path
         if node.layer == 0 and not node.indexed and not self.ov.read_only:
@@ -276,14 +276,23 @@ class UnionOperations(fuse.Operations):
         return 0
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        """Truncate; with the writeback cache the mtime is kept (see :meth:`before_write`): the kernel sends
+        its own mtime in the same SETATTR when its value changed, and libfuse applies it right after."""
         if fh is not None and fh in self._upper_fds:
+            t = self.before_write(fh)
             os.ftruncate(fh, length)
+            self.after_write(fh, t)
         elif path is None:
             raise OSError(errno.EBADF, "no path nor handle")
         else:
             p = self._path_of(path, fh)
+            before = self.view.lookup(p)
+            keep = before.st.st_mtime_ns if self.writeback and stat.S_ISREG(before.st.st_mode) else None
             self.ov.truncate(p, length)
-            self._changed(self.view.lookup(p).ino, p)
+            node = self.view.lookup(p)
+            if keep is not None:
+                utimensat(node.real, ((0, UTIME_OMIT), divmod(keep, 10**9)))
+            self._changed(node.ino, p)
         return 0
 
     # ------------------------------------------------------------------ namespace
@@ -369,6 +378,7 @@ class UnionOperations(fuse.Operations):
 
     def utimens_raw(self, path: str | None, times: Any, fh: int | None) -> int:
         """utimens with the raw ((sec, nsec), (sec, nsec)) pairs (nsec may be UTIME_NOW/UTIME_OMIT)."""
+        log.debug("utimens %s fh=%s %s", path, fh, times)
         if fh is not None and fh in self._upper_fds:
             utimensat(None, times, fd=fh)
         else:

@@ -374,7 +374,9 @@ class Overlay:
     def _drop_lower_alias(self, node: Node) -> None:
         """A lower hardlink alias disappears from the union (unlink, or renamed onto): index the file (as
         the kernel's index=on does) so that the other names show one link fewer."""
-        if self.read_only or node.layer == 0 or not stat.S_ISREG(node.st.st_mode) or node.st.st_nlink <= 1:
+        if self.read_only or node.layer == 0 or not stat.S_ISREG(node.st.st_mode):
+            return
+        if not node.indexed and node.st.st_nlink <= 1:  # (an indexed alias' st is the index file's)
             return
         ipath = node.real if node.indexed else self._make_index(node)
         self._adjust_pending(ipath, -1)
@@ -737,8 +739,11 @@ class Overlay:
         real fd. A read-only open never copies up."""
         return self.open_node(path, flags)[0]
 
-    def open_node(self, path: str, flags: int) -> tuple[int, Node]:
-        """:meth:`open`, also returning the node the fd was opened on (its ``st`` may be stale)."""
+    def open_node(self, path: str, flags: int, *, keep_mtime: bool = False) -> tuple[int, Node]:
+        """:meth:`open`, also returning the node the fd was opened on (its ``st`` may be stale).
+
+        ``keep_mtime``: O_TRUNC does not change the file's mtime (a caller whose client keeps its own mtime,
+        as the kernel with the FUSE writeback cache, sets it itself)."""
         acc = flags & os.O_ACCMODE
         if acc == os.O_RDONLY and not flags & os.O_TRUNC:
             node = self.view.resolve(path)
@@ -754,7 +759,18 @@ class Overlay:
         if node.is_dir:
             raise _e(errno.EISDIR, path)
         node = self.copy_up(path, data=not (flags & os.O_TRUNC))
-        return os.open(node.real, _real_flags(flags)), node
+        if not (keep_mtime and flags & os.O_TRUNC):
+            return os.open(node.real, _real_flags(flags)), node
+        fd = os.open(node.real, _real_flags(flags) & ~os.O_TRUNC)
+        try:
+            st = os.fstat(fd)
+            if st.st_size:
+                os.ftruncate(fd, 0)
+                utimensat(None, ((0, UTIME_OMIT), divmod(st.st_mtime_ns, 10**9)), fd=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, node
 
     def chmod(self, path: str, mode: int) -> None:
         node = self.copy_up(path)
