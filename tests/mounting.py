@@ -25,6 +25,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -162,6 +163,28 @@ def mount_fstype(path: Path | str) -> str | None:
     return found
 
 
+def mount_id(path: Path | str) -> int | None:
+    """The id (first field of /proc/self/mountinfo) of the topmost mount exactly at ``path``, or None."""
+    target = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if _unescape_mountinfo(fields[4]) == target:
+                found = int(fields[0])
+    return found
+
+
+def mountpoint_of(mid: int) -> str | None:
+    """Where the mount with id ``mid`` is now (a parent directory may have been renamed), or None if gone."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if int(fields[0]) == mid:
+                return _unescape_mountinfo(fields[4])
+    return None
+
+
 def is_mounted(path: Path | str) -> bool:
     """True when something is mounted exactly at ``path``."""
     return mount_fstype(path) is not None
@@ -248,7 +271,21 @@ class Mount:
     upper: Path | None
     work: Path | None
     pids: list[int] = dataclasses.field(default_factory=list)  #: FUSE daemon pids seen after mounting
+    mount_id: int | None = None  #: the mount's id in /proc/self/mountinfo, to find it even if moved
     log: list[str] = dataclasses.field(default_factory=list)  #: what the helper ran, for failure messages
+
+    def where(self) -> str | None:
+        """Where this mount is now (None once it is gone)."""
+        if self.mount_id is None:
+            return str(self.path) if is_mounted(self.path) else None
+        return mountpoint_of(self.mount_id)
+
+    def check_live(self) -> None:
+        """Fail unless this mount is still mounted at its path (not gone, not moved)."""
+        now = self.where()
+        if now != os.path.realpath(self.path):
+            raise AssertionError(f"the {self.kind} mount made at {self.path} is "
+                                 + (f"now at {now}: a parent directory was renamed" if now else "gone"))
 
     @property
     def is_fuse(self) -> bool:
@@ -257,11 +294,12 @@ class Mount:
 
     def abort(self) -> None:
         """Stop the mount hard (kill the daemon, detach lazily): pending calls then fail with ENOTCONN."""
+        where = self.where() or str(self.path)
         if self.is_fuse:
             kill_pids(set(self.pids) | set(daemon_pids(self.path)))
-            _run(["fusermount3", "-u", "-z", str(self.path)])
+            _run(["fusermount3", "-u", "-z", where])
         else:
-            _run(["umount", "-l", str(self.path)])
+            _run(["umount", "-l", where])
 
     @contextlib.contextmanager
     def watchdog(self, seconds: float, what: str = "") -> Iterator[None]:
@@ -289,23 +327,33 @@ class Mount:
 
 
 def _unmount(m: Mount, polite: Sequence[Sequence[str]]) -> list[str]:
-    """Unmount ``m`` at all costs; returns the problems met (empty when the polite way worked)."""
+    """Unmount ``m`` at all costs; returns the problems met (empty when the polite way worked).
+
+    The mount is found by its id wherever it is now, so a renamed parent directory does not leak it. The
+    polite commands name the mountpoint as their last argument.
+    """
     problems: list[str] = []
     pids = set(m.pids) | (set(daemon_pids(m.path)) if m.is_fuse else set())
+    where = m.where()
+    if where is not None and where != os.path.realpath(m.path):
+        problems.append(f"{m.path} moved to {where} while mounted")
     for argv in polite:
-        if not is_mounted(m.path):
+        where = m.where()
+        if where is None:
             break
+        argv = [*argv[:-1], where]
         r = _run(argv)
         m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
         if r.returncode != 0:
             problems.append(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip()}")
-    if is_mounted(m.path) and mount_fstype(m.path) is not None:
-        problems.append(f"{m.path} still mounted after a polite unmount; detaching lazily")
+    where = m.where()
+    if where is not None:
+        problems.append(f"{where} still mounted after a polite unmount; detaching lazily")
         if m.is_fuse:
             kill_pids(pids)
-            _run(["fusermount3", "-u", "-z", str(m.path)])
-        if is_mounted(m.path):
-            _run(["umount", "-l", str(m.path)])
+            _run(["fusermount3", "-u", "-z", where])
+        if m.where() is not None:
+            _run(["umount", "-l", where])
     if m.is_fuse and pids:
         alive = wait_pids_gone(pids, DAEMON_EXIT_GRACE)
         if alive:
@@ -341,6 +389,7 @@ def _check_dirs(lowers: Sequence[Path], upper: Path | None, work: Path | None, m
 def _wait_mounted(m: Mount, fstype_prefix: str, launched: subprocess.CompletedProcess[str]) -> None:
     """Fail with the command's output unless ``m.path`` carries a mount of the expected type."""
     fstype = mount_fstype(m.path)
+    m.mount_id = mount_id(m.path)
     if launched.returncode != 0 or fstype is None or not fstype.startswith(fstype_prefix):
         m.abort()
         raise AssertionError(f"mounting {m.kind} at {m.path} failed: exit {launched.returncode}, "
@@ -766,6 +815,25 @@ def assert_same_tree(a: Snapshot, b: Snapshot, names: tuple[str, str] = ("expect
     d = a.diff(b, names)
     if d:
         raise AssertionError((context + "\n" if context else "") + "trees differ:\n  " + "\n  ".join(d))
+
+
+@contextlib.contextmanager
+def private_tmpdir(prefix: str) -> Iterator[Path]:
+    """A fresh directory for mounts, outside pytest's numbered temporary directories.
+
+    pytest renames and deletes old ``pytest-N`` directories of *other* sessions; with several sessions at
+    once (root shares /tmp/pytest-of-root) that can move a live mount away under a test. This directory is
+    in ``$UNIONFS_TEST_TMP`` (default: the system's temporary directory) and is removed afterwards, unless
+    something is still mounted below it (it is never deleted through a mount).
+    """
+    d = Path(tempfile.mkdtemp(prefix=f"unionfs-{prefix}-", dir=os.environ.get("UNIONFS_TEST_TMP") or None))
+    try:
+        yield d
+    finally:
+        left = leftover_mounts(d)
+        if left:
+            raise AssertionError(f"mounts left behind under {d}: {left}")
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def leftover_mounts(under: Path | str) -> list[str]:
