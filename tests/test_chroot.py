@@ -33,6 +33,7 @@ from mounting import (
     implementation_under_test,
     kernel_overlay,
     leftover_mounts,
+    private_tmpdir,
     require,
     require_implementation,
     skip_reason_kernel_overlay,
@@ -208,12 +209,18 @@ def run_image(mount_fn, base: Path, remount: bool) -> tuple[str, Snapshot]:  # t
     return out, tree
 
 
-def test_chroot_busybox(tmp_path: Path) -> None:
+def test_chroot_busybox() -> None:
     """chroot into the mounted busybox image: create, edit, delete, rename; check mount, upper and lowers."""
     require(skip_reason_root(), skip_reason_tool("chroot", "coreutils"))
     if not BUSYBOX.is_file():
         pytest.skip("needs /bin/busybox (Debian package busybox-static)")
     mount_fn = require_implementation()
+    with private_tmpdir("chroot") as tmp_path:
+        chroot_busybox(mount_fn, tmp_path)
+
+
+def chroot_busybox(mount_fn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The body of :func:`test_chroot_busybox`, below ``tmp_path``."""
     out, tree = run_image(mount_fn, tmp_path / implementation_under_test(), remount=True)
     missing = [part for part in EXPECTED_OUTPUT_PARTS if part not in out]
     assert not missing, "the script's output lacks:\n" + "\n---\n".join(missing) + "\n=== output:\n" + out

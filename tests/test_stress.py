@@ -14,7 +14,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -24,6 +24,7 @@ from mounting import (
     Mount,
     build_layers,
     leftover_mounts,
+    private_tmpdir,
     require,
     require_implementation,
     skip_reason_root,
@@ -75,11 +76,16 @@ def fio_job_count(out: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def stress_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mount, Path]]:
+def stress_mount() -> Iterator[tuple[Mount, Path]]:
     """One mount of the implementation under test over a lower layer that holds a fio-written file."""
     require(skip_reason_root())
     mount_impl = require_implementation()
-    base = tmp_path_factory.mktemp("stress")
+    with private_tmpdir("stress") as base:
+        yield from _stress_mount(mount_impl, base)
+
+
+def _stress_mount(mount_impl: Callable[..., Any], base: Path) -> Iterator[tuple[Mount, Path]]:
+    """The body of :func:`stress_mount`, below ``base``."""
     (lower,) = build_layers(base, [[Dir("fio"), Dir("stress"), File("fio/readme", b"lower layer\n")]])
     if skip_reason_tool("fio") is None:
         r = run_tool(["fio", f"--filename={lower}/fio/lower.dat", *LOWER_FIO, "--do_verify=0"])
