@@ -311,6 +311,14 @@ def is_mounted(mnt: Path) -> bool:
         return any(line.split()[1] == target for line in f if len(line.split()) > 1)
 
 
+def mounts_under(path: Path) -> list[str]:
+    """Mountpoints at or below ``path``."""
+    top = str(path)
+    with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+        points = [line.split()[1] for line in f if len(line.split()) > 1]
+    return [p for p in points if p == top or p.startswith(top + "/")]
+
+
 def daemon_pid(mnt: Path) -> int | None:
     """The pid of the FUSE daemon serving ``mnt`` (found by its command line), or None."""
     target = str(mnt)
@@ -417,9 +425,8 @@ class Session:
 @contextlib.contextmanager
 def mounted(impl: str, lowers: list[Path], scratch: Path, opts: Sequence[str]) -> Iterator[Session]:
     """A fresh mount of ``lowers`` with a new empty upper under ``scratch``; unmounted and removed on exit."""
-    if scratch.exists():
-        shutil.rmtree(scratch)
     upper, work, mnt = scratch / "upper", scratch / "work", scratch / "mnt"
+    _remove_scratch(scratch, mnt, impl)
     for d in (upper, work, mnt):
         d.mkdir(parents=True)
     cmd = mount_command(impl, lowers, upper, work, mnt, opts)
@@ -429,12 +436,27 @@ def mounted(impl: str, lowers: list[Path], scratch: Path, opts: Sequence[str]) -
         run(cmd, cwd=lowers[0].parent)
         took = time.perf_counter() - t0
         if not is_mounted(mnt):
-            raise RuntimeError(f"{impl}: {mnt} is not mounted after {cmd[0]} returned")
+            raise RuntimeError(f"{impl}: {mnt} is not mounted after {cmd[0]} returned; "
+                               f"mounts there: {mounts_under(mnt.parent)}")
         s = Session(impl, mnt, upper, lowers, took, daemon_pid(mnt) if impl != "kernel" else None)
-        yield s
+        try:
+            yield s
+        except RuntimeError as e:  # say what became of the mount: gone, or its daemon dead
+            alive = s.pid is not None and _alive(s.pid)
+            raise RuntimeError(f"{e} [still mounted: {is_mounted(mnt)}; daemon pid {s.pid} alive: {alive}]") from e
     finally:
         unmount(mnt, impl)
-        shutil.rmtree(scratch, ignore_errors=True)
+        _remove_scratch(scratch, mnt, impl)
+
+
+def _remove_scratch(scratch: Path, mnt: Path, impl: str) -> None:
+    """Remove a session's directories, never through a mount that is still there (a stale one from a killed
+    run is detached first)."""
+    if is_mounted(mnt):
+        unmount(mnt, impl)
+    if is_mounted(mnt):
+        raise RuntimeError(f"{mnt} is still mounted; not removing {scratch}")
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -571,18 +593,25 @@ METRICS = [
 
 
 ERRORS: list[str] = []
+RETRIED: list[str] = []
 
 
 def guarded(fn: Callable[[], Result], what: str) -> Result:
-    """Run one workload; a failure (a command that failed or hung) is logged and kept in ERRORS, not fatal,
-    so that one broken workload does not lose the others' numbers."""
-    try:
-        return fn()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-        msg = f"{what}: {e}".replace("\n", " ")[:400]
-        ERRORS.append(msg)
-        log(f"FAILED {msg}")
-        return {}
+    """Run one workload, once more when it fails (a fresh mount); a second failure is logged and kept in
+    ERRORS, not fatal, so that one broken workload does not lose the others' numbers. First failures that a
+    retry fixed are kept in RETRIED (they are reported too: a flaky mount is worth knowing about)."""
+    for attempt in (1, 2):
+        try:
+            return fn()
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+            msg = f"{what}: {e}".replace("\n", " ")[:600]
+            if attempt == 1:
+                RETRIED.append(msg)
+                log(f"failed, retrying once: {msg}")
+            else:
+                ERRORS.append(msg)
+                log(f"FAILED {msg}")
+    return {}
 
 
 def derive(run_result: Result) -> Result:
@@ -893,7 +922,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main_bench(args, impls, cache, scratch, drop)
     finally:
         cleanup_all()
-        shutil.rmtree(scratch, ignore_errors=True)
+        left = mounts_under(scratch)
+        if left:
+            log(f"still mounted, left in place: {', '.join(left)}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
         log(f"total {time.perf_counter() - t0:.1f} s")
 
 
@@ -929,13 +962,16 @@ def _main_bench(args: argparse.Namespace, impls: list[str], cache: Path, scratch
                   for m, _ in METRICS}
         doc = {"machine": info, "argv": sys.argv, "runs": runs, "write_mib": write_mib,
                "spec": dataclasses.asdict(spec), "implementations": impls, "summary": table,
-               "ratios": ratios, "results": results, "errors": ERRORS}
+               "ratios": ratios, "results": results, "errors": ERRORS,
+               "retried": RETRIED}
         Path(args.json).write_text(json.dumps(doc, indent=1))
     return report_errors()
 
 
 def report_errors() -> int:
     """Print the failed workloads; the exit status is 1 when there were any."""
+    for e in RETRIED:
+        print(f"failed once, fine on retry: {e}")
     for e in ERRORS:
         print(f"FAILED: {e}")
     return 1 if ERRORS else 0
