@@ -163,26 +163,44 @@ def mount_fstype(path: Path | str) -> str | None:
     return found
 
 
-def mount_id(path: Path | str) -> int | None:
-    """The id (first field of /proc/self/mountinfo) of the topmost mount exactly at ``path``, or None."""
+@dataclasses.dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo, the parts that identify a mount."""
+
+    mount_id: int
+    dev: str  #: major:minor of the mounted filesystem
+    mountpoint: str
+    fstype: str
+
+
+def mountinfo() -> list[MountEntry]:
+    """The current mount table of this process' namespace."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            out.append(MountEntry(int(fields[0]), fields[2], _unescape_mountinfo(fields[4]), right.split()[0]))
+    return out
+
+
+def _fd_mount_id(fd: int) -> int | None:
+    """The mount id of the file behind descriptor ``fd`` (from /proc/self/fdinfo)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    return None
+
+
+def mount_entry(path: Path | str) -> MountEntry | None:
+    """The topmost mount exactly at ``path``, or None."""
     target = os.path.realpath(path)
     found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if _unescape_mountinfo(fields[4]) == target:
-                found = int(fields[0])
+    for e in mountinfo():
+        if e.mountpoint == target:
+            found = e
     return found
-
-
-def mountpoint_of(mid: int) -> str | None:
-    """Where the mount with id ``mid`` is now (a parent directory may have been renamed), or None if gone."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if int(fields[0]) == mid:
-                return _unescape_mountinfo(fields[4])
-    return None
 
 
 def is_mounted(path: Path | str) -> bool:
@@ -271,14 +289,44 @@ class Mount:
     upper: Path | None
     work: Path | None
     pids: list[int] = dataclasses.field(default_factory=list)  #: FUSE daemon pids seen after mounting
-    mount_id: int | None = None  #: the mount's id in /proc/self/mountinfo, to find it even if moved
+    entry: MountEntry | None = None  #: the mount table's line for it when it was made
+    root_fd: int | None = None  #: an O_PATH descriptor of its root: pins the mount id while we look for it
+    last_where: str | None = None  #: where it was last seen
+    gone: bool = False  #: once seen gone, never looked for again (mount ids and devices get reused)
     log: list[str] = dataclasses.field(default_factory=list)  #: what the helper ran, for failure messages
 
     def where(self) -> str | None:
-        """Where this mount is now (None once it is gone)."""
-        if self.mount_id is None:
-            return str(self.path) if is_mounted(self.path) else None
-        return mountpoint_of(self.mount_id)
+        """Where this mount is now, or None once it is gone.
+
+        While :attr:`root_fd` is open it pins the mount, so its id cannot pass to another mount and the
+        descriptor's path follows a rename of a parent directory. After :meth:`release_root` (needed
+        before an unmount, which the descriptor would make busy), only the exact last-seen path with the
+        same mount id and device counts. Once seen gone, it is never looked for again: mount ids and
+        anonymous device numbers are reused at once by other mounts, and those must never be touched.
+        """
+        if self.gone or self.entry is None:
+            return None
+        if self.root_fd is not None:
+            mid = _fd_mount_id(self.root_fd)
+            path = os.readlink(f"/proc/self/fd/{self.root_fd}")
+            if any(e.mount_id == mid == self.entry.mount_id and e.mountpoint == path for e in mountinfo()):
+                self.last_where = path
+                return path
+        elif self.last_where is not None:
+            e = mount_entry(self.last_where)
+            if e is not None and (e.mount_id, e.dev, e.fstype) == \
+                    (self.entry.mount_id, self.entry.dev, self.entry.fstype):
+                return self.last_where
+        self.release_root()
+        self.gone = True
+        return None
+
+    def release_root(self) -> None:
+        """Close :attr:`root_fd` (an unmount other than a lazy one fails while it is open)."""
+        if self.root_fd is not None:
+            self.where()  # remember where it is, while the descriptor still pins it
+            fd, self.root_fd = self.root_fd, None
+            os.close(fd)
 
     def check_live(self) -> None:
         """Fail unless this mount is still mounted at its path (not gone, not moved)."""
@@ -294,7 +342,10 @@ class Mount:
 
     def abort(self) -> None:
         """Stop the mount hard (kill the daemon, detach lazily): pending calls then fail with ENOTCONN."""
-        where = self.where() or str(self.path)
+        where = self.where()
+        self.release_root()
+        if where is None:
+            return
         if self.is_fuse:
             kill_pids(set(self.pids) | set(daemon_pids(self.path)))
             _run(["fusermount3", "-u", "-z", where])
@@ -335,6 +386,7 @@ def _unmount(m: Mount, polite: Sequence[Sequence[str]]) -> list[str]:
     problems: list[str] = []
     pids = set(m.pids) | (set(daemon_pids(m.path)) if m.is_fuse else set())
     where = m.where()
+    m.release_root()
     if where is not None and where != os.path.realpath(m.path):
         problems.append(f"{m.path} moved to {where} while mounted")
     for argv in polite:
@@ -389,7 +441,13 @@ def _check_dirs(lowers: Sequence[Path], upper: Path | None, work: Path | None, m
 def _wait_mounted(m: Mount, fstype_prefix: str, launched: subprocess.CompletedProcess[str]) -> None:
     """Fail with the command's output unless ``m.path`` carries a mount of the expected type."""
     fstype = mount_fstype(m.path)
-    m.mount_id = mount_id(m.path)
+    m.entry = mount_entry(m.path)
+    if m.entry is not None:
+        m.root_fd = os.open(m.path, os.O_PATH | os.O_DIRECTORY)
+        if _fd_mount_id(m.root_fd) != m.entry.mount_id:  # raced with another mount on top: do not pin
+            m.release_root()
+            m.entry = None
+        m.last_where = os.path.realpath(m.path)
     if launched.returncode != 0 or fstype is None or not fstype.startswith(fstype_prefix):
         m.abort()
         raise AssertionError(f"mounting {m.kind} at {m.path} failed: exit {launched.returncode}, "
