@@ -33,8 +33,10 @@ from .union import Node, stat_dict
 log = logging.getLogger(__name__)
 
 TIMEOUT = 3600.0
-#: bytes per WRITE request: the kernel's default is 128 KiB; 1 MiB quarters the requests of a stream
-MAX_WRITE = 1 << 20
+#: bytes per WRITE request (the kernel's default is 128 KiB). Not a full 1 MiB: libfuse 3.14 then needs a
+#: 1 MiB + 4 KiB pipe to splice requests in, which only CAP_SYS_RESOURCE may have above fs.pipe-max-size
+#: (1 MiB); without the pipe WRITE data is copied through memory twice
+MAX_WRITE = (1 << 20) - 4096
 FUSE_READDIR_PLUS = 1
 FUSE_FILL_DIR_PLUS = 2
 FUSE_BUF_IS_FD = 1 << 1
@@ -109,6 +111,7 @@ class UnionOperations(fuse.Operations):
             # libfuse 3.14 takes max_write from here only (fuse_main has no -o max_write) and derives the
             # kernel's max_pages from it; its receive buffer holds 1 MiB + header
             conn.max_write = MAX_WRITE
+            log.debug("conn capable=%#x want=%#x", conn.capable, conn.want)
         if self._ready is not None:
             self._ready()
 

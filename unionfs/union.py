@@ -106,7 +106,7 @@ class _Ent:
 
 
 #: the path cache is dropped whole when it holds more entries than this (bounds the daemon's memory)
-CACHE_MAX = 200_000
+CACHE_MAX = 100_000
 CAP_XATTR = "security.capability"
 
 
