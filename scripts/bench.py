@@ -676,7 +676,9 @@ def _cell(s: dict[str, float] | None) -> str:
 
 
 def _r(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if v >= 0.1 else f"{v:.2g}"
 
 
 def markdown(table: dict, impls: Sequence[str], metrics: Sequence[tuple[str, str]]) -> str:
@@ -692,6 +694,37 @@ def markdown(table: dict, impls: Sequence[str], metrics: Sequence[tuple[str, str
         row = [label, *(_cell(table[m].get(i)) for i in impls)]
         row += [_r(ratio(table, m, u, o)) for u, o in pairs]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+#: issue 4's goals: (metric, "ratio" to fuse-overlayfs or "abs" value, bound); met when the median is <= bound
+GOALS = [(m, "ratio", 1.0) for m in ("read_first", "read_again", "find_first", "find_second", "cat_small",
+                                     "ls_1", "ls_100")] + [
+    ("write_4k", "ratio", 0.1), ("write_1m", "ratio", 0.5),
+    ("copyup_chmod", "ratio", 1.0), ("copyup_append", "ratio", 1.0), ("copyup_sparse", "ratio", 1.0),
+    ("mount_100", "abs", 0.5), ("rss_tree_mb", "abs", 100.0),
+]
+
+
+def goals_markdown(table: dict, results: dict[str, list[Result]], impl: str = "unionfs") -> str:
+    """Issue 4's goals against this run's medians for ``impl`` (ratios to fuse-overlayfs)."""
+    lines = ["| goal | value | met |", "|---|---|---|"]
+    for m, kind, bound in GOALS:
+        if m not in table or impl not in table[m]:
+            continue
+        if kind == "ratio":
+            v = ratio(table, m, impl, "fuse-overlayfs")
+            what = f"{m}: {impl} / fuse-overlayfs <= {bound:g}"
+        else:
+            s = table[m].get(impl)
+            v = s["median"] if s else None
+            what = f"{m} < {bound:g}" + (" s" if m.startswith("mount") else " MB")
+        met = "-" if v is None else "yes" if v <= bound else "**no**"
+        lines.append(f"| {what} | {_r(v) if kind == 'ratio' else '-' if v is None else f'{v:.3g}'} | {met} |")
+    holes = [r.get("holes_kept") for r in results.get(impl, [])]
+    if any(h is not None for h in holes):
+        kept = all(h == 1.0 for h in holes if h is not None)
+        lines.append(f"| the sparse copy-up keeps holes | {'yes' if kept else 'no'} | {'yes' if kept else '**no**'} |")
     return "\n".join(lines)
 
 
@@ -955,8 +988,13 @@ def _main_bench(args: argparse.Namespace, impls: list[str], cache: Path, scratch
     print(f"\nfind entries seen: {entries}")
     print("sparse copy keeps holes: " + ", ".join(f"{i}={'yes' if h and h['min'] == 1 else 'no'}"
                                                   for i, h in holes.items() if h))
+    goals = ""
+    if "unionfs" in impls and "fuse-overlayfs" in impls:
+        goals = goals_markdown(table, results)
+        print("\nIssue 4's goals (unionfs / fuse-overlayfs medians):\n")
+        print(goals)
     if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+        Path(args.markdown).write_text(text + "\n\n" + goals + "\n")
     if args.json:
         ratios = {m: {f"{u}/{o}": ratio(table, m, u, o) for u in ours(impls) for o in impls if o not in ours(impls)}
                   for m, _ in METRICS}
