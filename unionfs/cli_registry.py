@@ -10,15 +10,17 @@ import argparse
 import getpass
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .auth import DockerConfig, normalize_server
-from .distribution import DEFAULT_JOBS, NoProgress, Progress, images_of_repository, pull, push
+from .cli_store import human_size
 from .errors import RegistryAuthError, UsageError
 from .manifest import Platform
 from .reference import DEFAULT_REGISTRY, Reference
-from .registry import Credentials, RegistryClient, SearchResult, hub_search
 from .store import Store
+
+if TYPE_CHECKING:  # the HTTP side is imported by the commands that use it, so other commands start fast
+    from .distribution import Progress
+    from .registry import RegistryClient, SearchResult
 
 
 # --- progress reporters -------------------------------------------------------------------------
@@ -37,7 +39,7 @@ class LineProgress:
         self._say(text)
 
     def begin(self, key: str, total: int | None, action: str) -> None:
-        self._say(f"{key}: {action}" + (f" ({_human(total)})" if total is not None and total >= 0 else ""))
+        self._say(f"{key}: {action}" + (f" ({human_size(total)})" if total is not None and total >= 0 else ""))
 
     def advance(self, key: str, n: int) -> None:
         pass
@@ -81,6 +83,8 @@ class BarProgress:
 
 
 def _progress(args: argparse.Namespace) -> Progress:
+    from .distribution import NoProgress
+
     if getattr(args, "quiet", False):
         return NoProgress()
     if sys.stderr.isatty():
@@ -88,15 +92,10 @@ def _progress(args: argparse.Namespace) -> Progress:
     return LineProgress()
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000
-    raise AssertionError
-
-
 def _client(args: argparse.Namespace, registry: str) -> RegistryClient:
+    from .auth import DockerConfig
+    from .registry import RegistryClient
+
     return RegistryClient(registry, credentials=DockerConfig().get(registry), insecure=args.insecure)
 
 
@@ -106,6 +105,8 @@ def _platform(args: argparse.Namespace) -> Platform | None:
 
 # --- commands ---------------------------------------------------------------------------------
 def cmd_pull(args: argparse.Namespace) -> int:
+    from .distribution import DEFAULT_JOBS, pull
+
     ref = Reference.parse(args.reference)
     store = Store(args.root)
     progress = _progress(args)
@@ -116,7 +117,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 raise UsageError("pull --all-tags takes a repository name without a tag or digest")
             refs = [ref.with_tag(t) for t in client.tags(ref.repository)]
         for r in refs:
-            result = pull(store, r, client, platform=_platform(args), jobs=args.jobs, progress=progress,
+            result = pull(store, r, client, platform=_platform(args), jobs=args.jobs or DEFAULT_JOBS, progress=progress,
                           follow_foreign_urls=args.follow_foreign_urls)
             if not args.quiet:
                 progress.line(f"Digest: {result.digest}")
@@ -127,6 +128,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from .distribution import DEFAULT_JOBS, images_of_repository, push
+
     store = Store(args.root)
     if args.destination:
         dest = Reference.parse(args.destination)
@@ -146,13 +149,16 @@ def cmd_push(args: argparse.Namespace) -> int:
     progress = _progress(args)
     with _client(args, dest.registry) as client:
         for source, target in sources:
-            result = push(store, source, target, client, jobs=args.jobs, progress=progress)
+            result = push(store, source, target, client, jobs=args.jobs or DEFAULT_JOBS, progress=progress)
             label = target.tag or str(result.digest)
             print(f"{label}: digest: {result.digest} size: {result.size}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from .auth import normalize_server
+    from .registry import hub_search
+
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     registry = normalize_server(args.registry) if args.registry else DEFAULT_REGISTRY
@@ -215,6 +221,9 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
+    from .auth import DockerConfig, normalize_server
+    from .registry import Credentials, RegistryClient
+
     registry = normalize_server(args.server) if args.server else DEFAULT_REGISTRY
     config = DockerConfig()
     username, password = args.username, args.password
@@ -254,6 +263,8 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def cmd_logout(args: argparse.Namespace) -> int:
+    from .auth import DockerConfig, normalize_server
+
     registry = normalize_server(args.server) if args.server else DEFAULT_REGISTRY
     config = DockerConfig()
     if config.erase(registry):
@@ -277,7 +288,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-a", "--all-tags", action="store_true", help="pull every tag of the repository")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from an index (default: host)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress; print only the reference")
-    p.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS, help=f"parallel downloads (default {DEFAULT_JOBS})")
+    p.add_argument("-j", "--jobs", type=int, help="parallel downloads (default 3)")
     p.add_argument("--follow-foreign-urls", action="store_true",
                    help="fetch foreign (non-distributable) layers from the URLs their manifest lists")
     _net(p)
@@ -290,7 +301,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("destination", nargs="?", metavar="DEST", help="destination reference (default: IMAGE)")
     p.add_argument("-a", "--all-tags", action="store_true", help="push every stored tag of the repository")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
-    p.add_argument("-j", "--jobs", type=int, default=DEFAULT_JOBS, help=f"parallel uploads (default {DEFAULT_JOBS})")
+    p.add_argument("-j", "--jobs", type=int, help="parallel uploads (default 3)")
     _net(p)
     p.set_defaults(func=cmd_push)
 
