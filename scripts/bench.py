@@ -29,6 +29,11 @@ Usage (as root):
   .venv/bin/python scripts/bench.py --smoke --json F   # tiny data, one run: checks the script still works
   .venv/bin/python scripts/bench.py --scaling [--plot out.png]   # find/read at 10k..1M files, 1..128 layers
 
+The other benchmarks, against the tools of their field, are reached through the same script:
+  .venv/bin/python scripts/bench.py load  [ARGS]   # layer unpacking against umoci unpack (scripts/bench_unpack.py)
+  .venv/bin/python scripts/bench.py pull|push|both [ARGS]   # against skopeo copy (scripts/bench_registry.py)
+  .venv/bin/python scripts/bench.py build [ARGS]   # cold and cached builds against buildah (scripts/bench_build.py)
+
 Every mount the script makes is unmounted on exit, also on an error or Ctrl-C.
 """
 
@@ -1028,5 +1033,23 @@ def _main_scaling(args: argparse.Namespace, impls: list[str], cache: Path, scrat
     return report_errors()
 
 
+#: first arguments that select another benchmark script: name -> (script, keep the word as its argument)
+OTHER_BENCHMARKS = {"load": ("bench_unpack.py", False), "pull": ("bench_registry.py", True),
+                    "push": ("bench_registry.py", True), "both": ("bench_registry.py", True),
+                    "build": ("bench_build.py", False)}
+
+
+def dispatch(argv: Sequence[str]) -> int | None:
+    """Run the other benchmark ``argv[0]`` names (see the usage), or None when it names none."""
+    if not argv or argv[0] not in OTHER_BENCHMARKS:
+        return None
+    script, keep = OTHER_BENCHMARKS[argv[0]]
+    args = list(argv) if keep else list(argv[1:])
+    return subprocess.call([sys.executable, str(Path(__file__).with_name(script)), *args])
+
+
 if __name__ == "__main__":
+    _other = dispatch(sys.argv[1:])
+    if _other is not None:
+        sys.exit(_other)
     sys.exit(main())
