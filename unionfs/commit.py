@@ -55,6 +55,7 @@ from . import whiteout as wh
 from .compression import GZIP
 from .digest import Digest
 from .errors import CommitError, ContainerError, UsageError
+from .mountinfo import mount_at
 from .manifest import OCI_CONFIG, Descriptor, ImageConfig, Manifest
 from .pack import PackedLayer, TarOptions, pack_layer, redirect_of, public_xattrs, write_diff_tar
 from .reference import Reference
@@ -160,23 +161,8 @@ def apply_changes(config: dict[str, Any], changes: Sequence[str]) -> dict[str, A
 
 def mount_options(path: str) -> list[str] | None:
     """The per-mount and superblock options of the mount exactly at ``path`` (topmost), or None."""
-    target = os.path.realpath(path)
-    found = None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                fields = left.split()
-                if len(fields) > 5 and _unescape(fields[4]) == target:
-                    found = fields[5].split(",") + (right.split()[2].split(",") if len(right.split()) > 2 else [])
-    except OSError:
-        return None
-    return found
-
-
-def _unescape(s: str) -> str:
-    import re
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+    m = mount_at(path)
+    return list(m.options) if m else None
 
 
 def _remount(path: str, mode: str) -> subprocess.CompletedProcess[str]:

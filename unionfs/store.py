@@ -44,6 +44,7 @@ from .errors import (BlobNotFoundError, ContainerError, DigestError, ImageInUseE
                      ManifestError, ReferenceError_, StoreError, StoreLockedError, UnionfsError)
 from .manifest import (CONTAINERD_NAME_ANNOTATION, OCI_INDEX, REF_NAME_ANNOTATION, Descriptor, ImageConfig,
                        Index, Manifest, Platform, canonical_json, is_index)
+from .mountinfo import mount_at
 from .mountplan import MountPlan
 from .reference import Reference
 
@@ -553,7 +554,7 @@ class Store:
                 raise ContainerError(f"no such container: {name}")
             state = json.loads((cdir / "state.json").read_bytes())
             mp = state.get("mountpoint")
-            if mp and _is_mounted(mp):
+            if mp and mount_at(mp) is not None:
                 raise ContainerError(f"container {name} is mounted at {mp}; unmount it first")
             trash = Path(self.staging_dir("rm-"))
             os.rename(cdir, trash / "c")
@@ -667,11 +668,3 @@ def _is_id_like(text: str) -> bool:
     return 4 <= len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart) and (
         text.startswith("sha256:") or len(hexpart) >= 12 or not hexpart.isalpha())
 
-
-def _is_mounted(path: str) -> bool:
-    try:
-        with open("/proc/self/mounts", "rb") as f:
-            target = os.fsencode(os.path.realpath(path))
-            return any(line.split()[1] == target for line in f if len(line.split()) > 1)
-    except OSError:
-        return False

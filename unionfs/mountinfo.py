@@ -1,0 +1,59 @@
+"""The mount table of this process (``/proc/self/mountinfo``), parsed once per call (pure parsing + one read).
+
+Paths in the table escape space, tab, newline and backslash as ``\\NNN`` octal; ``mounts()`` undoes that.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount: where, what type, from which source, with which options (per-mount then superblock)."""
+
+    mountpoint: str
+    fstype: str
+    source: str
+    options: tuple[str, ...]
+
+
+def unescape(field: str) -> str:
+    """Undo the kernel's octal escapes in a mount-table field."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse(text: str) -> list[Mount]:
+    """Parse mountinfo text (see proc(5)); malformed lines are skipped."""
+    out = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 6 or len(tail) < 2:
+            continue
+        options = tuple(fields[5].split(",")) + (tuple(tail[2].split(",")) if len(tail) > 2 else ())
+        out.append(Mount(unescape(fields[4]), tail[0], unescape(tail[1]), options))
+    return out
+
+
+def mounts() -> list[Mount]:
+    """The current mounts, in mount order (later entries stack over earlier ones); [] if unreadable."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            return parse(f.read())
+    except OSError:
+        return []
+
+
+def mount_at(path: str) -> Mount | None:
+    """The topmost mount exactly at ``path`` (symlinks resolved), or None."""
+    target = os.path.realpath(path)
+    found = None
+    for m in mounts():
+        if m.mountpoint == target:
+            found = m
+    return found
