@@ -165,12 +165,13 @@ def test_read_only_mount(tmp_path: Any) -> None:
         assert ei.value.errno == 30
 
 
-def test_mtime_through_mount_is_the_uppers(tmp_path: Any) -> None:
-    """With the writeback cache (on by default) the kernel owns mtime: the upper must keep exactly the mtime
-    the mount showed, after sync and after umount (the commit round trip depends on it)."""
+@pytest.mark.parametrize("opts", [(), ("-o", "writeback")], ids=["default", "writeback"])
+def test_mtime_through_mount_is_the_uppers(tmp_path: Any, opts: tuple[str, ...]) -> None:
+    """With the writeback cache the kernel owns mtime: the upper must keep exactly the mtime the mount showed,
+    after sync and after umount (the commit round trip depends on it)."""
     lowers, u, w, mnt = layers(tmp_path)
     shown: dict[str, int] = {}
-    with mounted(lowers, u, w, mnt):
+    with mounted(lowers, u, w, mnt, opts):
         for i in range(8):
             p = os.path.join(mnt, f"new{i}")
             with open(p, "w") as f:
@@ -218,10 +219,11 @@ def test_listings_follow_changes(tmp_path: Any) -> None:
             assert f.read() == "data"
 
 
-def test_mtime_after_truncates_is_the_uppers(tmp_path: Any) -> None:
+@pytest.mark.parametrize("opts", [(), ("-o", "writeback")], ids=["default", "writeback"])
+def test_mtime_after_truncates_is_the_uppers(tmp_path: Any, opts: tuple[str, ...]) -> None:
     """Finding D4: truncate twice (and O_TRUNC opens) must leave the upper with the mtime the mount shows."""
     lowers, u, w, mnt = layers(tmp_path)
-    with mounted(lowers, u, w, mnt):
+    with mounted(lowers, u, w, mnt, opts):
         for name in ("top", "a"):
             p = os.path.join(mnt, name)
             os.truncate(p, 0)
@@ -236,3 +238,20 @@ def test_mtime_after_truncates_is_the_uppers(tmp_path: Any) -> None:
     assert {n: os.stat(os.path.join(u, n)).st_mtime_ns for n in shown} == shown
     with mounted(lowers, u, w, mnt):
         assert {n: os.stat(os.path.join(mnt, n)).st_mtime_ns for n in shown} == shown
+
+
+def test_hardlinked_names_follow_a_change(tmp_path: Any) -> None:
+    """A lower hardlink changed through one name (fallocate, append) shows its new size under every name
+    (found by the differential test; the reason the writeback cache is not the default)."""
+    lowers, u, w, mnt = layers(tmp_path)  # l0: a and b are one inode
+    with mounted(lowers, u, w, mnt):
+        assert os.stat(os.path.join(mnt, "b")).st_size == 1
+        fd = os.open(os.path.join(mnt, "a"), os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 4, 2000)
+        finally:
+            os.close(fd)
+        assert os.stat(os.path.join(mnt, "b")).st_size == 2004
+        with open(os.path.join(mnt, "b"), "a") as f:
+            f.write("z")
+        assert os.stat(os.path.join(mnt, "a")).st_size == 2005

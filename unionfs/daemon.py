@@ -128,8 +128,7 @@ def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
         opts.update({"allow_other": True, "dev": True, "suid": True})
     if plan.upper is None:
         opts["ro"] = True
-    else:
-        opts["writeback"] = True  # see fusefs: the kernel's page cache takes small writes, mtimes stay true
+    # the writeback cache stays opt-in (-o writeback): see docs/mount.md (hardlinked names go stale under it)
     for o in options:
         for item in o.split(","):
             if not item:

@@ -6,11 +6,13 @@ fusepy. Against mfusepy 3.1.1 on libfuse 3 it also passes what mfusepy drops: re
 (readdirplus, in offset mode), and read_buf/write_buf with file-descriptor buffers so that file data never
 enters Python.
 
-Speed settings (DESIGN.md "Speed, by design"): entry/attr/negative timeouts of an hour and kernel_cache (correct
-because every write goes through this daemon), readdirplus, fd buffers for read/write, cached symlinks, a
-single-threaded loop. The writeback cache is opt-in (``-o writeback``): with it the kernel owns mtime and on
-kernel 6.18 does not always send it back, so a file's mtime can change across a remount (found by the
-differential test).
+Speed settings (DESIGN.md "Speed, by design"; docs/mount.md says why and what each gained): entry/attr/negative
+timeouts of an hour and kernel_cache (correct because every write goes through this daemon), readdirplus, the
+kernel's readdir cache (set on the session's low-level opendir, see :func:`_enable_readdir_cache`), fd buffers
+for read/write with 1 MiB - 4 KiB WRITEs, cached symlinks, no FLUSH, a single-threaded loop. The writeback cache
+is opt-in (``-o writeback``): with it the kernel owns mtime (this adapter keeps the upper's mtime to the
+kernel's: :meth:`UnionOperations.before_write`), but it also trusts its cached size and mtime of each *name* of
+a hardlinked file, which libfuse's high-level API makes separate kernel inodes, so other names go stale.
 """
 
 from __future__ import annotations

@@ -382,10 +382,13 @@ class Union:
         below: dict[str, list[tuple[int, str]]] = {}
         stopped: set[str] = set()
         for layer, dpath in node.dirs:
-            names = []
+            names: list[str] = []
+            kinds: dict[str, os.DirEntry[str]] = {}
             try:
                 with os.scandir(dpath) as it:
-                    names = [e.name for e in it]
+                    for e in it:
+                        names.append(e.name)
+                        kinds[e.name] = e
             except OSError as e:
                 log.warning("cannot list %s: %s", dpath, e)
                 continue
@@ -403,18 +406,23 @@ class Union:
                 if name in hidden or name in stopped:
                     continue
                 p = os.path.join(dpath, name)
-                try:
-                    st = os.lstat(p)
-                except OSError:
-                    continue
                 if name in out:
-                    # a lower layer under a visible directory: merges only while directories continue
-                    if stat.S_ISDIR(st.st_mode):
+                    # a lower layer under a visible directory: merges only while directories continue (the
+                    # entry's d_type tells, no lstat)
+                    try:
+                        lower_dir = kinds[name].is_dir(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if lower_dir:
                         below.setdefault(name, []).append((layer, p))
                         if self._is_opaque(layer, p):
                             stopped.add(name)
                     else:
                         stopped.add(name)
+                    continue
+                try:
+                    st = os.lstat(p)
+                except OSError:
                     continue
                 if wh.is_whiteout(p, st):
                     layer_hidden.add(name)
