@@ -92,6 +92,7 @@ class UnionOperations(fuse.Operations):
         self._hidden: dict[str, int] = {}
         #: open directory handles: the path until the first readdir lists it, then its entries
         self._dirs: dict[int, str | list[tuple[str, dict[str, int] | None]]] = {}
+
         self._next_dh = 1
 
     # ------------------------------------------------------------------ life cycle
@@ -445,7 +446,12 @@ if _MFUSEPY:
 
         def init_fuse_3(self, conn: Any, config: Any) -> None:
             fuse_ptr = ctypes.c_void_p(_libfuse.fuse_get_context().contents.fuse)
-            self._cache_dirs = _enable_readdir_cache(fuse_ptr.value)
+            table = _ll_ops_table(fuse_ptr.value)
+            if table is None:
+                log.warning("libfuse's low-level ops table not found: the kernel will not cache listings")
+            else:
+                _enable_readdir_cache(table)
+                log.debug("readdir cache on (low-level opendir wrapped)")
 
             def invalidate(path: str) -> None:
                 _libfuse.fuse_invalidate_path(fuse_ptr, path.encode(self.encoding, self.errors))
@@ -539,57 +545,61 @@ if _MFUSEPY:
                     lo, hi = min(a, lo or a), max(b, hi or b)
         return None if lo is None else (lo, hi)
 
-    def _enable_readdir_cache(fuse_addr: int | None) -> bool:
+    def _ll_ops_table(fuse_addr: int | None) -> int | None:
+        """The address of the session's ``struct fuse_lowlevel_ops`` (inside ``struct fuse_session``, found
+        through ``struct fuse``'s first member), or None.
+
+        libfuse does not export it; the table is recognised by its shape: 44 slots, each NULL or an address
+        in libfuse's code, init/lookup/getattr/opendir/readdir/releasedir set, its neighbours not code.
+        """
+        if not fuse_addr:
+            return None
+        text = _libfuse_text()
+        if text is None:
+            return None
+        se = ctypes.c_void_p.from_address(fuse_addr).value
+        if not se:
+            return None
+        words = (ctypes.c_uint64 * 96).from_address(se)
+        lo, hi = text
+
+        def code(v: int) -> bool:
+            return lo <= v < hi
+        for start in range(1, 96 - _LL_OPS):
+            slots = words[start:start + _LL_OPS]
+            if not all(v == 0 or code(v) for v in slots):
+                continue
+            if not all(code(slots[i]) for i in (0, 2, 4, _LL_OPENDIR, _LL_OPENDIR + 1, _LL_OPENDIR + 2)):
+                continue
+            if code(words[start + _LL_OPS]) or code(words[start - 1]):
+                continue
+            return se + 8 * start
+        return None
+
+    def _wrap_ll(table: int, index: int, proto: Any, make: Callable[[Any], Callable[..., None]]) -> None:
+        """Replace slot ``index`` of the low-level ops table by ``make(original)`` (kept alive here)."""
+        slot = ctypes.c_void_p.from_address(table + 8 * index)
+        orig = proto(slot.value)
+        cb = proto(make(orig))
+        _ll_keep.append((cb, orig))
+        slot.value = ctypes.cast(cb, ctypes.c_void_p).value
+
+    def _enable_readdir_cache(table: int) -> None:
         """Make every OPENDIR reply ask the kernel to cache the listing (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE).
 
         libfuse 3.14's high-level opendir does not pass those bits from the filesystem's fuse_file_info to
-        the reply, but it replies with the low-level one it was given, untouched but for ``fh``. So the
-        session's low-level opendir (in ``struct fuse_session``, found through ``struct fuse``'s first
-        member) is wrapped: set the bits, then call libfuse's own. The table is recognised by its shape (44
-        slots, each NULL or an address in libfuse's code, init/lookup/opendir/readdir set); when it is not
-        found nothing changes and listings simply are not cached (logged). The kernel drops a directory's
+        the reply, but it replies with the low-level one it was given, untouched but for ``fh``: so the
+        low-level opendir is wrapped to set the bits, then call libfuse's own. The kernel drops a directory's
         cached listing whenever it changes through this mount (its mtime/i_version moves).
         """
-        if not fuse_addr:
-            return False
-        try:
-            text = _libfuse_text()
-            if text is None:
-                raise LookupError("libfuse3 mapping not found")
-            se = ctypes.c_void_p.from_address(fuse_addr).value
-            if not se:
-                raise LookupError("no session")
-            words = (ctypes.c_uint64 * 96).from_address(se)
-            lo, hi = text
-
-            def code(v: int) -> bool:
-                return lo <= v < hi
-            for start in range(0, 96 - _LL_OPS):
-                slots = words[start:start + _LL_OPS]
-                if not all(v == 0 or code(v) for v in slots):
-                    continue
-                if not all(code(slots[i]) for i in (0, 2, 4, _LL_OPENDIR, _LL_OPENDIR + 1, _LL_OPENDIR + 2)):
-                    continue
-                if code(words[start + _LL_OPS]) or code(words[start - 1]) if start else False:
-                    continue
-                orig = _LL_OPENDIR_T(slots[_LL_OPENDIR])
-
-                def ll_opendir(req: int, ino: int, llfi: Any, _orig: Any = orig) -> None:
-                    fi = llfi.contents
-                    fi.cache_readdir = 1
-                    fi.keep_cache = 1
-                    _orig(req, ino, llfi)
-
-                cb = _LL_OPENDIR_T(ll_opendir)
-                _ll_keep.append((cb, orig))
-                slot = ctypes.c_void_p.from_address(se + 8 * (start + _LL_OPENDIR))
-                slot.value = ctypes.cast(cb, ctypes.c_void_p).value
-                log.debug("readdir cache on (low-level ops at session offset %d)", 8 * start)
-                return True
-            raise LookupError("low-level ops table not recognised")
-        except (LookupError, OSError, ValueError) as e:
-            log.warning("kernel readdir cache not enabled: %s", e)
-            return False
+        def make(orig: Any) -> Callable[..., None]:
+            def ll_opendir(req: int, ino: int, llfi: Any) -> None:
+                fi = llfi.contents
+                fi.cache_readdir = 1
+                fi.keep_cache = 1
+                orig(req, ino, llfi)
+            return ll_opendir
+        _wrap_ll(table, _LL_OPENDIR, _LL_OPENDIR_T, make)
 
     # mfusepy only wires a libfuse callback when the Operations object has an attribute of that name
     UnionOperations.read_buf = lambda self, *a: 0  # type: ignore[attr-defined]
