@@ -255,3 +255,18 @@ def test_hardlinked_names_follow_a_change(tmp_path: Any) -> None:
         with open(os.path.join(mnt, "b"), "a") as f:
             f.write("z")
         assert os.stat(os.path.join(mnt, "a")).st_size == 2005
+
+
+def test_hardlinked_names_follow_a_chmod_after_a_rename(tmp_path: Any) -> None:
+    """Finding D6: a rename elsewhere must not make the daemon forget the other names of a hardlinked file."""
+    lowers, u, w, mnt = layers(tmp_path)  # l0: a and b are one inode
+    with mounted(lowers, u, w, mnt):
+        modes = [os.lstat(os.path.join(mnt, n)).st_mode for n in ("a", "b")]
+        assert modes[0] == modes[1]
+        os.mkdir(os.path.join(mnt, "n1"))
+        os.rename(os.path.join(mnt, "n1"), os.path.join(mnt, "d", "n4"))
+        os.chmod(os.path.join(mnt, "b"), 0o751)
+        assert [os.lstat(os.path.join(mnt, n)).st_mode & 0o7777 for n in ("a", "b")] == [0o751, 0o751]
+        os.rename(os.path.join(mnt, "a"), os.path.join(mnt, "d", "a2"))
+        os.chmod(os.path.join(mnt, "b"), 0o700)
+        assert os.lstat(os.path.join(mnt, "d", "a2")).st_mode & 0o7777 == 0o700

@@ -356,18 +356,34 @@ class UnionOperations(fuse.Operations):
         return 0
 
     def _renamed(self, old: str, new: str, flags: int) -> None:
-        """Keep the handles' paths true after a rename (and an exchange)."""
+        """Keep the handles' paths and the hardlink names true after a rename (and an exchange): names under
+        ``old`` move to ``new``; names under a replaced ``new`` are gone (finding D6: clearing them all lost
+        the names whose kernel caches a later change must drop)."""
         def move(p: str, a: str, b: str) -> str | None:
             if p == a or p.startswith(a + "/"):
                 return b + p[len(a):]
             return None
+        exchange = bool(flags & 2)
         for fd, p in list(self._fh_path.items()):
             q = move(p, old, new)
-            if q is None and flags & 2:
+            if q is None and exchange:
                 q = move(p, new, old)
             if q is not None:
                 self._fh_path[fd] = q
-        self._aliases.clear()
+        for ino, paths in list(self._aliases.items()):
+            kept: set[str] = set()
+            for p in paths:
+                q = move(p, old, new)
+                if q is None:
+                    if exchange:
+                        q = move(p, new, old)
+                    elif move(p, new, new) is not None:
+                        continue  # replaced by the rename
+                kept.add(p if q is None else q)
+            if kept:
+                self._aliases[ino] = kept
+            else:
+                del self._aliases[ino]
 
     # ------------------------------------------------------------------ attributes
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:

@@ -105,7 +105,7 @@ class _Ent:
         self.kids: dict[str, _Ent] = {}
 
 
-#: the path cache is dropped whole when it holds more entries than this (bounds the daemon's memory)
+#: the path cache takes no new entries beyond this many (bounds the daemon's memory: ~650 bytes each)
 CACHE_MAX = 100_000
 CAP_XATTR = "security.capability"
 
@@ -225,23 +225,25 @@ class Union:
         node = ent.node
         if node is None:
             node = ent.node = self.root()
+        cur: _Ent | None = ent
         for name in _components(path):
             if not node.is_dir:
                 raise _err(errno.ENOTDIR, path)
-            kid = ent.kids.get(name)
-            if kid is None or kid.node is None:
-                found = self.child(node, name)
-                if found is None:
-                    raise _err(errno.ENOENT, path)
-                if kid is None:
-                    if self._cached >= CACHE_MAX:
-                        self.forget_all()
-                        return self._walk(path)
-                    kid = ent.kids[name] = _Ent(found)
-                    self._cached += 1
-                else:
-                    kid.node = found
-            ent, node = kid, kid.node
+            kid = cur.kids.get(name) if cur is not None else None
+            if kid is not None and kid.node is not None:
+                cur, node = kid, kid.node
+                continue
+            found = self.child(node, name)
+            if found is None:
+                raise _err(errno.ENOENT, path)
+            if kid is not None:
+                kid.node = found
+            elif cur is not None and self._cached < CACHE_MAX:
+                kid = cur.kids[name] = _Ent(found)
+                self._cached += 1
+            # a full cache keeps what it has (dropping it all made a walk of a big tree thrash): the rest
+            # of this path resolves uncached
+            cur, node = kid, found
         return node
 
     def forget(self, path: str, *, keep_children: bool = False) -> None:
@@ -289,7 +291,7 @@ class Union:
                 self._cached += 1
 
     def forget_all(self) -> None:
-        """Drop the whole path cache (the hardlink index changed, or the cache is full)."""
+        """Drop the whole path cache (the hardlink index changed)."""
         self._tree = _Ent(None)
         self._cached = 0
 
