@@ -155,3 +155,37 @@ def test_read_only_union_refuses_writes(tmp_path: Any) -> None:
         ov.unlink("/a")
     assert ei.value.errno == 30  # EROFS
     assert ov.statfs()["f_namemax"] == 255
+
+
+def test_path_cache_follows_every_change(tmp_path: Any) -> None:
+    """The core's path cache (and the per-layer name sets of merged directories) never answers from before a
+    change made through the Overlay: every lookup after a change equals an uncached Union's."""
+    from unionfs.union import Union
+
+    for i, spec in enumerate(({"d": "d", "d/a": "f:a", "d/s": "d", "d/s/x": "f:x"},
+                              {"d": "d", "d/b": "f:b", "d/s": "d", "d/s/y": "f:y", "h": "f:h", "h2": "h:h"})):
+        build_layer(str(tmp_path / f"l{i}"), spec)
+    lowers = [str(tmp_path / "l0"), str(tmp_path / "l1")]
+    os.makedirs(tmp_path / "upper")
+    os.makedirs(tmp_path / "work")
+    ov = Overlay(lowers, str(tmp_path / "upper"), str(tmp_path / "work"))
+    fresh = lambda: Union(lowers, str(tmp_path / "upper"), ov.index)  # noqa: E731
+
+    def agree() -> None:
+        want = {n.path: (n.layer, n.real, n.ino, stat.S_IFMT(n.st.st_mode)) for n in fresh().walk()}
+        got = {}
+        for p in want:
+            n = ov.view.lookup(p)
+            got[p] = (n.layer, n.real, n.ino, stat.S_IFMT(n.st.st_mode))
+        assert got == want
+        for p in ("/d/a", "/d/b", "/d/c", "/d/s/x", "/d/s/y", "/d/s/z", "/e", "/h", "/h2"):
+            assert (ov.view.try_lookup(p) is None) == (fresh().try_lookup(p) is None), p
+
+    agree()
+    steps = [lambda: os.close(ov.create("/d/c", 0o644, os.O_WRONLY)), lambda: ov.unlink("/d/a"),
+             lambda: ov.unlink("/d/s/x"), lambda: ov.rename("/d/s", "/e"), lambda: ov.mkdir("/d/s", 0o755),
+             lambda: os.close(ov.create("/d/a", 0o644, os.O_WRONLY)), lambda: ov.chmod("/h", 0o600),
+             lambda: ov.unlink("/h2"), lambda: ov.rename("/d/b", "/d/c"), lambda: ov.rmdir("/d/s")]
+    for step in steps:
+        step()
+        agree()

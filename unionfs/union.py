@@ -79,6 +79,10 @@ class Node:
     #: known to carry no ``security.capability`` xattr (the kernel asks before every write(2)); only ever set
     #: True after a real ENODATA, and a node is forgotten whenever its xattrs may change
     nocap: bool = False
+    #: for a cached merged directory: the names in each directory of ``dirs`` (one scandir each), so that a
+    #: lookup probes a dict per layer instead of an lstat (and a ``.wh.`` lstat) per layer; dropped by
+    #: :meth:`Union.forget` of any child
+    names: tuple[frozenset[str], ...] | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -261,6 +265,8 @@ class Union:
             if nxt is None:
                 return
             ent = nxt
+        if ent.node is not None:
+            ent.node.names = None  # the parent's listing changed
         if keep_children:
             kid = ent.kids.get(comps[-1])
             if kid is not None:
@@ -327,14 +333,20 @@ class Union:
             return None
         top: Node | None = None
         dirs: list[tuple[int, str]] = []
-        for layer, dpath in parent.dirs:
+        names = self._names_of(parent)
+        whname = wh.WH_PREFIX + name
+        for i, (layer, dpath) in enumerate(parent.dirs):
             if layer < start:
+                continue
+            if names is not None and name not in names[i]:
+                if whname in names[i]:
+                    break
                 continue
             p = os.path.join(dpath, name)
             try:
                 st = os.lstat(p)
             except FileNotFoundError:
-                if _lexists(os.path.join(dpath, wh.WH_PREFIX + name)):
+                if _lexists(os.path.join(dpath, whname)):
                     break
                 continue
             except NotADirectoryError:
@@ -367,6 +379,21 @@ class Union:
             else:
                 top.real, top.st, top.indexed = ip, ist, True
         return top
+
+    def _names_of(self, parent: Node) -> tuple[frozenset[str], ...] | None:
+        """The per-layer name sets of a cached merged directory (built on first use), or None."""
+        if not self.cache or len(parent.dirs) < 2:
+            return None
+        if parent.names is None:
+            sets = []
+            for _layer, dpath in parent.dirs:
+                try:
+                    with os.scandir(dpath) as it:
+                        sets.append(frozenset(e.name for e in it))
+                except OSError:
+                    return None
+            parent.names = tuple(sets)
+        return parent.names
 
     def lower_has(self, parent: Node, name: str) -> bool:
         """True when some layer under the upper shows ``name`` in ``parent`` (a delete needs a whiteout)."""
