@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 

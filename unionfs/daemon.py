@@ -9,7 +9,6 @@ cannot start, and ``mount()`` raises that as a one-line :class:`MountError`. Unm
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from . import mountinfo
 from .errors import MountError
 from .mountplan import MountPlan
 
@@ -31,11 +31,11 @@ START_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class LiveMount:
-    """One line of /proc/self/mounts with type fuse.unionfs."""
+    """One live mount of type fuse.unionfs."""
 
     source: str
     mountpoint: str
-    options: str
+    options: tuple[str, ...]
 
     @property
     def name(self) -> str | None:
@@ -43,30 +43,9 @@ class LiveMount:
         return self.source.split(":", 1)[1] if ":" in self.source else None
 
 
-def _unescape(s: str) -> str:
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 3 < len(s) and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
 def live_mounts() -> list[LiveMount]:
-    """The unionfs mounts currently live, from /proc/self/mounts."""
-    out = []
-    try:
-        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 4 and parts[2] == FSTYPE:
-                    out.append(LiveMount(_unescape(parts[0]), _unescape(parts[1]), parts[3]))
-    except OSError:
-        pass
-    return out
+    """The unionfs mounts currently live, from the mount table."""
+    return [LiveMount(m.source, m.mountpoint, m.options) for m in mountinfo.mounts() if m.fstype == FSTYPE]
 
 
 def is_mounted(mountpoint: str) -> bool:

@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - the fusepy fallback
     import fuse  # type: ignore[no-redef]
 
-from .overlay import UTIME_NOW, UTIME_OMIT, Overlay, fallocate, utimensat
+from .overlay import UTIME_OMIT, Overlay, fallocate, utimensat
 from .union import Node, stat_dict
 
 log = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ class UnionOperations(fuse.Operations):
     def release(self, path: str | None, fh: int) -> int:
         if fh in self._upper_fds:
             self._changed(self._fh_ino.get(fh), self._fh_path.get(fh))
-        ino = self._fh_ino.pop(fh, None)
+        self._fh_ino.pop(fh, None)
         self._fh_path.pop(fh, None)
         self._upper_fds.discard(fh)
         os.close(fh)
