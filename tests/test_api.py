@@ -70,8 +70,8 @@ def test_fixture_isolates_tests_and_shares_layers(unionfs_rootfs: Callable[..., 
 
 def test_fixture_from_another_project(module_store: Path, tmp_path: Path) -> None:
     """The README's example, run as a separate pytest session that only has the installed plugin."""
-    doc = (Path(__file__).resolve().parent.parent / "docs/build.md").read_text()
-    example = doc.rsplit("```python\n", 1)[1].split("```", 1)[0]
+    doc = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = doc.split("A complete example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "test_example.py").write_text(example)
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         f"--unionfs-root={module_store}", str(tmp_path / "test_example.py")],

@@ -138,7 +138,7 @@ RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
 
-#: Deliberate, documented differences the mount owner declared (docs/mount.md "Known differences"); each is
+#: Deliberate, documented differences the mount owner declared (README, "Known differences from the kernel"); each is
 #: tolerated exactly where the comment names it, nowhere else:
 #: D3 - fstat of an open special file after its last name is unlinked may fail with ESTALE (unlink_open).
 
@@ -181,7 +181,7 @@ def unlink_open(path: str, data: bytes) -> tuple[Any, ...]:
             except OSError as e:
                 if e.errno != errno.ESTALE:
                     raise
-            # Tolerated (finding D3, documented in docs/mount.md): fstat of an open special file after its
+            # Tolerated (finding D3, documented in the README): fstat of an open special file after its
             # last name is unlinked may fail with ESTALE on unionfs. Its result is not compared, nothing else.
             return ("special file: fstat after unlink not compared",)
         os.unlink(path)

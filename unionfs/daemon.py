@@ -107,7 +107,7 @@ def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
         opts.update({"allow_other": True, "dev": True, "suid": True})
     if plan.upper is None:
         opts["ro"] = True
-    # the writeback cache stays opt-in (-o writeback): see docs/mount.md (hardlinked names go stale under it)
+    # the writeback cache stays opt-in (-o writeback): see the README, "Mounting" (hardlinked names go stale under it)
     for o in options:
         for item in o.split(","):
             if not item:

@@ -6,7 +6,7 @@ fusepy. Against mfusepy 3.1.1 on libfuse 3 it also passes what mfusepy drops: re
 (readdirplus, in offset mode), and read_buf/write_buf with file-descriptor buffers so that file data never
 enters Python.
 
-Speed settings (DESIGN.md "Speed, by design"; docs/mount.md says why and what each gained): entry/attr/negative
+Speed settings (DESIGN.md "Speed, by design"; the README's "Mounting" section says why and what each gained): entry/attr/negative
 timeouts of an hour and kernel_cache (correct because every write goes through this daemon), readdirplus, the
 kernel's readdir cache (set on the session's low-level opendir, see :func:`_enable_readdir_cache`), fd buffers
 for read/write with 1 MiB - 4 KiB WRITEs, cached symlinks, no FLUSH, a single-threaded loop. The writeback cache
