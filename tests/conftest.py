@@ -49,3 +49,12 @@ def test_images(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
     if reason:
         pytest.skip(reason)
     return build_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def base_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox rootfs tarball (Debian's busybox-static), made once per session."""
+    from busybox import busybox_tarball, require
+
+    require()
+    return busybox_tarball(tmp_path_factory.mktemp("busybox") / "rootfs.tgz")

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from busybox import busybox_tarball, import_busybox, leftovers, require, store_state, unionfs
+from busybox import import_busybox, leftovers, store_state, unionfs
 
 from unionfs import buildcache
 from unionfs.store import Store
@@ -42,12 +42,6 @@ WORKDIR /home/user
 ENTRYPOINT ["/bin/sh", "-c"]
 CMD ["cat $GREETING_FILE"]
 """
-
-
-@pytest.fixture(scope="module")
-def base_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require()
-    return busybox_tarball(tmp_path_factory.mktemp("busybox") / "rootfs.tgz")
 
 
 @pytest.fixture

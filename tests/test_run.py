@@ -11,13 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from busybox import busybox_tarball, import_busybox, leftovers, require, unionfs
-
-
-@pytest.fixture(scope="module")
-def base_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require()
-    return busybox_tarball(tmp_path_factory.mktemp("busybox") / "rootfs.tgz")
+from busybox import import_busybox, leftovers, unionfs
 
 
 @pytest.fixture

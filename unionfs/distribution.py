@@ -148,6 +148,20 @@ def fetch_manifest(client: RegistryClient, ref: Reference, platform: Platform | 
     return Manifest.parse(fetched.raw, fetched.media_type), index_digest
 
 
+
+def _start(cancel: threading.Event, progress: Progress, desc: Descriptor) -> tuple[str, Callable[[int], None]]:
+    """Begin one blob transfer in a worker: raise _Cancelled when the run was cancelled; returns the blob's
+    progress key and a byte callback that reports progress and stops the transfer on cancellation."""
+    if cancel.is_set():
+        raise _Cancelled()
+    key = desc.digest.short
+
+    def on_bytes(n: int) -> None:
+        if cancel.is_set():
+            raise _Cancelled()
+        progress.advance(key, n)
+    return key, on_bytes
+
 def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Platform | None = None,
          jobs: int = DEFAULT_JOBS, progress: Progress | None = None, follow_foreign_urls: bool = False
          ) -> PullResult:
@@ -169,14 +183,7 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
 
         def task(desc: Descriptor) -> Callable[[threading.Event], None]:
             def run(cancel: threading.Event) -> None:
-                if cancel.is_set():
-                    raise _Cancelled()
-                key = desc.digest.short
-
-                def on_bytes(n: int) -> None:
-                    if cancel.is_set():
-                        raise _Cancelled()
-                    progress.advance(key, n)
+                key, on_bytes = _start(cancel, progress, desc)
 
                 progress.begin(key, desc.size, "Downloading")
                 # the store hashes while writing; the reader need not hash the same bytes again
@@ -238,14 +245,7 @@ def push(store: Store, source: str, dest: Reference, client: RegistryClient, *, 
 
     def task(desc: Descriptor) -> Callable[[threading.Event], None]:
         def run(cancel: threading.Event) -> None:
-            if cancel.is_set():
-                raise _Cancelled()
-            key = desc.digest.short
-
-            def on_bytes(n: int) -> None:
-                if cancel.is_set():
-                    raise _Cancelled()
-                progress.advance(key, n)
+            key, on_bytes = _start(cancel, progress, desc)
 
             candidates = sources.get(desc.digest, [])[:3]
             how = client.push_blob(dest.repository, desc.digest, desc.size, lambda: store.open_blob(desc.digest),
