@@ -81,12 +81,18 @@ def build(tmp_path: Any, case: Case) -> tuple[list[str], str, str]:
     return lowers, str(tmp_path / "upper"), str(tmp_path / "work")
 
 
+#: the daemon's ways of moving data: the default (FUSE passthrough for final files), every byte through the
+#: daemon, and the libfuse adapter (-o impl=libfuse)
+DAEMONS = {"default": (), "served": ("-o", "passthrough=off"), "libfuse": ("-o", "impl=libfuse")}
+
+
+@pytest.mark.parametrize("daemon", list(DAEMONS))
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_case_through_mount(tmp_path: Any, case: Case) -> None:
+def test_case_through_mount(tmp_path: Any, case: Case, daemon: str) -> None:
     lowers, upper, work = build(tmp_path, case)
     before = [snapshot(d) for d in lowers]
     mnt = str(tmp_path / "mnt")
-    with mounted(lowers, upper, work, mnt):
+    with mounted(lowers, upper, work, mnt, DAEMONS[daemon]):
         for i, op in enumerate(case.ops):
             if i == len(case.ops) - 1 and case.errno is not None:
                 with pytest.raises(OSError) as ei:
@@ -102,7 +108,7 @@ def test_case_through_mount(tmp_path: Any, case: Case) -> None:
             assert os.lstat(os.path.join(mnt, path)).st_nlink == n, path
         inos = {p: os.lstat(os.path.join(mnt, p)).st_ino for p in tree_of(mnt)}
     assert [snapshot(d) for d in lowers] == before, "a lower changed"
-    with mounted(lowers, upper, work, mnt):
+    with mounted(lowers, upper, work, mnt, DAEMONS[daemon]):
         if case.expect is not None:
             assert tree_of(mnt) == case.expect
         assert {p: os.lstat(os.path.join(mnt, p)).st_ino for p in tree_of(mnt)} == inos

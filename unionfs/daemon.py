@@ -210,8 +210,8 @@ def umount(mountpoint: str, *, lazy: bool = False) -> None:
 
 
 def _serve(spec: dict, ready_fd: int | None) -> None:
-    """Run the daemon (this process serves the mount until it ends)."""
-    from .fusefs import serve
+    """Run the daemon (this process serves the mount until it ends): on the kernel's protocol
+    (:mod:`unionfs.lowlevel`), or through libfuse with ``-o impl=libfuse`` (:mod:`unionfs.fusefs`)."""
     from .overlay import Overlay
 
     try:
@@ -234,7 +234,27 @@ def _serve(spec: dict, ready_fd: int | None) -> None:
     plan = MountPlan(tuple(spec["lowers"]), spec["upper"], spec["work"], spec.get("name"))
     opts = _fuse_options(plan, spec.get("options", []))
     threads = bool(opts.pop("threads", False))
-    serve(ov, spec["mountpoint"], options=opts, ready=ready, threads=threads)
+    if opts.pop("impl", "kernel") == "libfuse":
+        from .fusefs import serve
+        serve(ov, spec["mountpoint"], options=opts, ready=ready, threads=threads)
+        return
+    from . import lowlevel
+    from .fuseproto import MountOptions
+
+    writeback = bool(opts.pop("writeback", False))
+    passthrough = opts.pop("passthrough", True) not in (False, "0", "no", "off", "false")
+    mo = MountOptions(fsname=str(opts.pop("fsname")), subtype=str(opts.pop("subtype")),
+                      read_only=bool(opts.pop("ro", False)), allow_other=bool(opts.pop("allow_other", False)),
+                      default_permissions=bool(opts.pop("default_permissions", True)),
+                      dev=bool(opts.pop("dev", False)), suid=bool(opts.pop("suid", False)))
+    for k in ("rw", "nodev", "nosuid", "exec", "noexec", "kernel_cache", "auto_cache"):
+        opts.pop(k, None)
+    if opts:
+        log.warning("mount options ignored: %s", ", ".join(sorted(opts)))
+    try:
+        lowlevel.serve(ov, spec["mountpoint"], opts=mo, ready=ready, writeback=writeback, passthrough=passthrough)
+    except OSError as e:
+        raise MountError(f"cannot mount {spec['mountpoint']}: {e.strerror or e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

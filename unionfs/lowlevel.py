@@ -1,0 +1,706 @@
+"""The FUSE daemon on the kernel's protocol: answers ``/dev/fuse`` requests with :class:`unionfs.overlay.Overlay`.
+
+One kernel inode per union inode: the node id the kernel sees is the union's stable inode number, so every
+name of a hardlinked file is the same kernel inode (one page cache, one attribute cache, the right st_nlink
+after an unlink). Each node keeps the names it was looked up by, ``(parent node, name)`` pairs, so a rename
+of a directory is one update, never a walk of the subtree.
+
+Speed (README, "Mounting"):
+
+- entry, attribute and negative timeouts of an hour, READDIRPLUS always, the kernel's readdir cache
+  (FOPEN_CACHE_DIR), cached symlinks, 1 MiB WRITEs, one thread;
+- **FUSE passthrough** for files whose data is final: files in the upper (and, on a read-only mount, every
+  file). The kernel then reads, writes and maps the real file itself and never asks us. A lower file opened
+  read-only is served here instead (page cache kept across opens), because after a copy-up the kernel's
+  overlayfs shows the new data to descriptors opened before it; a passthrough file cannot change its
+  backing file. The kernel holds one backing file per inode, so a node's opens are either all passthrough
+  (one backing id, dropped at the last release) or all served here;
+- FUSE_HANDLE_KILLPRIV_V2: the kernel no longer asks for ``security.capability`` before every write; we
+  clear set-id bits and capabilities ourselves when it says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import stat
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import fuseproto as fp
+from .overlay import UTIME_NOW, UTIME_OMIT, Overlay, fallocate, utimensat
+from .union import Node
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 3600
+CAP_XATTR = "security.capability"
+_FS_MAGIC_STACKED = {0x794C7630, 0x65735546, 0xF15F}  # overlayfs, fuse, ecryptfs
+
+
+@dataclass(slots=True, eq=False)
+class Inode:
+    """What the kernel holds of one union inode."""
+
+    nodeid: int
+    ino: int
+    nlookup: int = 0
+    #: the names the kernel knows it by: (parent node id, name)
+    links: set[tuple[int, str]] = field(default_factory=set)
+    #: open handles served by this daemon, and open passthrough handles with their one backing id
+    served: int = 0
+    passthrough: int = 0
+    backing: int | None = None
+    #: attributes (nlink 0) of a node whose last name was unlinked while the kernel still holds it: a special
+    #: file has no open handle here to fstat
+    orphan: bytes | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Handle:
+    """An open file: our descriptor on the real file, and how the kernel does its I/O."""
+
+    fd: int
+    nodeid: int
+    path: str
+    passthrough: bool
+    #: the descriptor is on the file's final copy (upper, index, or any file of a read-only mount)
+    final: bool
+
+
+class _Reply(Exception):
+    """Raised by a handler that has answered (or must not answer) the request itself."""
+
+
+def _stack_depth(paths: list[str]) -> int:
+    """The kernel's stacking depth a passthrough mount over ``paths`` needs (2 when a layer sits on a stacked
+    filesystem such as overlayfs itself, else 1: then the mount stays usable as an overlayfs lower)."""
+    libc = fp._libc
+    buf = ctypes.create_string_buffer(128)
+    for p in paths:
+        if libc.statfs(os.fsencode(p), buf) == 0 and struct.unpack_from("<q", buf)[0] in _FS_MAGIC_STACKED:
+            return 2
+    return 1
+
+
+class LowLevelFS:
+    """The request handlers and the serving loop of one mount."""
+
+    def __init__(self, overlay: Overlay, *, writeback: bool = False, passthrough: bool = True) -> None:
+        self.ov = overlay
+        self.view = overlay.view
+        self.writeback = writeback and not overlay.read_only
+        self.passthrough = passthrough and not self.writeback
+        self.dev = -1
+        root = self.view.root()
+        self.root_ino = root.ino
+        self.nodes: dict[int, Inode] = {fp.ROOT_ID: Inode(fp.ROOT_ID, root.ino, nlookup=1)}
+        self.entries: dict[tuple[int, str], int] = {}
+        self.handles: dict[int, Handle] = {}
+        self.dirs: dict[int, tuple[int, list[tuple[str, Node | None]] | None]] = {}
+        self._next_dh = 1
+        self._uid = self._gid = 0
+        self.ready: Callable[[], None] | None = None
+        self.ops: dict[int, Callable[[int, memoryview], bytes | None]] = {
+            fp.LOOKUP: self.lookup, fp.GETATTR: self.getattr, fp.SETATTR: self.setattr,
+            fp.READLINK: self.readlink, fp.SYMLINK: self.symlink, fp.MKNOD: self.mknod, fp.MKDIR: self.mkdir,
+            fp.UNLINK: self.unlink, fp.RMDIR: self.rmdir, fp.RENAME: self.rename, fp.RENAME2: self.rename2,
+            fp.LINK: self.link, fp.OPEN: self.open, fp.READ: self.read, fp.WRITE: self.write,
+            fp.STATFS: self.statfs, fp.RELEASE: self.release, fp.FSYNC: self.fsync, fp.SETXATTR: self.setxattr,
+            fp.GETXATTR: self.getxattr, fp.LISTXATTR: self.listxattr, fp.REMOVEXATTR: self.removexattr,
+            fp.INIT: self.init, fp.OPENDIR: self.opendir, fp.READDIR: self.readdir,
+            fp.READDIRPLUS: self.readdirplus, fp.RELEASEDIR: self.releasedir, fp.FSYNCDIR: self.fsyncdir,
+            fp.CREATE: self.create, fp.FALLOCATE: self.fallocate, fp.LSEEK: self.lseek,
+            fp.SYNCFS: self.syncfs, fp.DESTROY: self.destroy,
+        }
+
+    # ================================================================== node table
+    def _nodeid(self, ino: int) -> int:
+        if ino == self.root_ino:
+            return fp.ROOT_ID
+        return ino if ino != fp.ROOT_ID else (1 << 63) | 1
+
+    def path(self, nodeid: int) -> str:
+        """A union path of node ``nodeid`` (any of its names); ENOENT when it has none left."""
+        parts: list[str] = []
+        while nodeid != fp.ROOT_ID:
+            node = self.nodes.get(nodeid)
+            if node is None or not node.links:
+                raise OSError(errno.ENOENT, "no name left")
+            nodeid, name = next(iter(node.links))
+            parts.append(name)
+        return "/" + "/".join(reversed(parts))
+
+    def _join(self, parent: int, name: str) -> str:
+        p = self.path(parent)
+        return (p if p != "/" else "") + "/" + name
+
+    def _count(self, parent: int, name: str, ino: int) -> Inode:
+        """Count one lookup of the union inode ``ino`` as ``name`` in ``parent``."""
+        nid = self._nodeid(ino)
+        inode = self.nodes.get(nid)
+        if inode is None:
+            inode = self.nodes[nid] = Inode(nid, ino)
+        inode.nlookup += 1
+        self._link(parent, name, nid)
+        return inode
+
+    def _link(self, parent: int, name: str, nid: int) -> None:
+        key = (parent, name)
+        old = self.entries.get(key)
+        if old is not None and old != nid:
+            self._unlink_entry(key)
+        self.entries[key] = nid
+        self.nodes[nid].links.add(key)
+
+    def _unlink_entry(self, key: tuple[int, str]) -> int | None:
+        nid = self.entries.pop(key, None)
+        if nid is not None:
+            node = self.nodes.get(nid)
+            if node is not None:
+                node.links.discard(key)
+        return nid
+
+    def _forget(self, nid: int, count: int) -> None:
+        node = self.nodes.get(nid)
+        if node is None or nid == fp.ROOT_ID:
+            return
+        node.nlookup -= count
+        if node.nlookup <= 0 and not node.served and not node.passthrough:
+            for key in node.links:
+                if self.entries.get(key) == nid:
+                    del self.entries[key]
+            del self.nodes[nid]
+
+    # ================================================================== replies
+    def _attr(self, node: Node) -> bytes:
+        return fp.pack_attr(node.st, node.ino, self.view.nlink(node))
+
+    def _attr_out(self, node: Node) -> bytes:
+        return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + self._attr(node)
+
+    def _entry(self, parent: int, name: str, node: Node) -> bytes:
+        inode = self._count(parent, name, node.ino)
+        return fp.ENTRY_OUT_HEAD.pack(inode.nodeid, 0, TIMEOUT, TIMEOUT, 0, 0) + self._attr(node)
+
+    def _fresh(self, parent: int, name: str) -> bytes:
+        """The entry reply for a name just made in ``parent``."""
+        return self._entry(parent, name, self.view.lookup(self._join(parent, name)))
+
+    # ================================================================== life cycle
+    def init(self, nid: int, body: memoryview) -> bytes:
+        major, minor, readahead, flags, flags2 = fp.INIT_IN.unpack_from(body)
+        if major != fp.KERNEL_VERSION:
+            raise OSError(errno.EPROTO, f"FUSE protocol {major}.{minor} not supported")
+        kernel = flags | (flags2 << 32 if flags & fp.INIT_EXT else 0)
+        want = (fp.ASYNC_READ | fp.ATOMIC_O_TRUNC | fp.BIG_WRITES | fp.DO_READDIRPLUS | fp.PARALLEL_DIROPS
+                | fp.MAX_PAGES | fp.CACHE_SYMLINKS | fp.HANDLE_KILLPRIV_V2 | fp.INIT_EXT)
+        if self.writeback:
+            want |= fp.WRITEBACK_CACHE
+        depth = 0
+        if self.passthrough and kernel & fp.PASSTHROUGH:
+            want |= fp.PASSTHROUGH
+            depth = _stack_depth(self.view.layers)
+        else:
+            self.passthrough = False
+        got = want & kernel
+        log.debug("INIT %d.%d kernel flags %#x, ours %#x", major, minor, kernel, got)
+        if self.ready is not None:
+            self.ready()
+        return fp.INIT_OUT.pack(fp.KERNEL_VERSION, fp.KERNEL_MINOR, readahead, got & 0xFFFFFFFF, 16, 12,
+                                fp.MAX_WRITE, 1, fp.MAX_WRITE // 4096, 0, got >> 32, depth, *([0] * 12))
+
+    def destroy(self, nid: int, body: memoryview) -> bytes:
+        for h in list(self.handles.values()):
+            try:
+                os.close(h.fd)
+            except OSError:
+                pass
+        self.handles.clear()
+        return b""
+
+    def syncfs(self, nid: int, body: memoryview) -> bytes:
+        os.sync()
+        return b""
+
+    # ================================================================== lookups and attributes
+    def lookup(self, parent: int, body: memoryview) -> bytes:
+        name = os.fsdecode(fp.cstrings(body, 1)[0])
+        try:
+            node = self.view.lookup(self._join(parent, name))
+        except FileNotFoundError:
+            # a negative entry the kernel may cache as long as a positive one
+            return fp.ENTRY_OUT_HEAD.pack(0, 0, TIMEOUT, 0, 0, 0) + bytes(fp.ATTR.size)
+        return self._entry(parent, name, node)
+
+    def _handle_of(self, nid: int, fh: int | None) -> Handle:
+        h = self.handles.get(fh) if fh is not None else None
+        if h is None or h.nodeid != nid:
+            h = next((x for x in self.handles.values() if x.nodeid == nid), None)
+        if h is None:
+            raise OSError(errno.ENOENT, "stale node")
+        return h
+
+    def _attr_reply(self, nid: int, fh: int | None) -> bytes:
+        """attr_out for ``nid``: by its name, or through an open handle once every name is gone (unlinked
+        while open)."""
+        try:
+            path = self.path(nid)
+        except FileNotFoundError:
+            path = None
+        if path is not None:
+            return self._attr_out(self.view.lookup(path))
+        inode = self.nodes.get(nid)
+        try:
+            h = self._handle_of(nid, fh)
+        except FileNotFoundError:
+            if inode is None or inode.orphan is None:
+                raise
+            return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + inode.orphan
+        st = os.fstat(h.fd)
+        ino = inode.ino if inode is not None else st.st_ino
+        return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + fp.pack_attr(st, ino, self._orphan_nlink(st, ino, h))
+
+    def getattr(self, nid: int, body: memoryview) -> bytes:
+        flags, _, fh = fp.GETATTR_IN.unpack_from(body)
+        return self._attr_reply(nid, fh if flags & fp.GETATTR_FH else None)
+
+    def _orphan_nlink(self, st: os.stat_result, ino: int, h: Handle) -> int:
+        """Links left of an open file whose every known name is gone: an indexed hardlink counts its upper
+        names and the lower names still pending (as :meth:`Union.nlink`), an upper file its real links, a
+        file still on a lower layer none (the kernel's overlayfs says 0)."""
+        if not h.final or not stat.S_ISREG(st.st_mode) or self.ov.upper is None:
+            return 0
+        if self.ov.index:
+            ipath = os.path.join(self.ov.index, str(ino))
+            try:
+                ist = os.lstat(ipath)
+            except OSError:
+                ist = None
+            if ist is not None and (ist.st_ino, ist.st_dev) == (st.st_ino, st.st_dev):
+                return max(0, st.st_nlink - 1 + self.view.pending_lower_links(Node(h.path, 0, ipath, ist, ino)))
+        return st.st_nlink
+
+    def readlink(self, nid: int, body: memoryview) -> bytes:
+        return os.fsencode(self.view.readlink(self.view.resolve(self.path(nid))))
+
+    def setattr(self, nid: int, body: memoryview) -> bytes:
+        (valid, _, fh, size, _lo, atime, mtime, _ct, atimens, mtimens, _ctn, mode, _u4, uid, gid,
+         _u5) = fp.SETATTR_IN.unpack_from(body)
+        h = self.handles.get(fh) if valid & fp.FATTR_FH else None
+        try:
+            path = self.path(nid)
+        except FileNotFoundError:
+            if h is None:
+                raise
+            path = h.path
+        if valid & fp.FATTR_MODE:
+            self.ov.chmod(path, mode)
+        if valid & (fp.FATTR_UID | fp.FATTR_GID):
+            self.ov.chown(path, uid if valid & fp.FATTR_UID else -1, gid if valid & fp.FATTR_GID else -1)
+        if valid & fp.FATTR_SIZE:
+            self._truncate(path, h, size, kill=bool(valid & fp.FATTR_KILL_SUIDGID))
+        if valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW):
+            def one(set_: int, now: int, sec: int, nsec: int) -> tuple[int, int]:
+                if valid & now:
+                    return (0, UTIME_NOW)
+                return (sec, nsec) if valid & set_ else (0, UTIME_OMIT)
+            times = (one(fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, atime, atimens),
+                     one(fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, mtime, mtimens))
+            if h is not None and h.final:
+                utimensat(None, times, fd=h.fd)
+            else:
+                self.ov.utimens(path, times)
+        return self._attr_reply(nid, fh if h is not None else None)
+
+    def _truncate(self, path: str, h: Handle | None, size: int, *, kill: bool) -> None:
+        if h is not None and h.final:
+            keep = os.fstat(h.fd).st_mtime_ns if self.writeback else None
+            os.ftruncate(h.fd, size)
+            if keep is not None:
+                utimensat(None, ((0, UTIME_OMIT), divmod(keep, 10**9)), fd=h.fd)
+            if kill:
+                _kill_priv(h.fd)
+            return
+        keep_ns = None
+        if self.writeback:
+            before = self.view.lookup(path)
+            keep_ns = before.st.st_mtime_ns if stat.S_ISREG(before.st.st_mode) else None
+        self.ov.truncate(path, size)
+        node = self.view.lookup(path)
+        if keep_ns is not None:
+            utimensat(node.real, ((0, UTIME_OMIT), divmod(keep_ns, 10**9)))
+        if kill:
+            fd = os.open(node.real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                _kill_priv(fd)
+            finally:
+                os.close(fd)
+
+    def statfs(self, nid: int, body: memoryview) -> bytes:
+        s = self.ov.statfs()
+        return fp.STATFS_OUT.pack(s["f_blocks"], s["f_bfree"], s["f_bavail"], s["f_files"], s["f_ffree"],
+                                  s["f_bsize"], s["f_namemax"], s["f_frsize"], 0, *([0] * 6))
+
+    # ================================================================== xattrs
+    def getxattr(self, nid: int, body: memoryview) -> bytes:
+        size, _ = fp.GETXATTR_IN.unpack_from(body)
+        name = os.fsdecode(fp.cstrings(body[fp.GETXATTR_IN.size:], 1)[0])
+        value = self.view.getxattr(self.view.resolve(self.path(nid)), name)
+        return _sized(value, size)
+
+    def listxattr(self, nid: int, body: memoryview) -> bytes:
+        size, _ = fp.GETXATTR_IN.unpack_from(body)
+        names = self.view.listxattr(self.view.resolve(self.path(nid)))
+        return _sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
+
+    def setxattr(self, nid: int, body: memoryview) -> bytes:
+        size, flags = fp.SETXATTR_IN.unpack_from(body)
+        rest = bytes(body[fp.SETXATTR_IN.size:])
+        end = rest.index(b"\0")
+        self.ov.setxattr(self.path(nid), os.fsdecode(rest[:end]), rest[end + 1:end + 1 + size], flags)
+        return b""
+
+    def removexattr(self, nid: int, body: memoryview) -> bytes:
+        self.ov.removexattr(self.path(nid), os.fsdecode(fp.cstrings(body, 1)[0]))
+        return b""
+
+    # ================================================================== namespace
+    def mknod(self, parent: int, body: memoryview) -> bytes:
+        mode, rdev, _umask, _ = fp.MKNOD_IN.unpack_from(body)
+        name = os.fsdecode(fp.cstrings(body[fp.MKNOD_IN.size:], 1)[0])
+        self.ov.mknod(self._join(parent, name), mode, rdev, self._uid, self._gid)
+        return self._fresh(parent, name)
+
+    def mkdir(self, parent: int, body: memoryview) -> bytes:
+        mode, _umask = fp.MKDIR_IN.unpack_from(body)
+        name = os.fsdecode(fp.cstrings(body[fp.MKDIR_IN.size:], 1)[0])
+        self.ov.mkdir(self._join(parent, name), mode | stat.S_IFDIR, self._uid, self._gid)
+        return self._fresh(parent, name)
+
+    def symlink(self, parent: int, body: memoryview) -> bytes:
+        name, target = fp.cstrings(body, 2)
+        self.ov.symlink(os.fsdecode(target), self._join(parent, os.fsdecode(name)), self._uid, self._gid)
+        return self._fresh(parent, os.fsdecode(name))
+
+    def link(self, parent: int, body: memoryview) -> bytes:
+        (old,) = fp.LINK_IN.unpack_from(body)
+        name = os.fsdecode(fp.cstrings(body[fp.LINK_IN.size:], 1)[0])
+        self.ov.link(self.path(old), self._join(parent, name))
+        return self._fresh(parent, name)
+
+    def unlink(self, parent: int, body: memoryview) -> bytes:
+        name = os.fsdecode(fp.cstrings(body, 1)[0])
+        path = self._join(parent, name)
+        node = self.view.lookup(path)
+        self.ov.unlink(path)
+        nid = self._unlink_entry((parent, name))
+        inode = self.nodes.get(nid) if nid is not None else None
+        if inode is not None and not inode.links and not stat.S_ISREG(node.st.st_mode):
+            inode.orphan = fp.pack_attr(node.st, node.ino, 0)
+        return b""
+
+    def rmdir(self, parent: int, body: memoryview) -> bytes:
+        name = os.fsdecode(fp.cstrings(body, 1)[0])
+        self.ov.rmdir(self._join(parent, name))
+        self._unlink_entry((parent, name))
+        return b""
+
+    def rename(self, parent: int, body: memoryview) -> bytes:
+        (newdir,) = fp.RENAME_IN.unpack_from(body)
+        return self._rename(parent, newdir, 0, body[fp.RENAME_IN.size:])
+
+    def rename2(self, parent: int, body: memoryview) -> bytes:
+        newdir, flags, _ = fp.RENAME2_IN.unpack_from(body)
+        return self._rename(parent, newdir, flags, body[fp.RENAME2_IN.size:])
+
+    def _rename(self, parent: int, newdir: int, flags: int, names: memoryview) -> bytes:
+        old, new = (os.fsdecode(n) for n in fp.cstrings(names, 2))
+        self.ov.rename(self._join(parent, old), self._join(newdir, new), flags)
+        a = self._unlink_entry((parent, old))
+        b = self._unlink_entry((newdir, new))
+        if a is not None and a in self.nodes:
+            self._link(newdir, new, a)
+        if flags & 2 and b is not None and b in self.nodes:  # RENAME_EXCHANGE
+            self._link(parent, old, b)
+        return b""
+
+    # ================================================================== files
+    def open(self, nid: int, body: memoryview) -> bytes:
+        flags, open_flags = fp.OPEN_IN.unpack_from(body)
+        path = self.path(nid)
+        fd, node = self.ov.open_node(path, flags, keep_mtime=self.writeback)
+        if open_flags & fp.OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
+            _kill_priv(fd)
+        return fp.OPEN_OUT.pack(*self._opened(nid, fd, path, node, flags))
+
+    def create(self, parent: int, body: memoryview) -> bytes:
+        flags, mode, _umask, _oflags = fp.CREATE_IN.unpack_from(body)
+        name = os.fsdecode(fp.cstrings(body[fp.CREATE_IN.size:], 1)[0])
+        path = self._join(parent, name)
+        fd = self.ov.create(path, mode, flags, self._uid, self._gid)
+        try:
+            entry = self._fresh(parent, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        node = self.view.lookup(path)
+        return entry + fp.OPEN_OUT.pack(*self._opened(self._nodeid(node.ino), fd, path, node, flags))
+
+    def _opened(self, nid: int, fd: int, path: str, node: Node, flags: int) -> tuple[int, int, int]:
+        """Register a new handle; (fh, open flags, backing id) for the reply."""
+        inode = self.nodes.get(nid)
+        if inode is None:  # cannot happen for a looked-up node; keep the handle usable anyway
+            inode = self.nodes[nid] = Inode(nid, node.ino)
+        final = self.ov.read_only or node.layer == 0 or node.indexed
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if writing:
+            self._follow_copy_up(nid, node)
+        use_pt = (self.passthrough and final and not inode.served and stat.S_ISREG(node.st.st_mode))
+        if use_pt and inode.backing is None:
+            try:
+                inode.backing = fp.backing_open(self.dev, fd)
+            except OSError as e:
+                log.warning("passthrough refused (%s): serving file data from the daemon", e)
+                self.passthrough = use_pt = False
+        self.handles[fd] = Handle(fd, nid, path, use_pt, final)
+        if use_pt:
+            inode.passthrough += 1
+            return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
+        inode.served += 1
+        return fd, fp.FOPEN_KEEP_CACHE, 0
+
+    def _follow_copy_up(self, nid: int, node: Node) -> None:
+        """Point read-only handles still open on the lower copy of the node at its upper copy (dup2 keeps
+        the handle number), as the kernel's overlayfs re-opens the real file after a copy-up."""
+        for h in self.handles.values():
+            if h.nodeid == nid and not h.final:
+                new = os.open(node.real, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.dup2(new, h.fd, inheritable=False)
+                finally:
+                    os.close(new)
+                h.final = True
+
+    def release(self, nid: int, body: memoryview) -> bytes:
+        fh = fp.RELEASE_IN.unpack_from(body)[0]
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return b""
+        os.close(h.fd)
+        inode = self.nodes.get(h.nodeid)
+        if inode is not None:
+            if h.passthrough:
+                inode.passthrough -= 1
+                if inode.passthrough == 0 and inode.backing is not None:
+                    try:
+                        fp.backing_close(self.dev, inode.backing)
+                    except OSError as e:
+                        log.debug("backing close: %s", e)
+                    inode.backing = None
+            else:
+                inode.served -= 1
+            if inode.nlookup <= 0:
+                self._forget(h.nodeid, 0)
+        return b""
+
+    def read(self, nid: int, body: memoryview) -> bytes:
+        fh, offset, size = fp.READ_IN.unpack_from(body)[:3]
+        return os.pread(self.handles[fh].fd, size, offset)
+
+    def write(self, nid: int, body: memoryview) -> bytes:
+        fh, offset, size, wflags = fp.WRITE_IN.unpack_from(body)[:4]
+        fd = self.handles[fh].fd
+        keep = os.fstat(fd).st_mtime_ns if self.writeback else None
+        n = os.pwrite(fd, body[fp.WRITE_IN.size:fp.WRITE_IN.size + size], offset)
+        if keep is not None:
+            utimensat(None, ((0, UTIME_OMIT), divmod(keep, 10**9)), fd=fd)
+        if wflags & fp.WRITE_KILL_SUIDGID:
+            _kill_priv(fd)
+        return fp.WRITE_OUT.pack(n, 0)
+
+    def fsync(self, nid: int, body: memoryview) -> bytes:
+        fh, fsync_flags, _ = fp.FSYNC_IN.unpack_from(body)
+        h = self.handles.get(fh)
+        if h is not None:
+            (os.fdatasync if fsync_flags & 1 else os.fsync)(h.fd)
+        return b""
+
+    def fallocate(self, nid: int, body: memoryview) -> bytes:
+        fh, offset, length, mode, _ = fp.FALLOCATE_IN.unpack_from(body)
+        fd = self.handles[fh].fd
+        keep = os.fstat(fd).st_mtime_ns if self.writeback else None
+        fallocate(fd, mode, offset, length)
+        if keep is not None:
+            utimensat(None, ((0, UTIME_OMIT), divmod(keep, 10**9)), fd=fd)
+        return b""
+
+    def lseek(self, nid: int, body: memoryview) -> bytes:
+        fh, offset, whence, _ = fp.LSEEK_IN.unpack_from(body)
+        return fp.LSEEK_OUT.pack(os.lseek(self.handles[fh].fd, offset, whence))
+
+    # ================================================================== directories
+    def opendir(self, nid: int, body: memoryview) -> bytes:
+        node = self.view.resolve(self.path(nid))
+        if not node.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        dh = self._next_dh
+        self._next_dh += 1
+        self.dirs[dh] = (nid, None)
+        return fp.OPEN_OUT.pack(dh, fp.FOPEN_CACHE_DIR | fp.FOPEN_KEEP_CACHE, 0)
+
+    def _listing(self, dh: int) -> tuple[int, list[tuple[str, int, int, bytes | None]]]:
+        """The directory handle's entries (name, ino, mode, packed attributes), listed at its first read."""
+        nid, entries = self.dirs[dh]
+        if entries is None:
+            path = self.path(nid)
+            node = self.view.lookup(path)
+            children = self.view.listdir(node)
+            entries = [(".", node.ino, node.st.st_mode, None), ("..", self._parent_ino(nid), stat.S_IFDIR, None)]
+            entries += [(c.path.rpartition("/")[2], c.ino, c.st.st_mode, self._attr(c)) for c in children]
+            self.view.adopt(path, children)  # takes the children's full stat results away
+            self.dirs[dh] = (nid, entries)
+        return nid, entries
+
+    def _parent_ino(self, nid: int) -> int:
+        node = self.nodes.get(nid)
+        if node is None or not node.links:
+            return self.root_ino
+        parent = next(iter(node.links))[0]
+        return self.nodes[parent].ino if parent in self.nodes else self.root_ino
+
+    def readdir(self, nid: int, body: memoryview) -> bytes:
+        return self._readdir(body, plus=False)
+
+    def readdirplus(self, nid: int, body: memoryview) -> bytes:
+        return self._readdir(body, plus=True)
+
+    def _readdir(self, body: memoryview, *, plus: bool) -> bytes:
+        fh, offset, size = fp.READ_IN.unpack_from(body)[:3]
+        nid, entries = self._listing(fh)
+        out: list[bytes] = []
+        used = 0
+        none = fp.ENTRY_OUT_HEAD.pack(0, 0, 0, 0, 0, 0) + bytes(fp.ATTR.size)
+        for i in range(offset, len(entries)):
+            name, ino, mode, attr = entries[i]
+            dirent = fp.pack_dirent(ino, i + 1, os.fsencode(name), mode)
+            if plus:
+                if used + len(none) + len(dirent) > size:
+                    break
+                if attr is None:
+                    dirent = none + dirent
+                else:
+                    inode = self._count(nid, name, ino)
+                    dirent = fp.ENTRY_OUT_HEAD.pack(inode.nodeid, 0, TIMEOUT, TIMEOUT, 0, 0) + attr + dirent
+            elif used + len(dirent) > size:
+                break
+            out.append(dirent)
+            used += len(dirent)
+        return b"".join(out)
+
+    def releasedir(self, nid: int, body: memoryview) -> bytes:
+        self.dirs.pop(fp.RELEASE_IN.unpack_from(body)[0], None)
+        return b""
+
+    def fsyncdir(self, nid: int, body: memoryview) -> bytes:
+        return b""
+
+    # ================================================================== the loop
+    def serve(self, dev: int) -> None:
+        """Answer requests on the connected ``/dev/fuse`` descriptor ``dev`` until the mount ends."""
+        self.dev = dev
+        buf = bytearray(fp.BUFFER_SIZE)
+        view = memoryview(buf)
+        hdr = fp.IN_HEADER
+        out = fp.OUT_HEADER
+        ops = self.ops
+        write = os.writev
+        while True:
+            try:
+                n = os.readv(dev, [buf])
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                    continue
+                if e.errno == errno.ENODEV:
+                    return
+                raise
+            if n < hdr.size:
+                continue
+            _len, opcode, unique, nid, uid, gid, _pid, _ext, _ = hdr.unpack_from(buf)
+            if opcode == fp.FORGET:
+                self._forget(nid, fp.FORGET_IN.unpack_from(buf, hdr.size)[0])
+                continue
+            if opcode == fp.BATCH_FORGET:
+                count = fp.BATCH_FORGET_IN.unpack_from(buf, hdr.size)[0]
+                base = hdr.size + fp.BATCH_FORGET_IN.size
+                for k in range(count):
+                    self._forget(*fp.FORGET_ONE.unpack_from(buf, base + k * fp.FORGET_ONE.size))
+                continue
+            if opcode == fp.INTERRUPT:
+                continue
+            handler = ops.get(opcode)
+            err = 0
+            data = b""
+            if handler is None:
+                err = errno.ENOSYS
+            else:
+                self._uid, self._gid = uid, gid
+                try:
+                    data = handler(nid, view[hdr.size:n]) or b""
+                except OSError as e:
+                    err = e.errno or errno.EIO
+                except Exception:  # a bug here must not take the mount down
+                    log.exception("opcode %d on node %d", opcode, nid)
+                    err = errno.EIO
+            try:
+                if err:
+                    write(dev, [out.pack(out.size, -err, unique)])
+                else:
+                    write(dev, [out.pack(out.size + len(data), 0, unique), data])
+            except OSError as e:
+                if e.errno == errno.ENODEV:
+                    return
+                if e.errno != errno.ENOENT:  # ENOENT: the request was interrupted meanwhile
+                    raise
+            if opcode == fp.DESTROY:
+                return
+
+
+def _sized(value: bytes, size: int) -> bytes:
+    """A getxattr/listxattr answer: the size alone when asked with size 0, ERANGE when it does not fit."""
+    if size == 0:
+        return fp.GETXATTR_OUT.pack(len(value), 0)
+    if len(value) > size:
+        raise OSError(errno.ERANGE, "buffer too small")
+    return value
+
+
+def _kill_priv(fd: int) -> None:
+    """What a write by an unprivileged caller does to a file (FUSE_HANDLE_KILLPRIV_V2 leaves it to us):
+    drop set-user-ID, set-group-ID when group-executable, and file capabilities."""
+    st = os.fstat(fd)
+    mode = st.st_mode & ~stat.S_ISUID
+    if st.st_mode & stat.S_IXGRP:
+        mode &= ~stat.S_ISGID
+    if mode != st.st_mode:
+        os.fchmod(fd, stat.S_IMODE(mode))
+    try:
+        os.removexattr(fd, CAP_XATTR)
+    except OSError:
+        pass
+
+
+def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Callable[[], None] | None,
+          writeback: bool = False, passthrough: bool = True) -> None:
+    """Mount ``overlay`` at ``mountpoint`` and serve it in this process until it is unmounted. ``ready`` runs
+    once the kernel has spoken to us (INIT)."""
+    fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough)
+    fs.ready = ready
+    dev = fp.open_session(mountpoint, opts)
+    try:
+        fs.serve(dev)
+    finally:
+        os.close(dev)
