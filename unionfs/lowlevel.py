@@ -31,12 +31,16 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import fuseproto as fp
+from . import mountinfo
 from .overlay import UTIME_NOW, UTIME_OMIT, Overlay, fallocate, utimensat
 from .union import Node
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 3600
+#: the mount's readahead window (the kernel's FUSE default is 128 KiB): with 1 MiB a first sequential read of a
+#: file served by the daemon takes 1/4 of the time (1 GiB: 1.02 s -> 0.23 s, measured), as READs grow to 1 MiB
+READ_AHEAD_KB = 1024
 CAP_XATTR = "security.capability"
 _FS_MAGIC_STACKED = {0x794C7630, 0x65735546, 0xF15F}  # overlayfs, fuse, ecryptfs
 
@@ -89,8 +93,10 @@ def _stack_depth(paths: list[str]) -> int:
 class LowLevelFS:
     """The request handlers and the serving loop of one mount."""
 
-    def __init__(self, overlay: Overlay, *, writeback: bool = False, passthrough: bool = True) -> None:
+    def __init__(self, overlay: Overlay, *, writeback: bool = False, passthrough: bool = True,
+                 mountpoint: str = "") -> None:
         self.ov = overlay
+        self.mountpoint = mountpoint
         self.view = overlay.view
         self.writeback = writeback and not overlay.read_only
         self.passthrough = passthrough and not self.writeback
@@ -667,6 +673,21 @@ class LowLevelFS:
                     raise
             if opcode == fp.DESTROY:
                 return
+            if opcode == fp.INIT and not err:
+                self._tune_readahead()
+
+    def _tune_readahead(self) -> None:
+        """Widen the mount's readahead (only possible once INIT is answered: the reply caps it). Never stats
+        the mountpoint: that would ask this very loop."""
+        if not self.mountpoint:
+            return
+        dev = next((m.dev for m in reversed(mountinfo.mounts())
+                    if m.mountpoint == self.mountpoint and m.fstype.startswith("fuse")), "")
+        try:
+            with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+                f.write(str(READ_AHEAD_KB))
+        except OSError as e:  # not root, or no sysfs: the kernel's default stays
+            log.debug("readahead of %s (bdi %s) unchanged: %s", self.mountpoint, dev, e)
 
 
 def _sized(value: bytes, size: int) -> bytes:
@@ -697,7 +718,8 @@ def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Ca
           writeback: bool = False, passthrough: bool = True) -> None:
     """Mount ``overlay`` at ``mountpoint`` and serve it in this process until it is unmounted. ``ready`` runs
     once the kernel has spoken to us (INIT)."""
-    fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough)
+    mountpoint = os.path.realpath(mountpoint)
+    fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough, mountpoint=mountpoint)
     fs.ready = ready
     dev = fp.open_session(mountpoint, opts)
     try:

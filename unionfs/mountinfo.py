@@ -20,6 +20,8 @@ class Mount:
     fstype: str
     source: str
     options: tuple[str, ...]
+    #: the filesystem's device, "MAJOR:MINOR" (also its backing-device name under /sys/class/bdi)
+    dev: str = ""
 
 
 def unescape(field: str) -> str:
@@ -36,7 +38,7 @@ def parse(text: str) -> list[Mount]:
         if not sep or len(fields) < 6 or len(tail) < 2:
             continue
         options = tuple(fields[5].split(",")) + (tuple(tail[2].split(",")) if len(tail) > 2 else ())
-        out.append(Mount(unescape(fields[4]), tail[0], unescape(tail[1]), options))
+        out.append(Mount(unescape(fields[4]), tail[0], unescape(tail[1]), options, fields[2]))
     return out
 
 
