@@ -41,6 +41,8 @@ TIMEOUT = 3600
 #: the mount's readahead window (the kernel's FUSE default is 128 KiB): with 1 MiB a first sequential read of a
 #: file served by the daemon takes 1/4 of the time (1 GiB: 1.02 s -> 0.23 s, measured), as READs grow to 1 MiB
 READ_AHEAD_KB = 1024
+#: bytes of a file served here that an OPEN asks the disk for right away
+PREFETCH = 1 << 20
 CAP_XATTR = "security.capability"
 _FS_MAGIC_STACKED = {0x794C7630, 0x65735546, 0xF15F}  # overlayfs, fuse, ecryptfs
 
@@ -406,7 +408,8 @@ class LowLevelFS:
         nid = self._unlink_entry((parent, name))
         inode = self.nodes.get(nid) if nid is not None else None
         if inode is not None and not inode.links and not stat.S_ISREG(node.st.st_mode):
-            inode.orphan = fp.pack_attr(node.st, node.ino, 0)
+            # as the kernel's overlayfs: a lower one is never copied up and keeps its real link count
+            inode.orphan = fp.pack_attr(node.st, node.ino, 0 if node.layer == 0 else node.st.st_nlink)
         return b""
 
     def rmdir(self, parent: int, body: memoryview) -> bytes:
@@ -477,6 +480,10 @@ class LowLevelFS:
             inode.passthrough += 1
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
         inode.served += 1
+        if not writing and stat.S_ISREG(node.st.st_mode):
+            # start reading the head of the file now: the disk works while the reply and the kernel's first
+            # READ make their round trip (cat of 10,000 cold 4 KiB files: measured below in the README)
+            os.posix_fadvise(fd, 0, PREFETCH, os.POSIX_FADV_WILLNEED)
         return fd, fp.FOPEN_KEEP_CACHE, 0
 
     def _follow_copy_up(self, nid: int, node: Node) -> None:
