@@ -225,6 +225,21 @@ def _fusermount(mountpoint: str, opts: MountOptions) -> int:
             theirs.close()
 
 
+_libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+#: filesystems that stack on others (overlayfs, FUSE, ecryptfs), by statfs f_type
+_STACKED_MAGIC = {0x794C7630, 0x65735546, 0xF15F}
+
+
+def stack_depth(paths: list[str] | tuple[str, ...]) -> int:
+    """The kernel stacking depth a passthrough mount over ``paths`` must declare: 2 when a layer sits on a
+    stacked filesystem (e.g. overlayfs itself), else 1 (the mount then stays usable as an overlayfs lower)."""
+    buf = ctypes.create_string_buffer(128)
+    for p in paths:
+        if _libc.statfs(os.fsencode(p), buf) == 0 and struct.unpack_from("<q", buf)[0] in _STACKED_MAGIC:
+            return 2
+    return 1
+
+
 def backing_open(devfd: int, fd: int) -> int:
     """Register ``fd`` as a passthrough backing file; returns its backing id (OSError when refused)."""
     buf = bytearray(BACKING_MAP.pack(fd, 0, 0))

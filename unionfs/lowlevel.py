@@ -21,12 +21,10 @@ Speed (README, "Mounting"):
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
 import stat
-import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -44,7 +42,6 @@ READ_AHEAD_KB = 1024
 #: bytes of a file served here that an OPEN asks the disk for right away
 PREFETCH = 1 << 20
 CAP_XATTR = "security.capability"
-_FS_MAGIC_STACKED = {0x794C7630, 0x65735546, 0xF15F}  # overlayfs, fuse, ecryptfs
 
 
 @dataclass(slots=True, eq=False)
@@ -75,21 +72,6 @@ class Handle:
     passthrough: bool
     #: the descriptor is on the file's final copy (upper, index, or any file of a read-only mount)
     final: bool
-
-
-class _Reply(Exception):
-    """Raised by a handler that has answered (or must not answer) the request itself."""
-
-
-def _stack_depth(paths: list[str]) -> int:
-    """The kernel's stacking depth a passthrough mount over ``paths`` needs (2 when a layer sits on a stacked
-    filesystem such as overlayfs itself, else 1: then the mount stays usable as an overlayfs lower)."""
-    libc = fp._libc
-    buf = ctypes.create_string_buffer(128)
-    for p in paths:
-        if libc.statfs(os.fsencode(p), buf) == 0 and struct.unpack_from("<q", buf)[0] in _FS_MAGIC_STACKED:
-            return 2
-    return 1
 
 
 class LowLevelFS:
@@ -211,7 +193,7 @@ class LowLevelFS:
         depth = 0
         if self.passthrough and kernel & fp.PASSTHROUGH:
             want |= fp.PASSTHROUGH
-            depth = _stack_depth(self.view.layers)
+            depth = fp.stack_depth(self.view.layers)
         else:
             self.passthrough = False
         got = want & kernel
@@ -301,10 +283,11 @@ class LowLevelFS:
         h = self.handles.get(fh) if valid & fp.FATTR_FH else None
         try:
             path = self.path(nid)
-        except FileNotFoundError:
-            if h is None:
-                raise
-            path = h.path
+        except FileNotFoundError:  # unlinked while open: change the file through its descriptor
+            h = self._handle_of(nid, fh if h is not None else None)
+            if not h.final:
+                raise OSError(errno.EROFS, "a lower file without a name") from None
+            return self._setattr_fd(nid, h, body)
         if valid & fp.FATTR_MODE:
             self.ov.chmod(path, mode)
         if valid & (fp.FATTR_UID | fp.FATTR_GID):
@@ -312,17 +295,25 @@ class LowLevelFS:
         if valid & fp.FATTR_SIZE:
             self._truncate(path, h, size, kill=bool(valid & fp.FATTR_KILL_SUIDGID))
         if valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW):
-            def one(set_: int, now: int, sec: int, nsec: int) -> tuple[int, int]:
-                if valid & now:
-                    return (0, UTIME_NOW)
-                return (sec, nsec) if valid & set_ else (0, UTIME_OMIT)
-            times = (one(fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, atime, atimens),
-                     one(fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, mtime, mtimens))
+            times = _times(valid, atime, atimens, mtime, mtimens)
             if h is not None and h.final:
                 utimensat(None, times, fd=h.fd)
             else:
                 self.ov.utimens(path, times)
         return self._attr_reply(nid, fh if h is not None else None)
+
+    def _setattr_fd(self, nid: int, h: Handle, body: memoryview) -> bytes:
+        (valid, _, _fh, size, _lo, atime, mtime, _ct, atimens, mtimens, _ctn, mode, _u4, uid, gid,
+         _u5) = fp.SETATTR_IN.unpack_from(body)
+        if valid & fp.FATTR_MODE:
+            os.fchmod(h.fd, stat.S_IMODE(mode))
+        if valid & (fp.FATTR_UID | fp.FATTR_GID):
+            os.fchown(h.fd, uid if valid & fp.FATTR_UID else -1, gid if valid & fp.FATTR_GID else -1)
+        if valid & fp.FATTR_SIZE:
+            os.ftruncate(h.fd, size)
+        if valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW):
+            utimensat(None, _times(valid, atime, atimens, mtime, mtimens), fd=h.fd)
+        return self._attr_reply(nid, h.fd)
 
     def _truncate(self, path: str, h: Handle | None, size: int, *, kill: bool) -> None:
         if h is not None and h.final:
@@ -695,6 +686,16 @@ class LowLevelFS:
                 f.write(str(READ_AHEAD_KB))
         except OSError as e:  # not root, or no sysfs: the kernel's default stays
             log.debug("readahead of %s (bdi %s) unchanged: %s", self.mountpoint, dev, e)
+
+
+def _times(valid: int, atime: int, atimens: int, mtime: int, mtimens: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """SETATTR's times as utimensat(2) pairs (UTIME_NOW / UTIME_OMIT where the request says so)."""
+    def one(set_: int, now: int, sec: int, nsec: int) -> tuple[int, int]:
+        if valid & now:
+            return (0, UTIME_NOW)
+        return (sec, nsec) if valid & set_ else (0, UTIME_OMIT)
+    return (one(fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, atime, atimens),
+            one(fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, mtime, mtimens))
 
 
 def _sized(value: bytes, size: int) -> bytes:
