@@ -33,6 +33,8 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import pytest
 
+from unionfs import mountinfo as mountinfo_mod
+
 REPO = Path(__file__).resolve().parent.parent
 
 #: seconds we give a mount or an unmount command before we call it hung
@@ -137,51 +139,24 @@ def require(*reasons: str | None) -> None:
 # mount table and processes
 # ---------------------------------------------------------------------------
 
-def _unescape_mountinfo(s: str) -> str:
-    """Undo the octal escapes (``\\040`` ...) of /proc/self/mountinfo."""
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and len(s[i + 1:i + 4]) == 3 and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_fstype(path: Path | str) -> str | None:
-    """The filesystem type mounted exactly at ``path`` (the topmost one), or None if nothing is."""
-    target = os.path.realpath(path)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if _unescape_mountinfo(fields[4]) == target:
-                found = right.split()[0]
-    return found
-
-
-@dataclasses.dataclass(frozen=True)
-class MountEntry:
-    """One line of /proc/self/mountinfo, the parts that identify a mount."""
-
-    mount_id: int
-    dev: str  #: major:minor of the mounted filesystem
-    mountpoint: str
-    fstype: str
+#: one line of /proc/self/mountinfo (mountpoint, fstype, source, options, dev, mount_id): the package's parser
+MountEntry = mountinfo_mod.Mount
 
 
 def mountinfo() -> list[MountEntry]:
     """The current mount table of this process' namespace."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            out.append(MountEntry(int(fields[0]), fields[2], _unescape_mountinfo(fields[4]), right.split()[0]))
-    return out
+    return mountinfo_mod.mounts()
+
+
+def mount_entry(path: Path | str) -> MountEntry | None:
+    """The topmost mount exactly at ``path``, or None."""
+    return mountinfo_mod.mount_at(str(path))
+
+
+def mount_fstype(path: Path | str) -> str | None:
+    """The filesystem type mounted exactly at ``path`` (the topmost one), or None if nothing is."""
+    e = mount_entry(path)
+    return e.fstype if e is not None else None
 
 
 def _fd_mount_id(fd: int) -> int | None:
@@ -191,16 +166,6 @@ def _fd_mount_id(fd: int) -> int | None:
             if line.startswith("mnt_id:"):
                 return int(line.split()[1])
     return None
-
-
-def mount_entry(path: Path | str) -> MountEntry | None:
-    """The topmost mount exactly at ``path``, or None."""
-    target = os.path.realpath(path)
-    found = None
-    for e in mountinfo():
-        if e.mountpoint == target:
-            found = e
-    return found
 
 
 def is_mounted(path: Path | str) -> bool:
@@ -897,10 +862,4 @@ def private_tmpdir(prefix: str) -> Iterator[Path]:
 def leftover_mounts(under: Path | str) -> list[str]:
     """Mountpoints (from /proc/self/mountinfo) at or below ``under``: what a test must not leave."""
     base = os.path.realpath(under)
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = _unescape_mountinfo(line.split()[4])
-            if mp == base or mp.startswith(base + "/"):
-                out.append(mp)
-    return out
+    return [e.mountpoint for e in mountinfo() if e.mountpoint == base or e.mountpoint.startswith(base + "/")]

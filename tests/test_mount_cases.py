@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from union_cases import CASES, Case, apply_os, build_layer, case_id, snapshot, tree_of
+from union_cases import CASES, Case, apply_os, build_case, case_id, run_ops, snapshot, tree_of
 
 
 def skip_reason() -> str | None:
@@ -70,17 +70,6 @@ def mounted(lowers: list[str], upper: str | None, work: str | None, mnt: str,
         force_unmount(mnt)
 
 
-def build(tmp_path: Any, case: Case) -> tuple[list[str], str, str]:
-    lowers = []
-    for i, spec in enumerate(case.lowers):
-        d = str(tmp_path / f"l{i}")
-        build_layer(d, spec)
-        lowers.append(d)
-    build_layer(str(tmp_path / "upper"), case.upper)
-    os.makedirs(tmp_path / "work")
-    return lowers, str(tmp_path / "upper"), str(tmp_path / "work")
-
-
 #: the daemon's ways of moving data: the default (FUSE passthrough for final files), every byte through the
 #: daemon, and the libfuse adapter (-o impl=libfuse)
 DAEMONS = {"default": (), "served": ("-o", "passthrough=off"), "libfuse": ("-o", "impl=libfuse")}
@@ -89,17 +78,11 @@ DAEMONS = {"default": (), "served": ("-o", "passthrough=off"), "libfuse": ("-o",
 @pytest.mark.parametrize("daemon", list(DAEMONS))
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_case_through_mount(tmp_path: Any, case: Case, daemon: str) -> None:
-    lowers, upper, work = build(tmp_path, case)
+    lowers, upper, work = build_case(tmp_path, case)
     before = [snapshot(d) for d in lowers]
     mnt = str(tmp_path / "mnt")
     with mounted(lowers, upper, work, mnt, DAEMONS[daemon]):
-        for i, op in enumerate(case.ops):
-            if i == len(case.ops) - 1 and case.errno is not None:
-                with pytest.raises(OSError) as ei:
-                    apply_os(mnt, op)
-                assert ei.value.errno == case.errno, f"{op}: {ei.value}"
-            else:
-                apply_os(mnt, op)
+        run_ops(case, lambda op: apply_os(mnt, op))
         if case.expect is not None:
             assert tree_of(mnt) == case.expect
         for group in case.same_ino:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from unionfs.overlay import Overlay
-from union_cases import CASES, Case, build_layer, case_id, describe, snapshot
+from union_cases import CASES, Case, build_case, build_layer, case_id, describe, run_ops, snapshot
 
 
 def _needs() -> str | None:
@@ -79,28 +79,15 @@ def core_tree(ov: Overlay) -> dict[str, str]:
 
 
 def make(tmp_path: Any, case: Case) -> tuple[Overlay, list[str]]:
-    lowers = []
-    for i, spec in enumerate(case.lowers):
-        d = str(tmp_path / f"l{i}")
-        build_layer(d, spec)
-        lowers.append(d)
-    build_layer(str(tmp_path / "upper"), case.upper)
-    os.makedirs(tmp_path / "work")
-    return Overlay(lowers, str(tmp_path / "upper"), str(tmp_path / "work")), lowers
+    lowers, upper, work = build_case(tmp_path, case)
+    return Overlay(lowers, upper, work), lowers
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_case_on_core(tmp_path: Any, case: Case) -> None:
     ov, lowers = make(tmp_path, case)
     before = [snapshot(d) for d in lowers]
-    for i, op in enumerate(case.ops):
-        last = i == len(case.ops) - 1
-        if last and case.errno is not None:
-            with pytest.raises(OSError) as ei:
-                apply_core(ov, op)
-            assert ei.value.errno == case.errno, f"{op}: {ei.value}"
-        else:
-            apply_core(ov, op)
+    run_ops(case, lambda op: apply_core(ov, op))
     if case.expect is not None:
         assert core_tree(ov) == case.expect
     for group in case.same_ino:

@@ -188,6 +188,33 @@ def snapshot(root: str) -> dict[str, tuple[int, int, bytes | str | None]]:
     return out
 
 
+def build_case(root: Any, case: Case) -> tuple[list[str], str, str]:
+    """Make the case's lowers (``root/l0``, ``l1``, ... base first), upper and empty work directory."""
+    lowers = []
+    for i, spec in enumerate(case.lowers):
+        d = os.path.join(root, f"l{i}")
+        build_layer(d, spec)
+        lowers.append(d)
+    upper, work = os.path.join(root, "upper"), os.path.join(root, "work")
+    build_layer(upper, case.upper)
+    os.makedirs(work)
+    return lowers, upper, work
+
+
+def run_ops(case: Case, apply: Callable[[tuple[Any, ...]], None]) -> None:
+    """Apply the case's operations in order; when the case names an errno, the last one must fail with it."""
+    for i, op in enumerate(case.ops):
+        if i < len(case.ops) - 1 or case.errno is None:
+            apply(op)
+            continue
+        try:
+            apply(op)
+        except OSError as e:
+            assert e.errno == case.errno, f"{op}: {e}"
+        else:
+            raise AssertionError(f"{op}: succeeded, expected {E.errorcode[case.errno]}")
+
+
 def case_id(c: Case) -> str:
     return c.name.replace(" ", "-")
 

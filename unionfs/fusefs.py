@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - the fusepy fallback
     import fuse  # type: ignore[no-redef]
 
-from .overlay import UTIME_OMIT, Overlay, fallocate, utimensat
+from .overlay import UTIME_OMIT, Overlay, fallocate, reopen_onto, utimensat
 from .union import Node, stat_dict
 
 log = logging.getLogger(__name__)
@@ -235,11 +235,7 @@ class UnionOperations(fuse.Operations):
         the handle number), as the kernel re-resolves the real file after a copy-up."""
         for fd, ino in self._fh_ino.items():
             if ino == node.ino and fd not in self._upper_fds:
-                new = os.open(node.real, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.dup2(new, fd, inheritable=False)
-                finally:
-                    os.close(new)
+                reopen_onto(fd, node.real)
                 self._upper_fds.add(fd)
 
     def create(self, path: str, mode: int, flags: int = os.O_WRONLY) -> int:

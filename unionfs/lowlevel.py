@@ -30,12 +30,16 @@ from typing import Callable
 
 from . import fuseproto as fp
 from . import mountinfo
-from .overlay import UTIME_NOW, UTIME_OMIT, Overlay, fallocate, utimensat
+from .overlay import UTIME_NOW, UTIME_OMIT, Overlay, fallocate, mtime_kept, reopen_onto, utimensat
 from .union import Node
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 3600
+#: LOOKUP's answer for a missing name: a negative entry the kernel may cache as long as a positive one
+NEGATIVE_ENTRY = fp.ENTRY_OUT_HEAD.pack(0, 0, TIMEOUT, 0, 0, 0) + bytes(fp.ATTR.size)
+#: a READDIRPLUS entry without a node (".", ".."): the kernel counts no lookup for it
+NO_ENTRY = fp.ENTRY_OUT_HEAD.pack(0, 0, 0, 0, 0, 0) + bytes(fp.ATTR.size)
 #: the mount's readahead window (the kernel's FUSE default is 128 KiB): with 1 MiB a first sequential read of a
 #: file served by the daemon takes 1/4 of the time (1 GiB: 1.02 s -> 0.23 s, measured), as READs grow to 1 MiB
 READ_AHEAD_KB = 1024
@@ -50,12 +54,13 @@ class Inode:
 
     nodeid: int
     ino: int
+    #: file type bits (S_IFMT) as last looked up
+    mode: int = 0
     nlookup: int = 0
     #: the names the kernel knows it by: (parent node id, name)
     links: set[tuple[int, str]] = field(default_factory=set)
-    #: open handles served by this daemon, and open passthrough handles with their one backing id
-    served: int = 0
-    passthrough: int = 0
+    #: its open handles; while one is open they are all passthrough (sharing ``backing``) or all served here
+    handles: set["Handle"] = field(default_factory=set)
     backing: int | None = None
     #: attributes (nlink 0) of a node whose last name was unlinked while the kernel still holds it: a special
     #: file has no open handle here to fstat
@@ -63,7 +68,7 @@ class Inode:
 
 
 @dataclass(slots=True, eq=False)
-class Handle:
+class Handle:  # eq=False: hashed by identity, kept in Inode.handles
     """An open file: our descriptor on the real file, and how the kernel does its I/O."""
 
     fd: int
@@ -128,12 +133,13 @@ class LowLevelFS:
         p = self.path(parent)
         return (p if p != "/" else "") + "/" + name
 
-    def _count(self, parent: int, name: str, ino: int) -> Inode:
-        """Count one lookup of the union inode ``ino`` as ``name`` in ``parent``."""
+    def _count(self, parent: int, name: str, ino: int, mode: int) -> Inode:
+        """Count one lookup of the union inode ``ino`` (of type ``mode``) as ``name`` in ``parent``."""
         nid = self._nodeid(ino)
         inode = self.nodes.get(nid)
         if inode is None:
             inode = self.nodes[nid] = Inode(nid, ino)
+        inode.mode = stat.S_IFMT(mode)
         inode.nlookup += 1
         self._link(parent, name, nid)
         return inode
@@ -159,7 +165,7 @@ class LowLevelFS:
         if node is None or nid == fp.ROOT_ID:
             return
         node.nlookup -= count
-        if node.nlookup <= 0 and not node.served and not node.passthrough:
+        if node.nlookup <= 0 and not node.handles:
             for key in node.links:
                 if self.entries.get(key) == nid:
                     del self.entries[key]
@@ -173,7 +179,7 @@ class LowLevelFS:
         return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + self._attr(node)
 
     def _entry(self, parent: int, name: str, node: Node) -> bytes:
-        inode = self._count(parent, name, node.ino)
+        inode = self._count(parent, name, node.ino, node.st.st_mode)
         return fp.ENTRY_OUT_HEAD.pack(inode.nodeid, 0, TIMEOUT, TIMEOUT, 0, 0) + self._attr(node)
 
     def _fresh(self, parent: int, name: str) -> bytes:
@@ -222,17 +228,17 @@ class LowLevelFS:
         try:
             node = self.view.lookup(self._join(parent, name))
         except FileNotFoundError:
-            # a negative entry the kernel may cache as long as a positive one
-            return fp.ENTRY_OUT_HEAD.pack(0, 0, TIMEOUT, 0, 0, 0) + bytes(fp.ATTR.size)
+            return NEGATIVE_ENTRY
         return self._entry(parent, name, node)
 
     def _handle_of(self, nid: int, fh: int | None) -> Handle:
         h = self.handles.get(fh) if fh is not None else None
-        if h is None or h.nodeid != nid:
-            h = next((x for x in self.handles.values() if x.nodeid == nid), None)
-        if h is None:
+        if h is not None and h.nodeid == nid:
+            return h
+        inode = self.nodes.get(nid)
+        if inode is None or not inode.handles:
             raise OSError(errno.ENOENT, "stale node")
-        return h
+        return next(iter(inode.handles))
 
     def _attr_reply(self, nid: int, fh: int | None) -> bytes:
         """attr_out for ``nid``: by its name, or through an open handle once every name is gone (unlinked
@@ -281,46 +287,41 @@ class LowLevelFS:
         (valid, _, fh, size, _lo, atime, mtime, _ct, atimens, mtimens, _ctn, mode, _u4, uid, gid,
          _u5) = fp.SETATTR_IN.unpack_from(body)
         h = self.handles.get(fh) if valid & fp.FATTR_FH else None
+        owner = (uid if valid & fp.FATTR_UID else -1, gid if valid & fp.FATTR_GID else -1)
+        times = (_times(valid, atime, atimens, mtime, mtimens)
+                 if valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW) else None)
         try:
             path = self.path(nid)
         except FileNotFoundError:  # unlinked while open: change the file through its descriptor
             h = self._handle_of(nid, fh if h is not None else None)
             if not h.final:
                 raise OSError(errno.EROFS, "a lower file without a name") from None
-            return self._setattr_fd(nid, h, body)
+            if valid & fp.FATTR_MODE:
+                os.fchmod(h.fd, stat.S_IMODE(mode))
+            if valid & (fp.FATTR_UID | fp.FATTR_GID):
+                os.fchown(h.fd, *owner)
+            if valid & fp.FATTR_SIZE:
+                os.ftruncate(h.fd, size)
+            if times is not None:
+                utimensat(None, times, fd=h.fd)
+            return self._attr_reply(nid, h.fd)
         if valid & fp.FATTR_MODE:
             self.ov.chmod(path, mode)
         if valid & (fp.FATTR_UID | fp.FATTR_GID):
-            self.ov.chown(path, uid if valid & fp.FATTR_UID else -1, gid if valid & fp.FATTR_GID else -1)
+            self.ov.chown(path, *owner)
         if valid & fp.FATTR_SIZE:
             self._truncate(path, h, size, kill=bool(valid & fp.FATTR_KILL_SUIDGID))
-        if valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW):
-            times = _times(valid, atime, atimens, mtime, mtimens)
+        if times is not None:
             if h is not None and h.final:
                 utimensat(None, times, fd=h.fd)
             else:
                 self.ov.utimens(path, times)
         return self._attr_reply(nid, fh if h is not None else None)
 
-    def _setattr_fd(self, nid: int, h: Handle, body: memoryview) -> bytes:
-        (valid, _, _fh, size, _lo, atime, mtime, _ct, atimens, mtimens, _ctn, mode, _u4, uid, gid,
-         _u5) = fp.SETATTR_IN.unpack_from(body)
-        if valid & fp.FATTR_MODE:
-            os.fchmod(h.fd, stat.S_IMODE(mode))
-        if valid & (fp.FATTR_UID | fp.FATTR_GID):
-            os.fchown(h.fd, uid if valid & fp.FATTR_UID else -1, gid if valid & fp.FATTR_GID else -1)
-        if valid & fp.FATTR_SIZE:
-            os.ftruncate(h.fd, size)
-        if valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW):
-            utimensat(None, _times(valid, atime, atimens, mtime, mtimens), fd=h.fd)
-        return self._attr_reply(nid, h.fd)
-
     def _truncate(self, path: str, h: Handle | None, size: int, *, kill: bool) -> None:
         if h is not None and h.final:
-            keep = os.fstat(h.fd).st_mtime_ns if self.writeback else None
-            os.ftruncate(h.fd, size)
-            if keep is not None:
-                utimensat(None, ((0, UTIME_OMIT), divmod(keep, 10**9)), fd=h.fd)
+            with mtime_kept(h.fd, self.writeback):
+                os.ftruncate(h.fd, size)
             if kill:
                 _kill_priv(h.fd)
             return
@@ -394,12 +395,16 @@ class LowLevelFS:
     def unlink(self, parent: int, body: memoryview) -> bytes:
         name = os.fsdecode(fp.cstrings(body, 1)[0])
         path = self._join(parent, name)
-        node = self.view.lookup(path)
-        self.ov.unlink(path)
-        nid = self._unlink_entry((parent, name))
+        key = (parent, name)
+        nid = self.entries.get(key)
         inode = self.nodes.get(nid) if nid is not None else None
-        if inode is not None and not inode.links and not stat.S_ISREG(node.st.st_mode):
-            # as the kernel's overlayfs: a lower one is never copied up and keeps its real link count
+        # the last known name of a special file: keep its attributes for fstat on descriptors the kernel
+        # opened itself (as the kernel's overlayfs: a lower one is never copied up, keeps its link count)
+        last = inode is not None and inode.links == {key} and inode.mode not in (0, stat.S_IFREG)
+        node = self.view.lookup(path) if last else None
+        self.ov.unlink(path)
+        self._unlink_entry(key)
+        if inode is not None and node is not None:
             inode.orphan = fp.pack_attr(node.st, node.ino, 0 if node.layer == 0 else node.st.st_nlink)
         return b""
 
@@ -458,35 +463,32 @@ class LowLevelFS:
         final = self.ov.read_only or node.layer == 0 or node.indexed
         writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if writing:
-            self._follow_copy_up(nid, node)
-        use_pt = (self.passthrough and final and not inode.served and stat.S_ISREG(node.st.st_mode))
+            self._follow_copy_up(inode, node)
+        served = any(not x.passthrough for x in inode.handles)
+        use_pt = self.passthrough and final and not served and stat.S_ISREG(node.st.st_mode)
         if use_pt and inode.backing is None:
             try:
                 inode.backing = fp.backing_open(self.dev, fd)
             except OSError as e:
                 log.warning("passthrough refused (%s): serving file data from the daemon", e)
                 self.passthrough = use_pt = False
-        self.handles[fd] = Handle(fd, nid, path, use_pt, final)
+        h = self.handles[fd] = Handle(fd, nid, path, use_pt, final)
+        inode.handles.add(h)
         if use_pt:
-            inode.passthrough += 1
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
-        inode.served += 1
         if not writing and stat.S_ISREG(node.st.st_mode):
             # start reading the head of the file now: the disk works while the reply and the kernel's first
             # READ make their round trip (cat of 10,000 cold 4 KiB files: measured below in the README)
             os.posix_fadvise(fd, 0, PREFETCH, os.POSIX_FADV_WILLNEED)
         return fd, fp.FOPEN_KEEP_CACHE, 0
 
-    def _follow_copy_up(self, nid: int, node: Node) -> None:
-        """Point read-only handles still open on the lower copy of the node at its upper copy (dup2 keeps
-        the handle number), as the kernel's overlayfs re-opens the real file after a copy-up."""
-        for h in self.handles.values():
-            if h.nodeid == nid and not h.final:
-                new = os.open(node.real, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    os.dup2(new, h.fd, inheritable=False)
-                finally:
-                    os.close(new)
+    @staticmethod
+    def _follow_copy_up(inode: Inode, node: Node) -> None:
+        """Point read-only handles still open on the lower copy of the node at its upper copy, as the kernel's
+        overlayfs re-opens the real file after a copy-up."""
+        for h in inode.handles:
+            if not h.final:
+                reopen_onto(h.fd, node.real)
                 h.final = True
 
     def release(self, nid: int, body: memoryview) -> bytes:
@@ -497,16 +499,13 @@ class LowLevelFS:
         os.close(h.fd)
         inode = self.nodes.get(h.nodeid)
         if inode is not None:
-            if h.passthrough:
-                inode.passthrough -= 1
-                if inode.passthrough == 0 and inode.backing is not None:
-                    try:
-                        fp.backing_close(self.dev, inode.backing)
-                    except OSError as e:
-                        log.debug("backing close: %s", e)
-                    inode.backing = None
-            else:
-                inode.served -= 1
+            inode.handles.discard(h)
+            if h.passthrough and inode.backing is not None and not inode.handles:
+                try:
+                    fp.backing_close(self.dev, inode.backing)
+                except OSError as e:
+                    log.debug("backing close: %s", e)
+                inode.backing = None
             if inode.nlookup <= 0:
                 self._forget(h.nodeid, 0)
         return b""
@@ -518,10 +517,8 @@ class LowLevelFS:
     def write(self, nid: int, body: memoryview) -> bytes:
         fh, offset, size, wflags = fp.WRITE_IN.unpack_from(body)[:4]
         fd = self.handles[fh].fd
-        keep = os.fstat(fd).st_mtime_ns if self.writeback else None
-        n = os.pwrite(fd, body[fp.WRITE_IN.size:fp.WRITE_IN.size + size], offset)
-        if keep is not None:
-            utimensat(None, ((0, UTIME_OMIT), divmod(keep, 10**9)), fd=fd)
+        with mtime_kept(fd, self.writeback):
+            n = os.pwrite(fd, body[fp.WRITE_IN.size:fp.WRITE_IN.size + size], offset)
         if wflags & fp.WRITE_KILL_SUIDGID:
             _kill_priv(fd)
         return fp.WRITE_OUT.pack(n, 0)
@@ -536,10 +533,8 @@ class LowLevelFS:
     def fallocate(self, nid: int, body: memoryview) -> bytes:
         fh, offset, length, mode, _ = fp.FALLOCATE_IN.unpack_from(body)
         fd = self.handles[fh].fd
-        keep = os.fstat(fd).st_mtime_ns if self.writeback else None
-        fallocate(fd, mode, offset, length)
-        if keep is not None:
-            utimensat(None, ((0, UTIME_OMIT), divmod(keep, 10**9)), fd=fd)
+        with mtime_kept(fd, self.writeback):
+            fallocate(fd, mode, offset, length)
         return b""
 
     def lseek(self, nid: int, body: memoryview) -> bytes:
@@ -587,17 +582,16 @@ class LowLevelFS:
         nid, entries = self._listing(fh)
         out: list[bytes] = []
         used = 0
-        none = fp.ENTRY_OUT_HEAD.pack(0, 0, 0, 0, 0, 0) + bytes(fp.ATTR.size)
         for i in range(offset, len(entries)):
             name, ino, mode, attr = entries[i]
             dirent = fp.pack_dirent(ino, i + 1, os.fsencode(name), mode)
             if plus:
-                if used + len(none) + len(dirent) > size:
+                if used + len(NO_ENTRY) + len(dirent) > size:
                     break
                 if attr is None:
-                    dirent = none + dirent
+                    dirent = NO_ENTRY + dirent
                 else:
-                    inode = self._count(nid, name, ino)
+                    inode = self._count(nid, name, ino, mode)
                     dirent = fp.ENTRY_OUT_HEAD.pack(inode.nodeid, 0, TIMEOUT, TIMEOUT, 0, 0) + attr + dirent
             elif used + len(dirent) > size:
                 break

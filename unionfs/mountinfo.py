@@ -22,6 +22,8 @@ class Mount:
     options: tuple[str, ...]
     #: the filesystem's device, "MAJOR:MINOR" (also its backing-device name under /sys/class/bdi)
     dev: str = ""
+    #: the mount's id (unique while it exists)
+    mount_id: int = 0
 
 
 def unescape(field: str) -> str:
@@ -38,7 +40,7 @@ def parse(text: str) -> list[Mount]:
         if not sep or len(fields) < 6 or len(tail) < 2:
             continue
         options = tuple(fields[5].split(",")) + (tuple(tail[2].split(",")) if len(tail) > 2 else ())
-        out.append(Mount(unescape(fields[4]), tail[0], unescape(tail[1]), options, fields[2]))
+        out.append(Mount(unescape(fields[4]), tail[0], unescape(tail[1]), options, fields[2], int(fields[0])))
     return out
 
 

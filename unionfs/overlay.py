@@ -87,6 +87,26 @@ def utimensat(path: str | None, times: Times | None, fd: int | None = None) -> N
         raise OSError(err, os.strerror(err), path)
 
 
+@contextmanager
+def mtime_kept(fd: int, keep: bool = True) -> Iterator[None]:
+    """Change the data of ``fd`` inside the block without moving its mtime (when ``keep``): for a client that
+    owns mtime itself, as the kernel under the FUSE writeback cache."""
+    before = os.fstat(fd).st_mtime_ns if keep else None
+    yield
+    if before is not None:
+        utimensat(None, ((0, UTIME_OMIT), divmod(before, 10**9)), fd=fd)
+
+
+def reopen_onto(fd: int, real: str) -> None:
+    """Make descriptor ``fd`` read ``real`` from now on, keeping its number (after a copy-up the kernel's
+    overlayfs shows the upper copy to descriptors opened on the lower one)."""
+    new = os.open(real, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(new, fd, inheritable=False)
+    finally:
+        os.close(new)
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) on ``fd``."""
     if _libc.fallocate(fd, mode, offset, length) != 0:

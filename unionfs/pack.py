@@ -41,8 +41,9 @@ import os
 import stat
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from . import whiteout as wh
 from .compression import GZIP, NONE, ZSTD, compress_stream
@@ -352,14 +353,8 @@ def write_diff_tar(upper: str, out: BinaryIO, *, lowers: Sequence[str] = (), rep
     """
     em = TarEmitter(out, TarOptions.make(reproducible, epoch))
     packer = _Packer(em, lowers, index_dir)
-    try:
+    with _emitting(em, f"cannot pack {upper}"):
         packer.diff("", os.fspath(upper), "/", wh.is_opaque_dir(os.fspath(upper)))
-        em.close()
-    except BaseException as e:
-        em.abort()
-        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
-            raise LayerError(f"cannot pack {upper}: {e.strerror or e}") from None
-        raise
     return em.entries
 
 
@@ -371,16 +366,24 @@ def write_merged_tar(lowers: Sequence[str], out: BinaryIO, *, upper: str | None 
     """
     em = TarEmitter(out, TarOptions.make(reproducible, epoch))
     packer = _Packer(em, lowers, index_dir)
-    try:
+    with _emitting(em, "cannot export"):
         packer.merged("", os.fspath(upper) if upper is not None else None,
                       [os.fspath(p) for p in reversed(lowers)], "/")
+    return em.entries
+
+
+@contextmanager
+def _emitting(em: "TarEmitter", what: str) -> Iterator[None]:
+    """Close the tar when the block succeeds; abort it on any failure, a read error becoming
+    ``LayerError("WHAT: reason")`` (a closed pipe is the reader's business and passes through)."""
+    try:
+        yield
         em.close()
     except BaseException as e:
         em.abort()
         if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
-            raise LayerError(f"cannot export: {e.strerror or e}") from None
+            raise LayerError(f"{what}: {e.strerror or e}") from None
         raise
-    return em.entries
 
 
 # ---------------------------------------------------------------------------
