@@ -95,3 +95,28 @@ def test_case_through_mount(tmp_path: Any, case: Case, daemon: str) -> None:
         if case.expect is not None:
             assert tree_of(mnt) == case.expect
         assert {p: os.lstat(os.path.join(mnt, p)).st_ino for p in tree_of(mnt)} == inos
+
+
+@pytest.mark.parametrize("daemon", list(DAEMONS))
+def test_rewound_listing_does_not_bring_back_a_removed_name(tmp_path: Any, daemon: str) -> None:
+    """A directory read again from its start on the same descriptor (rewinddir) after a name was removed:
+    the name must stay gone, for the listing and for stat (stress-ng's filename stressor found the second
+    read served from the first one's listing, whose READDIRPLUS entries put the removed name back)."""
+    lowers, upper, work = build_case(tmp_path, Case("empty", ({},), ()))
+    mnt = str(tmp_path / "mnt")
+    with mounted(lowers, upper, work, mnt, DAEMONS[daemon]):
+        d = os.path.join(mnt, "d")
+        os.mkdir(d)
+        for i in range(5):
+            f = os.path.join(d, f"f{i}")
+            open(f, "w").close()
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                assert f"f{i}" in [e.name for e in os.scandir(fd)]
+                os.unlink(f)
+                os.lseek(fd, 0, os.SEEK_SET)
+                again = [e.name for e in os.scandir(fd)]
+            finally:
+                os.close(fd)
+            assert f"f{i}" not in again
+            assert not os.path.lexists(f), f"{f} is back after its unlink"

@@ -90,8 +90,11 @@ class UnionOperations(fuse.Operations):
         self.invalidate: Callable[[str], None] | None = None
         #: names libfuse gave to unlinked open files -> their inode number (the open handles hold the data)
         self._hidden: dict[str, int] = {}
-        #: open directory handles: the path until the first readdir lists it, then its entries
-        self._dirs: dict[int, str | list[tuple[str, dict[str, int] | None]]] = {}
+        #: open directory handles: [path, entries (listed at a read from offset 0), namespace version then]
+        self._dirs: dict[int, list[Any]] = {}
+        #: bumped by every change of names made here: a listing older than that gives no attributes, so
+        #: that the kernel instantiates no dentry for a name that is gone (see lowlevel.Listing)
+        self._ns_version = 0
 
         self._next_dh = 1
 
@@ -181,27 +184,29 @@ class UnionOperations(fuse.Operations):
             raise OSError(errno.ENOTDIR, path)
         dh = self._next_dh
         self._next_dh += 1
-        self._dirs[dh] = path
+        self._dirs[dh] = [path, None, 0]
         return dh
 
-    def _entries(self, fh: int) -> list[tuple[str, dict[str, int] | None]]:
-        entries = self._dirs.get(fh)
-        if entries is None:
+    def _entries(self, fh: int, offset: int = 0) -> list[tuple[str, dict[str, int] | None]]:
+        d = self._dirs.get(fh)
+        if d is None:
             return []
-        if isinstance(entries, str):
-            path = entries
+        if d[1] is None or offset == 0:
+            path = d[0]
             node = self.view.lookup(path)
             entries = [(".", self._stat(node)), ("..", None)]
             children = self.view.listdir(node)
             for child in children:
                 entries.append((child.path.rpartition("/")[2], self._stat(child)))
             self.view.adopt(path, children)
-            self._dirs[fh] = entries
-        return entries
+            d[1], d[2] = entries, self._ns_version
+        return d[1]
 
-    def readdir_entries(self, fh: int, offset: int) -> list[tuple[str, dict[str, int] | None]]:
-        """The directory handle's entries from ``offset`` on (the next offset of entry i is i + 1)."""
-        return self._entries(fh)[offset:]
+    def readdir_entries(self, fh: int, offset: int) -> tuple[list[tuple[str, dict[str, int] | None]], bool]:
+        """The directory handle's entries from ``offset`` on (the next offset of entry i is i + 1), and whether
+        their attributes may go to the kernel as nodes (the listing is no older than the last name change)."""
+        entries = self._entries(fh, offset)[offset:]
+        return entries, self._dirs[fh][2] == self._ns_version
 
     def readdir(self, path: str, fh: int) -> list[str]:  # fusepy fallback
         return [name for name, _ in self._entries(fh)]
@@ -239,6 +244,7 @@ class UnionOperations(fuse.Operations):
                 self._upper_fds.add(fd)
 
     def create(self, path: str, mode: int, flags: int = os.O_WRONLY) -> int:
+        self._ns_version += 1
         uid, gid = self._ctx()
         fd = self.ov.create(path, mode, flags, uid, gid)
         self._fh_ino[fd] = self.view.resolve(path).ino
@@ -299,22 +305,26 @@ class UnionOperations(fuse.Operations):
 
     # ------------------------------------------------------------------ namespace
     def mknod(self, path: str, mode: int, dev: int) -> int:
+        self._ns_version += 1
         uid, gid = self._ctx()
         self.ov.mknod(path, mode, dev, uid, gid)
         return 0
 
     def mkdir(self, path: str, mode: int) -> int:
+        self._ns_version += 1
         uid, gid = self._ctx()
         self.ov.mkdir(path, mode | stat.S_IFDIR, uid, gid)
         return 0
 
     def symlink(self, target: str, source: str) -> int:
+        self._ns_version += 1
         # fusepy convention: symlink(link_path, target)
         uid, gid = self._ctx()
         self.ov.symlink(source, target, uid, gid)
         return 0
 
     def link(self, target: str, source: str) -> int:
+        self._ns_version += 1
         # fusepy convention: link(new_path, existing_path)
         self.ov.link(source, target)
         node = self.view.lookup(target)
@@ -323,6 +333,7 @@ class UnionOperations(fuse.Operations):
         return 0
 
     def unlink(self, path: str) -> int:
+        self._ns_version += 1
         if self._hidden.pop(path, None) is not None:
             return 0
         node = self.view.lookup(path)
@@ -333,10 +344,12 @@ class UnionOperations(fuse.Operations):
         return 0
 
     def rmdir(self, path: str) -> int:
+        self._ns_version += 1
         self.ov.rmdir(path)
         return 0
 
     def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self._ns_version += 1
         if new.rpartition("/")[2].startswith(".fuse_hidden") and not flags:
             # libfuse hides an unlinked file that is still open: keep its data for the open handles, show
             # nothing in the union (the kernel overlay's fstat then says nlink 0)
@@ -503,8 +516,9 @@ if _MFUSEPY:
                            flags: int) -> int:
             st = fuse.c_stat()
             plus = bool(flags & FUSE_READDIR_PLUS)
-            fill_flags = FUSE_FILL_DIR_PLUS if plus else 0
-            for i, (name, attrs) in enumerate(self.operations.readdir_entries(fip.contents.fh, offset)):
+            entries, fresh = self.operations.readdir_entries(fip.contents.fh, offset)
+            fill_flags = FUSE_FILL_DIR_PLUS if plus and fresh else 0
+            for i, (name, attrs) in enumerate(entries):
                 ctypes.memset(ctypes.byref(st), 0, ctypes.sizeof(st))
                 if attrs is not None:
                     fuse.set_st_attrs(st, attrs, use_ns=True)

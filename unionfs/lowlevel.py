@@ -79,6 +79,20 @@ class Handle:  # eq=False: hashed by identity, kept in Inode.handles
     final: bool
 
 
+@dataclass(slots=True, eq=False)
+class Listing:
+    """An open directory: its entries (name, ino, mode, packed attributes or None for "." and ".."), listed
+    at the first READDIR from offset 0 (a rewind lists again), and the directory's version then.
+
+    Once the directory has changed, later reads of the same listing still give names and inode numbers (POSIX
+    lets a listing show a removed name) but no nodes: a READDIRPLUS entry makes the kernel instantiate a
+    dentry, which would bring a removed name back (found by stress-ng's filename stressor)."""
+
+    nid: int
+    entries: list[tuple[str, int, int, bytes | None]] | None = None
+    version: int = 0
+
+
 class LowLevelFS:
     """The request handlers and the serving loop of one mount."""
 
@@ -95,7 +109,9 @@ class LowLevelFS:
         self.nodes: dict[int, Inode] = {fp.ROOT_ID: Inode(fp.ROOT_ID, root.ino, nlookup=1)}
         self.entries: dict[tuple[int, str], int] = {}
         self.handles: dict[int, Handle] = {}
-        self.dirs: dict[int, tuple[int, list[tuple[str, Node | None]] | None]] = {}
+        self.dirs: dict[int, Listing] = {}
+        #: per directory node: bumped by every change of its names made here (see :class:`Listing`)
+        self.dir_version: dict[int, int] = {}
         self._next_dh = 1
         self._uid = self._gid = 0
         self.ready: Callable[[], None] | None = None
@@ -170,6 +186,7 @@ class LowLevelFS:
                 if self.entries.get(key) == nid:
                     del self.entries[key]
             del self.nodes[nid]
+            self.dir_version.pop(nid, None)
 
     # ================================================================== replies
     def _attr(self, node: Node) -> bytes:
@@ -184,6 +201,7 @@ class LowLevelFS:
 
     def _fresh(self, parent: int, name: str) -> bytes:
         """The entry reply for a name just made in ``parent``."""
+        self._dir_changed(parent)
         return self._entry(parent, name, self.view.lookup(self._join(parent, name)))
 
     # ================================================================== life cycle
@@ -403,6 +421,7 @@ class LowLevelFS:
         last = inode is not None and inode.links == {key} and inode.mode not in (0, stat.S_IFREG)
         node = self.view.lookup(path) if last else None
         self.ov.unlink(path)
+        self._dir_changed(parent)
         self._unlink_entry(key)
         if inode is not None and node is not None:
             inode.orphan = fp.pack_attr(node.st, node.ino, 0 if node.layer == 0 else node.st.st_nlink)
@@ -411,6 +430,7 @@ class LowLevelFS:
     def rmdir(self, parent: int, body: memoryview) -> bytes:
         name = os.fsdecode(fp.cstrings(body, 1)[0])
         self.ov.rmdir(self._join(parent, name))
+        self._dir_changed(parent)
         self._unlink_entry((parent, name))
         return b""
 
@@ -425,6 +445,7 @@ class LowLevelFS:
     def _rename(self, parent: int, newdir: int, flags: int, names: memoryview) -> bytes:
         old, new = (os.fsdecode(n) for n in fp.cstrings(names, 2))
         self.ov.rename(self._join(parent, old), self._join(newdir, new), flags)
+        self._dir_changed(parent, newdir)
         a = self._unlink_entry((parent, old))
         b = self._unlink_entry((newdir, new))
         if a is not None and a in self.nodes:
@@ -548,21 +569,25 @@ class LowLevelFS:
             raise OSError(errno.ENOTDIR, "not a directory")
         dh = self._next_dh
         self._next_dh += 1
-        self.dirs[dh] = (nid, None)
+        self.dirs[dh] = Listing(nid)
         return fp.OPEN_OUT.pack(dh, fp.FOPEN_CACHE_DIR | fp.FOPEN_KEEP_CACHE, 0)
 
-    def _listing(self, dh: int) -> tuple[int, list[tuple[str, int, int, bytes | None]]]:
-        """The directory handle's entries (name, ino, mode, packed attributes), listed at its first read."""
-        nid, entries = self.dirs[dh]
-        if entries is None:
-            path = self.path(nid)
+    def _listing(self, dh: int, offset: int) -> Listing:
+        """The directory handle's listing, made afresh when a read starts at offset 0."""
+        ls = self.dirs[dh]
+        if ls.entries is None or offset == 0:
+            path = self.path(ls.nid)
             node = self.view.lookup(path)
             children = self.view.listdir(node)
-            entries = [(".", node.ino, node.st.st_mode, None), ("..", self._parent_ino(nid), stat.S_IFDIR, None)]
+            entries = [(".", node.ino, node.st.st_mode, None), ("..", self._parent_ino(ls.nid), stat.S_IFDIR, None)]
             entries += [(c.path.rpartition("/")[2], c.ino, c.st.st_mode, self._attr(c)) for c in children]
             self.view.adopt(path, children)  # takes the children's full stat results away
-            self.dirs[dh] = (nid, entries)
-        return nid, entries
+            ls.entries, ls.version = entries, self.dir_version.get(ls.nid, 0)
+        return ls
+
+    def _dir_changed(self, *nids: int) -> None:
+        for nid in nids:
+            self.dir_version[nid] = self.dir_version.get(nid, 0) + 1
 
     def _parent_ino(self, nid: int) -> int:
         node = self.nodes.get(nid)
@@ -579,7 +604,10 @@ class LowLevelFS:
 
     def _readdir(self, body: memoryview, *, plus: bool) -> bytes:
         fh, offset, size = fp.READ_IN.unpack_from(body)[:3]
-        nid, entries = self._listing(fh)
+        ls = self._listing(fh, offset)
+        nid, entries = ls.nid, ls.entries
+        assert entries is not None
+        fresh = self.dir_version.get(nid, 0) == ls.version
         out: list[bytes] = []
         used = 0
         for i in range(offset, len(entries)):
@@ -588,7 +616,7 @@ class LowLevelFS:
             if plus:
                 if used + len(NO_ENTRY) + len(dirent) > size:
                     break
-                if attr is None:
+                if attr is None or not fresh:
                     dirent = NO_ENTRY + dirent
                 else:
                     inode = self._count(nid, name, ino, mode)
