@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from . import mountinfo
 from .errors import MountError
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 FSTYPE = "fuse.unionfs"
 START_TIMEOUT = 30.0
+#: seconds ``umount`` waits for the daemon to end after the unmount
+STOP_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
             if not item:
                 continue
             k, sep, v = item.partition("=")
-            if k in ("writeback", "threads"):
+            if k in ("writeback", "threads", "volatile"):
                 opts[k] = v.lower() not in ("0", "no", "false", "off") if sep else True
             elif k in ("nowriteback",):
                 opts["writeback"] = False
@@ -192,6 +195,7 @@ def umount(mountpoint: str, *, lazy: bool = False) -> None:
     mp = os.path.realpath(mountpoint)
     if not is_mounted(mp):
         raise MountError(f"{mountpoint} is not a unionfs mount")
+    pid = None if lazy else daemon_pid(mp)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool:
         cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mp]
@@ -205,19 +209,50 @@ def umount(mountpoint: str, *, lazy: bool = False) -> None:
         raise MountError(f"cannot unmount {mountpoint}: {detail}")
     for _ in range(100):
         if not is_mounted(mp):
-            return
+            break
         time.sleep(0.05)
+    if pid is not None:  # the daemon's last words (a volatile mount syncs its upper) end before we return
+        _wait_exit(pid, STOP_TIMEOUT)
+
+
+def daemon_pid(mountpoint: str) -> int | None:
+    """The pid of the background daemon serving ``mountpoint`` (None when there is none)."""
+    import psutil
+
+    mp = os.path.realpath(mountpoint)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if len(cmd) >= 5 and cmd[1:3] == ["-m", "unionfs.daemon"]:
+            try:
+                if json.loads(cmd[3]).get("mountpoint") == mp:
+                    return proc.pid
+            except (ValueError, AttributeError):
+                continue
+    return None
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    """Wait until ``pid`` has ended: gone or a zombie (a daemon whose parent exited is reparented to pid 1,
+    which in a container may never reap it)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    try:
+        proc = psutil.Process(pid)
+        while proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            if time.monotonic() >= deadline:
+                log.warning("the daemon %d is still running %.0f s after its unmount", pid, timeout)
+                return
+            time.sleep(0.01)
+    except psutil.NoSuchProcess:
+        pass
 
 
 def _serve(spec: dict, ready_fd: int | None) -> None:
     """Run the daemon (this process serves the mount until it ends): on the kernel's protocol
-    (:mod:`unionfs.lowlevel`), or through libfuse with ``-o impl=libfuse`` (:mod:`unionfs.fusefs`)."""
-    from .overlay import Overlay
-
-    try:
-        ov = Overlay(spec["lowers"], spec["upper"], spec["work"])
-    except OSError as e:
-        raise MountError(f"cannot open the layers: {e}") from None
+    (:mod:`unionfs.lowlevel`), or through libfuse with ``-o impl=libfuse`` (:mod:`unionfs.fusefs`).
+    A writable mount holds its work directory (:mod:`unionfs.workdir`) while it lives."""
+    from .workdir import WorkClaim, claim
 
     def ready() -> None:
         if ready_fd is not None:
@@ -233,6 +268,28 @@ def _serve(spec: dict, ready_fd: int | None) -> None:
 
     plan = MountPlan(tuple(spec["lowers"]), spec["upper"], spec["work"], spec.get("name"))
     opts = _fuse_options(plan, spec.get("options", []))
+    volatile = bool(opts.pop("volatile", False))
+    held: WorkClaim | None = None
+    if plan.upper is not None and plan.work is not None:
+        try:
+            held = claim(plan.work, plan.upper, volatile=volatile)
+        except OSError as e:
+            raise MountError(f"cannot use work directory {plan.work}: {e.strerror or e}") from None
+    try:
+        _run(spec, opts, volatile, ready)
+    finally:  # whatever ended the mount, this process is alive: sync a volatile upper, drop the marker
+        if held is not None:
+            held.release()
+
+
+def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[], None]) -> None:
+    """Open the layers and serve ``spec``'s mount with the daemon ``opts`` select."""
+    from .overlay import Overlay
+
+    try:
+        ov = Overlay(spec["lowers"], spec["upper"], spec["work"], volatile=volatile)
+    except OSError as e:
+        raise MountError(f"cannot open the layers: {e}") from None
     threads = bool(opts.pop("threads", False))
     if opts.pop("impl", "kernel") == "libfuse":
         from .fusefs import serve

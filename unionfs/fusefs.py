@@ -271,7 +271,7 @@ class UnionOperations(fuse.Operations):
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
-        (os.fdatasync if datasync else os.fsync)(fh)
+        self.ov.fsync(fh, bool(datasync))
         return 0
 
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:

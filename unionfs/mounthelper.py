@@ -24,7 +24,7 @@ from .mountplan import MountPlan
 IGNORED = {"rw", "defaults", "auto", "noauto", "nofail", "user", "users", "nouser", "owner", "group", "_netdev",
            "exec", "noexec", "dev", "suid", "async", "sync", "relatime", "norelatime", "strictatime", "nodiratime",
            "diratime", "lazytime", "nolazytime", "loud", "silent", "nosymfollow", "nodev", "nosuid", "atime"}
-IGNORED_PREFIXES = ("x-", "comment=", "helper=", "index=", "redirect_dir=", "xino=", "metacopy=", "volatile",
+IGNORED_PREFIXES = ("x-", "comment=", "helper=", "index=", "redirect_dir=", "xino=", "metacopy=",
                     "userxattr", "uuid=", "nfs_export=")
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from . import whiteout as wh
 from .union import Node, Union, ino_xattr, nlink_xattr
+from .workdir import syncfs
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -215,13 +216,17 @@ class Overlay:
     ``cache``: the view keeps path resolutions (:class:`unionfs.union.Union` ``cache``); correct as long as
     this object is the only writer of the upper while it lives (a mount daemon). Every method that changes
     what a path resolves to forgets that path in the view, also when it fails half way.
+
+    ``volatile``: never sync the upper (copy-ups are not fsynced before their rename; :meth:`sync` does
+    nothing): the kernel's ``volatile`` option. The caller marks the work directory (:mod:`unionfs.workdir`).
     """
 
     def __init__(self, lowers: list[str] | tuple[str, ...], upper: str | None = None,
-                 work: str | None = None, *, cache: bool = True) -> None:
+                 work: str | None = None, *, cache: bool = True, volatile: bool = False) -> None:
         if (upper is None) != (work is None):
             raise ValueError("upper and work go together")
         self.upper = upper
+        self.volatile = volatile
         self.read_only = upper is None
         if work is not None:
             base = os.path.join(work, "unionfs")
@@ -352,7 +357,8 @@ class Overlay:
                 self._set_ino(tmp, node.ino if ino is None else ino, fd=fd)
                 os.fchown(fd, st.st_uid, st.st_gid)
                 os.fchmod(fd, mode)
-                os.fsync(fd)
+                if not self.volatile:  # a crash after the rename must not leave a torn copy hiding the lower
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         elif stat.S_ISDIR(st.st_mode):
@@ -846,6 +852,17 @@ class Overlay:
         os.removexattr(node.real, name, follow_symlinks=False)
         if node.st.st_nlink > 1:
             self.view.forget_all()
+
+    def sync(self) -> None:
+        """syncfs(2) of the upper's filesystem (a user's ``sync -f``/syncfs on the mount); nothing when volatile
+        or read-only."""
+        if self.upper is not None and not self.volatile:
+            syncfs(self.upper)
+
+    def fsync(self, fd: int, datasync: bool) -> None:
+        """fsync/fdatasync of an open upper file; nothing when volatile."""
+        if not self.volatile:
+            (os.fdatasync if datasync else os.fsync)(fd)
 
     def statfs(self) -> dict[str, int]:
         """statvfs of the upper's filesystem (the top lower's when read-only), f_namemax 255."""

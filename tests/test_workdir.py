@@ -1,0 +1,130 @@
+"""A mount's hold on its work directory, through real mounts: ``-o volatile`` (no syncs; the kernel's marker
+while mounted, gone after a clean unmount, refusing the next mount after a killed daemon, for unionfs and for
+the kernel overlayfs alike) and one mount per upper/work pair. Every mount is unmounted in a ``finally``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from mounting import skip_reason_kernel_overlay
+from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
+from test_mount_cli import daemon_pids, layers
+from union_cases import tree_of
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse,
+              pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
+
+
+def dirty(work: str) -> str:
+    return os.path.join(work, "work", "incompat", "volatile", "dirty")
+
+
+def upper_state(u: str) -> dict[str, tuple[int, int, bytes]]:
+    """Every entry of the upper: mode, size and the data of regular files."""
+    out = {}
+    for root, dirs, files in os.walk(u):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            data = open(p, "rb").read() if os.path.isfile(p) and not os.path.islink(p) else b""
+            out[os.path.relpath(p, u)] = (st.st_mode, st.st_size, data)
+    return out
+
+
+def test_volatile_marks_the_work_dir_until_a_clean_unmount(tmp_path: Any) -> None:
+    lowers, u, w, mnt = layers(tmp_path)
+    with mounted(lowers, u, w, mnt, ("-o", "volatile")):
+        assert os.path.exists(dirty(w))
+        os.chmod(os.path.join(mnt, "d/f"), 0o600)  # a copy-up, not fsynced
+        with open(os.path.join(mnt, "top"), "a") as f:
+            f.write("+")
+            f.flush()
+            os.fsync(f.fileno())  # a no-op on a volatile mount, and no error
+        os.sync()
+        unionfs("umount", mnt)
+        assert not os.path.exists(os.path.dirname(dirty(w))), "a clean unmount removes the marker"
+    with mounted(lowers, u, w, mnt):  # a plain mount of the same upper afterwards
+        assert tree_of(mnt)["top"] == "f:top+"
+        assert os.stat(os.path.join(mnt, "d/f")).st_mode & 0o777 == 0o600
+        assert tree_of(mnt)["d/f"] == "f:base"
+
+
+def test_a_killed_volatile_mount_is_refused_until_the_marker_goes(tmp_path: Any) -> None:
+    lowers, u, w, mnt = layers(tmp_path)
+    with mounted(lowers, u, w, mnt, ("-o", "volatile")):
+        with open(os.path.join(mnt, "new"), "w") as f:
+            f.write("data")
+        pids = daemon_pids(mnt)
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+    assert os.path.exists(dirty(w)), "the marker outlives a killed daemon"
+    before = upper_state(u)
+    for extra in ((), ("-o", "volatile")):
+        try:
+            res = unionfs("mount", "--lower", lowers[0], "--lower", lowers[1], "--upper", u, "--work", w,
+                          *extra, mnt, check=False)
+            assert res.returncode != 0, "a mount over a torn volatile upper must fail"
+            assert "volatile mount that did not unmount cleanly" in res.stderr, res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+            assert not os.path.ismount(mnt)
+        finally:
+            force_unmount(mnt)
+    assert upper_state(u) == before, "a refused mount changes nothing"
+    shutil.rmtree(os.path.dirname(dirty(w)))  # the user's word that the upper is intact
+    with mounted(lowers, u, w, mnt):
+        assert tree_of(mnt)["new"] == "f:data"
+
+
+@pytest.mark.skipif(skip_reason_kernel_overlay() is not None, reason=skip_reason_kernel_overlay() or "")
+def test_the_kernel_overlay_honours_our_volatile_marker(tmp_path: Any) -> None:
+    """The marker is the kernel's own: a torn volatile upper is refused by ``mount -t overlay`` as well."""
+    lowers, u, w, mnt = layers(tmp_path)
+    with mounted(lowers, u, w, mnt, ("-o", "volatile")):
+        for pid in daemon_pids(mnt):
+            os.kill(pid, signal.SIGKILL)
+        subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+    opts = f"lowerdir={lowers[1]}:{lowers[0]},upperdir={u},workdir={w}"
+    try:
+        res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, mnt], capture_output=True, text=True)
+        assert res.returncode != 0, "the kernel mounted an upper that a killed volatile mount left"
+        shutil.rmtree(os.path.dirname(dirty(w)))
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, mnt], check=True, capture_output=True)
+        assert tree_of(mnt)["d/g"] == "f:g"
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", mnt], capture_output=True)
+
+
+def test_one_mount_per_work_dir(tmp_path: Any) -> None:
+    lowers, u, w, mnt = layers(tmp_path)
+    other = str(tmp_path / "mnt2")
+    os.makedirs(other)
+    with mounted(lowers, u, w, mnt):
+        try:
+            res = unionfs("mount", "--lower", lowers[0], "--upper", u, "--work", w, other, check=False)
+            assert res.returncode != 0 and "in use by another mount" in res.stderr, res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+            assert not os.path.ismount(other)
+        finally:
+            force_unmount(other)
+        assert tree_of(mnt)["top"] == "f:top"  # the first mount is untouched
+
+
+def test_mount8_helper_passes_volatile(tmp_path: Any) -> None:
+    lowers, u, w, mnt = layers(tmp_path)
+    helper = [sys.executable, "-m", "unionfs.mounthelper"]
+    opts = f"lowerdir={lowers[1]}:{lowers[0]},upperdir={u},workdir={w},volatile"
+    try:
+        subprocess.run(helper + ["unionfs", mnt, "-o", opts], check=True, timeout=60)
+        assert os.path.exists(dirty(w))
+    finally:
+        force_unmount(mnt)
