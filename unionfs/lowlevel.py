@@ -25,7 +25,7 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from . import fuseproto as fp
@@ -57,15 +57,40 @@ class Inode:
     #: file type bits (S_IFMT) as last looked up
     mode: int = 0
     nlookup: int = 0
-    #: the names the kernel knows it by: (parent node id, name); lists, not sets: a node has one name or a
-    #: few, and an empty list is a quarter of an empty set (a million nodes after a big ``find``)
-    links: list[tuple[int, str]] = field(default_factory=list)
-    #: its open handles; while one is open they are all passthrough (sharing ``backing``) or all served here
-    handles: list["Handle"] = field(default_factory=list)
+    #: the names the kernel knows it by, (parent node id, name): None, one such pair, or a list of two or more
+    #: (a million nodes after a big ``find``: the common single name costs no container; see :meth:`names`)
+    links: tuple[int, str] | list[tuple[int, str]] | None = None
+    #: its open handles (None: none); while one is open they are all passthrough (sharing ``backing``) or all
+    #: served here
+    handles: list["Handle"] | None = None
     backing: int | None = None
     #: attributes (nlink 0) of a node whose last name was unlinked while the kernel still holds it: a special
     #: file has no open handle here to fstat
     orphan: bytes | None = None
+
+    def names(self) -> list[tuple[int, str]]:
+        """Every (parent node id, name) the kernel knows this node by."""
+        links = self.links
+        return [] if links is None else [links] if isinstance(links, tuple) else links
+
+    def add_name(self, key: tuple[int, str]) -> None:
+        links = self.links
+        if links is None:
+            self.links = key
+        elif isinstance(links, tuple):
+            if links != key:
+                self.links = [links, key]
+        elif key not in links:
+            links.append(key)
+
+    def drop_name(self, key: tuple[int, str]) -> None:
+        links = self.links
+        if isinstance(links, list):
+            if key in links:
+                links.remove(key)
+                self.links = links[0] if len(links) == 1 else links or None
+        elif links == key:
+            self.links = None
 
 
 @dataclass(slots=True, eq=False)
@@ -140,9 +165,10 @@ class LowLevelFS:
         parts: list[str] = []
         while nodeid != fp.ROOT_ID:
             node = self.nodes.get(nodeid)
-            if node is None or not node.links:
+            links = node.links if node is not None else None
+            if links is None:
                 raise OSError(errno.ENOENT, "no name left")
-            nodeid, name = next(iter(node.links))
+            nodeid, name = links if isinstance(links, tuple) else links[0]
             parts.append(name)
         return "/" + "/".join(reversed(parts))
 
@@ -167,16 +193,14 @@ class LowLevelFS:
         if old is not None and old != nid:
             self._unlink_entry(key)
         self.entries[key] = nid
-        links = self.nodes[nid].links
-        if key not in links:
-            links.append(key)
+        self.nodes[nid].add_name(key)
 
     def _unlink_entry(self, key: tuple[int, str]) -> int | None:
         nid = self.entries.pop(key, None)
         if nid is not None:
             node = self.nodes.get(nid)
-            if node is not None and key in node.links:
-                node.links.remove(key)
+            if node is not None:
+                node.drop_name(key)
         return nid
 
     def _forget(self, nid: int, count: int) -> None:
@@ -185,7 +209,7 @@ class LowLevelFS:
             return
         node.nlookup -= count
         if node.nlookup <= 0 and not node.handles:
-            for key in node.links:
+            for key in node.names():
                 if self.entries.get(key) == nid:
                     del self.entries[key]
             del self.nodes[nid]
@@ -421,7 +445,7 @@ class LowLevelFS:
         inode = self.nodes.get(nid) if nid is not None else None
         # the last known name of a special file: keep its attributes for fstat on descriptors the kernel
         # opened itself (as the kernel's overlayfs: a lower one is never copied up, keeps its link count)
-        last = inode is not None and inode.links == [key] and inode.mode not in (0, stat.S_IFREG)
+        last = inode is not None and inode.links == key and inode.mode not in (0, stat.S_IFREG)
         node = self.view.lookup(path) if last else None
         self.ov.unlink(path)
         self._dir_changed(parent)
@@ -488,7 +512,7 @@ class LowLevelFS:
         writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if writing:
             self._follow_copy_up(inode, node)
-        served = any(not x.passthrough for x in inode.handles)
+        served = any(not x.passthrough for x in inode.handles or ())
         use_pt = self.passthrough and final and not served and stat.S_ISREG(node.st.st_mode)
         if use_pt and inode.backing is None:
             try:
@@ -497,7 +521,10 @@ class LowLevelFS:
                 log.warning("passthrough refused (%s): serving file data from the daemon", e)
                 self.passthrough = use_pt = False
         h = self.handles[fd] = Handle(fd, nid, path, use_pt, final)
-        inode.handles.append(h)
+        if inode.handles is None:
+            inode.handles = [h]
+        else:
+            inode.handles.append(h)
         if use_pt:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
         if not writing and stat.S_ISREG(node.st.st_mode):
@@ -510,7 +537,7 @@ class LowLevelFS:
     def _follow_copy_up(inode: Inode, node: Node) -> None:
         """Point read-only handles still open on the lower copy of the node at its upper copy, as the kernel's
         overlayfs re-opens the real file after a copy-up."""
-        for h in inode.handles:
+        for h in inode.handles or ():
             if not h.final:
                 reopen_onto(h.fd, node.real)
                 h.final = True
@@ -523,8 +550,10 @@ class LowLevelFS:
         os.close(h.fd)
         inode = self.nodes.get(h.nodeid)
         if inode is not None:
-            if h in inode.handles:
+            if inode.handles is not None and h in inode.handles:
                 inode.handles.remove(h)
+                if not inode.handles:
+                    inode.handles = None
             if h.passthrough and inode.backing is not None and not inode.handles:
                 try:
                     fp.backing_close(self.dev, inode.backing)
@@ -583,7 +612,8 @@ class LowLevelFS:
             path = self.path(ls.nid)
             node = self.view.lookup(path)
             children = self.view.listdir(node)
-            entries = [(".", node.ino, node.st.st_mode, None), ("..", self._parent_ino(ls.nid), stat.S_IFDIR, None)]
+            entries: list[tuple[str, int, int, bytes | None]] = [
+                (".", node.ino, node.st.st_mode, None), ("..", self._parent_ino(ls.nid), stat.S_IFDIR, None)]
             entries += [(c.path.rpartition("/")[2], c.ino, c.st.st_mode, self._attr(c)) for c in children]
             self.view.adopt(path, children)  # takes the children's full stat results away
             ls.entries, ls.version = entries, self.dir_version.get(ls.nid, 0)
@@ -595,9 +625,9 @@ class LowLevelFS:
 
     def _parent_ino(self, nid: int) -> int:
         node = self.nodes.get(nid)
-        if node is None or not node.links:
+        if node is None or node.links is None:
             return self.root_ino
-        parent = next(iter(node.links))[0]
+        parent = node.names()[0][0]
         return self.nodes[parent].ino if parent in self.nodes else self.root_ino
 
     def readdir(self, nid: int, body: memoryview) -> bytes:

@@ -83,6 +83,10 @@ class Node:
     #: lookup probes a dict per layer instead of an lstat (and a ``.wh.`` lstat) per layer; dropped by
     #: :meth:`Union.forget` of any child
     names: tuple[frozenset[str], ...] | None = None
+    #: lookups in this directory without ``names`` so far: the sets are built at the :data:`NAMES_AFTER`-th (a
+    #: directory looked into once, as by a ``cat`` of one file per directory, costs lstats, not a scandir per
+    #: layer)
+    probes: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -111,6 +115,10 @@ class _Ent:
 
 #: the path cache takes no new entries beyond this many (bounds the daemon's memory: ~650 bytes each)
 CACHE_MAX = 100_000
+#: ... but directories up to this many
+CACHE_MAX_DIRS = 400_000
+#: a merged directory keeps its layers' name sets from this many lookups in it on
+NAMES_AFTER = 3
 CAP_XATTR = "security.capability"
 
 
@@ -242,7 +250,7 @@ class Union:
                 raise _err(errno.ENOENT, path)
             if kid is not None:
                 kid.node = found
-            elif cur is not None and self._cached < CACHE_MAX:
+            elif cur is not None and self._room(found):
                 kid = cur.kids[name] = _Ent(found)
                 self._cached += 1
             # a full cache keeps what it has (dropping it all made a walk of a big tree thrash): the rest
@@ -287,14 +295,18 @@ class Union:
                 return
             ent = nxt
         kids = ent.kids
-        if self._cached + len(children) > CACHE_MAX:
-            return
         for c in children:
             name = c.path.rpartition("/")[2]
-            if name not in kids:
+            if name not in kids and self._room(c):
                 c.st = SlimStat(c.st)  # type: ignore[assignment]
                 kids[name] = _Ent(c)
                 self._cached += 1
+
+    def _room(self, node: Node) -> bool:
+        """Whether the cache takes ``node``: anything below :data:`CACHE_MAX` entries, directories up to
+        :data:`CACHE_MAX_DIRS` (a cached directory keeps its layers' name sets, so a lookup of an uncached
+        file in it still costs one lstat, not a scandir of every layer)."""
+        return self._cached < CACHE_MAX or (self._cached < CACHE_MAX_DIRS and stat.S_ISDIR(node.st.st_mode))
 
     def forget_all(self) -> None:
         """Drop the whole path cache (the hardlink index changed)."""
@@ -381,10 +393,14 @@ class Union:
         return top
 
     def _names_of(self, parent: Node) -> tuple[frozenset[str], ...] | None:
-        """The per-layer name sets of a cached merged directory (built on first use), or None."""
+        """The per-layer name sets of a cached merged directory (built at its :data:`NAMES_AFTER`-th lookup),
+        or None."""
         if not self.cache or len(parent.dirs) < 2:
             return None
         if parent.names is None:
+            parent.probes += 1
+            if parent.probes < NAMES_AFTER:
+                return None
             sets = []
             for _layer, dpath in parent.dirs:
                 try:
@@ -410,19 +426,22 @@ class Union:
         out: dict[str, Node] = {}
         below: dict[str, list[tuple[int, str]]] = {}
         stopped: set[str] = set()
+        base = node.path if node.path != "/" else ""
+        sets: list[frozenset[str]] | None = [] if self.cache and node.merged and node.names is None else None
         for layer, dpath in node.dirs:
-            names: list[str] = []
-            kinds: dict[str, os.DirEntry[str]] = {}
             try:
                 with os.scandir(dpath) as it:
-                    for e in it:
-                        names.append(e.name)
-                        kinds[e.name] = e
+                    entries = list(it)
             except OSError as e:
                 log.warning("cannot list %s: %s", dpath, e)
+                sets = None
                 continue
+            if sets is not None:
+                sets.append(frozenset(e.name for e in entries))
+            pre = dpath if dpath.endswith("/") else dpath + "/"
             layer_hidden: set[str] = set()
-            for name in names:
+            for ent in entries:
+                name = ent.name
                 if wh.is_hidden_name(name):
                     if name != wh.OPAQUE_MARKER:
                         try:
@@ -434,12 +453,12 @@ class Union:
                     continue
                 if name in hidden or name in stopped:
                     continue
-                p = os.path.join(dpath, name)
+                p = pre + name
                 if name in out:
                     # a lower layer under a visible directory: merges only while directories continue (the
                     # entry's d_type tells, no lstat)
                     try:
-                        lower_dir = kinds[name].is_dir(follow_symlinks=False)
+                        lower_dir = ent.is_dir(follow_symlinks=False)
                     except OSError:
                         continue
                     if lower_dir:
@@ -456,7 +475,7 @@ class Union:
                 if wh.is_whiteout(p, st):
                     layer_hidden.add(name)
                     continue
-                n = Node(_join(node.path, name), layer, p, st, 0)
+                n = Node(base + "/" + name, layer, p, st, 0)
                 out[name] = n
                 if stat.S_ISDIR(st.st_mode):
                     below[name] = [(layer, p)]
@@ -465,6 +484,8 @@ class Union:
                 else:
                     stopped.add(name)
             hidden |= layer_hidden
+        if sets is not None:  # the name sets of :meth:`_names_of`, for free (lookups after a listing)
+            node.names = tuple(sets)
         result = []
         for name, n in out.items():
             if n.is_dir:
