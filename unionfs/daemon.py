@@ -300,6 +300,11 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
 
     writeback = bool(opts.pop("writeback", False))
     passthrough = opts.pop("passthrough", True) not in (False, "0", "no", "off", "false")
+    spin = opts.pop("spin_us", None)
+    try:
+        spin_us = lowlevel.SPIN_US if spin is None else int(str(spin))
+    except ValueError:
+        raise MountError(f"spin_us takes a number of microseconds, not {spin!r}") from None
     mo = MountOptions(fsname=str(opts.pop("fsname")), subtype=str(opts.pop("subtype")),
                       read_only=bool(opts.pop("ro", False)), allow_other=bool(opts.pop("allow_other", False)),
                       default_permissions=bool(opts.pop("default_permissions", True)),
@@ -309,7 +314,8 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
     if opts:
         log.warning("mount options ignored: %s", ", ".join(sorted(opts)))
     try:
-        lowlevel.serve(ov, spec["mountpoint"], opts=mo, ready=ready, writeback=writeback, passthrough=passthrough)
+        lowlevel.serve(ov, spec["mountpoint"], opts=mo, ready=ready, writeback=writeback, passthrough=passthrough,
+                       spin_us=spin_us)
     except OSError as e:
         raise MountError(f"cannot mount {spec['mountpoint']}: {e.strerror or e}") from None
 

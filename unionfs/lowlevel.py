@@ -24,7 +24,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import stat
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -46,6 +48,10 @@ READ_AHEAD_KB = 1024
 #: bytes of a file served here that an OPEN asks the disk for right away
 PREFETCH = 1 << 20
 CAP_XATTR = "security.capability"
+#: microseconds the loop keeps asking for the next request (non-blocking) after it ran out, before it sleeps:
+#: a request from a process on the other CPU then finds the daemon awake (a GETXATTR round trip across CPUs
+#: 53 us -> 21 us, measured; on the same CPU the woken client preempts the spin: 12.9 us either way)
+SPIN_US = 30
 
 
 @dataclass(slots=True, eq=False)
@@ -123,8 +129,9 @@ class LowLevelFS:
     """The request handlers and the serving loop of one mount."""
 
     def __init__(self, overlay: Overlay, *, writeback: bool = False, passthrough: bool = True,
-                 mountpoint: str = "") -> None:
+                 mountpoint: str = "", spin_us: int = SPIN_US) -> None:
         self.ov = overlay
+        self.spin_us = spin_us
         self.mountpoint = mountpoint
         self.view = overlay.view
         self.writeback = writeback and not overlay.read_only
@@ -678,15 +685,32 @@ class LowLevelFS:
         out = fp.OUT_HEADER
         ops = self.ops
         write = os.writev
+        readv = os.readv
+        spin = self.spin_us * 1000
+        poller = select.poll()
+        poller.register(dev, select.POLLIN)
+        if spin:
+            os.set_blocking(dev, False)
+        idle = 0
+        clock = time.perf_counter_ns
         while True:
             try:
-                n = os.readv(dev, [buf])
+                n = readv(dev, [buf])
+            except BlockingIOError:
+                now = clock()
+                if not idle:
+                    idle = now
+                elif now - idle > spin:
+                    poller.poll()
+                    idle = 0
+                continue
             except OSError as e:
                 if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
                     continue
                 if e.errno == errno.ENODEV:
                     return
                 raise
+            idle = 0
             if n < hdr.size:
                 continue
             _len, opcode, unique, nid, uid, gid, _pid, _ext, _ = hdr.unpack_from(buf)
@@ -779,11 +803,11 @@ def _kill_priv(fd: int) -> None:
 
 
 def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Callable[[], None] | None,
-          writeback: bool = False, passthrough: bool = True) -> None:
+          writeback: bool = False, passthrough: bool = True, spin_us: int = SPIN_US) -> None:
     """Mount ``overlay`` at ``mountpoint`` and serve it in this process until it is unmounted. ``ready`` runs
     once the kernel has spoken to us (INIT)."""
     mountpoint = os.path.realpath(mountpoint)
-    fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough, mountpoint=mountpoint)
+    fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough, mountpoint=mountpoint, spin_us=spin_us)
     fs.ready = ready
     dev = fp.open_session(mountpoint, opts)
     try:
