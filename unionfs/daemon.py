@@ -283,7 +283,7 @@ def _serve(spec: dict, ready_fd: int | None) -> None:
 
 
 def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[], None]) -> None:
-    """Open the layers and serve ``spec``'s mount with the daemon ``opts`` select."""
+    """Open the layers and serve the mount ``spec`` describes, with the daemon and settings ``opts`` choose."""
     from .overlay import Overlay
 
     try:

@@ -256,8 +256,6 @@ class LowLevelFS:
             self.passthrough = False
         got = want & kernel
         log.debug("INIT %d.%d kernel flags %#x, ours %#x", major, minor, kernel, got)
-        if self.ready is not None:
-            self.ready()
         return fp.INIT_OUT.pack(fp.KERNEL_VERSION, fp.KERNEL_MINOR, readahead, got & 0xFFFFFFFF, 16, 12,
                                 fp.MAX_WRITE, 1, fp.MAX_WRITE // 4096, 0, got >> 32, depth, *([0] * 12))
 
@@ -751,8 +749,10 @@ class LowLevelFS:
                     raise
             if opcode == fp.DESTROY:
                 return
-            if opcode == fp.INIT and not err:
+            if opcode == fp.INIT and not err:  # the mount is whole once INIT is answered and tuned
                 self._tune_readahead()
+                if self.ready is not None:
+                    self.ready()
 
     def _tune_readahead(self) -> None:
         """Widen the mount's readahead (only possible once INIT is answered: the reply caps it). Never stats
