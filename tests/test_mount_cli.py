@@ -146,13 +146,16 @@ def test_kill_9_leaves_no_partial_file(tmp_path: Any) -> None:
         assert not os.listdir(os.path.join(w, "unionfs", "tmp"))
 
 
-def test_mount8_helper_form(tmp_path: Any) -> None:
+@pytest.mark.parametrize("extra", ["", ",volatile"])
+def test_mount8_helper_form(tmp_path: Any, extra: str) -> None:
     lowers, u, w, mnt = layers(tmp_path)
     helper = [sys.executable, "-m", "unionfs.mounthelper"]
-    opts = f"rw,nofail,dev,suid,lowerdir={lowers[1]}:{lowers[0]},upperdir={u},workdir={w}"
+    opts = f"rw,nofail,dev,suid,lowerdir={lowers[1]}:{lowers[0]},upperdir={u},workdir={w}{extra}"
     try:
         subprocess.run(helper + ["unionfs", mnt, "-o", opts], check=True, timeout=60)
         assert tree_of(mnt)["d/f"] == "f:base" and tree_of(mnt)["top"] == "f:top"
+        # volatile reaches the daemon, which marks the work directory (see tests/test_workdir.py)
+        assert os.path.exists(os.path.join(w, "work", "incompat", "volatile")) == bool(extra)
     finally:
         force_unmount(mnt)
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -118,13 +117,3 @@ def test_one_mount_per_work_dir(tmp_path: Any) -> None:
             force_unmount(other)
         assert tree_of(mnt)["top"] == "f:top"  # the first mount is untouched
 
-
-def test_mount8_helper_passes_volatile(tmp_path: Any) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
-    helper = [sys.executable, "-m", "unionfs.mounthelper"]
-    opts = f"lowerdir={lowers[1]}:{lowers[0]},upperdir={u},workdir={w},volatile"
-    try:
-        subprocess.run(helper + ["unionfs", mnt, "-o", opts], check=True, timeout=60)
-        assert os.path.exists(dirty(w))
-    finally:
-        force_unmount(mnt)
