@@ -31,6 +31,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
+from sys import intern
 from typing import Callable
 
 from . import fuseproto as fp
@@ -324,7 +325,7 @@ class LowLevelFS:
 
     # ================================================================== lookups and attributes
     def lookup(self, parent: int, body: memoryview) -> bytes:
-        name = os.fsdecode(fp.cstrings(body, 1)[0])
+        name = intern(os.fsdecode(fp.cstrings(body, 1)[0]))
         try:
             node = self.view.lookup(self._join(parent, name))
         except FileNotFoundError:
@@ -669,7 +670,7 @@ class LowLevelFS:
             children = self.view.listdir(node)
             entries: list[tuple[str, int, int, bytes | None]] = [
                 (".", node.ino, node.st.st_mode, None), ("..", self._parent_ino(ls.nid), stat.S_IFDIR, None)]
-            entries += [(c.path.rpartition("/")[2], c.ino, c.st.st_mode, self._attr(c)) for c in children]
+            entries += [(intern(c.path.rpartition("/")[2]), c.ino, c.st.st_mode, self._attr(c)) for c in children]
             self.view.adopt(path, children)  # takes the children's full stat results away
             ls.entries, ls.version = entries, self.dir_version.get(ls.nid, 0)
         return ls

@@ -32,6 +32,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
+from sys import intern  # one string per name for the path cache, the layers' name sets and the node table
 from typing import Iterator, Sequence
 
 from . import whiteout as wh
@@ -251,7 +252,7 @@ class Union:
             if kid is not None:
                 kid.node = found
             elif cur is not None and self._room(found):
-                kid = cur.kids[name] = _Ent(found)
+                kid = cur.kids[intern(name)] = _Ent(found)
                 self._cached += 1
             # a full cache keeps what it has (dropping it all made a walk of a big tree thrash): the rest
             # of this path resolves uncached
@@ -296,7 +297,7 @@ class Union:
             ent = nxt
         kids = ent.kids
         for c in children:
-            name = c.path.rpartition("/")[2]
+            name = intern(c.path.rpartition("/")[2])
             if name not in kids and self._room(c):
                 c.st = SlimStat(c.st)  # type: ignore[assignment]
                 kids[name] = _Ent(c)
@@ -405,7 +406,7 @@ class Union:
             for _layer, dpath in parent.dirs:
                 try:
                     with os.scandir(dpath) as it:
-                        sets.append(frozenset(e.name for e in it))
+                        sets.append(frozenset(intern(e.name) for e in it))
                 except OSError:
                     return None
             parent.names = tuple(sets)
@@ -437,7 +438,7 @@ class Union:
                 sets = None
                 continue
             if sets is not None:
-                sets.append(frozenset(e.name for e in entries))
+                sets.append(frozenset(intern(e.name) for e in entries))
             pre = dpath if dpath.endswith("/") else dpath + "/"
             layer_hidden: set[str] = set()
             for ent in entries:
