@@ -8,11 +8,12 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from typing import Any
 
 import pytest
 
-from mounting import skip_reason_kernel_overlay
+from mounting import is_mounted, skip_reason_kernel_overlay
 from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
 from test_mount_cli import daemon_pids, layers
 from union_cases import tree_of
@@ -117,3 +118,28 @@ def test_one_mount_per_work_dir(tmp_path: Any) -> None:
             force_unmount(other)
         assert tree_of(mnt)["top"] == "f:top"  # the first mount is untouched
 
+
+
+@pytest.mark.parametrize("extra", [(), ("-o", "volatile")])
+def test_sigterm_unmounts_and_ends_cleanly(tmp_path: Any, extra: tuple[str, ...]) -> None:
+    """SIGTERM (as `kill` or a service manager sends it) unmounts instead of leaving a dead mount: the daemon
+    ends as after `umount`, so a volatile upper is synced and unmarked."""
+    lowers, u, w, mnt = layers(tmp_path)
+    with mounted(lowers, u, w, mnt, extra):
+        with open(os.path.join(mnt, "new"), "w") as f:
+            f.write("kept")
+        pids = daemon_pids(mnt)
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            for _ in range(200):
+                if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"daemon {pid} still running 10 s after SIGTERM")
+        assert not is_mounted(mnt), "SIGTERM left the mount behind (a dead daemon gives ENOTCONN)"
+        assert not os.path.exists(os.path.dirname(dirty(w)))
+    with mounted(lowers, u, w, mnt):
+        assert tree_of(mnt)["new"] == "f:kept"

@@ -225,6 +225,26 @@ def _fusermount(mountpoint: str, opts: MountOptions) -> int:
             theirs.close()
 
 
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+MNT_DETACH = 2
+
+
+def detach(mountpoint: str) -> None:
+    """Lazily unmount the FUSE mount at ``mountpoint`` (``umount2(MNT_DETACH)`` as root, ``fusermount3 -u -z``
+    otherwise): it leaves the namespace now and ends once nothing uses it. OSError when that fails."""
+    if os.geteuid() == 0:
+        if _libc.umount2(os.fsencode(mountpoint), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"umount2 of {mountpoint}: {os.strerror(err)}")
+        return
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        raise OSError(2, "fusermount3 not found (needed to unmount FUSE without root)")
+    proc = subprocess.run([tool, "-u", "-z", "--", mountpoint], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise OSError(1, f"fusermount3 -u: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
+
+
 _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 #: filesystems that stack on others (overlayfs, FUSE, ecryptfs), by statfs f_type
 _STACKED_MAGIC = {0x794C7630, 0x65735546, 0xF15F}

@@ -27,12 +27,13 @@ import logging
 import os
 import queue
 import select
+import signal
 import stat
 import threading
 import time
 from dataclasses import dataclass
 from sys import intern
-from typing import Callable
+from typing import Any, Callable
 
 from . import fuseproto as fp
 from . import mountinfo
@@ -184,6 +185,8 @@ class LowLevelFS:
         self.ov = overlay
         self.spin_us = spin_us
         self.mountpoint = mountpoint
+        #: the mount's device ("0:123") once INIT is answered: a signal unmounts only that mount
+        self.mount_dev: str | None = None
         self.view = overlay.view
         self.writeback = writeback and not overlay.read_only
         self.passthrough = passthrough and not self.writeback
@@ -732,11 +735,33 @@ class LowLevelFS:
         poller = select.poll()
         poller.register(dev, select.POLLIN)
         readers = Readers(dev, READ_THREADS) if READ_THREADS else None
+        restore = self._catch_signals()
         try:
             self._loop(dev, readers, spin, poller)
         finally:
+            for sig, old in restore.items():
+                signal.signal(sig, old)
             if readers is not None:
                 readers.close()
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """SIGTERM, SIGINT and SIGHUP unmount the mount lazily (as libfuse's daemons do) instead of killing the
+        daemon under it: the loop then ends as soon as nothing uses the mount, and the daemon's normal end
+        follows (a volatile upper is synced and unmarked). Only the main thread can take signals."""
+        if threading.current_thread() is not threading.main_thread() or not self.mountpoint:
+            return {}
+
+        def stop(signum: int, _frame: object) -> None:
+            if self.mount_dev is None or not any(
+                    m.mountpoint == self.mountpoint and m.dev == self.mount_dev for m in mountinfo.mounts()):
+                return  # not (or no longer) ours to unmount
+            log.info("signal %d: unmounting %s", signum, self.mountpoint)
+            try:
+                fp.detach(self.mountpoint)
+            except OSError as e:
+                log.error("cannot unmount %s on signal %d: %s", self.mountpoint, signum, e)
+
+        return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
     def _loop(self, dev: int, readers: Readers | None, spin: int, poller: select.poll) -> None:
         buf = bytearray(fp.BUFFER_SIZE)
@@ -826,6 +851,7 @@ class LowLevelFS:
             return
         dev = next((m.dev for m in reversed(mountinfo.mounts())
                     if m.mountpoint == self.mountpoint and m.fstype.startswith("fuse")), "")
+        self.mount_dev = dev or None
         try:
             with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
                 f.write(str(READ_AHEAD_KB))
