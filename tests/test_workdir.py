@@ -8,12 +8,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from typing import Any
 
 import pytest
 
-from mounting import is_mounted, skip_reason_kernel_overlay
+from mounting import is_mounted, skip_reason_kernel_overlay, wait_pids_gone
 from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
 from test_mount_cli import daemon_pids, layers
 from union_cases import tree_of
@@ -38,6 +37,17 @@ def upper_state(u: str) -> dict[str, tuple[int, int, bytes]]:
     return out
 
 
+def write_and_signal(mnt: str, data: str, sig: int) -> list[int]:
+    """Write ``data`` to ``mnt``/new, then send ``sig`` to the mount's daemon; returns its pids."""
+    with open(os.path.join(mnt, "new"), "w") as f:
+        f.write(data)
+    pids = daemon_pids(mnt)
+    assert pids
+    for pid in pids:
+        os.kill(pid, sig)
+    return pids
+
+
 def test_volatile_marks_the_work_dir_until_a_clean_unmount(tmp_path: Any) -> None:
     lowers, u, w, mnt = layers(tmp_path)
     with mounted(lowers, u, w, mnt, ("-o", "volatile")):
@@ -59,12 +69,7 @@ def test_volatile_marks_the_work_dir_until_a_clean_unmount(tmp_path: Any) -> Non
 def test_a_killed_volatile_mount_is_refused_until_the_marker_goes(tmp_path: Any) -> None:
     lowers, u, w, mnt = layers(tmp_path)
     with mounted(lowers, u, w, mnt, ("-o", "volatile")):
-        with open(os.path.join(mnt, "new"), "w") as f:
-            f.write("data")
-        pids = daemon_pids(mnt)
-        assert pids
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        write_and_signal(mnt, "data", signal.SIGKILL)
         subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
     assert os.path.exists(dirty(w)), "the marker outlives a killed daemon"
     before = upper_state(u)
@@ -126,19 +131,8 @@ def test_sigterm_unmounts_and_ends_cleanly(tmp_path: Any, extra: tuple[str, ...]
     ends as after `umount`, so a volatile upper is synced and unmarked."""
     lowers, u, w, mnt = layers(tmp_path)
     with mounted(lowers, u, w, mnt, extra):
-        with open(os.path.join(mnt, "new"), "w") as f:
-            f.write("kept")
-        pids = daemon_pids(mnt)
-        assert pids
-        for pid in pids:
-            os.kill(pid, signal.SIGTERM)
-        for pid in pids:
-            for _ in range(200):
-                if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError(f"daemon {pid} still running 10 s after SIGTERM")
+        pids = write_and_signal(mnt, "kept", signal.SIGTERM)
+        assert not wait_pids_gone(pids, 10), "the daemon still runs 10 s after SIGTERM"
         assert not is_mounted(mnt), "SIGTERM left the mount behind (a dead daemon gives ENOTCONN)"
         assert not os.path.exists(os.path.dirname(dirty(w)))
     with mounted(lowers, u, w, mnt):
