@@ -148,7 +148,6 @@ def fetch_manifest(client: RegistryClient, ref: Reference, platform: Platform | 
     return Manifest.parse(fetched.raw, fetched.media_type), index_digest
 
 
-
 def _start(cancel: threading.Event, progress: Progress, desc: Descriptor) -> tuple[str, Callable[[int], None]]:
     """Begin one blob transfer in a worker: raise _Cancelled when the run was cancelled; returns the blob's
     progress key and a byte callback that reports progress and stops the transfer on cancellation."""
@@ -161,6 +160,7 @@ def _start(cancel: threading.Event, progress: Progress, desc: Descriptor) -> tup
             raise _Cancelled()
         progress.advance(key, n)
     return key, on_bytes
+
 
 def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Platform | None = None,
          jobs: int = DEFAULT_JOBS, progress: Progress | None = None, follow_foreign_urls: bool = False

@@ -63,6 +63,14 @@ READ_THREADS = 2
 SPIN_US = 30
 
 
+class _Deferred(bytes):
+    """The type of :data:`DEFERRED`."""
+
+
+#: a handler's answer when a helper thread writes the reply itself (the loop then writes nothing)
+DEFERRED = _Deferred()
+
+
 @dataclass(slots=True, eq=False)
 class Inode:
     """What the kernel holds of one union inode."""
@@ -200,7 +208,8 @@ class LowLevelFS:
         #: per directory node: bumped by every change of its names made here (see :class:`Listing`)
         self.dir_version: dict[int, int] = {}
         self._next_dh = 1
-        self._uid = self._gid = 0
+        self._uid = self._gid = self._unique = 0
+        self.readers: Readers | None = None
         self.ready: Callable[[], None] | None = None
         self.ops: dict[int, Callable[[int, memoryview], bytes | None]] = {
             fp.LOOKUP: self.lookup, fp.GETATTR: self.getattr, fp.SETATTR: self.setattr,
@@ -625,7 +634,11 @@ class LowLevelFS:
 
     def read(self, nid: int, body: memoryview) -> bytes:
         fh, offset, size = fp.READ_IN.unpack_from(body)[:3]
-        return os.pread(self.handles[fh].fd, size, offset)
+        fd = self.handles[fh].fd
+        if size >= THREADED_READ and self.readers is not None:
+            self.readers.submit(self._unique, fd, offset, size)
+            return DEFERRED
+        return os.pread(fd, size, offset)
 
     def write(self, nid: int, body: memoryview) -> bytes:
         fh, offset, size, wflags = fp.WRITE_IN.unpack_from(body)[:4]
@@ -734,15 +747,16 @@ class LowLevelFS:
         spin = self.spin_us * 1000
         poller = select.poll()
         poller.register(dev, select.POLLIN)
-        readers = Readers(dev, READ_THREADS) if READ_THREADS else None
+        self.readers = Readers(dev, READ_THREADS) if READ_THREADS else None
         restore = self._catch_signals()
         try:
-            self._loop(dev, readers, spin, poller)
+            self._loop(dev, spin, poller)
         finally:
             for sig, old in restore.items():
                 signal.signal(sig, old)
-            if readers is not None:
-                readers.close()
+            if self.readers is not None:
+                self.readers.close()
+                self.readers = None
 
     def _catch_signals(self) -> dict[int, Any]:
         """SIGTERM, SIGINT and SIGHUP unmount the mount lazily (as libfuse's daemons do) instead of killing the
@@ -763,7 +777,7 @@ class LowLevelFS:
 
         return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
-    def _loop(self, dev: int, readers: Readers | None, spin: int, poller: select.poll) -> None:
+    def _loop(self, dev: int, spin: int, poller: select.poll) -> None:
         buf = bytearray(fp.BUFFER_SIZE)
         view = memoryview(buf)
         hdr = fp.IN_HEADER
@@ -807,21 +821,18 @@ class LowLevelFS:
                 continue
             if opcode == fp.INTERRUPT:
                 continue
-            if opcode == fp.READ and readers is not None:
-                fh, offset, size = fp.READ_IN.unpack_from(buf, hdr.size)[:3]
-                h = self.handles.get(fh)
-                if h is not None and size >= THREADED_READ:
-                    readers.submit(unique, h.fd, offset, size)
-                    continue
             handler = ops.get(opcode)
             err = 0
             data = b""
             if handler is None:
                 err = errno.ENOSYS
             else:
-                self._uid, self._gid = uid, gid
+                self._uid, self._gid, self._unique = uid, gid, unique
                 try:
-                    data = handler(nid, view[hdr.size:n]) or b""
+                    answer = handler(nid, view[hdr.size:n])
+                    if answer is DEFERRED:  # a reader thread replies
+                        continue
+                    data = answer or b""
                 except OSError as e:
                     err = e.errno or errno.EIO
                 except Exception:  # a bug here must not take the mount down
@@ -840,13 +851,13 @@ class LowLevelFS:
             if opcode == fp.DESTROY:
                 return
             if opcode == fp.INIT and not err:  # the mount is whole once INIT is answered and tuned
-                self._tune_readahead()
+                self._after_init()
                 if self.ready is not None:
                     self.ready()
 
-    def _tune_readahead(self) -> None:
-        """Widen the mount's readahead (only possible once INIT is answered: the reply caps it). Never stats
-        the mountpoint: that would ask this very loop."""
+    def _after_init(self) -> None:
+        """Note the mount's device (from the mount table) and widen its readahead (only possible once INIT is
+        answered: the reply caps it). Never stats the mountpoint: that would ask this very loop."""
         if not self.mountpoint:
             return
         dev = next((m.dev for m in reversed(mountinfo.mounts())
