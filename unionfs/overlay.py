@@ -267,6 +267,29 @@ class Overlay:
     def _tmpname(self) -> str:
         return os.path.join(self.tmp, f"t{os.getpid()}.{next(self._counter)}")
 
+    @staticmethod
+    def _discard(tmp: str) -> None:
+        """Remove the staging entry ``tmp`` (a tree for a directory) after a failure, at once: its space must
+        come back now (ENOSPC during a copy-up), not at the next mount. Errors here are logged only: the
+        caller re-raises the original one."""
+        try:
+            if os.path.isdir(tmp) and not os.path.islink(tmp):
+                shutil.rmtree(tmp)
+            else:
+                os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove the staging entry %s: %s", tmp, e)
+
+    def _commit(self, tmp: str, dst: str) -> None:
+        """Rename the staged ``tmp`` to ``dst``; on failure ``tmp`` is removed and the error raised."""
+        try:
+            os.rename(tmp, dst)
+        except BaseException:
+            self._discard(tmp)
+            raise
+
     def _up(self, path: str) -> str:
         assert self.upper is not None
         return os.path.join(self.upper, path.lstrip("/")) if path != "/" else self.upper
@@ -331,7 +354,7 @@ class Overlay:
         else:
             tmp = self._copy_one(node, data=data)
             try:
-                os.rename(tmp, dst)
+                self._commit(tmp, dst)
             finally:
                 self.view.forget(path, keep_children=True)
         self.view.forget(path, keep_children=True)
@@ -340,8 +363,17 @@ class Overlay:
         return self.view.lookup(path)
 
     def _copy_one(self, node: Node, *, data: bool = True, ino: int | None = None) -> str:
-        """Copy one entry (a directory without its children) into a fresh staging name; return it."""
+        """Copy one entry (a directory without its children) into a fresh staging name; return it. On any
+        failure (ENOSPC, EDQUOT, EIO, a read error...) nothing is left in the staging directory."""
         tmp = self._tmpname()
+        try:
+            self._copy_one_to(tmp, node, data=data, ino=ino)
+        except BaseException:
+            self._discard(tmp)
+            raise
+        return tmp
+
+    def _copy_one_to(self, tmp: str, node: Node, *, data: bool, ino: int | None) -> None:
         st, src = node.st, node.real
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISREG(st.st_mode):
@@ -379,15 +411,18 @@ class Overlay:
             os.lchown(tmp, st.st_uid, st.st_gid)
             os.chmod(tmp, mode)
         self._set_times(tmp, st)
-        return tmp
 
     def _make_index(self, node: Node, *, data: bool = True) -> str:
         """Copy a lower hardlinked file into the index (once) and return the index path."""
         ipath = os.path.join(self.index, str(node.ino))
         if not os.path.lexists(ipath):
             tmp = self._copy_one(node, data=data)
-            os.setxattr(tmp, nlink_xattr(), str(node.st.st_nlink).encode())
-            os.rename(tmp, ipath)
+            try:
+                os.setxattr(tmp, nlink_xattr(), str(node.st.st_nlink).encode())
+            except BaseException:
+                self._discard(tmp)
+                raise
+            self._commit(tmp, ipath)
             self.view.forget_all()  # every lower alias of this inode now resolves to the index
         return ipath
 
@@ -416,23 +451,28 @@ class Overlay:
         self._adjust_pending(ipath, -1)
 
     def _deep_copy(self, node: Node) -> str:
-        """Copy the merged tree under directory ``node`` into a fresh opaque staging directory."""
+        """Copy the merged tree under directory ``node`` into a fresh opaque staging directory; on failure
+        nothing of it is left in the staging directory."""
         tmp = self._copy_one(node, ino=node.ino)
-        wh.set_opaque(tmp)
-        for child in self.view.listdir(node):
-            dst = os.path.join(tmp, child.path.rpartition("/")[2])
-            if child.is_dir:
-                os.rename(self._deep_copy(child), dst)
-            elif child.layer == 0 or child.indexed:
-                if child.indexed:
-                    self._adjust_pending(child.real, -1)
-                os.link(child.real, dst, follow_symlinks=False)
-            elif stat.S_ISREG(child.st.st_mode) and child.st.st_nlink > 1:
-                ipath = self._make_index(child)
-                self._link_from_index(ipath, dst)
-            else:
-                os.rename(self._copy_one(child), dst)
-        self._set_times(tmp, node.st)
+        try:
+            wh.set_opaque(tmp)
+            for child in self.view.listdir(node):
+                dst = os.path.join(tmp, child.path.rpartition("/")[2])
+                if child.is_dir:
+                    self._commit(self._deep_copy(child), dst)
+                elif child.layer == 0 or child.indexed:
+                    if child.indexed:
+                        self._adjust_pending(child.real, -1)
+                    os.link(child.real, dst, follow_symlinks=False)
+                elif stat.S_ISREG(child.st.st_mode) and child.st.st_nlink > 1:
+                    ipath = self._make_index(child)
+                    self._link_from_index(ipath, dst)
+                else:
+                    self._commit(self._copy_one(child), dst)
+            self._set_times(tmp, node.st)
+        except BaseException:
+            self._discard(tmp)
+            raise
         return tmp
 
     def _retire(self, real: str, *, keep: bool = False) -> None:
@@ -493,13 +533,17 @@ class Overlay:
         if not wh.is_whiteout(dst, st):
             raise _e(errno.EEXIST, dst)
         tmp = self._tmpname()
-        make(tmp)
-        if is_dir:
-            wh.set_opaque(tmp)
-            renameat2(tmp, dst, RENAME_EXCHANGE)
-            os.unlink(tmp)
-        else:
-            os.rename(tmp, dst)
+        try:
+            make(tmp)
+            if is_dir:
+                wh.set_opaque(tmp)
+                renameat2(tmp, dst, RENAME_EXCHANGE)
+                os.unlink(tmp)
+            else:
+                os.rename(tmp, dst)
+        except BaseException:
+            self._discard(tmp)
+            raise
         return True
 
     def _owner(self, pnode: Node, uid: int, gid: int) -> tuple[int, int]:
@@ -710,39 +754,46 @@ class Overlay:
             src_whole = True
         else:
             moving = src_real
-        if dst is not None and not dst.is_dir:
-            self._drop_lower_alias(dst)
-        # clear the destination slot in the upper
+        # a deep copy of the source sits in the staging directory until the last rename: removed on failure
+        staged = moving if moving != src_real and not src_whole else None
         try:
-            dst_st = os.lstat(dst_real)
-        except FileNotFoundError:
-            dst_st = None
-        if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
-            tmp = self._tmpname()
-            os.rename(dst_real, tmp)
-            self._retire(tmp)
-        elif dst_st is not None and src.is_dir:
-            os.unlink(dst_real)  # a whiteout or a non-directory cannot be replaced by a directory
-        if src.is_dir and moving == src_real and self.view.lower_has(npar, nname):
-            wh.set_opaque(moving)
-        old_needs_wh = self.view.lower_has(opar, oname) if src_whole or src.layer == 0 else True
-        if moving == src_real or src_whole:
-            if old_needs_wh:
-                try:
-                    renameat2(src_real, dst_real, RENAME_WHITEOUT)
-                except OSError as e:
-                    if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EPERM):
-                        raise
+            if dst is not None and not dst.is_dir:
+                self._drop_lower_alias(dst)
+            # clear the destination slot in the upper
+            try:
+                dst_st = os.lstat(dst_real)
+            except FileNotFoundError:
+                dst_st = None
+            if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
+                tmp = self._tmpname()
+                os.rename(dst_real, tmp)
+                self._retire(tmp)
+            elif dst_st is not None and src.is_dir:
+                os.unlink(dst_real)  # a whiteout or a non-directory cannot be replaced by a directory
+            if src.is_dir and moving == src_real and self.view.lower_has(npar, nname):
+                wh.set_opaque(moving)
+            old_needs_wh = self.view.lower_has(opar, oname) if src_whole or src.layer == 0 else True
+            if moving == src_real or src_whole:
+                if old_needs_wh:
+                    try:
+                        renameat2(src_real, dst_real, RENAME_WHITEOUT)
+                    except OSError as e:
+                        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EPERM):
+                            raise
+                        os.rename(src_real, dst_real)
+                        self._place_whiteout(src_real)
+                else:
                     os.rename(src_real, dst_real)
-                    self._place_whiteout(src_real)
             else:
-                os.rename(src_real, dst_real)
-        else:
-            os.rename(moving, dst_real)
-            if os.path.lexists(src_real):
-                self._remove_upper(src_real, whiteout=old_needs_wh, is_dir=True, keep=True)
-            elif old_needs_wh:
-                self._place_whiteout(src_real)
+                os.rename(moving, dst_real)
+                if os.path.lexists(src_real):
+                    self._remove_upper(src_real, whiteout=old_needs_wh, is_dir=True, keep=True)
+                elif old_needs_wh:
+                    self._place_whiteout(src_real)
+        except BaseException:
+            if staged is not None:
+                self._discard(staged)  # gone already (FileNotFoundError, ignored) once renamed into place
+            raise
 
     def _place_whiteout(self, real: str) -> None:
         parent, name = os.path.split(real)
@@ -760,10 +811,14 @@ class Overlay:
             tmp = self._deep_copy(node)
             real = self._up(node.path)
             if os.path.lexists(real):
-                renameat2(tmp, real, RENAME_EXCHANGE)
+                try:
+                    renameat2(tmp, real, RENAME_EXCHANGE)
+                except BaseException:
+                    self._discard(tmp)
+                    raise
                 self._retire(tmp, keep=True)
             else:
-                os.rename(tmp, real)
+                self._commit(tmp, real)
         else:
             self.copy_up(node.path)
 

@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 from sys import intern  # one string per name for the path cache, the layers' name sets and the node table
 from typing import Iterator, Sequence
@@ -114,6 +115,75 @@ class _Ent:
         self.kids: dict[str, _Ent] = {}
 
 
+#: errors of a layer's directory that only mean "this layer has no such directory" (skipped while merging);
+#: every other error (EMFILE, ENFILE, EIO, EACCES, ENOMEM...) fails the listing: a partial listing would be
+#: taken for the truth (and cached, by us and by the kernel)
+ABSENT = (errno.ENOENT, errno.ENOTDIR)
+
+
+class _SpareFd:
+    """One descriptor held in reserve so that a directory can still be read when every other descriptor the
+    process may have (RLIMIT_NOFILE) is taken, typically by files open through the mount.
+
+    Reading a directory needs exactly one descriptor (``scandir`` closes it before the next layer is read);
+    when even that one fails with EMFILE, :meth:`scan` gives the reserve back, reads, and takes it again. A
+    listing then fails (with EMFILE, never silently) only when another thread takes the freed slot first.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: int | None = self._take()
+
+    @staticmethod
+    def _take() -> int | None:
+        try:
+            return os.open("/", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return None
+
+    def scan(self, path: str) -> list[os.DirEntry[str]]:
+        """The entries of the directory ``path`` (one descriptor, closed on return); raises OSError."""
+        try:
+            with os.scandir(path) as it:
+                return list(it)
+        except OSError as e:
+            if e.errno != errno.EMFILE:
+                raise
+            log.debug("EMFILE listing %s: using the spare descriptor", path)
+        with self._lock:
+            if self._fd is None:
+                self._fd = self._take()
+                if self._fd is None:
+                    raise _err(errno.EMFILE, path)
+            os.close(self._fd)
+            self._fd = None
+            try:
+                with os.scandir(path) as it:
+                    return list(it)
+            finally:
+                self._fd = self._take()
+
+
+_spare: _SpareFd | None = None
+_spare_lock = threading.Lock()
+
+
+def _spare_fd() -> _SpareFd:
+    """The process' one :class:`_SpareFd` (made by the first :class:`Union`, while descriptors are free)."""
+    global _spare
+    if _spare is None:
+        with _spare_lock:
+            if _spare is None:
+                _spare = _SpareFd()
+    return _spare
+
+
+def _scan(path: str) -> list[os.DirEntry[str]]:
+    """The entries of the directory ``path``, read with one descriptor (the spare one at EMFILE). Raises
+    OSError."""
+    return _spare_fd().scan(path)
+
+
 #: the path cache takes no new entries beyond this many (bounds the daemon's memory: ~650 bytes each)
 CACHE_MAX = 100_000
 #: ... but directories up to this many
@@ -154,14 +224,17 @@ class Union:
         self._shift = 64 - max(1, n.bit_length()) if n > 1 else 0
         self._ino_xattr = ino_xattr()
         self._opaque_cache: dict[str, bool] = {}
-        dirs: list[tuple[int, str]] = []
-        for i, p in enumerate(self.layers):
-            dirs.append((i, p))
-            if wh.is_opaque_dir(p):
-                break
-        self._root_dirs = tuple(dirs)  # no one sets a layer root opaque while mounted
+        # The root merges every layer: an opaque mark (xattr or ``.wh..wh..opq``) on a layer's root is
+        # ignored. The OCI image spec defines opaque whiteouts for directories below the root and says nothing
+        # of the root itself; docker's overlay2 driver and containerd's overlayfs snapshotter (the default
+        # runtimes) hand the extracted layer directories to the kernel overlayfs, which never looks the root
+        # up and so never applies an opaque mark there (fs/overlayfs/super.c: the root's stack is every
+        # layer). What docker and containerd show is therefore "root opaque ignored"; so do we (the mount,
+        # treeview's ls/find/cat and export all go through this), and the store keeps the mark as unpacked.
+        self._root_dirs = tuple(enumerate(self.layers))
         self._tree = _Ent(None)
         self._cached = 0
+        _spare_fd()  # set the spare descriptor aside now, while descriptors are free
 
     # ------------------------------------------------------------------ inode numbers
     @property
@@ -405,10 +478,9 @@ class Union:
             sets = []
             for _layer, dpath in parent.dirs:
                 try:
-                    with os.scandir(dpath) as it:
-                        sets.append(frozenset(intern(e.name) for e in it))
+                    sets.append(frozenset(intern(e.name) for e in _scan(dpath)))
                 except OSError:
-                    return None
+                    return None  # lookups probe the layers one by one instead
             parent.names = tuple(sets)
         return parent.names
 
@@ -420,7 +492,10 @@ class Union:
 
     # ------------------------------------------------------------------ listing
     def listdir(self, node: Node) -> list[Node]:
-        """The visible entries of directory ``node`` (no ``.``/``..``, no whiteouts, never a ``.wh.`` name)."""
+        """The visible entries of directory ``node`` (no ``.``/``..``, no whiteouts, never a ``.wh.`` name).
+
+        All or nothing: a layer directory that cannot be read for any reason but ENOENT/ENOTDIR (EMFILE,
+        EIO, EACCES...) raises that OSError; a partial listing is never returned (nor cached)."""
         if not node.is_dir:
             raise _err(errno.ENOTDIR, node.path)
         hidden: set[str] = set()
@@ -431,10 +506,11 @@ class Union:
         sets: list[frozenset[str]] | None = [] if self.cache and node.merged and node.names is None else None
         for layer, dpath in node.dirs:
             try:
-                with os.scandir(dpath) as it:
-                    entries = list(it)
+                entries = _scan(dpath)
             except OSError as e:
-                log.warning("cannot list %s: %s", dpath, e)
+                if e.errno not in ABSENT:
+                    log.warning("cannot list %s: %s", dpath, e)
+                    raise
                 sets = None
                 continue
             if sets is not None:
@@ -460,8 +536,10 @@ class Union:
                     # entry's d_type tells, no lstat)
                     try:
                         lower_dir = ent.is_dir(follow_symlinks=False)
-                    except OSError:
-                        continue
+                    except OSError as e:
+                        if e.errno in ABSENT:  # removed meanwhile
+                            continue
+                        raise
                     if lower_dir:
                         below.setdefault(name, []).append((layer, p))
                         if self._is_opaque(layer, p):
@@ -471,8 +549,10 @@ class Union:
                     continue
                 try:
                     st = os.lstat(p)
-                except OSError:
-                    continue
+                except OSError as e:
+                    if e.errno in ABSENT:  # removed meanwhile
+                        continue
+                    raise
                 if wh.is_whiteout(p, st):
                     layer_hidden.add(name)
                     continue
