@@ -561,10 +561,15 @@ class Overlay:
 
         def make(p: str) -> None:
             fd = os.open(p, _real_flags(flags) | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode))
-            os.fchown(fd, uid, gid)
             fds.append(fd)
+            os.fchown(fd, uid, gid)
 
-        self._place(dst, make)
+        try:
+            self._place(dst, make)
+        except BaseException:
+            for fd in fds:  # made, then the swap over a whiteout failed
+                os.close(fd)
+            raise
         return fds[0]
 
     @_forgetting(0)

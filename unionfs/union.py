@@ -7,8 +7,13 @@ Rules (the kernel overlayfs' lookup):
 
 * the upper hides the lowers, a higher lower hides a lower one;
 * a whiteout in any format of :mod:`unionfs.whiteout` ends the search for its name;
-* a non-directory ends the search; directories merge down to (and including) the first opaque one;
+* a non-directory ends the search; directories merge down to (and including) the first opaque one; a
+  layer's root is never opaque (the root merges every layer, as in the kernel: see :meth:`Union.__post_init__`);
 * a name starting with ``.wh.`` is never visible.
+
+Errors: a layer directory missing (ENOENT/ENOTDIR) merely contributes nothing; any other error reading a layer
+(EMFILE, EIO, EACCES...) fails the listing with that errno (a lookup: any lstat error but those two), never a
+shorter answer.
 
 Inode numbers: one namespace for the whole mount. An upper entry that carries the private xattr
 :data:`INO_XATTR` (written at copy-up) keeps the number it had in the lower; otherwise the number is the real
