@@ -304,8 +304,9 @@ DOCKER_CASES: dict[str, dict[str, Any]] = {
     "layers-string": {"manifest": [{"Config": "config.json", "RepoTags": [], "Layers": "l0/layer.tar"}]},
     "config-number": {"manifest": [{"Config": 5, "Layers": ["l0/layer.tar"]}]},
     "config-newline": {"manifest": [{"Config": "config.json\nINJECTED", "Layers": ["l0/layer.tar"]}]},
-    "config-deep": {"config": b'{"rootfs": {"diff_ids": []}, "x": ' + DEEP + b"}"},
-    "config-nested-65": {"config": b'{"rootfs": {"diff_ids": []}, "x": ' + b"[" * 70 + b"]" * 70 + b"}"},
+    "config-deep": {"config": json.dumps(_config([_sha(HELLO)])).encode()[:-1] + b', "x": ' + DEEP + b"}"},
+    "config-nested-70": {"config": json.dumps(_config([_sha(HELLO)])).encode()[:-1] + b', "x": ' + b"[" * 70
+                         + b"]" * 70 + b"}"},
     "created-number": {"config": _config([_sha(HELLO)], created=5)},
     "history-string": {"config": _config([_sha(HELLO)], history="x")},
     "history-entry-number": {"config": _config([_sha(HELLO)], history=[5])},
