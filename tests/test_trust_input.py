@@ -21,7 +21,7 @@ import pytest
 import zstandard
 
 from conftest import run_cli
-from tarbuild import END, build, file, header_block, pax_block, pax_record, zst
+from tarbuild import END, build, file, header_block, pax_block, pax_record
 from test_load import store_tree
 from unionfs.digest import Digest
 from unionfs.errors import ArchiveError, DigestError, LayerError, ManifestError, PlatformError, ReferenceError_
@@ -106,7 +106,8 @@ def sparse10(name: str, realsize: int, segments: list[tuple[int, bytes]]) -> byt
     smap = f"{len(segments)}\n" + "".join(f"{off}\n{len(d)}\n" for off, d in segments)
     stored = smap.encode().ljust(-(-len(smap) // 512) * 512, b"\0") + b"".join(d for _, d in segments)
     records = (pax_record("GNU.sparse.major", b"1") + pax_record("GNU.sparse.minor", b"0")
-               + pax_record("GNU.sparse.name", name.encode()) + pax_record("GNU.sparse.realsize", str(realsize).encode()))
+               + pax_record("GNU.sparse.name", name.encode())
+               + pax_record("GNU.sparse.realsize", str(realsize).encode()))
     return (pax_block(records) + header_block(f"GNUSparseFile.0/{name}", size=len(stored))
             + stored.ljust(-(-len(stored) // 512) * 512, b"\0"))
 

@@ -94,7 +94,8 @@ def _image_rows(images: list[Image]) -> list[dict[str, Any]]:
         for t in tags or [None]:
             rows.append({"Repository": t.familiar_name if t else "<none>", "Tag": (t.tag if t else None) or "<none>",
                          "ID": img.id.short, "FullID": str(img.id), "Digest": str(img.manifest_desc.digest),
-                         "CreatedAt": printable(img.config.created or ""), "CreatedSince": human_age(img.config.created),
+                         "CreatedAt": printable(img.config.created or ""),
+                         "CreatedSince": human_age(img.config.created),
                          "Size": human_size(img.size), "SizeBytes": img.size})
     return rows
 

@@ -27,6 +27,8 @@ Format (OCI image spec, "Whiteouts"; DESIGN.md principle 3):
 * Modes (setuid/setgid/sticky included), uid/gid (as root), mtimes (directories last), xattrs from PAX
   ``SCHILY.xattr.*`` (binary values kept; the overlay's own namespaces dropped with a warning), hardlinks
   to earlier entries, symlinks as data, fifos, devices (as root; skipped with a warning otherwise).
+* Sparse members (old GNU, PAX 0.0, 0.1 and 1.0) are written with their holes (nothing allocated for them);
+  their full size counts into the bound, which covers the whole layer: tar stream plus sparse holes.
 """
 
 from __future__ import annotations

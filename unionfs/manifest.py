@@ -209,7 +209,8 @@ class Descriptor:
         except DigestError as e:
             raise ManifestError(f"{what}: {e}") from None
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ManifestError(f"{what} has an invalid size {shown(size) if isinstance(size, (int, float, str)) else _kind(size)}")
+            shown_size = shown(size) if isinstance(size, (int, float, str)) else _kind(size)
+            raise ManifestError(f"{what} has an invalid size {shown_size}")
         media_type = _opt_str(obj, "mediaType", what) or ""
         annotations = _str_map(obj.get("annotations"), f"{what} annotations")
         urls = _str_list(obj.get("urls"), f"{what} urls")
