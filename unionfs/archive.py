@@ -27,10 +27,10 @@ from typing import IO, BinaryIO, Iterator
 
 from .compression import compress_stream, open_decompressed
 from .digest import Digest, HashingReader
-from .errors import ArchiveError, DigestError, ManifestError, ReferenceError_, UnionfsError
+from .errors import ArchiveError, DigestError, ManifestError, ReferenceError_, UnionfsError, shown
 from .manifest import (CONTAINERD_NAME_ANNOTATION, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
                        OCI_LAYER_GZIP, OCI_LAYER_ZSTD, REF_NAME_ANNOTATION, Descriptor, ImageConfig, Index,
-                       Manifest, Platform, canonical_json, is_index)
+                       Manifest, Platform, canonical_json, is_index, parse_docker_archive_manifest)
 from .reference import Reference
 from .store import Image, Store, now_rfc3339
 
@@ -138,7 +138,7 @@ def _parse_tag(text: str) -> Reference | None:
     try:
         ref = Reference.parse(text)
     except ReferenceError_:
-        log.warning("ignoring invalid tag %r in the archive", text)
+        log.warning("ignoring invalid tag %s in the archive", shown(text))
         return None
     return ref if ref.tag else None
 
@@ -162,23 +162,14 @@ def load(store: Store, path: str, platform: Platform | None = None) -> list[Imag
 
 
 def _load_docker(store: Store, src: _Source) -> list[Image]:
-    try:
-        entries = json.loads(src.read_json_bytes("manifest.json"))
-    except ValueError as e:
-        raise ArchiveError(f"manifest.json is not valid JSON: {e}") from None
-    if not isinstance(entries, list) or not entries:
-        raise ArchiveError("manifest.json lists no images")
     images = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) \
-                or not isinstance(entry.get("Layers"), list):
-            raise ArchiveError(f"manifest.json entry {i} lacks Config or Layers")
-        config_raw = src.read_json_bytes(entry["Config"])
+    for i, entry in enumerate(parse_docker_archive_manifest(src.read_json_bytes("manifest.json"))):
+        config_raw = src.read_json_bytes(entry.config)
         config = ImageConfig.parse(config_raw)
-        if len(config.diff_ids) != len(entry["Layers"]):
-            raise ArchiveError(f"image {i}: {len(entry['Layers'])} layers but {len(config.diff_ids)} diff_ids")
+        if len(config.diff_ids) != len(entry.layers):
+            raise ArchiveError(f"image {i}: {len(entry.layers)} layers but {len(config.diff_ids)} diff_ids")
         layers = []
-        for layer_path in entry["Layers"]:
+        for layer_path in entry.layers:
             with src.open(layer_path) as f:
                 head = f.read(4)
                 media_type = _sniff_layer_type(head)
@@ -187,7 +178,7 @@ def _load_docker(store: Store, src: _Source) -> list[Image]:
             layers.append(Descriptor(media_type, digest, size))
         config_desc = Descriptor(OCI_CONFIG, Digest.of_bytes(config_raw), len(config_raw))
         manifest = Manifest.build(config_desc, layers)
-        tags = [t for t in (_parse_tag(x) for x in entry.get("RepoTags") or []) if t]
+        tags = [t for t in (_parse_tag(x) for x in entry.repo_tags) if t]
         images.append(store.store_image(manifest, config_raw, tags))
     return images
 

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import UnionfsError
+from .errors import UnionfsError, printable
 
 #: modules that add subcommands, in the order they appear in --help
 COMMAND_MODULES = ("cli_store", "cli_registry", "cli_mount", "cli_inspect", "cli_build")
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UnionfsError as e:
-        print(f"unionfs: {e}", file=sys.stderr)
+        print(f"unionfs: {printable(str(e))}", file=sys.stderr)  # one line, whatever the message echoes
         return e.exit_code
     except KeyboardInterrupt:
         print("unionfs: interrupted", file=sys.stderr)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from .cli_store import human_size
-from .errors import UsageError
+from .errors import UsageError, printable
 from .reference import Reference
 from .store import Store
 from .union import Node
@@ -113,7 +113,7 @@ def cmd_which(args: argparse.Namespace) -> int:
     else:
         _out(f"{args.path}: {kind_of(node.st.st_mode)} from layer {tree.layer_of(node).number}")
     for h in hits:
-        instr = h.layer.created_by or "-"
+        instr = printable(h.layer.created_by or "-")
         _out(f"  layer {h.layer.number:<3} {h.role:<9} {h.kind:<12} {h.layer.diff_id.short}  {instr}")
     return 0 if node is not None else 1
 
@@ -123,7 +123,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     stats = tree.layer_stats()
     rows = [["LAYER", "DIFF ID", "BLOB", "CONTENT", "ADDED", "CHANGED", "DELETED", "WASTED", "CREATED BY"]]
     for s in stats:
-        by = s.layer.created_by or "-"
+        by = printable(s.layer.created_by or "-")
         if not args.no_trunc and len(by) > 60:
             by = by[:57] + "..."
         rows.append([str(s.layer.number), s.layer.diff_id.short, human_size(s.layer.blob_size),

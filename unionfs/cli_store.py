@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, printable
 from .manifest import Platform
 from .reference import Reference
 from .store import Image, Store
@@ -32,13 +32,13 @@ def human_size(n: float) -> str:
 
 
 def human_age(created: str | None) -> str:
-    """'3 days ago' from an RFC 3339 time."""
-    if not created:
+    """'3 days ago' from an RFC 3339 time (an unparseable one is shown as it is, escaped)."""
+    if not created or not isinstance(created, str):
         return "N/A"
     try:
         t = datetime.fromisoformat(created.replace("Z", "+00:00"))
     except ValueError:
-        return created
+        return printable(created[:40])
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
     secs = (datetime.now(timezone.utc) - t).total_seconds()
@@ -52,6 +52,8 @@ def human_age(created: str | None) -> str:
 
 
 def _print_table(rows: list[list[str]]) -> None:
+    """Print aligned columns; control characters from input (newlines...) are escaped, one row per line."""
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -92,7 +94,8 @@ def _image_rows(images: list[Image]) -> list[dict[str, Any]]:
         for t in tags or [None]:
             rows.append({"Repository": t.familiar_name if t else "<none>", "Tag": (t.tag if t else None) or "<none>",
                          "ID": img.id.short, "FullID": str(img.id), "Digest": str(img.manifest_desc.digest),
-                         "CreatedAt": img.config.created or "", "CreatedSince": human_age(img.config.created),
+                         "CreatedAt": printable(img.config.created or ""),
+                         "CreatedSince": human_age(img.config.created),
                          "Size": human_size(img.size), "SizeBytes": img.size})
     return rows
 

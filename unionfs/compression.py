@@ -10,13 +10,15 @@ type still decides what we refuse: unknown types, encrypted layers, and bzip2/xz
 Contracts of the returned reader:
 
 * ``read(n)`` returns at most ``n`` bytes (``n < 0``: everything), ``b""`` only at the true end;
-* the output for one call is bounded (a small input can never be inflated into memory all at once),
-  so the caller's size bound is what stops a decompression bomb;
+* one call decodes at most ``n`` bytes (a small input is never inflated into memory all at once, and
+  nothing decoded is copied again: reading a long run of zeros is linear), so the caller's size bound is
+  what stops a decompression bomb;
 * a truncated or corrupt stream (bad gzip CRC/length, a zstd frame cut short, garbage after the data)
   raises ``LayerError`` with a one-line message; no zlib/zstd exception escapes.
 
 Gzip streams may hold several members, and zero padding after the last member is accepted (as gzip(1)
-does). zstd streams may hold several frames.
+does). zstd streams may hold several frames (and skippable frames); zstandard's stream reader decodes them
+and ``_ZstdFrames`` follows the framing to tell a stream cut inside a frame from a complete one.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ _BZIP2_MAGIC = b"BZh"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 
 _IN_CHUNK = 256 * 1024      # compressed bytes read from the source at a time (gzip)
-_ZSTD_IN_CHUNK = 8 * 1024   # zstd input fed at a time: bounds one call's output (ratio <= ~32768)
+_ZSTD_IN_CHUNK = 128 * 1024  # compressed bytes the zstd stream reader asks for at a time
 _DEFAULT_READ = 1 << 20
 
 
@@ -183,11 +185,12 @@ class _Prefixed:
 
 
 class _Decoder:
-    """Shared ``read`` logic: subclasses fill ``self._out`` by ``_fill(n)``; b"" from _fill means the end."""
+    """The one reader shape of every compression: subclasses implement ``_fill(n)``, which returns between 1
+    and ``n`` decompressed bytes, or b"" at the true end. Nothing is buffered here, so a read never copies
+    more than it returns (no re-slicing of a big decoded block: that made long zero runs quadratic)."""
 
     def __init__(self, src: _Prefixed) -> None:
         self._src = src
-        self._out = b""
         self._done = False
 
     def readable(self) -> bool:
@@ -201,21 +204,12 @@ class _Decoder:
                 if not b:
                     return b"".join(parts)
                 parts.append(b)
-        if self._out:
-            data = self._out[:n]
-            self._out = self._out[n:]
-            return data
         if self._done or n == 0:
             return b""
-        while True:
-            out = self._fill(n)
-            if not out:
-                self._done = True
-                return b""
-            if len(out) > n:
-                self._out = out[n:]
-                return out[:n]
-            return out
+        out = self._fill(n)
+        if not out:
+            self._done = True
+        return out
 
     def _fill(self, n: int) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -275,34 +269,99 @@ class _GzipReader(_Decoder):
             raise LayerError(f"corrupt gzip stream: {e}") from None
 
 
+class _ZstdFrames:
+    """A pass-through source that follows the frame structure of a zstd stream (RFC 8878, section 3.1) as
+    its bytes go by: zstandard's stream reader takes a stream that stops inside a frame for a clean end, so
+    this is what tells a truncated stream (LayerError when the source ends inside a frame) from a complete
+    one. Only framing is followed (frame and block headers, block and checksum lengths, skippable frames);
+    the decoder checks everything else. Bytes that are not a frame are passed on for the decoder to refuse.
+    """
+
+    def __init__(self, src: _Prefixed) -> None:
+        self._src = src
+        self._hdr = bytearray()   # a header being collected
+        self._want = 4            # its length
+        self._state = "magic"     # what the header is: magic, skipsize, fhd, block; or "garbage"
+        self._skip = 0            # payload bytes to pass before the next header
+        self._checksum = False    # the current frame ends with a 4-byte checksum
+        self._then = "magic"      # the header that follows the skipped bytes
+
+    def read(self, n: int) -> bytes:
+        data = self._src.read(n)
+        if not data:
+            if self._state != "garbage" and (self._hdr or self._skip or self._state != "magic"):
+                raise LayerError("truncated zstd stream: it ends inside a frame")
+            return data
+        self._follow(data)
+        return data
+
+    def _follow(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end and self._state != "garbage":
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                if not self._skip:
+                    self._expect(self._then)
+                continue
+            take = min(self._want - len(self._hdr), end - pos)
+            self._hdr += data[pos:pos + take]
+            pos += take
+            if len(self._hdr) == self._want:
+                hdr, self._hdr = bytes(self._hdr), bytearray()
+                self._header(hdr)
+
+    def _expect(self, state: str) -> None:
+        self._state = state
+        self._want = {"magic": 4, "skipsize": 4, "fhd": 1, "block": 3}[state]
+
+    def _skip_then(self, count: int, state: str) -> None:
+        if count:
+            self._skip, self._then = count, state
+            self._state = "payload"
+        else:
+            self._expect(state)
+
+    def _header(self, hdr: bytes) -> None:
+        if self._state == "magic":
+            if hdr == _ZSTD_MAGIC:
+                self._expect("fhd")
+            elif hdr[0] & 0xF0 == 0x50 and hdr[1:4] == b"\x2a\x4d\x18":
+                self._expect("skipsize")
+            else:
+                self._state = "garbage"
+        elif self._state == "skipsize":
+            self._skip_then(int.from_bytes(hdr, "little"), "magic")
+        elif self._state == "fhd":
+            d = hdr[0]
+            single = bool(d & 0x20)
+            self._checksum = bool(d & 0x04)
+            fcs = (1 if single else 0, 2, 4, 8)[d >> 6]
+            self._skip_then((0 if single else 1) + (0, 1, 2, 4)[d & 3] + fcs, "block")
+        else:  # a block header: last flag, type, size
+            v = int.from_bytes(hdr, "little")
+            last, btype, size = v & 1, (v >> 1) & 3, v >> 3
+            if btype == 3:
+                self._state = "garbage"  # reserved: the decoder refuses it
+                return
+            after = "magic" if last else "block"
+            payload = 1 if btype == 1 else size
+            if last and self._checksum:
+                payload += 4
+            self._skip_then(payload, after)
+
+
 class _ZstdReader(_Decoder):
-    """Multi-frame zstd; input fed in small chunks so one call's output stays bounded."""
+    """Multi-frame zstd through zstandard's stream reader: ``read(n)`` decodes at most ``n`` bytes."""
 
     def __init__(self, src: _Prefixed) -> None:
         super().__init__(src)
-        self._dctx = zstandard.ZstdDecompressor()
-        self._d = self._dctx.decompressobj()
-        self._in_frame = False
-        self._inbuf = b""
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            _ZstdFrames(src), read_size=_ZSTD_IN_CHUNK, read_across_frames=True)
 
     def _fill(self, n: int) -> bytes:
         try:
-            while True:
-                if not self._inbuf:
-                    self._inbuf = self._src.read(_IN_CHUNK)
-                    if not self._inbuf:
-                        if self._in_frame:
-                            raise LayerError("truncated zstd stream: it ends inside a frame")
-                        return b""
-                chunk, self._inbuf = self._inbuf[:_ZSTD_IN_CHUNK], self._inbuf[_ZSTD_IN_CHUNK:]
-                self._in_frame = True
-                out = self._d.decompress(chunk)
-                if self._d.eof:
-                    rest = self._d.unused_data
-                    self._inbuf = rest + self._inbuf
-                    self._d = self._dctx.decompressobj()
-                    self._in_frame = False
-                if out:
-                    return out
+            return self._reader.read(n)
         except zstandard.ZstdError as e:
             raise LayerError(f"corrupt zstd stream: {e}") from None

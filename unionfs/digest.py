@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import DigestError
+from .errors import DigestError, shown
 
 _ALGORITHMS = {"sha256": 64, "sha512": 128}
-_DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-f0-9]+)$")
+_DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-f0-9]+)", re.ASCII)  # used with fullmatch
 
 
 @dataclass(frozen=True, order=True)
@@ -25,15 +25,15 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> "Digest":
-        """Parse ``sha256:<64 hex>`` (or sha512); raise DigestError otherwise."""
-        m = _DIGEST_RE.match(text or "")
+        """Parse ``sha256:<64 hex>`` (or sha512); raise DigestError otherwise (a non-string included)."""
+        m = _DIGEST_RE.fullmatch(text) if isinstance(text, str) else None
         if not m:
-            raise DigestError(f"invalid digest {text!r}")
+            raise DigestError(f"invalid digest {shown(text)}")
         algo, hexpart = m.group(1), m.group(2)
         if algo not in _ALGORITHMS:
-            raise DigestError(f"unsupported digest algorithm {algo!r} in {text!r}")
+            raise DigestError(f"unsupported digest algorithm {shown(algo)} in {shown(text)}")
         if len(hexpart) != _ALGORITHMS[algo]:
-            raise DigestError(f"invalid digest {text!r}: wrong length for {algo}")
+            raise DigestError(f"invalid digest {shown(text)}: wrong length for {algo}")
         return cls(algo, hexpart)
 
     @classmethod

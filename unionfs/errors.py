@@ -42,6 +42,8 @@ Code below the CLI raises these and never prints.
 
 from __future__ import annotations
 
+import re
+
 
 class UnionfsError(Exception):
     """Base class: ``str(err)`` is a one-line message for the user."""
@@ -201,3 +203,30 @@ class CommandFailedError(SandboxError):
         self.status = status
         self.output = output
         self.exit_code = status
+
+
+# --- echoing input in messages ------------------------------------------------------------------
+#: Longest rendering of one input value in a message, and how many items of a list a message names.
+SHOWN_CHARS = 120
+SHOWN_ITEMS = 5
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``value`` as a message may echo it: ``repr()`` (quotes; newlines and control characters escaped),
+    cut to ``limit`` characters with a note of how many were left out. Always one bounded line."""
+    text = repr(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return text
+
+
+def listed(items: list[str], limit: int = SHOWN_ITEMS) -> str:
+    """``a, b, c`` for a message: the first ``limit`` items, then ``and N more``."""
+    head = ", ".join(items[:limit])
+    return f"{head} and {len(items) - limit} more" if len(items) > limit else head
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters (newline, tab, ESC, DEL, C1) escaped, for one table cell or line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

@@ -27,6 +27,8 @@ Format (OCI image spec, "Whiteouts"; DESIGN.md principle 3):
 * Modes (setuid/setgid/sticky included), uid/gid (as root), mtimes (directories last), xattrs from PAX
   ``SCHILY.xattr.*`` (binary values kept; the overlay's own namespaces dropped with a warning), hardlinks
   to earlier entries, symlinks as data, fifos, devices (as root; skipped with a warning otherwise).
+* Sparse members (old GNU, PAX 0.0, 0.1 and 1.0) are written with their holes (nothing allocated for them);
+  their full size counts into the bound, which covers the whole layer: tar stream plus sparse holes.
 """
 
 from __future__ import annotations
@@ -136,25 +138,37 @@ def _one_line(text: str) -> str:
 
 
 class _BoundedHasher:
-    """Hashes and counts what is read; LayerTooLargeError once more than ``limit`` bytes came through."""
+    """Hashes and counts what is read. The bound is on the layer's expanded size: the uncompressed tar
+    stream (``count``) plus the holes of its sparse members (``holes``, which the stream does not hold);
+    LayerTooLargeError once that total goes over ``limit``."""
 
     def __init__(self, stream: BinaryIO, algorithm: str, limit: int) -> None:
         import hashlib
 
         self._stream = stream
         self._hash = hashlib.new(algorithm)
-        self._limit = limit
+        self.limit = limit
         self.count = 0
+        self.holes = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self._stream.read(n)
         if data:
             self._hash.update(data)
             self.count += len(data)
-            if self.count > self._limit:
-                raise LayerTooLargeError(
-                    f"layer decompresses to more than {self._limit} bytes (bound set by {MAX_LAYER_SIZE_ENV})")
+            self.check(self.count + self.holes)
         return data
+
+    def check(self, expanded: int) -> None:
+        """Raise LayerTooLargeError when ``expanded`` bytes are over the bound."""
+        if expanded > self.limit:
+            raise LayerTooLargeError(f"layer expands to more than {self.limit} bytes (sparse files count at "
+                                     f"their full size; bound set by {MAX_LAYER_SIZE_ENV})")
+
+    def add_holes(self, n: int) -> None:
+        """Count ``n`` bytes of sparse holes into the layer's expanded size (and check the bound)."""
+        self.holes += n
+        self.check(self.count + self.holes)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -199,6 +213,59 @@ class _BoundedTarInfo(tarfile.TarInfo):
         if self.size > MAX_HEADER_SIZE:
             raise UnsafeLayerError(f"GNU long name header of {self.size} bytes (bound {MAX_HEADER_SIZE})")
         return super()._proc_gnulong(tarfile_)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tarfile_):  # type: ignore[no-untyped-def]
+        """GNU sparse 1.0: the map (decimal numbers, one a line) leads the member's data. tarfile's own
+        reader loops forever on a map that never ends; this one is bounded and checks every number."""
+        fileobj = tarfile_.fileobj
+        buf, total = b"", 0
+        numbers: list[int] = []
+        count: int | None = None
+        while count is None or len(numbers) < 2 * count:
+            if b"\n" not in buf:
+                if total >= MAX_HEADER_SIZE:
+                    raise UnsafeLayerError(f"GNU sparse map of more than {MAX_HEADER_SIZE} bytes")
+                block = fileobj.read(tarfile.BLOCKSIZE)
+                if len(block) < tarfile.BLOCKSIZE:
+                    raise LayerError("truncated tar stream: it ends inside a GNU sparse map")
+                buf += block
+                total += len(block)
+                continue
+            line, buf = buf.split(b"\n", 1)
+            if not line.isdigit() or len(line) > 20:
+                raise UnsafeLayerError("malformed GNU sparse map")
+            if count is None:
+                count = int(line)
+            else:
+                numbers.append(int(line))
+        next.offset_data = fileobj.tell()
+        next.sparse = list(zip(numbers[::2], numbers[1::2]))
+
+    def _proc_sparse(self, tarfile_):  # type: ignore[no-untyped-def]
+        """Old GNU sparse (type ``S``): as tarfile's, with the extension headers bounded and checked."""
+        structs, isextended, origsize = self._sparse_structs
+        del self._sparse_structs
+        total = 0
+        while isextended:
+            if total >= MAX_HEADER_SIZE:
+                raise UnsafeLayerError(f"GNU sparse headers of more than {MAX_HEADER_SIZE} bytes")
+            buf = tarfile_.fileobj.read(tarfile.BLOCKSIZE)
+            if len(buf) < tarfile.BLOCKSIZE:
+                raise LayerError("truncated tar stream: it ends inside a GNU sparse header")
+            total += len(buf)
+            for pos in range(0, 21 * 24, 24):
+                try:
+                    offset, numbytes = tarfile.nti(buf[pos:pos + 12]), tarfile.nti(buf[pos + 12:pos + 24])
+                except (ValueError, tarfile.HeaderError):
+                    break
+                if offset and numbytes:
+                    structs.append((offset, numbytes))
+            isextended = bool(buf[504])
+        self.sparse = structs
+        self.offset_data = tarfile_.fileobj.tell()
+        tarfile_.offset = self.offset_data + self._block(self.size)
+        self.size = origsize
+        return self
 
 
 def _split(raw: bytes, what: str = "entry") -> list[bytes]:
@@ -286,6 +353,7 @@ class _Unpacker:
     def __init__(self, root_fd: int, limit: int) -> None:
         self.root = root_fd
         self.limit = limit
+        self.reader: _BoundedHasher  # the stream being unpacked, set by run()
         self.is_root = os.geteuid() == 0
         self.entries = 0
         self._dirs: OrderedDict[bytes, int] = OrderedDict()
@@ -304,6 +372,7 @@ class _Unpacker:
 
     def run(self, reader: _BoundedHasher) -> None:
         """Read every header and create its entry; then check the end marker and drain the stream."""
+        self.reader = reader
         try:
             tf = tarfile.open(fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape",  # type: ignore[call-overload]
                               tarinfo=_BoundedTarInfo, bufsize=_TAR_BUFSIZE)
@@ -386,9 +455,11 @@ class _Unpacker:
         if ti.isreg():
             if ti.size < 0:
                 raise LayerError(f"entry {_show(raw)}: negative size")
-            if ti.size > self.limit:
-                raise LayerTooLargeError(f"entry {_show(raw)}: member of {ti.size} bytes exceeds the layer "
-                                         f"bound of {self.limit} bytes (set by {MAX_LAYER_SIZE_ENV})")
+            # Refused from the header alone: the layer would be over the bound once this member is written.
+            if ti.offset_data + ti.size + self.reader.holes > self.limit:
+                raise LayerTooLargeError(f"entry {_show(raw)}: member of {ti.size} bytes takes the layer over "
+                                         f"the bound of {self.limit} bytes (sparse files count at their full "
+                                         f"size; set by {MAX_LAYER_SIZE_ENV})")
             pfd = self._dir(parent)
             self._regular(tf, ti, pfd, name, key, raw)
         elif ti.isdir():
@@ -416,21 +487,10 @@ class _Unpacker:
             self._make_room(pfd, name, key)
             fd = os.open(name, _FILEFLAGS, 0o600, dir_fd=pfd)
         try:
-            remaining = ti.size
             if ti.sparse is not None:
-                src = tf.extractfile(ti)
-                assert src is not None
-                read: Callable[[int], bytes] = src.read
+                self._sparse(tf, ti, fd, raw)
             else:
-                read = tf.fileobj.read  # type: ignore[union-attr]
-            while remaining > 0:
-                data = read(min(remaining, _CHUNK))
-                if not data:
-                    raise LayerError(f"truncated tar stream: entry {_show(raw)} ends early")
-                remaining -= len(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                self._copy(tf, fd, ti.size, raw)
             if self.is_root:
                 os.fchown(fd, ti.uid, ti.gid)
             os.fchmod(fd, ti.mode & 0o7777)
@@ -440,6 +500,45 @@ class _Unpacker:
             os.utime(fd, ns=(atime, _time_ns(ti, "mtime")))
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _copy(tf: tarfile.TarFile, fd: int, size: int, raw: bytes) -> None:
+        """Copy the next ``size`` bytes of the tar stream to ``fd`` (at its current offset)."""
+        read: Callable[[int], bytes] = tf.fileobj.read  # type: ignore[union-attr]
+        remaining = size
+        while remaining > 0:
+            data = read(min(remaining, _CHUNK))
+            if not data:
+                raise LayerError(f"truncated tar stream: entry {_show(raw)} ends early")
+            remaining -= len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+
+    def _sparse(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, fd: int, raw: bytes) -> None:
+        """Write a sparse member (GNU old, PAX 0.0, 0.1 and 1.0): each data segment at its offset, the
+        holes left as holes (nothing allocated), the size set by truncation. The holes count into the
+        layer's bound. The map must be ordered, non-overlapping, inside the file and within the stored
+        data; LayerError otherwise."""
+        stored = tf.offset - ti.offset_data
+        end = data = 0
+        for offset, size in ti.sparse or ():
+            if size == 0:  # empty segments (unused old-GNU slots, a 1.0 map's final entry) hold nothing
+                continue
+            if offset < end or size < 0 or offset + size > ti.size:
+                raise LayerError(f"entry {_show(raw)}: invalid sparse map (segment {offset}+{size} in a file "
+                                 f"of {ti.size} bytes)")
+            end = offset + size
+            data += size
+        if data > stored:
+            raise LayerError(f"entry {_show(raw)}: sparse map holds {data} bytes of data, the entry stores {stored}")
+        self.reader.add_holes(ti.size - data)
+        tf.fileobj.seek(ti.offset_data)  # type: ignore[union-attr]  # forward only (past a 1.0 map)
+        for offset, size in ti.sparse or ():
+            if size:
+                os.lseek(fd, offset, os.SEEK_SET)
+                self._copy(tf, fd, size, raw)
+        os.ftruncate(fd, ti.size)
 
     def _directory(self, ti: tarfile.TarInfo, pfd: int, name: bytes, key: bytes, raw: bytes) -> None:
         opaque = False

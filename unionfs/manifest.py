@@ -2,17 +2,27 @@
 
 Parsed objects keep the raw bytes they came from (``raw``); digests are computed over those bytes.
 Docker schema2 and OCI forms are both read; we write OCI.
+
+Everything parsed here comes from outside (archives, layouts, registries) and is validated at the door:
+JSON that does not parse or nests deeper than ``MAX_JSON_DEPTH``, and every field we read that has the wrong
+type (a number where a string belongs, annotations that are not a string map, a ``Layers`` entry that is an
+object, ``"created": 5``, ``"history": "x"``...), raise ``ManifestError`` (``ArchiveError`` for a docker-save
+``manifest.json``) with a one-line message that names the field; whatever a message echoes of the input is
+escaped and bounded (``errors.shown``, ``errors.listed``). Fields we do not read are kept verbatim, unchecked.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any
 
 from .digest import Digest
-from .errors import DigestError, ManifestError, PlatformError
+from .errors import ArchiveError, DigestError, ManifestError, PlatformError, listed, printable, shown
+
+log = logging.getLogger(__name__)
 
 # --- media types -------------------------------------------------------------------------------
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -37,14 +47,82 @@ REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME_ANNOTATION = "io.containerd.image.name"
 
 
-def _loads(raw: bytes, what: str) -> dict[str, Any]:
+#: Deepest nesting of arrays and objects accepted in a manifest, index, config or manifest.json.
+MAX_JSON_DEPTH = 64
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """Parse JSON input; ManifestError (one line) when it is not valid JSON or UTF-8, or nests deeper than
+    MAX_JSON_DEPTH (Python's parser would raise RecursionError, and deep values break later copies)."""
     try:
         obj = json.loads(raw)
+    except RecursionError:
+        raise ManifestError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"{what} is not valid JSON: {e}") from None
+    level, depth = [obj], 0
+    while level:
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise ManifestError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+        level = [v for x in level if isinstance(x, (dict, list))
+                 for v in (x.values() if isinstance(x, dict) else x) if isinstance(v, (dict, list))]
+    return obj
+
+
+def _loads(raw: bytes, what: str) -> dict[str, Any]:
+    obj = parse_json(raw, what)
     if not isinstance(obj, dict):
         raise ManifestError(f"{what} is not a JSON object")
     return obj
+
+
+def _kind(value: Any) -> str:
+    """The JSON kind of a value, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _wrong(what: str, want: str, value: Any) -> str:
+    text = shown(value) if isinstance(value, (str, int, float)) else _kind(value)
+    return f"{what} must be {want}, not {text}"
+
+
+def _opt_str(obj: dict[str, Any], key: str, what: str) -> str | None:
+    """``obj[key]`` when it is a string, None when absent or null; ManifestError otherwise."""
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ManifestError(_wrong(f"{what} {key!r}", "a string", value))
+    return value
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    """A JSON array of strings (null: empty); ManifestError otherwise."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        bad = value if not isinstance(value, list) else next(x for x in value if not isinstance(x, str))
+        raise ManifestError(_wrong(what, "an array of strings", bad))
+    return value
+
+
+def _str_map(value: Any, what: str) -> dict[str, str]:
+    """A JSON object of strings (null: empty); ManifestError otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ManifestError(_wrong(what, "an object of strings", value))
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise ManifestError(_wrong(f"{what} {shown(k)}", "a string", v))
+    return dict(value)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -93,6 +171,19 @@ class Platform:
         return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
 
 
+def _platform_json(value: Any, what: str) -> dict[str, Any] | None:
+    """A descriptor's ``platform`` object, its string fields checked; None when absent or null."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ManifestError(_wrong(f"{what} platform", "an object", value))
+    for key in ("os", "architecture", "variant", "os.version"):
+        _opt_str(value, key, f"{what} platform")
+    for key in ("os.features", "features"):
+        _str_list(value.get(key), f"{what} platform {key!r}")
+    return value
+
+
 # --- descriptors -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Descriptor:
@@ -113,15 +204,17 @@ class Descriptor:
         try:
             digest = Digest.parse(obj["digest"])
             size = obj["size"]
-            media_type = obj.get("mediaType", "")
         except KeyError as e:
             raise ManifestError(f"{what} lacks {e.args[0]!r}") from None
         except DigestError as e:
             raise ManifestError(f"{what}: {e}") from None
-        if not isinstance(size, int) or size < 0:
-            raise ManifestError(f"{what} has an invalid size {size!r}")
-        return cls(media_type, digest, size, dict(obj.get("annotations") or {}), obj.get("platform"),
-                   tuple(obj.get("urls") or ()))
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            shown_size = shown(size) if isinstance(size, (int, float, str)) else _kind(size)
+            raise ManifestError(f"{what} has an invalid size {shown_size}")
+        media_type = _opt_str(obj, "mediaType", what) or ""
+        annotations = _str_map(obj.get("annotations"), f"{what} annotations")
+        urls = _str_list(obj.get("urls"), f"{what} urls")
+        return cls(media_type, digest, size, annotations, _platform_json(obj.get("platform"), what), tuple(urls))
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object form (OCI field names)."""
@@ -150,15 +243,15 @@ class Manifest:
     def parse(cls, raw: bytes, media_type: str | None = None) -> "Manifest":
         """Parse manifest bytes; ``media_type`` (from a descriptor or header) wins over the body's."""
         obj = _loads(raw, "manifest")
-        mt = obj.get("mediaType") or media_type or OCI_MANIFEST
+        mt = _opt_str(obj, "mediaType", "manifest") or media_type or OCI_MANIFEST
         if obj.get("schemaVersion") == 1:
             raise ManifestError("Docker schema1 manifests are not supported")
         if mt in INDEX_TYPES or "manifests" in obj:
             raise ManifestError("expected an image manifest, got an index")
         if mt not in MANIFEST_TYPES:
-            raise ManifestError(f"unsupported manifest media type {mt!r}")
+            raise ManifestError(f"unsupported manifest media type {shown(mt)}")
         if obj.get("schemaVersion") != 2:
-            raise ManifestError(f"unsupported manifest schemaVersion {obj.get('schemaVersion')!r}")
+            raise ManifestError(f"unsupported manifest schemaVersion {shown(obj.get('schemaVersion'))}")
         config = Descriptor.from_json(obj.get("config"), "manifest config")
         layers_json = obj.get("layers")
         if not isinstance(layers_json, list):
@@ -166,8 +259,8 @@ class Manifest:
         layers = tuple(Descriptor.from_json(x, f"layer {i}") for i, x in enumerate(layers_json))
         for d in layers:
             if d.media_type not in LAYER_TYPES:
-                raise ManifestError(f"unsupported layer media type {d.media_type!r}")
-        return cls(raw, mt, config, layers, dict(obj.get("annotations") or {}))
+                raise ManifestError(f"unsupported layer media type {shown(d.media_type)}")
+        return cls(raw, mt, config, layers, _str_map(obj.get("annotations"), "manifest annotations"))
 
     @property
     def digest(self) -> Digest:
@@ -200,9 +293,10 @@ class Index:
     def parse(cls, raw: bytes, media_type: str | None = None) -> "Index":
         """Parse index bytes."""
         obj = _loads(raw, "index")
-        mt = obj.get("mediaType") or media_type or OCI_INDEX
+        mt = _opt_str(obj, "mediaType", "index") or media_type or OCI_INDEX
         if mt not in INDEX_TYPES:
-            raise ManifestError(f"unsupported index media type {mt!r}")
+            raise ManifestError(f"unsupported index media type {shown(mt)}")
+        _str_map(obj.get("annotations"), "index annotations")
         items = obj.get("manifests")
         if not isinstance(items, list):
             raise ManifestError("index has no manifests list")
@@ -217,8 +311,9 @@ class Index:
         unplatformed = [d for d in candidates if not d.platform]
         if len(unplatformed) == 1 and len(candidates) == 1:
             return unplatformed[0]
-        offered = ", ".join(sorted({str(Platform(p.get("os", "?"), p.get("architecture", "?"), p.get("variant")))
-                                    for d in candidates if (p := d.platform)})) or "none"
+        offered = listed(sorted({printable(str(Platform(p.get("os") or "?", p.get("architecture") or "?",
+                                                         p.get("variant"))))
+                                 for d in candidates if (p := d.platform)})) or "none"
         raise PlatformError(f"no manifest for platform {want} in the index (offered: {offered})")
 
 
@@ -229,30 +324,112 @@ def is_index(media_type: str, raw: bytes) -> bool:
     if media_type in MANIFEST_TYPES:
         return False
     try:
-        return "manifests" in json.loads(raw)
-    except ValueError:
+        obj = parse_json(raw, "manifest")
+    except ManifestError:
         return False
+    return isinstance(obj, dict) and "manifests" in obj
 
 
 # --- image config ------------------------------------------------------------------------------
+_STR, _STRS, _STRMAP, _OBJ, _BOOL = "a string", "an array of strings", "an object of strings", "an object", \
+    "a boolean"
+#: The config fields we (or docker) read, with the JSON type they must have (null is always allowed);
+#: ``history`` must be an array of objects with ``_HISTORY_FIELDS``.
+_CONFIG_FIELDS = {"created": _STR, "author": _STR, "architecture": _STR, "os": _STR, "variant": _STR,
+                  "os.version": _STR, "os.features": _STRS, "config": _OBJ}
+_RUN_CONFIG_FIELDS = {"User": _STR, "WorkingDir": _STR, "StopSignal": _STR, "Env": _STRS, "Entrypoint": _STRS,
+                      "Cmd": _STRS, "Shell": _STRS, "OnBuild": _STRS, "Labels": _STRMAP, "ExposedPorts": _OBJ,
+                      "Volumes": _OBJ, "Healthcheck": _OBJ, "ArgsEscaped": _BOOL}
+#: Fields docker reads as a "string slice": a lone string stands for a one-element array (normalized in ``data``).
+_STR_SLICES = ("Entrypoint", "Cmd", "Shell")
+_HISTORY_FIELDS = {"created": _STR, "author": _STR, "created_by": _STR, "comment": _STR, "empty_layer": _BOOL}
+
+
+def _has_type(value: Any, want: str) -> bool:
+    if value is None:
+        return True
+    if want == _STR:
+        return isinstance(value, str)
+    if want == _BOOL:
+        return isinstance(value, bool)
+    if want == _STRS:
+        return isinstance(value, list) and all(isinstance(x, str) for x in value)
+    if want == _STRMAP:
+        return isinstance(value, dict) and all(isinstance(x, str) for x in value.values())
+    assert want == _OBJ, want
+    return isinstance(value, dict)
+
+
+def _check_config(data: dict[str, Any], strict: bool) -> list[str]:
+    """The problems of a parsed config's typed fields (see ``_CONFIG_FIELDS``). ``strict``: raise
+    ManifestError at the first one; otherwise drop each bad field from ``data`` (a history entry that is
+    not an object becomes ``{}``, so that entries stay aligned with layers) and return the problems."""
+    problems: list[str] = []
+
+    def bad(container: dict[str, Any] | list[Any], key: Any, what: str, want: str, value: Any) -> None:
+        msg = _wrong(f"image config {what}", want, value)
+        if strict:
+            raise ManifestError(msg)
+        problems.append(msg)
+        if isinstance(container, list):
+            container[key] = {}
+        else:
+            del container[key]
+
+    for key, want in _CONFIG_FIELDS.items():
+        if not _has_type(data.get(key), want):
+            bad(data, key, repr(key), want, data[key])
+    run = data.get("config")
+    for key in _STR_SLICES:
+        if isinstance(run, dict) and isinstance(run.get(key), str):
+            run[key] = [run[key]]
+    for key, want in _RUN_CONFIG_FIELDS.items():
+        if isinstance(run, dict) and not _has_type(run.get(key), want):
+            bad(run, key, f"config.{key}", want, run[key])
+    history = data.get("history")
+    if history is not None and not isinstance(history, list):
+        bad(data, "history", "'history'", "an array of objects", history)
+    elif history:
+        for i in range(len(history)):
+            entry = history[i]
+            if not isinstance(entry, dict):
+                bad(history, i, f"history[{i}]", _OBJ, entry)
+                continue
+            for key, want in _HISTORY_FIELDS.items():
+                if not _has_type(entry.get(key), want):
+                    bad(entry, key, f"history[{i}].{key}", want, entry[key])
+    return problems
+
+
 @dataclass(frozen=True)
 class ImageConfig:
-    """An image configuration (OCI and Docker share the shape) with its raw bytes."""
+    """An image configuration (OCI and Docker share the shape) with its raw bytes.
+
+    ``data`` is well typed (see ``_check_config``): the fields we read have the JSON type they must have,
+    or are absent/null.
+    """
 
     raw: bytes
     data: dict[str, Any]
 
     @classmethod
-    def parse(cls, raw: bytes) -> "ImageConfig":
-        """Parse config bytes; raise ManifestError unless ``rootfs.diff_ids`` is a list of digests."""
+    def parse(cls, raw: bytes, strict: bool = True) -> "ImageConfig":
+        """Parse config bytes; raise ManifestError unless ``rootfs.diff_ids`` is a list of digests and (when
+        ``strict``, as at the door: load, pull, commit) every field we read has the right type. Without
+        ``strict`` (a config already in the store) wrongly typed fields are dropped from ``data`` with a
+        warning, so that one bad image still shows what it can and does not break commands about others."""
         data = _loads(raw, "image config")
         rootfs = data.get("rootfs")
         if not isinstance(rootfs, dict) or not isinstance(rootfs.get("diff_ids"), list):
             raise ManifestError("image config has no rootfs.diff_ids")
         try:
             [Digest.parse(x) for x in rootfs["diff_ids"]]
-        except (DigestError, TypeError) as e:
+        except DigestError as e:
             raise ManifestError(f"image config has an invalid diff_id: {e}") from None
+        problems = _check_config(data, strict)
+        if problems:
+            log.warning("image config %s: ignoring fields of the wrong type: %s", Digest.of_bytes(raw).short,
+                        listed(problems, 3))
         return cls(raw, data)
 
     @property
@@ -267,7 +444,7 @@ class ImageConfig:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """The history entries, base first."""
+        """The history entries (objects), base first."""
         return list(self.data.get("history") or [])
 
     @property
@@ -278,10 +455,58 @@ class ImageConfig:
     @property
     def platform(self) -> Platform:
         """The platform the config declares."""
-        return Platform(self.data.get("os", "linux"), self.data.get("architecture", "amd64"),
+        return Platform(self.data.get("os") or "linux", self.data.get("architecture") or "amd64",
                         self.data.get("variant"))
 
     @staticmethod
     def build(data: dict[str, Any]) -> "ImageConfig":
         """Serialise a config we write."""
         return ImageConfig.parse(canonical_json(data))
+
+
+# --- docker-save manifest.json ----------------------------------------------------------------
+#: Longest path accepted in a docker-save manifest.json (PATH_MAX).
+MAX_ARCHIVE_PATH = 4096
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One image of a docker-save ``manifest.json``: the config's path, the tags, the layers' paths."""
+
+    config: str
+    repo_tags: tuple[str, ...]
+    layers: tuple[str, ...]
+
+
+def _archive_path(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_ARCHIVE_PATH or printable(value) != value:
+        raise ArchiveError(_wrong(what, "a path", value) if not isinstance(value, str)
+                           else f"{what} is not a usable path: {shown(value)}")
+    return value
+
+
+def parse_docker_archive_manifest(raw: bytes) -> list[ArchiveEntry]:
+    """The images a docker-save ``manifest.json`` lists (at least one); ArchiveError with a one-line message
+    when it is not JSON, not an array of objects, or a ``Config``, ``RepoTags`` or ``Layers`` field has the
+    wrong type (``RepoTags`` must be an array of strings: a lone string is not read letter by letter).
+    Paths must be non-empty, at most MAX_ARCHIVE_PATH long, and free of control characters. Tags are not
+    parsed here (an invalid one is skipped with a warning by the loader)."""
+    try:
+        entries = parse_json(raw, "manifest.json")
+    except ManifestError as e:
+        raise ArchiveError(str(e)) from None
+    if not isinstance(entries, list) or not entries:
+        raise ArchiveError("manifest.json lists no images")
+    out = []
+    for i, entry in enumerate(entries):
+        what = f"manifest.json entry {i}"
+        if not isinstance(entry, dict) or "Config" not in entry or not isinstance(entry.get("Layers"), list):
+            raise ArchiveError(f"{what} lacks Config or Layers")
+        config = _archive_path(entry["Config"], f"{what} Config")
+        layers = tuple(_archive_path(x, f"{what} Layers[{n}]") for n, x in enumerate(entry["Layers"]))
+        try:
+            tags = _str_list(entry.get("RepoTags"), f"{what} RepoTags")
+        except ManifestError as e:
+            raise ArchiveError(str(e)) from None
+        out.append(ArchiveEntry(config, tuple(tags), layers))
+    return out

@@ -376,7 +376,7 @@ class Store:
                               platform: Platform | None = None) -> Image:
         """Build an Image from a stored manifest (or index) descriptor."""
         mdesc, manifest = self.load_manifest(desc, platform)
-        config = ImageConfig.parse(self.read_blob(manifest.config.digest))
+        config = ImageConfig.parse(self.read_blob(manifest.config.digest), strict=False)
         return Image(mdesc, manifest, config, tags)
 
     def images(self) -> list[Image]:
@@ -638,7 +638,8 @@ class Store:
         blobs.add(str(manifest.config.digest))
         blobs.update(str(d.digest) for d in manifest.layers)
         with contextlib.suppress(UnionfsError, OSError):
-            layers.update(d.hex for d in ImageConfig.parse(self.read_blob(manifest.config.digest, False)).diff_ids)
+            layers.update(d.hex for d in ImageConfig.parse(self.read_blob(manifest.config.digest, False),
+                                                           strict=False).diff_ids)
 
     def prune(self, all_unused: bool = False) -> list[str]:
         """Remove dangling images (all images no container uses, with ``all_unused``) and the build cache,
