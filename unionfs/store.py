@@ -663,15 +663,19 @@ class Store:
             state["mountpoint"] = mountpoint
             atomic_write(path, canonical_json(state))
 
-    def set_container_paused(self, name: str, marker: dict[str, Any] | None) -> None:
+    def set_container_paused(self, name: str, marker: dict[str, Any] | None, *,
+                             if_current: dict[str, Any] | None = None) -> None:
         """Record (``marker``: who paused it, where) or clear (None) the pause of container ``name``'s mount
-        (``commit``); written atomically, so a command killed while pausing leaves a marker to undo."""
+        (``commit``); written atomically, so a command killed while pausing leaves a marker to undo. With
+        ``if_current``, only when the recorded marker is that one."""
         with self.lock():
             path = self._container_dir(name) / "state.json"
             try:
                 state = json.loads(path.read_bytes())
             except FileNotFoundError:
                 raise ContainerError(f"no such container: {name}") from None
+            if if_current is not None and state.get("paused") != if_current:
+                return
             if marker is None:
                 state.pop("paused", None)
             else:
