@@ -248,3 +248,162 @@ def test_prune_skips_a_foreign_mount_under_tmp(store_root: Path, tmp_path: Path)
         subprocess.run(["umount", str(mp)], check=True)
     run_cli("prune", root=store_root)
     assert list((store_root / "tmp").iterdir()) == []
+
+
+# --- item 8: a commit killed while it pauses a mount never leaves it read-only -------------------
+def _first_option(mnt: Path) -> str | None:
+    opts = mount_options(str(mnt))
+    return opts[0] if opts else None
+
+
+@pytest.fixture
+def mounted_container(store_root: Path, tmp_path: Path) -> Iterator[Path]:
+    """Container c1 of app:1 mounted (unionfs) with a few thousand files in its upper (a commit takes a while)."""
+    require(skip_reason_root(), skip_reason_fuse(), skip_reason_unionfs())
+    run_cli("load", "-i", docker_archive(tmp_path / "a.tar", [([layer_tar(2, 5)], ["app:1"], False)]),
+            root=store_root)
+    store = Store(store_root)
+    plan = store.prepare_container("app:1", "c1")
+    mnt = tmp_path / "mnt"
+    with unionfs_mount([Path(p) for p in plan.lowers], Path(plan.upper), Path(plan.work), mnt) as m:
+        store.set_container_mount("c1", str(mnt))
+        for d in range(30):
+            (mnt / f"new{d}").mkdir()
+            for f in range(100):
+                (mnt / f"new{d}" / f"f{f}").write_bytes(os.urandom(512))
+        yield mnt
+        m.release_root()
+
+
+def _ps_row(root: Path, name: str) -> list[str]:
+    out = run_cli("ps", root=root).stdout.splitlines()
+    assert out[0].split() == ["NAME", "IMAGE", "CREATED", "STATUS", "MOUNTPOINT"]
+    return next(line.split() for line in out[1:] if line.split()[0] == name)
+
+
+def test_commit_killed_while_paused_is_undone_by_the_next_command(mounted_container: Path,
+                                                                   store_root: Path) -> None:
+    mnt = mounted_container
+    assert _first_option(mnt) == "rw"
+    for _ in range(5):
+        proc = start(store_root, "commit", "c1", "snap:1")
+        deadline = time.monotonic() + TIMEOUT
+        while proc.poll() is None and _first_option(mnt) != "ro" and time.monotonic() < deadline:
+            pass
+        if proc.poll() is None:
+            break
+        proc.communicate()
+    else:
+        pytest.fail("the commit never was seen pausing the mount")
+    try:
+        proc.send_signal(signal.SIGSTOP)  # hold it inside the pause: ps must say so
+        assert _first_option(mnt) == "ro"
+        assert _ps_row(store_root, "c1")[3] == "paused"
+    finally:
+        proc.kill()
+        proc.communicate(timeout=TIMEOUT)
+    assert _first_option(mnt) == "ro", "the kill left the mount paused (what the next command must undo)"
+    row = _ps_row(store_root, "c1")
+    assert row[3] == "mounted" and row[4] == str(mnt)
+    assert _first_option(mnt) == "rw"
+    (mnt / "after-kill").write_text("writable again\n")
+    assert "paused" not in json.loads((store_root / "containers" / "c1" / "state.json").read_text())
+    # and a commit afterwards resumes the mount as it should
+    run_cli("commit", "c1", "snap:2", root=store_root)
+    assert _first_option(mnt) == "rw"
+
+
+def test_commit_terminated_while_paused_resumes_the_mount_itself(mounted_container: Path,
+                                                                  store_root: Path) -> None:
+    mnt = mounted_container
+    for _ in range(5):
+        proc = start(store_root, "commit", "c1", "snap:1")
+        if kill_when(proc, lambda: _first_option(mnt) == "ro", signal.SIGTERM):
+            break
+    else:
+        pytest.fail("the commit never was seen pausing the mount")
+    assert proc.returncode != 0
+    assert _first_option(mnt) == "rw", "SIGTERM left the mount read-only"
+    assert "paused" not in json.loads((store_root / "containers" / "c1" / "state.json").read_text())
+    assert "snap" not in run_cli("images", root=store_root).stdout
+
+
+# --- item 14: the outer archive is walked with bounds ---------------------------------------------
+def _limited() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def _load_bounded(root: Path, archive: Path) -> subprocess.CompletedProcess[str]:
+    """``load -i archive`` with 1 GiB of address space; a hang fails the test (TimeoutExpired)."""
+    return subprocess.run([sys.executable, "-m", "unionfs", "--root", str(root), "load", "-i", str(archive)],
+                          capture_output=True, text=True, timeout=60, preexec_fn=_limited)
+
+
+def _header(name: str, size_field: bytes | None = None, size: int = 0) -> bytes:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mode, ti.mtime = size, 0o644, 1_600_000_000
+    buf = bytearray(ti.tobuf(tarfile.GNU_FORMAT))
+    if size_field is not None:
+        buf[124:136] = size_field
+        buf[148:156] = b" " * 8
+        buf[148:156] = b"%06o\0 " % sum(buf[:512])
+    return bytes(buf)
+
+
+def test_load_refuses_a_negative_member_size(store_root: Path, tmp_path: Path) -> None:
+    # x at 0, y at 1024, then "a" (header 2048, data 2560) whose size -1536 points back at y: tarfile
+    # without the CVE-2025-8194 fix reads y, a, y, a... forever, keeping every TarInfo
+    data = _header("x", size=1) + b"x".ljust(512, b"\0") + _header("y", size=1) + b"y".ljust(512, b"\0")
+    data += _header("a", tarfile.itn(-1536, 12, tarfile.GNU_FORMAT)) + b"\0" * 1024
+    archive = tmp_path / "negative.tar"
+    archive.write_bytes(data)
+    r = _load_bounded(store_root, archive)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "invalid size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_load_refuses_an_archive_of_too_many_members(store_root: Path, tmp_path: Path) -> None:
+    from unionfs.archive import MAX_ARCHIVE_MEMBERS
+
+    raw = b"".join(_header(f"junk/{i:07}") for i in range(MAX_ARCHIVE_MEMBERS + 10)) + b"\0" * 1024
+    archive = tmp_path / "junk.tar.gz"
+    archive.write_bytes(gzip.compress(raw, 1))
+    r = _load_bounded(store_root, archive)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"more than {MAX_ARCHIVE_MEMBERS} members" in r.stderr
+
+
+# --- item 15: import applies the bound while it streams -------------------------------------------
+def test_import_stops_reading_a_bomb_at_the_bound(store_root: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "bomb.tar.gz"
+    os.mkfifo(fifo)
+    env = dict(os.environ, UNIONFS_MAX_LAYER_SIZE=str(1 << 20))
+    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "--root", str(store_root), "import", str(fifo),
+                             "bomb:1"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    fed = [0]
+    cap = 512 << 20
+
+    def feed() -> None:  # a gzip stream of one huge file of zeros, produced as fast as it is read
+        comp = zlib.compressobj(1, zlib.DEFLATED, 31)
+        zero = bytes(1 << 20)
+        try:
+            with open(fifo, "wb") as f:
+                f.write(comp.compress(_header("big", size=100 << 30)))
+                while fed[0] < cap:
+                    f.write(comp.compress(zero))
+                    fed[0] += len(zero)
+                f.write(comp.flush())
+        except BrokenPipeError:
+            pass
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    writer.join(TIMEOUT)
+    assert proc.returncode == 1 and "decompresses to more than 1048576 bytes" in err, err
+    assert fed[0] < cap // 2, f"import read {fed[0]} bytes (uncompressed) of a bomb bounded at 1 MiB"
+    assert list((store_root / "tmp").iterdir()) == []

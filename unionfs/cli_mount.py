@@ -136,13 +136,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
         return 0
     rows = [("NAME", "IMAGE", "CREATED", "STATUS", "MOUNTPOINT")]
     seen = set()
+    by_mountpoint = {m.mountpoint: m for m in mounts}
     for c in containers:
-        m = by_name.get(c["name"])
+        m = by_name.get(c["name"]) or by_mountpoint.get(c.get("mountpoint") or "")
         seen.add(c["name"])
+        if m:
+            seen.add(m.mountpoint)
         status = ("paused" if is_paused(c) else "mounted") if m else "-"
         rows.append((c["name"], c.get("ref", ""), c.get("created", ""), status, m.mountpoint if m else "-"))
     for m in mounts:
-        if m.name in seen:
+        if m.name in seen or m.mountpoint in seen:
             continue
         rows.append((m.name or "-", "(directories)", "-", "mounted", m.mountpoint))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
