@@ -17,7 +17,13 @@ Contracts:
 * Each entry of ``index.json`` is one tag: a manifest descriptor whose ``org.opencontainers.image.ref.name``
   annotation holds the fully qualified reference (``docker.io/library/busybox:latest``). Entries without that
   annotation are untagged ("dangling") images.
-* Commands that change the store hold ``lock()``; a failed command removes what it added (``Transaction``).
+* Commands that change the store hold ``lock()``; a failed command removes what it added (``Transaction``),
+  and its tag changes are never written: ``index.json`` is written once, when the outermost locked block ends
+  without an error (``gc`` writes it before deleting anything).
+* Crash safety: a layer or container is deleted by renaming it into ``tmp/`` first (``discard_tree``), so a
+  kill -9 at any point leaves it whole or gone; ``tmp/`` holds only garbage, which ``prune`` removes.
+* Nothing is deleted through a mount: ``remove_tree`` is the one recursive delete and refuses trees with a
+  mount inside. ``prune`` detaches unionfs mounts a killed ``build`` left under ``tmp/``.
 
 The store never mounts anything: ``prepare_container`` answers with a MountPlan.
 """
