@@ -22,21 +22,26 @@ import logging
 import os
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO, Iterator
 
 from .compression import compress_stream, open_decompressed
 from .digest import Digest, HashingReader
 from .errors import ArchiveError, DigestError, ManifestError, ReferenceError_, UnionfsError, shown
+from .layer import _BoundedHasher, _BoundedTarInfo, _one_line, max_layer_size  # one bound for load and import
 from .manifest import (CONTAINERD_NAME_ANNOTATION, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
                        OCI_LAYER_GZIP, OCI_LAYER_ZSTD, REF_NAME_ANNOTATION, Descriptor, ImageConfig, Index,
                        Manifest, Platform, canonical_json, is_index, parse_docker_archive_manifest)
 from .reference import Reference
-from .store import Image, Store, now_rfc3339
+from .store import Image, Store, now_rfc3339, remove_tree
 
 log = logging.getLogger(__name__)
 
 _MAX_JSON = 16 << 20  # manifests, configs and indexes bigger than this are refused
+#: Most members an outer archive (docker-save, oci-archive) may have; more is refused (a layout needs a handful
+#: per image: a few hundred images of a few hundred layers stay far below).
+MAX_ARCHIVE_MEMBERS = 100_000
 
 
 # --- sources: a tar archive or a directory, read by relative path -------------------------------
@@ -68,13 +73,68 @@ def _clean(path: str) -> str:
     return "/".join(parts)
 
 
+@dataclass(frozen=True)
+class _Member:
+    """What we keep of an outer archive's member: where its data is, or the link it is."""
+
+    offset_data: int
+    size: int
+    link: str | None = None  #: a symlink's target (relative to the member's directory)
+    hardlink: str | None = None  #: a hard link's target (an archive path)
+
+
 class _TarSource(_Source):
+    """An outer archive, walked once with bounds (``_walk``); members are then read by their offsets."""
+
     def __init__(self, path: str) -> None:
         try:
-            self.tar = tarfile.open(path, "r:*")
-            self.members = {_clean(m.name): m for m in self.tar.getmembers()}
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise ArchiveError(f"{path} is not a readable tar archive: {e}") from None
+            self.tar = tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo)
+        except (tarfile.TarError, OSError, EOFError, UnionfsError) as e:
+            raise ArchiveError(f"{path} is not a readable tar archive: {_one_line(e)}") from None
+        try:
+            self.members = self._walk(path)
+        except BaseException:
+            self.tar.close()
+            raise
+
+    def _walk(self, path: str) -> dict[str, _Member]:
+        """Read every header once; refuse what would make tarfile loop or hoard memory.
+
+        Python's tarfile without the CVE-2025-8194 fix (3.11.7 among them) follows a negative member size
+        backwards and reads the same headers forever; it also keeps a TarInfo per member. Here each header
+        must lie after the previous one, sizes must be sane, at most MAX_ARCHIVE_MEMBERS are read, and only
+        regular files and links are remembered (a small record each).
+        """
+        tar = self.tar
+        out: dict[str, _Member] = {}
+        last = -1
+        count = 0
+        try:
+            while True:
+                ti = tar.next()
+                tar.members = []  # tarfile appends every TarInfo; we keep our own small records
+                if ti is None:
+                    break
+                count += 1
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise ArchiveError(f"{path} has more than {MAX_ARCHIVE_MEMBERS} members (refused)")
+                if ti.size < 0 or ti.offset <= last or ti.offset_data <= ti.offset or tar.offset < ti.offset_data:
+                    raise ArchiveError(f"{path} is corrupt: member {ti.name[:100]!r} has an invalid size or "
+                                       f"offset (size {ti.size})")
+                last = ti.offset
+                name = _clean(ti.name)
+                if ti.isreg():
+                    out[name] = _Member(ti.offset_data, ti.size)
+                elif ti.issym():
+                    out[name] = _Member(ti.offset_data, 0, link=ti.linkname)
+                elif ti.islnk():
+                    out[name] = _Member(ti.offset_data, 0, hardlink=ti.linkname)
+        except (tarfile.TarError, OSError, EOFError, UnionfsError, ValueError, OverflowError) as e:
+            if isinstance(e, ArchiveError):
+                raise
+            raise ArchiveError(f"{path} is not a readable tar archive: {_one_line(e)}") from None
+        tar._loaded = True  # type: ignore[attr-defined]  # no further walks by tarfile itself
+        return out
 
     def exists(self, path: str) -> bool:
         return _clean(path) in self.members
@@ -82,14 +142,19 @@ class _TarSource(_Source):
     def open(self, path: str) -> BinaryIO:
         member = self.members.get(_clean(path))
         seen = 0
-        while member is not None and (member.issym() or member.islnk()) and seen < 32:
-            target = member.linkname if member.islnk() else str(PurePosixPath(_clean(path)).parent / member.linkname)
+        while member is not None and (member.link is not None or member.hardlink is not None) and seen < 32:
+            if member.hardlink is not None:
+                target = member.hardlink
+            else:
+                target = str(PurePosixPath(_clean(path)).parent / member.link)  # type: ignore[operator]
             path = os.path.normpath(target)
             member = self.members.get(_clean(path))
             seen += 1
-        if member is None or not member.isfile():
+        if member is None or member.link is not None or member.hardlink is not None:
             raise ArchiveError(f"{path} is missing from the archive")
-        f = self.tar.extractfile(member)
+        info = tarfile.TarInfo(path)
+        info.type, info.size, info.offset_data = tarfile.REGTYPE, member.size, member.offset_data
+        f = self.tar.extractfile(info)
         assert f is not None
         return f  # type: ignore[return-value]
 
@@ -252,17 +317,17 @@ def import_rootfs(store: Store, path: str, ref: Reference | None, message: str =
                 raise ArchiveError(f"{path}: {e.strerror}") from None
             with src, open(stage / "layer", "wb") as out:
                 raw = open_decompressed(src, None)
-                hashing = HashingReader(raw)
+                # the same streaming bound as ``load`` (the unpacker's): a bomb stops at the bound
+                hashing = _BoundedHasher(raw, "sha256", max_layer_size())
                 compress_stream(hashing, out, "gzip")  # type: ignore[arg-type]
                 out.flush()
                 os.fsync(out.fileno())
             _check_tar(stage / "layer")
-            diff_id = hashing.digest()
+            diff_id = Digest("sha256", hashing.hexdigest())
             with open(stage / "layer", "rb") as f:
                 digest, size = store.put_blob(f)
         finally:
-            import shutil
-            shutil.rmtree(stage, ignore_errors=True)
+            remove_tree(stage)
         host = Platform.host()
         created = now_rfc3339()
         config_data: dict[str, object] = {

@@ -9,12 +9,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from . import daemon
 from .errors import UnionfsError, UsageError
 from .mountplan import MountPlan
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,6 +73,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     image, mountpoint = args.target
     store = Store(args.root)
+    _resume_pauses(store)
     plan = store.prepare_container(image, args.name)
     if args.read_only:
         plan = MountPlan(plan.lowers, None, None, plan.name)
@@ -85,9 +91,21 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_pauses(store: Store) -> None:
+    """Make mounts left paused by a killed ``commit`` writable again (see ``commit.resume_orphaned_pauses``)."""
+    from .commit import resume_orphaned_pauses
+
+    resume_orphaned_pauses(store)
+
+
 def cmd_umount(args: argparse.Namespace) -> int:
     mp = os.path.realpath(args.mountpoint)
     name = next((m.name for m in daemon.live_mounts() if m.mountpoint == mp), None)
+    if name:
+        from .store import Store
+
+        with contextlib.suppress(UnionfsError, OSError):  # the store may be elsewhere
+            _resume_pauses(Store(args.root))
     daemon.umount(mp, lazy=args.lazy)
     if name:
         try:
@@ -104,26 +122,33 @@ def cmd_ps(args: argparse.Namespace) -> int:
     by_name = {m.name: m for m in mounts if m.name}
     containers: list[dict] = []
     try:
+        from .commit import is_paused
         from .store import Store
 
-        containers = Store(args.root).containers()
+        store = Store(args.root)
+        _resume_pauses(store)
+        containers = store.containers()
     except (UnionfsError, OSError):  # no store (yet): only the live mounts
         containers = []
     if args.quiet:
         for c in containers:
             print(c["name"])
         return 0
-    rows = [("NAME", "IMAGE", "CREATED", "MOUNTPOINT")]
+    rows = [("NAME", "IMAGE", "CREATED", "STATUS", "MOUNTPOINT")]
     seen = set()
+    by_mountpoint = {m.mountpoint: m for m in mounts}
     for c in containers:
-        m = by_name.get(c["name"])
+        m = by_name.get(c["name"]) or by_mountpoint.get(c.get("mountpoint") or "")
         seen.add(c["name"])
-        rows.append((c["name"], c.get("ref", ""), c.get("created", ""), m.mountpoint if m else "-"))
+        if m:
+            seen.add(m.mountpoint)
+        status = ("paused" if is_paused(c) else "mounted") if m else "-"
+        rows.append((c["name"], c.get("ref", ""), c.get("created", ""), status, m.mountpoint if m else "-"))
     for m in mounts:
-        if m.name in seen:
+        if m.name in seen or m.mountpoint in seen:
             continue
-        rows.append((m.name or "-", "(directories)", "-", m.mountpoint))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((m.name or "-", "(directories)", "-", "mounted", m.mountpoint))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
     return 0

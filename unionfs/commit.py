@@ -21,6 +21,13 @@ a FUSE mount alike:
 * until the read-only flag is lifted, every modifying call fails with EROFS, so nothing changes under the
   packer.
 
+A pause must never outlive its commit. Before remounting, ``commit_container`` records a pause marker in the
+container's ``state.json`` (written atomically): the commit's pid and start time and the mountpoint. SIGTERM
+and SIGHUP during the pause raise SystemExit, so the mount is made writable again before the process ends.
+A commit killed outright (SIGKILL) leaves the marker: the next ``commit``, ``ps``, ``mount`` or ``umount``
+(``resume_orphaned_pauses``) sees that the pausing process is gone (pid and start time, with psutil),
+remounts read-write and clears the marker. ``ps`` shows a container whose commit is running as ``paused``.
+
 ``fsfreeze`` would block writers instead of failing them, but FUSE and overlayfs do not implement it. The
 freeze needs the privilege to remount (root); as non-root a mounted container is refused unless the caller
 passes ``pause=False`` (docker's ``--pause=false``), accepting a possibly inconsistent layer. A container
@@ -44,12 +51,14 @@ import json
 import logging
 import os
 import shlex
+import signal
 import stat
 import subprocess
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import whiteout as wh
 from .compression import GZIP
@@ -171,32 +180,72 @@ def _remount(path: str, mode: str) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL, timeout=120)
 
 
+_PAUSE_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
-def frozen(mountpoint: str) -> Iterator[None]:
+def _signals_end_the_block() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise SystemExit (so ``finally`` clauses run); during the
+    cleanup after it they are held back, then delivered to the previous handlers. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _PAUSE_SIGNALS)  # no second signal during the cleanup
+        raise SystemExit(128 + signum)
+
+    old = {s: signal.signal(s, handler) for s in _PAUSE_SIGNALS}
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _PAUSE_SIGNALS)
+        for s, h in old.items():
+            signal.signal(s, h)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _PAUSE_SIGNALS)
+
+
+@contextlib.contextmanager
+def frozen(mountpoint: str, on_pause: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the mount at ``mountpoint`` read-only for the duration of the block (see the module docstring).
 
     Does nothing when the mount is already read-only. Raises CommitError when the mount cannot be frozen
-    (not root, files open for writing).
+    (not root, files open for writing). ``on_pause`` runs just before the read-only remount (the pause
+    marker); SIGTERM/SIGHUP while paused end the process only after the mount is writable again.
     """
     opts = mount_options(mountpoint)
     if opts is None or "ro" in opts[:1]:
         yield
         return
+    with _signals_end_the_block():
+        with _frozen(mountpoint, on_pause):
+            yield
+
+
+@contextlib.contextmanager
+def _frozen(mountpoint: str, on_pause: Callable[[], None] | None) -> Iterator[None]:
     if os.geteuid() != 0:
         raise CommitError(f"the container is mounted at {mountpoint} and only root can pause it (remount it "
                           "read-only); unmount it first, or commit with --pause=false")
-    r = _remount(mountpoint, "ro")
-    if r.returncode != 0:
-        why = r.stderr.strip().splitlines()[0] if r.stderr.strip() else f"exit {r.returncode}"
-        raise CommitError(f"cannot pause the mount at {mountpoint} (remount read-only: {why}); files are "
-                          "probably open for writing: close them or unmount first")
-    log.info("paused %s (read-only) for the commit", mountpoint)
+    if on_pause is not None:
+        on_pause()
+    paused = False
     try:
+        # a signal that ends the process between the remount and ``paused = True`` leaves a read-only
+        # mount: the undo below remounts whenever the mount is read-only now
+        r = _remount(mountpoint, "ro")
+        if r.returncode != 0:
+            why = r.stderr.strip().splitlines()[0] if r.stderr.strip() else f"exit {r.returncode}"
+            raise CommitError(f"cannot pause the mount at {mountpoint} (remount read-only: {why}); files are "
+                              "probably open for writing: close them or unmount first")
+        paused = True
+        log.info("paused %s (read-only) for the commit", mountpoint)
         yield
     finally:
-        r = _remount(mountpoint, "rw")
-        if r.returncode != 0:
-            log.error("cannot make %s writable again: %s", mountpoint, r.stderr.strip())
+        if paused or "ro" in (mount_options(mountpoint) or [""])[:1]:
+            r = _remount(mountpoint, "rw")
+            if r.returncode != 0:
+                log.error("cannot make %s writable again: %s", mountpoint, r.stderr.strip())
 
 
 # ---------------------------------------------------------------------------
@@ -309,16 +358,72 @@ def commit_container(store: Store, name: str, tags: Sequence[Reference] = (), *,
 
     A mounted container is frozen for the time of the packing unless ``pause`` is False.
     """
+    resume_orphaned_pauses(store)
     state = find_container(store, name)
     base = container_image(store, state)
     mp = live_mountpoint(state)
     kwargs.setdefault("created_by", f"unionfs commit {name}")
     kwargs.setdefault("index_dir", container_index_dir(state))
-    ctx: contextlib.AbstractContextManager[None] = frozen(mp) if (mp and pause) else contextlib.nullcontext()
     if mp and not pause:
         log.warning("committing the live mount at %s without pausing it: the layer may be inconsistent", mp)
-    with ctx:
+    if not (mp and pause):
         return commit_upper(store, base, state["upper"], tags=tags, **kwargs)
+    marker = _pause_marker(mp)
+    try:
+        with frozen(mp, on_pause=lambda: store.set_container_paused(name, marker)):
+            return commit_upper(store, base, state["upper"], tags=tags, **kwargs)
+    finally:
+        with contextlib.suppress(ContainerError):
+            store.set_container_paused(name, None, if_current=marker)
+
+
+def _pause_marker(mountpoint: str) -> dict[str, Any]:
+    """Who pauses the mount at ``mountpoint``: this process (pid and start time) and when."""
+    import psutil
+
+    return {"pid": os.getpid(), "started": psutil.Process().create_time(), "mountpoint": mountpoint,
+            "since": now_rfc3339()}
+
+
+def _pauser_alive(marker: dict[str, Any]) -> bool:
+    """True while the process that wrote the pause ``marker`` runs (same pid and start time)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(marker["pid"]))
+        return abs(proc.create_time() - float(marker["started"])) < 0.5 and \
+            proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
+        return False
+
+
+def is_paused(state: dict[str, Any]) -> bool:
+    """True when a running commit holds the container's mount paused (read-only)."""
+    marker = state.get("paused")
+    return isinstance(marker, dict) and _pauser_alive(marker)
+
+
+def resume_orphaned_pauses(store: Store) -> list[str]:
+    """Undo the pauses of commits that died (SIGKILL) while pausing a mount: remount read-write, clear the
+    marker. Returns the names of the containers resumed. A remount that fails leaves the marker (and a
+    warning) for the next command."""
+    resumed = []
+    for state in store.containers():
+        marker = state.get("paused")
+        if marker is None or (isinstance(marker, dict) and _pauser_alive(marker)):
+            continue
+        mp = marker.get("mountpoint") if isinstance(marker, dict) else None
+        opts = mount_options(mp) if isinstance(mp, str) else None
+        if opts is not None and "ro" in opts[:1]:
+            r = _remount(mp, "rw")  # type: ignore[arg-type]
+            if r.returncode != 0:
+                log.warning("container %s: cannot make %s writable again: %s", state["name"], mp, r.stderr.strip())
+                continue
+        with contextlib.suppress(ContainerError):
+            store.set_container_paused(state["name"], None, if_current=marker)
+        log.warning("container %s: resumed the mount at %s, paused by a commit that was killed", state["name"], mp)
+        resumed.append(state["name"])
+    return resumed
 
 
 # ---------------------------------------------------------------------------
@@ -457,5 +562,5 @@ def diff_images(store: Store, first: str, second: str) -> list[tuple[str, str]]:
     return diff_trees([str(p) for p in store.ensure_layers(a)], [str(p) for p in store.ensure_layers(b)])
 
 
-__all__ = ["apply_changes", "new_config", "commit_upper", "commit_container", "CommitResult", "frozen",
+__all__ = ["is_paused", "resume_orphaned_pauses", "apply_changes", "new_config", "commit_upper", "commit_container", "CommitResult", "frozen",
            "diff_upper", "diff_trees", "diff_container", "diff_images", "find_container", "CHANGE_INSTRUCTIONS"]

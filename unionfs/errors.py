@@ -12,7 +12,8 @@ The tree::
     │   ├── ImageNotFoundError        no image answers to a reference
     │   ├── BlobNotFoundError         a blob is missing from the store
     │   ├── ImageInUseError           rmi of an image a container uses
-    │   └── ContainerError            container state (missing, exists, busy)
+    │   ├── ContainerError            container state (missing, exists, busy)
+    │   └── MountedTreeError          a delete refused: something is mounted inside the tree
     ├── ReferenceError_               a malformed image reference
     ├── ManifestError                 unparseable or unsupported manifest/index/config
     │   └── PlatformError             an index has no manifest for the platform
@@ -79,6 +80,10 @@ class ImageInUseError(StoreError):
 
 class ContainerError(StoreError):
     """A container is missing, exists already, or is busy."""
+
+
+class MountedTreeError(StoreError):
+    """A recursive delete was refused because a mount (or another filesystem) lies inside the tree."""
 
 
 class ReferenceError_(UnionfsError):  # noqa: N801 - avoid shadowing the builtin ReferenceError

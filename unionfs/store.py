@@ -17,7 +17,13 @@ Contracts:
 * Each entry of ``index.json`` is one tag: a manifest descriptor whose ``org.opencontainers.image.ref.name``
   annotation holds the fully qualified reference (``docker.io/library/busybox:latest``). Entries without that
   annotation are untagged ("dangling") images.
-* Commands that change the store hold ``lock()``; a failed command removes what it added (``Transaction``).
+* Commands that change the store hold ``lock()``; a failed command removes what it added (``Transaction``),
+  and its tag changes are never written: ``index.json`` is written once, when the outermost locked block ends
+  without an error (``gc`` writes it before deleting anything).
+* Crash safety: a layer or container is deleted by renaming it into ``tmp/`` first (``discard_tree``), so a
+  kill -9 at any point leaves it whole or gone; ``tmp/`` holds only garbage, which ``prune`` removes.
+* Nothing is deleted through a mount: ``remove_tree`` is the one recursive delete and refuses trees with a
+  mount inside. ``prune`` detaches unionfs mounts a killed ``build`` left under ``tmp/``.
 
 The store never mounts anything: ``prepare_container`` answers with a MountPlan.
 """
@@ -31,7 +37,7 @@ import json
 import logging
 import os
 import secrets
-import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -41,10 +47,11 @@ from typing import IO, Any, BinaryIO, Iterator
 
 from .digest import Digest, HashingReader
 from .errors import (BlobNotFoundError, ContainerError, DigestError, ImageInUseError, ImageNotFoundError,
-                     ManifestError, ReferenceError_, StoreError, StoreLockedError, UnionfsError)
+                     ManifestError, MountedTreeError, ReferenceError_, StoreError, StoreLockedError,
+                     UnionfsError)
 from .manifest import (CONTAINERD_NAME_ANNOTATION, OCI_INDEX, REF_NAME_ANNOTATION, Descriptor, ImageConfig,
                        Index, Manifest, Platform, canonical_json, is_index)
-from .mountinfo import mount_at
+from .mountinfo import mount_at, mounts
 from .mountplan import MountPlan
 from .reference import Reference
 
@@ -97,21 +104,111 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(path.parent)
 
 
+_RM_DIRFLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def remove_tree(path: str | Path) -> None:
-    """Remove a directory tree that may hold read-only directories and immutable-looking modes."""
-    def onerror(func: Any, p: str, exc: Any) -> None:
+    """Remove ``path``: a file, a symlink (never followed) or a whole directory tree, whatever its modes.
+
+    Never deletes through a mount: when the mount table lists a mount at or below ``path``, MountedTreeError
+    is raised before anything is removed; a directory met on another device during the walk (a mount made
+    meanwhile) raises it too. The walk is iterative and descriptor-based (two directories open at most, no
+    recursion or path-length limit, no symlink followed). A missing ``path`` is no error. This is the one
+    recursive delete of the store: everything under ``tmp/``, ``layers/`` and ``containers/`` goes through it.
+    """
+    path = os.path.abspath(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    real = os.path.realpath(path)
+    for m in mounts():
+        if m.mountpoint == real or m.mountpoint.startswith(real.rstrip("/") + "/"):
+            raise MountedTreeError(f"refusing to delete {path}: {m.mountpoint} is mounted ({m.fstype}) inside it")
+    parent_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _remove_dir_at(parent_fd, os.path.basename(path), st.st_dev, path)
+    finally:
+        os.close(parent_fd)
+
+
+def _enter_dir(parent_fd: int, name: str, dev: int, where: str) -> int:
+    """Open the subdirectory ``name`` (no symlink followed) and make it writable; refuse another device."""
+    try:
+        fd = os.open(name, _RM_DIRFLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent_fd)  # a directory (lstat-ed by the caller's listing) with mode 0
+        fd = os.open(name, _RM_DIRFLAGS, dir_fd=parent_fd)
+    st = os.fstat(fd)
+    if st.st_dev != dev:
+        os.close(fd)
+        raise MountedTreeError(f"refusing to delete through {where}: it is another filesystem (a mount)")
+    if st.st_mode & 0o700 != 0o700:
         with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700, follow_symlinks=False) if not os.path.islink(p) else None
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+    return fd
+
+
+def _clear_dir(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory ``fd``; returns the names of its subdirectories."""
+    with os.scandir(fd) as it:
+        listing = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    subdirs = []
+    for name, is_dir in listing:
+        if is_dir:
+            subdirs.append(name)
+            continue
         try:
-            func(p)
+            os.unlink(name, dir_fd=fd)
         except FileNotFoundError:
             pass
-    if os.path.lexists(path):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, onerror=onerror)
-        else:
-            os.unlink(path)
+        except IsADirectoryError:
+            subdirs.append(name)
+    return subdirs
+
+
+def _remove_dir_at(parent_fd: int, name: str, dev: int, where: str) -> None:
+    """Remove the directory tree ``name`` of ``parent_fd``, staying on device ``dev`` (see ``remove_tree``)."""
+    fd = _enter_dir(parent_fd, name, dev, where)
+    try:
+        # one (name, inode, subdirectories still to remove) per level; only ``fd`` (the deepest) is open
+        stack = [(name, os.fstat(fd).st_ino, _clear_dir(fd))]
+        while stack:
+            pending = stack[-1][2]
+            if pending:
+                sub = pending.pop()
+                child = _enter_dir(fd, sub, dev, os.path.join(where, *(s[0] for s in stack[1:]), sub))
+                os.close(fd)
+                fd = child
+                stack.append((sub, os.fstat(fd).st_ino, _clear_dir(fd)))
+                continue
+            done = stack.pop()[0]
+            if not stack:
+                break
+            up = os.open("..", _RM_DIRFLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            if os.fstat(fd).st_ino != stack[-1][1]:
+                raise StoreError(f"{where} changed while it was being deleted")
+            os.rmdir(done, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def discard_tree(path: str | Path, tmp_dir: str | Path) -> None:
+    """Delete ``path`` crash-safely: rename it into a fresh directory under ``tmp_dir`` (same filesystem),
+    then remove it there. A kill at any point leaves ``path`` either whole or gone, never half deleted; what
+    is left under ``tmp_dir`` is garbage that ``prune`` removes."""
+    if not os.path.lexists(path):
+        return
+    trash = tempfile.mkdtemp(prefix="rm-", dir=tmp_dir)
+    os.rename(path, os.path.join(trash, os.path.basename(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    remove_tree(trash)
 
 
 @dataclass(frozen=True)
@@ -136,16 +233,23 @@ class Image:
 
 @dataclass
 class Transaction:
-    """What one command added to the store, so that a failure can take it all back."""
+    """What one command added to the store, so that a failure can take it all back.
 
+    ``index`` holds the tag index as the command changed it; it is written (once, atomically) only when the
+    outermost ``lock()`` block ends without an error, so a failed command never leaves a changed tag behind.
+    """
+
+    tmp_dir: Path
     blobs: list[Path] = field(default_factory=list)
     layers: list[Path] = field(default_factory=list)
+    index: list[dict[str, Any]] | None = None
 
     def rollback(self) -> None:
-        """Remove every object this transaction created."""
+        """Remove every object this transaction created; forget its index changes."""
+        self.index = None
         for p in self.layers:
-            with contextlib.suppress(OSError):
-                remove_tree(p)
+            with contextlib.suppress(OSError, UnionfsError):
+                discard_tree(p, self.tmp_dir)
         for p in self.blobs:
             with contextlib.suppress(OSError):
                 os.unlink(p)
@@ -212,9 +316,10 @@ class Store:
                     os.close(fd)
                     raise StoreLockedError(f"store {self.root} is locked by another command") from None
                 time.sleep(0.05)
-        self._lock_fd, self._lock_depth, self._txn = fd, 1, Transaction()
+        self._lock_fd, self._lock_depth, self._txn = fd, 1, Transaction(self.tmp_dir)
         try:
             yield self._txn
+            self._flush_index()
         except BaseException:
             self._txn.rollback()
             raise
@@ -223,7 +328,7 @@ class Store:
             os.close(fd)
 
     def _track(self) -> Transaction:
-        return self._txn if self._txn is not None else Transaction()
+        return self._txn if self._txn is not None else Transaction(self.tmp_dir)
 
     def staging_dir(self, prefix: str) -> str:
         """A new empty directory under ``tmp/`` (same filesystem as the store), mode 0700."""
@@ -302,6 +407,8 @@ class Store:
 
     # -- the tag index ---------------------------------------------------------------------------
     def _read_index(self) -> list[dict[str, Any]]:
+        if self._txn is not None and self._txn.index is not None:
+            return list(self._txn.index)
         try:
             data = json.loads(self.index_path.read_bytes())
         except FileNotFoundError:
@@ -311,8 +418,24 @@ class Store:
         return list(data.get("manifests") or [])
 
     def _write_index(self, entries: list[dict[str, Any]]) -> None:
+        """Set the tag index: kept in the transaction while the lock is held (see ``_flush_index``)."""
+        if self._txn is not None:
+            self._txn.index = list(entries)
+        else:
+            self._save_index(entries)
+
+    def _save_index(self, entries: list[dict[str, Any]]) -> None:
         body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
         atomic_write(self.index_path, json.dumps(body, indent=2).encode() + b"\n")
+
+    def _flush_index(self) -> None:
+        """Write the transaction's tag index now (atomically), if it changed. The end of a successful
+        ``lock()`` block does this; ``gc`` does it before deleting anything, so that a kill while deleting
+        never leaves the index naming deleted content."""
+        txn = self._txn
+        if txn is not None and txn.index is not None:
+            self._save_index(txn.index)
+            txn.index = None
 
     @staticmethod
     def _entry_ref(entry: dict[str, Any]) -> Reference | None:
@@ -546,6 +669,25 @@ class Store:
             state["mountpoint"] = mountpoint
             atomic_write(path, canonical_json(state))
 
+    def set_container_paused(self, name: str, marker: dict[str, Any] | None, *,
+                             if_current: dict[str, Any] | None = None) -> None:
+        """Record (``marker``: who paused it, where) or clear (None) the pause of container ``name``'s mount
+        (``commit``); written atomically, so a command killed while pausing leaves a marker to undo. With
+        ``if_current``, only when the recorded marker is that one."""
+        with self.lock():
+            path = self._container_dir(name) / "state.json"
+            try:
+                state = json.loads(path.read_bytes())
+            except FileNotFoundError:
+                raise ContainerError(f"no such container: {name}") from None
+            if if_current is not None and state.get("paused") != if_current:
+                return
+            if marker is None:
+                state.pop("paused", None)
+            else:
+                state["paused"] = marker
+            atomic_write(path, canonical_json(state))
+
     def remove_container(self, name: str) -> None:
         """Delete container ``name`` and its upper. Raises ContainerError when missing or mounted."""
         with self.lock():
@@ -556,9 +698,7 @@ class Store:
             mp = state.get("mountpoint")
             if mp and mount_at(mp) is not None:
                 raise ContainerError(f"container {name} is mounted at {mp}; unmount it first")
-            trash = Path(self.staging_dir("rm-"))
-            os.rename(cdir, trash / "c")
-            remove_tree(trash)
+            discard_tree(cdir, self.tmp_dir)
 
     # -- removal and garbage collection ----------------------------------------------------------
     def rmi(self, text: str, force: bool = False) -> list[str]:
@@ -603,6 +743,7 @@ class Store:
             keep_layers: set[str] = set()
             from . import buildcache  # the build cache's step images are roots too, until `prune`
 
+            self._flush_index()
             roots = [Descriptor.from_json(e) for e in self._read_index()] + buildcache.roots(self)
             containers = self.containers()
             for c in containers:
@@ -615,10 +756,15 @@ class Store:
                 if str(d) not in keep_blobs:
                     os.unlink(self.blob_path(d))
                     removed.append(str(d))
-            for p in self.layers_dir.iterdir():
-                if p.name not in keep_layers:
-                    remove_tree(p)
+            gone = [p for p in self.layers_dir.iterdir() if p.name not in keep_layers]
+            if gone:
+                # out of layers/ first (atomic renames), then deleted: a kill never leaves a partial layer
+                trash = Path(self.staging_dir("rm-"))
+                for p in gone:
+                    os.rename(p, trash / p.name)
                     removed.append(f"layer {p.name[:12]}")
+                fsync_dir(self.layers_dir)
+                remove_tree(trash)
         return removed
 
     def _mark(self, desc: Descriptor, blobs: set[str], layers: set[str]) -> None:
@@ -659,9 +805,58 @@ class Store:
 
             out.extend(buildcache.prune(self))
             out.extend(f"Deleted: {d}" for d in self.gc())
-            for p in self.tmp_dir.iterdir():
-                remove_tree(p)
+            out.extend(self._clean_tmp())
         return out
+
+    def _clean_tmp(self) -> list[str]:
+        """Empty ``tmp/``: staging left by killed commands. Needs the lock.
+
+        Every command that mounts under ``tmp/`` (``build``) holds the store lock while its mounts live, so a
+        mount found here while we hold the lock lost its owner: a unionfs mount is detached lazily and its
+        daemon stopped; anything else mounted there is left alone with a note, and so is the tree holding it
+        (``remove_tree`` never deletes through a mount). Returns lines describing what was done or skipped.
+        """
+        from . import daemon
+
+        out: list[str] = []
+        tmp = os.path.realpath(self.tmp_dir)
+        for m in reversed([m for m in mounts() if m.mountpoint.startswith(tmp + "/")]):  # topmost first
+            if m.fstype != daemon.FSTYPE:
+                out.append(f"Skipped: {m.mountpoint} is a {m.fstype} mount unionfs did not make")
+                continue
+            pid = daemon.daemon_pid(m.mountpoint)
+            try:
+                daemon.umount(m.mountpoint, lazy=True)
+            except UnionfsError as e:
+                out.append(f"Skipped: {m.mountpoint}: {e}")
+                continue
+            if pid is not None:
+                _stop_process(pid)
+            out.append(f"Unmounted: {m.mountpoint} (left behind by a killed command)")
+        for p in self.tmp_dir.iterdir():
+            try:
+                remove_tree(p)
+            except MountedTreeError as e:
+                out.append(f"Skipped: {e}")
+        return out
+
+
+def _stop_process(pid: int, grace: float = 10.0) -> None:
+    """Wait up to ``grace`` seconds for ``pid`` to end (gone or a zombie), then SIGTERM it, then SIGKILL it."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        for action in (None, proc.terminate, proc.kill):
+            if action is not None:
+                action()
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                    return
+                time.sleep(0.05)
+    except psutil.NoSuchProcess:
+        pass
 
 
 def _is_id_like(text: str) -> bool:
