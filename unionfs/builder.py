@@ -405,9 +405,9 @@ class Builder:
             remove_tree(ws)
 
     @contextlib.contextmanager
-    def _mounted(self, plan: MountPlan, mnt: Path) -> Iterator[str]:
+    def _mounted(self, plan: MountPlan, mnt: Path, options: Sequence[str] = ()) -> Iterator[str]:
         mnt.mkdir(exist_ok=True)
-        daemon.mount(plan, str(mnt))
+        daemon.mount(plan, str(mnt), options=list(options))
         try:
             yield str(mnt)
         finally:
@@ -430,7 +430,9 @@ class Builder:
                 make_init_layer(str(init), lowers, init_targets)
                 mount_lowers.append(str(init))
             plan = MountPlan(tuple(mount_lowers), str(upper), str(work_dir), f"build-{ws.name[-8:]}")
-            with self._mounted(plan, ws / "mnt") as mnt:
+            # a RUN step (it has mount targets) runs as the image's USER, whoever that is: allow_other (with
+            # default_permissions, always on); the mount stays nosuid,nodev (daemon._fuse_options)
+            with self._mounted(plan, ws / "mnt", ["allow_other"] if init_targets else ()) as mnt:
                 work(mnt, ws)
             index_dir = work_dir / "unionfs" / "index"
             blob = ws / "layer"

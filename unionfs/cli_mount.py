@@ -88,7 +88,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     mp = os.path.realpath(args.mountpoint)
     name = next((m.name for m in daemon.live_mounts() if m.mountpoint == mp), None)
-    daemon.umount(mp, lazy=args.lazy)
+    if daemon.umount(mp, lazy=args.lazy):
+        print(f"unionfs: {args.mountpoint}: the daemon was gone and files were still open there: detached "
+              "(they fail with ENOTCONN until closed)", file=sys.stderr)
     if name:
         try:
             from .store import Store
@@ -97,6 +99,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
         except Exception:  # the store may be elsewhere; the mount is gone either way
             pass
     return 0
+
+
+#: how ``ps`` shows a mount's state (daemon.mount_state)
+STATUS = {daemon.LIVE: "mounted", daemon.DEAD: "dead (daemon gone)", daemon.HUNG: "not responding"}
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -113,17 +119,20 @@ def cmd_ps(args: argparse.Namespace) -> int:
         for c in containers:
             print(c["name"])
         return 0
-    rows = [("NAME", "IMAGE", "CREATED", "MOUNTPOINT")]
+    daemons = daemon.daemon_pids() if mounts else {}
+    status = {m.mountpoint: STATUS[daemon.mount_state(m.mountpoint, daemons)] for m in mounts}
+    rows = [("NAME", "IMAGE", "CREATED", "MOUNTPOINT", "STATUS")]
     seen = set()
     for c in containers:
         m = by_name.get(c["name"])
         seen.add(c["name"])
-        rows.append((c["name"], c.get("ref", ""), c.get("created", ""), m.mountpoint if m else "-"))
+        rows.append((c["name"], c.get("ref", ""), c.get("created", ""), m.mountpoint if m else "-",
+                     status[m.mountpoint] if m else "-"))
     for m in mounts:
         if m.name in seen:
             continue
-        rows.append((m.name or "-", "(directories)", "-", m.mountpoint))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append((m.name or "-", "(directories)", "-", m.mountpoint, status[m.mountpoint]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
     return 0
