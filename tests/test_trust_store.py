@@ -277,7 +277,7 @@ def mounted_container(store_root: Path, tmp_path: Path) -> Iterator[Path]:
 
 def _ps_row(root: Path, name: str) -> list[str]:
     out = run_cli("ps", root=root).stdout.splitlines()
-    assert out[0].split() == ["NAME", "IMAGE", "CREATED", "STATUS", "MOUNTPOINT"]
+    assert out[0].split() == ["NAME", "IMAGE", "CREATED", "MOUNTPOINT", "STATUS"]
     return next(line.split() for line in out[1:] if line.split()[0] == name)
 
 
@@ -298,13 +298,13 @@ def test_commit_killed_while_paused_is_undone_by_the_next_command(mounted_contai
     try:
         proc.send_signal(signal.SIGSTOP)  # hold it inside the pause: ps must say so
         assert _first_option(mnt) == "ro"
-        assert _ps_row(store_root, "c1")[3] == "paused"
+        assert _ps_row(store_root, "c1")[4] == "paused"
     finally:
         proc.kill()
         proc.communicate(timeout=TIMEOUT)
     assert _first_option(mnt) == "ro", "the kill left the mount paused (what the next command must undo)"
     row = _ps_row(store_root, "c1")
-    assert row[3] == "mounted" and row[4] == str(mnt)
+    assert row[4] == "mounted" and row[3] == str(mnt)
     assert _first_option(mnt) == "rw"
     (mnt / "after-kill").write_text("writable again\n")
     assert "paused" not in json.loads((store_root / "containers" / "c1" / "state.json").read_text())

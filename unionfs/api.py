@@ -89,8 +89,10 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
         targets = BASE_TARGETS + [(b.target, os.path.isdir(b.source)) for b in binds]
         make_init_layer(str(init), plan.lowers, targets)
         mnt.mkdir(exist_ok=True)
+        # the container's processes run as its USER, whoever that is: allow_other (default_permissions is
+        # always on); nosuid,nodev unless ``options`` say otherwise (daemon._fuse_options)
         daemon.mount(MountPlan((*plan.lowers, str(init)), plan.upper, plan.work, plan.name), str(mnt),
-                     options=list(options))
+                     options=["allow_other", *options])
         mounted = True
         store.set_container_mount(plan.name, str(mnt))
         yield Mounted(store, img, plan.name, mnt)

@@ -55,12 +55,12 @@ from .digest import Digest
 from .dockerfile import (Instruction, Stage, expand, is_valid_arg_name, key_values, parse,
                          parse_instruction, split_words)
 from .errors import (BuildError, CommandFailedError, DockerfileError, ImageNotFoundError, MountError,
-                     UnionfsError, UsageError)
+                     UnionfsError, UnsafeLayerError, UsageError)
 from .manifest import OCI_CONFIG, Descriptor, ImageConfig, Manifest, Platform
 from .mountplan import MountPlan
 from .pack import pack_layer, write_diff_tar
 from .reference import Reference
-from .rootpath import resolve_in_root
+from .rootpath import clean, resolve_in_root
 from .sandbox import Bind, Completed, Process, make_init_layer, resolve_user
 from .store import Image, Store, now_rfc3339, remove_tree
 
@@ -405,9 +405,9 @@ class Builder:
             remove_tree(ws)
 
     @contextlib.contextmanager
-    def _mounted(self, plan: MountPlan, mnt: Path) -> Iterator[str]:
+    def _mounted(self, plan: MountPlan, mnt: Path, options: Sequence[str] = ()) -> Iterator[str]:
         mnt.mkdir(exist_ok=True)
-        daemon.mount(plan, str(mnt))
+        daemon.mount(plan, str(mnt), options=list(options))
         try:
             yield str(mnt)
         finally:
@@ -430,7 +430,9 @@ class Builder:
                 make_init_layer(str(init), lowers, init_targets)
                 mount_lowers.append(str(init))
             plan = MountPlan(tuple(mount_lowers), str(upper), str(work_dir), f"build-{ws.name[-8:]}")
-            with self._mounted(plan, ws / "mnt") as mnt:
+            # a RUN step (it has mount targets) runs as the image's USER, whoever that is: allow_other (with
+            # default_permissions, always on); the mount stays nosuid,nodev (daemon._fuse_options)
+            with self._mounted(plan, ws / "mnt", ["allow_other"] if init_targets else ()) as mnt:
                 work(mnt, ws)
             index_dir = work_dir / "unionfs" / "index"
             blob = ws / "layer"
@@ -483,7 +485,7 @@ class Builder:
     def _workdir(self, state: _State, ins: Instruction) -> None:
         cfg = state.image.config.data.get("config") or {}
         value = self._expand(state, ins, ins.args.strip())
-        path = os.path.normpath(os.path.join(cfg.get("WorkingDir") or "/", value))
+        path = clean(os.path.join(clean(cfg.get("WorkingDir") or "/"), value))
         desc = f"WORKDIR {path}"
 
         def mutate(c: dict[str, Any], _data: dict[str, Any]) -> None:
@@ -494,7 +496,7 @@ class Builder:
                 return self._config_image(state.image, mutate, f"/bin/sh -c #(nop) {desc}")
 
             def work(mnt: str, _ws: Path) -> None:
-                makedirs(resolve_in_root(mnt, path), None)
+                _dest_dir(mnt, path, None)
             return self._layer_image(state.image, f"/bin/sh -c #(nop) {desc}", work, mutate=mutate)
 
         self._cached(state, desc, {}, make)
@@ -663,8 +665,8 @@ class Builder:
         if len(srcs) > 1 and not dest.endswith("/"):
             raise DockerfileError(f"{where}When using {kw} with more than one source file, the destination "
                                   "must be a directory and end with a /", ins.line)
-        workdir = cfg.get("WorkingDir") or "/"
-        dest_path = dest if dest.startswith("/") else os.path.join(workdir, dest)
+        workdir = clean(cfg.get("WorkingDir") or "/")  # an image's WorkingDir is input like any other
+        dest_path = clean(os.path.join(workdir, dest))
         dest_is_dir = dest.endswith("/") or dest.endswith("/.") or dest in (".", "")
         flags = "".join(f"--{k}={v} " for k, v in (("from", frm), ("chown", chown), ("chmod", chmod_text)) if v)
         desc = f"{kw} {flags}{' '.join(srcs)} {dest}"
@@ -734,8 +736,7 @@ class Builder:
             host = resolve_in_root(root, rel)
             st = os.stat(host)
             if add and is_archive(host):
-                target = resolve_in_root(mnt, dest)
-                makedirs(target, dir_owner)
+                target = _dest_dir(mnt, dest, dir_owner)
                 unpacked = Path(ws) / f"add-{secrets.token_hex(4)}"
                 unpacked.mkdir()
                 unpack_archive(host, str(unpacked))
@@ -744,8 +745,7 @@ class Builder:
                                follow=False)
                 continue
             if stat.S_ISDIR(st.st_mode):
-                target = resolve_in_root(mnt, dest)
-                makedirs(target, dir_owner)
+                target = _dest_dir(mnt, dest, dir_owner)
                 for name in sorted(os.listdir(host)):
                     crel = f"{rel}/{name}" if rel else name
                     if ignored and ignored(crel):
@@ -756,13 +756,28 @@ class Builder:
             base = os.path.basename(rel)
             resolved = resolve_in_root(mnt, dest)
             if dest_is_dir or many or os.path.isdir(resolved):
-                makedirs(resolved, dir_owner)
-                target = os.path.join(resolved, base)
+                target = os.path.join(_dest_dir(mnt, dest, dir_owner), base)
             else:
-                parent = resolve_in_root(mnt, os.path.dirname(dest.rstrip("/")) or "/")
-                makedirs(parent, dir_owner)
+                parent = _dest_dir(mnt, os.path.dirname(dest.rstrip("/")) or "/", dir_owner)
                 target = os.path.join(parent, os.path.basename(dest.rstrip("/")))
             copy_entry(host, target, owner=owner, chmod=chmod)
+
+
+def _dest_dir(mnt: str, path: str, owner: tuple[int, int] | None) -> str:
+    """The host path of directory ``path`` of the rootfs mounted at ``mnt``, resolved inside it
+    (``rootpath``) and created (``mkdir -p``, new directories owned by ``owner``).
+
+    Re-checks after creating that no component is a symlink, i.e. that the host's view of the path is the
+    resolved one: UnsafeLayerError when something swapped one in meanwhile (only a process writing into the
+    build's own mount could). The files written below it are opened with O_NOFOLLOW (``copier``).
+    """
+    target = resolve_in_root(mnt, path)
+    makedirs(target, owner)
+    real_root = os.path.realpath(mnt)
+    expected = os.path.normpath(os.path.join(real_root, os.path.relpath(target, os.path.abspath(mnt))))
+    if os.path.realpath(target) != expected:
+        raise UnsafeLayerError(f"the destination {path} changed to a symlink while it was written to")
+    return target
 
 
 def unmount(mountpoint: str) -> None:

@@ -106,7 +106,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
         with contextlib.suppress(UnionfsError, OSError):  # the store may be elsewhere
             _resume_pauses(Store(args.root))
-    daemon.umount(mp, lazy=args.lazy)
+    if daemon.umount(mp, lazy=args.lazy):
+        print(f"unionfs: {args.mountpoint}: the daemon was gone and files were still open there: detached "
+              "(they fail with ENOTCONN until closed)", file=sys.stderr)
     if name:
         try:
             from .store import Store
@@ -115,6 +117,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
         except Exception:  # the store may be elsewhere; the mount is gone either way
             pass
     return 0
+
+
+#: how ``ps`` shows a mount's state (daemon.mount_state)
+STATUS = {daemon.LIVE: "mounted", daemon.DEAD: "dead (daemon gone)", daemon.HUNG: "not responding"}
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -134,7 +140,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
         for c in containers:
             print(c["name"])
         return 0
-    rows = [("NAME", "IMAGE", "CREATED", "STATUS", "MOUNTPOINT")]
+    daemons = daemon.daemon_pids() if mounts else {}
+    status = {m.mountpoint: STATUS[daemon.mount_state(m.mountpoint, daemons)] for m in mounts}
+    rows = [("NAME", "IMAGE", "CREATED", "MOUNTPOINT", "STATUS")]
     seen = set()
     by_mountpoint = {m.mountpoint: m for m in mounts}
     for c in containers:
@@ -142,12 +150,12 @@ def cmd_ps(args: argparse.Namespace) -> int:
         seen.add(c["name"])
         if m:
             seen.add(m.mountpoint)
-        status = ("paused" if is_paused(c) else "mounted") if m else "-"
-        rows.append((c["name"], c.get("ref", ""), c.get("created", ""), status, m.mountpoint if m else "-"))
+        state = "-" if not m else "paused" if is_paused(c) else status[m.mountpoint]
+        rows.append((c["name"], c.get("ref", ""), c.get("created", ""), m.mountpoint if m else "-", state))
     for m in mounts:
         if m.name in seen or m.mountpoint in seen:
             continue
-        rows.append((m.name or "-", "(directories)", "-", "mounted", m.mountpoint))
+        rows.append((m.name or "-", "(directories)", "-", m.mountpoint, status[m.mountpoint]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")

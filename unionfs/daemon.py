@@ -9,6 +9,7 @@ cannot start, and ``mount()`` raises that as a one-line :class:`MountError`. Unm
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import select
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -30,6 +32,11 @@ FSTYPE = "fuse.unionfs"
 START_TIMEOUT = 30.0
 #: seconds ``umount`` waits for the daemon to end after the unmount
 STOP_TIMEOUT = 60.0
+#: seconds a mount (without a daemon process we know) gets to answer ``statfs`` before it counts as hung
+PROBE_TIMEOUT = 2.0
+
+#: a mount's state (:func:`mount_state`): served, its daemon gone (the kernel answers ENOTCONN), no answer
+LIVE, DEAD, HUNG = "live", "dead", "hung"
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,39 @@ def is_mounted(mountpoint: str) -> bool:
     return any(m.mountpoint == mp for m in live_mounts())
 
 
+def mount_state(mountpoint: str, daemons: dict[str, int] | None = None, timeout: float = PROBE_TIMEOUT) -> str:
+    """LIVE, DEAD or HUNG for the FUSE mount at ``mountpoint`` (realpath'd as in the mount table).
+
+    LIVE at once when a daemon process serves it (``daemons``: :func:`daemon_pids`, looked up when None),
+    without touching the mount. Otherwise (a foreground or killed daemon) the mount is asked ``statfs``, which
+    always reaches the daemon (no cache answers it): ENOTCONN means the FUSE connection is gone (DEAD); no
+    answer within ``timeout`` seconds is HUNG (the probing thread is left blocked, never the caller).
+    """
+    if daemons is None:
+        daemons = daemon_pids()
+    if mountpoint in daemons:
+        return LIVE
+    result: list[str] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(mountpoint)
+            result.append(LIVE)
+        except OSError as e:
+            result.append(DEAD if e.errno == errno.ENOTCONN else LIVE)
+
+    t = threading.Thread(target=probe, name="unionfs-probe", daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else HUNG
+
+
 def check_plan(plan: MountPlan, mountpoint: str) -> None:
     """Raise a one-line MountError for what would make the mount fail (before starting a daemon)."""
+    if any(m.mountpoint == os.path.realpath(mountpoint) for m in live_mounts()) and \
+            mount_state(os.path.realpath(mountpoint)) == DEAD:
+        raise MountError(f"mountpoint {mountpoint} holds a dead unionfs mount (its daemon is gone): "
+                         f"`unionfs umount {mountpoint}` first")
     if not os.path.isdir(mountpoint):
         raise MountError(f"mountpoint {mountpoint} does not exist or is not a directory")
     if os.path.ismount(mountpoint):
@@ -100,28 +138,44 @@ def _check_xattrs(work: str) -> None:
         os.unlink(probe)
 
 
+#: mount flags: the option that sets each (a bool in the options) and its opposite, which clears it
+FLAG_OPTIONS = {"suid": "nosuid", "dev": "nodev", "exec": "noexec", "ro": "rw"}
+
+
 def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
+    """The options a mount is served with: ``options`` (``-o`` items, later ones win) over the defaults.
+
+    Defaults are libfuse's: ``nosuid``, ``nodev``, ``exec``, no ``allow_other``, ``rw`` (``ro`` without an
+    upper, whatever is asked). ``suid``/``dev``/``exec``/``ro`` and their opposites set the flags (bools under
+    those four keys). ``default_permissions`` (the kernel checks permissions) is always on: the daemon runs
+    as root and checks none itself, so ``allow_other`` without it would open every file to every user.
+    """
     opts: dict[str, object] = {
         "fsname": "unionfs" + (f":{plan.name}" if plan.name else ""),
         "subtype": "unionfs",
-        "default_permissions": True,
+        "suid": False, "dev": False, "exec": True, "ro": False,
+        "allow_other": False,
     }
-    if os.geteuid() == 0:
-        opts.update({"allow_other": True, "dev": True, "suid": True})
-    if plan.upper is None:
-        opts["ro"] = True
+    opposite = {v: k for k, v in FLAG_OPTIONS.items()}
     # the writeback cache stays opt-in (-o writeback): see the README, "Mounting" (hardlinked names go stale under it)
     for o in options:
         for item in o.split(","):
             if not item:
                 continue
             k, sep, v = item.partition("=")
-            if k in ("writeback", "threads", "volatile"):
+            if k in ("writeback", "threads", "volatile", "allow_other"):
                 opts[k] = v.lower() not in ("0", "no", "false", "off") if sep else True
             elif k in ("nowriteback",):
                 opts["writeback"] = False
+            elif k in FLAG_OPTIONS and not sep:
+                opts[k] = True
+            elif k in opposite and not sep:
+                opts[opposite[k]] = False
             else:
                 opts[k] = v if sep else True
+    if plan.upper is None:
+        opts["ro"] = True
+    opts["default_permissions"] = True
     return opts
 
 
@@ -190,45 +244,73 @@ def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None,
     raise MountError(f"mount daemon failed to start at {mountpoint}: {last}")
 
 
-def umount(mountpoint: str, *, lazy: bool = False) -> None:
-    """End the unionfs mount at ``mountpoint`` (the daemon then exits). MountError when that fails."""
+def umount(mountpoint: str, *, lazy: bool = False) -> bool:
+    """End the unionfs mount at ``mountpoint`` (the daemon then exits). MountError when that fails.
+
+    A busy live mount is left alone (MountError saying to close the files or use ``lazy``). A dead mount
+    (its daemon gone: nothing can be lost) that is busy is detached lazily; returns True when that happened
+    (processes holding files there get ENOTCONN until they close them), False otherwise.
+    """
     mp = os.path.realpath(mountpoint)
     if not is_mounted(mp):
         raise MountError(f"{mountpoint} is not a unionfs mount")
-    pid = None if lazy else daemon_pid(mp)
+    daemons = daemon_pids()
+    pid = None if lazy else daemons.get(mp)
+    res = _unmount_cmd(mp, lazy)
+    if res.returncode != 0:
+        detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        busy = "busy" in detail.lower()
+        if busy and not lazy and mount_state(mp, daemons) == DEAD:
+            log.info("%s: dead mount busy, detaching it lazily", mp)
+            res = _unmount_cmd(mp, True)
+            if res.returncode == 0:
+                _wait_unmounted(mp)
+                return True
+            detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        if busy:
+            raise MountError(f"{mountpoint} is busy (a process has a file or its working directory there): "
+                             f"close them, or detach it now with `unionfs umount --lazy {mountpoint}`")
+        raise MountError(f"cannot unmount {mountpoint}: {detail}")
+    _wait_unmounted(mp)
+    if pid is not None:  # the daemon's last words (a volatile mount syncs its upper) end before we return
+        _wait_exit(pid, STOP_TIMEOUT)
+    return False
+
+
+def _unmount_cmd(mp: str, lazy: bool) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool:
         cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mp]
     else:
         cmd = ["umount"] + (["-l"] if lazy else []) + [mp]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
-        if "busy" in detail.lower():
-            raise MountError(f"{mountpoint} is busy: {detail}")
-        raise MountError(f"cannot unmount {mountpoint}: {detail}")
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _wait_unmounted(mp: str) -> None:
     for _ in range(100):
         if not is_mounted(mp):
             break
         time.sleep(0.05)
-    if pid is not None:  # the daemon's last words (a volatile mount syncs its upper) end before we return
-        _wait_exit(pid, STOP_TIMEOUT)
 
 
-def daemon_pid(mountpoint: str) -> int | None:
-    """The pid of the background daemon serving ``mountpoint`` (None when there is none)."""
+def daemon_pids() -> dict[str, int]:
+    """The background daemons alive now, by the mountpoint they serve (zombies are not alive)."""
     import psutil
 
-    mp = os.path.realpath(mountpoint)
+    found: dict[str, int] = {}
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
         if len(cmd) >= 5 and cmd[1:3] == ["-m", "unionfs.daemon"]:
             try:
-                if json.loads(cmd[3]).get("mountpoint") == mp:
-                    return proc.pid
-            except (ValueError, AttributeError):
+                found[json.loads(cmd[3])["mountpoint"]] = proc.pid
+            except (ValueError, TypeError, KeyError):
                 continue
-    return None
+    return found
+
+
+def daemon_pid(mountpoint: str) -> int | None:
+    """The pid of the background daemon serving ``mountpoint`` (None when there is none)."""
+    return daemon_pids().get(os.path.realpath(mountpoint))
 
 
 def _wait_exit(pid: int, timeout: float) -> None:
@@ -293,6 +375,8 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
     threads = bool(opts.pop("threads", False))
     if opts.pop("impl", "kernel") == "libfuse":
         from .fusefs import serve
+        for k, off in FLAG_OPTIONS.items():  # libfuse takes each flag as its own option, on or off
+            opts[k if opts.pop(k) else off] = True
         serve(ov, spec["mountpoint"], options=opts, ready=ready, threads=threads)
         return
     from . import lowlevel
@@ -306,10 +390,10 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
     except ValueError:
         raise MountError(f"spin_us takes a number of microseconds, not {spin!r}") from None
     mo = MountOptions(fsname=str(opts.pop("fsname")), subtype=str(opts.pop("subtype")),
-                      read_only=bool(opts.pop("ro", False)), allow_other=bool(opts.pop("allow_other", False)),
-                      default_permissions=bool(opts.pop("default_permissions", True)),
-                      dev=bool(opts.pop("dev", False)), suid=bool(opts.pop("suid", False)))
-    for k in ("rw", "nodev", "nosuid", "exec", "noexec", "kernel_cache", "auto_cache"):
+                      read_only=bool(opts.pop("ro")), allow_other=bool(opts.pop("allow_other")),
+                      default_permissions=bool(opts.pop("default_permissions")),
+                      dev=bool(opts.pop("dev")), suid=bool(opts.pop("suid")), noexec=not opts.pop("exec"))
+    for k in ("kernel_cache", "auto_cache"):
         opts.pop(k, None)
     if opts:
         log.warning("mount options ignored: %s", ", ".join(sorted(opts)))

@@ -22,6 +22,7 @@ The tree::
     ├── LayerError                    a layer cannot be unpacked or packed
     │   ├── UnsafeLayerError          a hostile entry (escape, symlink traversal...)
     │   └── LayerTooLargeError        decompressed size over the bound (gzip bomb)
+    ├── SymlinkLoopError              a path inside a rootfs meets a symlink loop (also an OSError ELOOP)
     ├── MountError                    a mount cannot be made or ended
     ├── CommitError                   an upper cannot be committed (a live mount that cannot be paused)
     ├── TreePathError                 a path is not in an image's merged tree (ls, cat, which...)
@@ -116,6 +117,19 @@ class UnsafeLayerError(LayerError):
 
 class LayerTooLargeError(LayerError):
     """A layer decompresses to more than the allowed bound."""
+
+
+class SymlinkLoopError(UnionfsError, OSError):
+    """Resolving a path inside a root met more symlinks than the kernel follows (a loop); an OSError ELOOP."""
+
+    def __init__(self, path: str, limit: int) -> None:
+        import errno
+
+        OSError.__init__(self, errno.ELOOP, f"too many levels of symbolic links (more than {limit}) resolving "
+                         f"{path} (a symlink loop?)")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class MountError(UnionfsError):

@@ -150,12 +150,13 @@ def cstrings(data: bytes | memoryview, count: int) -> list[bytes]:
 # ---------------------------------------------------------------------------------------------- the session fd
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 
 
 @dataclass
 class MountOptions:
-    """What the session mounts with (the kernel's fuse options plus the mount flags)."""
+    """What the session mounts with (the kernel's fuse options plus the mount flags; the defaults are
+    libfuse's: nosuid, nodev, only the mounting user)."""
 
     fsname: str = "unionfs"
     subtype: str = "unionfs"
@@ -164,6 +165,7 @@ class MountOptions:
     default_permissions: bool = True
     dev: bool = False
     suid: bool = False
+    noexec: bool = False
 
 
 def open_session(mountpoint: str, opts: MountOptions) -> int:
@@ -182,7 +184,8 @@ def open_session(mountpoint: str, opts: MountOptions) -> int:
         data.append("default_permissions")
     if opts.allow_other:
         data.append("allow_other")
-    flags = (MS_RDONLY if opts.read_only else 0) | (0 if opts.dev else MS_NODEV) | (0 if opts.suid else MS_NOSUID)
+    flags = ((MS_RDONLY if opts.read_only else 0) | (0 if opts.dev else MS_NODEV) | (0 if opts.suid else MS_NOSUID)
+             | (MS_NOEXEC if opts.noexec else 0))
     fstype = f"fuse.{opts.subtype}" if opts.subtype else "fuse"
     if _libc.mount(opts.fsname.encode(), os.fsencode(mountpoint), fstype.encode(), flags,
                    ",".join(data).encode()) != 0:
@@ -197,7 +200,7 @@ def _fusermount(mountpoint: str, opts: MountOptions) -> int:
     if tool is None:
         raise OSError(2, "fusermount3 not found (needed to mount FUSE without root)")
     o = [f"fsname={opts.fsname}", f"subtype={opts.subtype}", "ro" if opts.read_only else "rw",
-         "nodev", "nosuid"]
+         "nodev", "nosuid", "noexec" if opts.noexec else "exec"]
     if opts.default_permissions:
         o.append("default_permissions")
     if opts.allow_other:

@@ -6,8 +6,11 @@
 
 mount(8) runs ``mount.fuse.unionfs SOURCE MOUNTPOINT [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]``. ``lowerdir`` is
 **top first** and colon-separated, as for overlayfs (``\\:`` escapes a colon); it is turned into unionfs'
-base-first order here. Options mount(8) adds for itself (rw, defaults, nofail, auto, _netdev, x-*, ...) are
-dropped; the rest go to FUSE.
+base-first order here. Options mount(8) adds for itself (defaults, nofail, auto, _netdev, x-*, ...) are
+dropped; the rest go to FUSE, the mount flags too: the mount is ``nosuid,nodev`` unless ``suid``/``dev`` are
+given (libfuse's defaults, also under ``defaults``), and ``ro``, ``rw``, ``noexec``, ``exec`` are honoured.
+``user``/``users`` imply ``nosuid,nodev,noexec`` and ``owner``/``group`` imply ``nosuid,nodev`` (as mount(8)
+says), unless later options override them.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from .errors import UnionfsError, UsageError
 from .mountplan import MountPlan
 
 #: options that only mean something to mount(8) or fstab
-IGNORED = {"rw", "defaults", "auto", "noauto", "nofail", "user", "users", "nouser", "owner", "group", "_netdev",
-           "exec", "noexec", "dev", "suid", "async", "sync", "relatime", "norelatime", "strictatime", "nodiratime",
-           "diratime", "lazytime", "nolazytime", "loud", "silent", "nosymfollow", "nodev", "nosuid", "atime"}
+IGNORED = {"defaults", "auto", "noauto", "nofail", "nouser", "_netdev",
+           "async", "sync", "relatime", "norelatime", "strictatime", "nodiratime",
+           "diratime", "lazytime", "nolazytime", "loud", "silent", "nosymfollow", "atime"}
+#: fstab options that imply mount flags (mount(8)); later options override them
+IMPLIES = {"user": ("nosuid", "nodev", "noexec"), "users": ("nosuid", "nodev", "noexec"),
+           "owner": ("nosuid", "nodev"), "group": ("nosuid", "nodev")}
 IGNORED_PREFIXES = ("x-", "comment=", "helper=", "index=", "redirect_dir=", "xino=", "metacopy=",
                     "userxattr", "uuid=", "nfs_export=")
 
@@ -65,6 +71,8 @@ def parse(argv: Sequence[str]) -> tuple[MountPlan, str, list[str]]:
             upper = value
         elif key == "workdir":
             work = value
+        elif key in IMPLIES:
+            fuse_opts.extend(IMPLIES[key])
         elif item in IGNORED or item.startswith(IGNORED_PREFIXES):
             continue
         else:

@@ -1,0 +1,287 @@
+"""Mount flags and dead mounts (issue 12, items 3 and 20), on real mounts as root.
+
+Item 3: a set-uid-root program in a layer (a tiny C program printing its effective uid, compiled here) is run
+by ``nobody`` through the mount: the mount must be ``nosuid,nodev`` and private to root unless asked
+(``-o allow_other``, ``-o suid``...), through ``unionfs mount --lower``, ``unionfs mount IMAGE`` and the
+mount(8) helper; a container rootfs gets ``allow_other`` with ``default_permissions`` and stays nosuid.
+The flags are read back from /proc/self/mountinfo.
+
+Item 20: a daemon killed with ``kill -9`` while a file is open leaves a dead mount: ``ps`` says so, ``umount``
+detaches it; a busy live mount makes ``umount`` point at ``--lazy``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from mounting import daemon_pids, private_tmpdir, wait_pids_gone
+from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
+
+from unionfs import mountinfo
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse,
+              pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
+
+NOBODY = 65534
+EUID_C = '#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf("%d\\n", (int)geteuid()); return 0; }\n'
+
+
+@pytest.fixture(scope="module")
+def euid_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A program printing its effective uid (compiled with the system's C compiler)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None or shutil.which("setpriv") is None:
+        pytest.skip("needs a C compiler and setpriv (util-linux)")
+    d = tmp_path_factory.mktemp("euid")
+    (d / "euid.c").write_text(EUID_C)
+    subprocess.run([cc, "-O1", "-o", str(d / "euid"), str(d / "euid.c")], check=True, capture_output=True)
+    return d / "euid"
+
+
+@pytest.fixture
+def suid_layer(tmp_path: Path, euid_program: Path) -> str:
+    """A layer directory holding ``bin/euid``, set-uid root."""
+    layer = tmp_path / "layer"
+    (layer / "bin").mkdir(parents=True)
+    os.chmod(layer, 0o755)
+    os.chmod(layer / "bin", 0o755)
+    shutil.copy(euid_program, layer / "bin/euid")
+    os.chown(layer / "bin/euid", 0, 0)
+    os.chmod(layer / "bin/euid", 0o4755)
+    return str(layer)
+
+
+@pytest.fixture
+def mnt() -> Iterator[str]:
+    """A mountpoint every user can reach (pytest's own temporary directories are root's only)."""
+    with private_tmpdir("trust") as d:
+        os.chmod(d, 0o755)
+        (d / "mnt").mkdir(mode=0o755)
+        yield str(d / "mnt")
+
+
+def as_nobody(program: str) -> subprocess.CompletedProcess[str]:
+    """Run ``program`` as uid/gid 65534 with no supplementary groups."""
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", program],
+                          capture_output=True, text=True, timeout=60)
+
+
+def flags(mountpoint: str) -> tuple[set[str], set[str]]:
+    """The per-mount flags and the superblock (FUSE) options of the mount at ``mountpoint``."""
+    for line in open("/proc/self/mountinfo"):
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if mountinfo.unescape(fields[4]) == mountpoint:
+            return set(fields[5].split(",")), set(right.split()[2].split(","))
+    raise AssertionError(f"{mountpoint} is not mounted")
+
+
+def test_default_mount_is_nosuid_nodev_and_roots_only(suid_layer: str, mnt: str) -> None:
+    """Before the fix, root's mounts had allow_other, suid and dev: nobody ran bin/euid and printed 0."""
+    with mounted([suid_layer], None, None, mnt):
+        per_mount, fuse = flags(mnt)
+        assert {"nosuid", "nodev"} <= per_mount and "noexec" not in per_mount
+        assert "allow_other" not in fuse and "default_permissions" in fuse
+        res = as_nobody(f"{mnt}/bin/euid")
+        assert res.returncode != 0 and "Permission denied" in res.stderr, (res.stdout, res.stderr)
+        assert subprocess.run([f"{mnt}/bin/euid"], capture_output=True, text=True).stdout == "0\n"  # root: own mount
+
+
+@pytest.mark.parametrize("opts,euid,expect", [
+    ("allow_other", str(NOBODY), {"nosuid", "nodev"}),
+    ("allow_other,nosuid,nodev,noexec", None, {"nosuid", "nodev", "noexec"}),
+    ("allow_other,suid,dev", "0", set()),                    # asked for explicitly: honoured
+    ("allow_other,suid,nosuid", str(NOBODY), {"nosuid", "nodev"}),  # the last one wins
+    ("allow_other,noexec,exec,ro", str(NOBODY), {"ro", "nosuid", "nodev"}),
+])
+def test_mount_flags_are_honoured(suid_layer: str, mnt: str, tmp_path: Path, opts: str, euid: str | None,
+                                  expect: set[str]) -> None:
+    up, work = tmp_path / "u", tmp_path / "w"
+    up.mkdir()
+    work.mkdir()
+    with mounted([suid_layer], str(up), str(work), mnt, ("-o", opts)):
+        per_mount, fuse = flags(mnt)
+        for f in ("nosuid", "nodev", "noexec", "ro"):
+            assert (f in per_mount) == (f in expect), (f, per_mount)
+        assert {"allow_other", "default_permissions"} <= fuse
+        res = as_nobody(f"{mnt}/bin/euid")
+        if euid is None:
+            assert res.returncode != 0 and "Permission denied" in res.stderr, (res.stdout, res.stderr)
+        else:
+            assert res.returncode == 0 and res.stdout == euid + "\n", (res.stdout, res.stderr)
+
+
+@pytest.mark.parametrize("opts,euid,expect", [
+    ("rw,defaults,allow_other", str(NOBODY), {"nosuid", "nodev"}),
+    ("allow_other,noexec", None, {"nosuid", "nodev", "noexec"}),
+    ("allow_other,suid,dev,exec", "0", set()),
+    ("allow_other,user", None, {"nosuid", "nodev", "noexec"}),  # fstab's user implies nosuid,nodev,noexec
+])
+def test_mount8_helper_honours_flags(suid_layer: str, mnt: str, opts: str, euid: str | None,
+                                     expect: set[str]) -> None:
+    helper = [sys.executable, "-m", "unionfs.mounthelper"]
+    try:
+        subprocess.run(helper + ["unionfs", mnt, "-o", f"{opts},lowerdir={suid_layer}"], check=True, timeout=60)
+        per_mount, fuse = flags(mnt)
+        for f in ("nosuid", "nodev", "noexec"):
+            assert (f in per_mount) == (f in expect), (f, per_mount)
+        assert {"allow_other", "default_permissions"} <= fuse
+        res = as_nobody(f"{mnt}/bin/euid")
+        if euid is None:
+            assert res.returncode != 0 and "Permission denied" in res.stderr, (res.stdout, res.stderr)
+        else:
+            assert res.stdout == euid + "\n", (res.stdout, res.stderr)
+    finally:
+        force_unmount(mnt)
+
+
+def _suid_image(store: Path, euid_program: Path, tmp_path: Path) -> str:
+    tar = tmp_path / "suid.tar"
+    with tarfile.open(tar, "w") as tf:
+        ti = tarfile.TarInfo("bin")
+        ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+        tf.addfile(ti)
+        ti = tf.gettarinfo(str(euid_program), "bin/euid")
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = "root"
+        ti.mode = 0o4755
+        with open(euid_program, "rb") as f:
+            tf.addfile(ti, f)
+    unionfs("--root", str(store), "import", str(tar), "suid:1")
+    return "suid:1"
+
+
+def test_image_mount_is_nosuid_and_private_unless_asked(euid_program: Path, mnt: str, tmp_path: Path) -> None:
+    """The case of the issue: ``unionfs mount IMAGE DIR`` as root, then nobody runs the image's set-uid-root
+    program through the mount."""
+    store = tmp_path / "store"
+    image = _suid_image(store, euid_program, tmp_path)
+    try:
+        unionfs("--root", str(store), "mount", image, mnt)
+        per_mount, fuse = flags(mnt)
+        assert {"nosuid", "nodev"} <= per_mount and "allow_other" not in fuse
+        res = as_nobody(f"{mnt}/bin/euid")
+        assert res.returncode != 0 and "Permission denied" in res.stderr, (res.stdout, res.stderr)
+        unionfs("umount", mnt)
+        unionfs("--root", str(store), "mount", "-o", "allow_other", image, mnt)
+        assert {"allow_other", "default_permissions"} <= flags(mnt)[1]
+        assert as_nobody(f"{mnt}/bin/euid").stdout == f"{NOBODY}\n"
+    finally:
+        force_unmount(mnt)
+
+
+def test_container_rootfs_is_shared_but_nosuid(euid_program: Path, tmp_path: Path) -> None:
+    """A container's rootfs (``run``, build ``RUN``) must be usable by the image's USER (allow_other, with the
+    kernel checking permissions) and must not make set-uid programs a way to root for whoever reaches it."""
+    from unionfs.api import container
+    from unionfs.store import Store
+
+    store = tmp_path / "store"
+    image = _suid_image(store, euid_program, tmp_path)
+    with container(Store(store), image, keep=False) as m:
+        per_mount, fuse = flags(str(m.rootfs))
+        assert {"nosuid", "nodev"} <= per_mount
+        assert {"allow_other", "default_permissions"} <= fuse
+        # nobody reaches it only through a path it may walk: bind the rootfs somewhere public for the check
+        with private_tmpdir("trust-bind") as d:
+            os.chmod(d, 0o755)
+            subprocess.run(["mount", "--bind", str(m.rootfs), str(d)], check=True)
+            try:
+                assert as_nobody(f"{d}/bin/euid").stdout == f"{NOBODY}\n"
+            finally:
+                subprocess.run(["umount", str(d)], check=True)
+
+
+# ------------------------------------------------------------------------------------------- dead mounts (item 20)
+def _layers(tmp_path: Path) -> tuple[list[str], str, str]:
+    lower = tmp_path / "l0"
+    lower.mkdir()
+    (lower / "f").write_text("data\n")
+    (tmp_path / "u").mkdir()
+    (tmp_path / "w").mkdir()
+    return [str(lower)], str(tmp_path / "u"), str(tmp_path / "w")
+
+
+def _kill_daemon(mountpoint: str) -> None:
+    pids = daemon_pids(mountpoint)
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert wait_pids_gone(pids, 30) == []
+
+
+def _ps_status(mountpoint: str) -> str:
+    out = unionfs("ps").stdout
+    lines = [line for line in out.splitlines() if f" {mountpoint} " in line + " "]
+    assert len(lines) == 1, out
+    return lines[0].split(mountpoint, 1)[1].strip()
+
+
+def _mounted_at(mountpoint: str) -> bool:
+    return any(m.mountpoint == mountpoint for m in mountinfo.mounts())
+
+
+def test_dead_mount_with_an_open_file_is_shown_dead_and_umount_detaches_it(tmp_path: Path, mnt: str) -> None:
+    lowers, up, work = _layers(tmp_path)
+    fd = -1
+    try:
+        with mounted(lowers, up, work, mnt):
+            assert _ps_status(mnt) == "mounted"
+            fd = os.open(os.path.join(mnt, "f"), os.O_RDONLY)
+            _kill_daemon(mnt)
+            assert _ps_status(mnt) == "dead (daemon gone)"
+            res = unionfs("mount", "--lower", lowers[0], mnt, check=False)  # mounting over it: told what to do
+            assert res.returncode != 0 and "dead" in res.stderr and "umount" in res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+            res = unionfs("umount", mnt, check=False)
+            assert res.returncode == 0, res.stderr
+            assert "detached" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+            assert not _mounted_at(mnt) and mnt not in unionfs("ps").stdout
+            with pytest.raises(OSError) as ei:
+                os.read(fd, 10)
+            assert ei.value.errno == errno.ENOTCONN
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):  # closed, though a dead mount answers the flush ENOTCONN
+                os.close(fd)
+
+
+def test_busy_live_mount_points_at_lazy_and_lazy_cleans_dead_ones(tmp_path: Path, mnt: str) -> None:
+    lowers, up, work = _layers(tmp_path)
+    fd = -1
+    try:
+        with mounted(lowers, up, work, mnt):
+            fd = os.open(os.path.join(mnt, "f"), os.O_RDONLY)
+            res = unionfs("umount", mnt, check=False)
+            assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+            assert "busy" in res.stderr and f"unionfs umount --lazy {mnt}" in res.stderr
+            assert _ps_status(mnt) == "mounted" and os.read(fd, 5) == b"data\n"  # left alone
+            _kill_daemon(mnt)
+            assert _ps_status(mnt) == "dead (daemon gone)"
+            unionfs("umount", "--lazy", mnt)
+            assert not _mounted_at(mnt)
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):  # closed, though a dead mount answers the flush ENOTCONN
+                os.close(fd)
+
+
+def test_dead_idle_mount_unmounts_plainly(tmp_path: Path, mnt: str) -> None:
+    lowers, up, work = _layers(tmp_path)
+    with mounted(lowers, up, work, mnt):
+        _kill_daemon(mnt)
+        assert _ps_status(mnt) == "dead (daemon gone)"
+        res = unionfs("umount", mnt, check=False)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        assert not _mounted_at(mnt)
