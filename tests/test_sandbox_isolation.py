@@ -226,3 +226,18 @@ def test_a_hostile_base_image_cannot_write_to_the_host_during_a_build(store_root
     assert marker.read_text() == "host secret\n"
     assert not (marker.parent / "created-by-build").exists()
     assert leftovers(store_root) == []
+
+
+def test_build_run_steps_have_no_network_unless_asked(store: Path, tmp_path: Path) -> None:
+    """RUN gets a network namespace of its own (only lo) by default; ``build --network host`` opts in."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\n"
+                                    "RUN busybox cut -d: -f1 /proc/net/dev | busybox tail -n +3 | "
+                                    "busybox sed 's/^ */iface=/'\n")
+    p = unionfs("build", "-t", "net:latest", ctx, root=store)
+    assert [x for x in p.stdout.splitlines() if x.startswith("iface=")] == ["iface=lo"], p.stdout
+    p = unionfs("build", "--no-cache", "--network", "host", "-t", "net:latest", ctx, root=store)
+    assert {x[6:] for x in p.stdout.splitlines() if x.startswith("iface=")} == host_interfaces(), p.stdout
+    p = unionfs("build", "--network", "bridge", ctx, root=store, check=False)
+    assert p.returncode == 125 and "bridge" in p.stderr

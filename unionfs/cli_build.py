@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform of the FROM images")
     p.add_argument("-v", "--volume", dest="volumes", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
                    help="bind-mount a host path into every RUN (not part of the image)")
+    p.add_argument("--network", default="none", metavar="none|host",
+                   help="network of the RUN steps: none (default; only loopback) or host")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     p.set_defaults(func=cmd_build)
 
@@ -75,15 +77,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .builder import Builder, BuildOptions
     from .manifest import Platform
     from .reference import Reference
-    from .sandbox import Bind
+    from .sandbox import Bind, check_network
     from .store import Store
 
+    check_network(args.network)
     build_args = {k: v for k, v in _pairs(args.build_args, "--build-arg") if v is not None}
     opts = BuildOptions(context=args.context, dockerfile=args.dockerfile,
                         tags=[Reference.parse(t) for t in args.tags], build_args=build_args,
                         no_cache=args.no_cache, target=args.target,
                         platform=Platform.parse(args.platform) if args.platform else None,
-                        volumes=[Bind.parse(v) for v in args.volumes])
+                        volumes=[Bind.parse(v) for v in args.volumes], network=args.network)
     out = sys.stdout
 
     def line(text: str) -> None:

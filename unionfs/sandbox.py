@@ -1,21 +1,47 @@
-"""Run one command in a rootfs directory (a union mount of an image), isolated like a container's process.
+"""Run one command in a rootfs directory (a union mount of an image), isolated as docker isolates a container.
 
 ``run(rootfs, process)`` starts ``python -m unionfs.sandbox`` (the *helper*) in a new session. The helper
-makes new mount, PID, UTS and IPC namespaces (``unshare(2)`` through ctypes), makes every mount private and
-forks PID 1 of the new PID namespace, which
+makes new mount, PID, UTS, IPC and (unless ``network="host"``) network namespaces (``unshare(2)`` through
+ctypes), brings the new namespace's loopback up (``SIOCSIFFLAGS``), makes every mount private and forks PID 1
+of the new PID namespace, which, before anything of the image runs,
 
-* mounts a fresh ``/proc``, a tmpfs ``/dev`` holding ``null zero full random urandom tty`` bind-mounted from
-  the host (plus ``fd``/``stdin``/``stdout``/``stderr`` links and a tmpfs ``/dev/shm``), a generated
-  ``/etc/hosts``, a copy of the host's ``/etc/resolv.conf`` and the caller's bind mounts (``Bind``), every
-  target resolved inside the rootfs (``rootpath``), never through the host's ``/``;
-* forks the command, which chroots into the rootfs, resolves the user in the rootfs's ``/etc/passwd`` and
-  ``/etc/group`` (name or uid, optional ``:group``/``:gid``; supplementary groups from ``/etc/group``),
-  creates and enters the working directory, drops to that user and execs the command with the given
-  environment (``PATH``, ``HOME`` and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
+* makes itself non-dumpable and closes every fd but 0-2 and the error pipe to the caller;
+* binds the rootfs onto itself and remounts that bind ``nodev`` and never ``nosuid`` (set-uid binaries of
+  the image work as in docker, whatever the host-side mount's flags), then mounts a fresh ``/proc`` with
+  docker's default masks (``MASKED_PATHS`` covered by an empty read-only tmpfs or ``/dev/null``,
+  ``READONLY_PATHS`` bound read-only), a ``nodev`` tmpfs ``/dev`` holding ``null zero full random urandom
+  tty`` bind-mounted from the host (plus ``fd``/``stdin``/``stdout``/``stderr`` links, a ``nodev`` tmpfs
+  ``/dev/shm``, a new devpts instance with ``ptmx``), a generated ``/etc/hosts``, a copy of the host's
+  ``/etc/resolv.conf`` and the caller's bind mounts (``Bind``), every target resolved inside the rootfs
+  (``rootpath``), never through the host's ``/``; then remounts every other mount under the rootfs
+  (volumes and their submounts) ``nodev`` too;
+* ``pivot_root``s into the rootfs and unmounts the old root (``MNT_DETACH``; ``pivot_root(".", ".")``
+  creates no directory in the rootfs): from here on no host path is reachable by PID 1 or its children;
+* drops every capability but docker's default set (``DEFAULT_CAPABILITIES``): from the bounding set, the
+  ambient set (cleared), permitted and effective; the inheritable set is empty;
+* forks the command, which resolves the user in the rootfs's ``/etc/passwd`` and ``/etc/group`` (name or
+  uid, optional ``:group``/``:gid``; supplementary groups from ``/etc/group``), creates and enters the
+  working directory, drops to that user (a non-root user keeps no effective capability), sets no_new_privs
+  when asked, closes every fd but 0-2 and execs the command with the given environment (``PATH``, ``HOME``
+  and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
 * forwards the signals the helper forwards to it, reaps every orphan, and exits with the command's status.
+
+``privileged`` skips the capability drops, the /proc masks and every ``nodev`` (the pivot, the namespaces
+and the non-dumpable PID 1 stay).
 
 Contracts:
 
+* Isolation (docker's defaults; ``privileged`` and ``network="host"`` are explicit opt-ins): every process
+  of the container has the rootfs as ``/`` and its cwd inside it, holds no fd to the host but the caller's
+  stdin/stdout/stderr, and cannot open PID 1's ``/proc`` entries (non-dumpable, no CAP_SYS_PTRACE). Root in
+  the container has exactly CapBnd = CapPrm = CapEff = ``DEFAULT_CAP_MASK`` (0xa80425fb), no inheritable or
+  ambient capability; no_new_privs is not set unless asked (as docker). A device node the container makes
+  (CAP_MKNOD is kept) cannot be opened: every mount it can write to is ``nodev``; only the bound host nodes
+  and devpts work. The network is a namespace of its own with only ``lo`` (up): ``none``; docker's
+  ``bridge`` is not offered (``check_network`` refuses it).
+* Not isolated: no cgroup limits (memory, CPU, pids, devices), no seccomp filter, no user namespace (root in
+  the container is root on the host, held back only by the above), no AppArmor/SELinux profile; volumes
+  keep their host-side flags but ``nodev``; ``/sys`` is not mounted.
 * Nothing outlives the call. When PID 1 exits the kernel kills what the command left running in its PID
   namespace; every mount made for the command lives only in the private mount namespace, which disappears
   with its last process, so nothing is mounted on (and nothing keeps busy) the caller's rootfs mount.
