@@ -241,3 +241,19 @@ def test_build_run_steps_have_no_network_unless_asked(store: Path, tmp_path: Pat
     assert {x[6:] for x in p.stdout.splitlines() if x.startswith("iface=")} == host_interfaces(), p.stdout
     p = unionfs("build", "--network", "bridge", ctx, root=store, check=False)
     assert p.returncode == 125 and "bridge" in p.stderr
+
+
+def test_set_uid_works_in_the_rootfs_even_when_the_host_mount_is_nosuid(store: Path) -> None:
+    """The container sees its rootfs through a bind of its own: nodev, not nosuid, whatever the host-side
+    mount's flags (here made nosuid,nodev by a remount)."""
+    from unionfs import api
+    from unionfs.store import Store
+
+    with api.container(Store(store), "busybox:latest", keep=False) as m:
+        subprocess.run(["mount", "-o", "remount,bind,nosuid,nodev", str(m.rootfs)], check=True)
+        done = api.run(m.rootfs, ["/bin/busybox", "sh", "-c",
+                                  "grep -E '^[0-9]+ [0-9]+ [^ ]+ [^ ]+ / ' /proc/self/mountinfo | "
+                                  "busybox cut -d' ' -f6"])
+    opts = done.output.strip().split(",")
+    assert "nodev" in opts and "nosuid" not in opts, done.output
+    assert leftovers(store) == []
