@@ -130,6 +130,7 @@ def test_proc_is_masked_and_read_only(store: Path) -> None:
     try:
         p = sh(store, "echo unionfs-test-core > /proc/sys/kernel/core_pattern && echo WROTE; "
                       "busybox head -c 64 /proc/kcore | wc -c; cat /proc/keys | wc -c; "
+                      "ls -A /proc/acpi /proc/scsi 2>/dev/null | grep -v : | grep -c . ; "
                       "grep -E ' /proc/(sys|sysrq-trigger|irq|bus|fs) ' /proc/self/mountinfo | "
                       "busybox cut -d' ' -f5,6")
     finally:
@@ -140,8 +141,8 @@ def test_proc_is_masked_and_read_only(store: Path) -> None:
                 f.write(host_value)
     assert not changed
     lines = p.stdout.splitlines()
-    assert "WROTE" not in lines and lines[:2] == ["0", "0"], p.stdout
-    ro = dict(line.split() for line in lines[2:])
+    assert "WROTE" not in lines and lines[:3] == ["0", "0", "0"], p.stdout  # masked: empty
+    ro = dict(line.split() for line in lines[3:])
     present = {f"/proc/{x}" for x in ("sys", "sysrq-trigger", "irq", "bus", "fs") if os.path.exists(f"/proc/{x}")}
     assert "/proc/sys" in present and set(ro) == present, p.stdout
     assert all(opts.split(",")[0] == "ro" for opts in ro.values()), p.stdout
@@ -159,19 +160,22 @@ def _block_device() -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def test_a_block_device_made_in_the_container_cannot_be_opened(store: Path) -> None:
-    """mknod is allowed (CAP_MKNOD as in docker) but every place the container can write is nodev (before:
-    the node in /dev opened the host's disk); the rootfs mount is nodev and not nosuid."""
+def test_a_block_device_made_in_the_container_cannot_be_opened(store: Path, tmp_path: Path) -> None:
+    """mknod is allowed (CAP_MKNOD as in docker) but every place the container can write is nodev, volumes
+    too (before: the node in /dev, /tmp or a volume opened the host's disk); the rootfs mount is nodev and
+    not nosuid; the bound device nodes still work."""
     major, minor = _block_device()
+    vol = tmp_path / "vol"
+    vol.mkdir()
     script = "; ".join(
         f"busybox mknod {d}/blk b {major} {minor} && echo made-{d} && "
         f"{{ busybox head -c 1 {d}/blk >/dev/null && echo OPENED-{d} || echo denied-{d}; }}"
-        for d in ("/dev", "/dev/shm", "/tmp", ""))
+        for d in ("/dev", "/dev/shm", "/tmp", "", "/mnt/vol"))
     p = sh(store, script + "; grep -E '^[0-9]+ [0-9]+ [^ ]+ [^ ]+ / ' /proc/self/mountinfo | "
-                           "busybox cut -d' ' -f6; cat /dev/null && echo null-works")
+                           "busybox cut -d' ' -f6; cat /dev/null && echo null-works", "-v", f"{vol}:/mnt/vol")
     lines = p.stdout.splitlines()
     assert not [x for x in lines if x.startswith("OPENED")], p.stdout
-    assert "made-/dev" in lines and "denied-/dev" in lines and "denied-/tmp" in lines, (p.stdout, p.stderr)
+    assert {"made-/dev", "denied-/dev", "denied-/tmp", "denied-/mnt/vol"} <= set(lines), (p.stdout, p.stderr)
     assert "Permission denied" in p.stderr
     root_opts = lines[-2].split(",")
     assert "nodev" in root_opts and "nosuid" not in root_opts, p.stdout
