@@ -28,7 +28,7 @@ def test_exit_code_is_forwarded_and_nothing_is_left(store: Path) -> None:
 
 
 def test_isolation(store: Path) -> None:
-    script = ("echo pid=$$; ps -o pid | wc -l; hostname; readlink /proc/1/exe >/dev/null && echo proc; "
+    script = ("echo pid=$$; ps -o pid | wc -l; hostname; readlink /proc/self/exe >/dev/null && echo proc; "
               "ls /dev | head -20; cat /etc/hosts | grep -c localhost; test -e /work && echo host-visible; "
               "echo ok")
     p = unionfs("run", "--rm", "busybox:latest", "sh", "-c", script, root=store)

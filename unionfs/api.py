@@ -126,12 +126,14 @@ def mounted(image: str, root: str | os.PathLike[str] | None = None, *, name: str
 
 
 def run(rootfs: str | os.PathLike[str], argv: Sequence[str], *, env: Sequence[str] = (), user: str = "",
-        workdir: str = "/", check: bool = True, capture: bool = True) -> Completed:
-    """Run ``argv`` in a rootfs from ``mounted`` (see ``sandbox.run``); with ``capture`` the output is in
-    the result (stdout and stderr together), else it goes to this process's stdout/stderr."""
+        workdir: str = "/", check: bool = True, capture: bool = True, network: str = "none",
+        privileged: bool = False) -> Completed:
+    """Run ``argv`` in a rootfs from ``mounted`` (see ``sandbox.run``: docker's default isolation, no network
+    but loopback unless ``network="host"``, all capabilities only with ``privileged``); with ``capture`` the
+    output is in the result (stdout and stderr together), else it goes to this process's stdout/stderr."""
     from . import sandbox
 
-    process = Process(tuple(argv), tuple(env), user, workdir)
+    process = Process(tuple(argv), tuple(env), user, workdir, network=network, privileged=privileged)
     if capture:
         return sandbox.run(os.fspath(rootfs), process, output=lambda _b: None, check=check)
     return sandbox.run(os.fspath(rootfs), process, check=check)

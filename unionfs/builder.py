@@ -8,9 +8,10 @@ and runs their instructions in order, each step turning the current image into t
   registry code is there). The base's ``ONBUILD`` triggers run right after it and are not inherited.
 * ``RUN``: the current image is mounted (unionfs FUSE) with a fresh upper and an init layer of mount-point
   placeholders on top (``sandbox.make_init_layer``); the command runs in the sandbox (``runner``: by default
-  ``sandbox.run`` — new mount/PID namespaces, chroot, /proc, /dev, hosts, resolv.conf, the config's Env,
-  User and WorkingDir, the ARGs in effect, the build's ``volumes``); after the unmount the upper becomes the
-  step's layer (``pack.write_diff_tar`` + ``commit.new_config``).
+  ``sandbox.run`` — docker's default isolation: new namespaces, pivot_root, docker's default capabilities,
+  masked /proc, /dev, hosts, resolv.conf, no network but loopback unless the build's ``network`` is
+  ``host``; the config's Env, User and WorkingDir, the ARGs in effect, the build's ``volumes``); after the
+  unmount the upper becomes the step's layer (``pack.write_diff_tar`` + ``commit.new_config``).
 * ``COPY``/``ADD``: sources from the context (``.dockerignore`` applies, globs, ``..`` and symlinks stay
   inside it) or from ``--from`` (a stage or an image, mounted read-only) are copied into the mounted image
   (``copier``), owned by root or ``--chown``, ``--chmod`` applied; ADD unpacks local tar archives.
@@ -83,8 +84,9 @@ def sandbox_runner(rootfs: str, process: Process, output: Callable[[bytes], None
 @dataclass(frozen=True)
 class BuildOptions:
     """What to build: the context directory, the Dockerfile (default ``CONTEXT/Dockerfile``), tags, build
-    arguments, ``no_cache``, the target stage (default: the last), the platform of FROM images, and host
-    directories bind-mounted into every RUN (``volumes``; not part of the image nor of the cache key)."""
+    arguments, ``no_cache``, the target stage (default: the last), the platform of FROM images, host
+    directories bind-mounted into every RUN (``volumes``; not part of the image nor of the cache key), and the
+    RUN steps' ``network`` (``sandbox.NETWORK_MODES``; not part of the cache key)."""
 
     context: str
     dockerfile: str | None = None
@@ -94,6 +96,7 @@ class BuildOptions:
     target: str | None = None
     platform: Platform | None = None
     volumes: Sequence[Bind] = ()
+    network: str = "none"
 
 
 @dataclass(frozen=True)
@@ -471,7 +474,7 @@ class Builder:
         keys = {e.split("=", 1)[0] for e in env}
         env += [f"{k}={v}" for k, v in sorted(state.args.items()) if k not in keys]
         process = Process(tuple(argv), tuple(env), cfg.get("User") or "", cfg.get("WorkingDir") or "/",
-                          "unionfs-build", tuple(self.opts.volumes))
+                          "unionfs-build", tuple(self.opts.volumes), network=self.opts.network)
 
         def work(mnt: str, ws: Path) -> None:
             self._out(f" ---> Running in {secrets.token_hex(6)}")

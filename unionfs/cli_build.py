@@ -28,12 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform of the FROM images")
     p.add_argument("-v", "--volume", dest="volumes", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
                    help="bind-mount a host path into every RUN (not part of the image)")
+    p.add_argument("--network", default="none", metavar="none|host",
+                   help="network of the RUN steps: none (default; only loopback) or host")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("run", help="run a command in a container of an image",
                        description="Mount a container of IMAGE, run CMD (default: the image's ENTRYPOINT and "
-                                   "CMD) in new namespaces chrooted into it, unmount; exits with its status.")
+                                   "CMD) isolated in it as docker does by default (new namespaces, pivot_root, "
+                                   "docker's default capabilities, masked /proc, no network but loopback), "
+                                   "unmount; exits with its status.")
     p.add_argument("--rm", action="store_true", help="delete the container (its upper) afterwards")
     p.add_argument("--name", help="container name (an existing container of the image is reused)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
@@ -43,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-v", "--volume", dest="volumes", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
                    help="bind-mount a host path into the container")
     p.add_argument("--entrypoint", help="override the image's ENTRYPOINT (and drop its CMD)")
+    p.add_argument("--network", default="none", metavar="none|host",
+                   help="none (default): a network namespace of its own with only loopback; host: the host's "
+                        "network (there is no bridge)")
+    p.add_argument("--privileged", action="store_true",
+                   help="keep every capability, no masked or read-only /proc paths, device nodes usable")
+    p.add_argument("--security-opt", dest="security_opts", action="append", default=[], metavar="OPT",
+                   help="no-new-privileges: the command cannot gain privileges (set-uid, file capabilities)")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
     p.set_defaults(func=cmd_run)
@@ -66,15 +77,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .builder import Builder, BuildOptions
     from .manifest import Platform
     from .reference import Reference
-    from .sandbox import Bind
+    from .sandbox import Bind, check_network
     from .store import Store
 
+    check_network(args.network)
     build_args = {k: v for k, v in _pairs(args.build_args, "--build-arg") if v is not None}
     opts = BuildOptions(context=args.context, dockerfile=args.dockerfile,
                         tags=[Reference.parse(t) for t in args.tags], build_args=build_args,
                         no_cache=args.no_cache, target=args.target,
                         platform=Platform.parse(args.platform) if args.platform else None,
-                        volumes=[Bind.parse(v) for v in args.volumes])
+                        volumes=[Bind.parse(v) for v in args.volumes], network=args.network)
     out = sys.stdout
 
     def line(text: str) -> None:
@@ -101,9 +113,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import container
-    from .sandbox import Bind, Process, run
+    from .sandbox import Bind, Process, check_network, no_new_privileges, run
     from .store import Store
 
+    check_network(args.network)
+    nnp = no_new_privileges(args.security_opts)
     store = Store(args.root)
     binds = [Bind.parse(v) for v in args.volumes]
     signal.signal(signal.SIGTERM, _interrupt)
@@ -124,6 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if v is not None:
                 env.append(f"{k}={v}")
         process = Process(tuple(argv), tuple(env), args.user if args.user is not None else cfg.get("User") or "",
-                          args.workdir or cfg.get("WorkingDir") or "/", m.name[:63], tuple(binds))
+                          args.workdir or cfg.get("WorkingDir") or "/", m.name[:63], tuple(binds),
+                          network=args.network, privileged=args.privileged, no_new_privileges=nnp)
         completed = run(str(m.rootfs), process, stdin=None, check=False)
     return completed.status

@@ -1,21 +1,47 @@
-"""Run one command in a rootfs directory (a union mount of an image), isolated like a container's process.
+"""Run one command in a rootfs directory (a union mount of an image), isolated as docker isolates a container.
 
 ``run(rootfs, process)`` starts ``python -m unionfs.sandbox`` (the *helper*) in a new session. The helper
-makes new mount, PID, UTS and IPC namespaces (``unshare(2)`` through ctypes), makes every mount private and
-forks PID 1 of the new PID namespace, which
+makes new mount, PID, UTS, IPC and (unless ``network="host"``) network namespaces (``unshare(2)`` through
+ctypes), brings the new namespace's loopback up (``SIOCSIFFLAGS``), makes every mount private and forks PID 1
+of the new PID namespace, which, before anything of the image runs,
 
-* mounts a fresh ``/proc``, a tmpfs ``/dev`` holding ``null zero full random urandom tty`` bind-mounted from
-  the host (plus ``fd``/``stdin``/``stdout``/``stderr`` links and a tmpfs ``/dev/shm``), a generated
-  ``/etc/hosts``, a copy of the host's ``/etc/resolv.conf`` and the caller's bind mounts (``Bind``), every
-  target resolved inside the rootfs (``rootpath``), never through the host's ``/``;
-* forks the command, which chroots into the rootfs, resolves the user in the rootfs's ``/etc/passwd`` and
-  ``/etc/group`` (name or uid, optional ``:group``/``:gid``; supplementary groups from ``/etc/group``),
-  creates and enters the working directory, drops to that user and execs the command with the given
-  environment (``PATH``, ``HOME`` and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
+* makes itself non-dumpable and closes every fd but 0-2 and the error pipe to the caller;
+* binds the rootfs onto itself and remounts that bind ``nodev`` and never ``nosuid`` (set-uid binaries of
+  the image work as in docker, whatever the host-side mount's flags), then mounts a fresh ``/proc`` with
+  docker's default masks (``MASKED_PATHS`` covered by an empty read-only tmpfs or ``/dev/null``,
+  ``READONLY_PATHS`` bound read-only), a ``nodev`` tmpfs ``/dev`` holding ``null zero full random urandom
+  tty`` bind-mounted from the host (plus ``fd``/``stdin``/``stdout``/``stderr`` links, a ``nodev`` tmpfs
+  ``/dev/shm``, a new devpts instance with ``ptmx``), a generated ``/etc/hosts``, a copy of the host's
+  ``/etc/resolv.conf`` and the caller's bind mounts (``Bind``), every target resolved inside the rootfs
+  (``rootpath``), never through the host's ``/``; then remounts every other mount under the rootfs
+  (volumes and their submounts) ``nodev`` too;
+* ``pivot_root``s into the rootfs and unmounts the old root (``MNT_DETACH``; ``pivot_root(".", ".")``
+  creates no directory in the rootfs): from here on no host path is reachable by PID 1 or its children;
+* drops every capability but docker's default set (``DEFAULT_CAPABILITIES``): from the bounding set, the
+  ambient set (cleared), permitted and effective; the inheritable set is empty;
+* forks the command, which resolves the user in the rootfs's ``/etc/passwd`` and ``/etc/group`` (name or
+  uid, optional ``:group``/``:gid``; supplementary groups from ``/etc/group``), creates and enters the
+  working directory, drops to that user (a non-root user keeps no effective capability), sets no_new_privs
+  when asked, closes every fd but 0-2 and execs the command with the given environment (``PATH``, ``HOME``
+  and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
 * forwards the signals the helper forwards to it, reaps every orphan, and exits with the command's status.
+
+``privileged`` skips the capability drops, the /proc masks and every ``nodev`` (the pivot, the namespaces
+and the non-dumpable PID 1 stay).
 
 Contracts:
 
+* Isolation (docker's defaults; ``privileged`` and ``network="host"`` are explicit opt-ins): every process
+  of the container has the rootfs as ``/`` and its cwd inside it, holds no fd to the host but the caller's
+  stdin/stdout/stderr, and cannot open PID 1's ``/proc`` entries (non-dumpable, no CAP_SYS_PTRACE). Root in
+  the container has exactly CapBnd = CapPrm = CapEff = ``DEFAULT_CAP_MASK`` (0xa80425fb), no inheritable or
+  ambient capability; no_new_privs is not set unless asked (as docker). A device node the container makes
+  (CAP_MKNOD is kept) cannot be opened: every mount it can write to is ``nodev``; only the bound host nodes
+  and devpts work. The network is a namespace of its own with only ``lo`` (up): ``none``; docker's
+  ``bridge`` is not offered (``check_network`` refuses it).
+* Not isolated: no cgroup limits (memory, CPU, pids, devices), no seccomp filter, no user namespace (root in
+  the container is root on the host, held back only by the above), no AppArmor/SELinux profile; volumes
+  keep their host-side flags but ``nodev``; ``/sys`` is not mounted.
 * Nothing outlives the call. When PID 1 exits the kernel kills what the command left running in its PID
   namespace; every mount made for the command lives only in the private mount namespace, which disappears
   with its last process, so nothing is mounted on (and nothing keeps busy) the caller's rootfs mount.
@@ -32,11 +58,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -45,12 +75,14 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterator, Sequence
 
 from .errors import CommandFailedError, ExecError, SandboxError, UsageError
+from .mountinfo import mounts
 from .rootpath import resolve_in_root
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -60,6 +92,33 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ_FLAGS = struct.Struct("16sh22x")  # struct ifreq: the name, then ifr_flags in a 24-byte union
+
+#: docker's default capabilities (moby's oci/caps/defaults.go), by number
+DEFAULT_CAPABILITIES = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
+                        "SETUID": 7, "SETPCAP": 8, "NET_BIND_SERVICE": 10, "NET_RAW": 13, "SYS_CHROOT": 18,
+                        "MKNOD": 27, "AUDIT_WRITE": 29, "SETFCAP": 31}
+DEFAULT_CAP_MASK = sum(1 << n for n in DEFAULT_CAPABILITIES.values())  # 0xa80425fb
+#: docker's default masked paths (an empty read-only tmpfs on a directory, /dev/null on a file)
+MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi")
+#: docker's default read-only paths
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+#: ``none``: a new network namespace with only a loopback (up); ``host``: the host's network
+NETWORK_MODES = ("none", "host")
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -103,7 +162,8 @@ class Bind:
 class Process:
     """The command and its settings: ``argv`` (searched in the environment's PATH), ``env`` (``K=V``
     strings), ``user`` (``""`` root, ``name``, ``uid``, with ``:group``/``:gid``), ``workdir`` (created when
-    missing), ``hostname`` and bind mounts."""
+    missing), ``hostname``, bind mounts, and the opt-outs of the default isolation (see the module
+    docstring): ``network``, ``privileged``, ``no_new_privileges``."""
 
     argv: tuple[str, ...]
     env: tuple[str, ...] = ()
@@ -111,12 +171,41 @@ class Process:
     workdir: str = "/"
     hostname: str = "unionfs"
     binds: tuple[Bind, ...] = field(default=())
+    #: one of NETWORK_MODES (``check_network``)
+    network: str = "none"
+    #: all capabilities, no masked or read-only /proc paths, device nodes usable everywhere
+    privileged: bool = False
+    #: set no_new_privs for the command (``--security-opt no-new-privileges``)
+    no_new_privileges: bool = False
 
     def mount_targets(self) -> list[tuple[str, bool]]:
         """Paths inside the rootfs that get something mounted on them, with True for a directory."""
         out = [("/proc", True), ("/dev", True), ("/etc/hosts", False), ("/etc/resolv.conf", False)]
         out += [(b.target, os.path.isdir(b.source)) for b in self.binds]
         return out
+
+
+def check_network(mode: str) -> None:
+    """Raise SandboxError unless ``mode`` is one of NETWORK_MODES (``bridge``, docker's default, is not
+    offered: there is no bridge; ``none`` is the default here)."""
+    if mode == "bridge":
+        raise SandboxError("network mode bridge is not available (no bridge networking): use none (the default) "
+                           "or host")
+    if mode not in NETWORK_MODES:
+        raise SandboxError(f"unknown network mode {mode!r}: expected none or host")
+
+
+def no_new_privileges(options: Sequence[str]) -> bool:
+    """Whether docker-style ``--security-opt`` ``options`` ask for no_new_privs. Only ``no-new-privileges``
+    (alone, ``:true``/``=true``, ``:false``/``=false``) is offered; anything else raises SandboxError."""
+    wanted = False
+    for opt in options:
+        key, sep, value = opt.replace("=", ":", 1).partition(":")
+        if key != "no-new-privileges" or (sep and value not in ("true", "false")):
+            raise SandboxError(f"unsupported security option {opt!r}: only no-new-privileges is offered "
+                               "(no seccomp, AppArmor or SELinux)")
+        wanted = not sep or value == "true"
+    return wanted
 
 
 @dataclass(frozen=True)
@@ -263,7 +352,7 @@ def _forwarding(target: list[int]) -> Iterator[None]:
 def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subprocess.DEVNULL,
         stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None,
         output: Callable[[bytes], None] | None = None, check: bool = True) -> Completed:
-    """Run ``process`` chrooted in ``rootfs`` (see the module docstring) and wait for it.
+    """Run ``process`` isolated in ``rootfs`` (see the module docstring) and wait for it.
 
     ``stdin``/``stdout``/``stderr`` are passed on as to ``subprocess.Popen`` (None: inherited). With
     ``output``, stdout and stderr go together through a pipe: every chunk goes to ``output`` and the tail is
@@ -272,7 +361,8 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
     """
     if not process.argv:
         raise SandboxError("no command to run")
-    rootfs = os.path.abspath(rootfs)
+    check_network(process.network)
+    rootfs = os.path.realpath(rootfs)  # as the mount table names it
     if not os.path.isdir(rootfs):
         raise SandboxError(f"rootfs {rootfs} is not a directory")
     if os.geteuid() != 0:
@@ -294,7 +384,9 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
         spec = {"root": rootfs, "argv": list(process.argv), "env": list(process.env), "user": process.user,
                 "workdir": process.workdir or "/", "hostname": process.hostname, "errfd": w,
                 "hosts": hosts, "resolv": resolv,
-                "binds": [[b.source, b.target, b.read_only] for b in process.binds]}
+                "binds": [[b.source, b.target, b.read_only] for b in process.binds],
+                "network": process.network, "privileged": process.privileged,
+                "no_new_privileges": process.no_new_privileges}
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH)}
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = pkg_root
@@ -366,6 +458,9 @@ def _c() -> Any:
         _libc = ctypes.CDLL(None, use_errno=True)
         _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                                 ctypes.c_char_p]
+        _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        _libc.pivot_root.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
     return _libc
 
 
@@ -383,7 +478,7 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
 def _die_with_parent() -> None:
     """SIGKILL this process when its parent dies (so a killed caller takes the namespace with it)."""
     pr_set_pdeathsig = 1
-    _c().prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    _c().prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() == 1:
         os._exit(125)
 
@@ -399,8 +494,88 @@ def _report(fd: int, code: int, message: str) -> None:
         os.write(fd, f"error:{code}:{message}\n".encode())
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _prctl(option: int, arg: int = 0, what: str = "prctl", ignore: tuple[int, ...] = ()) -> None:
+    if _c().prctl(option, arg, 0, 0, 0) != 0 and ctypes.get_errno() not in ignore:
+        _check(-1, what)
+
+
+def _set_dumpable(on: bool) -> None:
+    """A non-dumpable process's /proc entries (root, cwd, fd, exe, maps, mem, environ) and ptrace are closed
+    to processes without CAP_SYS_PTRACE, i.e. to the container's commands (exec resets the flag)."""
+    _prctl(PR_SET_DUMPABLE, int(on), "PR_SET_DUMPABLE")
+
+
+def _drop_capabilities(keep: int) -> None:
+    """Keep only the capabilities in the bit mask ``keep``: the others leave the bounding set, the ambient set
+    is cleared, permitted and effective become ``keep``, inheritable empty (as docker since 20.10.14)."""
+    for cap in range(64):
+        if not keep >> cap & 1:  # EINVAL: beyond the kernel's last capability
+            _prctl(PR_CAPBSET_DROP, cap, f"drop capability {cap} from the bounding set", (errno.EINVAL,))
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "clear the ambient capabilities", (errno.EINVAL,))
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        data[i].effective = data[i].permitted = (keep >> (32 * i)) & 0xFFFFFFFF
+        data[i].inheritable = 0
+    _check(_c().capset(ctypes.byref(header), data), "capset")
+
+
+def _loopback_up() -> None:
+    """Bring up ``lo`` of this process's network namespace (SIOCSIFFLAGS; no ``ip`` binary needed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, _IFREQ_FLAGS.pack(b"lo", 0)))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, _IFREQ_FLAGS.pack(b"lo", flags | IFF_UP))
+
+
+def _remount(target: str, add: int = 0, remove: int = 0) -> None:
+    """Set the per-mount flags of the (bind) mount at ``target``: its read-only, nosuid, nodev and noexec
+    flags (as statvfs reports them) minus ``remove`` plus ``add``; the kernel keeps its atime flags."""
+    have = os.statvfs(target).f_flag
+    flags = 0
+    for st, ms in ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+                   (os.ST_NOEXEC, MS_NOEXEC)):
+        if have & st:
+            flags |= ms
+    _mount(None, target, None, MS_REMOUNT | MS_BIND | ((flags | add) & ~remove))
+
+
+def _mask_proc(proc: str) -> None:
+    """docker's default on the container's /proc, mounted at the host path ``proc``: READONLY_PATHS bound
+    read-only onto themselves, MASKED_PATHS covered (a read-only empty tmpfs or /dev/null); absent ones
+    skipped."""
+    ro = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for path in READONLY_PATHS:
+        t = os.path.join(proc, os.path.relpath(path, "/proc"))
+        if os.path.lexists(t):
+            _mount(t, t, None, MS_BIND | MS_REC)
+            _mount(None, t, None, MS_BIND | MS_REMOUNT | ro)
+    for path in MASKED_PATHS:
+        t = os.path.join(proc, os.path.relpath(path, "/proc"))
+        if os.path.isdir(t):
+            _mount("tmpfs", t, "tmpfs", ro, "mode=0555")
+        elif os.path.lexists(t):
+            _mount("/dev/null", t, None, MS_BIND)
+
+
 def _setup_mounts(spec: dict[str, Any]) -> None:
+    """In PID 1's private mount namespace, before the pivot: the rootfs bound onto itself (nodev, never
+    nosuid), /proc (masked), /dev, /etc/hosts, /etc/resolv.conf and the caller's binds, every target resolved
+    inside the rootfs; then nodev on every other mount under the rootfs but the device nodes (unless
+    privileged)."""
     root = spec["root"]
+    privileged = bool(spec.get("privileged"))
+    nodev = 0 if privileged else MS_NODEV
+    _mount(root, root, None, MS_BIND | MS_REC)  # a mount point to pivot to, with flags of its own
+    _remount(root, add=nodev, remove=MS_NOSUID)
 
     def target(path: str, want_dir: bool) -> str | None:
         t = resolve_in_root(root, path)
@@ -414,16 +589,20 @@ def _setup_mounts(spec: dict[str, Any]) -> None:
     if proc is None:
         raise OSError(0, "the rootfs has no /proc directory to mount proc on")
     _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if not privileged:
+        _mask_proc(proc)
     dev = target("/dev", True)
     if dev is None:
         raise OSError(0, "the rootfs has no /dev directory")
-    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC | nodev, "mode=755,size=65536k")
+    devices = set()  # bind mounts of the host's nodes keep the host /dev's flags (not nodev)
     for name in DEV_NODES:
         p = os.path.join(dev, name)
         if not os.path.exists(f"/dev/{name}"):
             continue
         os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o666))
         _mount(f"/dev/{name}", p, None, MS_BIND)
+        devices.add(p)
     for name, to in DEV_LINKS:
         os.symlink(to, os.path.join(dev, name))
     os.mkdir(os.path.join(dev, "shm"), 0o1777)
@@ -433,6 +612,7 @@ def _setup_mounts(spec: dict[str, Any]) -> None:
         _mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
                "newinstance,ptmxmode=0666,mode=0620")
         os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+        devices.add(os.path.join(dev, "pts"))  # devpts makes no node on mknod
     for path, src in (("/etc/hosts", spec["hosts"]), ("/etc/resolv.conf", spec["resolv"])):
         t = target(path, False)
         if t is not None:  # an image may lack /etc or point these elsewhere: then it goes without
@@ -445,13 +625,44 @@ def _setup_mounts(spec: dict[str, Any]) -> None:
         _mount(source, t, None, MS_BIND | MS_REC)
         if ro:
             _mount(None, t, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    if not privileged:  # a volume, a submount: the container must not open a block device it makes there
+        for m in mounts():
+            mp = m.mountpoint
+            if (mp.startswith(root + "/") and mp not in devices and mp != proc
+                    and not mp.startswith(proc + "/") and "nodev" not in m.options):
+                _remount(mp, add=MS_NODEV)
+
+
+def _pivot_root(root: str) -> None:
+    """Make the mount point ``root`` this process's ``/`` and cwd; the old root (the host's) is unmounted
+    (MNT_DETACH) from the namespace. ``pivot_root(".", ".")`` stacks the old root on the new one, so no
+    put_old directory is made in the rootfs (nothing to remove afterwards)."""
+    old = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        new = os.open(root, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fchdir(new)
+            _check(_c().pivot_root(b".", b"."), "pivot_root")
+        finally:
+            os.close(new)
+        os.fchdir(old)
+        _mount(None, ".", None, MS_SLAVE | MS_REC)  # the detach below must not propagate anywhere
+        _check(_c().umount2(b".", MNT_DETACH), "unmount the old root")
+    finally:
+        os.close(old)
+    os.chdir("/")
+
+
+def _close_fds(keep: int) -> None:
+    """Close every fd but 0-2 and ``keep``."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
 
 
 def _exec_command(spec: dict[str, Any]) -> None:
-    """In the command's process: chroot, user, working directory, exec. Never returns."""
+    """In the command's process (already in the rootfs): user, working directory, exec. Never returns."""
     errfd = spec["errfd"]
     try:
-        os.chroot(spec["root"])
         os.chdir("/")
         uid, gid, groups, home = resolve_user("/", spec["user"])
         env = list(spec["env"])
@@ -473,6 +684,9 @@ def _exec_command(spec: dict[str, Any]) -> None:
         for s in (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(s, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        if spec.get("no_new_privileges"):
+            _prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
+        _close_fds(errfd)
         os.set_inheritable(errfd, False)
         envmap = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
     except SandboxError as e:
@@ -493,13 +707,19 @@ def _exec_command(spec: dict[str, Any]) -> None:
 
 
 def _init(spec: dict[str, Any]) -> None:
-    """PID 1 of the new PID namespace: mounts, then run the command, forward signals, reap. Never returns."""
+    """PID 1 of the new PID namespace: mounts, pivot into the rootfs, drop capabilities, then run the
+    command, forward signals, reap. Never returns."""
     errfd = spec["errfd"]
     _die_with_parent()
     try:
+        _set_dumpable(False)
+        _close_fds(errfd)
         name = spec["hostname"].encode()
         _check(_c().sethostname(name, len(name)), "sethostname")
         _setup_mounts(spec)
+        _pivot_root(spec["root"])
+        if not spec.get("privileged"):
+            _drop_capabilities(DEFAULT_CAP_MASK)
     except OSError as e:
         _report(errfd, 125, f"cannot set up the sandbox: {e.strerror or e}")
         os._exit(125)
@@ -519,6 +739,7 @@ def _init(spec: dict[str, Any]) -> None:
     if pid == 0:
         _exec_command(spec)
     child.append(pid)
+    os.close(errfd)  # only the command reports from here on (its copy closes on exec)
     for signum in pending:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
@@ -541,12 +762,20 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(argv[0])
     errfd = spec["errfd"]
     _die_with_parent()
+    new_net = spec.get("network", "none") != "host"
     try:
-        _check(_c().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC), "unshare")
+        _check(_c().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
+                            | (CLONE_NEWNET if new_net else 0)), "unshare")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
         _report(errfd, 125, f"cannot create namespaces: {e.strerror or e}")
         return 125
+    if new_net:
+        try:
+            _loopback_up()
+        except OSError as e:
+            _report(errfd, 125, f"cannot bring up the loopback interface: {e.strerror or e}")
+            return 125
     pid1: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
@@ -574,4 +803,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["Bind", "Process", "Completed", "run", "resolve_user", "make_init_layer", "hosts_file",
-           "DEFAULT_PATH"]
+           "check_network", "no_new_privileges", "DEFAULT_PATH", "DEFAULT_CAP_MASK", "NETWORK_MODES"]
