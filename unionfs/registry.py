@@ -466,8 +466,8 @@ class RegistryClient:
         return _origin(httpx.URL(self.base_url))
 
     def plain_http_allowed(self, host: str) -> bool:
-        """True when ``host`` (``name[:port]``) may be spoken to in plain HTTP: a loopback host, or the
-        registry's own host when the client is ``insecure``."""
+        """True when ``host`` (``name[:port]``, or a bare name or address) may be spoken to in plain HTTP: a
+        loopback host, or the registry's own host when the client is ``insecure``."""
         return is_loopback(host) or (self.insecure and host_name(host) == host_name(self.host))
 
     def _wait(self, attempt: int, deadline: _Deadline | None, retry_after: str | None = None) -> bool:
@@ -491,10 +491,12 @@ class RegistryClient:
         deadline = _Deadline.start(self.deadlines.request)
         last: Exception | None = None
         for attempt in range(self.retry.attempts):
-            for scheme in schemes:
+            for i, scheme in enumerate(schemes):
                 url = f"{scheme}://{self.host}/v2/"
+                # HTTPS must leave time for the HTTP try: a plain-HTTP server may say nothing to a TLS hello
+                share = _Deadline.start(max(deadline.left(), 0) / (len(schemes) - i))
                 try:
-                    req = self._http.build_request("GET", url, timeout=self.deadlines.timeout(deadline))
+                    req = self._http.build_request("GET", url, timeout=self.deadlines.timeout(share))
                     r = self._http.send(req, stream=True)
                 except httpx.TransportError as e:
                     log.debug("ping %s: %s", url, e)
@@ -575,7 +577,7 @@ class RegistryClient:
             url = None
         if url is None or url.scheme not in ("https", "http") or not url.host:
             raise RegistryAuthError(f"registry {self.registry} names a token realm that is no HTTP(S) URL: {realm}")
-        if url.scheme == "http" and not self.plain_http_allowed(_host_port(url)):
+        if url.scheme == "http" and not self.plain_http_allowed(url.host):
             raise RegistryAuthError(f"registry {self.registry} wants a token from {realm} over plain HTTP: refused "
                                     f"(a token realm must use HTTPS unless it is on a loopback host or on the "
                                     f"--insecure registry's own host)")
