@@ -7,8 +7,9 @@ hosts that do not exist (no packet leaves the machine).
 
 * credentials go only to the registry they were stored for and to the token realm *its own* challenge names:
   a redirect target (blob storage) that answers 401 with a challenge of its own gets nothing, nor does its realm;
-* a token realm in plain HTTP is used only when its host may be spoken to in plain HTTP (loopback, or the
-  ``--insecure`` registry's own host); otherwise nothing is sent and the error names the realm;
+* a token realm in plain HTTP is used only when its host may be spoken to in plain HTTP (the registry's own
+  host when it is loopback or ``--insecure``, any loopback host for a loopback registry); otherwise nothing is
+  sent and the error names the realm;
 * slow servers: a blob download that makes too little progress fails (``UNIONFS_SPEED_LIMIT`` bytes/s over
   ``UNIONFS_SPEED_TIME`` s), every other request ends within ``UNIONFS_HTTP_TIMEOUT`` s, retries included;
 * bodies other than blobs are read up to a cap, never whole: the server sees the client hang up.
@@ -144,6 +145,8 @@ def test_token_realm_redirect_is_not_followed(serve: Callable[..., FakeServer]) 
     ("registry.lan:5000", True, "http://auth.example.net/token", False),  # --insecure names the registry only
     ("registry.lan:5000", True, "http://registry.lan:5001/token", True),  # the insecure host itself
     ("localhost:5000", False, "http://127.0.0.1:5001/token", True),  # loopback
+    ("registry.example.com", False, "http://localhost:5001/token", False),  # a remote registry, a local realm
+    ("registry.example.com", True, "http://127.0.0.1:5001/token", False),
     ("registry.example.com", False, "https://auth.example.net/token", True),  # TLS: as the challenge says
 ])
 def test_plain_http_realm_only_on_a_host_allowed_plain_http(registry: str, insecure: bool, realm: str,

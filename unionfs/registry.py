@@ -18,9 +18,10 @@ Contracts:
   registry's *own* ``401`` challenge names. Redirects are followed by hand: a redirect to another origin
   (e.g. pre-signed blob storage) carries no ``Authorization`` header, and a ``401`` from there is an error,
   never a challenge (its ``WWW-Authenticate`` is ignored). A token realm in plain HTTP is refused (nothing is
-  sent to it) unless its host may be spoken to in plain HTTP: a loopback host, or the registry's own host
-  when ``insecure``. Token servers' redirects are not followed. Foreign-layer ``urls`` are fetched only when
-  the caller asks, and never with credentials. Credentials never appear in logs or error messages.
+  sent to it) unless its host may be spoken to in plain HTTP: the registry's own host when that is loopback
+  or ``insecure``, or any loopback host when the registry is on the loopback. Token servers' redirects are
+  not followed. Foreign-layer ``urls`` are fetched only when the caller asks, and never with credentials.
+  Credentials never appear in logs or error messages.
 * **Slow servers** (``Deadlines``, from ``UNIONFS_HTTP_TIMEOUT``, ``UNIONFS_SPEED_LIMIT``,
   ``UNIONFS_SPEED_TIME``). Every request whose answer is small (``/v2/``, tokens, manifests, tag lists,
   catalog pages, upload answers, errors) ends within ``UNIONFS_HTTP_TIMEOUT`` seconds (default 60):
@@ -466,9 +467,12 @@ class RegistryClient:
         return _origin(httpx.URL(self.base_url))
 
     def plain_http_allowed(self, host: str) -> bool:
-        """True when ``host`` (``name[:port]``, or a bare name or address) may be spoken to in plain HTTP: a
-        loopback host, or the registry's own host when the client is ``insecure``."""
-        return is_loopback(host) or (self.insecure and host_name(host) == host_name(self.host))
+        """True when ``host`` (``name[:port]``, or a bare name or address) may be spoken to in plain HTTP: the
+        registry's own host (any port) when it is loopback or the client is ``insecure``; another loopback
+        host only when the registry is on the loopback too."""
+        if host_name(host) == host_name(self.host):
+            return self.insecure or is_loopback(host)
+        return is_loopback(host) and is_loopback(self.host)
 
     def _wait(self, attempt: int, deadline: _Deadline | None, retry_after: str | None = None) -> bool:
         """Sleep before try ``attempt + 2`` when the policy and the deadline allow another; False when not."""
@@ -579,8 +583,8 @@ class RegistryClient:
             raise RegistryAuthError(f"registry {self.registry} names a token realm that is no HTTP(S) URL: {realm}")
         if url.scheme == "http" and not self.plain_http_allowed(url.host):
             raise RegistryAuthError(f"registry {self.registry} wants a token from {realm} over plain HTTP: refused "
-                                    f"(a token realm must use HTTPS unless it is on a loopback host or on the "
-                                    f"--insecure registry's own host)")
+                                    f"(a token realm must use HTTPS unless it is on the registry's own host with "
+                                    f"--insecure, or both are on the loopback)")
         return url
 
     def _fetch_token(self, scopes: frozenset[str], force: bool = False) -> str:
@@ -1065,7 +1069,7 @@ class BlobReader:
         except httpx.TimeoutException:
             self._close_response()
             raise RegistryConnectionError(
-                f"blob {self.digest}: transfer too slow: nothing for {limits.speed_time:g} s at byte {self.offset} "
+                f"blob {self.digest}: transfer too slow: the server stopped sending at byte {self.offset} "
                 f"(UNIONFS_SPEED_LIMIT={limits.speed_limit:g} bytes/s, UNIONFS_SPEED_TIME={limits.speed_time:g})"
             ) from None
         self._window_bytes += len(chunk)
