@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 USERS = {"alice": "wonderland", "bob": "builder"}
@@ -362,12 +362,32 @@ class Seen:
     headers: dict[str, str]
 
 
-class FakeServer:
-    """Answers each request with ``handler(method, path, headers) -> (status, headers, body)``; records them."""
+Body = bytes | Iterable[bytes]
 
-    def __init__(self, handler: Callable[[str, str, dict[str, str]], tuple[int, dict[str, str], bytes]],
+
+@dataclass
+class Sent:
+    """What a FakeServer wrote for one answer: body bytes written, and whether the whole body went out."""
+
+    method: str
+    path: str
+    nbytes: int
+    complete: bool
+
+
+class FakeServer:
+    """Answers each request with ``handler(method, path, headers) -> (status, headers, body)``; records them.
+
+    ``body`` is bytes, or an iterable of byte pieces written (and flushed) one by one as it yields them (slow,
+    huge or endless bodies); an iterable body needs a ``Content-Length`` in the handler's headers or is sent
+    with ``Connection: close`` and no length. ``seen`` records every request as it arrives, ``sent`` every
+    answer once its writing ended (a client that hangs up shows as ``complete=False``).
+    """
+
+    def __init__(self, handler: Callable[[str, str, dict[str, str]], tuple[int, dict[str, str], Body]],
                  bind: str = "127.0.0.1") -> None:
         self.seen: list[Seen] = []
+        self.sent: list[Sent] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -383,10 +403,26 @@ class FakeServer:
                 self.send_response(status)
                 for k, v in out.items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
+                if isinstance(body, bytes):
+                    self.send_header("Content-Length", str(len(body)))
+                    pieces: Iterable[bytes] = [body]
+                else:
+                    if not any(k.lower() == "content-length" for k in out):
+                        self.send_header("Connection", "close")
+                        self.close_connection = True
+                    pieces = body
                 self.end_headers()
+                nbytes, complete = 0, True
                 if self.command != "HEAD":
-                    self.wfile.write(body)
+                    try:
+                        for piece in pieces:
+                            self.wfile.write(piece)
+                            self.wfile.flush()
+                            nbytes += len(piece)
+                    except OSError:  # the client hung up
+                        complete = False
+                        self.close_connection = True
+                server.sent.append(Sent(self.command, self.path, nbytes, complete))
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _any  # noqa: N815
 

@@ -255,6 +255,8 @@ def cmd_login(args: argparse.Namespace) -> int:
         try:
             client.login()
         except RegistryAuthError as e:
+            if e.code != "UNAUTHORIZED":  # not a refusal of the credentials (e.g. a token realm we refuse)
+                raise
             raise RegistryAuthError(f"login to {registry} failed: wrong username or password "
                                     f"({str(e).rsplit(': ', 1)[-1]})", e.code) from None
     config.save(registry, creds)

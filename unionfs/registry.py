@@ -13,11 +13,31 @@ Contracts:
   (``repository:NAME:pull``, ``repository:NAME:pull,push``, both repositories for a cross-repository mount,
   ``registry:catalog:*``), anonymously or with the credentials; ``Basic`` challenges with the credentials.
   Tokens are cached per scope set; a 401 drops the cached token and retries once.
-* **Credentials go only where they belong.** Redirects are followed by hand: a redirect to another origin
-  (scheme, host, port), e.g. blob storage, carries no ``Authorization`` header. Foreign-layer ``urls`` are
-  fetched only when the caller asks, and never with credentials.
+* **Credentials go only where they belong.** They are bound to the registry host they were given for: sent
+  as ``Basic`` only to the registry's own origin (scheme, host, port), or to the token realm that the
+  registry's *own* ``401`` challenge names. Redirects are followed by hand: a redirect to another origin
+  (e.g. pre-signed blob storage) carries no ``Authorization`` header, and a ``401`` from there is an error,
+  never a challenge (its ``WWW-Authenticate`` is ignored). A token realm in plain HTTP is refused (nothing is
+  sent to it) unless its host may be spoken to in plain HTTP: the registry's own host when that is loopback
+  or ``insecure``, or any loopback host when the registry is on the loopback. Token servers' redirects are
+  not followed. Foreign-layer ``urls`` are fetched only when the caller asks, and never with credentials.
+  Credentials never appear in logs or error messages.
+* **Slow servers** (``Deadlines``, from ``UNIONFS_HTTP_TIMEOUT``, ``UNIONFS_SPEED_LIMIT``,
+  ``UNIONFS_SPEED_TIME``). Every request whose answer is small (``/v2/``, tokens, manifests, tag lists,
+  catalog pages, upload answers, errors) ends within ``UNIONFS_HTTP_TIMEOUT`` seconds (default 60):
+  connect, headers and body, retries and their waits included; a silent server fails within that time.
+  A blob download's headers come under the same deadline; its body fails, and is not resumed, when fewer
+  than ``UNIONFS_SPEED_LIMIT`` bytes per second (default 1024) arrived over a window of
+  ``UNIONFS_SPEED_TIME`` seconds (default 30; curl's ``--speed-limit``/``--speed-time``), or nothing at
+  all for that long. Uploads are bounded by the idle timeouts only (the registry reads at its pace).
+* **Bodies other than blobs are capped**, read as they stream and never whole first: error bodies at
+  ``MAX_ERROR_BODY`` (64 KiB, the rest is not read: the message is built from the prefix), token answers
+  ``MAX_TOKEN_BYTES`` (1 MiB), manifests ``MAX_MANIFEST_BYTES`` (4 MiB), tag lists, catalog pages and search
+  answers ``MAX_LIST_BYTES`` (8 MiB), anything else ``MAX_SMALL_BODY`` (1 MiB). The client asks for no
+  content encoding; a gzip/deflate body is decoded within the same cap, any other encoding is refused.
 * **Retries.** Connection errors, 5xx answers and 429 are retried with exponential backoff (``Retry-After``
-  honoured up to the policy's cap) when the request can be repeated; a blob download broken in the middle
+  honoured up to the policy's cap) when the request can be repeated and its deadline leaves time for the
+  wait; a blob download broken in the middle
   resumes with ``Range: bytes=N-`` (a registry that ignores the range is read again from the start, the first
   N bytes discarded).
 * **Verification.** A manifest fetched by digest must hash to it; one fetched by tag must match the
@@ -35,10 +55,13 @@ import functools
 import ipaddress
 import json
 import logging
+import math
+import os
 import random
 import re
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
@@ -47,7 +70,7 @@ import httpx
 from . import __version__
 from .digest import Digest
 from .errors import (DigestError, RegistryAuthError, RegistryConnectionError, RegistryDeniedError, RegistryError,
-                     RegistryNotFoundError, RegistryRateLimitError)
+                     RegistryNotFoundError, RegistryRateLimitError, UsageError)
 from .manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 
 log = logging.getLogger(__name__)
@@ -60,6 +83,14 @@ DOCKER_HUB_API = "registry-1.docker.io"
 DOCKER_HUB_SEARCH_URL = "https://index.docker.io/v1/search"
 USER_AGENT = f"unionfs/{__version__}"
 MAX_MANIFEST_BYTES = 4 << 20
+MAX_ERROR_BODY = 64 << 10
+MAX_TOKEN_BYTES = 1 << 20
+MAX_LIST_BYTES = 8 << 20
+MAX_SMALL_BODY = 1 << 20
+DEFAULT_HTTP_TIMEOUT = 60.0
+DEFAULT_SPEED_LIMIT = 1024.0
+DEFAULT_SPEED_TIME = 30.0
+_CONNECT_TIMEOUT = 15.0
 DEFAULT_CHUNK_THRESHOLD = 64 << 20
 DEFAULT_CHUNK_SIZE = 16 << 20
 _READ_CHUNK = 1 << 20
@@ -114,6 +145,76 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Deadlines:
+    """How long a slow or silent server may hold a request (see the module docstring).
+
+    ``request``: seconds for a whole request with a small answer, retries included. ``speed_limit`` bytes per
+    second over ``speed_time`` seconds: the least progress a blob download must make.
+    """
+
+    request: float = DEFAULT_HTTP_TIMEOUT
+    speed_limit: float = DEFAULT_SPEED_LIMIT
+    speed_time: float = DEFAULT_SPEED_TIME
+
+    @classmethod
+    def from_env(cls) -> "Deadlines":
+        """The defaults, overridden by ``UNIONFS_HTTP_TIMEOUT``, ``UNIONFS_SPEED_LIMIT``, ``UNIONFS_SPEED_TIME``.
+
+        Raises UsageError for a value that is not a positive number.
+        """
+        return cls(_env_seconds("UNIONFS_HTTP_TIMEOUT", DEFAULT_HTTP_TIMEOUT),
+                   _env_seconds("UNIONFS_SPEED_LIMIT", DEFAULT_SPEED_LIMIT),
+                   _env_seconds("UNIONFS_SPEED_TIME", DEFAULT_SPEED_TIME))
+
+    def timeout(self, deadline: "_Deadline | None", stream: bool = False) -> httpx.Timeout:
+        """httpx timeouts for one attempt: within what is left of ``deadline``; a stream's reads (a blob's
+        headers and every piece of its body) also within ``speed_time``. Without a deadline (uploads) the
+        idle timeouts only."""
+        if deadline is None:
+            idle = max(self.request, self.speed_time)
+            return httpx.Timeout(idle, connect=min(_CONNECT_TIMEOUT, idle))
+        left = max(deadline.left(), 0.001)
+        read = min(left, self.speed_time) if stream else left
+        return httpx.Timeout(left, connect=min(_CONNECT_TIMEOUT, left), read=read)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{name} must be a positive number, not {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """The monotonic time by which one request (all its attempts) must be done."""
+
+    seconds: float
+    end: float
+
+    @classmethod
+    def start(cls, seconds: float) -> "_Deadline":
+        return cls(seconds, time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def allows(self, wait: float) -> bool:
+        """True when waiting ``wait`` seconds still leaves time for another attempt."""
+        return wait < self.left()
+
+    def error(self, what: str, host: str, answered: bool) -> RegistryConnectionError:
+        got = "no complete answer" if answered else "no answer"
+        return RegistryConnectionError(f"{what}: {got} from {host} within {self.seconds:g} s (UNIONFS_HTTP_TIMEOUT)")
+
+
+@dataclass(frozen=True)
 class Challenge:
     """One ``WWW-Authenticate`` challenge: the scheme (lower case) and its parameters."""
 
@@ -145,13 +246,19 @@ def api_host(registry: str) -> str:
     return DOCKER_HUB_API if registry == DOCKER_HUB else registry
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, ``*.localhost`` and loopback addresses, with or without a port."""
+def host_name(host: str) -> str:
+    """The name or address in ``host[:port]`` (``[::1]:5000`` -> ``::1``), lower case."""
     name = host
     if name.startswith("["):
         name = name[1:name.index("]")] if "]" in name else name
     elif name.count(":") == 1:
         name = name.split(":")[0]
+    return name.lower()
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``*.localhost`` and loopback addresses, with or without a port."""
+    name = host_name(host)
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
@@ -204,23 +311,26 @@ def repository_scope(repository: str, *actions: str) -> str:
 CATALOG_SCOPE = "registry:catalog:*"
 
 
-def error_from_response(response: httpx.Response, what: str) -> RegistryError:
-    """A typed one-line error from a failed response (its body must have been read)."""
+def error_from_response(response: httpx.Response, what: str, body: bytes | None = None) -> RegistryError:
+    """A typed one-line error from a failed response: from ``body`` (a capped prefix, see ``read_body``), else
+    from the response's content (which must have been read then)."""
     code = message = None
     try:
-        body = json.loads(response.content or b"{}")
+        body = json.loads((response.content if body is None else body) or b"{}")
         errors = body.get("errors") if isinstance(body, dict) else None
         if errors and isinstance(errors[0], dict):
             code = str(errors[0].get("code") or "") or None
             message = str(errors[0].get("message") or "") or None
         elif isinstance(body, dict) and body.get("details"):  # token servers
             message = str(body["details"])
-    except (ValueError, UnicodeDecodeError, httpx.ResponseNotRead):
+    except (ValueError, UnicodeDecodeError, RecursionError, httpx.ResponseNotRead):
         pass
     cls, fallback = _STATUS_ERRORS.get(response.status_code, (RegistryError, f"HTTP {response.status_code}"))
     if code in _CODE_ERRORS:
         cls = _CODE_ERRORS[code]
     text = " ".join((message or fallback).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
     if code:
         text += f" ({code})"
     elif message is None and response.status_code not in _STATUS_ERRORS:
@@ -232,25 +342,101 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, url.port)
 
 
+def _host_port(url: httpx.URL) -> str:
+    return f"{url.host}:{url.port}" if url.port else url.host
+
+
+def _decoder(encoding: str) -> Callable[[bytes, int], bytes] | None:
+    """A decoder of one Content-Encoding that returns at most ``room`` bytes per call, or None when the
+    encoding is not one we decode (identity, gzip, deflate)."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return lambda data, room: data
+    if enc not in ("gzip", "x-gzip", "deflate"):
+        return None
+    z = zlib.decompressobj(47)  # a gzip or zlib header
+    # At most ``room`` bytes out: when that is reached the caller stops (the body is over its cap), so input
+    # zlib keeps in unconsumed_tail is never needed.
+    return lambda data, room: z.decompress(data, max(room, 1))
+
+
+def read_body(response: httpx.Response, cap: int, what: str, *, deadline: _Deadline | None = None,
+              host: str = "", truncate: bool = False) -> bytes:
+    """Read a streamed response's body as it arrives, at most ``cap`` bytes (after decoding), and close it.
+
+    A longer body raises RegistryError, or with ``truncate`` gives its first ``cap`` bytes (the rest is never
+    read: the connection is dropped). Past ``deadline`` raises RegistryConnectionError (naming ``host``), as
+    does a broken connection. An encoding other than identity/gzip/deflate raises RegistryError (``truncate``:
+    gives b"").
+    """
+    try:
+        if response.request.method == "HEAD":  # its Content-Length describes a body that is not sent
+            return b""
+        length = response.headers.get("content-length", "")
+        if not truncate and length.isdigit() and int(length) > cap:
+            raise RegistryError(f"{what}: the answer ({int(length)} bytes) is larger than {cap} bytes")
+        decode = _decoder(response.headers.get("content-encoding", ""))
+        if decode is None:
+            if truncate:
+                return b""
+            raise RegistryError(f"{what}: the answer has an unsupported Content-Encoding "
+                                f"{response.headers.get('content-encoding')!r}")
+        out = bytearray()
+        try:
+            pieces: Iterable[bytes] = [response.content]  # already read (a transport that buffers)
+            decode = _decoder("")
+        except httpx.ResponseNotRead:
+            pieces = response.iter_raw()
+        for chunk in pieces:
+            try:
+                out += decode(chunk, cap + 1 - len(out))
+            except zlib.error:
+                if truncate:
+                    return bytes(out)
+                raise RegistryError(f"{what}: the answer's compressed body is corrupt") from None
+            if len(out) > cap:
+                if truncate:
+                    return bytes(out[:cap])
+                raise RegistryError(f"{what}: the answer is larger than {cap} bytes")
+            if deadline is not None and deadline.left() < 0:
+                raise deadline.error(what, host or response.request.url.host, True)
+        return bytes(out)
+    except httpx.TransportError as e:
+        if deadline is not None and deadline.left() < 0:
+            raise deadline.error(what, host or response.request.url.host, True) from None
+        raise RegistryConnectionError(f"{what}: connection lost: {_describe(e)}") from None
+    finally:
+        response.close()
+
+
+def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A closed response carrying ``body`` as its (decoded) content, with the original status and headers."""
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-encoding", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
+
+
 # --- the client ---------------------------------------------------------------------------------
 class RegistryClient:
     """The v2 API of one registry host. Thread-safe: parallel downloads share one client.
 
     ``registry`` is a reference's registry (``docker.io``, ``localhost:5000``). ``transport`` replaces httpx's
-    network transport (tests). Use as a context manager or call ``close()``.
+    network transport (tests). ``deadlines`` default to ``Deadlines.from_env()``. Use as a context manager or
+    call ``close()``.
     """
 
     def __init__(self, registry: str, *, credentials: Credentials | None = None, insecure: bool = False,
                  retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None,
-                 timeout: float = 60.0) -> None:
+                 deadlines: Deadlines | None = None) -> None:
         self.registry = registry
         self.host = api_host(registry)
         self.credentials = credentials
         self.insecure = insecure
         self.retry = retry or RetryPolicy()
+        self.deadlines = deadlines or Deadlines.from_env()
         self._http = httpx.Client(verify=not insecure, transport=transport, follow_redirects=False,
-                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
-                                  headers={"User-Agent": USER_AGENT},
+                                  timeout=self.deadlines.timeout(None),
+                                  headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
                                   limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
         self._base: str | None = None
         self._challenge: Challenge | None = None
@@ -276,25 +462,55 @@ class RegistryClient:
         assert self._base is not None
         return self._base
 
+    def _home(self) -> tuple[str, str, int | None]:
+        """The registry's own origin: the only one that sees its credentials or may challenge for them."""
+        return _origin(httpx.URL(self.base_url))
+
+    def plain_http_allowed(self, host: str) -> bool:
+        """True when ``host`` (``name[:port]``, or a bare name or address) may be spoken to in plain HTTP: the
+        registry's own host (any port) when it is loopback or the client is ``insecure``; another loopback
+        host only when the registry is on the loopback too."""
+        if host_name(host) == host_name(self.host):
+            return self.insecure or is_loopback(host)
+        return is_loopback(host) and is_loopback(self.host)
+
+    def _wait(self, attempt: int, deadline: _Deadline | None, retry_after: str | None = None) -> bool:
+        """Sleep before try ``attempt + 2`` when the policy and the deadline allow another; False when not."""
+        if attempt + 1 >= self.retry.attempts:
+            return False
+        delay = self.retry.delay(attempt, retry_after)
+        if deadline is not None and not deadline.allows(delay):
+            return False
+        time.sleep(delay)
+        return True
+
     def ping(self) -> None:
         """``GET /v2/``: choose the scheme and learn the authentication challenge.
 
-        Raises RegistryConnectionError when the host cannot be reached by any allowed scheme, RegistryError
-        when what answers is no registry.
+        Raises RegistryConnectionError when the host cannot be reached by any allowed scheme within the
+        request deadline, RegistryError when what answers is no registry.
         """
-        schemes = ["https"] + (["http"] if self.insecure or is_loopback(self.host) else [])
+        schemes = ["https"] + (["http"] if self.plain_http_allowed(self.host) else [])
+        what = f"registry {self.registry}"
+        deadline = _Deadline.start(self.deadlines.request)
         last: Exception | None = None
         for attempt in range(self.retry.attempts):
-            for scheme in schemes:
+            for i, scheme in enumerate(schemes):
                 url = f"{scheme}://{self.host}/v2/"
+                # HTTPS must leave time for the HTTP try: a plain-HTTP server may say nothing to a TLS hello
+                share = _Deadline.start(max(deadline.left(), 0) / (len(schemes) - i))
                 try:
-                    r = self._http.get(url)
+                    req = self._http.build_request("GET", url, timeout=self.deadlines.timeout(share))
+                    r = self._http.send(req, stream=True)
                 except httpx.TransportError as e:
                     log.debug("ping %s: %s", url, e)
                     last = e
+                    if deadline.left() <= 0:
+                        break
                     continue
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, host=self.registry, truncate=True)
                 if r.status_code in _RETRY_STATUSES:
-                    last = error_from_response(r, f"registry {self.registry}")
+                    last = error_from_response(r, what, body)
                     break
                 if r.status_code not in (200, 401):
                     raise RegistryError(f"{self.registry} does not look like a registry "
@@ -303,14 +519,21 @@ class RegistryClient:
                 if r.status_code == 401:
                     self._set_challenge(r)
                 return
-            if attempt + 1 < self.retry.attempts:
-                time.sleep(self.retry.delay(attempt))
+            if deadline.left() <= 0 or not self._wait(attempt, deadline):
+                break
         if isinstance(last, RegistryError):
             raise last
+        if isinstance(last, httpx.TimeoutException) or deadline.left() <= 0:
+            raise RegistryConnectionError(f"cannot reach registry {self.registry}: no answer within "
+                                          f"{deadline.seconds:g} s (UNIONFS_HTTP_TIMEOUT)")
         hint = "" if "http" in schemes else " (use --insecure for a registry without TLS)"
         raise RegistryConnectionError(f"cannot reach registry {self.registry}: {_describe(last)}{hint}")
 
     def _set_challenge(self, response: httpx.Response) -> None:
+        """Learn the challenge of a 401 from the registry's own origin (any other origin decides nothing)."""
+        if self._base is None or _origin(response.request.url) != self._home():
+            log.debug("ignoring a challenge from %s", response.request.url.host)
+            return
         challenges = parse_www_authenticate(response.headers.get("www-authenticate", ""))
         for wanted in ("bearer", "basic"):
             for c in challenges:
@@ -330,12 +553,11 @@ class RegistryClient:
         if ch.scheme == "bearer":
             self._fetch_token(frozenset(), force=True)
             return
-        r = self._http.get(f"{self.base_url}/v2/", headers=self._auth_headers(frozenset()))
-        if r.status_code == 401:
+        try:
+            self.request("GET", "/v2/", what=f"login to {self.registry}")
+        except RegistryAuthError:
             raise RegistryAuthError(f"login to {self.registry} failed: wrong username or password",
-                                    "UNAUTHORIZED")
-        if r.status_code != 200:
-            raise error_from_response(r, f"login to {self.registry}")
+                                    "UNAUTHORIZED") from None
 
     def _auth_headers(self, scopes: frozenset[str]) -> dict[str, str]:
         ch = self._challenge
@@ -348,6 +570,23 @@ class RegistryClient:
             return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
         return {}
 
+    def _realm(self, ch: Challenge) -> httpx.URL:
+        """The challenge's token realm, checked before anything is sent there (see the module docstring)."""
+        realm = " ".join((ch.params.get("realm") or "").split())
+        if not realm:
+            raise RegistryAuthError(f"registry {self.registry} sent a Bearer challenge without a realm")
+        try:
+            url = httpx.URL(realm)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("https", "http") or not url.host:
+            raise RegistryAuthError(f"registry {self.registry} names a token realm that is no HTTP(S) URL: {realm}")
+        if url.scheme == "http" and not self.plain_http_allowed(url.host):
+            raise RegistryAuthError(f"registry {self.registry} wants a token from {realm} over plain HTTP: refused "
+                                    f"(a token realm must use HTTPS unless it is on the registry's own host with "
+                                    f"--insecure, or both are on the loopback)")
+        return url
+
     def _fetch_token(self, scopes: frozenset[str], force: bool = False) -> str:
         """A bearer token for ``scopes`` (cached) from the challenge's realm."""
         with self._lock:
@@ -355,55 +594,55 @@ class RegistryClient:
                 return self._tokens[scopes]
         ch = self._challenge
         assert ch is not None and ch.scheme == "bearer"
-        realm = ch.params.get("realm")
-        if not realm:
-            raise RegistryAuthError(f"registry {self.registry} sent a Bearer challenge without a realm")
-        realm_url = httpx.URL(realm)
-        if realm_url.scheme != "https" and not (self.insecure or is_loopback(self.host)):
-            raise RegistryAuthError(f"registry {self.registry} wants credentials sent to a plain-HTTP realm {realm}")
+        realm_url = self._realm(ch)
         params: list[tuple[str, str | int | float | bool | None]] = []
         if ch.params.get("service"):
             params.append(("service", ch.params["service"]))
         params.extend(("scope", s) for s in sorted(scopes))
-        headers: dict[str, str] = {}
         creds = self.credentials
         what = f"authentication with {self.registry}"
+        deadline = _Deadline.start(self.deadlines.request)
+        timeout = self.deadlines.timeout
         for attempt in range(self.retry.attempts):
             try:
                 if creds and creds.identity_token:
                     form = {k: str(v) for k, v in params if k != "scope"}
                     form.update(grant_type="refresh_token", refresh_token=creds.identity_token,
                                 client_id="unionfs", scope=" ".join(sorted(scopes)))
-                    r = self._http.post(realm_url, data=form)
+                    req = self._http.build_request("POST", realm_url, data=form, timeout=timeout(deadline))
                 else:
+                    headers: dict[str, str] = {}
+                    params_acc = params
                     if creds:
                         raw = f"{creds.username}:{creds.password}".encode()
                         headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
                         params_acc = params + [("account", creds.username)]
-                    else:
-                        params_acc = params
-                    r = self._http.get(realm_url, params=params_acc, headers=headers)
+                    req = self._http.build_request("GET", realm_url, params=params_acc, headers=headers,
+                                                   timeout=timeout(deadline))
+                r = self._http.send(req, stream=True)
             except httpx.TransportError as e:
-                if attempt + 1 < self.retry.attempts:
-                    time.sleep(self.retry.delay(attempt))
+                if deadline.left() <= 0:
+                    raise deadline.error(what, f"token server {realm_url.host}", False) from None
+                if self._wait(attempt, deadline):
                     continue
                 raise RegistryConnectionError(f"{what}: cannot reach token server {realm_url.host}: "
                                               f"{_describe(e)}") from None
-            if r.status_code in _RETRY_STATUSES and attempt + 1 < self.retry.attempts:
-                time.sleep(self.retry.delay(attempt, r.headers.get("retry-after")))
-                continue
+            if r.status_code != 200:
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
+                if r.status_code in _RETRY_STATUSES and self._wait(attempt, deadline, r.headers.get("retry-after")):
+                    continue
+                if r.status_code in (401, 403):
+                    if creds:
+                        raise RegistryAuthError(f"{what} failed: wrong username or password", "UNAUTHORIZED")
+                    raise RegistryAuthError(f"{what} failed: the token server requires credentials "
+                                            f"(unionfs login {self.registry})", "UNAUTHORIZED")
+                raise error_from_response(r, what, body)
+            body = read_body(r, MAX_TOKEN_BYTES, f"{what}: token server {realm_url.host}", deadline=deadline)
             break
-        if r.status_code in (401, 403):
-            if creds:
-                raise RegistryAuthError(f"{what} failed: wrong username or password", "UNAUTHORIZED")
-            raise RegistryAuthError(f"{what} failed: the token server requires credentials "
-                                    f"(unionfs login {self.registry})", "UNAUTHORIZED")
-        if r.status_code != 200:
-            raise error_from_response(r, what)
         try:
-            body = r.json()
-            token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
+            answer = json.loads(body)
+            token = answer.get("token") or answer.get("access_token")
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not token or not isinstance(token, str):
             raise RegistryAuthError(f"{what}: the token server answered without a token")
@@ -418,33 +657,38 @@ class RegistryClient:
     def request(self, method: str, path: str, *, scopes: Iterable[str] = (), what: str,
                 headers: dict[str, str] | None = None, content: bytes | Callable[[], Iterable[bytes]] | None = None,
                 params: dict[str, str] | None = None, ok: Sequence[int] = (200,), stream: bool = False,
-                retry: bool = True, credentials: bool = True) -> httpx.Response:
+                retry: bool = True, credentials: bool = True, max_body: int = MAX_SMALL_BODY) -> httpx.Response:
         """Send one API request with authentication, redirects, retries and error mapping.
 
         ``content`` is bytes or a callable returning a fresh iterable of bytes (so that a retry can send the
         body again). A response with a status outside ``ok`` raises a typed RegistryError (``what`` leads
-        its message). With ``stream`` the body is left unread: the caller must close the response.
-        ``retry=False`` sends once (requests that must not be repeated blindly). ``credentials=False`` sends
-        no Authorization header at all (foreign URLs).
+        its message). Without ``stream`` the body is read (at most ``max_body`` bytes, else RegistryError) and
+        the response returned closed, all within the request deadline; with ``stream`` only the headers come
+        under the deadline and the caller reads and closes the body. ``retry=False`` sends once (requests that
+        must not be repeated blindly). ``credentials=False`` sends no Authorization header at all (foreign
+        URLs). A 401 is a challenge only from the registry's own origin; from anywhere else it is an error.
         """
         scope_set = frozenset(scopes)
         attempts = self.retry.attempts if retry else 1
+        deadline = None if callable(content) else _Deadline.start(self.deadlines.request)
         reauthed = False
         attempt = 0
         while True:
             auth = self._auth_headers(scope_set) if credentials else {}
             try:
-                r = self._send(method, self._url(path), {**(headers or {})}, auth, content, params)
+                r = self._send(method, self._url(path), {**(headers or {})}, auth, content, params,
+                               self.deadlines.timeout(deadline, stream))
             except httpx.TransportError as e:
-                attempt += 1
-                if attempt < attempts:
-                    log.debug("%s %s: %s; retrying", method, path, e)
-                    time.sleep(self.retry.delay(attempt - 1))
+                if deadline is not None and deadline.left() <= 0:
+                    raise deadline.error(what, self.registry, False) from None
+                if attempt + 1 < attempts and self._wait(attempt, deadline):
+                    attempt += 1
+                    log.debug("%s %s: %s; retrying", method, path, _describe(e))
                     continue
                 raise RegistryConnectionError(f"{what}: cannot reach {self.registry}: {_describe(e)}") from None
-            if r.status_code == 401 and credentials and not reauthed:
-                r.read()
-                r.close()
+            home = _origin(r.request.url) == self._home()
+            if r.status_code == 401 and credentials and home and not reauthed:
+                read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
                 reauthed = True
                 self._set_challenge(r)
                 ch = self._challenge
@@ -452,45 +696,46 @@ class RegistryClient:
                     with self._lock:
                         self._tokens.pop(scope_set, None)
                     continue
-                raise self._auth_error(r, what)
+                raise self._auth_error(r, what, b"")
             if r.status_code in _RETRY_STATUSES and attempt + 1 < attempts:
-                r.read()
-                r.close()
-                log.debug("%s %s: HTTP %s; retrying", method, path, r.status_code)
-                time.sleep(self.retry.delay(attempt, r.headers.get("retry-after")))
-                attempt += 1
-                continue
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
+                if self._wait(attempt, deadline, r.headers.get("retry-after")):
+                    log.debug("%s %s: HTTP %s; retrying", method, path, r.status_code)
+                    attempt += 1
+                    continue
+                raise error_from_response(r, what, body)
             if r.status_code not in ok:
-                r.read()
-                r.close()
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
+                if not home and r.status_code in (401, 403):
+                    raise RegistryError(f"{what}: {_host_port(r.request.url)}, outside {self.registry}, refused the "
+                                        f"request (HTTP {r.status_code})", None, r.status_code)
                 if r.status_code == 401:
-                    raise self._auth_error(r, what)
-                raise error_from_response(r, what)
-            if not stream:
-                r.read()
-                r.close()
-            return r
+                    raise self._auth_error(r, what, body)
+                raise error_from_response(r, what, body)
+            if stream:
+                return r
+            return _with_body(r, read_body(r, max_body, what, deadline=deadline, host=self.registry))
 
-    def _auth_error(self, r: httpx.Response, what: str) -> RegistryError:
-        err = error_from_response(r, what)
+    def _auth_error(self, r: httpx.Response, what: str, body: bytes) -> RegistryError:
+        err = error_from_response(r, what, body)
         if self.credentials is None:
             return RegistryAuthError(f"{err} (log in with: unionfs login {self.registry})", err.code)
         return RegistryAuthError(f"{err} (check the credentials for {self.registry})", err.code)
 
     def _send(self, method: str, url: str, headers: dict[str, str], auth: dict[str, str],
-              content: bytes | Callable[[], Iterable[bytes]] | None, params: dict[str, str] | None
-              ) -> httpx.Response:
+              content: bytes | Callable[[], Iterable[bytes]] | None, params: dict[str, str] | None,
+              timeout: httpx.Timeout) -> httpx.Response:
         """Send and follow redirects by hand; Authorization only while on the API's own origin."""
         target = httpx.URL(url)
         if params:
             target = target.copy_merge_params(params)
-        home = _origin(httpx.URL(self.base_url))
+        home = self._home()
         for _ in range(_MAX_REDIRECTS + 1):
             h = dict(headers)
             if _origin(target) == home:
                 h.update(auth)
             body = content() if callable(content) else content
-            req = self._http.build_request(method, target, headers=h, content=body)
+            req = self._http.build_request(method, target, headers=h, content=body, timeout=timeout)
             r = self._http.send(req, stream=True)
             if r.status_code in (301, 302, 303, 307, 308) and "location" in r.headers:
                 r.close()
@@ -515,26 +760,12 @@ class RegistryClient:
         what = f"{self.registry}/{repository}{'@' if ':' in reference else ':'}{reference}"
         r = self.request("GET", f"/v2/{repository}/manifests/{reference}", what=what,
                          scopes=[repository_scope(repository, "pull")], headers={"Accept": MANIFEST_ACCEPT},
-                         stream=True)
-        try:
-            length = int(r.headers.get("content-length") or 0)
-            if length > MAX_MANIFEST_BYTES:
-                raise RegistryError(f"{what}: manifest of {length} bytes is larger than allowed")
-            chunks, total = [], 0
-            for chunk in r.iter_bytes():
-                total += len(chunk)
-                if total > MAX_MANIFEST_BYTES:
-                    raise RegistryError(f"{what}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
-                chunks.append(chunk)
-        except httpx.TransportError as e:
-            raise RegistryConnectionError(f"{what}: connection lost: {_describe(e)}") from None
-        finally:
-            r.close()
-        raw = b"".join(chunks)
+                         max_body=MAX_MANIFEST_BYTES)
+        raw = r.content
         media_type = r.headers.get("content-type", "").split(";")[0].strip()
         try:
             body_type = json.loads(raw).get("mediaType")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             raise RegistryError(f"{what}: the registry sent a manifest that is not JSON") from None
         if body_type:
             media_type = body_type
@@ -710,10 +941,10 @@ class RegistryClient:
         params = {"n": str(page)} if page else None
         url: str | None = path
         while url:
-            r = self.request("GET", url, scopes=scopes, what=what, params=params)
+            r = self.request("GET", url, scopes=scopes, what=what, params=params, max_body=MAX_LIST_BYTES)
             try:
                 items = r.json().get(key) or []
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):
                 raise RegistryError(f"{what}: the registry's answer is not JSON") from None
             yield from (str(x) for x in items)
             nxt = parse_link_next(r.headers.get("link"))
@@ -779,6 +1010,8 @@ class BlobReader:
         self._iter: Iterator[bytes] | None = None
         self._range_ok = False
         self._done = False
+        self._window_start = 0.0
+        self._window_bytes = 0
         self._open()
 
     # the first request, and each resume
@@ -815,8 +1048,9 @@ class BlobReader:
                 self.size = int(length)
         self._resp = resp
         self._iter = resp.iter_raw()  # pieces as they arrive: a broken transfer keeps what came
+        self._window_start, self._window_bytes = time.monotonic(), 0
         while skip:
-            chunk = next(self._iter, b"")
+            chunk = self._next()
             if not chunk:
                 raise RegistryError(f"{what}: the registry sent less than before")
             if len(chunk) > skip:
@@ -825,12 +1059,35 @@ class BlobReader:
             else:
                 skip -= len(chunk)
 
+    def _next(self) -> bytes:
+        """The next piece of the open response (b"" at its end), held to the minimum-progress rule: raises
+        RegistryConnectionError (the transfer is not resumed) when too little arrived in a window."""
+        assert self._iter is not None
+        limits = self._client.deadlines
+        try:
+            chunk = next(self._iter, b"")
+        except httpx.TimeoutException:
+            self._close_response()
+            raise RegistryConnectionError(
+                f"blob {self.digest}: transfer too slow: the server stopped sending at byte {self.offset} "
+                f"(UNIONFS_SPEED_LIMIT={limits.speed_limit:g} bytes/s, UNIONFS_SPEED_TIME={limits.speed_time:g})"
+            ) from None
+        self._window_bytes += len(chunk)
+        elapsed = time.monotonic() - self._window_start
+        if chunk and elapsed >= limits.speed_time:
+            if self._window_bytes < limits.speed_limit * elapsed:
+                self._close_response()
+                raise RegistryConnectionError(
+                    f"blob {self.digest}: transfer too slow: {self._window_bytes} bytes in {elapsed:.1f} s "
+                    f"(UNIONFS_SPEED_LIMIT={limits.speed_limit:g} bytes/s, UNIONFS_SPEED_TIME={limits.speed_time:g})")
+            self._window_start, self._window_bytes = time.monotonic(), 0
+        return chunk
+
     def _fill(self) -> bytes:
         """The next piece of the body, resuming on a broken connection; b"" at the end."""
         while True:
-            assert self._iter is not None
             try:
-                return next(self._iter, b"")
+                return self._next()
             except httpx.TransportError as e:
                 self._close_response()
                 if self.size is not None and self.offset >= self.size:
@@ -904,32 +1161,46 @@ class BlobReader:
 # --- Docker Hub search --------------------------------------------------------------------------
 def hub_search(term: str, limit: int = 25, *, url: str = DOCKER_HUB_SEARCH_URL,
                transport: httpx.BaseTransport | None = None, retry: RetryPolicy | None = None,
-               timeout: float = 30.0) -> list[SearchResult]:
-    """Docker Hub's search API (``/v1/search?q=TERM&n=LIMIT``); ``url`` and ``transport`` are for tests."""
+               deadlines: Deadlines | None = None) -> list[SearchResult]:
+    """Docker Hub's search API (``/v1/search?q=TERM&n=LIMIT``); ``url`` and ``transport`` are for tests.
+
+    No credentials are involved (redirects are followed); the answer comes within the request deadline and is
+    read up to ``MAX_LIST_BYTES``.
+    """
     policy = retry or RetryPolicy()
-    with httpx.Client(transport=transport, timeout=timeout, headers={"User-Agent": USER_AGENT},
+    limits = deadlines or Deadlines.from_env()
+    deadline = _Deadline.start(limits.request)
+    what = f"search {term!r}"
+    host = httpx.URL(url).host
+    with httpx.Client(transport=transport, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
                       follow_redirects=True) as http:
         for attempt in range(policy.attempts):
             try:
-                r = http.get(url, params={"q": term, "n": str(limit)})
+                req = http.build_request("GET", url, params={"q": term, "n": str(limit)},
+                                         timeout=limits.timeout(deadline))
+                r = http.send(req, stream=True)
             except httpx.TransportError as e:
-                if attempt + 1 < policy.attempts:
-                    time.sleep(policy.delay(attempt))
+                if deadline.left() <= 0:
+                    raise deadline.error(what, host, False) from None
+                if attempt + 1 < policy.attempts and deadline.allows(delay := policy.delay(attempt)):
+                    time.sleep(delay)
                     continue
-                raise RegistryConnectionError(f"search {term!r}: cannot reach {httpx.URL(url).host}: "
-                                              f"{_describe(e)}") from None
-            if r.status_code in _RETRY_STATUSES and attempt + 1 < policy.attempts:
-                time.sleep(policy.delay(attempt, r.headers.get("retry-after")))
-                continue
+                raise RegistryConnectionError(f"{what}: cannot reach {host}: {_describe(e)}") from None
+            if r.status_code != 200:
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
+                delay = policy.delay(attempt, r.headers.get("retry-after"))
+                if r.status_code in _RETRY_STATUSES and attempt + 1 < policy.attempts and deadline.allows(delay):
+                    time.sleep(delay)
+                    continue
+                raise error_from_response(r, what, body)
+            body = read_body(r, MAX_LIST_BYTES, what, deadline=deadline, host=host)
             break
-        if r.status_code != 200:
-            raise error_from_response(r, f"search {term!r}")
-        try:
-            results = r.json().get("results") or []
-        except (ValueError, AttributeError):
-            raise RegistryError(f"search {term!r}: the answer is not JSON") from None
+    try:
+        results = json.loads(body).get("results") or []
+    except (ValueError, AttributeError, RecursionError):
+        raise RegistryError(f"{what}: the answer is not JSON") from None
     out = []
-    for item in results[:limit]:
+    for item in results[:limit] if isinstance(results, list) else []:
         if isinstance(item, dict) and item.get("name"):
             out.append(SearchResult(str(item["name"]), " ".join(str(item.get("description") or "").split()),
                                     int(item.get("star_count") or 0), bool(item.get("is_official"))))
