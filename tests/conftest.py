@@ -52,6 +52,15 @@ def test_images(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
     return build_images(tmp_path_factory.mktemp("images"))
 
 
+@pytest.fixture
+def store(store_root: Path, base_tarball: Path) -> Path:
+    """A fresh store holding busybox:latest (see tests/busybox.py)."""
+    from busybox import import_busybox
+
+    import_busybox(store_root, base_tarball)
+    return store_root
+
+
 @pytest.fixture(scope="session")
 def base_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox rootfs tarball (Debian's busybox-static), made once per session."""

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from busybox import import_busybox, leftovers, store_state, unionfs
+from busybox import leftovers, store_state, unionfs
 
 from unionfs import buildcache
 from unionfs.store import Store
@@ -42,13 +42,6 @@ WORKDIR /home/user
 ENTRYPOINT ["/bin/sh", "-c"]
 CMD ["cat $GREETING_FILE"]
 """
-
-
-@pytest.fixture
-def store(store_root: Path, base_tarball: Path) -> Path:
-    """A store holding busybox:latest."""
-    import_busybox(store_root, base_tarball)
-    return store_root
 
 
 @pytest.fixture

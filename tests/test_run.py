@@ -11,13 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from busybox import import_busybox, leftovers, unionfs
-
-
-@pytest.fixture
-def store(store_root: Path, base_tarball: Path) -> Path:
-    import_busybox(store_root, base_tarball)
-    return store_root
+from busybox import leftovers, unionfs
 
 
 def test_exit_code_is_forwarded_and_nothing_is_left(store: Path) -> None:

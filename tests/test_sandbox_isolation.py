@@ -19,17 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from busybox import import_busybox, leftovers, unionfs
+from busybox import leftovers, unionfs
 
 #: docker's default capability set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
 #: NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP
 DOCKER_DEFAULT_CAPS = "00000000a80425fb"
-
-
-@pytest.fixture
-def store(store_root: Path, base_tarball: Path) -> Path:
-    import_busybox(store_root, base_tarball)
-    return store_root
 
 
 @pytest.fixture

@@ -228,17 +228,26 @@ def _ps_status(mountpoint: str) -> str:
     return lines[0].split(mountpoint, 1)[1].strip()
 
 
+@contextlib.contextmanager
+def _held_open(path: str) -> Iterator[int]:
+    """A descriptor of ``path``, closed at the end (a dead mount may answer the flush ENOTCONN)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def _mounted_at(mountpoint: str) -> bool:
     return any(m.mountpoint == mountpoint for m in mountinfo.mounts())
 
 
 def test_dead_mount_with_an_open_file_is_shown_dead_and_umount_detaches_it(tmp_path: Path, mnt: str) -> None:
     lowers, up, work = _layers(tmp_path)
-    fd = -1
-    try:
-        with mounted(lowers, up, work, mnt):
-            assert _ps_status(mnt) == "mounted"
-            fd = os.open(os.path.join(mnt, "f"), os.O_RDONLY)
+    with mounted(lowers, up, work, mnt):
+        assert _ps_status(mnt) == "mounted"
+        with _held_open(os.path.join(mnt, "f")) as fd:
             _kill_daemon(mnt)
             assert _ps_status(mnt) == "dead (daemon gone)"
             res = unionfs("mount", "--lower", lowers[0], mnt, check=False)  # mounting over it: told what to do
@@ -251,18 +260,12 @@ def test_dead_mount_with_an_open_file_is_shown_dead_and_umount_detaches_it(tmp_p
             with pytest.raises(OSError) as ei:
                 os.read(fd, 10)
             assert ei.value.errno == errno.ENOTCONN
-    finally:
-        if fd >= 0:
-            with contextlib.suppress(OSError):  # closed, though a dead mount answers the flush ENOTCONN
-                os.close(fd)
 
 
 def test_busy_live_mount_points_at_lazy_and_lazy_cleans_dead_ones(tmp_path: Path, mnt: str) -> None:
     lowers, up, work = _layers(tmp_path)
-    fd = -1
-    try:
-        with mounted(lowers, up, work, mnt):
-            fd = os.open(os.path.join(mnt, "f"), os.O_RDONLY)
+    with mounted(lowers, up, work, mnt):
+        with _held_open(os.path.join(mnt, "f")) as fd:
             res = unionfs("umount", mnt, check=False)
             assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
             assert "busy" in res.stderr and f"unionfs umount --lazy {mnt}" in res.stderr
@@ -271,10 +274,6 @@ def test_busy_live_mount_points_at_lazy_and_lazy_cleans_dead_ones(tmp_path: Path
             assert _ps_status(mnt) == "dead (daemon gone)"
             unionfs("umount", "--lazy", mnt)
             assert not _mounted_at(mnt)
-    finally:
-        if fd >= 0:
-            with contextlib.suppress(OSError):  # closed, though a dead mount answers the flush ENOTCONN
-                os.close(fd)
 
 
 def test_dead_idle_mount_unmounts_plainly(tmp_path: Path, mnt: str) -> None:

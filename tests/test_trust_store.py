@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import pytest
 
 from conftest import run_cli
-from mounting import (kill_pids, mount_fstype, require, skip_reason_fuse, skip_reason_root, skip_reason_unionfs,
+from mounting import (mount_fstype, require, skip_reason_fuse, skip_reason_root, skip_reason_unionfs,
                       unionfs_mount)
 from unionfs.commit import mount_options
 from unionfs.errors import MountedTreeError

@@ -28,8 +28,8 @@ from typing import IO, BinaryIO, Iterator
 
 from .compression import compress_stream, open_decompressed
 from .digest import Digest, HashingReader
-from .errors import ArchiveError, DigestError, ManifestError, ReferenceError_, UnionfsError, shown
-from .layer import _BoundedHasher, _BoundedTarInfo, _one_line, max_layer_size  # one bound for load and import
+from .errors import ArchiveError, DigestError, ManifestError, ReferenceError_, UnionfsError, printable, shown
+from .layer import BoundedTarInfo, LayerReader, max_layer_size  # one bound for load and import
 from .manifest import (CONTAINERD_NAME_ANNOTATION, OCI_CONFIG, OCI_INDEX, OCI_LAYER,
                        OCI_LAYER_GZIP, OCI_LAYER_ZSTD, REF_NAME_ANNOTATION, Descriptor, ImageConfig, Index,
                        Manifest, Platform, canonical_json, is_index, parse_docker_archive_manifest)
@@ -88,9 +88,9 @@ class _TarSource(_Source):
 
     def __init__(self, path: str) -> None:
         try:
-            self.tar = tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo)
+            self.tar = tarfile.open(path, "r:*", tarinfo=BoundedTarInfo)
         except (tarfile.TarError, OSError, EOFError, UnionfsError) as e:
-            raise ArchiveError(f"{path} is not a readable tar archive: {_one_line(e)}") from None
+            raise ArchiveError(f"{path} is not a readable tar archive: {printable(str(e))}") from None
         try:
             self.members = self._walk(path)
         except BaseException:
@@ -132,7 +132,7 @@ class _TarSource(_Source):
         except (tarfile.TarError, OSError, EOFError, UnionfsError, ValueError, OverflowError) as e:
             if isinstance(e, ArchiveError):
                 raise
-            raise ArchiveError(f"{path} is not a readable tar archive: {_one_line(e)}") from None
+            raise ArchiveError(f"{path} is not a readable tar archive: {printable(str(e))}") from None
         tar._loaded = True  # type: ignore[attr-defined]  # no further walks by tarfile itself
         return out
 
@@ -318,12 +318,12 @@ def import_rootfs(store: Store, path: str, ref: Reference | None, message: str =
             with src, open(stage / "layer", "wb") as out:
                 raw = open_decompressed(src, None)
                 # the same streaming bound as ``load`` (the unpacker's): a bomb stops at the bound
-                hashing = _BoundedHasher(raw, "sha256", max_layer_size())
+                hashing = LayerReader(raw, "sha256", max_layer_size())
                 compress_stream(hashing, out, "gzip")  # type: ignore[arg-type]
                 out.flush()
                 os.fsync(out.fileno())
             _check_tar(stage / "layer")
-            diff_id = Digest("sha256", hashing.hexdigest())
+            diff_id = hashing.digest()
             with open(stage / "layer", "rb") as f:
                 digest, size = store.put_blob(f)
         finally:

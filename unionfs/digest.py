@@ -73,9 +73,13 @@ class HashingReader:
         if data:
             self._hash.update(data)
             self.count += len(data)
-            if self._limit is not None and self.count > self._limit:
-                raise DigestError(f"content longer than the expected {self._limit} bytes")
+            self._check_limit()
         return data
+
+    def _check_limit(self) -> None:
+        """Raise when what was read is over the bound (subclasses bound something else)."""
+        if self._limit is not None and self.count > self._limit:
+            raise DigestError(f"content longer than the expected {self._limit} bytes")
 
     def readinto(self, buf) -> int:  # type: ignore[no-untyped-def]
         data = self.read(len(buf))

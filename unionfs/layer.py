@@ -46,8 +46,8 @@ from typing import BinaryIO, Callable
 
 from . import whiteout
 from .compression import open_decompressed
-from .digest import Digest
-from .errors import DigestError, LayerError, LayerTooLargeError, UnionfsError, UnsafeLayerError
+from .digest import Digest, HashingReader
+from .errors import DigestError, LayerError, LayerTooLargeError, UnionfsError, UnsafeLayerError, printable
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,11 @@ def unpack_layer(blob: BinaryIO, dest: str, *, media_type: str | None, diff_id: 
         raise LayerError(f"cannot open layer directory {dest}: {e.strerror}") from None
     unpacker = _Unpacker(root_fd, limit)
     try:
-        reader = _BoundedHasher(open_decompressed(blob, media_type), algorithm, limit)
+        reader = LayerReader(open_decompressed(blob, media_type), algorithm, limit)
         unpacker.run(reader)
     finally:
         unpacker.close()
-    got = Digest(algorithm, reader.hexdigest())
+    got = reader.digest()
     if diff_id is not None and got != diff_id:
         raise DigestError(f"layer DiffID mismatch: expected {diff_id}, got {got}")
     return UnpackResult(got, reader.count, unpacker.entries)
@@ -133,31 +133,18 @@ def _show(name: bytes | str) -> str:
     return repr(name)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split("\n"))
-
-
-class _BoundedHasher:
-    """Hashes and counts what is read. The bound is on the layer's expanded size: the uncompressed tar
-    stream (``count``) plus the holes of its sparse members (``holes``, which the stream does not hold);
-    LayerTooLargeError once that total goes over ``limit``."""
+class LayerReader(HashingReader):
+    """The one hashing reader, bounding a layer's expanded size: the uncompressed tar stream (``count``)
+    plus the holes of its sparse members (``holes``, which the stream does not hold); LayerTooLargeError
+    once that total goes over ``limit``. Used by unpack, ``load`` and ``import`` alike."""
 
     def __init__(self, stream: BinaryIO, algorithm: str, limit: int) -> None:
-        import hashlib
-
-        self._stream = stream
-        self._hash = hashlib.new(algorithm)
+        super().__init__(stream, algorithm)
         self.limit = limit
-        self.count = 0
         self.holes = 0
 
-    def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
-        if data:
-            self._hash.update(data)
-            self.count += len(data)
-            self.check(self.count + self.holes)
-        return data
+    def _check_limit(self) -> None:
+        self.check(self.count + self.holes)
 
     def check(self, expanded: int) -> None:
         """Raise LayerTooLargeError when ``expanded`` bytes are over the bound."""
@@ -169,9 +156,6 @@ class _BoundedHasher:
         """Count ``n`` bytes of sparse holes into the layer's expanded size (and check the bound)."""
         self.holes += n
         self.check(self.count + self.holes)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
 
 
 def _check_pax_records(buf: bytes) -> None:
@@ -191,7 +175,7 @@ def _check_pax_records(buf: bytes) -> None:
         raise UnsafeLayerError("PAX header holds a run of more than 64 digits (refused on this Python)")
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
+class BoundedTarInfo(tarfile.TarInfo):
     """TarInfo that refuses oversized or malformed extended headers before tarfile reads them."""
 
     def _proc_pax(self, tarfile_):  # type: ignore[no-untyped-def]
@@ -353,7 +337,7 @@ class _Unpacker:
     def __init__(self, root_fd: int, limit: int) -> None:
         self.root = root_fd
         self.limit = limit
-        self.reader: _BoundedHasher  # the stream being unpacked, set by run()
+        self.reader: LayerReader  # the stream being unpacked, set by run()
         self.is_root = os.geteuid() == 0
         self.entries = 0
         self._dirs: OrderedDict[bytes, int] = OrderedDict()
@@ -370,12 +354,12 @@ class _Unpacker:
 
     # -- the main loop ---------------------------------------------------------------------------
 
-    def run(self, reader: _BoundedHasher) -> None:
+    def run(self, reader: LayerReader) -> None:
         """Read every header and create its entry; then check the end marker and drain the stream."""
         self.reader = reader
         try:
             tf = tarfile.open(fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape",  # type: ignore[call-overload]
-                              tarinfo=_BoundedTarInfo, bufsize=_TAR_BUFSIZE)
+                              tarinfo=BoundedTarInfo, bufsize=_TAR_BUFSIZE)
             ti = tf.firstmember
             tf.firstmember = None
             if ti is None:
@@ -389,15 +373,15 @@ class _Unpacker:
             if self._entry and not msg.startswith("entry "):
                 msg = f"entry {_show(self._entry)}: {msg}"
             cls = LayerError if isinstance(e, _NotADirectory) else type(e)
-            raise cls(_one_line(msg)) from None
+            raise cls(printable(msg)) from None
         except tarfile.TarError as e:
-            raise LayerError(_one_line(f"corrupt tar stream: {e}")) from None
+            raise LayerError(printable(f"corrupt tar stream: {e}")) from None
         except OSError as e:
             where = f"entry {_show(self._entry)}: " if self._entry else ""
-            raise LayerError(_one_line(f"{where}{e.strerror or e}")) from None
+            raise LayerError(printable(f"{where}{e.strerror or e}")) from None
         except (ValueError, UnicodeError, OverflowError, EOFError) as e:
             where = f"entry {_show(self._entry)}: " if self._entry else ""
-            raise LayerError(_one_line(f"{where}invalid tar data: {e}")) from None
+            raise LayerError(printable(f"{where}invalid tar data: {e}")) from None
 
     def _next(self, tf: tarfile.TarFile) -> tarfile.TarInfo | None:
         self._entry = b""

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Iterator
+from typing import IO, Any, BinaryIO, Callable, Iterator
 
 from .digest import Digest, HashingReader
 from .errors import (BlobNotFoundError, ContainerError, DigestError, ImageInUseError, ImageNotFoundError,
@@ -660,13 +660,21 @@ class Store:
 
     def set_container_mount(self, name: str, mountpoint: str | None) -> None:
         """Record where container ``name`` is mounted (None: not mounted)."""
+        def change(state: dict[str, Any]) -> None:
+            state["mountpoint"] = mountpoint
+
+        self._update_container_state(name, change)
+
+    def _update_container_state(self, name: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """Under the lock: read container ``name``'s state.json, let ``change`` edit it in place, and write it
+        back atomically (ContainerError when there is no such container)."""
         with self.lock():
             path = self._container_dir(name) / "state.json"
             try:
                 state = json.loads(path.read_bytes())
             except FileNotFoundError:
                 raise ContainerError(f"no such container: {name}") from None
-            state["mountpoint"] = mountpoint
+            change(state)
             atomic_write(path, canonical_json(state))
 
     def set_container_paused(self, name: str, marker: dict[str, Any] | None, *,
@@ -674,19 +682,15 @@ class Store:
         """Record (``marker``: who paused it, where) or clear (None) the pause of container ``name``'s mount
         (``commit``); written atomically, so a command killed while pausing leaves a marker to undo. With
         ``if_current``, only when the recorded marker is that one."""
-        with self.lock():
-            path = self._container_dir(name) / "state.json"
-            try:
-                state = json.loads(path.read_bytes())
-            except FileNotFoundError:
-                raise ContainerError(f"no such container: {name}") from None
+        def change(state: dict[str, Any]) -> None:
             if if_current is not None and state.get("paused") != if_current:
                 return
             if marker is None:
                 state.pop("paused", None)
             else:
                 state["paused"] = marker
-            atomic_write(path, canonical_json(state))
+
+        self._update_container_state(name, change)
 
     def remove_container(self, name: str) -> None:
         """Delete container ``name`` and its upper. Raises ContainerError when missing or mounted."""
