@@ -282,8 +282,8 @@ class Mount:
             if e is not None and (e.mount_id, e.dev, e.fstype) == \
                     (self.entry.mount_id, self.entry.dev, self.entry.fstype):
                 return self.last_where
+        self.gone = True  # before release_root, whose where() then stops here instead of recursing
         self.release_root()
-        self.gone = True
         return None
 
     def release_root(self) -> None:

@@ -334,6 +334,17 @@ def test_hub_search_parses_results() -> None:
         server.close()
 
 
+def test_hub_search_survives_junk_counts() -> None:
+    body = json.dumps({"results": [{"name": "a", "star_count": "many"}, {"name": "b", "star_count": [1]},
+                                   {"name": "c", "star_count": -5}, {"name": "d", "star_count": 7}]}).encode()
+    server = FakeServer(lambda m, p, h: (200, {"Content-Type": "application/json"}, body))
+    try:
+        got = hub_search("x", 10, url=f"http://127.0.0.1:{server.port}/v1/search", retry=FAST)
+        assert [(r.name, r.stars) for r in got] == [("a", 0), ("b", 0), ("c", 0), ("d", 7)]
+    finally:
+        server.close()
+
+
 # --- docker config ---------------------------------------------------------------------------------
 def test_docker_config_save_get_erase(tmp_path: Path) -> None:
     path = tmp_path / "cfg" / "config.json"

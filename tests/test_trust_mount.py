@@ -284,3 +284,17 @@ def test_dead_idle_mount_unmounts_plainly(tmp_path: Path, mnt: str) -> None:
         res = unionfs("umount", mnt, check=False)
         assert res.returncode == 0 and res.stderr == "", res.stderr
         assert not _mounted_at(mnt)
+
+
+def test_harness_forgets_a_mount_detached_under_its_descriptor(tmp_path: Path) -> None:
+    """The suite's one mount harness: a mount lazily detached while the harness pins it is seen gone (it
+    recursed between where() and release_root() until RecursionError)."""
+    from mounting import unionfs_mount
+
+    lowers, up, work = _layers(tmp_path)
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    with unionfs_mount([Path(p) for p in lowers], Path(up), Path(work), mnt, strict_unmount=False) as m:
+        assert m.root_fd is not None
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+        assert m.where() is None and m.root_fd is None

@@ -1203,5 +1203,10 @@ def hub_search(term: str, limit: int = 25, *, url: str = DOCKER_HUB_SEARCH_URL,
     for item in results[:limit] if isinstance(results, list) else []:
         if isinstance(item, dict) and item.get("name"):
             out.append(SearchResult(str(item["name"]), " ".join(str(item.get("description") or "").split()),
-                                    int(item.get("star_count") or 0), bool(item.get("is_official"))))
+                                    _count(item.get("star_count")), bool(item.get("is_official"))))
     return out
+
+
+def _count(value: object) -> int:
+    """A star count from a search answer: a non-negative int, else 0 (advice shown, never stored)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
