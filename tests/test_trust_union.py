@@ -33,6 +33,7 @@ from mounting import (
     unionfs_mount,
 )
 from tarbuild import build, directory, file, opaque
+from test_mount_cases import DAEMONS
 from unionfs.digest import Digest
 from unionfs.manifest import OCI_CONFIG, OCI_LAYER, Descriptor, Manifest
 from unionfs.reference import Reference
@@ -40,8 +41,6 @@ from unionfs.store import Store
 from unionfs.treeview import ImageTree
 from unionfs.union import Union
 
-#: the daemons a mount test runs against: the default low-level daemon and the libfuse adapter
-DAEMONS = {"default": (), "libfuse": ("-o", "impl=libfuse")}
 
 
 def _require_mount() -> None:

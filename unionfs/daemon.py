@@ -163,7 +163,7 @@ def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
             if not item:
                 continue
             k, sep, v = item.partition("=")
-            if k in ("writeback", "threads", "volatile", "allow_other"):
+            if k in ("writeback", "volatile", "allow_other"):
                 opts[k] = v.lower() not in ("0", "no", "false", "off") if sep else True
             elif k in ("nowriteback",):
                 opts["writeback"] = False
@@ -331,8 +331,8 @@ def _wait_exit(pid: int, timeout: float) -> None:
 
 
 def _serve(spec: dict, ready_fd: int | None) -> None:
-    """Run the daemon (this process serves the mount until it ends): on the kernel's protocol
-    (:mod:`unionfs.lowlevel`), or through libfuse with ``-o impl=libfuse`` (:mod:`unionfs.fusefs`).
+    """Run the daemon (this process serves the mount until it ends) on the kernel's protocol
+    (:mod:`unionfs.lowlevel`).
     A writable mount holds its work directory (:mod:`unionfs.workdir`) while it lives."""
     from .workdir import WorkClaim, claim
 
@@ -372,13 +372,6 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
         ov = Overlay(spec["lowers"], spec["upper"], spec["work"], volatile=volatile)
     except OSError as e:
         raise MountError(f"cannot open the layers: {e}") from None
-    threads = bool(opts.pop("threads", False))
-    if opts.pop("impl", "kernel") == "libfuse":
-        from .fusefs import serve
-        for k, off in FLAG_OPTIONS.items():  # libfuse takes each flag as its own option, on or off
-            opts[k if opts.pop(k) else off] = True
-        serve(ov, spec["mountpoint"], options=opts, ready=ready, threads=threads)
-        return
     from . import lowlevel
     from .fuseproto import MountOptions
 

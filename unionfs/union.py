@@ -593,10 +593,6 @@ class Union:
         return not self.listdir(node)
 
     # ------------------------------------------------------------------ attributes
-    def stat_dict(self, node: Node) -> dict[str, int]:
-        """The attributes the mount shows for ``node`` (a fusepy-style stat dict, times in ns)."""
-        return stat_dict(node.st, node.ino, merged=node.merged, nlink=self.nlink(node))
-
     def nlink(self, node: Node) -> int:
         """The visible link count (merged directories say 1, as the kernel; index aliases count lowers)."""
         if node.is_dir:
@@ -663,16 +659,6 @@ class Union:
         if node.is_dir:
             for c in sorted(self.listdir(node), key=lambda n: n.path):
                 yield from self.walk(c)
-
-
-def stat_dict(st: os.stat_result, ino: int, *, merged: bool = False, nlink: int | None = None) -> dict[str, int]:
-    """A fusepy stat dict (times as integer nanoseconds) for ``st`` shown with inode ``ino``."""
-    return {
-        "st_mode": st.st_mode, "st_ino": ino, "st_nlink": st.st_nlink if nlink is None else nlink,
-        "st_uid": st.st_uid, "st_gid": st.st_gid, "st_size": st.st_size, "st_rdev": st.st_rdev,
-        "st_blocks": st.st_blocks, "st_blksize": st.st_blksize,
-        "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns,
-    }
 
 
 def _components(path: str) -> list[str]:
