@@ -53,12 +53,12 @@ from .commit import new_config
 from .compression import GZIP
 from .copier import copy_entry, is_archive, makedirs, unpack_archive
 from .digest import Digest
-from .dockerfile import (Instruction, Stage, expand, is_valid_arg_name, key_values, parse,
-                         parse_instruction, split_words)
+from .dockerfile import Instruction, Stage, expand, is_valid_arg_name, parse, parse_instruction, split_words
 from .errors import (BuildError, CommandFailedError, DockerfileError, ImageNotFoundError, MountError,
                      UnionfsError, UnsafeLayerError, UsageError)
 from .manifest import OCI_CONFIG, Descriptor, ImageConfig, Manifest, Platform
 from .mountplan import MountPlan
+from .mutate import Mutation, expansion_env, resolve, shell_of
 from .pack import pack_layer, write_diff_tar
 from .reference import Reference
 from .rootpath import clean, resolve_in_root
@@ -67,10 +67,6 @@ from .store import Image, Store, now_rfc3339, remove_tree
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHELL = ["/bin/sh", "-c"]
-#: instructions that only change the config
-CONFIG_ONLY = ("ENV", "LABEL", "MAINTAINER", "EXPOSE", "VOLUME", "USER", "STOPSIGNAL", "CMD", "ENTRYPOINT",
-               "SHELL", "HEALTHCHECK", "ONBUILD")
 Runner = Callable[[str, Process, Callable[[bytes], None]], Completed]
 
 
@@ -119,15 +115,6 @@ class _State:
 def short_id(image: Image) -> str:
     """The 12-digit image id docker shows."""
     return image.id.hex[:12]
-
-
-def _go_duration(text: str, where: str) -> int:
-    """Nanoseconds of a Go duration (``30s``, ``1m30s``, ``500ms``)."""
-    units = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
-    if not parts or "".join(a + b for a, b in parts) != text:
-        raise DockerfileError(f"{where}invalid duration {text!r}")
-    return int(sum(float(a) * units[b] for a, b in parts))
 
 
 class Builder:
@@ -302,11 +289,7 @@ class Builder:
 
     def _env(self, state: _State) -> dict[str, str]:
         """Variables for expansion: the ARGs in effect, overridden by the config's Env."""
-        env = dict(state.args)
-        for e in (state.image.config.data.get("config") or {}).get("Env") or []:
-            k, _, v = e.partition("=")
-            env[k] = v
-        return env
+        return expansion_env(state.image.config.data.get("config") or {}, state.args)
 
     def _expand(self, state: _State, ins: Instruction, word: str, quotes: bool = True) -> str:
         return expand(word, self._env(state), self.df.escape, quotes=quotes, where=self._where(ins))
@@ -323,8 +306,9 @@ class Builder:
             return self._copy(state, ins)
         if kw == "WORKDIR":
             return self._workdir(state, ins)
-        desc, mutate = self._config_change(state, ins)
-        self._cached(state, desc, {}, lambda: self._config_image(state.image, mutate, f"/bin/sh -c #(nop) {desc}"))
+        m = self._mutation(state, ins)
+        self._cached(state, m.desc, {},
+                     lambda: self._config_image(state.image, m.apply, f"/bin/sh -c #(nop) {m.desc}"))
         if kw == "CMD":
             state.cmd_set = True
 
@@ -458,7 +442,7 @@ class Builder:
 
     # ------------------------------------------------------------------ RUN
     def _shell(self, state: _State) -> list[str]:
-        return list((state.image.config.data.get("config") or {}).get("Shell") or DEFAULT_SHELL)
+        return shell_of(state.image.config.data.get("config") or {})
 
     def _run(self, state: _State, ins: Instruction) -> None:
         cfg = state.image.config.data.get("config") or {}
@@ -486,23 +470,19 @@ class Builder:
 
     # ------------------------------------------------------------------ WORKDIR
     def _workdir(self, state: _State, ins: Instruction) -> None:
-        cfg = state.image.config.data.get("config") or {}
-        value = self._expand(state, ins, ins.args.strip())
-        path = clean(os.path.join(clean(cfg.get("WorkingDir") or "/"), value))
-        desc = f"WORKDIR {path}"
-
-        def mutate(c: dict[str, Any], _data: dict[str, Any]) -> None:
-            c["WorkingDir"] = path
+        m = self._mutation(state, ins)
+        path = m.value
+        assert path is not None  # a WORKDIR mutation carries its path
 
         def make() -> Image:
             if self._exists(state.image, path):
-                return self._config_image(state.image, mutate, f"/bin/sh -c #(nop) {desc}")
+                return self._config_image(state.image, m.apply, f"/bin/sh -c #(nop) {m.desc}")
 
             def work(mnt: str, _ws: Path) -> None:
                 _dest_dir(mnt, path, None)
-            return self._layer_image(state.image, f"/bin/sh -c #(nop) {desc}", work, mutate=mutate)
+            return self._layer_image(state.image, f"/bin/sh -c #(nop) {m.desc}", work, mutate=m.apply)
 
-        self._cached(state, desc, {}, make)
+        self._cached(state, m.desc, {}, make)
 
     def _exists(self, image: Image, path: str) -> bool:
         from .union import Union
@@ -514,133 +494,10 @@ class Builder:
         return node is not None and stat.S_ISDIR(node.st.st_mode)
 
     # ------------------------------------------------------------------ config-only instructions
-    def _config_change(self, state: _State, ins: Instruction
-                       ) -> tuple[str, Callable[[dict[str, Any], dict[str, Any]], None]]:
-        kw = ins.keyword
-        where = self._where(ins)
-        env = self._env(state)
-        esc = self.df.escape
-
-        def ex(word: str) -> str:
-            return expand(word, env, esc, where=where)
-
-        if kw in ("ENV", "LABEL"):
-            pairs = key_values(ins.args, env, esc, where=where, keyword=kw)
-            if kw == "ENV":
-                def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                    cur = list(c.get("Env") or [])
-                    for k, v in pairs:
-                        cur = [e for e in cur if e.split("=", 1)[0] != k] + [f"{k}={v}"]
-                    c["Env"] = cur
-            else:
-                def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                    labels = dict(c.get("Labels") or {})
-                    labels.update(pairs)
-                    c["Labels"] = labels
-            return f"{kw} " + " ".join(f"{k}={json.dumps(v)}" for k, v in pairs), mutate
-        if kw == "MAINTAINER":
-            author = ex(ins.args.strip())
-
-            def set_author(_c: dict[str, Any], d: dict[str, Any]) -> None:
-                d["author"] = author
-            return f"MAINTAINER {author}", set_author
-        if kw == "EXPOSE":
-            ports: list[str] = []
-            for w in split_words(ins.args, esc):
-                p = ex(w)
-                num, _, proto = p.partition("/")
-                proto = (proto or "tcp").lower()
-                lo, _, hi = num.partition("-")
-                if not lo.isdigit() or (hi and not hi.isdigit()) or proto not in ("tcp", "udp", "sctp"):
-                    raise DockerfileError(f"{where}invalid port {p!r}", ins.line)
-                for n in range(int(lo), int(hi or lo) + 1):
-                    ports.append(f"{n}/{proto}")
-
-            def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                exposed = dict(c.get("ExposedPorts") or {})
-                exposed.update({p: {} for p in ports})
-                c["ExposedPorts"] = exposed
-            return "EXPOSE " + " ".join(ports), mutate
-        if kw == "VOLUME":
-            vols = ([expand(v, env, esc, quotes=False, where=where) for v in ins.json] if ins.json is not None
-                    else [ex(w) for w in split_words(ins.args, esc)])
-            if not vols or any(not v for v in vols):
-                raise DockerfileError(f"{where}VOLUME specified can not be an empty string", ins.line)
-
-            def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                cur = dict(c.get("Volumes") or {})
-                cur.update({v: {} for v in vols})
-                c["Volumes"] = cur
-            return "VOLUME " + json.dumps(vols), mutate
-        if kw in ("USER", "STOPSIGNAL"):
-            value = ex(ins.args.strip())
-            key = "User" if kw == "USER" else "StopSignal"
-
-            def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                c[key] = value
-            return f"{kw} {value}", mutate
-        if kw in ("CMD", "ENTRYPOINT"):
-            argv: list[str]
-            if ins.json is not None:
-                argv = list(ins.json)
-            elif ins.args.strip():
-                argv = self._shell(state) + [ins.args]
-            else:
-                argv = []
-            field_name = "Cmd" if kw == "CMD" else "Entrypoint"
-            reset_cmd = kw == "ENTRYPOINT" and not state.cmd_set
-
-            def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                c[field_name] = argv or None
-                if reset_cmd:  # docker: an ENTRYPOINT drops a CMD inherited from the base image
-                    c["Cmd"] = None
-            return f"{kw} {json.dumps(argv)}", mutate
-        if kw == "SHELL":
-            shell = list(ins.json or ())
-
-            def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                c["Shell"] = shell
-            return f"SHELL {json.dumps(shell)}", mutate
-        if kw == "HEALTHCHECK":
-            hc = self._healthcheck(state, ins)
-
-            def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                c["Healthcheck"] = hc
-            return f"HEALTHCHECK {json.dumps(hc, sort_keys=True)}", mutate
-        if kw == "ONBUILD":
-            assert ins.trigger is not None
-            trigger = ins.trigger.text
-
-            def mutate(c: dict[str, Any], _d: dict[str, Any]) -> None:
-                c["OnBuild"] = list(c.get("OnBuild") or []) + [trigger]
-            return f"ONBUILD {trigger}", mutate
-        raise DockerfileError(f"{where}{kw} is not supported", ins.line)
-
-    def _healthcheck(self, state: _State, ins: Instruction) -> dict[str, Any]:
-        where = self._where(ins)
-        args = ins.args.strip()
-        if args.upper() == "NONE":
-            if ins.flags:
-                raise DockerfileError(f"{where}HEALTHCHECK NONE takes no options", ins.line)
-            return {"Test": ["NONE"]}
-        kw, _, rest = args.partition(" ")
-        if kw.upper() != "CMD" or not rest.strip():
-            raise DockerfileError(f"{where}HEALTHCHECK needs NONE or CMD COMMAND", ins.line)
-        from .dockerfile import _json_array
-
-        js = _json_array(rest)
-        hc: dict[str, Any] = {"Test": ["CMD", *js] if js is not None else ["CMD-SHELL", rest.strip()]}
-        for flag, key in (("interval", "Interval"), ("timeout", "Timeout"), ("start-period", "StartPeriod"),
-                          ("start-interval", "StartInterval")):
-            v = ins.flag(flag)
-            if v:
-                hc[key] = _go_duration(v, where)
-        r = ins.flag("retries")
-        if r:
-            if not r.isdigit():
-                raise DockerfileError(f"{where}invalid --retries {r!r}", ins.line)
-            hc["Retries"] = int(r)
-        return hc
+    def _mutation(self, state: _State, ins: Instruction) -> Mutation:
+        """The config instruction ``ins`` resolved against the current image (``mutate.resolve``)."""
+        return resolve(ins, state.image.config.data.get("config") or {}, args=state.args, escape=self.df.escape,
+                       where=self._where(ins), cmd_set=state.cmd_set)
 
     # ------------------------------------------------------------------ COPY and ADD
     def _copy(self, state: _State, ins: Instruction) -> None:

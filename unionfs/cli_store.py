@@ -78,7 +78,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from .archive import import_rootfs
-    from .commit import apply_changes
+    from .mutate import apply_changes
 
     ref = Reference.parse(args.reference) if args.reference else None
     changes = apply_changes({}, args.change or [])
@@ -256,8 +256,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("file", help="rootfs tarball")
     p.add_argument("reference", nargs="?", help="name:tag for the new image")
     p.add_argument("-m", "--message", help="commit message for the history")
-    p.add_argument("-c", "--change", action="append", help="apply a Dockerfile instruction to the config "
-                   "(CMD, ENTRYPOINT, ENV, LABEL, EXPOSE, VOLUME, ONBUILD, WORKDIR, USER, STOPSIGNAL)")
+    p.add_argument("-c", "--change", action="append", metavar="INSTRUCTION",
+                   help="apply a Dockerfile instruction to the config: CMD, ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, "
+                   "LABEL, ONBUILD, USER, VOLUME, WORKDIR (repeatable)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("images", help="list images", description="List images in the store.")

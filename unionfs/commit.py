@@ -47,10 +47,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
-import shlex
 import signal
 import stat
 import subprocess
@@ -63,8 +61,9 @@ from typing import Any, Callable, Iterator, Sequence
 from . import whiteout as wh
 from .compression import GZIP
 from .digest import Digest
-from .errors import CommitError, ContainerError, UsageError
+from .errors import CommitError, ContainerError
 from .mountinfo import mount_at
+from .mutate import CHANGE_INSTRUCTIONS, apply_changes
 from .manifest import OCI_CONFIG, Descriptor, ImageConfig, Manifest
 from .pack import PackedLayer, TarOptions, pack_layer, redirect_of, public_xattrs, write_diff_tar
 from .reference import Reference
@@ -72,96 +71,6 @@ from .store import Image, Store, now_rfc3339, remove_tree
 from .union import Node, Union
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------
-# --change instructions
-# ---------------------------------------------------------------------------
-
-#: the Dockerfile instructions ``--change`` accepts, as docker commit does
-CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL", "USER", "VOLUME",
-                       "WORKDIR")
-
-
-def _json_or_shell(value: str) -> list[str]:
-    """Exec form (a JSON array of strings) or shell form (``/bin/sh -c VALUE``)."""
-    v = value.strip()
-    if v.startswith("["):
-        try:
-            parsed = json.loads(v)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, list) and all(isinstance(x, str) for x in parsed):
-            return parsed
-    return ["/bin/sh", "-c", v]
-
-
-def _key_values(value: str, what: str) -> list[tuple[str, str]]:
-    """``K=V K2="v 2"`` pairs, or the legacy ``K V`` form."""
-    try:
-        words = shlex.split(value)
-    except ValueError as e:
-        raise UsageError(f"--change {what}: {e}") from None
-    if not words:
-        raise UsageError(f"--change {what} needs arguments")
-    if "=" not in words[0]:
-        key, _, rest = value.strip().partition(" ")
-        if not rest.strip():
-            raise UsageError(f"--change {what} {value!r}: expected KEY=VALUE")
-        return [(key, rest.strip())]
-    out = []
-    for w in words:
-        k, eq, v = w.partition("=")
-        if not eq or not k:
-            raise UsageError(f"--change {what}: {w!r} is not KEY=VALUE")
-        out.append((k, v))
-    return out
-
-
-def apply_changes(config: dict[str, Any], changes: Sequence[str]) -> dict[str, Any]:
-    """A copy of the container config ``config`` (the ``config`` object of an image config) with Dockerfile
-    instructions applied, as ``docker commit --change``. Raises UsageError for anything else."""
-    out = copy.deepcopy(config)
-    for change in changes:
-        instr, _, value = change.strip().partition(" ")
-        key = instr.upper()
-        value = value.strip()
-        if key not in CHANGE_INSTRUCTIONS:
-            raise UsageError(f"--change {instr!r} is not supported (one of {', '.join(CHANGE_INSTRUCTIONS)})")
-        if not value:
-            raise UsageError(f"--change {key} needs an argument")
-        if key == "CMD":
-            out["Cmd"] = _json_or_shell(value)
-        elif key == "ENTRYPOINT":
-            out["Entrypoint"] = _json_or_shell(value)
-        elif key == "ENV":
-            env = list(out.get("Env") or [])
-            for k, v in _key_values(value, "ENV"):
-                env = [e for e in env if e.split("=", 1)[0] != k] + [f"{k}={v}"]
-            out["Env"] = env
-        elif key == "LABEL":
-            labels = dict(out.get("Labels") or {})
-            labels.update(_key_values(value, "LABEL"))
-            out["Labels"] = labels
-        elif key == "EXPOSE":
-            ports = dict(out.get("ExposedPorts") or {})
-            for p in value.split():
-                ports[p if "/" in p else p + "/tcp"] = {}
-            out["ExposedPorts"] = ports
-        elif key == "VOLUME":
-            vols = dict(out.get("Volumes") or {})
-            for v in (_json_or_shell(value) if value.startswith("[") else value.split()):
-                vols[v] = {}
-            out["Volumes"] = vols
-        elif key == "ONBUILD":
-            out["OnBuild"] = list(out.get("OnBuild") or []) + [value]
-        elif key == "WORKDIR":
-            out["WorkingDir"] = value
-        elif key == "USER":
-            out["User"] = value
-        elif key == "STOPSIGNAL":
-            out["StopSignal"] = value
-    return out
 
 
 # ---------------------------------------------------------------------------

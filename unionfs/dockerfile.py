@@ -175,7 +175,8 @@ def _split_flags(rest: str) -> tuple[list[tuple[str, str | None]], str]:
     return flags, rest
 
 
-def _json_array(args: str) -> tuple[str, ...] | None:
+def json_array(args: str) -> tuple[str, ...] | None:
+    """The strings of ``args`` when it is a JSON array of strings (the exec form), else None."""
     a = args.strip()
     if not a.startswith("["):
         return None
@@ -212,7 +213,7 @@ def parse_instruction(text: str, line: int, name: str = "Dockerfile") -> Instruc
         trigger = parse_instruction(rest, line, name)
         if trigger.keyword in ("ONBUILD", "FROM", "MAINTAINER"):
             raise _error(name, line, f"{trigger.keyword} is not allowed as an ONBUILD trigger")
-    js = _json_array(rest) if kw in JSON_FORMS else None
+    js = json_array(rest) if kw in JSON_FORMS else None
     if kw in ("RUN", "COPY", "ADD") and js is None and re.search(r"(^|\s)<<-?[\"']?[A-Za-z_]", rest) and kw != "RUN":
         raise _error(name, line, f"here-documents in {kw} are not supported")
     if kw not in ("CMD", "ENTRYPOINT", "RUN") and not rest and kw != "HEALTHCHECK":
@@ -423,5 +424,5 @@ def is_valid_arg_name(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
-__all__ = ["Instruction", "Stage", "Dockerfile", "parse", "parse_instruction", "expand", "split_words",
+__all__ = ["Instruction", "Stage", "Dockerfile", "parse", "parse_instruction", "expand", "split_words", "json_array",
            "key_values", "is_valid_arg_name", "INSTRUCTIONS", "JSON_FORMS"]
