@@ -37,7 +37,7 @@ def test_apply_changes_like_docker_commit() -> None:
     base = {"Env": ["PATH=/bin", "A=1"], "Cmd": ["/bin/sh"], "Labels": {"x": "1"}}
     out = apply_changes(base, ['CMD ["/bin/echo", "hi"]', "ENTRYPOINT /init --flag", "ENV A=2 B=\"two words\"",
                                "LABEL y=2", "EXPOSE 80 53/udp", "WORKDIR /srv", "USER 1000:1000",
-                               "VOLUME /data", "ENV LEGACY some value"])
+                               "VOLUME /data", "STOPSIGNAL SIGTERM", "ENV LEGACY some value"])
     assert out["Cmd"] == ["/bin/echo", "hi"]
     assert out["Entrypoint"] == ["/bin/sh", "-c", "/init --flag"]
     assert out["Env"] == ["PATH=/bin", "A=2", "B=two words", "LEGACY=some value"]
@@ -46,7 +46,7 @@ def test_apply_changes_like_docker_commit() -> None:
     assert (out["WorkingDir"], out["User"]) == ("/srv", "1000:1000")
     assert out["Volumes"] == {"/data": {}}
     assert base["Env"] == ["PATH=/bin", "A=1"]  # the input is not changed
-    for bad in ("RUN echo", "CMD", "FROM x", "STOPSIGNAL SIGTERM"):  # docker refuses STOPSIGNAL too
+    for bad in ("RUN echo", "CMD", "FROM x"):
         with pytest.raises(UsageError):
             apply_changes({}, [bad])
 

@@ -173,7 +173,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-a", "--author", help="author (e.g. 'Jane <jane@example.com>')")
     p.add_argument("-c", "--change", action="append", metavar="INSTRUCTION",
                    help="apply a Dockerfile instruction to the image config: CMD, ENTRYPOINT, ENV, EXPOSE, "
-                   "HEALTHCHECK, LABEL, ONBUILD, USER, VOLUME, WORKDIR (repeatable)")
+                   "HEALTHCHECK, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR (repeatable)")
     p.add_argument("-p", "--pause", nargs="?", const="true", default="true", choices=("true", "false"),
                    help="pause a mounted container during the commit (default true; --pause=false skips it)")
     p.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",

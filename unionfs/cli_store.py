@@ -258,7 +258,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-m", "--message", help="commit message for the history")
     p.add_argument("-c", "--change", action="append", metavar="INSTRUCTION",
                    help="apply a Dockerfile instruction to the config: CMD, ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, "
-                   "LABEL, ONBUILD, USER, VOLUME, WORKDIR (repeatable)")
+                   "LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR (repeatable)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("images", help="list images", description="List images in the store.")

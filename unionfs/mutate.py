@@ -35,8 +35,8 @@ from .rootpath import clean
 #: the shell of shell-form RUN, CMD and ENTRYPOINT when the config has no ``Shell``
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 #: the instructions ``--change`` accepts: docker's ``validCommitCommands`` (moby builder/dockerfile)
-CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD", "USER", "VOLUME",
-                       "WORKDIR")
+CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD", "STOPSIGNAL",
+                       "USER", "VOLUME", "WORKDIR")  # moby's validCommitCommands (stopsignal since docker 20.10)
 _PROTOCOLS = ("tcp", "udp", "sctp")
 
 #: ``apply(container_config, image_config)``: changes the ``config`` object (and, for MAINTAINER, the image
