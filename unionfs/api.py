@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from . import daemon
-from .errors import ContainerError, ImageNotFoundError
+from .errors import ContainerError
 from .manifest import Platform
 from .mountplan import MountPlan
 from .sandbox import Bind, Completed, Process, make_init_layer
@@ -49,19 +49,9 @@ class Mounted:
 
 def obtain(store: Store, ref: str, platform: Platform | None = None) -> Image:
     """The image ``ref`` from the store, pulled from its registry when it is missing there."""
-    try:
-        return store.resolve(ref, platform)
-    except ImageNotFoundError:
-        try:
-            from .auth import DockerConfig
-            from .distribution import pull
-            from .reference import Reference
-            from .registry import RegistryClient
-        except ImportError:
-            raise
-        r = Reference.parse(ref)
-        with RegistryClient(r.registry, credentials=DockerConfig().get(r.registry)) as client:
-            return pull(store, r, client, platform=platform).image
+    from .distribution import obtain as obtain_image
+
+    return obtain_image(store, ref, platform)
 
 
 @contextlib.contextmanager

@@ -54,7 +54,7 @@ from .compression import GZIP
 from .copier import copy_entry, is_archive, makedirs, unpack_archive
 from .digest import Digest
 from .dockerfile import Instruction, Stage, expand, is_valid_arg_name, parse, parse_instruction, split_words
-from .errors import (BuildError, CommandFailedError, DockerfileError, ImageNotFoundError, MountError,
+from .errors import (BuildError, CommandFailedError, DockerfileError, MountError,
                      UnionfsError, UnsafeLayerError, UsageError)
 from .manifest import OCI_CONFIG, Descriptor, ImageConfig, Manifest, Platform
 from .mountplan import MountPlan
@@ -354,20 +354,10 @@ class Builder:
         return self._store_blobs([], ImageConfig.build(data))
 
     def _obtain(self, ref: str, platform: Platform) -> Image:
-        """An image of the store by reference or id, pulled when missing (if the registry code is there)."""
-        try:
-            return self.store.resolve(ref, platform)
-        except ImageNotFoundError:
-            try:
-                from .auth import DockerConfig
-                from .distribution import pull
-                from .registry import RegistryClient
-            except ImportError:
-                raise
-            r = Reference.parse(ref)
-            self._out(f"Pulling {r.familiar}")
-            with RegistryClient(r.registry, credentials=DockerConfig().get(r.registry)) as client:
-                return pull(self.store, r, client, platform=platform).image
+        """An image of the store by reference or id, pulled when missing."""
+        from .distribution import obtain
+
+        return obtain(self.store, ref, platform, announce=lambda r: self._out(f"Pulling {r.familiar}"))
 
     def _config_image(self, parent: Image, mutate: Callable[[dict[str, Any], dict[str, Any]], None],
                       created_by: str) -> Image:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import IO, Callable, Protocol, cast
 
 from .digest import Digest
-from .errors import BlobNotFoundError, RegistryError, UnionfsError
+from .errors import BlobNotFoundError, ImageNotFoundError, RegistryError, UnionfsError
 from .manifest import DOCKER_FOREIGN_LAYER, OCI_LAYER_ND, Descriptor, Index, Manifest, Platform, is_index
 from .reference import Reference
 from .registry import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_THRESHOLD, RegistryClient
@@ -272,3 +272,20 @@ def images_of_repository(store: Store, name: Reference) -> list[Reference]:
     for img in store.images():
         seen.extend(t for t in img.tags if t.name == name.name and t not in seen)
     return sorted(seen, key=lambda r: r.tag or "")
+
+
+def obtain(store: Store, ref: str, platform: Platform | None = None, *,
+           announce: Callable[[Reference], None] | None = None) -> Image:
+    """The image ``ref`` (a reference or an image id) from ``store``, pulled from its registry with the
+    credentials of the docker config when the store does not have it; ``announce`` is told before a pull.
+    ImageNotFoundError when ``ref`` is neither stored nor a valid reference; the pull's errors otherwise."""
+    from .auth import DockerConfig
+
+    try:
+        return store.resolve(ref, platform)
+    except ImageNotFoundError:
+        r = Reference.parse(ref)
+    if announce is not None:
+        announce(r)
+    with RegistryClient(r.registry, credentials=DockerConfig().get(r.registry)) as client:
+        return pull(store, r, client, platform=platform).image
