@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark unionfs side by side with fuse-overlayfs and the kernel overlayfs (issue 4).
+"""Benchmark unionfs side by side with fuse-overlayfs and the kernel overlayfs.
 
 The data is built once and cached under ``.bench-cache/mount-v1/`` (gitignored): a base-first stack of layer
 directories in the overlay format holding a 1 GiB file, a sparse 1 GiB file, a tree of 50,000 entries in 550
@@ -702,7 +702,7 @@ def markdown(table: dict, impls: Sequence[str], metrics: Sequence[tuple[str, str
     return "\n".join(lines)
 
 
-#: issue 4's goals: (metric, "ratio" to fuse-overlayfs or "abs" value, bound); met when the median is <= bound
+#: the speed goals: (metric, "ratio" to fuse-overlayfs or "abs" value, bound); met when the median is <= bound
 GOALS = [(m, "ratio", 1.0) for m in ("read_first", "read_again", "find_first", "find_second", "cat_small",
                                      "ls_1", "ls_100")] + [
     ("write_4k", "ratio", 0.1), ("write_1m", "ratio", 0.5),
@@ -712,7 +712,7 @@ GOALS = [(m, "ratio", 1.0) for m in ("read_first", "read_again", "find_first", "
 
 
 def goals_markdown(table: dict, results: dict[str, list[Result]], impl: str = "unionfs") -> str:
-    """Issue 4's goals against this run's medians for ``impl`` (ratios to fuse-overlayfs)."""
+    """The speed goals against this run's medians for ``impl`` (ratios to fuse-overlayfs)."""
     lines = ["| goal | value | met |", "|---|---|---|"]
     for m, kind, bound in GOALS:
         if m not in table or impl not in table[m]:
@@ -996,7 +996,7 @@ def _main_bench(args: argparse.Namespace, impls: list[str], cache: Path, scratch
     goals = ""
     if "unionfs" in impls and "fuse-overlayfs" in impls:
         goals = goals_markdown(table, results)
-        print("\nIssue 4's goals (unionfs / fuse-overlayfs medians):\n")
+        print("\nSpeed goals (unionfs / fuse-overlayfs medians):\n")
         print(goals)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n\n" + goals + "\n")

@@ -4,7 +4,7 @@ Every mount helper is a context manager that *always* unmounts on exit, also whe
 asks politely (``unionfs umount`` / ``fusermount3 -u`` / ``umount``), then lazily (``fusermount3 -u -z`` /
 ``umount -l``), and finally kills the FUSE daemon that still serves the mountpoint.
 
-Layers are given **base first** everywhere (DESIGN.md, principle 2); only the kernel and fuse-overlayfs option
+Layers are given **base first** everywhere (README, "Architecture"); only the kernel and fuse-overlayfs option
 strings are written top first, as their syntax demands.
 
 The module also builds layer directories in code (whiteouts are character devices 0/0 made with ``os.mknod``,
@@ -46,7 +46,7 @@ DAEMON_EXIT_GRACE = 10.0
 PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 #: the opaque marker we write into layers we build (as root: the kernel's trusted namespace)
 OPAQUE_XATTR = "trusted.overlay.opaque"
-#: kernel overlayfs options that match the semantics unionfs promises (issue 3)
+#: kernel overlayfs options that match the semantics unionfs promises
 KERNEL_OPTIONS = ("redirect_dir=on", "index=on")
 
 

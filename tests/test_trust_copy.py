@@ -1,4 +1,4 @@
-"""Paths inside an image's rootfs (issue 12, item 2): ``rootpath.resolve_in_root`` against the kernel's own
+"""Paths inside an image's rootfs (README, "Security"): ``rootpath.resolve_in_root`` against the kernel's own
 ``openat2(RESOLVE_IN_ROOT)`` on random trees of links, its corner cases, and a build over a hostile base image
 (a symlink to a host directory reached through ``/missing/..`` in WorkingDir) that must write only into the
 image."""
@@ -68,7 +68,7 @@ def test_absolute_link_to_a_host_path_stays_inside(tmp_path: Path) -> None:
 
 
 def test_dotdot_after_a_missing_component_is_resolved_again(tmp_path: Path) -> None:
-    """The attack of issue 12: ``/nonexistent/../evil`` must follow evil inside the root (before the fix the
+    """The attack: ``/nonexistent/../evil`` must follow evil inside the root (before the fix the
     rest after a missing component was appended literally, leaving ``evil`` for the host to follow)."""
     host = tmp_path / "hostdir"
     host.mkdir()

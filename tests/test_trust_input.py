@@ -1,4 +1,4 @@
-"""Hostile image input (issue 12, "Trust"): decompression bounds, sparse members, zstd zero runs, typed
+"""Hostile image input (README, "Security"): decompression bounds, sparse members, zstd zero runs, typed
 manifests/indexes/configs, reference grammar, bounded one-line messages.
 
 Archives and layouts are crafted here and fed through ``python -m unionfs load -i`` as a user would; the

@@ -1,4 +1,4 @@
-"""What a hostile or broken registry can make the registry client do (issue 12, "Trust").
+"""What a hostile or broken registry can make the registry client do (README, "Security").
 
 Real HTTP servers on the loopback (``registry_server.FakeServer``: scripted, slow, huge or silent answers), a
 second loopback address (127.0.0.2) standing for "another host", and the machine's own non-loopback address

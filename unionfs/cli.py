@@ -7,6 +7,7 @@ Each area registers its subcommands from its own module (``cli_*.py``): a module
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from typing import Sequence
@@ -26,16 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "$XDG_DATA_HOME/unionfs otherwise)")
     parser.add_argument("--debug", action="store_true", help="log debugging information")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import importlib
-
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as e:  # an area not built yet
-            if e.name != f"{__package__}.{name}":
-                raise
-            continue
-        mod.register(sub)
+        importlib.import_module(f".{name}", __package__).register(sub)
     return parser
 
 

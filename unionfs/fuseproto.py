@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import array
 import ctypes
-import ctypes.util
 import fcntl
 import os
 import socket
@@ -22,6 +21,8 @@ import stat
 import struct
 import subprocess
 from dataclasses import dataclass
+
+from .fsops import libc
 
 # ---------------------------------------------------------------------------------------------- opcodes
 LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
@@ -148,8 +149,6 @@ def cstrings(data: bytes | memoryview, count: int) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------- the session fd
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 
 
@@ -187,7 +186,7 @@ def open_session(mountpoint: str, opts: MountOptions) -> int:
     flags = ((MS_RDONLY if opts.read_only else 0) | (0 if opts.dev else MS_NODEV) | (0 if opts.suid else MS_NOSUID)
              | (MS_NOEXEC if opts.noexec else 0))
     fstype = f"fuse.{opts.subtype}" if opts.subtype else "fuse"
-    if _libc.mount(opts.fsname.encode(), os.fsencode(mountpoint), fstype.encode(), flags,
+    if libc.mount(opts.fsname.encode(), os.fsencode(mountpoint), fstype.encode(), flags,
                    ",".join(data).encode()) != 0:
         err = ctypes.get_errno()
         os.close(fd)
@@ -228,7 +227,6 @@ def _fusermount(mountpoint: str, opts: MountOptions) -> int:
             theirs.close()
 
 
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 MNT_DETACH = 2
 
 
@@ -236,7 +234,7 @@ def detach(mountpoint: str) -> None:
     """Lazily unmount the FUSE mount at ``mountpoint`` (``umount2(MNT_DETACH)`` as root, ``fusermount3 -u -z``
     otherwise): it leaves the namespace now and ends once nothing uses it. OSError when that fails."""
     if os.geteuid() == 0:
-        if _libc.umount2(os.fsencode(mountpoint), MNT_DETACH) != 0:
+        if libc.umount2(os.fsencode(mountpoint), MNT_DETACH) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"umount2 of {mountpoint}: {os.strerror(err)}")
         return
@@ -248,7 +246,6 @@ def detach(mountpoint: str) -> None:
         raise OSError(1, f"fusermount3 -u: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
 
 
-_libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
 #: filesystems that stack on others (overlayfs, FUSE, ecryptfs), by statfs f_type
 _STACKED_MAGIC = {0x794C7630, 0x65735546, 0xF15F}
 
@@ -258,7 +255,7 @@ def stack_depth(paths: list[str] | tuple[str, ...]) -> int:
     stacked filesystem (e.g. overlayfs itself), else 1 (the mount then stays usable as an overlayfs lower)."""
     buf = ctypes.create_string_buffer(128)
     for p in paths:
-        if _libc.statfs(os.fsencode(p), buf) == 0 and struct.unpack_from("<q", buf)[0] in _STACKED_MAGIC:
+        if libc.statfs(os.fsencode(p), buf) == 0 and struct.unpack_from("<q", buf)[0] in _STACKED_MAGIC:
             return 2
     return 1
 

@@ -15,7 +15,6 @@ directories recreated, opaque) instead of writing a redirect: see the README, "R
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import functools
@@ -28,6 +27,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 from . import whiteout as wh
+from .fsops import Timespec, libc
 from .union import Node, Union, ino_xattr, nlink_xattr
 from .workdir import syncfs
 
@@ -44,17 +44,6 @@ AT_SYMLINK_NOFOLLOW = 0x100
 FICLONE = 0x40049409
 NAME_MAX = 255
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
-_libc.futimens.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 Times = tuple[tuple[int, int], tuple[int, int]]  # ((atime_sec, atime_nsec), (mtime_sec, mtime_nsec)); nsec may be UTIME_*
 
@@ -69,7 +58,7 @@ def _fs(p: str) -> bytes:
 
 def renameat2(old: str, new: str, flags: int = 0) -> None:
     """rename(2) with flags (RENAME_NOREPLACE/EXCHANGE/WHITEOUT); raises OSError."""
-    if _libc.renameat2(AT_FDCWD, _fs(old), AT_FDCWD, _fs(new), flags) != 0:
+    if libc.renameat2(AT_FDCWD, _fs(old), AT_FDCWD, _fs(new), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), old)
 
@@ -78,11 +67,11 @@ def utimensat(path: str | None, times: Times | None, fd: int | None = None) -> N
     """utimensat(2)/futimens(2) with UTIME_NOW/UTIME_OMIT support; never follows a symlink."""
     arr = None
     if times is not None:
-        arr = (_Timespec * 2)(_Timespec(*times[0]), _Timespec(*times[1]))
+        arr = (Timespec * 2)(Timespec(*times[0]), Timespec(*times[1]))
     if fd is not None:
-        rc = _libc.futimens(fd, arr)
+        rc = libc.futimens(fd, arr)
     else:
-        rc = _libc.utimensat(AT_FDCWD, _fs(path or ""), arr, AT_SYMLINK_NOFOLLOW)
+        rc = libc.utimensat(AT_FDCWD, _fs(path or ""), arr, AT_SYMLINK_NOFOLLOW)
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
@@ -110,7 +99,7 @@ def reopen_onto(fd: int, real: str) -> None:
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) on ``fd``."""
-    if _libc.fallocate(fd, mode, offset, length) != 0:
+    if libc.fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -243,15 +232,6 @@ class Overlay:
         self._ns = wh.xattr_namespace()
 
     # ------------------------------------------------------------------ helpers
-    @contextmanager
-    def _changes(self, *paths: str) -> Iterator[None]:
-        """Forget ``paths`` (and their subtrees) in the view's cache once the body is done, even on failure."""
-        try:
-            yield
-        finally:
-            for p in paths:
-                self.view.forget(p)
-
     def _clean_tmp(self) -> None:
         """Remove what a killed daemon left in the staging directory (never visible in the union)."""
         for name in os.listdir(self.tmp):

@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterator, Sequence
 
 from .errors import CommandFailedError, ExecError, SandboxError, UsageError
+from .fsops import check, libc
 from .mountinfo import mounts
 from .rootpath import resolve_in_root
 
@@ -449,36 +450,15 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
 # the helper (``python -m unionfs.sandbox SPEC``) and PID 1
 # ---------------------------------------------------------------------------
 
-_libc: Any = None
-
-
-def _c() -> Any:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                                ctypes.c_char_p]
-        _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        _libc.pivot_root.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    return _libc
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-
-
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = (lambda s: s.encode() if s is not None else None)
-    _check(_c().mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+    check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
 def _die_with_parent() -> None:
     """SIGKILL this process when its parent dies (so a killed caller takes the namespace with it)."""
     pr_set_pdeathsig = 1
-    _c().prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() == 1:
         os._exit(125)
 
@@ -504,8 +484,8 @@ class _CapData(ctypes.Structure):
 
 
 def _prctl(option: int, arg: int = 0, what: str = "prctl", ignore: tuple[int, ...] = ()) -> None:
-    if _c().prctl(option, arg, 0, 0, 0) != 0 and ctypes.get_errno() not in ignore:
-        _check(-1, what)
+    if libc.prctl(option, arg, 0, 0, 0) != 0 and ctypes.get_errno() not in ignore:
+        check(-1, what)
 
 
 def _set_dumpable(on: bool) -> None:
@@ -526,7 +506,7 @@ def _drop_capabilities(keep: int) -> None:
     for i in range(2):
         data[i].effective = data[i].permitted = (keep >> (32 * i)) & 0xFFFFFFFF
         data[i].inheritable = 0
-    _check(_c().capset(ctypes.byref(header), data), "capset")
+    check(libc.capset(ctypes.byref(header), data), "capset")
 
 
 def _loopback_up() -> None:
@@ -642,12 +622,12 @@ def _pivot_root(root: str) -> None:
         new = os.open(root, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fchdir(new)
-            _check(_c().pivot_root(b".", b"."), "pivot_root")
+            check(libc.pivot_root(b".", b"."), "pivot_root")
         finally:
             os.close(new)
         os.fchdir(old)
         _mount(None, ".", None, MS_SLAVE | MS_REC)  # the detach below must not propagate anywhere
-        _check(_c().umount2(b".", MNT_DETACH), "unmount the old root")
+        check(libc.umount2(b".", MNT_DETACH), "unmount the old root")
     finally:
         os.close(old)
     os.chdir("/")
@@ -715,7 +695,7 @@ def _init(spec: dict[str, Any]) -> None:
         _set_dumpable(False)
         _close_fds(errfd)
         name = spec["hostname"].encode()
-        _check(_c().sethostname(name, len(name)), "sethostname")
+        check(libc.sethostname(name, len(name)), "sethostname")
         _setup_mounts(spec)
         _pivot_root(spec["root"])
         if not spec.get("privileged"):
@@ -764,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     new_net = spec.get("network", "none") != "host"
     try:
-        _check(_c().unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
+        check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
                             | (CLONE_NEWNET if new_net else 0)), "unshare")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:

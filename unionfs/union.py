@@ -1,6 +1,6 @@
 """The read-only union view: resolve a path and list a directory over lowers + an optional upper.
 
-Pure over real directories; imports no FUSE. Layers are given **base first** (DESIGN.md, principle 2) and
+Pure over real directories; imports no FUSE. Layers are given **base first** (README, "Architecture") and
 only this module walks them top-down.
 
 Rules (the kernel overlayfs' lookup):
@@ -242,10 +242,6 @@ class Union:
         _spare_fd()  # set the spare descriptor aside now, while descriptors are free
 
     # ------------------------------------------------------------------ inode numbers
-    @property
-    def has_upper(self) -> bool:
-        return self.upper is not None
-
     def real_ino(self, st: os.stat_result) -> int:
         """The overlay inode number of a real entry that carries no persistent number."""
         if not self._shift:

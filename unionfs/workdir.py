@@ -20,14 +20,13 @@ A mount of either kind refuses a work directory that still holds the marker. Rem
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import logging
 import os
 import shutil
 import time
 
+from .fsops import check, libc
 from .errors import MountError
 
 log = logging.getLogger(__name__)
@@ -35,9 +34,6 @@ log = logging.getLogger(__name__)
 #: seconds a mount waits for the work directory: the daemon of a mount just unmounted may still be ending
 #: (a volatile one syncs the upper first)
 LOCK_WAIT = 5.0
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.syncfs.argtypes = [ctypes.c_int]
 
 
 def marker(work: str) -> str:
@@ -49,9 +45,7 @@ def syncfs(path: str) -> None:
     """Flush the whole filesystem holding ``path`` to stable storage (syncfs(2)); OSError when it fails."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _libc.syncfs(fd) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e), path)
+        check(libc.syncfs(fd), "syncfs", path)
     finally:
         os.close(fd)
 
