@@ -71,7 +71,7 @@ def base_impl(impl: str) -> str:
 
 
 def variant_opts(impl: str) -> list[str]:
-    """The ``-o`` options of a unionfs variant (``unionfs+writeback+threads`` -> [writeback, threads])."""
+    """The ``-o`` options of a unionfs variant (``unionfs+writeback+volatile`` -> [writeback, volatile])."""
     return [o for o in impl.split("+")[1:] if o]
 
 

@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from test_trust_input import docker_archive, image_config, sha_of
 
 from unionfs.errors import SymlinkLoopError
 from unionfs.rootpath import MAX_SYMLINKS, clean, resolve_in_root
@@ -260,8 +261,10 @@ def test_copy_over_a_hostile_base_writes_only_into_the_image(tmp_path: Path, sto
     require()
     host = tmp_path / "hostdir"
     host.mkdir()
-    tar = _hostile_rootfs_tar(tmp_path / "hostile.tar", host)
-    unionfs("import", tar, "hostile:1", "-c", "WORKDIR /nonexistent/../evil", root=store_root)
+    tar = _hostile_rootfs_tar(tmp_path / "hostile.tar", host).read_bytes()
+    config = image_config([sha_of(tar)], config={"WorkingDir": "/nonexistent/../evil"})  # as an attacker writes it
+    unionfs("load", "-i", docker_archive(tmp_path / "hostile-image.tar", [(tar, tar)], config=config,
+                                         repo_tags=("hostile:1",)), root=store_root)
     assert Store(store_root).resolve("hostile:1").config.data["config"]["WorkingDir"] == "/nonexistent/../evil"
     ctx = tmp_path / "ctx"
     ctx.mkdir()

@@ -39,11 +39,11 @@ MiB = 1 << 20
 # crafting inputs
 # ---------------------------------------------------------------------------
 
-def _sha(data: bytes) -> str:
+def sha_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _config(diff_ids: list[str], **extra: Any) -> dict[str, Any]:
+def image_config(diff_ids: list[str], **extra: Any) -> dict[str, Any]:
     return {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}, **extra}
 
 
@@ -63,7 +63,7 @@ def docker_archive(path: Path, layers: list[tuple[bytes, bytes]] = (), *, config
     members: dict[str, bytes] = {}
     for i, (_, blob) in enumerate(layers):
         members[f"l{i}/layer.tar"] = blob
-    cfg = config if config is not None else _config([_sha(t) for t, _ in layers])
+    cfg = config if config is not None else image_config([sha_of(t) for t, _ in layers])
     members["config.json"] = cfg if isinstance(cfg, bytes) else json.dumps(cfg).encode()
     if manifest is None:
         manifest = [{"Config": "config.json", "RepoTags": list(repo_tags) if isinstance(repo_tags, tuple)
@@ -82,15 +82,15 @@ class Layout:
 
     def blob(self, data: bytes | dict[str, Any], media_type: str, **extra: Any) -> dict[str, Any]:
         raw = data if isinstance(data, bytes) else json.dumps(data).encode()
-        (self.root / "blobs/sha256" / _sha(raw)[7:]).write_bytes(raw)
-        return {"mediaType": media_type, "digest": _sha(raw), "size": len(raw), **extra}
+        (self.root / "blobs/sha256" / sha_of(raw)[7:]).write_bytes(raw)
+        return {"mediaType": media_type, "digest": sha_of(raw), "size": len(raw), **extra}
 
     def image(self, *, manifest_extra: dict[str, Any] | None = None, layer: dict[str, Any] | None = None
               ) -> dict[str, Any]:
         """A one-layer image; returns its manifest descriptor (for index.json)."""
         tar = build([file("hello", b"hi")])
         layer_desc = layer if layer is not None else self.blob(tar, OCI_LAYER)
-        config = self.blob(_config([_sha(tar)]), OCI_CONFIG)
+        config = self.blob(image_config([sha_of(tar)]), OCI_CONFIG)
         manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer_desc],
                     **(manifest_extra or {})}
         return self.blob(manifest, OCI_MANIFEST)
@@ -147,7 +147,7 @@ def _sparse_layer(count: int, realsize: int) -> bytes:
 def test_sparse_members_keep_their_holes(tmp_path: Path, cli, store_root: Path) -> None:
     tar = _sparse_layer(20, 8 * MiB)  # 160 MiB of files, 20 kB stored
     cli("load", "-i", docker_archive(tmp_path / "a.tar", [(tar, tar)]))
-    layer = Store(store_root).layer_path(Digest.parse(_sha(tar)))
+    layer = Store(store_root).layer_path(Digest.parse(sha_of(tar)))
     f = layer / "f07"
     assert f.stat().st_size == 8 * MiB
     with open(f, "rb") as fh:
@@ -305,17 +305,17 @@ DOCKER_CASES: dict[str, dict[str, Any]] = {
     "layers-string": {"manifest": [{"Config": "config.json", "RepoTags": [], "Layers": "l0/layer.tar"}]},
     "config-number": {"manifest": [{"Config": 5, "Layers": ["l0/layer.tar"]}]},
     "config-newline": {"manifest": [{"Config": "config.json\nINJECTED", "Layers": ["l0/layer.tar"]}]},
-    "config-deep": {"config": json.dumps(_config([_sha(HELLO)])).encode()[:-1] + b', "x": ' + DEEP + b"}"},
-    "config-nested-70": {"config": json.dumps(_config([_sha(HELLO)])).encode()[:-1] + b', "x": ' + b"[" * 70
+    "config-deep": {"config": json.dumps(image_config([sha_of(HELLO)])).encode()[:-1] + b', "x": ' + DEEP + b"}"},
+    "config-nested-70": {"config": json.dumps(image_config([sha_of(HELLO)])).encode()[:-1] + b', "x": ' + b"[" * 70
                          + b"]" * 70 + b"}"},
-    "created-number": {"config": _config([_sha(HELLO)], created=5)},
-    "history-string": {"config": _config([_sha(HELLO)], history="x")},
-    "history-entry-number": {"config": _config([_sha(HELLO)], history=[5])},
-    "history-created-by-list": {"config": _config([_sha(HELLO)], history=[{"created_by": ["x"]}])},
-    "config-string": {"config": _config([_sha(HELLO)], config="x")},
-    "env-string": {"config": _config([_sha(HELLO)], config={"Env": "PATH=/bin"})},
-    "labels-numbers": {"config": _config([_sha(HELLO)], config={"Labels": {"a": 1}})},
-    "diff-id-number": {"config": _config([5])},
+    "created-number": {"config": image_config([sha_of(HELLO)], created=5)},
+    "history-string": {"config": image_config([sha_of(HELLO)], history="x")},
+    "history-entry-number": {"config": image_config([sha_of(HELLO)], history=[5])},
+    "history-created-by-list": {"config": image_config([sha_of(HELLO)], history=[{"created_by": ["x"]}])},
+    "config-string": {"config": image_config([sha_of(HELLO)], config="x")},
+    "env-string": {"config": image_config([sha_of(HELLO)], config={"Env": "PATH=/bin"})},
+    "labels-numbers": {"config": image_config([sha_of(HELLO)], config={"Labels": {"a": 1}})},
+    "diff-id-number": {"config": image_config([5])},
 }
 
 
@@ -386,17 +386,17 @@ def test_bad_oci_layout_is_one_line_error(case: str, tmp_path: Path, store_root:
 def _store_unchecked(store: Store, config: dict[str, Any], tag: str) -> None:
     """Put an image whose config was never validated into the store, as an older unionfs could have; its
     one layer is HELLO (already stored and extracted)."""
-    raw = json.dumps(dict(config, rootfs={"type": "layers", "diff_ids": [_sha(HELLO)]})).encode()
+    raw = json.dumps(dict(config, rootfs={"type": "layers", "diff_ids": [sha_of(HELLO)]})).encode()
     cdesc = Descriptor(OCI_CONFIG, store.put_blob_bytes(raw), len(raw))
-    manifest = Manifest.build(cdesc, [Descriptor(OCI_LAYER, Digest.parse(_sha(HELLO)), len(HELLO))])
+    manifest = Manifest.build(cdesc, [Descriptor(OCI_LAYER, Digest.parse(sha_of(HELLO)), len(HELLO))])
     store.put_blob_bytes(manifest.raw)
     store.tag(Reference.parse(tag), manifest.descriptor())
 
 
 def test_a_bad_config_in_the_store_breaks_no_command(tmp_path: Path, cli, store_root: Path) -> None:
     cli("load", "-i", docker_archive(tmp_path / "good.tar", [(HELLO, HELLO)], repo_tags=("good:1",)))
-    _store_unchecked(Store(store_root), _config([], created=5, history="x", config={"Env": 7}), "bad:1")
-    _store_unchecked(Store(store_root), _config([], created="2020-01-01T00:00:00Z\nINJECTED   row",
+    _store_unchecked(Store(store_root), image_config([], created=5, history="x", config={"Env": 7}), "bad:1")
+    _store_unchecked(Store(store_root), image_config([], created="2020-01-01T00:00:00Z\nINJECTED   row",
                                                 history=[5, {"created_by": "a\nb", "comment": 3}]), "ugly:1")
     p = cli("images")
     rows = p.stdout.splitlines()
@@ -503,7 +503,7 @@ def test_manifest_messages_are_bounded(raw: bytes) -> None:
 
 
 def test_config_strict_at_the_door_lenient_in_the_store(caplog: pytest.LogCaptureFixture) -> None:
-    raw = json.dumps(_config([D], created=5, history=[{"created_by": 1}, "x"], config={"Cmd": "sh",
+    raw = json.dumps(image_config([D], created=5, history=[{"created_by": 1}, "x"], config={"Cmd": "sh",
                                                                                       "Env": [1]})).encode()
     with pytest.raises(ManifestError, match="'created' must be a string, not 5"):
         ImageConfig.parse(raw)
@@ -511,5 +511,5 @@ def test_config_strict_at_the_door_lenient_in_the_store(caplog: pytest.LogCaptur
     assert cfg.created is None and cfg.history == [{}, {}] and cfg.data["config"] == {"Cmd": ["sh"]}
     assert "wrong type" in caplog.text
     # docker reads Cmd, Entrypoint and Shell as a string slice: a lone string is a one-element array
-    ok = ImageConfig.parse(json.dumps(_config([D], config={"Entrypoint": "/bin/sh"})).encode())
+    ok = ImageConfig.parse(json.dumps(image_config([D], config={"Entrypoint": "/bin/sh"})).encode())
     assert ok.data["config"]["Entrypoint"] == ["/bin/sh"]
