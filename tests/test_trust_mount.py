@@ -98,6 +98,20 @@ def test_default_mount_is_nosuid_nodev_and_roots_only(suid_layer: str, mnt: str)
         assert subprocess.run([f"{mnt}/bin/euid"], capture_output=True, text=True).stdout == "0\n"  # root: own mount
 
 
+def check_shared_mount(mnt: str, expect: set[str], euid: str | None, names: tuple[str, ...]) -> None:
+    """``mnt`` (an allow_other mount) carries exactly the flags of ``expect`` among ``names``, the kernel checks
+    permissions, and the layer's set-uid ``bin/euid`` run by nobody prints ``euid`` (None: cannot run)."""
+    per_mount, fuse = flags(mnt)
+    for f in names:
+        assert (f in per_mount) == (f in expect), (f, per_mount)
+    assert {"allow_other", "default_permissions"} <= fuse
+    res = as_nobody(f"{mnt}/bin/euid")
+    if euid is None:
+        assert res.returncode != 0 and "Permission denied" in res.stderr, (res.stdout, res.stderr)
+    else:
+        assert res.returncode == 0 and res.stdout == euid + "\n", (res.stdout, res.stderr)
+
+
 @pytest.mark.parametrize("opts,euid,expect", [
     ("allow_other", str(NOBODY), {"nosuid", "nodev"}),
     ("allow_other,nosuid,nodev,noexec", None, {"nosuid", "nodev", "noexec"}),
@@ -111,15 +125,7 @@ def test_mount_flags_are_honoured(suid_layer: str, mnt: str, tmp_path: Path, opt
     up.mkdir()
     work.mkdir()
     with mounted([suid_layer], str(up), str(work), mnt, ("-o", opts)):
-        per_mount, fuse = flags(mnt)
-        for f in ("nosuid", "nodev", "noexec", "ro"):
-            assert (f in per_mount) == (f in expect), (f, per_mount)
-        assert {"allow_other", "default_permissions"} <= fuse
-        res = as_nobody(f"{mnt}/bin/euid")
-        if euid is None:
-            assert res.returncode != 0 and "Permission denied" in res.stderr, (res.stdout, res.stderr)
-        else:
-            assert res.returncode == 0 and res.stdout == euid + "\n", (res.stdout, res.stderr)
+        check_shared_mount(mnt, expect, euid, ("nosuid", "nodev", "noexec", "ro"))
 
 
 @pytest.mark.parametrize("opts,euid,expect", [
@@ -133,15 +139,7 @@ def test_mount8_helper_honours_flags(suid_layer: str, mnt: str, opts: str, euid:
     helper = [sys.executable, "-m", "unionfs.mounthelper"]
     try:
         subprocess.run(helper + ["unionfs", mnt, "-o", f"{opts},lowerdir={suid_layer}"], check=True, timeout=60)
-        per_mount, fuse = flags(mnt)
-        for f in ("nosuid", "nodev", "noexec"):
-            assert (f in per_mount) == (f in expect), (f, per_mount)
-        assert {"allow_other", "default_permissions"} <= fuse
-        res = as_nobody(f"{mnt}/bin/euid")
-        if euid is None:
-            assert res.returncode != 0 and "Permission denied" in res.stderr, (res.stdout, res.stderr)
-        else:
-            assert res.stdout == euid + "\n", (res.stdout, res.stderr)
+        check_shared_mount(mnt, expect, euid, ("nosuid", "nodev", "noexec"))
     finally:
         force_unmount(mnt)
 
