@@ -393,6 +393,18 @@ def _store_unchecked(store: Store, config: dict[str, Any], tag: str) -> None:
     store.tag(Reference.parse(tag), manifest.descriptor())
 
 
+def test_an_image_without_layers_has_an_empty_tree(tmp_path: Path, cli) -> None:
+    """A valid image may have no layer at all: the tree tools show an empty root (they raised ValueError)."""
+    cli("load", "-i", docker_archive(tmp_path / "zero.tar", [], repo_tags=("zero:1",)))
+    assert cli("ls", "zero:1", "/").stdout == ""
+    assert cli("find", "zero:1").stdout.split() == ["/"]
+    cli("layers", "zero:1")
+    cli("export", "zero:1", "-o", tmp_path / "zero-rootfs.tar")
+    with tarfile.open(tmp_path / "zero-rootfs.tar") as t:
+        assert [m.name for m in t.getmembers() if m.name not in (".", "./")] == []
+    assert one_line_error(cli("cat", "zero:1", "/etc/passwd", check=False)).endswith("no such file or directory in zero:1")
+
+
 def test_a_bad_config_in_the_store_breaks_no_command(tmp_path: Path, cli, store_root: Path) -> None:
     cli("load", "-i", docker_archive(tmp_path / "good.tar", [(HELLO, HELLO)], repo_tags=("good:1",)))
     _store_unchecked(Store(store_root), image_config([], created=5, history="x", config={"Env": 7}), "bad:1")

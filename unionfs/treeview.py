@@ -21,11 +21,14 @@ Definitions used by ``layer_stats`` (in the spirit of the tool dive):
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fnmatch
+import functools
 import logging
 import os
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
@@ -95,6 +98,15 @@ def _join(parent: str, name: str) -> str:
     return "/" + name if parent == "/" else parent + "/" + name
 
 
+@functools.cache
+def _empty_dir() -> str:
+    """A read-only empty directory (the tree of an image with no layers), removed when the process ends."""
+    path = tempfile.mkdtemp(prefix="unionfs-empty-")
+    os.chmod(path, 0o555)
+    atexit.register(os.rmdir, path)
+    return path
+
+
 class ImageTree:
     """The merged tree of one stored image (its layers are extracted on first use)."""
 
@@ -102,7 +114,9 @@ class ImageTree:
         self.store = store
         self.image = image
         self.lowers = [str(p) for p in store.ensure_layers(image)]
-        self.union = Union(self.lowers)
+        #: what the merged tree is made of: the layers, or one empty directory for an image without any
+        self.tree_dirs = self.lowers or [_empty_dir()]
+        self.union = Union(self.tree_dirs)
         history = [h for h in image.config.history if not h.get("empty_layer")]
         self.layers: list[LayerInfo] = []
         for i, (desc, diff_id, path) in enumerate(zip(image.manifest.layers, image.config.diff_ids, self.lowers)):
@@ -325,7 +339,7 @@ class ImageTree:
     # ------------------------------------------------------------------ export
     def export(self, out: BinaryIO) -> int:
         """Write the flattened root filesystem as a tar (``docker export``); returns the number of entries."""
-        return write_merged_tar(self.lowers, out)
+        return write_merged_tar(self.tree_dirs, out)
 
 
 def _meta_differs(a: os.stat_result, b: os.stat_result) -> bool:
