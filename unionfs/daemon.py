@@ -258,7 +258,7 @@ def umount(mountpoint: str, *, lazy: bool = False) -> bool:
     pid = None if lazy else daemons.get(mp)
     res = _unmount_cmd(mp, lazy)
     if res.returncode != 0:
-        detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
+        detail = _last_line(res)
         busy = "busy" in detail.lower()
         if busy and not lazy and mount_state(mp, daemons) == DEAD:
             log.info("%s: dead mount busy, detaching it lazily", mp)
@@ -266,7 +266,7 @@ def umount(mountpoint: str, *, lazy: bool = False) -> bool:
             if res.returncode == 0:
                 _wait_unmounted(mp)
                 return True
-            detail = (res.stderr.strip().splitlines() or ["failed"])[-1]
+            detail = _last_line(res)
         if busy:
             raise MountError(f"{mountpoint} is busy (a process has a file or its working directory there): "
                              f"close them, or detach it now with `unionfs umount --lazy {mountpoint}`")
@@ -284,6 +284,11 @@ def _unmount_cmd(mp: str, lazy: bool) -> subprocess.CompletedProcess[str]:
     else:
         cmd = ["umount"] + (["-l"] if lazy else []) + [mp]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _last_line(res: subprocess.CompletedProcess[str]) -> str:
+    """What a failed unmount command said last (its reason)."""
+    return (res.stderr.strip().splitlines() or ["failed"])[-1]
 
 
 def _wait_unmounted(mp: str) -> None:

@@ -12,6 +12,13 @@ import os
 from typing import Any
 
 
+#: mount(2) flags
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE, MS_SLAVE = 4096, 16384, 1 << 18, 1 << 19
+#: umount2(2) flag: detach now, finish when no longer busy
+MNT_DETACH = 2
+
+
 class Timespec(ctypes.Structure):
     """``struct timespec`` (utimensat/futimens)."""
 

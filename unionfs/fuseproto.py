@@ -22,7 +22,7 @@ import struct
 import subprocess
 from dataclasses import dataclass
 
-from .fsops import libc
+from .fsops import MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, libc
 
 # ---------------------------------------------------------------------------------------------- opcodes
 LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
@@ -149,7 +149,6 @@ def cstrings(data: bytes | memoryview, count: int) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------- the session fd
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 
 
 @dataclass
@@ -227,7 +226,6 @@ def _fusermount(mountpoint: str, opts: MountOptions) -> int:
             theirs.close()
 
 
-MNT_DETACH = 2
 
 
 def detach(mountpoint: str) -> None:

@@ -262,13 +262,20 @@ class Overlay:
         except OSError as e:
             log.warning("cannot remove the staging entry %s: %s", tmp, e)
 
-    def _commit(self, tmp: str, dst: str) -> None:
-        """Rename the staged ``tmp`` to ``dst``; on failure ``tmp`` is removed and the error raised."""
+    @contextmanager
+    def _staged(self, tmp: str) -> Iterator[str]:
+        """The body works on the staging entry ``tmp``; if it raises, ``tmp`` is removed (:meth:`_discard`)
+        and the error goes on."""
         try:
-            os.rename(tmp, dst)
+            yield tmp
         except BaseException:
             self._discard(tmp)
             raise
+
+    def _commit(self, tmp: str, dst: str) -> None:
+        """Rename the staged ``tmp`` to ``dst``; on failure ``tmp`` is removed and the error raised."""
+        with self._staged(tmp):
+            os.rename(tmp, dst)
 
     def _up(self, path: str) -> str:
         assert self.upper is not None
@@ -345,12 +352,8 @@ class Overlay:
     def _copy_one(self, node: Node, *, data: bool = True, ino: int | None = None) -> str:
         """Copy one entry (a directory without its children) into a fresh staging name; return it. On any
         failure (ENOSPC, EDQUOT, EIO, a read error...) nothing is left in the staging directory."""
-        tmp = self._tmpname()
-        try:
+        with self._staged(self._tmpname()) as tmp:
             self._copy_one_to(tmp, node, data=data, ino=ino)
-        except BaseException:
-            self._discard(tmp)
-            raise
         return tmp
 
     def _copy_one_to(self, tmp: str, node: Node, *, data: bool, ino: int | None) -> None:
@@ -396,12 +399,8 @@ class Overlay:
         """Copy a lower hardlinked file into the index (once) and return the index path."""
         ipath = os.path.join(self.index, str(node.ino))
         if not os.path.lexists(ipath):
-            tmp = self._copy_one(node, data=data)
-            try:
+            with self._staged(self._copy_one(node, data=data)) as tmp:
                 os.setxattr(tmp, nlink_xattr(), str(node.st.st_nlink).encode())
-            except BaseException:
-                self._discard(tmp)
-                raise
             self._commit(tmp, ipath)
             self.view.forget_all()  # every lower alias of this inode now resolves to the index
         return ipath
@@ -433,8 +432,7 @@ class Overlay:
     def _deep_copy(self, node: Node) -> str:
         """Copy the merged tree under directory ``node`` into a fresh opaque staging directory; on failure
         nothing of it is left in the staging directory."""
-        tmp = self._copy_one(node, ino=node.ino)
-        try:
+        with self._staged(self._copy_one(node, ino=node.ino)) as tmp:
             wh.set_opaque(tmp)
             for child in self.view.listdir(node):
                 dst = os.path.join(tmp, child.path.rpartition("/")[2])
@@ -450,9 +448,6 @@ class Overlay:
                 else:
                     self._commit(self._copy_one(child), dst)
             self._set_times(tmp, node.st)
-        except BaseException:
-            self._discard(tmp)
-            raise
         return tmp
 
     def _retire(self, real: str, *, keep: bool = False) -> None:
@@ -512,8 +507,7 @@ class Overlay:
             return False
         if not wh.is_whiteout(dst, st):
             raise _e(errno.EEXIST, dst)
-        tmp = self._tmpname()
-        try:
+        with self._staged(self._tmpname()) as tmp:
             make(tmp)
             if is_dir:
                 wh.set_opaque(tmp)
@@ -521,9 +515,6 @@ class Overlay:
                 os.unlink(tmp)
             else:
                 os.rename(tmp, dst)
-        except BaseException:
-            self._discard(tmp)
-            raise
         return True
 
     def _owner(self, pnode: Node, uid: int, gid: int) -> tuple[int, int]:
@@ -796,11 +787,8 @@ class Overlay:
             tmp = self._deep_copy(node)
             real = self._up(node.path)
             if os.path.lexists(real):
-                try:
+                with self._staged(tmp):
                     renameat2(tmp, real, RENAME_EXCHANGE)
-                except BaseException:
-                    self._discard(tmp)
-                    raise
                 self._retire(tmp, keep=True)
             else:
                 self._commit(tmp, real)

@@ -75,7 +75,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterator, Sequence
 
 from .errors import CommandFailedError, ExecError, SandboxError, UsageError
-from .fsops import check, libc
+from .fsops import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+                    MS_REMOUNT, MS_SLAVE, check, libc)
 from .mountinfo import mounts
 from .rootpath import resolve_in_root
 
@@ -85,16 +86,6 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_BIND = 4096
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-MS_SLAVE = 1 << 19
-MNT_DETACH = 2
 
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24

@@ -33,6 +33,7 @@ Lower hardlinks: once one alias of a lower hardlinked file has been copied up, i
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -169,18 +170,10 @@ class _SpareFd:
                 self._fd = self._take()
 
 
-_spare: _SpareFd | None = None
-_spare_lock = threading.Lock()
-
-
+@functools.cache
 def _spare_fd() -> _SpareFd:
     """The process' one :class:`_SpareFd` (made by the first :class:`Union`, while descriptors are free)."""
-    global _spare
-    if _spare is None:
-        with _spare_lock:
-            if _spare is None:
-                _spare = _SpareFd()
-    return _spare
+    return _SpareFd()
 
 
 def _scan(path: str) -> list[os.DirEntry[str]]:
