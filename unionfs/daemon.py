@@ -318,9 +318,9 @@ def daemon_pid(mountpoint: str) -> int | None:
     return daemon_pids().get(os.path.realpath(mountpoint))
 
 
-def _wait_exit(pid: int, timeout: float) -> None:
-    """Wait until ``pid`` has ended: gone or a zombie (a daemon whose parent exited is reparented to pid 1,
-    which in a container may never reap it)."""
+def _ended(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``pid`` to end: gone or a zombie (a daemon whose parent exited is
+    reparented to pid 1, which in a container may never reap it). True when it has ended."""
     import psutil
 
     deadline = time.monotonic() + timeout
@@ -328,9 +328,31 @@ def _wait_exit(pid: int, timeout: float) -> None:
         proc = psutil.Process(pid)
         while proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             if time.monotonic() >= deadline:
-                log.warning("the daemon %d is still running %.0f s after its unmount", pid, timeout)
-                return
+                return False
             time.sleep(0.01)
+    except psutil.NoSuchProcess:
+        pass
+    return True
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    """Wait until ``pid`` has ended (see :func:`_ended`); a warning when it is still running after ``timeout``."""
+    if not _ended(pid, timeout):
+        log.warning("the daemon %d is still running %.0f s after its unmount", pid, timeout)
+
+
+def stop(pid: int, grace: float = 10.0) -> None:
+    """End daemon ``pid`` whose mount is already detached: wait ``grace`` seconds for it, then SIGTERM it, then
+    SIGKILL it (each given ``grace`` seconds)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        for action in (None, proc.terminate, proc.kill):
+            if action is not None:
+                action()
+            if _ended(pid, grace):
+                return
     except psutil.NoSuchProcess:
         pass
 

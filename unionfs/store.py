@@ -835,7 +835,7 @@ class Store:
                 out.append(f"Skipped: {m.mountpoint}: {e}")
                 continue
             if pid is not None:
-                _stop_process(pid)
+                daemon.stop(pid)
             out.append(f"Unmounted: {m.mountpoint} (left behind by a killed command)")
         for p in self.tmp_dir.iterdir():
             try:
@@ -843,24 +843,6 @@ class Store:
             except MountedTreeError as e:
                 out.append(f"Skipped: {e}")
         return out
-
-
-def _stop_process(pid: int, grace: float = 10.0) -> None:
-    """Wait up to ``grace`` seconds for ``pid`` to end (gone or a zombie), then SIGTERM it, then SIGKILL it."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        for action in (None, proc.terminate, proc.kill):
-            if action is not None:
-                action()
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-                    return
-                time.sleep(0.05)
-    except psutil.NoSuchProcess:
-        pass
 
 
 def _is_id_like(text: str) -> bool:
