@@ -337,7 +337,7 @@ def daemon_pid(mnt: Path) -> int | None:
         except OSError:
             continue
         if target in args or any(f'"mountpoint": "{target}"' in a for a in args):
-            if any(a.endswith("fuse-overlayfs") or a == "unionfs.daemon" for a in args):
+            if any(a.endswith("fuse-overlayfs") or a == "unionfs.mount.daemon" for a in args):
                 return int(entry)
     return None
 

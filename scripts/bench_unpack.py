@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: unpacking a real gzip image with ``unionfs.layer.unpack_layer`` against ``umoci unpack``.
+"""Benchmark: unpacking a real gzip image with ``unionfs.layer.unpack.unpack_layer`` against ``umoci unpack``.
 
 Builds once and caches under ``.bench-cache/`` an OCI image made with umoci from real files: a
 copy of /usr/lib/python3* (layer 1) and /usr/share/{perl,zoneinfo,i18n} (layer 2): about 140 MB of real
@@ -29,8 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
-from unionfs.digest import Digest  # noqa: E402
-from unionfs.layer import unpack_layer  # noqa: E402
+from unionfs.layer.unpack import unpack_layer  # noqa: E402
+from unionfs.oci.digest import Digest  # noqa: E402
 
 CACHE = HERE / ".bench-cache"
 IMAGE = CACHE / "image"

@@ -90,7 +90,7 @@ def leftovers(store_root: Path, wait: float = 5.0) -> list[str]:
         me = os.getpid()
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if p.info["pid"] != me and ("unionfs.daemon" in cmd or "unionfs.sandbox" in cmd) and key in cmd:
+            if p.info["pid"] != me and ("unionfs.mount.daemon" in cmd or "unionfs.run.sandbox" in cmd) and key in cmd:
                 found.append(f"process {p.info['pid']}: {cmd}")
         if not found or time.monotonic() > deadline:
             return found

@@ -163,7 +163,7 @@ def flatten_layers(layers: list[Path], dest: Path) -> None:
 
 def _apply_dir(src: Path, dst: Path, links: dict[int, Path]) -> None:
     """Apply one layer directory; ``links`` maps the layer's inode numbers to paths made (hardlinks)."""
-    from unionfs import whiteout
+    from unionfs.layer import whiteout
 
     for entry in os.scandir(src):
         s, d = Path(entry.path), dst / entry.name

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from busybox import busybox_tarball, import_busybox, leftovers, require
 
 import unionfs
-from busybox import busybox_tarball, import_busybox, leftovers, require
 from unionfs import api
 
 

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-
 from busybox import leftovers, store_state, unionfs
 
-from unionfs import buildcache
-from unionfs.store import Store
-from unionfs.union import Union
+from unionfs.build import cache as buildcache
+from unionfs.store.store import Store
+from unionfs.union.view import Union
 
 DOCKERFILE = """\
 # a two-stage build

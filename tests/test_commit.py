@@ -15,16 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from images import run, snapshot
-from mounting import (kernel_overlay, require, skip_reason_fuse, skip_reason_kernel_overlay, skip_reason_root,
-                      skip_reason_tool, skip_reason_unionfs, unionfs_mount)
-from unionfs import whiteout
-from unionfs.commit import apply_changes, diff_trees, diff_upper, mount_options, new_config
-from unionfs.digest import Digest
+from mounting import (
+    kernel_overlay,
+    require,
+    skip_reason_fuse,
+    skip_reason_kernel_overlay,
+    skip_reason_root,
+    skip_reason_tool,
+    skip_reason_unionfs,
+    unionfs_mount,
+)
+
 from unionfs.errors import UsageError
-from unionfs.manifest import ImageConfig
-from unionfs.store import Store
+from unionfs.image.commit import apply_changes, diff_trees, diff_upper, mount_options, new_config
+from unionfs.layer import whiteout
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import ImageConfig
+from unionfs.store.store import Store
 
 REF = "test:v2"
 

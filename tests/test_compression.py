@@ -11,8 +11,8 @@ import os
 import pytest
 import zstandard
 
-from unionfs.compression import MEDIA_TYPES, compress_stream, compression_of, open_decompressed, sniff
 from unionfs.errors import LayerError
+from unionfs.layer.compression import MEDIA_TYPES, compress_stream, compression_of, open_decompressed, sniff
 
 DATA = os.urandom(50_000) + b"a" * 300_000
 OCI = "application/vnd.oci.image.layer.v1.tar"

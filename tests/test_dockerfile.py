@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from unionfs.buildcache import step_key
-from unionfs.buildcontext import IgnoreRules, clean_source, digest_sources, match_sources
-from unionfs.dockerfile import expand, key_values, parse, split_words
+from unionfs.build.cache import step_key
+from unionfs.build.context import IgnoreRules, clean_source, digest_sources, match_sources
+from unionfs.build.dockerfile import expand, key_values, parse, split_words
 from unionfs.errors import DockerfileError
 from unionfs.rootpath import resolve_in_root
 

@@ -13,13 +13,30 @@ import stat
 import tarfile
 
 import pytest
+from tarbuild import (
+    END,
+    blockdev,
+    build,
+    chardev,
+    directory,
+    fifo,
+    file,
+    gz,
+    hardlink,
+    header_block,
+    opaque,
+    pax_block,
+    pax_record,
+    snapshot,
+    symlink,
+    whiteout,
+    zst,
+)
 
-from tarbuild import (END, blockdev, build, chardev, directory, fifo, file, gz, hardlink, header_block, opaque,
-                      pax_block, pax_record, snapshot, symlink, whiteout, zst)
-from unionfs import layer
-from unionfs.digest import Digest
 from unionfs.errors import DigestError, LayerError, LayerTooLargeError, UnsafeLayerError
-from unionfs.layer import UnpackResult, unpack_layer
+from unionfs.layer import unpack as layer
+from unionfs.layer.unpack import UnpackResult, unpack_layer
+from unionfs.oci.digest import Digest
 
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (ownership, devices, trusted./security. xattrs)")
@@ -47,7 +64,7 @@ def lst(dest, name: str) -> os.stat_result:
 
 
 def is_whiteout(dest, name: str) -> bool:
-    from unionfs import whiteout as wh
+    from unionfs.layer import whiteout as wh
 
     return wh.is_whiteout(os.path.join(dest, name))
 

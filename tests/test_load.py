@@ -14,9 +14,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from images import ImageSet, flatten_layers, run, snapshot
-from unionfs.store import Store
+
+from unionfs.store.store import Store
 
 VARIANTS = {
     "docker_archive": "test:v3",

@@ -4,10 +4,19 @@ import json
 
 import pytest
 
-from unionfs.digest import Digest
 from unionfs.errors import DigestError, ManifestError, PlatformError
-from unionfs.manifest import (DOCKER_LIST, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, Descriptor, ImageConfig,
-                              Index, Manifest, Platform)
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+)
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

@@ -14,7 +14,6 @@ import sys
 from typing import Any, Iterator
 
 import pytest
-
 from union_cases import CASES, Case, apply_os, build_case, case_id, run_ops, snapshot, tree_of
 
 

@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import pytest
-
 from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
 from union_cases import build_layer, tree_of
 
@@ -39,7 +38,7 @@ def daemon_pids(mnt: str) -> list[int]:
                 cmd = f.read()
         except OSError:
             continue
-        if b"unionfs.daemon" in cmd and mnt.encode() in cmd:
+        if b"unionfs.mount.daemon" in cmd and mnt.encode() in cmd:
             pids.append(int(pid))
     return pids
 
@@ -149,7 +148,7 @@ def test_kill_9_leaves_no_partial_file(tmp_path: Any) -> None:
 @pytest.mark.parametrize("extra", ["", ",volatile"])
 def test_mount8_helper_form(tmp_path: Any, extra: str) -> None:
     lowers, u, w, mnt = layers(tmp_path)
-    helper = [sys.executable, "-m", "unionfs.mounthelper"]
+    helper = [sys.executable, "-m", "unionfs.mount.helper"]
     opts = f"rw,nofail,dev,suid,lowerdir={lowers[1]}:{lowers[0]},upperdir={u},workdir={w}{extra}"
     try:
         subprocess.run(helper + ["unionfs", mnt, "-o", opts], check=True, timeout=60)

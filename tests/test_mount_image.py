@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from images import ImageSet, snapshot
-from unionfs.store import Store
+
+from unionfs.store.store import Store
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"),

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from busybox import unionfs
-from unionfs.store import Store
+
+from unionfs.store.store import Store
 
 #: instructions docker accepts in both a Dockerfile and ``commit --change``, and what each must set
 CASES: list[tuple[str, str, Any]] = [

@@ -1,5 +1,5 @@
 """pack.py: upper directories built in code packed into OCI layer tars, read back with tarfile and unpacked
-again with unionfs.layer (whiteouts and opaque markers are made here, never committed)."""
+again with unionfs.layer.unpack (whiteouts and opaque markers are made here, never committed)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from unionfs import whiteout
-from unionfs.compression import open_decompressed
-from unionfs.digest import Digest
 from unionfs.errors import LayerError
-from unionfs.layer import unpack_layer
-from unionfs.pack import pack_layer, write_diff_tar, write_merged_tar
-from unionfs.union import Union
+from unionfs.image.pack import pack_layer, write_diff_tar, write_merged_tar
+from unionfs.layer import whiteout
+from unionfs.layer.compression import open_decompressed
+from unionfs.layer.unpack import unpack_layer
+from unionfs.oci.digest import Digest
+from unionfs.union.view import Union
 
 ROOT = os.geteuid() == 0
 T = 1_500_000_000

@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
-
 from conftest import run_cli
 from images import flatten_layers, run, snapshot
 from registry_server import USERS, FaultProxy, Registry, have_registry, running_registry
-from unionfs.digest import Digest
-from unionfs.distribution import pull, push
-from unionfs.manifest import Platform
-from unionfs.reference import Reference
-from unionfs.registry import Credentials, RegistryClient, RetryPolicy
-from unionfs.store import Store
+
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import Platform
+from unionfs.oci.reference import Reference
+from unionfs.registry.client import Credentials, RegistryClient, RetryPolicy
+from unionfs.registry.transfer import pull, push
+from unionfs.store.store import Store
 
 if TYPE_CHECKING:
     from images import TestImages

@@ -3,7 +3,7 @@
 import pytest
 
 from unionfs.errors import ReferenceError_
-from unionfs.reference import Reference
+from unionfs.oci.reference import Reference
 
 D = "sha256:" + "ab" * 32
 

@@ -1,4 +1,4 @@
-"""The registry protocol client (unionfs/registry.py) and docker-config credentials (unionfs/auth.py).
+"""The registry protocol client (unionfs/registry/client.py) and docker-config credentials (unionfs/registry/credentials.py).
 
 Against real ``docker-registry`` processes (no auth, htpasswd, token) on 127.0.0.1; scripted local HTTP servers
 only where one code path needs a server that misbehaves on purpose (redirects, foreign URLs, Docker Hub search).
@@ -16,15 +16,28 @@ from typing import Iterator
 
 import httpx
 import pytest
-
 from registry_server import USERS, FakeServer, FaultProxy, Registry, have_registry, running_registry, sha256
-from unionfs.auth import DOCKER_HUB_KEY, DockerConfig, normalize_server
-from unionfs.digest import Digest
-from unionfs.errors import (CredentialsError, DigestError, RegistryAuthError, RegistryConnectionError,
-                            RegistryNotFoundError)
-from unionfs.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
-from unionfs.registry import (Credentials, RegistryClient, RetryPolicy, error_from_response, hub_search, is_loopback,
-                              parse_link_next, parse_www_authenticate)
+
+from unionfs.errors import (
+    CredentialsError,
+    DigestError,
+    RegistryAuthError,
+    RegistryConnectionError,
+    RegistryNotFoundError,
+)
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
+from unionfs.registry.client import (
+    Credentials,
+    RegistryClient,
+    RetryPolicy,
+    error_from_response,
+    hub_search,
+    is_loopback,
+    parse_link_next,
+    parse_www_authenticate,
+)
+from unionfs.registry.credentials import DOCKER_HUB_KEY, DockerConfig, normalize_server
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05)
 

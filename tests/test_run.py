@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from busybox import leftovers, unionfs
 
 

@@ -18,7 +18,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from busybox import leftovers, unionfs
 
 #: docker's default capability set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
@@ -245,7 +244,7 @@ def test_set_uid_works_in_the_rootfs_even_when_the_host_mount_is_nosuid(store: P
     """The container sees its rootfs through a bind of its own: nodev, not nosuid, whatever the host-side
     mount's flags (here made nosuid,nodev by a remount)."""
     from unionfs import api
-    from unionfs.store import Store
+    from unionfs.store.store import Store
 
     with api.container(Store(store), "busybox:latest", keep=False) as m:
         subprocess.run(["mount", "-o", "remount,bind,nosuid,nodev", str(m.rootfs)], check=True)

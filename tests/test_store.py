@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from unionfs.digest import Digest
 from unionfs.errors import DigestError, ImageNotFoundError, StoreLockedError
-from unionfs.manifest import OCI_MANIFEST, Descriptor
-from unionfs.reference import Reference
-from unionfs.store import Store
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import OCI_MANIFEST, Descriptor
+from unionfs.oci.reference import Reference
+from unionfs.store.store import Store
 
 
 def test_layout_is_an_oci_layout_with_mode_0700(store_root: Path) -> None:
@@ -82,7 +82,7 @@ def test_lock_serialises_processes(store_root: Path, monkeypatch: pytest.MonkeyP
     p.start()
     try:
         assert ready.wait(10)
-        import unionfs.store as store_mod
+        import unionfs.store.store as store_mod
         monkeypatch.setattr(store_mod, "_LOCK_TIMEOUT", 0.3)
         with pytest.raises(StoreLockedError, match="locked"):
             with Store(store_root).lock():

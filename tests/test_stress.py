@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-
 from mounting import (
     Dir,
     File,

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from images import NON_UTF8, run, snapshot
 from mounting import kernel_overlay, require, skip_reason_kernel_overlay, skip_reason_root
+
 from unionfs.errors import TreePathError
-from unionfs.store import Store
-from unionfs.treeview import ImageTree
+from unionfs.image.tree import ImageTree
+from unionfs.store.store import Store
 
 REF = "test:v2"
 

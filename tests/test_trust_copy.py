@@ -255,8 +255,8 @@ def test_copy_over_a_hostile_base_writes_only_into_the_image(tmp_path: Path, sto
                                                              dest: str) -> None:
     from busybox import leftovers, require, unionfs
 
-    from unionfs.store import Store
-    from unionfs.union import Union
+    from unionfs.store.store import Store
+    from unionfs.union.view import Union
 
     require()
     host = tmp_path / "hostdir"

@@ -19,18 +19,37 @@ from typing import Any
 
 import pytest
 import zstandard
-
 from conftest import run_cli
 from tarbuild import END, build, file, header_block, pax_block, pax_record
 from test_load import store_tree
-from unionfs.digest import Digest
-from unionfs.errors import ArchiveError, DigestError, LayerError, ManifestError, PlatformError, ReferenceError_
-from unionfs.errors import UnsafeLayerError
-from unionfs.layer import MAX_LAYER_SIZE_ENV, unpack_layer
-from unionfs.manifest import (DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_LAYER_ZSTD, OCI_MANIFEST,
-                              Descriptor, ImageConfig, Index, Manifest, Platform, parse_docker_archive_manifest)
-from unionfs.reference import Reference
-from unionfs.store import Store
+
+from unionfs.errors import (
+    ArchiveError,
+    DigestError,
+    LayerError,
+    ManifestError,
+    PlatformError,
+    ReferenceError_,
+    UnsafeLayerError,
+)
+from unionfs.layer.unpack import MAX_LAYER_SIZE_ENV, unpack_layer
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import (
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_LAYER_ZSTD,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    parse_docker_archive_manifest,
+)
+from unionfs.oci.reference import Reference
+from unionfs.store.store import Store
 
 MiB = 1 << 20
 
@@ -268,7 +287,7 @@ def test_zstd_zero_run_unpacks_in_linear_time(tmp_path: Path, cli, store_root: P
 
 
 def test_zstd_frames_truncation_and_skippable_frames(tmp_path: Path) -> None:
-    from unionfs.compression import open_decompressed
+    from unionfs.layer.compression import open_decompressed
 
     tar = build([file("a", os.urandom(300_000)), file("b", b"\0" * 400_000)])
     cctx = zstandard.ZstdCompressor(write_checksum=True)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from mounting import daemon_pids, private_tmpdir, wait_pids_gone
 from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
 
@@ -136,7 +135,7 @@ def test_mount_flags_are_honoured(suid_layer: str, mnt: str, tmp_path: Path, opt
 ])
 def test_mount8_helper_honours_flags(suid_layer: str, mnt: str, opts: str, euid: str | None,
                                      expect: set[str]) -> None:
-    helper = [sys.executable, "-m", "unionfs.mounthelper"]
+    helper = [sys.executable, "-m", "unionfs.mount.helper"]
     try:
         subprocess.run(helper + ["unionfs", mnt, "-o", f"{opts},lowerdir={suid_layer}"], check=True, timeout=60)
         check_shared_mount(mnt, expect, euid, ("nosuid", "nodev", "noexec"))
@@ -183,7 +182,7 @@ def test_container_rootfs_is_shared_but_nosuid(euid_program: Path, tmp_path: Pat
     """A container's rootfs (``run``, build ``RUN``) must be usable by the image's USER (allow_other, with the
     kernel checking permissions) and must not make set-uid programs a way to root for whoever reaches it."""
     from unionfs.api import container
-    from unionfs.store import Store
+    from unionfs.store.store import Store
 
     store = tmp_path / "store"
     image = _suid_image(store, euid_program, tmp_path)

@@ -33,11 +33,11 @@ from typing import Callable, Iterator
 
 import httpx
 import pytest
-
 from registry_server import Body, FakeServer, Sent, sha256
-from unionfs.digest import Digest
+
 from unionfs.errors import RegistryAuthError, RegistryConnectionError, RegistryError, RegistryNotFoundError
-from unionfs.registry import Credentials, RegistryClient, RetryPolicy
+from unionfs.oci.digest import Digest
+from unionfs.registry.client import Credentials, RegistryClient, RetryPolicy
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05)
 SECRET = "s3cret-Pa55word"

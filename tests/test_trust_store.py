@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-
 from conftest import run_cli
-from mounting import (mount_fstype, require, skip_reason_fuse, skip_reason_root, skip_reason_unionfs,
-                      unionfs_mount)
-from unionfs.commit import mount_options
+from mounting import mount_fstype, require, skip_reason_fuse, skip_reason_root, skip_reason_unionfs, unionfs_mount
+
 from unionfs.errors import MountedTreeError
-from unionfs.store import Store, remove_tree
+from unionfs.image.commit import mount_options
+from unionfs.store.store import Store, remove_tree
 
 TIMEOUT = 120  # generous bound for any single command (it detects hangs, it measures nothing)
 
@@ -363,7 +362,7 @@ def test_load_refuses_a_negative_member_size(store_root: Path, tmp_path: Path) -
 
 
 def test_load_refuses_an_archive_of_too_many_members(store_root: Path, tmp_path: Path) -> None:
-    from unionfs.archive import MAX_ARCHIVE_MEMBERS
+    from unionfs.store.archive import MAX_ARCHIVE_MEMBERS
 
     raw = b"".join(_header(f"junk/{i:07}") for i in range(MAX_ARCHIVE_MEMBERS + 10)) + b"\0" * 1024
     archive = tmp_path / "junk.tar.gz"

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from mounting import (
     Dir,
     File,
@@ -34,13 +33,13 @@ from mounting import (
 )
 from tarbuild import build, directory, file, opaque
 from test_mount_cases import DAEMONS
-from unionfs.digest import Digest
-from unionfs.manifest import OCI_CONFIG, OCI_LAYER, Descriptor, Manifest
-from unionfs.reference import Reference
-from unionfs.store import Store
-from unionfs.treeview import ImageTree
-from unionfs.union import Union
 
+from unionfs.image.tree import ImageTree
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import OCI_CONFIG, OCI_LAYER, Descriptor, Manifest
+from unionfs.oci.reference import Reference
+from unionfs.store.store import Store
+from unionfs.union.view import Union
 
 
 def _require_mount() -> None:

@@ -1,4 +1,4 @@
-"""The union case table (tests/union_cases.py) against the core: unionfs.overlay without FUSE."""
+"""The union case table (tests/union_cases.py) against the core: unionfs.union.overlay without FUSE."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import stat
 from typing import Any
 
 import pytest
-
-from unionfs.overlay import Overlay
 from union_cases import CASES, Case, build_case, build_layer, case_id, describe, run_ops, snapshot
+
+from unionfs.union.overlay import Overlay
 
 
 def _needs() -> str | None:
@@ -147,7 +147,7 @@ def test_read_only_union_refuses_writes(tmp_path: Any) -> None:
 def test_path_cache_follows_every_change(tmp_path: Any) -> None:
     """The core's path cache (and the per-layer name sets of merged directories) never answers from before a
     change made through the Overlay: every lookup after a change equals an uncached Union's."""
-    from unionfs.union import Union
+    from unionfs.union.view import Union
 
     for i, spec in enumerate(({"d": "d", "d/a": "f:a", "d/s": "d", "d/s/x": "f:x"},
                               {"d": "d", "d/b": "f:b", "d/s": "d", "d/s/y": "f:y", "h": "f:h", "h2": "h:h"})):

@@ -11,7 +11,6 @@ import subprocess
 from typing import Any
 
 import pytest
-
 from mounting import is_mounted, skip_reason_kernel_overlay, wait_pids_gone
 from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
 from test_mount_cli import daemon_pids, layers

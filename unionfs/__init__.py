@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):  # lazy: ``import unionfs`` stays cheap (the FUSE daemon and sandbox import it)
     if name == "mounted":
-        from .api import mounted
+        from unionfs.api import mounted
 
         return mounted
     raise AttributeError(f"module 'unionfs' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m unionfs`` runs the command-line interface."""
 
-from .cli import main
+from unionfs.cli.main import main
 
 raise SystemExit(main())

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import daemon
-from .errors import ContainerError
-from .manifest import Platform
-from .mountplan import MountPlan
-from .sandbox import Bind, Completed, Process, make_init_layer
-from .store import Image, Store
+from unionfs.errors import ContainerError
+from unionfs.mount import daemon
+from unionfs.oci.manifest import Platform
+from unionfs.run.sandbox import Bind, Completed, Process, make_init_layer
+from unionfs.store.store import Image, Store
+from unionfs.union.plan import MountPlan
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Mounted:
 
 def obtain(store: Store, ref: str, platform: Platform | None = None) -> Image:
     """The image ``ref`` from the store, pulled from its registry when it is missing there."""
-    from .distribution import obtain as obtain_image
+    from unionfs.registry.transfer import obtain as obtain_image
 
     return obtain_image(store, ref, platform)
 
@@ -89,7 +89,7 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
     finally:
         try:
             if mounted:
-                from .builder import unmount
+                from unionfs.build.builder import unmount
 
                 unmount(str(mnt))
                 with contextlib.suppress(ContainerError):
@@ -121,7 +121,7 @@ def run(rootfs: str | os.PathLike[str], argv: Sequence[str], *, env: Sequence[st
     """Run ``argv`` in a rootfs from ``mounted`` (see ``sandbox.run``: docker's default isolation, no network
     but loopback unless ``network="host"``, all capabilities only with ``privileged``); with ``capture`` the
     output is in the result (stdout and stderr together), else it goes to this process's stdout/stderr."""
-    from . import sandbox
+    from unionfs.run import sandbox
 
     process = Process(tuple(argv), tuple(env), user, workdir, network=network, privileged=privileged)
     if capture:

@@ -39,7 +39,7 @@ def unionfs_store_root(request: pytest.FixtureRequest) -> str | None:
 @pytest.fixture
 def unionfs_rootfs(unionfs_store_root: str | None) -> Iterator[Callable[..., Path]]:
     """A factory of fresh writable rootfs mounts of an image; see the module docstring."""
-    from .api import mounted
+    from unionfs.api import mounted
 
     with contextlib.ExitStack() as stack:
         def make(image: str, *, name: str | None = None) -> Path:

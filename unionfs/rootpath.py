@@ -26,7 +26,7 @@ import errno
 import os
 import stat
 
-from .errors import SymlinkLoopError
+from unionfs.errors import SymlinkLoopError
 
 #: Linux's bound on symlinks followed in one lookup
 MAX_SYMLINKS = 40

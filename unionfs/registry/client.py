@@ -1,0 +1,1220 @@
+"""A client for the registry HTTP API v2 (the OCI distribution spec): the protocol and nothing else.
+
+One ``RegistryClient`` talks to one registry host. It knows no store and prints nothing; callers hand it
+repositories, references, digests and streams.
+
+Contracts:
+
+* **Transport.** HTTPS with certificate verification by default. ``insecure=True`` (or a registry on the
+  loopback: ``localhost``, ``127.0.0.0/8``, ``::1``) allows plain HTTP: HTTPS is tried first, then HTTP, as
+  docker does; ``insecure`` also skips certificate verification.
+* **Authentication.** The first request learns the registry's challenge (``GET /v2/``). ``Bearer``
+  challenges are answered with a token from the realm for the scopes the operation needs
+  (``repository:NAME:pull``, ``repository:NAME:pull,push``, both repositories for a cross-repository mount,
+  ``registry:catalog:*``), anonymously or with the credentials; ``Basic`` challenges with the credentials.
+  Tokens are cached per scope set; a 401 drops the cached token and retries once.
+* **Credentials go only where they belong.** They are bound to the registry host they were given for: sent
+  as ``Basic`` only to the registry's own origin (scheme, host, port), or to the token realm that the
+  registry's *own* ``401`` challenge names. Redirects are followed by hand: a redirect to another origin
+  (e.g. pre-signed blob storage) carries no ``Authorization`` header, and a ``401`` from there is an error,
+  never a challenge (its ``WWW-Authenticate`` is ignored). A token realm in plain HTTP is refused (nothing is
+  sent to it) unless its host may be spoken to in plain HTTP: the registry's own host when that is loopback
+  or ``insecure``, or any loopback host when the registry is on the loopback. Token servers' redirects are
+  not followed. Foreign-layer ``urls`` are fetched only when the caller asks, and never with credentials.
+  Credentials never appear in logs or error messages.
+* **Slow servers** (``Deadlines``, from ``UNIONFS_HTTP_TIMEOUT``, ``UNIONFS_SPEED_LIMIT``,
+  ``UNIONFS_SPEED_TIME``). Every request whose answer is small (``/v2/``, tokens, manifests, tag lists,
+  catalog pages, upload answers, errors) ends within ``UNIONFS_HTTP_TIMEOUT`` seconds (default 60):
+  connect, headers and body, retries and their waits included; a silent server fails within that time.
+  A blob download's headers come under the same deadline; its body fails, and is not resumed, when fewer
+  than ``UNIONFS_SPEED_LIMIT`` bytes per second (default 1024) arrived over a window of
+  ``UNIONFS_SPEED_TIME`` seconds (default 30; curl's ``--speed-limit``/``--speed-time``), or nothing at
+  all for that long. Uploads are bounded by the idle timeouts only (the registry reads at its pace).
+* **Bodies other than blobs are capped**, read as they stream and never whole first: error bodies at
+  ``MAX_ERROR_BODY`` (64 KiB, the rest is not read: the message is built from the prefix), token answers
+  ``MAX_TOKEN_BYTES`` (1 MiB), manifests ``MAX_MANIFEST_BYTES`` (4 MiB), tag lists, catalog pages and search
+  answers ``MAX_LIST_BYTES`` (8 MiB), anything else ``MAX_SMALL_BODY`` (1 MiB). The client asks for no
+  content encoding; a gzip/deflate body is decoded within the same cap, any other encoding is refused.
+* **Retries.** Connection errors, 5xx answers and 429 are retried with exponential backoff (``Retry-After``
+  honoured up to the policy's cap) when the request can be repeated and its deadline leaves time for the
+  wait; a blob download broken in the middle
+  resumes with ``Range: bytes=N-`` (a registry that ignores the range is read again from the start, the first
+  N bytes discarded).
+* **Verification.** A manifest fetched by digest must hash to it; one fetched by tag must match the
+  ``Docker-Content-Digest`` header when the registry sends one. A blob reader hashes while it streams and
+  raises ``DigestError`` at the end instead of a clean EOF when the content is wrong (``verify=False`` leaves
+  that to a caller who hashes anyway).
+* **Errors.** Registry JSON errors become one-line typed errors (``RegistryNotFoundError`` for
+  ``MANIFEST_UNKNOWN``...), carrying ``code``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import ipaddress
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import IO, Callable, Iterable, Iterator, Sequence
+
+import httpx
+
+from unionfs import __version__
+from unionfs.errors import (
+    DigestError,
+    RegistryAuthError,
+    RegistryConnectionError,
+    RegistryDeniedError,
+    RegistryError,
+    RegistryNotFoundError,
+    RegistryRateLimitError,
+    UsageError,
+)
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+
+log = logging.getLogger(__name__)
+
+#: Every manifest type we understand, most preferred first. distribution 2.8 answers 404 for an OCI
+#: manifest unless its type is accepted, and rewrites schema2 into schema1 when nothing is.
+MANIFEST_ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+DOCKER_HUB_SEARCH_URL = "https://index.docker.io/v1/search"
+USER_AGENT = f"unionfs/{__version__}"
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_ERROR_BODY = 64 << 10
+MAX_TOKEN_BYTES = 1 << 20
+MAX_LIST_BYTES = 8 << 20
+MAX_SMALL_BODY = 1 << 20
+DEFAULT_HTTP_TIMEOUT = 60.0
+DEFAULT_SPEED_LIMIT = 1024.0
+DEFAULT_SPEED_TIME = 30.0
+_CONNECT_TIMEOUT = 15.0
+DEFAULT_CHUNK_THRESHOLD = 64 << 20
+DEFAULT_CHUNK_SIZE = 16 << 20
+_READ_CHUNK = 1 << 20
+_MAX_REDIRECTS = 5
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_CODE_ERRORS: dict[str, type[RegistryError]] = {
+    "UNAUTHORIZED": RegistryAuthError,
+    "DENIED": RegistryDeniedError,
+    "MANIFEST_UNKNOWN": RegistryNotFoundError,
+    "NAME_UNKNOWN": RegistryNotFoundError,
+    "BLOB_UNKNOWN": RegistryNotFoundError,
+    "BLOB_UPLOAD_UNKNOWN": RegistryNotFoundError,
+    "MANIFEST_BLOB_UNKNOWN": RegistryNotFoundError,
+    "TOOMANYREQUESTS": RegistryRateLimitError,
+}
+_STATUS_ERRORS: dict[int, tuple[type[RegistryError], str]] = {
+    401: (RegistryAuthError, "authentication required"),
+    403: (RegistryDeniedError, "access denied"),
+    404: (RegistryNotFoundError, "not found"),
+    429: (RegistryRateLimitError, "too many requests"),
+}
+
+
+# --- small values -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Credentials:
+    """A username and password (or an identity token, docker's OAuth refresh token)."""
+
+    username: str
+    password: str
+    identity_token: str | None = None
+
+    def __repr__(self) -> str:  # never show the secret in logs or tracebacks
+        return f"Credentials(username={self.username!r}, password=***)"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry: ``attempts`` tries in all, the n-th wait ``backoff * 2**n``
+    seconds (with jitter) capped at ``max_backoff``."""
+
+    attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 10.0
+
+    def delay(self, attempt: int, retry_after: str | None = None) -> float:
+        """Seconds to wait before try number ``attempt + 1`` (``attempt`` counts from 0)."""
+        if retry_after and retry_after.strip().isdigit():
+            return min(float(retry_after), self.max_backoff)
+        base = min(self.backoff * (2 ** attempt), self.max_backoff)
+        return base * (0.75 + random.random() / 2)
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a slow or silent server may hold a request (see the module docstring).
+
+    ``request``: seconds for a whole request with a small answer, retries included. ``speed_limit`` bytes per
+    second over ``speed_time`` seconds: the least progress a blob download must make.
+    """
+
+    request: float = DEFAULT_HTTP_TIMEOUT
+    speed_limit: float = DEFAULT_SPEED_LIMIT
+    speed_time: float = DEFAULT_SPEED_TIME
+
+    @classmethod
+    def from_env(cls) -> "Deadlines":
+        """The defaults, overridden by ``UNIONFS_HTTP_TIMEOUT``, ``UNIONFS_SPEED_LIMIT``, ``UNIONFS_SPEED_TIME``.
+
+        Raises UsageError for a value that is not a positive number.
+        """
+        return cls(_env_seconds("UNIONFS_HTTP_TIMEOUT", DEFAULT_HTTP_TIMEOUT),
+                   _env_seconds("UNIONFS_SPEED_LIMIT", DEFAULT_SPEED_LIMIT),
+                   _env_seconds("UNIONFS_SPEED_TIME", DEFAULT_SPEED_TIME))
+
+    def timeout(self, deadline: "_Deadline | None", stream: bool = False) -> httpx.Timeout:
+        """httpx timeouts for one attempt: within what is left of ``deadline``; a stream's reads (a blob's
+        headers and every piece of its body) also within ``speed_time``. Without a deadline (uploads) the
+        idle timeouts only."""
+        if deadline is None:
+            idle = max(self.request, self.speed_time)
+            return httpx.Timeout(idle, connect=min(_CONNECT_TIMEOUT, idle))
+        left = max(deadline.left(), 0.001)
+        read = min(left, self.speed_time) if stream else left
+        return httpx.Timeout(left, connect=min(_CONNECT_TIMEOUT, left), read=read)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{name} must be a positive number, not {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    """The monotonic time by which one request (all its attempts) must be done."""
+
+    seconds: float
+    end: float
+
+    @classmethod
+    def start(cls, seconds: float) -> "_Deadline":
+        return cls(seconds, time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def allows(self, wait: float) -> bool:
+        """True when waiting ``wait`` seconds still leaves time for another attempt."""
+        return wait < self.left()
+
+    def error(self, what: str, host: str, answered: bool) -> RegistryConnectionError:
+        got = "no complete answer" if answered else "no answer"
+        return RegistryConnectionError(f"{what}: {got} from {host} within {self.seconds:g} s (UNIONFS_HTTP_TIMEOUT)")
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One ``WWW-Authenticate`` challenge: the scheme (lower case) and its parameters."""
+
+    scheme: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest or index as the registry sent it: raw bytes, media type, and the digest of the bytes."""
+
+    raw: bytes
+    media_type: str
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One repository found by a search."""
+
+    name: str
+    description: str = ""
+    stars: int = 0
+    official: bool = False
+
+
+def api_host(registry: str) -> str:
+    """The host that serves the API for a reference's registry (``docker.io`` -> ``registry-1.docker.io``)."""
+    return DOCKER_HUB_API if registry == DOCKER_HUB else registry
+
+
+def host_name(host: str) -> str:
+    """The name or address in ``host[:port]`` (``[::1]:5000`` -> ``::1``), lower case."""
+    name = host
+    if name.startswith("["):
+        name = name[1:name.index("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.split(":")[0]
+    return name.lower()
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``*.localhost`` and loopback addresses, with or without a port."""
+    name = host_name(host)
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_www_authenticate(header: str) -> list[Challenge]:
+    """Parse a ``WWW-Authenticate`` value into challenges (``Bearer realm="...",service="...",scope="..."``)."""
+    out: list[Challenge] = []
+    pos, n = 0, len(header)
+    token = re.compile(r'\s*([A-Za-z][A-Za-z0-9_.-]*)\s*')
+    param = re.compile(r'\s*([A-Za-z][A-Za-z0-9_.-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*,?')
+    while pos < n:
+        m = token.match(header, pos)
+        if not m:
+            break
+        scheme, pos = m.group(1).lower(), m.end()
+        params: dict[str, str] = {}
+        while pos < n:
+            pm = param.match(header, pos)
+            if not pm:  # the next scheme (a word not followed by "=") or garbage
+                break
+            params[pm.group(1).lower()] = (re.sub(r"\\(.)", r"\1", pm.group(2)) if pm.group(2) is not None
+                                           else pm.group(3))
+            pos = pm.end()
+        out.append(Challenge(scheme, params))
+        while pos < n and header[pos] in " ,":
+            pos += 1
+    return out
+
+
+def parse_link_next(header: str | None) -> str | None:
+    """The target of ``rel="next"`` in a ``Link`` header, or None."""
+    if not header:
+        return None
+    for part in header.split(","):
+        m = re.match(r'\s*<([^>]*)>\s*;(.*)', part)
+        if m and re.search(r'rel\s*=\s*"?next"?', m.group(2)):
+            return m.group(1)
+    return None
+
+
+def repository_scope(repository: str, *actions: str) -> str:
+    """``repository:NAME:pull,push``."""
+    return f"repository:{repository}:{','.join(actions)}"
+
+
+CATALOG_SCOPE = "registry:catalog:*"
+
+
+def error_from_response(response: httpx.Response, what: str, body: bytes | None = None) -> RegistryError:
+    """A typed one-line error from a failed response: from ``body`` (a capped prefix, see ``read_body``), else
+    from the response's content (which must have been read then)."""
+    code = message = None
+    try:
+        body = json.loads((response.content if body is None else body) or b"{}")
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if errors and isinstance(errors[0], dict):
+            code = str(errors[0].get("code") or "") or None
+            message = str(errors[0].get("message") or "") or None
+        elif isinstance(body, dict) and body.get("details"):  # token servers
+            message = str(body["details"])
+    except (ValueError, UnicodeDecodeError, RecursionError, httpx.ResponseNotRead):
+        pass
+    cls, fallback = _STATUS_ERRORS.get(response.status_code, (RegistryError, f"HTTP {response.status_code}"))
+    if code in _CODE_ERRORS:
+        cls = _CODE_ERRORS[code]
+    text = " ".join((message or fallback).split())
+    if len(text) > 300:
+        text = text[:300] + "..."
+    if code:
+        text += f" ({code})"
+    elif message is None and response.status_code not in _STATUS_ERRORS:
+        text = f"unexpected HTTP {response.status_code} {response.reason_phrase}".strip()
+    return cls(f"{what}: {text}", code, response.status_code)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
+
+
+def _host_port(url: httpx.URL) -> str:
+    return f"{url.host}:{url.port}" if url.port else url.host
+
+
+def _decoder(encoding: str) -> Callable[[bytes, int], bytes] | None:
+    """A decoder of one Content-Encoding that returns at most ``room`` bytes per call, or None when the
+    encoding is not one we decode (identity, gzip, deflate)."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return lambda data, room: data
+    if enc not in ("gzip", "x-gzip", "deflate"):
+        return None
+    z = zlib.decompressobj(47)  # a gzip or zlib header
+    # At most ``room`` bytes out: when that is reached the caller stops (the body is over its cap), so input
+    # zlib keeps in unconsumed_tail is never needed.
+    return lambda data, room: z.decompress(data, max(room, 1))
+
+
+def read_body(response: httpx.Response, cap: int, what: str, *, deadline: _Deadline | None = None,
+              host: str = "", truncate: bool = False) -> bytes:
+    """Read a streamed response's body as it arrives, at most ``cap`` bytes (after decoding), and close it.
+
+    A longer body raises RegistryError, or with ``truncate`` gives its first ``cap`` bytes (the rest is never
+    read: the connection is dropped). Past ``deadline`` raises RegistryConnectionError (naming ``host``), as
+    does a broken connection. An encoding other than identity/gzip/deflate raises RegistryError (``truncate``:
+    gives b"").
+    """
+    try:
+        if response.request.method == "HEAD":  # its Content-Length describes a body that is not sent
+            return b""
+        length = response.headers.get("content-length", "")
+        if not truncate and length.isdigit() and int(length) > cap:
+            raise RegistryError(f"{what}: the answer ({int(length)} bytes) is larger than {cap} bytes")
+        decode = _decoder(response.headers.get("content-encoding", ""))
+        if decode is None:
+            if truncate:
+                return b""
+            raise RegistryError(f"{what}: the answer has an unsupported Content-Encoding "
+                                f"{response.headers.get('content-encoding')!r}")
+        out = bytearray()
+        try:
+            pieces: Iterable[bytes] = [response.content]  # already read (a transport that buffers)
+            decode = _decoder("")
+        except httpx.ResponseNotRead:
+            pieces = response.iter_raw()
+        for chunk in pieces:
+            try:
+                out += decode(chunk, cap + 1 - len(out))
+            except zlib.error:
+                if truncate:
+                    return bytes(out)
+                raise RegistryError(f"{what}: the answer's compressed body is corrupt") from None
+            if len(out) > cap:
+                if truncate:
+                    return bytes(out[:cap])
+                raise RegistryError(f"{what}: the answer is larger than {cap} bytes")
+            if deadline is not None and deadline.left() < 0:
+                raise deadline.error(what, host or response.request.url.host, True)
+        return bytes(out)
+    except httpx.TransportError as e:
+        if deadline is not None and deadline.left() < 0:
+            raise deadline.error(what, host or response.request.url.host, True) from None
+        raise RegistryConnectionError(f"{what}: connection lost: {_describe(e)}") from None
+    finally:
+        response.close()
+
+
+def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A closed response carrying ``body`` as its (decoded) content, with the original status and headers."""
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-encoding", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
+
+
+# --- the client ---------------------------------------------------------------------------------
+class RegistryClient:
+    """The v2 API of one registry host. Thread-safe: parallel downloads share one client.
+
+    ``registry`` is a reference's registry (``docker.io``, ``localhost:5000``). ``transport`` replaces httpx's
+    network transport (tests). ``deadlines`` default to ``Deadlines.from_env()``. Use as a context manager or
+    call ``close()``.
+    """
+
+    def __init__(self, registry: str, *, credentials: Credentials | None = None, insecure: bool = False,
+                 retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None,
+                 deadlines: Deadlines | None = None) -> None:
+        self.registry = registry
+        self.host = api_host(registry)
+        self.credentials = credentials
+        self.insecure = insecure
+        self.retry = retry or RetryPolicy()
+        self.deadlines = deadlines or Deadlines.from_env()
+        self._http = httpx.Client(verify=not insecure, transport=transport, follow_redirects=False,
+                                  timeout=self.deadlines.timeout(None),
+                                  headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+                                  limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+        self._base: str | None = None
+        self._challenge: Challenge | None = None
+        self._tokens: dict[frozenset[str], str] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- discovery and authentication ------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        """``https://host`` or ``http://host``, found by pinging ``/v2/`` once."""
+        if self._base is None:
+            self.ping()
+        assert self._base is not None
+        return self._base
+
+    def _home(self) -> tuple[str, str, int | None]:
+        """The registry's own origin: the only one that sees its credentials or may challenge for them."""
+        return _origin(httpx.URL(self.base_url))
+
+    def plain_http_allowed(self, host: str) -> bool:
+        """True when ``host`` (``name[:port]``, or a bare name or address) may be spoken to in plain HTTP: the
+        registry's own host (any port) when it is loopback or the client is ``insecure``; another loopback
+        host only when the registry is on the loopback too."""
+        if host_name(host) == host_name(self.host):
+            return self.insecure or is_loopback(host)
+        return is_loopback(host) and is_loopback(self.host)
+
+    def _wait(self, attempt: int, deadline: _Deadline | None, retry_after: str | None = None) -> bool:
+        """Sleep before try ``attempt + 2`` when the policy and the deadline allow another; False when not."""
+        if attempt + 1 >= self.retry.attempts:
+            return False
+        delay = self.retry.delay(attempt, retry_after)
+        if deadline is not None and not deadline.allows(delay):
+            return False
+        time.sleep(delay)
+        return True
+
+    def ping(self) -> None:
+        """``GET /v2/``: choose the scheme and learn the authentication challenge.
+
+        Raises RegistryConnectionError when the host cannot be reached by any allowed scheme within the
+        request deadline, RegistryError when what answers is no registry.
+        """
+        schemes = ["https"] + (["http"] if self.plain_http_allowed(self.host) else [])
+        what = f"registry {self.registry}"
+        deadline = _Deadline.start(self.deadlines.request)
+        last: Exception | None = None
+        for attempt in range(self.retry.attempts):
+            for i, scheme in enumerate(schemes):
+                url = f"{scheme}://{self.host}/v2/"
+                # HTTPS must leave time for the HTTP try: a plain-HTTP server may say nothing to a TLS hello
+                share = _Deadline.start(max(deadline.left(), 0) / (len(schemes) - i))
+                try:
+                    req = self._http.build_request("GET", url, timeout=self.deadlines.timeout(share))
+                    r = self._http.send(req, stream=True)
+                except httpx.TransportError as e:
+                    log.debug("ping %s: %s", url, e)
+                    last = e
+                    if deadline.left() <= 0:
+                        break
+                    continue
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, host=self.registry, truncate=True)
+                if r.status_code in _RETRY_STATUSES:
+                    last = error_from_response(r, what, body)
+                    break
+                if r.status_code not in (200, 401):
+                    raise RegistryError(f"{self.registry} does not look like a registry "
+                                        f"(HTTP {r.status_code} for {url})")
+                self._base = f"{scheme}://{self.host}"
+                if r.status_code == 401:
+                    self._set_challenge(r)
+                return
+            if deadline.left() <= 0 or not self._wait(attempt, deadline):
+                break
+        if isinstance(last, RegistryError):
+            raise last
+        if isinstance(last, httpx.TimeoutException) or deadline.left() <= 0:
+            raise RegistryConnectionError(f"cannot reach registry {self.registry}: no answer within "
+                                          f"{deadline.seconds:g} s (UNIONFS_HTTP_TIMEOUT)")
+        hint = "" if "http" in schemes else " (use --insecure for a registry without TLS)"
+        raise RegistryConnectionError(f"cannot reach registry {self.registry}: {_describe(last)}{hint}")
+
+    def _set_challenge(self, response: httpx.Response) -> None:
+        """Learn the challenge of a 401 from the registry's own origin (any other origin decides nothing)."""
+        if self._base is None or _origin(response.request.url) != self._home():
+            log.debug("ignoring a challenge from %s", response.request.url.host)
+            return
+        challenges = parse_www_authenticate(response.headers.get("www-authenticate", ""))
+        for wanted in ("bearer", "basic"):
+            for c in challenges:
+                if c.scheme == wanted:
+                    self._challenge = c
+                    return
+
+    def login(self) -> None:
+        """Check the credentials: ping, then authenticate as the challenge asks (a token with no scope).
+
+        Raises RegistryAuthError when the registry or its token server refuses them.
+        """
+        self.ping()
+        ch = self._challenge
+        if ch is None:
+            return
+        if ch.scheme == "bearer":
+            self._fetch_token(frozenset(), force=True)
+            return
+        try:
+            self.request("GET", "/v2/", what=f"login to {self.registry}")
+        except RegistryAuthError:
+            raise RegistryAuthError(f"login to {self.registry} failed: wrong username or password",
+                                    "UNAUTHORIZED") from None
+
+    def _auth_headers(self, scopes: frozenset[str]) -> dict[str, str]:
+        ch = self._challenge
+        if ch is None:
+            return {}
+        if ch.scheme == "bearer":
+            return {"Authorization": f"Bearer {self._fetch_token(scopes)}"}
+        if ch.scheme == "basic" and self.credentials:
+            raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+        return {}
+
+    def _realm(self, ch: Challenge) -> httpx.URL:
+        """The challenge's token realm, checked before anything is sent there (see the module docstring)."""
+        realm = " ".join((ch.params.get("realm") or "").split())
+        if not realm:
+            raise RegistryAuthError(f"registry {self.registry} sent a Bearer challenge without a realm")
+        try:
+            url = httpx.URL(realm)
+        except httpx.InvalidURL:
+            url = None
+        if url is None or url.scheme not in ("https", "http") or not url.host:
+            raise RegistryAuthError(f"registry {self.registry} names a token realm that is no HTTP(S) URL: {realm}")
+        if url.scheme == "http" and not self.plain_http_allowed(url.host):
+            raise RegistryAuthError(f"registry {self.registry} wants a token from {realm} over plain HTTP: refused "
+                                    f"(a token realm must use HTTPS unless it is on the registry's own host with "
+                                    f"--insecure, or both are on the loopback)")
+        return url
+
+    def _fetch_token(self, scopes: frozenset[str], force: bool = False) -> str:
+        """A bearer token for ``scopes`` (cached) from the challenge's realm."""
+        with self._lock:
+            if not force and scopes in self._tokens:
+                return self._tokens[scopes]
+        ch = self._challenge
+        assert ch is not None and ch.scheme == "bearer"
+        realm_url = self._realm(ch)
+        params: list[tuple[str, str | int | float | bool | None]] = []
+        if ch.params.get("service"):
+            params.append(("service", ch.params["service"]))
+        params.extend(("scope", s) for s in sorted(scopes))
+        creds = self.credentials
+        what = f"authentication with {self.registry}"
+        deadline = _Deadline.start(self.deadlines.request)
+        timeout = self.deadlines.timeout
+        for attempt in range(self.retry.attempts):
+            try:
+                if creds and creds.identity_token:
+                    form = {k: str(v) for k, v in params if k != "scope"}
+                    form.update(grant_type="refresh_token", refresh_token=creds.identity_token,
+                                client_id="unionfs", scope=" ".join(sorted(scopes)))
+                    req = self._http.build_request("POST", realm_url, data=form, timeout=timeout(deadline))
+                else:
+                    headers: dict[str, str] = {}
+                    params_acc = params
+                    if creds:
+                        raw = f"{creds.username}:{creds.password}".encode()
+                        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+                        params_acc = params + [("account", creds.username)]
+                    req = self._http.build_request("GET", realm_url, params=params_acc, headers=headers,
+                                                   timeout=timeout(deadline))
+                r = self._http.send(req, stream=True)
+            except httpx.TransportError as e:
+                if deadline.left() <= 0:
+                    raise deadline.error(what, f"token server {realm_url.host}", False) from None
+                if self._wait(attempt, deadline):
+                    continue
+                raise RegistryConnectionError(f"{what}: cannot reach token server {realm_url.host}: "
+                                              f"{_describe(e)}") from None
+            if r.status_code != 200:
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
+                if r.status_code in _RETRY_STATUSES and self._wait(attempt, deadline, r.headers.get("retry-after")):
+                    continue
+                if r.status_code in (401, 403):
+                    if creds:
+                        raise RegistryAuthError(f"{what} failed: wrong username or password", "UNAUTHORIZED")
+                    raise RegistryAuthError(f"{what} failed: the token server requires credentials "
+                                            f"(unionfs login {self.registry})", "UNAUTHORIZED")
+                raise error_from_response(r, what, body)
+            body = read_body(r, MAX_TOKEN_BYTES, f"{what}: token server {realm_url.host}", deadline=deadline)
+            break
+        try:
+            answer = json.loads(body)
+            token = answer.get("token") or answer.get("access_token")
+        except (ValueError, AttributeError, RecursionError):
+            token = None
+        if not token or not isinstance(token, str):
+            raise RegistryAuthError(f"{what}: the token server answered without a token")
+        with self._lock:
+            self._tokens[scopes] = token
+        return token
+
+    # -- the request loop ------------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.base_url + path
+
+    def request(self, method: str, path: str, *, scopes: Iterable[str] = (), what: str,
+                headers: dict[str, str] | None = None, content: bytes | Callable[[], Iterable[bytes]] | None = None,
+                params: dict[str, str] | None = None, ok: Sequence[int] = (200,), stream: bool = False,
+                retry: bool = True, credentials: bool = True, max_body: int = MAX_SMALL_BODY) -> httpx.Response:
+        """Send one API request with authentication, redirects, retries and error mapping.
+
+        ``content`` is bytes or a callable returning a fresh iterable of bytes (so that a retry can send the
+        body again). A response with a status outside ``ok`` raises a typed RegistryError (``what`` leads
+        its message). Without ``stream`` the body is read (at most ``max_body`` bytes, else RegistryError) and
+        the response returned closed, all within the request deadline; with ``stream`` only the headers come
+        under the deadline and the caller reads and closes the body. ``retry=False`` sends once (requests that
+        must not be repeated blindly). ``credentials=False`` sends no Authorization header at all (foreign
+        URLs). A 401 is a challenge only from the registry's own origin; from anywhere else it is an error.
+        """
+        scope_set = frozenset(scopes)
+        attempts = self.retry.attempts if retry else 1
+        deadline = None if callable(content) else _Deadline.start(self.deadlines.request)
+        reauthed = False
+        attempt = 0
+        while True:
+            auth = self._auth_headers(scope_set) if credentials else {}
+            try:
+                r = self._send(method, self._url(path), {**(headers or {})}, auth, content, params,
+                               self.deadlines.timeout(deadline, stream))
+            except httpx.TransportError as e:
+                if deadline is not None and deadline.left() <= 0:
+                    raise deadline.error(what, self.registry, False) from None
+                if attempt + 1 < attempts and self._wait(attempt, deadline):
+                    attempt += 1
+                    log.debug("%s %s: %s; retrying", method, path, _describe(e))
+                    continue
+                raise RegistryConnectionError(f"{what}: cannot reach {self.registry}: {_describe(e)}") from None
+            home = _origin(r.request.url) == self._home()
+            if r.status_code == 401 and credentials and home and not reauthed:
+                read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
+                reauthed = True
+                self._set_challenge(r)
+                ch = self._challenge
+                if ch is not None and (ch.scheme == "bearer" or self.credentials):
+                    with self._lock:
+                        self._tokens.pop(scope_set, None)
+                    continue
+                raise self._auth_error(r, what, b"")
+            if r.status_code in _RETRY_STATUSES and attempt + 1 < attempts:
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
+                if self._wait(attempt, deadline, r.headers.get("retry-after")):
+                    log.debug("%s %s: HTTP %s; retrying", method, path, r.status_code)
+                    attempt += 1
+                    continue
+                raise error_from_response(r, what, body)
+            if r.status_code not in ok:
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
+                if not home and r.status_code in (401, 403):
+                    raise RegistryError(f"{what}: {_host_port(r.request.url)}, outside {self.registry}, refused the "
+                                        f"request (HTTP {r.status_code})", None, r.status_code)
+                if r.status_code == 401:
+                    raise self._auth_error(r, what, body)
+                raise error_from_response(r, what, body)
+            if stream:
+                return r
+            return _with_body(r, read_body(r, max_body, what, deadline=deadline, host=self.registry))
+
+    def _auth_error(self, r: httpx.Response, what: str, body: bytes) -> RegistryError:
+        err = error_from_response(r, what, body)
+        if self.credentials is None:
+            return RegistryAuthError(f"{err} (log in with: unionfs login {self.registry})", err.code)
+        return RegistryAuthError(f"{err} (check the credentials for {self.registry})", err.code)
+
+    def _send(self, method: str, url: str, headers: dict[str, str], auth: dict[str, str],
+              content: bytes | Callable[[], Iterable[bytes]] | None, params: dict[str, str] | None,
+              timeout: httpx.Timeout) -> httpx.Response:
+        """Send and follow redirects by hand; Authorization only while on the API's own origin."""
+        target = httpx.URL(url)
+        if params:
+            target = target.copy_merge_params(params)
+        home = self._home()
+        for _ in range(_MAX_REDIRECTS + 1):
+            h = dict(headers)
+            if _origin(target) == home:
+                h.update(auth)
+            body = content() if callable(content) else content
+            req = self._http.build_request(method, target, headers=h, content=body, timeout=timeout)
+            r = self._http.send(req, stream=True)
+            if r.status_code in (301, 302, 303, 307, 308) and "location" in r.headers:
+                r.close()
+                nxt = target.join(r.headers["location"])
+                if _origin(nxt) != home:
+                    log.debug("redirect to %s (no credentials sent there)", nxt.host)
+                if nxt.scheme == "http" and target.scheme == "https" and not self.insecure:
+                    raise RegistryError(f"{self.registry} redirected from HTTPS to plain HTTP ({nxt.host})")
+                if r.status_code == 303 or (r.status_code in (301, 302) and method not in ("GET", "HEAD")):
+                    method, content = "GET", None
+                target = nxt
+                continue
+            return r
+        raise RegistryError(f"{self.registry}: too many redirects")
+
+    # -- manifests -------------------------------------------------------------------------------
+    def get_manifest(self, repository: str, reference: str) -> FetchedManifest:
+        """Fetch a manifest or index by tag or digest; verified as the module docstring says.
+
+        Raises RegistryNotFoundError (MANIFEST_UNKNOWN / NAME_UNKNOWN), DigestError.
+        """
+        what = f"{self.registry}/{repository}{'@' if ':' in reference else ':'}{reference}"
+        r = self.request("GET", f"/v2/{repository}/manifests/{reference}", what=what,
+                         scopes=[repository_scope(repository, "pull")], headers={"Accept": MANIFEST_ACCEPT},
+                         max_body=MAX_MANIFEST_BYTES)
+        raw = r.content
+        media_type = r.headers.get("content-type", "").split(";")[0].strip()
+        try:
+            body_type = json.loads(raw).get("mediaType")
+        except (ValueError, AttributeError, RecursionError):
+            raise RegistryError(f"{what}: the registry sent a manifest that is not JSON") from None
+        if body_type:
+            media_type = body_type
+        header = r.headers.get("docker-content-digest")
+        expected: Digest | None = None
+        if reference.startswith(("sha256:", "sha512:")):
+            expected = Digest.parse(reference)
+        elif header:
+            try:
+                expected = Digest.parse(header)
+            except DigestError:
+                expected = None
+        digest = Digest.of_bytes(raw, expected.algorithm if expected else "sha256")
+        if expected is not None and digest != expected:
+            raise DigestError(f"{what}: manifest digest mismatch, expected {expected}, got {digest}")
+        if digest.algorithm != "sha256":
+            digest = Digest.of_bytes(raw)
+        return FetchedManifest(raw, media_type, digest)
+
+    def head_manifest(self, repository: str, reference: str) -> Digest | None:
+        """The digest the registry holds for a tag or digest, or None when it has none."""
+        try:
+            r = self.request("HEAD", f"/v2/{repository}/manifests/{reference}", what=f"{repository}:{reference}",
+                             scopes=[repository_scope(repository, "pull")], headers={"Accept": MANIFEST_ACCEPT})
+        except RegistryNotFoundError:
+            return None
+        header = r.headers.get("docker-content-digest")
+        return Digest.parse(header) if header else None
+
+    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> Digest:
+        """Upload a manifest under a tag (or its digest) with its media type; returns its digest."""
+        digest = Digest.of_bytes(raw)
+        r = self.request("PUT", f"/v2/{repository}/manifests/{reference}", what=f"push {self.registry}/{repository}",
+                         scopes=[repository_scope(repository, "pull", "push")], content=raw,
+                         headers={"Content-Type": media_type}, ok=(200, 201, 202))
+        header = r.headers.get("docker-content-digest")
+        if header and header != str(digest):
+            raise RegistryError(f"push {self.registry}/{repository}: the registry stored the manifest as {header}, "
+                                f"not {digest}")
+        return digest
+
+    # -- blobs -----------------------------------------------------------------------------------
+    def blob_size(self, repository: str, digest: Digest) -> int | None:
+        """``HEAD`` a blob: its size when the repository has it, None when not."""
+        try:
+            r = self.request("HEAD", f"/v2/{repository}/blobs/{digest}", what=f"blob {digest}",
+                             scopes=[repository_scope(repository, "pull")])
+        except RegistryNotFoundError:
+            return None
+        return int(r.headers.get("content-length") or -1)
+
+    def open_blob(self, repository: str, digest: Digest, size: int | None = None, *, verify: bool = True,
+                  urls: Sequence[str] = (), follow_urls: bool = False,
+                  on_bytes: Callable[[int], None] | None = None) -> "BlobReader":
+        """A reader of a blob's bytes, hashed while streaming; resumes with Range after a broken connection.
+
+        ``urls`` (a foreign layer's) are tried first, without credentials, only when ``follow_urls``.
+        Raises RegistryNotFoundError (BLOB_UNKNOWN); reading raises DigestError on wrong content.
+        """
+        sources: list[str] = []
+        if follow_urls:
+            sources = [u for u in urls if u.startswith(("https://", "http://"))]
+        elif urls:
+            log.debug("blob %s lists foreign urls; fetching it from %s instead", digest, self.registry)
+        return BlobReader(self, repository, digest, size, verify=verify, urls=sources, on_bytes=on_bytes)
+
+    def fetch_blob(self, repository: str, digest: Digest, size: int | None = None, limit: int = 64 << 20) -> bytes:
+        """A small blob (a config) in memory, verified."""
+        with self.open_blob(repository, digest, size) as reader:
+            data = reader.read(limit + 1)
+            if len(data) > limit:
+                raise RegistryError(f"blob {digest} is larger than {limit} bytes")
+            while chunk := reader.read(limit + 1 - len(data)):
+                data += chunk
+                if len(data) > limit:
+                    raise RegistryError(f"blob {digest} is larger than {limit} bytes")
+        return data
+
+    def _start_upload(self, repository: str, mount: Digest | None = None, source: str | None = None
+                      ) -> tuple[bool, str]:
+        """POST an upload (or a cross-repository mount). Returns (mounted, upload location)."""
+        scopes = [repository_scope(repository, "pull", "push")]
+        params = None
+        if mount is not None and source:
+            scopes.append(repository_scope(source, "pull"))
+            params = {"mount": str(mount), "from": source}
+        r = self.request("POST", f"/v2/{repository}/blobs/uploads/", what=f"push {self.registry}/{repository}",
+                         scopes=scopes, params=params, ok=(201, 202), content=b"")
+        location = r.headers.get("location")
+        if r.status_code == 201:
+            return True, location or ""
+        if not location:
+            raise RegistryError(f"push {self.registry}/{repository}: upload started without a Location")
+        return False, str(httpx.URL(self.base_url + "/").join(location))
+
+    def push_blob(self, repository: str, digest: Digest, size: int, opener: Callable[[], IO[bytes]], *,
+                  mount_from: Sequence[str] = (), chunk_threshold: int = DEFAULT_CHUNK_THRESHOLD,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, on_bytes: Callable[[int], None] | None = None,
+                  on_upload: Callable[[], None] | None = None) -> str:
+        """Make the repository hold a blob; returns ``"exists"``, ``"mounted"`` or ``"uploaded"``.
+
+        Skips a blob the repository has (HEAD); tries a cross-repository mount from each of ``mount_from``;
+        otherwise uploads: one monolithic PUT after the POST, or PATCH chunks of ``chunk_size`` when the
+        blob is larger than ``chunk_threshold``. ``opener`` returns a fresh stream of the content (called
+        again when an upload is retried). ``on_upload`` is called once, when bytes are about to be sent.
+        The registry verifies the digest.
+        """
+        if self.blob_size(repository, digest) is not None:
+            return "exists"
+        scopes = [repository_scope(repository, "pull", "push")]
+        location: str | None = None
+        for source in mount_from:
+            if source == repository:
+                continue
+            mounted, loc = self._start_upload(repository, digest, source)
+            if mounted:
+                log.debug("mounted %s from %s", digest, source)
+                return "mounted"
+            location = loc
+            break
+        if on_upload:
+            on_upload()
+        for attempt in range(self.retry.attempts):
+            if location is None:
+                location = self._start_upload(repository)[1]
+            try:
+                if size > chunk_threshold:
+                    self._upload_chunked(repository, location, digest, size, opener, chunk_size, scopes, on_bytes)
+                else:
+                    self._upload_monolithic(repository, location, digest, size, opener, scopes, on_bytes)
+                return "uploaded"
+            except RegistryError as e:
+                retryable = isinstance(e, RegistryConnectionError) or e.status in _RETRY_STATUSES
+                if not retryable or attempt + 1 >= self.retry.attempts:
+                    raise
+                log.debug("upload of %s failed (%s); starting again", digest, e)
+                time.sleep(self.retry.delay(attempt))
+                location = None
+        raise AssertionError("unreachable")
+
+    def _upload_monolithic(self, repository: str, location: str, digest: Digest, size: int,
+                           opener: Callable[[], IO[bytes]], scopes: list[str],
+                           on_bytes: Callable[[int], None] | None) -> None:
+        self._upload_request("PUT", location, scopes, {"digest": str(digest)},
+                             lambda: _stream_file(opener, 0, size, on_bytes), size, None, (201,),
+                             f"push blob {digest.short}")
+
+    def _upload_chunked(self, repository: str, location: str, digest: Digest, size: int,
+                        opener: Callable[[], IO[bytes]], chunk_size: int, scopes: list[str],
+                        on_bytes: Callable[[int], None] | None) -> None:
+        offset = 0
+        while offset < size:
+            n = min(chunk_size, size - offset)
+            body = functools.partial(_stream_file, opener, offset, n, on_bytes)
+            r = self._upload_request("PATCH", location, scopes, None, body, n, f"{offset}-{offset + n - 1}",
+                                     (202,), f"push blob {digest.short}")
+            location = str(httpx.URL(location).join(r.headers.get("location") or location))
+            offset += n
+        self._upload_request("PUT", location, scopes, {"digest": str(digest)}, b"", 0, None, (201,),
+                             f"push blob {digest.short}")
+
+    def _upload_request(self, method: str, location: str, scopes: list[str], params: dict[str, str] | None,
+                        content: bytes | Callable[[], Iterable[bytes]], length: int, content_range: str | None,
+                        ok: tuple[int, ...], what: str) -> httpx.Response:
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        if content_range:
+            headers["Content-Range"] = content_range
+        return self.request(method, location, scopes=scopes, what=what, headers=headers, content=content,
+                            params=params, ok=ok, retry=False)
+
+    # -- listings --------------------------------------------------------------------------------
+    def _paginate(self, path: str, key: str, scopes: list[str], what: str, page: int | None) -> Iterator[str]:
+        params = {"n": str(page)} if page else None
+        url: str | None = path
+        while url:
+            r = self.request("GET", url, scopes=scopes, what=what, params=params, max_body=MAX_LIST_BYTES)
+            try:
+                items = r.json().get(key) or []
+            except (ValueError, AttributeError, RecursionError):
+                raise RegistryError(f"{what}: the registry's answer is not JSON") from None
+            yield from (str(x) for x in items)
+            nxt = parse_link_next(r.headers.get("link"))
+            url = str(httpx.URL(self.base_url + "/").join(nxt)) if nxt else None
+            params = None
+
+    def catalog(self, page: int | None = 100) -> Iterator[str]:
+        """Every repository name, following ``Link: <...>; rel="next"`` pages."""
+        return self._paginate("/v2/_catalog", "repositories", [CATALOG_SCOPE], f"catalog of {self.registry}", page)
+
+    def tags(self, repository: str, page: int | None = None) -> list[str]:
+        """Every tag of a repository (paginated like the catalog). Raises RegistryNotFoundError (NAME_UNKNOWN)."""
+        return list(self._paginate(f"/v2/{repository}/tags/list", "tags", [repository_scope(repository, "pull")],
+                                   f"tags of {self.registry}/{repository}", page))
+
+
+def _describe(e: BaseException | None) -> str:
+    if e is None:
+        return "no answer"
+    text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+def _stream_file(opener: Callable[[], IO[bytes]], offset: int, length: int,
+                 on_bytes: Callable[[int], None] | None) -> Iterator[bytes]:
+    """Yield ``length`` bytes of a fresh stream from ``offset``."""
+    with opener() as f:
+        if offset:
+            f.seek(offset)
+        left = length
+        while left > 0:
+            chunk = f.read(min(_READ_CHUNK, left))
+            if not chunk:
+                raise RegistryError(f"local content ended {left} bytes early")
+            left -= len(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+            yield chunk
+
+
+# --- blob reading -------------------------------------------------------------------------------
+class BlobReader:
+    """A file-like reader of one blob: hashes what it returns, resumes broken transfers with Range.
+
+    ``read(n)`` returns at most ``n`` bytes, ``b""`` only at the verified end. Close it (or use ``with``).
+    """
+
+    def __init__(self, client: RegistryClient, repository: str, digest: Digest, size: int | None, *,
+                 verify: bool = True, urls: Sequence[str] = (), on_bytes: Callable[[int], None] | None = None
+                 ) -> None:
+        self._client = client
+        self._repo = repository
+        self.digest = digest
+        self.size = size if size is not None and size >= 0 else None
+        self._verify = verify
+        self._urls = list(urls)
+        self._on_bytes = on_bytes
+        self._hash = digest.hasher() if verify else None
+        self.offset = 0
+        self.resumes = 0
+        self._buf = b""
+        self._resp: httpx.Response | None = None
+        self._iter: Iterator[bytes] | None = None
+        self._range_ok = False
+        self._done = False
+        self._window_start = 0.0
+        self._window_bytes = 0
+        self._open()
+
+    # the first request, and each resume
+    def _open(self) -> None:
+        headers = {}
+        if self.offset:
+            headers["Range"] = f"bytes={self.offset}-"
+        what = f"blob {self.digest}"
+        resp = None
+        for url in list(self._urls):
+            try:
+                resp = self._client.request("GET", url, what=what, headers=headers, ok=(200, 206), stream=True,
+                                            credentials=False)
+                break
+            except RegistryError as e:
+                log.warning("foreign URL %s for %s failed (%s); trying the registry", url, self.digest.short, e)
+                self._urls.remove(url)
+        if resp is None:
+            resp = self._client.request("GET", f"/v2/{self._repo}/blobs/{self.digest}", what=what, headers=headers,
+                                        scopes=[repository_scope(self._repo, "pull")], ok=(200, 206), stream=True)
+        skip = 0
+        if self.offset:
+            if resp.status_code == 206:
+                m = re.match(r"bytes (\d+)-", resp.headers.get("content-range", ""))
+                if not m or int(m.group(1)) != self.offset:
+                    resp.close()
+                    raise RegistryError(f"{what}: the registry answered a range request with the wrong range")
+            else:
+                skip = self.offset  # the range was ignored: read from the start, drop what we have
+        else:
+            self._range_ok = resp.headers.get("accept-ranges", "").lower() == "bytes"
+            length = resp.headers.get("content-length")
+            if self.size is None and length and length.isdigit():
+                self.size = int(length)
+        self._resp = resp
+        self._iter = resp.iter_raw()  # pieces as they arrive: a broken transfer keeps what came
+        self._window_start, self._window_bytes = time.monotonic(), 0
+        while skip:
+            chunk = self._next()
+            if not chunk:
+                raise RegistryError(f"{what}: the registry sent less than before")
+            if len(chunk) > skip:
+                self._buf = chunk[skip:]
+                skip = 0
+            else:
+                skip -= len(chunk)
+
+    def _next(self) -> bytes:
+        """The next piece of the open response (b"" at its end), held to the minimum-progress rule: raises
+        RegistryConnectionError (the transfer is not resumed) when too little arrived in a window."""
+        assert self._iter is not None
+        limits = self._client.deadlines
+        try:
+            chunk = next(self._iter, b"")
+        except httpx.TimeoutException:
+            self._close_response()
+            raise RegistryConnectionError(
+                f"blob {self.digest}: transfer too slow: the server stopped sending at byte {self.offset} "
+                f"(UNIONFS_SPEED_LIMIT={limits.speed_limit:g} bytes/s, UNIONFS_SPEED_TIME={limits.speed_time:g})"
+            ) from None
+        self._window_bytes += len(chunk)
+        elapsed = time.monotonic() - self._window_start
+        if chunk and elapsed >= limits.speed_time:
+            if self._window_bytes < limits.speed_limit * elapsed:
+                self._close_response()
+                raise RegistryConnectionError(
+                    f"blob {self.digest}: transfer too slow: {self._window_bytes} bytes in {elapsed:.1f} s "
+                    f"(UNIONFS_SPEED_LIMIT={limits.speed_limit:g} bytes/s, UNIONFS_SPEED_TIME={limits.speed_time:g})")
+            self._window_start, self._window_bytes = time.monotonic(), 0
+        return chunk
+
+    def _fill(self) -> bytes:
+        """The next piece of the body, resuming on a broken connection; b"" at the end."""
+        while True:
+            try:
+                return self._next()
+            except httpx.TransportError as e:
+                self._close_response()
+                if self.size is not None and self.offset >= self.size:
+                    return b""
+                self.resumes += 1
+                if self.resumes >= self._client.retry.attempts:
+                    raise RegistryConnectionError(f"blob {self.digest}: connection lost at byte {self.offset}: "
+                                                  f"{_describe(e)}") from None
+                log.info("blob %s: connection lost at byte %d (%s); resuming", self.digest.short, self.offset,
+                         _describe(e))
+                time.sleep(self._client.retry.delay(self.resumes - 1))
+                self._open()
+                if self._buf:
+                    data, self._buf = self._buf, b""
+                    return data
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all that is left when ``n < 0``)."""
+        if self._done:
+            return b""
+        if n is None or n < 0:
+            parts = []
+            while chunk := self.read(_READ_CHUNK):
+                parts.append(chunk)
+            return b"".join(parts)
+        if not self._buf:
+            self._buf = self._fill()
+            if not self._buf:
+                self._finish()
+                return b""
+        data, self._buf = self._buf[:n], self._buf[n:]
+        self.offset += len(data)
+        if self.size is not None and self.offset > self.size:
+            raise DigestError(f"blob {self.digest}: more than the expected {self.size} bytes")
+        if self._hash is not None:
+            self._hash.update(data)
+        if self._on_bytes:
+            self._on_bytes(len(data))
+        return data
+
+    def _finish(self) -> None:
+        self._close_response()
+        if self.size is not None and self.offset != self.size:
+            raise DigestError(f"blob {self.digest}: got {self.offset} bytes, expected {self.size}")
+        if self._hash is not None:
+            got = Digest(self.digest.algorithm, self._hash.hexdigest())
+            if got != self.digest:
+                raise DigestError(f"blob {self.digest}: digest mismatch, got {got}")
+        self._done = True
+
+    def readable(self) -> bool:
+        return True
+
+    def _close_response(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+    def close(self) -> None:
+        """Drop the connection (an unfinished download is simply abandoned)."""
+        self._close_response()
+        self._done = True
+
+    def __enter__(self) -> "BlobReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- Docker Hub search --------------------------------------------------------------------------
+def hub_search(term: str, limit: int = 25, *, url: str = DOCKER_HUB_SEARCH_URL,
+               transport: httpx.BaseTransport | None = None, retry: RetryPolicy | None = None,
+               deadlines: Deadlines | None = None) -> list[SearchResult]:
+    """Docker Hub's search API (``/v1/search?q=TERM&n=LIMIT``); ``url`` and ``transport`` are for tests.
+
+    No credentials are involved (redirects are followed); the answer comes within the request deadline and is
+    read up to ``MAX_LIST_BYTES``.
+    """
+    policy = retry or RetryPolicy()
+    limits = deadlines or Deadlines.from_env()
+    deadline = _Deadline.start(limits.request)
+    what = f"search {term!r}"
+    host = httpx.URL(url).host
+    with httpx.Client(transport=transport, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+                      follow_redirects=True) as http:
+        for attempt in range(policy.attempts):
+            try:
+                req = http.build_request("GET", url, params={"q": term, "n": str(limit)},
+                                         timeout=limits.timeout(deadline))
+                r = http.send(req, stream=True)
+            except httpx.TransportError as e:
+                if deadline.left() <= 0:
+                    raise deadline.error(what, host, False) from None
+                if attempt + 1 < policy.attempts and deadline.allows(delay := policy.delay(attempt)):
+                    time.sleep(delay)
+                    continue
+                raise RegistryConnectionError(f"{what}: cannot reach {host}: {_describe(e)}") from None
+            if r.status_code != 200:
+                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
+                delay = policy.delay(attempt, r.headers.get("retry-after"))
+                if r.status_code in _RETRY_STATUSES and attempt + 1 < policy.attempts and deadline.allows(delay):
+                    time.sleep(delay)
+                    continue
+                raise error_from_response(r, what, body)
+            body = read_body(r, MAX_LIST_BYTES, what, deadline=deadline, host=host)
+            break
+    try:
+        results = json.loads(body).get("results") or []
+    except (ValueError, AttributeError, RecursionError):
+        raise RegistryError(f"{what}: the answer is not JSON") from None
+    out = []
+    for item in results[:limit] if isinstance(results, list) else []:
+        if isinstance(item, dict) and item.get("name"):
+            out.append(SearchResult(str(item["name"]), " ".join(str(item.get("description") or "").split()),
+                                    _count(item.get("star_count")), bool(item.get("is_official"))))
+    return out
+
+
+def _count(value: object) -> int:
+    """A star count from a search answer: a non-negative int, else 0 (advice shown, never stored)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -1,0 +1,291 @@
+"""Pull and push: the flows between a registry (``registry.py``) and the store (``store.py``).
+
+Neither HTTP nor the on-disk layout is spoken here; this module decides what to fetch or send and in which
+order, runs blob transfers in parallel, and reports progress through a ``Progress`` object (the CLI's,
+which is the only place that prints).
+
+Contracts:
+
+* **pull** resolves a reference to a manifest (an index picks ``platform``, the host's by default), fetches
+  the config and every layer blob the store lacks (``jobs`` at a time, each verified while it streams and
+  written by ``Store.put_blob`` under a temporary name), then ``Store.store_image`` unpacks the layers and
+  tags the image. The registry's raw manifest bytes are what is stored, so the stored image keeps the
+  registry's manifest digest. All of it runs under the store lock: when anything fails, every blob and
+  layer this pull added is removed and the tag is not written (the store is as before). A pull killed
+  with SIGKILL leaves only temporary files in ``tmp/`` and verified, complete blobs; the next pull skips
+  those blobs and completes.
+* An index is not stored: the platform manifest is, and the tag points at it (pushing the image back
+  pushes that manifest, byte for byte).
+* **push** sends the config and layer blobs the destination lacks (HEAD first; a cross-repository mount
+  from another repository of the same registry that the store knows holds the blob; else an upload),
+  then PUTs the stored raw manifest with its media type: the pushed image has the stored manifest digest.
+  Foreign (non-distributable) layers are not pushed, as docker does.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from dataclasses import dataclass
+from typing import IO, Callable, Protocol, cast
+
+from unionfs.errors import BlobNotFoundError, ImageNotFoundError, RegistryError, UnionfsError
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import DOCKER_FOREIGN_LAYER, OCI_LAYER_ND, Descriptor, Index, Manifest, Platform, is_index
+from unionfs.oci.reference import Reference
+from unionfs.registry.client import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_THRESHOLD, RegistryClient
+from unionfs.store.store import Image, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_JOBS = 3
+MAX_CONFIG_BYTES = 16 << 20
+
+
+class Progress(Protocol):
+    """What a pull or push reports. Called from worker threads: implementations must be thread-safe."""
+
+    def line(self, text: str) -> None:
+        """A status line (``Pulling from ...``)."""
+
+    def begin(self, key: str, total: int | None, action: str) -> None:
+        """A transfer starts: ``key`` is a short blob id, ``action`` ``Downloading``/``Pushing``."""
+
+    def advance(self, key: str, n: int) -> None:
+        """``n`` more bytes of ``key`` moved."""
+
+    def end(self, key: str, status: str) -> None:
+        """``key`` is done: ``Pull complete``, ``Already exists``, ``Mounted from x``, ``Pushed``..."""
+
+
+class NoProgress:
+    """Reports nothing (``-q``)."""
+
+    def line(self, text: str) -> None:
+        pass
+
+    def begin(self, key: str, total: int | None, action: str) -> None:
+        pass
+
+    def advance(self, key: str, n: int) -> None:
+        pass
+
+    def end(self, key: str, status: str) -> None:
+        pass
+
+
+class _Cancelled(Exception):
+    """Raised inside a worker when another transfer failed (or the user interrupted)."""
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a pull did: the image stored, and how many blobs came over the network or were present."""
+
+    reference: Reference
+    digest: Digest
+    image: Image
+    fetched: int
+    present: int
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did: the manifest digest and size at the destination, and what happened to the blobs."""
+
+    reference: Reference
+    digest: Digest
+    size: int
+    uploaded: int
+    mounted: int
+    existed: int
+
+
+def _run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int) -> None:
+    """Run tasks on ``jobs`` threads; the first failure cancels the rest and is raised (after all stopped)."""
+    cancel = threading.Event()
+    errors: list[BaseException] = []
+    if not tasks:
+        return
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="xfer") as pool:
+        futures = [pool.submit(t, cancel) for t in tasks]
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                try:
+                    fut.result()
+                except _Cancelled:
+                    pass
+                except BaseException as e:  # noqa: BLE001 - collected and re-raised below
+                    errors.append(e)
+                    cancel.set()
+                    for f in futures:
+                        f.cancel()
+        except BaseException:
+            cancel.set()
+            for f in futures:
+                f.cancel()
+            raise
+    if errors:
+        first = next((e for e in errors if isinstance(e, UnionfsError)), errors[0])
+        raise first
+
+
+# --- pull ---------------------------------------------------------------------------------------
+def fetch_manifest(client: RegistryClient, ref: Reference, platform: Platform | None = None
+                   ) -> tuple[Manifest, Digest | None]:
+    """The image manifest ``ref`` names (through an index for ``platform``), and the index digest if any."""
+    fetched = client.get_manifest(ref.repository, str(ref.digest) if ref.digest else str(ref.tag))
+    index_digest = None
+    if is_index(fetched.media_type, fetched.raw):
+        index = Index.parse(fetched.raw, fetched.media_type)
+        chosen = index.select(platform or Platform.host())
+        log.debug("index %s: platform %s is %s", fetched.digest, platform or Platform.host(), chosen.digest)
+        index_digest = fetched.digest
+        fetched = client.get_manifest(ref.repository, str(chosen.digest))
+        if is_index(fetched.media_type, fetched.raw):
+            raise RegistryError(f"{ref}: an index entry for {platform or Platform.host()} is another index")
+    return Manifest.parse(fetched.raw, fetched.media_type), index_digest
+
+
+def _start(cancel: threading.Event, progress: Progress, desc: Descriptor) -> tuple[str, Callable[[int], None]]:
+    """Begin one blob transfer in a worker: raise _Cancelled when the run was cancelled; returns the blob's
+    progress key and a byte callback that reports progress and stops the transfer on cancellation."""
+    if cancel.is_set():
+        raise _Cancelled()
+    key = desc.digest.short
+
+    def on_bytes(n: int) -> None:
+        if cancel.is_set():
+            raise _Cancelled()
+        progress.advance(key, n)
+    return key, on_bytes
+
+
+def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Platform | None = None,
+         jobs: int = DEFAULT_JOBS, progress: Progress | None = None, follow_foreign_urls: bool = False
+         ) -> PullResult:
+    """Pull ``ref`` into ``store`` (see the module docstring). Raises RegistryError, DigestError,
+    ManifestError/PlatformError, LayerError; the store is unchanged then."""
+    progress = progress or NoProgress()
+    progress.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name}")
+    manifest, _ = fetch_manifest(client, ref, platform)
+    with store.lock():
+        config_raw = client.fetch_blob(ref.repository, manifest.config.digest, manifest.config.size,
+                                       limit=MAX_CONFIG_BYTES)
+        wanted: dict[Digest, Descriptor] = {}
+        for d in manifest.layers:
+            wanted.setdefault(d.digest, d)
+        missing = [d for d in wanted.values() if not store.has_blob(d.digest)]
+        for d in wanted.values():
+            if d not in missing:
+                progress.end(d.digest.short, "Already exists")
+
+        def task(desc: Descriptor) -> Callable[[threading.Event], None]:
+            def run(cancel: threading.Event) -> None:
+                key, on_bytes = _start(cancel, progress, desc)
+
+                progress.begin(key, desc.size, "Downloading")
+                # the store hashes while writing; the reader need not hash the same bytes again
+                with client.open_blob(ref.repository, desc.digest, desc.size, verify=False, urls=desc.urls,
+                                      follow_urls=follow_foreign_urls, on_bytes=on_bytes) as reader:
+                    store.put_blob(cast(IO[bytes], reader), desc.digest, desc.size)
+                progress.end(key, "Download complete")
+            return run
+
+        _run_parallel([task(d) for d in missing], jobs)
+        tags = [ref] if ref.tag and not ref.digest else []
+        if missing:
+            progress.line("Extracting layers")
+        image = store.store_image(manifest, config_raw, tags)
+    for d in missing:
+        progress.end(d.digest.short, "Pull complete")
+    return PullResult(ref, manifest.digest, image, len(missing), len(wanted) - len(missing))
+
+
+# --- push ---------------------------------------------------------------------------------------
+def mount_sources(store: Store, dest: Reference) -> dict[Digest, list[str]]:
+    """For each blob the store's images hold, the repositories on ``dest``'s registry that hold it too
+    (other than ``dest``'s own), as known from the store's tags."""
+    out: dict[Digest, list[str]] = {}
+    for img in store.images():
+        repos = sorted({t.repository for t in img.tags if t.registry == dest.registry
+                        and t.repository != dest.repository})
+        if not repos:
+            continue
+        for d in (img.manifest.config, *img.manifest.layers):
+            have = out.setdefault(d.digest, [])
+            have.extend(r for r in repos if r not in have)
+    return out
+
+
+def _is_foreign(desc: Descriptor) -> bool:
+    return desc.media_type == DOCKER_FOREIGN_LAYER or desc.media_type.startswith(OCI_LAYER_ND)
+
+
+def push(store: Store, source: str, dest: Reference, client: RegistryClient, *, jobs: int = DEFAULT_JOBS,
+         progress: Progress | None = None, chunk_threshold: int = DEFAULT_CHUNK_THRESHOLD,
+         chunk_size: int = DEFAULT_CHUNK_SIZE) -> PushResult:
+    """Push the stored image ``source`` (reference or id) to ``dest`` (see the module docstring)."""
+    progress = progress or NoProgress()
+    image = store.resolve(source)
+    progress.line(f"The push refers to repository [{dest.name}]")
+    blobs: dict[Digest, Descriptor] = {}
+    for d in (image.manifest.config, *image.manifest.layers):
+        if _is_foreign(d) and d.urls and not store.has_blob(d.digest):
+            progress.end(d.digest.short, "Skipped foreign layer")
+            continue
+        blobs.setdefault(d.digest, d)
+    lacking = [d for d in blobs.values() if not store.has_blob(d.digest)]
+    if lacking:  # fail before sending anything
+        raise BlobNotFoundError(f"cannot push {source}: blob {lacking[0].digest} is not in the store")
+    sources = mount_sources(store, dest)
+    counts = {"uploaded": 0, "mounted": 0, "exists": 0}
+    lock = threading.Lock()
+
+    def task(desc: Descriptor) -> Callable[[threading.Event], None]:
+        def run(cancel: threading.Event) -> None:
+            key, on_bytes = _start(cancel, progress, desc)
+
+            candidates = sources.get(desc.digest, [])[:3]
+            how = client.push_blob(dest.repository, desc.digest, desc.size, lambda: store.open_blob(desc.digest),
+                                   mount_from=candidates, chunk_threshold=chunk_threshold, chunk_size=chunk_size,
+                                   on_bytes=on_bytes, on_upload=lambda: progress.begin(key, desc.size, "Pushing"))
+            with lock:
+                counts[how] += 1
+            progress.end(key, {"uploaded": "Pushed", "exists": "Layer already exists",
+                               "mounted": f"Mounted from {candidates[0] if candidates else '?'}"}[how])
+        return run
+
+    _run_parallel([task(d) for d in blobs.values()], jobs)
+    raw, media_type = image.manifest.raw, image.manifest.media_type
+    target = dest.tag if dest.tag and not dest.digest else str(dest.digest or image.manifest_desc.digest)
+    if dest.digest and dest.digest != image.manifest.digest:
+        raise RegistryError(f"cannot push {source} as {dest}: its manifest digest is {image.manifest.digest}")
+    digest = client.put_manifest(dest.repository, target, raw, media_type)
+    return PushResult(dest, digest, len(raw), counts["uploaded"], counts["mounted"], counts["exists"])
+
+
+def images_of_repository(store: Store, name: Reference) -> list[Reference]:
+    """Every tag in the store of the repository ``name`` (``push --all-tags``)."""
+    seen: list[Reference] = []
+    for img in store.images():
+        seen.extend(t for t in img.tags if t.name == name.name and t not in seen)
+    return sorted(seen, key=lambda r: r.tag or "")
+
+
+def obtain(store: Store, ref: str, platform: Platform | None = None, *,
+           announce: Callable[[Reference], None] | None = None) -> Image:
+    """The image ``ref`` (a reference or an image id) from ``store``, pulled from its registry with the
+    credentials of the docker config when the store does not have it; ``announce`` is told before a pull.
+    ImageNotFoundError when ``ref`` is neither stored nor a valid reference; the pull's errors otherwise."""
+    from unionfs.registry.credentials import DockerConfig
+
+    try:
+        return store.resolve(ref, platform)
+    except ImageNotFoundError:
+        r = Reference.parse(ref)
+    if announce is not None:
+        announce(r)
+    with RegistryClient(r.registry, credentials=DockerConfig().get(r.registry)) as client:
+        return pull(store, r, client, platform=platform).image

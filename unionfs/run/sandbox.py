@@ -1,0 +1,789 @@
+"""Run one command in a rootfs directory (a union mount of an image), isolated as docker isolates a container.
+
+``run(rootfs, process)`` starts ``python -m unionfs.run.sandbox`` (the *helper*) in a new session. The helper
+makes new mount, PID, UTS, IPC and (unless ``network="host"``) network namespaces (``unshare(2)`` through
+ctypes), brings the new namespace's loopback up (``SIOCSIFFLAGS``), makes every mount private and forks PID 1
+of the new PID namespace, which, before anything of the image runs,
+
+* makes itself non-dumpable and closes every fd but 0-2 and the error pipe to the caller;
+* binds the rootfs onto itself and remounts that bind ``nodev`` and never ``nosuid`` (set-uid binaries of
+  the image work as in docker, whatever the host-side mount's flags), then mounts a fresh ``/proc`` with
+  docker's default masks (``MASKED_PATHS`` covered by an empty read-only tmpfs or ``/dev/null``,
+  ``READONLY_PATHS`` bound read-only), a ``nodev`` tmpfs ``/dev`` holding ``null zero full random urandom
+  tty`` bind-mounted from the host (plus ``fd``/``stdin``/``stdout``/``stderr`` links, a ``nodev`` tmpfs
+  ``/dev/shm``, a new devpts instance with ``ptmx``), a generated ``/etc/hosts``, a copy of the host's
+  ``/etc/resolv.conf`` and the caller's bind mounts (``Bind``), every target resolved inside the rootfs
+  (``rootpath``), never through the host's ``/``; then remounts every other mount under the rootfs
+  (volumes and their submounts) ``nodev`` too;
+* ``pivot_root``s into the rootfs and unmounts the old root (``MNT_DETACH``; ``pivot_root(".", ".")``
+  creates no directory in the rootfs): from here on no host path is reachable by PID 1 or its children;
+* drops every capability but docker's default set (``DEFAULT_CAPABILITIES``): from the bounding set, the
+  ambient set (cleared), permitted and effective; the inheritable set is empty;
+* forks the command, which resolves the user in the rootfs's ``/etc/passwd`` and ``/etc/group`` (name or
+  uid, optional ``:group``/``:gid``; supplementary groups from ``/etc/group``), creates and enters the
+  working directory, drops to that user (a non-root user keeps no effective capability), sets no_new_privs
+  when asked, closes every fd but 0-2 and execs the command with the given environment (``PATH``, ``HOME``
+  and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
+* forwards the signals the helper forwards to it, reaps every orphan, and exits with the command's status.
+
+``privileged`` skips the capability drops, the /proc masks and every ``nodev`` (the pivot, the namespaces
+and the non-dumpable PID 1 stay).
+
+Contracts:
+
+* Isolation (docker's defaults; ``privileged`` and ``network="host"`` are explicit opt-ins): every process
+  of the container has the rootfs as ``/`` and its cwd inside it, holds no fd to the host but the caller's
+  stdin/stdout/stderr, and cannot open PID 1's ``/proc`` entries (non-dumpable, no CAP_SYS_PTRACE). Root in
+  the container has exactly CapBnd = CapPrm = CapEff = ``DEFAULT_CAP_MASK`` (0xa80425fb), no inheritable or
+  ambient capability; no_new_privs is not set unless asked (as docker). A device node the container makes
+  (CAP_MKNOD is kept) cannot be opened: every mount it can write to is ``nodev``; only the bound host nodes
+  and devpts work. The network is a namespace of its own with only ``lo`` (up): ``none``; docker's
+  ``bridge`` is not offered (``check_network`` refuses it).
+* Not isolated: no cgroup limits (memory, CPU, pids, devices), no seccomp filter, no user namespace (root in
+  the container is root on the host, held back only by the above), no AppArmor/SELinux profile; volumes
+  keep their host-side flags but ``nodev``; ``/sys`` is not mounted.
+* Nothing outlives the call. When PID 1 exits the kernel kills what the command left running in its PID
+  namespace; every mount made for the command lives only in the private mount namespace, which disappears
+  with its last process, so nothing is mounted on (and nothing keeps busy) the caller's rootfs mount.
+* Mount targets must exist in the rootfs: ``make_init_layer`` writes the missing ones as placeholders into a
+  directory meant to be the topmost read-only lower of the union (docker's "init layer"), so that they are
+  never written into the upper, i.e. never end up in a committed layer.
+* The exit status is the command's, or 128+N when a signal N killed it. SIGHUP, SIGINT, SIGQUIT, SIGTERM,
+  SIGUSR1, SIGUSR2 and SIGWINCH sent to the caller (while ``run`` waits, in the main thread) reach the
+  command. A failure before the command runs raises ``SandboxError`` (exit 125) or ``ExecError`` (127 not
+  found, 126 not executable); a non-zero status raises ``CommandFailedError`` when ``check`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Iterator, Sequence
+
+from unionfs.errors import CommandFailedError, ExecError, SandboxError, UsageError
+from unionfs.fsops import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    MS_SLAVE,
+    check,
+    libc,
+)
+from unionfs.mountinfo import mounts
+from unionfs.rootpath import resolve_in_root
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ_FLAGS = struct.Struct("16sh22x")  # struct ifreq: the name, then ifr_flags in a 24-byte union
+
+#: docker's default capabilities (moby's oci/caps/defaults.go), by number
+DEFAULT_CAPABILITIES = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6,
+                        "SETUID": 7, "SETPCAP": 8, "NET_BIND_SERVICE": 10, "NET_RAW": 13, "SYS_CHROOT": 18,
+                        "MKNOD": 27, "AUDIT_WRITE": 29, "SETFCAP": 31}
+DEFAULT_CAP_MASK = sum(1 << n for n in DEFAULT_CAPABILITIES.values())  # 0xa80425fb
+#: docker's default masked paths (an empty read-only tmpfs on a directory, /dev/null on a file)
+MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi")
+#: docker's default read-only paths
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+#: ``none``: a new network namespace with only a loopback (up); ``host``: the host's network
+NETWORK_MODES = ("none", "host")
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+             ("stderr", "/proc/self/fd/2"))
+FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGWINCH)
+#: bytes of a command's output kept for an error message
+OUTPUT_TAIL = 64 * 1024
+
+
+# ---------------------------------------------------------------------------
+# what to run
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bind-mounted at ``target`` inside the rootfs (read-only when ``read_only``)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Bind":
+        """``HOST:CONTAINER[:ro|rw]`` (HOST made absolute); raises UsageError."""
+        parts = text.split(":")
+        ro = False
+        if len(parts) == 3 and parts[2] in ("ro", "rw"):
+            ro = parts[2] == "ro"
+            parts = parts[:2]
+        if len(parts) != 2 or not parts[0] or not parts[1].startswith("/"):
+            raise UsageError(f"invalid volume {text!r}: expected HOST:/CONTAINER[:ro]")
+        src = os.path.abspath(parts[0])
+        if not os.path.exists(src):
+            raise UsageError(f"volume source {parts[0]} does not exist")
+        return cls(src, os.path.normpath(parts[1]), ro)
+
+
+@dataclass(frozen=True)
+class Process:
+    """The command and its settings: ``argv`` (searched in the environment's PATH), ``env`` (``K=V``
+    strings), ``user`` (``""`` root, ``name``, ``uid``, with ``:group``/``:gid``), ``workdir`` (created when
+    missing), ``hostname``, bind mounts, and the opt-outs of the default isolation (see the module
+    docstring): ``network``, ``privileged``, ``no_new_privileges``."""
+
+    argv: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    user: str = ""
+    workdir: str = "/"
+    hostname: str = "unionfs"
+    binds: tuple[Bind, ...] = field(default=())
+    #: one of NETWORK_MODES (``check_network``)
+    network: str = "none"
+    #: all capabilities, no masked or read-only /proc paths, device nodes usable everywhere
+    privileged: bool = False
+    #: set no_new_privs for the command (``--security-opt no-new-privileges``)
+    no_new_privileges: bool = False
+
+    def mount_targets(self) -> list[tuple[str, bool]]:
+        """Paths inside the rootfs that get something mounted on them, with True for a directory."""
+        out = [("/proc", True), ("/dev", True), ("/etc/hosts", False), ("/etc/resolv.conf", False)]
+        out += [(b.target, os.path.isdir(b.source)) for b in self.binds]
+        return out
+
+
+def check_network(mode: str) -> None:
+    """Raise SandboxError unless ``mode`` is one of NETWORK_MODES (``bridge``, docker's default, is not
+    offered: there is no bridge; ``none`` is the default here)."""
+    if mode == "bridge":
+        raise SandboxError("network mode bridge is not available (no bridge networking): use none (the default) "
+                           "or host")
+    if mode not in NETWORK_MODES:
+        raise SandboxError(f"unknown network mode {mode!r}: expected none or host")
+
+
+def no_new_privileges(options: Sequence[str]) -> bool:
+    """Whether docker-style ``--security-opt`` ``options`` ask for no_new_privs. Only ``no-new-privileges``
+    (alone, ``:true``/``=true``, ``:false``/``=false``) is offered; anything else raises SandboxError."""
+    wanted = False
+    for opt in options:
+        key, sep, value = opt.replace("=", ":", 1).partition(":")
+        if key != "no-new-privileges" or (sep and value not in ("true", "false")):
+            raise SandboxError(f"unsupported security option {opt!r}: only no-new-privileges is offered "
+                               "(no seccomp, AppArmor or SELinux)")
+        wanted = not sep or value == "true"
+    return wanted
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished command: its exit status (128+N for signal N) and the tail of its captured output."""
+
+    status: int
+    output: str = ""
+
+
+# ---------------------------------------------------------------------------
+# users
+# ---------------------------------------------------------------------------
+
+def _db(root: str, name: str) -> list[list[str]]:
+    try:
+        with open(resolve_in_root(root, f"/etc/{name}"), encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+    except OSError:
+        return []
+
+
+def resolve_user(root: str, spec: str) -> tuple[int, int, list[int], str]:
+    """``(uid, gid, supplementary gids, home)`` for ``spec`` in the rootfs ``root``'s passwd and group files.
+
+    ``""`` is root. A numeric uid missing from passwd gets gid 0 and home ``/``. Raises SandboxError for a
+    name that is not in the files.
+    """
+    user, _, group = (spec or "0").partition(":")
+    passwd = _db(root, "passwd")
+    entry = None
+    for e in passwd:
+        if len(e) >= 6 and (e[0] == user or (user.isdigit() and e[2] == user)):
+            entry = e
+            break
+    if entry is not None:
+        uid, gid, home, name = int(entry[2]), int(entry[3]), entry[5] or "/", entry[0]
+    elif user.isdigit():
+        uid, gid, home, name = int(user), 0, "/", None
+    else:
+        raise SandboxError(f"unable to find user {user}: no matching entries in passwd file")
+    groups_db = _db(root, "group")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            found = [e for e in groups_db if len(e) >= 3 and e[0] == group]
+            if not found:
+                raise SandboxError(f"unable to find group {group}: no matching entries in group file")
+            gid = int(found[0][2])
+    extra = [gid]
+    if name is not None and not group:
+        for e in groups_db:
+            if len(e) >= 4 and name in e[3].split(",") and e[2].isdigit() and int(e[2]) not in extra:
+                extra.append(int(e[2]))
+    return uid, gid, extra, home
+
+
+# ---------------------------------------------------------------------------
+# the init layer: placeholders for mount targets
+# ---------------------------------------------------------------------------
+
+def make_init_layer(dest: str, lowers: Sequence[str], targets: Sequence[tuple[str, bool]]) -> None:
+    """Write into ``dest`` (an empty directory) placeholders for the mount ``targets`` the union of
+    ``lowers`` (base first) lacks, to be mounted as the topmost lower.
+
+    A directory on the way that the lowers have is mirrored with their mode, owner and mtime, so the merged
+    view is unchanged; a path that runs through a non-directory (a symlink) gets no placeholder (the
+    sandbox resolves it inside the rootfs).
+    """
+    from unionfs.union.view import Union
+
+    union = Union(list(lowers)) if lowers else None
+    mirrored: dict[str, os.stat_result] = {}
+
+    def lookup(path: str) -> os.stat_result | None:
+        if union is None:
+            return None
+        node = union.try_lookup(path)
+        return node.st if node is not None else None
+
+    root_st = lookup("/")
+    if root_st is not None:
+        mirrored["/"] = root_st
+    for target, is_dir in targets:
+        parts = [p for p in target.split("/") if p]
+        cur = ""
+        for i, name in enumerate(parts):
+            cur = cur + "/" + name
+            last = i == len(parts) - 1
+            st = lookup(cur)
+            host = os.path.join(dest, cur.lstrip("/"))
+            if st is not None:
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                if not last and not os.path.isdir(host):
+                    os.mkdir(host)
+                    mirrored[cur] = st
+                continue
+            if last and not is_dir:
+                if not os.path.lexists(host):
+                    os.close(os.open(host, os.O_WRONLY | os.O_CREAT, 0o644))
+            elif not os.path.isdir(host):
+                os.mkdir(host, 0o755)
+    for path in sorted(mirrored, key=len, reverse=True):
+        host = os.path.join(dest, path.lstrip("/")) if path != "/" else dest
+        st = mirrored[path]
+        os.chown(host, st.st_uid, st.st_gid)
+        os.chmod(host, stat.S_IMODE(st.st_mode))
+        os.utime(host, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# ---------------------------------------------------------------------------
+# the caller's side
+# ---------------------------------------------------------------------------
+
+def hosts_file(hostname: str) -> str:
+    """The /etc/hosts given to a command."""
+    return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n")
+
+
+@contextlib.contextmanager
+def _forwarding(target: list[int]) -> Iterator[None]:
+    """While the block runs, forward FORWARDED_SIGNALS sent to this process to ``target[0]`` once it is set
+    (main thread only; elsewhere signals keep their handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, _frame: Any) -> None:
+        if target:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target[0], signum)
+
+    old = {s: signal.signal(s, forward) for s in FORWARDED_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None,
+        output: Callable[[bytes], None] | None = None, check: bool = True) -> Completed:
+    """Run ``process`` isolated in ``rootfs`` (see the module docstring) and wait for it.
+
+    ``stdin``/``stdout``/``stderr`` are passed on as to ``subprocess.Popen`` (None: inherited). With
+    ``output``, stdout and stderr go together through a pipe: every chunk goes to ``output`` and the tail is
+    kept for the result and for errors. Raises SandboxError, ExecError, and CommandFailedError when ``check``
+    is set and the status is not 0.
+    """
+    if not process.argv:
+        raise SandboxError("no command to run")
+    check_network(process.network)
+    rootfs = os.path.realpath(rootfs)  # as the mount table names it
+    if not os.path.isdir(rootfs):
+        raise SandboxError(f"rootfs {rootfs} is not a directory")
+    if os.geteuid() != 0:
+        raise SandboxError("running a command in a rootfs needs root (namespaces, chroot, mounts)")
+    priv = tempfile.mkdtemp(prefix="unionfs-sandbox-")
+    try:
+        hosts = os.path.join(priv, "hosts")
+        with open(hosts, "w") as f:
+            f.write(hosts_file(process.hostname))
+        resolv = os.path.join(priv, "resolv.conf")
+        try:
+            shutil.copyfile("/etc/resolv.conf", resolv)
+        except OSError:
+            open(resolv, "w").close()
+        os.chmod(priv, 0o755)
+        for p in (hosts, resolv):
+            os.chmod(p, 0o644)
+        r, w = os.pipe()
+        spec = {"root": rootfs, "argv": list(process.argv), "env": list(process.env), "user": process.user,
+                "workdir": process.workdir or "/", "hostname": process.hostname, "errfd": w,
+                "hosts": hosts, "resolv": resolv,
+                "binds": [[b.source, b.target, b.read_only] for b in process.binds],
+                "network": process.network, "privileged": process.privileged,
+                "no_new_privileges": process.no_new_privileges}
+        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH)}
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = pkg_root
+        tail = bytearray()
+        helper: list[int] = []
+        try:
+            with _forwarding(helper):
+                # the helper starts with the forwarded signals blocked and unblocks them once its handlers
+                # are in place: a signal sent meanwhile waits instead of killing it half-way
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+                try:
+                    proc = subprocess.Popen([sys.executable, "-m", "unionfs.run.sandbox", json.dumps(spec)],
+                                            pass_fds=(w,), start_new_session=True, stdin=stdin,
+                                            stdout=subprocess.PIPE if output else stdout,
+                                            stderr=subprocess.STDOUT if output else stderr, env=env, cwd="/")
+                    helper.append(proc.pid)
+                except OSError as e:
+                    raise SandboxError(f"cannot start the sandbox helper: {e.strerror}") from None
+                finally:
+                    os.close(w)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                try:
+                    if output is not None:
+                        assert proc.stdout is not None
+                        fd = proc.stdout.fileno()
+                        while chunk := os.read(fd, 65536):
+                            output(chunk)
+                            tail += chunk
+                            if len(tail) > OUTPUT_TAIL:
+                                del tail[:-OUTPUT_TAIL]
+                        proc.stdout.close()
+                    status = proc.wait()
+                except BaseException:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()  # PID 1 of the namespace dies with the helper's kill below
+                    proc.wait()
+                    raise
+            report = b""
+            while chunk := os.read(r, 65536):
+                report += chunk
+        finally:
+            os.close(r)
+    finally:
+        shutil.rmtree(priv, ignore_errors=True)
+    text = tail.decode(errors="replace")
+    if report.startswith(b"error:"):
+        _, code, msg = report.decode(errors="replace").split(":", 2)
+        msg = msg.strip().splitlines()[0] if msg.strip() else "failed"
+        if int(code) in (126, 127):
+            raise ExecError(msg, int(code))
+        raise SandboxError(msg)
+    if check and status != 0:
+        shown = " ".join(process.argv)
+        raise CommandFailedError(f"the command '{shown}' returned a non-zero code: {status}",
+                                 list(process.argv), status, text)
+    return Completed(status, text)
+
+
+# ---------------------------------------------------------------------------
+# the helper (``python -m unionfs.run.sandbox SPEC``) and PID 1
+# ---------------------------------------------------------------------------
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = (lambda s: s.encode() if s is not None else None)
+    check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (so a killed caller takes the namespace with it)."""
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() == 1:
+        os._exit(125)
+
+
+def _status(wstatus: int) -> int:
+    if os.WIFSIGNALED(wstatus):
+        return 128 + os.WTERMSIG(wstatus)
+    return os.WEXITSTATUS(wstatus)
+
+
+def _report(fd: int, code: int, message: str) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, f"error:{code}:{message}\n".encode())
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _prctl(option: int, arg: int = 0, what: str = "prctl", ignore: tuple[int, ...] = ()) -> None:
+    if libc.prctl(option, arg, 0, 0, 0) != 0 and ctypes.get_errno() not in ignore:
+        check(-1, what)
+
+
+def _set_dumpable(on: bool) -> None:
+    """A non-dumpable process's /proc entries (root, cwd, fd, exe, maps, mem, environ) and ptrace are closed
+    to processes without CAP_SYS_PTRACE, i.e. to the container's commands (exec resets the flag)."""
+    _prctl(PR_SET_DUMPABLE, int(on), "PR_SET_DUMPABLE")
+
+
+def _drop_capabilities(keep: int) -> None:
+    """Keep only the capabilities in the bit mask ``keep``: the others leave the bounding set, the ambient set
+    is cleared, permitted and effective become ``keep``, inheritable empty (as docker since 20.10.14)."""
+    for cap in range(64):
+        if not keep >> cap & 1:  # EINVAL: beyond the kernel's last capability
+            _prctl(PR_CAPBSET_DROP, cap, f"drop capability {cap} from the bounding set", (errno.EINVAL,))
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "clear the ambient capabilities", (errno.EINVAL,))
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        data[i].effective = data[i].permitted = (keep >> (32 * i)) & 0xFFFFFFFF
+        data[i].inheritable = 0
+    check(libc.capset(ctypes.byref(header), data), "capset")
+
+
+def _loopback_up() -> None:
+    """Bring up ``lo`` of this process's network namespace (SIOCSIFFLAGS; no ``ip`` binary needed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, _IFREQ_FLAGS.pack(b"lo", 0)))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, _IFREQ_FLAGS.pack(b"lo", flags | IFF_UP))
+
+
+def _remount(target: str, add: int = 0, remove: int = 0) -> None:
+    """Set the per-mount flags of the (bind) mount at ``target``: its read-only, nosuid, nodev and noexec
+    flags (as statvfs reports them) minus ``remove`` plus ``add``; the kernel keeps its atime flags."""
+    have = os.statvfs(target).f_flag
+    flags = 0
+    for st, ms in ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+                   (os.ST_NOEXEC, MS_NOEXEC)):
+        if have & st:
+            flags |= ms
+    _mount(None, target, None, MS_REMOUNT | MS_BIND | ((flags | add) & ~remove))
+
+
+def _mask_proc(proc: str) -> None:
+    """docker's default on the container's /proc, mounted at the host path ``proc``: READONLY_PATHS bound
+    read-only onto themselves, MASKED_PATHS covered (a read-only empty tmpfs or /dev/null); absent ones
+    skipped."""
+    ro = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for path in READONLY_PATHS:
+        t = os.path.join(proc, os.path.relpath(path, "/proc"))
+        if os.path.lexists(t):
+            _mount(t, t, None, MS_BIND | MS_REC)
+            _mount(None, t, None, MS_BIND | MS_REMOUNT | ro)
+    for path in MASKED_PATHS:
+        t = os.path.join(proc, os.path.relpath(path, "/proc"))
+        if os.path.isdir(t):
+            _mount("tmpfs", t, "tmpfs", ro, "mode=0555")
+        elif os.path.lexists(t):
+            _mount("/dev/null", t, None, MS_BIND)
+
+
+def _setup_mounts(spec: dict[str, Any]) -> None:
+    """In PID 1's private mount namespace, before the pivot: the rootfs bound onto itself (nodev, never
+    nosuid), /proc (masked), /dev, /etc/hosts, /etc/resolv.conf and the caller's binds, every target resolved
+    inside the rootfs; then nodev on every other mount under the rootfs but the device nodes (unless
+    privileged)."""
+    root = spec["root"]
+    privileged = bool(spec.get("privileged"))
+    nodev = 0 if privileged else MS_NODEV
+    _mount(root, root, None, MS_BIND | MS_REC)  # a mount point to pivot to, with flags of its own
+    _remount(root, add=nodev, remove=MS_NOSUID)
+
+    def target(path: str, want_dir: bool) -> str | None:
+        t = resolve_in_root(root, path)
+        try:
+            st = os.stat(t)
+        except OSError:
+            return None
+        return t if stat.S_ISDIR(st.st_mode) == want_dir else None
+
+    proc = target("/proc", True)
+    if proc is None:
+        raise OSError(0, "the rootfs has no /proc directory to mount proc on")
+    _mount("proc", proc, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    if not privileged:
+        _mask_proc(proc)
+    dev = target("/dev", True)
+    if dev is None:
+        raise OSError(0, "the rootfs has no /dev directory")
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC | nodev, "mode=755,size=65536k")
+    devices = set()  # bind mounts of the host's nodes keep the host /dev's flags (not nodev)
+    for name in DEV_NODES:
+        p = os.path.join(dev, name)
+        if not os.path.exists(f"/dev/{name}"):
+            continue
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o666))
+        _mount(f"/dev/{name}", p, None, MS_BIND)
+        devices.add(p)
+    for name, to in DEV_LINKS:
+        os.symlink(to, os.path.join(dev, name))
+    os.mkdir(os.path.join(dev, "shm"), 0o1777)
+    _mount("shm", os.path.join(dev, "shm"), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    os.mkdir(os.path.join(dev, "pts"), 0o755)
+    with contextlib.suppress(OSError):
+        _mount("devpts", os.path.join(dev, "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620")
+        os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+        devices.add(os.path.join(dev, "pts"))  # devpts makes no node on mknod
+    for path, src in (("/etc/hosts", spec["hosts"]), ("/etc/resolv.conf", spec["resolv"])):
+        t = target(path, False)
+        if t is not None:  # an image may lack /etc or point these elsewhere: then it goes without
+            _mount(src, t, None, MS_BIND)
+    for source, path, ro in spec["binds"]:
+        t = target(path, os.path.isdir(source))
+        if t is None:
+            raise OSError(0, f"cannot mount {source} on {path}: no such "
+                             f"{'directory' if os.path.isdir(source) else 'file'} in the rootfs")
+        _mount(source, t, None, MS_BIND | MS_REC)
+        if ro:
+            _mount(None, t, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    if not privileged:  # a volume, a submount: the container must not open a block device it makes there
+        for m in mounts():
+            mp = m.mountpoint
+            if (mp.startswith(root + "/") and mp not in devices and mp != proc
+                    and not mp.startswith(proc + "/") and "nodev" not in m.options):
+                _remount(mp, add=MS_NODEV)
+
+
+def _pivot_root(root: str) -> None:
+    """Make the mount point ``root`` this process's ``/`` and cwd; the old root (the host's) is unmounted
+    (MNT_DETACH) from the namespace. ``pivot_root(".", ".")`` stacks the old root on the new one, so no
+    put_old directory is made in the rootfs (nothing to remove afterwards)."""
+    old = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        new = os.open(root, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fchdir(new)
+            check(libc.pivot_root(b".", b"."), "pivot_root")
+        finally:
+            os.close(new)
+        os.fchdir(old)
+        _mount(None, ".", None, MS_SLAVE | MS_REC)  # the detach below must not propagate anywhere
+        check(libc.umount2(b".", MNT_DETACH), "unmount the old root")
+    finally:
+        os.close(old)
+    os.chdir("/")
+
+
+def _close_fds(keep: int) -> None:
+    """Close every fd but 0-2 and ``keep``."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+
+
+def _exec_command(spec: dict[str, Any]) -> None:
+    """In the command's process (already in the rootfs): user, working directory, exec. Never returns."""
+    errfd = spec["errfd"]
+    try:
+        os.chdir("/")
+        uid, gid, groups, home = resolve_user("/", spec["user"])
+        env = list(spec["env"])
+        keys = {e.split("=", 1)[0] for e in env}
+        if "PATH" not in keys:
+            env.insert(0, f"PATH={DEFAULT_PATH}")
+        if "HOME" not in keys:
+            env.append(f"HOME={home}")
+        if "HOSTNAME" not in keys:
+            env.append(f"HOSTNAME={spec['hostname']}")
+        workdir = spec["workdir"] if spec["workdir"].startswith("/") else "/" + spec["workdir"]
+        if not os.path.isdir(workdir):
+            os.makedirs(workdir, 0o755, exist_ok=True)
+        os.chdir(workdir)
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+        os.umask(0o022)
+        for s in (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        if spec.get("no_new_privileges"):
+            _prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
+        _close_fds(errfd)
+        os.set_inheritable(errfd, False)
+        envmap = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    except SandboxError as e:
+        _report(errfd, 125, str(e))
+        os._exit(125)
+    except OSError as e:
+        _report(errfd, 125, f"cannot prepare the command: {e.strerror or e}")
+        os._exit(125)
+    argv = spec["argv"]
+    try:
+        os.execvpe(argv[0], argv, envmap)
+    except FileNotFoundError:
+        _report(errfd, 127, f"exec {argv[0]}: no such file or directory in the image's PATH")
+        os._exit(127)
+    except OSError as e:
+        _report(errfd, 126, f"exec {argv[0]}: {e.strerror}")
+        os._exit(126)
+
+
+def _init(spec: dict[str, Any]) -> None:
+    """PID 1 of the new PID namespace: mounts, pivot into the rootfs, drop capabilities, then run the
+    command, forward signals, reap. Never returns."""
+    errfd = spec["errfd"]
+    _die_with_parent()
+    try:
+        _set_dumpable(False)
+        _close_fds(errfd)
+        name = spec["hostname"].encode()
+        check(libc.sethostname(name, len(name)), "sethostname")
+        _setup_mounts(spec)
+        _pivot_root(spec["root"])
+        if not spec.get("privileged"):
+            _drop_capabilities(DEFAULT_CAP_MASK)
+    except OSError as e:
+        _report(errfd, 125, f"cannot set up the sandbox: {e.strerror or e}")
+        os._exit(125)
+    child: list[int] = []
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child[0], signum)
+        else:
+            pending.append(signum)
+
+    for s in FORWARDED_SIGNALS:
+        signal.signal(s, forward)
+    pid = os.fork()
+    if pid == 0:
+        _exec_command(spec)
+    child.append(pid)
+    os.close(errfd)  # only the command reports from here on (its copy closes on exec)
+    for signum in pending:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    status = 1
+    while True:
+        try:
+            wpid, wstatus = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if wpid == pid:
+            status = _status(wstatus)
+            break
+    os._exit(status)  # the kernel kills whatever is left in the namespace
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The helper: ``python -m unionfs.run.sandbox SPEC_JSON``; exits with the command's status."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(argv[0])
+    errfd = spec["errfd"]
+    _die_with_parent()
+    new_net = spec.get("network", "none") != "host"
+    try:
+        check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
+                            | (CLONE_NEWNET if new_net else 0)), "unshare")
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    except OSError as e:
+        _report(errfd, 125, f"cannot create namespaces: {e.strerror or e}")
+        return 125
+    if new_net:
+        try:
+            _loopback_up()
+        except OSError as e:
+            _report(errfd, 125, f"cannot bring up the loopback interface: {e.strerror or e}")
+            return 125
+    pid1: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        if pid1:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid1[0], signum)
+
+    for s in FORWARDED_SIGNALS:
+        signal.signal(s, forward)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _init(spec)
+        finally:
+            os._exit(125)
+    pid1.append(pid)
+    os.close(errfd)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    _, wstatus = os.waitpid(pid, 0)
+    return _status(wstatus)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Bind", "Process", "Completed", "run", "resolve_user", "make_init_layer", "hosts_file",
+           "check_network", "no_new_privileges", "DEFAULT_PATH", "DEFAULT_CAP_MASK", "NETWORK_MODES"]

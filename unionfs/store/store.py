@@ -1,0 +1,872 @@
+"""The image store: content-addressed blobs, tags, extracted layers and containers.
+
+On disk (README, "Architecture")::
+
+    ROOT/oci-layout, ROOT/index.json, ROOT/blobs/sha256/<hex>   a valid OCI image layout (skopeo, umoci read it)
+    ROOT/layers/<diffid-hex>/                                    one extracted layer, overlay format, read-only
+    ROOT/containers/<name>/{upper,work,state.json}               one writable upper per container
+    ROOT/tmp/                                                    staging on the same filesystem
+    ROOT/lock                                                    flock(2) serialising commands that change the store
+
+Contracts:
+
+* A blob is visible under ``blobs/`` only once its full content is written, fsynced and verified against its
+  digest (and size); ``put_blob`` is idempotent: a nil error means the content is stored at that digest.
+* An extracted layer is unpacked into ``tmp/`` and renamed into ``layers/`` only once its DiffID matched.
+* ``index.json`` is rewritten under a temporary name and renamed: a reader never sees a partial index.
+* Each entry of ``index.json`` is one tag: a manifest descriptor whose ``org.opencontainers.image.ref.name``
+  annotation holds the fully qualified reference (``docker.io/library/busybox:latest``). Entries without that
+  annotation are untagged ("dangling") images.
+* Commands that change the store hold ``lock()``; a failed command removes what it added (``Transaction``),
+  and its tag changes are never written: ``index.json`` is written once, when the outermost locked block ends
+  without an error (``gc`` writes it before deleting anything).
+* Crash safety: a layer or container is deleted by renaming it into ``tmp/`` first (``discard_tree``), so a
+  kill -9 at any point leaves it whole or gone; ``tmp/`` holds only garbage, which ``prune`` removes.
+* Nothing is deleted through a mount: ``remove_tree`` is the one recursive delete and refuses trees with a
+  mount inside. ``prune`` detaches unionfs mounts a killed ``build`` left under ``tmp/``.
+
+The store never mounts anything: ``prepare_container`` answers with a MountPlan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import secrets
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Callable, Iterator
+
+from unionfs.errors import (
+    BlobNotFoundError,
+    ContainerError,
+    DigestError,
+    ImageInUseError,
+    ImageNotFoundError,
+    ManifestError,
+    MountedTreeError,
+    ReferenceError_,
+    StoreError,
+    StoreLockedError,
+    UnionfsError,
+)
+from unionfs.mountinfo import mount_at, mounts
+from unionfs.oci.digest import Digest, HashingReader
+from unionfs.oci.manifest import (
+    CONTAINERD_NAME_ANNOTATION,
+    OCI_INDEX,
+    REF_NAME_ANNOTATION,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    canonical_json,
+    is_index,
+)
+from unionfs.oci.reference import Reference
+from unionfs.union.plan import MountPlan
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_LOCK_TIMEOUT = float(os.environ.get("UNIONFS_LOCK_TIMEOUT", "300"))
+
+
+def default_root() -> str:
+    """``$UNIONFS_ROOT``, else ``/var/lib/unionfs`` as root, else ``$XDG_DATA_HOME/unionfs``."""
+    env = os.environ.get("UNIONFS_ROOT")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/unionfs"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data, "unionfs")
+
+
+def now_rfc3339() -> str:
+    """The current UTC time as RFC 3339 with a Z suffix."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory so that a rename inside it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through a temporary name in the same directory, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+_RM_DIRFLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove ``path``: a file, a symlink (never followed) or a whole directory tree, whatever its modes.
+
+    Never deletes through a mount: when the mount table lists a mount at or below ``path``, MountedTreeError
+    is raised before anything is removed; a directory met on another device during the walk (a mount made
+    meanwhile) raises it too. The walk is iterative and descriptor-based (two directories open at most, no
+    recursion or path-length limit, no symlink followed). A missing ``path`` is no error. This is the one
+    recursive delete of the store: everything under ``tmp/``, ``layers/`` and ``containers/`` goes through it.
+    """
+    path = os.path.abspath(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    real = os.path.realpath(path)
+    for m in mounts():
+        if m.mountpoint == real or m.mountpoint.startswith(real.rstrip("/") + "/"):
+            raise MountedTreeError(f"refusing to delete {path}: {m.mountpoint} is mounted ({m.fstype}) inside it")
+    parent_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _remove_dir_at(parent_fd, os.path.basename(path), st.st_dev, path)
+    finally:
+        os.close(parent_fd)
+
+
+def _enter_dir(parent_fd: int, name: str, dev: int, where: str) -> int:
+    """Open the subdirectory ``name`` (no symlink followed) and make it writable; refuse another device."""
+    try:
+        fd = os.open(name, _RM_DIRFLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent_fd)  # a directory (lstat-ed by the caller's listing) with mode 0
+        fd = os.open(name, _RM_DIRFLAGS, dir_fd=parent_fd)
+    st = os.fstat(fd)
+    if st.st_dev != dev:
+        os.close(fd)
+        raise MountedTreeError(f"refusing to delete through {where}: it is another filesystem (a mount)")
+    if st.st_mode & 0o700 != 0o700:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+    return fd
+
+
+def _clear_dir(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory ``fd``; returns the names of its subdirectories."""
+    with os.scandir(fd) as it:
+        listing = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    subdirs = []
+    for name, is_dir in listing:
+        if is_dir:
+            subdirs.append(name)
+            continue
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            subdirs.append(name)
+    return subdirs
+
+
+def _remove_dir_at(parent_fd: int, name: str, dev: int, where: str) -> None:
+    """Remove the directory tree ``name`` of ``parent_fd``, staying on device ``dev`` (see ``remove_tree``)."""
+    fd = _enter_dir(parent_fd, name, dev, where)
+    try:
+        # one (name, inode, subdirectories still to remove) per level; only ``fd`` (the deepest) is open
+        stack = [(name, os.fstat(fd).st_ino, _clear_dir(fd))]
+        while stack:
+            pending = stack[-1][2]
+            if pending:
+                sub = pending.pop()
+                child = _enter_dir(fd, sub, dev, os.path.join(where, *(s[0] for s in stack[1:]), sub))
+                os.close(fd)
+                fd = child
+                stack.append((sub, os.fstat(fd).st_ino, _clear_dir(fd)))
+                continue
+            done = stack.pop()[0]
+            if not stack:
+                break
+            up = os.open("..", _RM_DIRFLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            if os.fstat(fd).st_ino != stack[-1][1]:
+                raise StoreError(f"{where} changed while it was being deleted")
+            os.rmdir(done, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def discard_tree(path: str | Path, tmp_dir: str | Path) -> None:
+    """Delete ``path`` crash-safely: rename it into a fresh directory under ``tmp_dir`` (same filesystem),
+    then remove it there. A kill at any point leaves ``path`` either whole or gone, never half deleted; what
+    is left under ``tmp_dir`` is garbage that ``prune`` removes."""
+    if not os.path.lexists(path):
+        return
+    trash = tempfile.mkdtemp(prefix="rm-", dir=tmp_dir)
+    os.rename(path, os.path.join(trash, os.path.basename(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    remove_tree(trash)
+
+
+@dataclass(frozen=True)
+class Image:
+    """A resolved image: the manifest and config, with the index entries (tags) that name it."""
+
+    manifest_desc: Descriptor
+    manifest: Manifest
+    config: ImageConfig
+    tags: tuple[Reference, ...] = ()
+
+    @property
+    def id(self) -> Digest:
+        """The image id: the config digest, as docker shows it."""
+        return self.config.digest
+
+    @property
+    def size(self) -> int:
+        """Bytes of the image's blobs (config and layers as stored)."""
+        return self.manifest.config.size + sum(d.size for d in self.manifest.layers)
+
+
+@dataclass
+class Transaction:
+    """What one command added to the store, so that a failure can take it all back.
+
+    ``index`` holds the tag index as the command changed it; it is written (once, atomically) only when the
+    outermost ``lock()`` block ends without an error, so a failed command never leaves a changed tag behind.
+    """
+
+    tmp_dir: Path
+    blobs: list[Path] = field(default_factory=list)
+    layers: list[Path] = field(default_factory=list)
+    index: list[dict[str, Any]] | None = None
+
+    def rollback(self) -> None:
+        """Remove every object this transaction created; forget its index changes."""
+        self.index = None
+        for p in self.layers:
+            with contextlib.suppress(OSError, UnionfsError):
+                discard_tree(p, self.tmp_dir)
+        for p in self.blobs:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+
+class Store:
+    """A store rooted at one directory (created, mode 0700, on first use)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root if root is not None else default_root()).absolute()
+        self.blobs_dir = self.root / "blobs" / "sha256"
+        self.layers_dir = self.root / "layers"
+        self.containers_dir = self.root / "containers"
+        self.tmp_dir = self.root / "tmp"
+        self.index_path = self.root / "index.json"
+        self._txn: Transaction | None = None
+        self._lock_depth = 0
+        self._lock_fd: int | None = None
+        self._init_layout()
+
+    # -- layout and locking ----------------------------------------------------------------------
+    def _init_layout(self) -> None:
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+            for d in (self.blobs_dir, self.layers_dir, self.containers_dir, self.tmp_dir):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.root / "lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            layout = self.root / "oci-layout"
+            if not layout.exists():
+                atomic_write(layout, b'{"imageLayoutVersion":"1.0.0"}')
+            if not self.index_path.exists():
+                self._write_index([])
+        except OSError as e:
+            raise StoreError(f"cannot use store {self.root}: {e.strerror or e}") from None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[Transaction]:
+        """Hold the store's exclusive lock; yields a Transaction that is rolled back if the block raises.
+
+        Re-entrant within one Store object. Waits up to ``$UNIONFS_LOCK_TIMEOUT`` seconds (300) for another
+        command, then raises StoreLockedError.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                assert self._txn is not None
+                yield self._txn
+            finally:
+                self._lock_depth -= 1
+            return
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + _LOCK_TIMEOUT
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.warning("waiting for another unionfs command to release %s", self.root / "lock")
+                    waited = True
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise StoreLockedError(f"store {self.root} is locked by another command") from None
+                time.sleep(0.05)
+        self._lock_fd, self._lock_depth, self._txn = fd, 1, Transaction(self.tmp_dir)
+        try:
+            yield self._txn
+            self._flush_index()
+        except BaseException:
+            self._txn.rollback()
+            raise
+        finally:
+            self._lock_depth, self._txn, self._lock_fd = 0, None, None
+            os.close(fd)
+
+    def _track(self) -> Transaction:
+        return self._txn if self._txn is not None else Transaction(self.tmp_dir)
+
+    def staging_dir(self, prefix: str) -> str:
+        """A new empty directory under ``tmp/`` (same filesystem as the store), mode 0700."""
+        return tempfile.mkdtemp(prefix=prefix, dir=self.tmp_dir)
+
+    # -- blobs -----------------------------------------------------------------------------------
+    def blob_path(self, digest: Digest) -> Path:
+        """Where a blob with this digest lives (whether or not it exists)."""
+        if digest.algorithm != "sha256":
+            return self.root / "blobs" / digest.algorithm / digest.hex
+        return self.blobs_dir / digest.hex
+
+    def has_blob(self, digest: Digest) -> bool:
+        """True when the blob is stored."""
+        return self.blob_path(digest).is_file()
+
+    def open_blob(self, digest: Digest) -> BinaryIO:
+        """Open a stored blob for reading; raise BlobNotFoundError."""
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {digest} is not in the store") from None
+
+    def read_blob(self, digest: Digest, verify: bool = True) -> bytes:
+        """A small blob's bytes (manifests, configs), verified against its digest."""
+        with self.open_blob(digest) as f:
+            data = f.read()
+        if verify and Digest(digest.algorithm, Digest.of_bytes(data, digest.algorithm).hex) != digest:
+            raise DigestError(f"stored blob {digest} is corrupt (digest mismatch); remove it and load again")
+        return data
+
+    def put_blob(self, stream: IO[bytes], expected: Digest | None = None, size: int | None = None) -> tuple[Digest, int]:
+        """Store the stream's bytes; verify ``expected``/``size`` when given. Idempotent.
+
+        Raises DigestError (and stores nothing) when the content does not match.
+        """
+        algo = expected.algorithm if expected else "sha256"
+        (self.root / "blobs" / algo).mkdir(mode=0o700, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self.tmp_dir)
+        try:
+            reader = HashingReader(stream, algo, limit=size if size is not None and size >= 0 else None)
+            with os.fdopen(fd, "wb") as f:
+                while chunk := reader.read(_CHUNK):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            digest = reader.verify(expected, size, "blob") if expected else reader.digest()
+            dest = self.blob_path(digest)
+            if dest.exists():
+                os.unlink(tmp)
+            else:
+                os.chmod(tmp, 0o644)
+                os.rename(tmp, dest)
+                fsync_dir(dest.parent)
+                self._track().blobs.append(dest)
+            return digest, reader.count
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def put_blob_bytes(self, data: bytes, expected: Digest | None = None) -> Digest:
+        """Store bytes held in memory; see ``put_blob``."""
+        import io
+        return self.put_blob(io.BytesIO(data), expected, len(data) if expected else None)[0]
+
+    def blob_digests(self) -> list[Digest]:
+        """Every stored blob."""
+        out = []
+        blobs = self.root / "blobs"
+        for algo_dir in blobs.iterdir():
+            for p in algo_dir.iterdir():
+                with contextlib.suppress(Exception):
+                    out.append(Digest.parse(f"{algo_dir.name}:{p.name}"))
+        return out
+
+    # -- the tag index ---------------------------------------------------------------------------
+    def _read_index(self) -> list[dict[str, Any]]:
+        if self._txn is not None and self._txn.index is not None:
+            return list(self._txn.index)
+        try:
+            data = json.loads(self.index_path.read_bytes())
+        except FileNotFoundError:
+            return []
+        except ValueError as e:
+            raise StoreError(f"{self.index_path} is corrupt: {e}") from None
+        return list(data.get("manifests") or [])
+
+    def _write_index(self, entries: list[dict[str, Any]]) -> None:
+        """Set the tag index: kept in the transaction while the lock is held (see ``_flush_index``)."""
+        if self._txn is not None:
+            self._txn.index = list(entries)
+        else:
+            self._save_index(entries)
+
+    def _save_index(self, entries: list[dict[str, Any]]) -> None:
+        body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+        atomic_write(self.index_path, json.dumps(body, indent=2).encode() + b"\n")
+
+    def _flush_index(self) -> None:
+        """Write the transaction's tag index now (atomically), if it changed. The end of a successful
+        ``lock()`` block does this; ``gc`` does it before deleting anything, so that a kill while deleting
+        never leaves the index naming deleted content."""
+        txn = self._txn
+        if txn is not None and txn.index is not None:
+            self._save_index(txn.index)
+            txn.index = None
+
+    @staticmethod
+    def _entry_ref(entry: dict[str, Any]) -> Reference | None:
+        name = (entry.get("annotations") or {}).get(REF_NAME_ANNOTATION)
+        if not name:
+            return None
+        try:
+            return Reference.parse(name)
+        except ReferenceError_:
+            return None
+
+    def tag(self, ref: Reference, manifest_desc: Descriptor) -> None:
+        """Point ``ref`` (a tagged reference) at a stored manifest, replacing any previous target."""
+        if not ref.tag:
+            raise ReferenceError_(f"cannot tag with a digest reference: {ref}")
+        ref = Reference(ref.registry, ref.repository, ref.tag)
+        with self.lock():
+            entries = [e for e in self._read_index() if self._entry_ref(e) != ref]
+            # an untagged entry for the same manifest becomes this tag
+            entries = [e for e in entries if self._entry_ref(e) is not None or e.get("digest") != str(manifest_desc.digest)]
+            desc = Descriptor(manifest_desc.media_type, manifest_desc.digest, manifest_desc.size,
+                              {REF_NAME_ANNOTATION: str(ref), CONTAINERD_NAME_ANNOTATION: str(ref)},
+                              manifest_desc.platform)
+            entries.append(desc.to_json())
+            self._write_index(entries)
+
+    def add_untagged(self, manifest_desc: Descriptor) -> None:
+        """Record a manifest with no tag (a dangling image), unless some entry already names it."""
+        with self.lock():
+            entries = self._read_index()
+            if any(e.get("digest") == str(manifest_desc.digest) for e in entries):
+                return
+            entries.append(Descriptor(manifest_desc.media_type, manifest_desc.digest, manifest_desc.size).to_json())
+            self._write_index(entries)
+
+    def untag(self, ref: Reference) -> Descriptor:
+        """Remove one tag; returns the descriptor it pointed at. Raises ImageNotFoundError."""
+        with self.lock():
+            entries = self._read_index()
+            keep, gone = [], None
+            for e in entries:
+                if gone is None and self._entry_ref(e) == ref:
+                    gone = e
+                else:
+                    keep.append(e)
+            if gone is None:
+                raise ImageNotFoundError(f"no such image: {ref.familiar}")
+            self._write_index(keep)
+            return Descriptor.from_json(gone)
+
+    # -- images ----------------------------------------------------------------------------------
+    def load_manifest(self, desc: Descriptor, platform: Platform | None = None) -> tuple[Descriptor, Manifest]:
+        """Read a stored manifest; an index is resolved to the manifest for ``platform`` (host by default)."""
+        raw = self.read_blob(desc.digest)
+        if is_index(desc.media_type, raw):
+            chosen = Index.parse(raw, desc.media_type).select(platform or Platform.host())
+            return self.load_manifest(chosen, platform)
+        return desc, Manifest.parse(raw, desc.media_type or None)
+
+    def image_from_descriptor(self, desc: Descriptor, tags: tuple[Reference, ...] = (),
+                              platform: Platform | None = None) -> Image:
+        """Build an Image from a stored manifest (or index) descriptor."""
+        mdesc, manifest = self.load_manifest(desc, platform)
+        config = ImageConfig.parse(self.read_blob(manifest.config.digest), strict=False)
+        return Image(mdesc, manifest, config, tags)
+
+    def images(self) -> list[Image]:
+        """Every image in the index, tags grouped per manifest, in index order."""
+        grouped: dict[str, tuple[Descriptor, list[Reference]]] = {}
+        for e in self._read_index():
+            try:
+                desc = Descriptor.from_json(e)
+            except ManifestError:
+                continue
+            slot = grouped.setdefault(str(desc.digest), (desc, []))
+            ref = self._entry_ref(e)
+            if ref:
+                slot[1].append(ref)
+        out = []
+        for desc, refs in grouped.values():
+            try:
+                out.append(self.image_from_descriptor(desc, tuple(refs)))
+            except UnionfsError as err:
+                log.warning("skipping image %s: %s", desc.digest, err)
+        return out
+
+    def resolve(self, text: str, platform: Platform | None = None) -> Image:
+        """Find an image by reference (tag or digest), by image id, or by a unique id prefix (>= 4 hex digits)."""
+        entries = self._read_index()
+        hexpart = text[len("sha256:"):] if text.startswith("sha256:") else text
+        if 4 <= len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart):
+            matches = {img.id: img for img in self.images()
+                       if img.id.hex.startswith(hexpart) or img.manifest_desc.digest.hex.startswith(hexpart)}
+            if len(matches) == 1:
+                return next(iter(matches.values()))
+            if len(matches) > 1:
+                raise ImageNotFoundError(f"image id prefix {text!r} is ambiguous")
+        try:
+            ref = Reference.parse(text)
+        except ReferenceError_:
+            raise ImageNotFoundError(f"no such image: {text}") from None
+        for e in entries:
+            eref = self._entry_ref(e)
+            if eref is None:
+                continue
+            if ref.digest is not None:
+                if eref.name == ref.name and e.get("digest") == str(ref.digest):
+                    return self.image_from_descriptor(Descriptor.from_json(e), (eref,), platform)
+            elif eref == ref:
+                return self.image_from_descriptor(Descriptor.from_json(e), (eref,), platform)
+        if ref.digest is not None:  # a digest reference to a manifest stored under another name
+            for e in entries:
+                if e.get("digest") == str(ref.digest):
+                    return self.image_from_descriptor(Descriptor.from_json(e), (), platform)
+        raise ImageNotFoundError(f"no such image: {ref.familiar}")
+
+    def store_image(self, manifest: Manifest, config_raw: bytes, tags: list[Reference]) -> Image:
+        """Store a manifest whose config and layers are already stored, unpack its layers, then tag it.
+
+        Verifies that the config digest matches the manifest and that the layers count matches the diff_ids.
+        Tags are written last: an image is visible only when everything it needs is in place.
+        """
+        with self.lock():
+            config = ImageConfig.parse(config_raw)
+            self.put_blob_bytes(config_raw, manifest.config.digest)
+            if len(config.diff_ids) != len(manifest.layers):
+                raise ManifestError(f"image has {len(manifest.layers)} layers but its config lists "
+                                    f"{len(config.diff_ids)} diff_ids")
+            for d in manifest.layers:
+                if not self.has_blob(d.digest):
+                    raise BlobNotFoundError(f"layer blob {d.digest} is not in the store")
+            desc = manifest.descriptor()
+            self.put_blob_bytes(manifest.raw, desc.digest)
+            image = Image(desc, manifest, config, tuple(tags))
+            self.ensure_layers(image)
+            for ref in tags:
+                self.tag(ref, desc)
+            if not tags:
+                self.add_untagged(desc)
+            return image
+
+    # -- extracted layers ------------------------------------------------------------------------
+    def layer_path(self, diff_id: Digest) -> Path:
+        """The directory of the extracted layer with this DiffID."""
+        return self.layers_dir / diff_id.hex
+
+    def ensure_layers(self, image: Image) -> list[Path]:
+        """Unpack every layer of ``image`` not yet extracted; returns the layer directories, base first.
+
+        Each is unpacked into ``tmp/`` with its DiffID verified, then renamed into ``layers/``.
+        """
+        from unionfs.layer.unpack import unpack_layer  # the only place the store needs the unpacker
+
+        paths = []
+        with self.lock() as txn:
+            for desc, diff_id in zip(image.manifest.layers, image.config.diff_ids):
+                dest = self.layer_path(diff_id)
+                paths.append(dest)
+                if dest.is_dir():
+                    continue
+                stage = self.staging_dir("layer-")
+                try:
+                    with self.open_blob(desc.digest) as blob:
+                        unpack_layer(blob, stage, media_type=desc.media_type, diff_id=diff_id)
+                    os.rename(stage, dest)
+                    fsync_dir(self.layers_dir)
+                    txn.layers.append(dest)
+                except BaseException:
+                    remove_tree(stage)
+                    raise
+        return paths
+
+    # -- containers ------------------------------------------------------------------------------
+    def _container_dir(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith(".") or len(name) > 128:
+            raise ContainerError(f"invalid container name {name!r}")
+        return self.containers_dir / name
+
+    def prepare_container(self, image_ref: str, name: str | None = None) -> MountPlan:
+        """A mount plan for container ``name`` of ``image_ref``, creating the container if it is new.
+
+        An existing container keeps its upper; it must belong to the same image.
+        """
+        with self.lock():
+            image = self.resolve(image_ref)
+            lowers = self.ensure_layers(image)
+            name = name or f"{image.tags[0].repository.rsplit('/', 1)[-1] if image.tags else 'c'}-{secrets.token_hex(4)}"
+            cdir = self._container_dir(name)
+            state_path = cdir / "state.json"
+            if state_path.exists():
+                state = json.loads(state_path.read_bytes())
+                if state["image_id"] != str(image.id):
+                    raise ContainerError(f"container {name} exists for another image ({state['ref']})")
+            else:
+                stage = Path(self.staging_dir("container-"))
+                (stage / "upper").mkdir(mode=0o755)
+                (stage / "work").mkdir(mode=0o700)
+                state = {"name": name, "ref": image_ref, "image_id": str(image.id),
+                         "manifest": str(image.manifest_desc.digest), "created": now_rfc3339(),
+                         "layers": [p.name for p in lowers], "mountpoint": None}
+                atomic_write(stage / "state.json", canonical_json(state))
+                try:
+                    os.rename(stage, cdir)
+                except OSError as e:
+                    remove_tree(stage)
+                    if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise ContainerError(f"container {name} already exists") from None
+                    raise
+            return MountPlan(tuple(str(p) for p in lowers), str(cdir / "upper"), str(cdir / "work"), name)
+
+    def containers(self) -> list[dict[str, Any]]:
+        """Every container's state (name, ref, image_id, created, mountpoint, upper)."""
+        out = []
+        for d in sorted(self.containers_dir.iterdir()):
+            try:
+                state = json.loads((d / "state.json").read_bytes())
+            except (OSError, ValueError):
+                continue
+            state["upper"] = str(d / "upper")
+            out.append(state)
+        return out
+
+    def set_container_mount(self, name: str, mountpoint: str | None) -> None:
+        """Record where container ``name`` is mounted (None: not mounted)."""
+        def change(state: dict[str, Any]) -> None:
+            state["mountpoint"] = mountpoint
+
+        self._update_container_state(name, change)
+
+    def _update_container_state(self, name: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """Under the lock: read container ``name``'s state.json, let ``change`` edit it in place, and write it
+        back atomically (ContainerError when there is no such container)."""
+        with self.lock():
+            path = self._container_dir(name) / "state.json"
+            try:
+                state = json.loads(path.read_bytes())
+            except FileNotFoundError:
+                raise ContainerError(f"no such container: {name}") from None
+            change(state)
+            atomic_write(path, canonical_json(state))
+
+    def set_container_paused(self, name: str, marker: dict[str, Any] | None, *,
+                             if_current: dict[str, Any] | None = None) -> None:
+        """Record (``marker``: who paused it, where) or clear (None) the pause of container ``name``'s mount
+        (``commit``); written atomically, so a command killed while pausing leaves a marker to undo. With
+        ``if_current``, only when the recorded marker is that one."""
+        def change(state: dict[str, Any]) -> None:
+            if if_current is not None and state.get("paused") != if_current:
+                return
+            if marker is None:
+                state.pop("paused", None)
+            else:
+                state["paused"] = marker
+
+        self._update_container_state(name, change)
+
+    def remove_container(self, name: str) -> None:
+        """Delete container ``name`` and its upper. Raises ContainerError when missing or mounted."""
+        with self.lock():
+            cdir = self._container_dir(name)
+            if not cdir.exists():
+                raise ContainerError(f"no such container: {name}")
+            state = json.loads((cdir / "state.json").read_bytes())
+            mp = state.get("mountpoint")
+            if mp and mount_at(mp) is not None:
+                raise ContainerError(f"container {name} is mounted at {mp}; unmount it first")
+            discard_tree(cdir, self.tmp_dir)
+
+    # -- removal and garbage collection ----------------------------------------------------------
+    def rmi(self, text: str, force: bool = False) -> list[str]:
+        """Remove an image by reference or id, like ``docker rmi``; returns lines describing what went.
+
+        A tag reference removes that tag; the image's content goes once nothing names it. An id removes every
+        tag of that image (with ``force``, or when it has one tag). An image a container uses is refused unless
+        ``force`` (then only its tags go; the container keeps its layers).
+        """
+        out: list[str] = []
+        with self.lock():
+            image = self.resolve(text)
+            users = [c["name"] for c in self.containers() if c.get("image_id") == str(image.id)]
+            by_ref = not _is_id_like(text)
+            all_tags = [t for img in self.images() if img.id == image.id for t in img.tags]
+            if by_ref:
+                targets = [Reference.parse(text)] if image.tags else []
+            else:
+                if len(all_tags) > 1 and not force:
+                    raise ImageInUseError(f"image {image.id.short} is referenced in multiple repositories; "
+                                          "use -f or remove tags by name")
+                targets = all_tags
+            remaining = [t for t in all_tags if t not in targets]
+            if users and not remaining and not force:
+                raise ImageInUseError(f"image {image.id.short} is used by container {users[0]}; "
+                                      "remove the container or use -f")
+            for t in targets:
+                self.untag(t)
+                out.append(f"Untagged: {t.familiar}")
+            if not targets:  # a dangling image named by id or digest
+                entries = [e for e in self._read_index() if e.get("digest") != str(image.manifest_desc.digest)]
+                self._write_index(entries)
+            if not remaining:
+                out.extend(f"Deleted: {d}" for d in self.gc())
+        return out
+
+    def gc(self) -> list[str]:
+        """Delete blobs and extracted layers that no image and no container reference; returns what went."""
+        removed: list[str] = []
+        with self.lock():
+            keep_blobs: set[str] = set()
+            keep_layers: set[str] = set()
+            from . import buildcache  # the build cache's step images are roots too, until `prune`
+
+            self._flush_index()
+            roots = [Descriptor.from_json(e) for e in self._read_index()] + buildcache.roots(self)
+            containers = self.containers()
+            for c in containers:
+                keep_layers.update(c.get("layers") or [])
+                if c.get("manifest"):
+                    roots.append(Descriptor("", Digest.parse(c["manifest"]), -1))
+            for desc in roots:
+                self._mark(desc, keep_blobs, keep_layers)
+            for d in self.blob_digests():
+                if str(d) not in keep_blobs:
+                    os.unlink(self.blob_path(d))
+                    removed.append(str(d))
+            gone = [p for p in self.layers_dir.iterdir() if p.name not in keep_layers]
+            if gone:
+                # out of layers/ first (atomic renames), then deleted: a kill never leaves a partial layer
+                trash = Path(self.staging_dir("rm-"))
+                for p in gone:
+                    os.rename(p, trash / p.name)
+                    removed.append(f"layer {p.name[:12]}")
+                fsync_dir(self.layers_dir)
+                remove_tree(trash)
+        return removed
+
+    def _mark(self, desc: Descriptor, blobs: set[str], layers: set[str]) -> None:
+        blobs.add(str(desc.digest))
+        try:
+            raw = self.read_blob(desc.digest, verify=False)
+        except BlobNotFoundError:
+            return
+        try:
+            if is_index(desc.media_type, raw):
+                for child in Index.parse(raw, desc.media_type or None).manifests:
+                    self._mark(child, blobs, layers)
+                return
+            manifest = Manifest.parse(raw, desc.media_type or None)
+        except ManifestError:
+            return
+        blobs.add(str(manifest.config.digest))
+        blobs.update(str(d.digest) for d in manifest.layers)
+        with contextlib.suppress(UnionfsError, OSError):
+            layers.update(d.hex for d in ImageConfig.parse(self.read_blob(manifest.config.digest, False),
+                                                           strict=False).diff_ids)
+
+    def prune(self, all_unused: bool = False) -> list[str]:
+        """Remove dangling images (all images no container uses, with ``all_unused``) and the build cache,
+        then collect garbage and empty ``tmp/``. Returns lines describing what went."""
+        out: list[str] = []
+        with self.lock():
+            used = {c.get("manifest") for c in self.containers()}
+            entries = self._read_index()
+            keep = [e for e in entries if e.get("digest") in used
+                    or (self._entry_ref(e) is not None and not all_unused)]
+            for e in entries:
+                if e not in keep:
+                    ref = self._entry_ref(e)
+                    out.append(f"Untagged: {ref.familiar}" if ref else f"Deleted: {e.get('digest')}")
+            self._write_index(keep)
+            from unionfs.build import cache as buildcache
+
+            out.extend(buildcache.prune(self))
+            out.extend(f"Deleted: {d}" for d in self.gc())
+            out.extend(self._clean_tmp())
+        return out
+
+    def _clean_tmp(self) -> list[str]:
+        """Empty ``tmp/``: staging left by killed commands. Needs the lock.
+
+        Every command that mounts under ``tmp/`` (``build``) holds the store lock while its mounts live, so a
+        mount found here while we hold the lock lost its owner: a unionfs mount is detached lazily and its
+        daemon stopped; anything else mounted there is left alone with a note, and so is the tree holding it
+        (``remove_tree`` never deletes through a mount). Returns lines describing what was done or skipped.
+        """
+        from unionfs.mount import daemon
+
+        out: list[str] = []
+        tmp = os.path.realpath(self.tmp_dir)
+        for m in reversed([m for m in mounts() if m.mountpoint.startswith(tmp + "/")]):  # topmost first
+            if m.fstype != daemon.FSTYPE:
+                out.append(f"Skipped: {m.mountpoint} is a {m.fstype} mount unionfs did not make")
+                continue
+            pid = daemon.daemon_pid(m.mountpoint)
+            try:
+                daemon.umount(m.mountpoint, lazy=True)
+            except UnionfsError as e:
+                out.append(f"Skipped: {m.mountpoint}: {e}")
+                continue
+            if pid is not None:
+                daemon.stop(pid)
+            out.append(f"Unmounted: {m.mountpoint} (left behind by a killed command)")
+        for p in self.tmp_dir.iterdir():
+            try:
+                remove_tree(p)
+            except MountedTreeError as e:
+                out.append(f"Skipped: {e}")
+        return out
+
+
+def _is_id_like(text: str) -> bool:
+    hexpart = text[len("sha256:"):] if text.startswith("sha256:") else text
+    return 4 <= len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart) and (
+        text.startswith("sha256:") or len(hexpart) >= 12 or not hexpart.isalpha())
+

@@ -1,0 +1,666 @@
+"""The read-only union view: resolve a path and list a directory over lowers + an optional upper.
+
+Pure over real directories; imports no FUSE. Layers are given **base first** (README, "Architecture") and
+only this module walks them top-down.
+
+Rules (the kernel overlayfs' lookup):
+
+* the upper hides the lowers, a higher lower hides a lower one;
+* a whiteout in any format of :mod:`unionfs.layer.whiteout` ends the search for its name;
+* a non-directory ends the search; directories merge down to (and including) the first opaque one; a
+  layer's root is never opaque (the root merges every layer, as in the kernel: see :meth:`Union.__post_init__`);
+* a name starting with ``.wh.`` is never visible.
+
+Errors: a layer directory missing (ENOENT/ENOTDIR) merely contributes nothing; any other error reading a layer
+(EMFILE, EIO, EACCES...) fails the listing with that errno (a lookup: any lstat error but those two), never a
+shorter answer.
+
+Inode numbers: one namespace for the whole mount. An upper entry that carries the private xattr
+:data:`INO_XATTR` (written at copy-up) keeps the number it had in the lower; otherwise the number is the real
+``st_ino``, with the layer filesystem's index in the top bits when the layers span several filesystems (the
+kernel's ``xino`` idea). Numbers are therefore stable across copy-up, rename and remount.
+
+Path cache (``cache=True``, used by :class:`unionfs.union.overlay.Overlay`, the only writer of a mounted upper): the
+resolution of every path looked up is kept in a tree of :class:`_Ent` (name -> entry), so that a lookup costs one
+dict step per component and one ``lstat`` of the final real entry instead of a walk of every layer per
+component. The writer must call :meth:`Union.forget` for every path whose resolution it changes (and
+:meth:`Union.forget_all` when the hardlink index changes); forgetting a directory forgets its subtree.
+
+Lower hardlinks: once one alias of a lower hardlinked file has been copied up, its data lives in the index
+(``WORK/unionfs/index/<ino>``) and every other lower alias resolves to that index file (index=on).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+from sys import intern  # one string per name for the path cache, the layers' name sets and the node table
+from typing import Iterator, Sequence
+
+from unionfs.layer import whiteout as wh
+
+log = logging.getLogger(__name__)
+
+#: private xattr holding an upper entry's overlay inode number (decimal ASCII)
+INO_SUFFIX = "overlay.unionfs.ino"
+#: private xattr on an index file: how many lower aliases still resolve to it
+NLINK_SUFFIX = "overlay.unionfs.lowerlinks"
+
+
+def ino_xattr() -> str:
+    """The xattr name storing an upper entry's inode number (``trusted.`` as root, ``user.`` otherwise)."""
+    return wh.xattr_namespace() + INO_SUFFIX
+
+
+def nlink_xattr() -> str:
+    """The xattr name storing an index file's count of pending lower aliases."""
+    return wh.xattr_namespace() + NLINK_SUFFIX
+
+
+def _err(code: int, path: str = "") -> OSError:
+    return OSError(code, os.strerror(code), path) if path else OSError(code, os.strerror(code))
+
+
+@dataclass(slots=True)
+class Node:
+    """One resolved union entry.
+
+    ``layer`` indexes :attr:`Union.layers` (top-down; 0 is the upper when there is one). ``real`` is the real
+    path holding the entry's data and attributes (for an indexed hardlink alias: the index file), ``st`` its
+    lstat. ``dirs`` is, for a directory, the stack of real directories to merge, top-down. ``indexed`` marks a
+    lower hardlink alias whose data already lives in the index.
+    """
+
+    path: str
+    layer: int
+    real: str
+    st: os.stat_result
+    ino: int
+    dirs: tuple[tuple[int, str], ...] = ()
+    indexed: bool = False
+    merged: bool = False
+    #: known to carry no ``security.capability`` xattr (the kernel asks before every write(2)); only ever set
+    #: True after a real ENODATA, and a node is forgotten whenever its xattrs may change
+    nocap: bool = False
+    #: for a cached merged directory: the names in each directory of ``dirs`` (one scandir each), so that a
+    #: lookup probes a dict per layer instead of an lstat (and a ``.wh.`` lstat) per layer; dropped by
+    #: :meth:`Union.forget` of any child
+    names: tuple[frozenset[str], ...] | None = None
+    #: lookups in this directory without ``names`` so far: the sets are built at the :data:`NAMES_AFTER`-th (a
+    #: directory looked into once, as by a ``cat`` of one file per directory, costs lstats, not a scandir per
+    #: layer)
+    probes: int = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+
+class SlimStat:
+    """The part of a stat result a cached node keeps (type, identity, link count): a fraction of the memory
+    of an ``os.stat_result``. :meth:`Union.lookup` always puts a fresh full one back."""
+
+    __slots__ = ("st_mode", "st_ino", "st_dev", "st_nlink")
+
+    def __init__(self, st: os.stat_result) -> None:
+        self.st_mode, self.st_ino, self.st_dev, self.st_nlink = st.st_mode, st.st_ino, st.st_dev, st.st_nlink
+
+
+class _Ent:
+    """One path-cache entry: the resolved node (None: re-resolve, children kept) and the cached children."""
+
+    __slots__ = ("node", "kids")
+
+    def __init__(self, node: Node | None) -> None:
+        self.node = node
+        self.kids: dict[str, _Ent] = {}
+
+
+#: errors of a layer's directory that only mean "this layer has no such directory" (skipped while merging);
+#: every other error (EMFILE, ENFILE, EIO, EACCES, ENOMEM...) fails the listing: a partial listing would be
+#: taken for the truth (and cached, by us and by the kernel)
+ABSENT = (errno.ENOENT, errno.ENOTDIR)
+
+
+class _SpareFd:
+    """One descriptor held in reserve so that a directory can still be read when every other descriptor the
+    process may have (RLIMIT_NOFILE) is taken, typically by files open through the mount.
+
+    Reading a directory needs exactly one descriptor (``scandir`` closes it before the next layer is read);
+    when even that one fails with EMFILE, :meth:`scan` gives the reserve back, reads, and takes it again. A
+    listing then fails (with EMFILE, never silently) only when another thread takes the freed slot first.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: int | None = self._take()
+
+    @staticmethod
+    def _take() -> int | None:
+        try:
+            return os.open("/", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return None
+
+    def scan(self, path: str) -> list[os.DirEntry[str]]:
+        """The entries of the directory ``path`` (one descriptor, closed on return); raises OSError."""
+        try:
+            with os.scandir(path) as it:
+                return list(it)
+        except OSError as e:
+            if e.errno != errno.EMFILE:
+                raise
+            log.debug("EMFILE listing %s: using the spare descriptor", path)
+        with self._lock:
+            if self._fd is None:
+                self._fd = self._take()
+                if self._fd is None:
+                    raise _err(errno.EMFILE, path)
+            os.close(self._fd)
+            self._fd = None
+            try:
+                with os.scandir(path) as it:
+                    return list(it)
+            finally:
+                self._fd = self._take()
+
+
+@functools.cache
+def _spare_fd() -> _SpareFd:
+    """The process' one :class:`_SpareFd` (made by the first :class:`Union`, while descriptors are free)."""
+    return _SpareFd()
+
+
+def _scan(path: str) -> list[os.DirEntry[str]]:
+    """The entries of the directory ``path``, read with one descriptor (the spare one at EMFILE). Raises
+    OSError."""
+    return _spare_fd().scan(path)
+
+
+#: the path cache takes no new entries beyond this many (bounds the daemon's memory: ~650 bytes each)
+CACHE_MAX = 100_000
+#: ... but directories up to this many
+CACHE_MAX_DIRS = 400_000
+#: a merged directory keeps its layers' name sets from this many lookups in it on
+NAMES_AFTER = 3
+CAP_XATTR = "security.capability"
+
+
+@dataclass
+class Union:
+    """A read-only union over ``lowers`` (base first) and ``upper`` (None: read-only union).
+
+    ``index_dir`` is where copied-up lower hardlinks live (None: no index). ``cache``: keep path resolutions
+    (see the module docstring); only correct when every change of the layers goes through a writer that calls
+    :meth:`forget`.
+    """
+
+    lowers: Sequence[str]
+    upper: str | None = None
+    index_dir: str | None = None
+    cache: bool = False
+    layers: list[str] = field(init=False)
+    _fsidx: dict[int, int] = field(init=False)
+    _shift: int = field(init=False)
+    _ino_cache: dict[tuple[int, int, int], int] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.layers = ([self.upper] if self.upper is not None else []) + [os.fspath(p) for p in
+                                                                          reversed(self.lowers)]
+        if not self.layers:
+            raise ValueError("a union needs at least one layer")
+        self._fsidx = {}
+        for p in self.layers:
+            dev = os.stat(p).st_dev
+            self._fsidx.setdefault(dev, len(self._fsidx))
+        n = len(self._fsidx)
+        self._shift = 64 - max(1, n.bit_length()) if n > 1 else 0
+        self._ino_xattr = ino_xattr()
+        self._opaque_cache: dict[str, bool] = {}
+        # The root merges every layer: an opaque mark (xattr or ``.wh..wh..opq``) on a layer's root is
+        # ignored. The OCI image spec defines opaque whiteouts for directories below the root and says nothing
+        # of the root itself; docker's overlay2 driver and containerd's overlayfs snapshotter (the default
+        # runtimes) hand the extracted layer directories to the kernel overlayfs, which never looks the root
+        # up and so never applies an opaque mark there (fs/overlayfs/super.c: the root's stack is every
+        # layer). What docker and containerd show is therefore "root opaque ignored"; so do we (the mount,
+        # treeview's ls/find/cat and export all go through this), and the store keeps the mark as unpacked.
+        self._root_dirs = tuple(enumerate(self.layers))
+        self._tree = _Ent(None)
+        self._cached = 0
+        _spare_fd()  # set the spare descriptor aside now, while descriptors are free
+
+    # ------------------------------------------------------------------ inode numbers
+    def real_ino(self, st: os.stat_result) -> int:
+        """The overlay inode number of a real entry that carries no persistent number."""
+        if not self._shift:
+            return st.st_ino
+        idx = self._fsidx.get(st.st_dev, len(self._fsidx) - 1)
+        return st.st_ino ^ (idx << self._shift)
+
+    def ino_of(self, layer: int, real: str, st: os.stat_result) -> int:
+        """The overlay inode number of the entry at ``real`` in ``layer``."""
+        if self.upper is not None and layer == 0:
+            key = (st.st_dev, st.st_ino, st.st_ctime_ns)
+            v = self._ino_cache.get(key)
+            if v is not None:
+                return v
+            try:
+                raw = os.getxattr(real, self._ino_xattr, follow_symlinks=False)
+                v = int(raw)
+            except (OSError, ValueError):
+                v = self.real_ino(st)
+            if len(self._ino_cache) > 65536:
+                self._ino_cache.clear()
+            self._ino_cache[key] = v
+            return v
+        return self.real_ino(st)
+
+    # ------------------------------------------------------------------ lookup
+    def root(self) -> Node:
+        """The root directory: every layer's root merges, down to an opaque one."""
+        dirs = self._root_dirs
+        st = os.lstat(self.layers[0])
+        return Node("/", 0, self.layers[0], st, self.ino_of(0, self.layers[0], st), dirs,
+                    merged=len(dirs) > 1)
+
+    def _is_opaque(self, layer: int, p: str) -> bool:
+        """Opaque check; memoized for lower layers (read-only, never change while mounted)."""
+        if self.upper is not None and layer == 0:
+            return wh.is_opaque_dir(p)
+        v = self._opaque_cache.get(p)
+        if v is None:
+            if len(self._opaque_cache) > 200000:
+                self._opaque_cache.clear()
+            v = self._opaque_cache[p] = wh.is_opaque_dir(p)
+        return v
+
+    def lookup(self, path: str) -> Node:
+        """Resolve the union path ``path`` ("/a/b") with fresh attributes (``st``); raises OSError
+        ENOENT/ENOTDIR/ENAMETOOLONG."""
+        if not self.cache:
+            return self._walk(path)
+        node = self.resolve(path)
+        try:
+            st = os.lstat(node.real)
+        except FileNotFoundError:
+            st = None
+        if st is None or st.st_ino != node.st.st_ino or st.st_dev != node.st.st_dev:
+            # changed behind the cache's back: resolve again from scratch
+            self.forget(path)
+            return self.resolve(path)
+        node.st = st
+        return node
+
+    def resolve(self, path: str) -> Node:
+        """Like :meth:`lookup`, but with the cache the node's ``st`` may be older than the last write: for
+        callers that need the resolution only (the real path, layer, type, inode number)."""
+        if not self.cache:
+            return self._walk(path)
+        ent = self._tree
+        node = ent.node
+        if node is None:
+            node = ent.node = self.root()
+        cur: _Ent | None = ent
+        for name in _components(path):
+            if not node.is_dir:
+                raise _err(errno.ENOTDIR, path)
+            kid = cur.kids.get(name) if cur is not None else None
+            if kid is not None and kid.node is not None:
+                cur, node = kid, kid.node
+                continue
+            found = self.child(node, name)
+            if found is None:
+                raise _err(errno.ENOENT, path)
+            if kid is not None:
+                kid.node = found
+            elif cur is not None and self._room(found):
+                kid = cur.kids[intern(name)] = _Ent(found)
+                self._cached += 1
+            # a full cache keeps what it has (dropping it all made a walk of a big tree thrash): the rest
+            # of this path resolves uncached
+            cur, node = kid, found
+        return node
+
+    def forget(self, path: str, *, keep_children: bool = False) -> None:
+        """The resolution of ``path`` may have changed: drop it (and, unless ``keep_children``, everything
+        cached under it). ``keep_children`` is for a directory copied up: its children resolve as before."""
+        if not self.cache:
+            return
+        comps = _components(path)
+        ent = self._tree
+        if not comps:
+            self.forget_all()
+            return
+        for name in comps[:-1]:
+            nxt = ent.kids.get(name)
+            if nxt is None:
+                return
+            ent = nxt
+        if ent.node is not None:
+            ent.node.names = None  # the parent's listing changed
+        if keep_children:
+            kid = ent.kids.get(comps[-1])
+            if kid is not None:
+                kid.node = None
+        else:
+            ent.kids.pop(comps[-1], None)
+
+    def adopt(self, path: str, children: Sequence[Node]) -> None:
+        """Cache the just listed ``children`` of the directory ``path`` (a readdir answers every later lookup
+        of them). Names already cached are left alone. The caller gives the nodes up: their ``st`` becomes
+        a :class:`SlimStat`."""
+        if not self.cache:
+            return
+        ent = self._tree
+        for name in _components(path):
+            nxt = ent.kids.get(name)
+            if nxt is None or nxt.node is None:
+                return
+            ent = nxt
+        kids = ent.kids
+        for c in children:
+            name = intern(c.path.rpartition("/")[2])
+            if name not in kids and self._room(c):
+                c.st = SlimStat(c.st)  # type: ignore[assignment]
+                kids[name] = _Ent(c)
+                self._cached += 1
+
+    def _room(self, node: Node) -> bool:
+        """Whether the cache takes ``node``: anything below :data:`CACHE_MAX` entries, directories up to
+        :data:`CACHE_MAX_DIRS` (a cached directory keeps its layers' name sets, so a lookup of an uncached
+        file in it still costs one lstat, not a scandir of every layer)."""
+        return self._cached < CACHE_MAX or (self._cached < CACHE_MAX_DIRS and stat.S_ISDIR(node.st.st_mode))
+
+    def forget_all(self) -> None:
+        """Drop the whole path cache (the hardlink index changed)."""
+        self._tree = _Ent(None)
+        self._cached = 0
+
+    def _walk(self, path: str) -> Node:
+        node = self.root()
+        for name in _components(path):
+            if not node.is_dir:
+                raise _err(errno.ENOTDIR, path)
+            found = self.child(node, name)
+            if found is None:
+                raise _err(errno.ENOENT, path)
+            node = found
+        return node
+
+    def try_lookup(self, path: str) -> Node | None:
+        """Like :meth:`lookup` but None when the path does not exist."""
+        try:
+            return self.lookup(path)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+
+    def child(self, parent: Node, name: str, *, start: int = 0) -> Node | None:
+        """The entry ``name`` in directory ``parent``; None when absent or hidden.
+
+        ``start`` skips the first ``start`` layers of the parent's stack (``start=1`` on a writable union
+        asks "what would show if the upper entry were gone?").
+        """
+        if len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise _err(errno.ENAMETOOLONG, name)
+        if wh.is_hidden_name(name) or name in (".", ".."):
+            return None
+        top: Node | None = None
+        dirs: list[tuple[int, str]] = []
+        names = self._names_of(parent)
+        whname = wh.WH_PREFIX + name
+        for i, (layer, dpath) in enumerate(parent.dirs):
+            if layer < start:
+                continue
+            if names is not None and name not in names[i]:
+                if whname in names[i]:
+                    break
+                continue
+            p = os.path.join(dpath, name)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                if _lexists(os.path.join(dpath, whname)):
+                    break
+                continue
+            except NotADirectoryError:
+                continue
+            if wh.is_whiteout(p, st):
+                break
+            if top is None:
+                top = Node(_join(parent.path, name), layer, p, st, 0)
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                dirs.append((layer, p))
+            elif stat.S_ISDIR(st.st_mode):
+                dirs.append((layer, p))
+            else:
+                break
+            if self._is_opaque(layer, p):
+                break
+        if top is None:
+            return None
+        top.dirs = tuple(dirs)
+        top.merged = len(dirs) > 1
+        top.ino = self.ino_of(top.layer, top.real, top.st)
+        if (self.index_dir is not None and self.upper is not None and top.layer > 0
+                and stat.S_ISREG(top.st.st_mode) and top.st.st_nlink > 1):
+            ip = os.path.join(self.index_dir, str(top.ino))
+            try:
+                ist = os.lstat(ip)
+            except FileNotFoundError:
+                pass
+            else:
+                top.real, top.st, top.indexed = ip, ist, True
+        return top
+
+    def _names_of(self, parent: Node) -> tuple[frozenset[str], ...] | None:
+        """The per-layer name sets of a cached merged directory (built at its :data:`NAMES_AFTER`-th lookup),
+        or None."""
+        if not self.cache or len(parent.dirs) < 2:
+            return None
+        if parent.names is None:
+            parent.probes += 1
+            if parent.probes < NAMES_AFTER:
+                return None
+            sets = []
+            for _layer, dpath in parent.dirs:
+                try:
+                    sets.append(frozenset(intern(e.name) for e in _scan(dpath)))
+                except OSError:
+                    return None  # lookups probe the layers one by one instead
+            parent.names = tuple(sets)
+        return parent.names
+
+    def lower_has(self, parent: Node, name: str) -> bool:
+        """True when some layer under the upper shows ``name`` in ``parent`` (a delete needs a whiteout)."""
+        if self.upper is None:
+            return True
+        return self.child(parent, name, start=1) is not None
+
+    # ------------------------------------------------------------------ listing
+    def listdir(self, node: Node) -> list[Node]:
+        """The visible entries of directory ``node`` (no ``.``/``..``, no whiteouts, never a ``.wh.`` name).
+
+        All or nothing: a layer directory that cannot be read for any reason but ENOENT/ENOTDIR (EMFILE,
+        EIO, EACCES...) raises that OSError; a partial listing is never returned (nor cached)."""
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR, node.path)
+        hidden: set[str] = set()
+        out: dict[str, Node] = {}
+        below: dict[str, list[tuple[int, str]]] = {}
+        stopped: set[str] = set()
+        base = node.path if node.path != "/" else ""
+        sets: list[frozenset[str]] | None = [] if self.cache and node.merged and node.names is None else None
+        for layer, dpath in node.dirs:
+            try:
+                entries = _scan(dpath)
+            except OSError as e:
+                if e.errno not in ABSENT:
+                    log.warning("cannot list %s: %s", dpath, e)
+                    raise
+                sets = None
+                continue
+            if sets is not None:
+                sets.append(frozenset(intern(e.name) for e in entries))
+            pre = dpath if dpath.endswith("/") else dpath + "/"
+            layer_hidden: set[str] = set()
+            for ent in entries:
+                name = ent.name
+                if wh.is_hidden_name(name):
+                    if name != wh.OPAQUE_MARKER:
+                        try:
+                            t = wh.whiteout_target(name)
+                        except ValueError:
+                            t = None
+                        if t is not None:
+                            layer_hidden.add(t)
+                    continue
+                if name in hidden or name in stopped:
+                    continue
+                p = pre + name
+                if name in out:
+                    # a lower layer under a visible directory: merges only while directories continue (the
+                    # entry's d_type tells, no lstat)
+                    try:
+                        lower_dir = ent.is_dir(follow_symlinks=False)
+                    except OSError as e:
+                        if e.errno in ABSENT:  # removed meanwhile
+                            continue
+                        raise
+                    if lower_dir:
+                        below.setdefault(name, []).append((layer, p))
+                        if self._is_opaque(layer, p):
+                            stopped.add(name)
+                    else:
+                        stopped.add(name)
+                    continue
+                try:
+                    st = os.lstat(p)
+                except OSError as e:
+                    if e.errno in ABSENT:  # removed meanwhile
+                        continue
+                    raise
+                if wh.is_whiteout(p, st):
+                    layer_hidden.add(name)
+                    continue
+                n = Node(base + "/" + name, layer, p, st, 0)
+                out[name] = n
+                if stat.S_ISDIR(st.st_mode):
+                    below[name] = [(layer, p)]
+                    if self._is_opaque(layer, p):
+                        stopped.add(name)
+                else:
+                    stopped.add(name)
+            hidden |= layer_hidden
+        if sets is not None:  # the name sets of :meth:`_names_of`, for free (lookups after a listing)
+            node.names = tuple(sets)
+        result = []
+        for name, n in out.items():
+            if n.is_dir:
+                n.dirs = tuple(below.get(name, ()))
+                n.merged = len(n.dirs) > 1
+            n.ino = self.ino_of(n.layer, n.real, n.st)
+            if (self.index_dir is not None and self.upper is not None and n.layer > 0
+                    and stat.S_ISREG(n.st.st_mode) and n.st.st_nlink > 1):
+                ip = os.path.join(self.index_dir, str(n.ino))
+                try:
+                    n.st, n.real, n.indexed = os.lstat(ip), ip, True
+                except FileNotFoundError:
+                    pass
+            result.append(n)
+        return result
+
+    def is_empty_dir(self, node: Node) -> bool:
+        """True when the directory shows no entries (it may still hold whiteouts)."""
+        return not self.listdir(node)
+
+    # ------------------------------------------------------------------ attributes
+    def nlink(self, node: Node) -> int:
+        """The visible link count (merged directories say 1, as the kernel; index aliases count lowers)."""
+        if node.is_dir:
+            return 1 if node.merged else node.st.st_nlink
+        if node.indexed or (node.layer == 0 and self.upper is not None and node.st.st_nlink > 1
+                            and stat.S_ISREG(node.st.st_mode) and self._in_index(node)):
+            return node.st.st_nlink - 1 + self.pending_lower_links(node)
+        return node.st.st_nlink
+
+    def _in_index(self, node: Node) -> bool:
+        if node.indexed:
+            return True
+        if self.index_dir is None:
+            return False
+        try:
+            ist = os.lstat(os.path.join(self.index_dir, str(node.ino)))
+        except FileNotFoundError:
+            return False
+        return ist.st_ino == node.st.st_ino and ist.st_dev == node.st.st_dev
+
+    def pending_lower_links(self, node: Node) -> int:
+        """How many lower aliases of an indexed hardlink still resolve to the index."""
+        try:
+            return max(0, int(os.getxattr(node.real, nlink_xattr(), follow_symlinks=False)))
+        except (OSError, ValueError):
+            return 0
+
+    def readlink(self, node: Node) -> str:
+        """The target of a symlink node."""
+        if not stat.S_ISLNK(node.st.st_mode):
+            raise _err(errno.EINVAL, node.path)
+        return os.readlink(node.real)
+
+    def listxattr(self, node: Node) -> list[str]:
+        """Visible xattr names (the overlay's private ones hidden)."""
+        try:
+            names = os.listxattr(node.real, follow_symlinks=False)
+        except OSError as e:
+            if e.errno in (errno.ENOTSUP, errno.EPERM):
+                return []
+            raise
+        return [n for n in names if not wh.is_private_xattr(n)]
+
+    def getxattr(self, node: Node, name: str) -> bytes:
+        """One visible xattr's value (private ones answer ENODATA). A missing ``security.capability`` is
+        remembered on the node (see :attr:`Node.nocap`)."""
+        if name == CAP_XATTR:
+            if node.nocap:
+                raise _err(errno.ENODATA)
+            try:
+                return os.getxattr(node.real, name, follow_symlinks=False)
+            except OSError as e:
+                if e.errno == errno.ENODATA:
+                    node.nocap = True
+                raise
+        if wh.is_private_xattr(name):
+            raise _err(errno.ENODATA)
+        return os.getxattr(node.real, name, follow_symlinks=False)
+
+    def walk(self, node: Node | None = None) -> Iterator[Node]:
+        """Every node under ``node`` (default: the root), parents before children."""
+        node = node or self.root()
+        yield node
+        if node.is_dir:
+            for c in sorted(self.listdir(node), key=lambda n: n.path):
+                yield from self.walk(c)
+
+
+def _components(path: str) -> list[str]:
+    return [c for c in path.split("/") if c and c != "."]
+
+
+def _join(parent: str, name: str) -> str:
+    return "/" + name if parent == "/" else parent + "/" + name
+
+
+def _lexists(p: str) -> bool:
+    try:
+        os.lstat(p)
+        return True
+    except OSError:
+        return False
