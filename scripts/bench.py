@@ -58,7 +58,7 @@ from typing import Callable, Iterator, Sequence
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from unionfs import whiteout  # noqa: E402
+from unionfs.layer import whiteout  # noqa: E402
 
 DEFAULT_CACHE = REPO / ".bench-cache" / "mount-v1"
 IMPLS = ("unionfs", "fuse-overlayfs", "kernel")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from busybox import busybox_tarball  # noqa: E402
+from support.busybox import busybox_tarball  # noqa: E402
 
 DOCKERFILE = """\
 FROM base

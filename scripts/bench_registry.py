@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_registry.py [pull|push|both] [--runs N] [--mb SIZE]
 
-Starts its own ``docker-registry`` on 127.0.0.1 (tests/registry_server.py), builds the image with umoci
+Starts its own ``docker-registry`` on 127.0.0.1 (tests/support/registry.py), builds the image with umoci
 (half incompressible, half text, in two layers), then times N runs of each side and prints medians and the
 ratio unionfs/skopeo. ``pull`` for unionfs includes verifying and unpacking the layers into the store (skopeo
 only writes the blobs into an OCI layout); ``push`` sends to a fresh registry each run, so that every blob is
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from registry_server import running_registry  # noqa: E402
+from support.registry import running_registry  # noqa: E402
 
 UNIONFS = [sys.executable, "-m", "unionfs"]
 

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from images import ImageSet, build_images, have_tools  # noqa: E402
+from support.images import ImageSet, build_images, have_tools  # noqa: E402
 
 
 def run_cli(*args: str | os.PathLike[str], root: Path | None = None, check: bool = True,
@@ -54,8 +54,8 @@ def test_images(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
 
 @pytest.fixture
 def store(store_root: Path, base_tarball: Path) -> Path:
-    """A fresh store holding busybox:latest (see tests/busybox.py)."""
-    from busybox import import_busybox
+    """A fresh store holding busybox:latest (see tests/support/busybox.py)."""
+    from support.busybox import import_busybox
 
     import_busybox(store_root, base_tarball)
     return store_root
@@ -64,7 +64,7 @@ def store(store_root: Path, base_tarball: Path) -> Path:
 @pytest.fixture(scope="session")
 def base_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A busybox rootfs tarball (Debian's busybox-static), made once per session."""
-    from busybox import busybox_tarball, require
+    from support.busybox import busybox_tarball, require
 
     require()
     return busybox_tarball(tmp_path_factory.mktemp("busybox") / "rootfs.tgz")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from busybox import busybox_tarball, import_busybox, leftovers, require
+from support.busybox import busybox_tarball, import_busybox, leftovers, require
 
 import unionfs
 from unionfs import api

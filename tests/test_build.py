@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from busybox import leftovers, store_state, unionfs
+from support.busybox import leftovers, store_state, unionfs
 
 from unionfs.build import cache as buildcache
 from unionfs.store.store import Store
@@ -332,7 +332,7 @@ def test_built_image_saves_for_skopeo(store: Path, context: Path, counter: Path,
 
 def test_built_image_pushes_to_a_registry(store: Path, context: Path, counter: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from registry_server import have_registry, running_registry
+    from support.registry import have_registry, running_registry
 
     if have_registry() or not shutil.which("skopeo"):
         pytest.skip(have_registry() or "skopeo is not installed")

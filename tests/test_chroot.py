@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from mounting import (
+from support.mount import (
     Dir,
     Entry,
     File,

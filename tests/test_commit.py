@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from images import run, snapshot
-from mounting import (
+from support.images import run, snapshot
+from support.mount import (
     kernel_overlay,
     require,
     skip_reason_fuse,

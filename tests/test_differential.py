@@ -37,7 +37,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-from mounting import (
+from support.mount import (
     LAYER_TIME,
     Dir,
     Fifo,

@@ -1,6 +1,6 @@
 """Unpacking layer tars: every attribute kept, the overlay whiteout format, and hostile input refused.
 
-Every tar is built in code (tests/tarbuild.py). Hostile cases check the error class, that the message is
+Every tar is built in code (tests/support/tar.py). Hostile cases check the error class, that the message is
 one line, and that a sentinel directory beside the destination is unchanged.
 """
 
@@ -13,7 +13,7 @@ import stat
 import tarfile
 
 import pytest
-from tarbuild import (
+from support.tar import (
     END,
     blockdev,
     build,

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from images import ImageSet, flatten_layers, run, snapshot
+from support.images import ImageSet, flatten_layers, run, snapshot
 
 from unionfs.store.store import Store
 

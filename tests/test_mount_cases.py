@@ -1,4 +1,4 @@
-"""The union case table (tests/union_cases.py), unchanged, through a real FUSE mount made by the CLI.
+"""The union case table (tests/support/cases.py), unchanged, through a real FUSE mount made by the CLI.
 
 Each mount runs in its own daemon process (``unionfs mount`` returns once it is live) and is unmounted in a
 ``finally`` even when the test fails (``fusermount3 -u -z`` as the last resort).
@@ -14,7 +14,7 @@ import sys
 from typing import Any, Iterator
 
 import pytest
-from union_cases import CASES, Case, apply_os, build_case, case_id, run_ops, snapshot, tree_of
+from support.cases import CASES, Case, apply_os, build_case, case_id, run_ops, snapshot, tree_of
 
 
 def skip_reason() -> str | None:

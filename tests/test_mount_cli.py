@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
-from union_cases import build_layer, tree_of
+from support.cases import build_layer, tree_of
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse,
               pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from images import ImageSet, snapshot
+from support.images import ImageSet, snapshot
 
 from unionfs.store.store import Store
 

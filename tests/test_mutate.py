@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from busybox import unionfs
+from support.busybox import unionfs
 
 from unionfs.store.store import Store
 

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 from conftest import run_cli
-from images import flatten_layers, run, snapshot
-from registry_server import USERS, FaultProxy, Registry, have_registry, running_registry
+from support.images import flatten_layers, run, snapshot
+from support.registry import USERS, FaultProxy, Registry, have_registry, running_registry
 
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import Platform
@@ -32,7 +32,7 @@ from unionfs.registry.transfer import pull, push
 from unionfs.store.store import Store
 
 if TYPE_CHECKING:
-    from images import TestImages
+    from support.images import TestImages
 
 CLI = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import httpx
 import pytest
-from registry_server import USERS, FakeServer, FaultProxy, Registry, have_registry, running_registry, sha256
+from support.registry import USERS, FakeServer, FaultProxy, Registry, have_registry, running_registry, sha256
 
 from unionfs.errors import (
     CredentialsError,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from busybox import leftovers, unionfs
+from support.busybox import leftovers, unionfs
 
 
 def test_exit_code_is_forwarded_and_nothing_is_left(store: Path) -> None:

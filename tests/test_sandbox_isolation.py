@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from busybox import leftovers, unionfs
+from support.busybox import leftovers, unionfs
 
 #: docker's default capability set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
 #: NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP

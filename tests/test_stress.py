@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from mounting import (
+from support.mount import (
     Dir,
     File,
     Mount,

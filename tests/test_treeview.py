@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from images import NON_UTF8, run, snapshot
-from mounting import kernel_overlay, require, skip_reason_kernel_overlay, skip_reason_root
+from support.images import NON_UTF8, run, snapshot
+from support.mount import kernel_overlay, require, skip_reason_kernel_overlay, skip_reason_root
 
 from unionfs.errors import TreePathError
 from unionfs.image.tree import ImageTree

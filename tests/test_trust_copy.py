@@ -253,7 +253,7 @@ def _hostile_rootfs_tar(dest: Path, host_dir: Path) -> Path:
 @pytest.mark.parametrize("dest", [".", "./", "hello.txt", "sub/", "../evil/x/"])
 def test_copy_over_a_hostile_base_writes_only_into_the_image(tmp_path: Path, store_root: Path,
                                                              dest: str) -> None:
-    from busybox import leftovers, require, unionfs
+    from support.busybox import leftovers, require, unionfs
 
     from unionfs.store.store import Store
     from unionfs.union.view import Union

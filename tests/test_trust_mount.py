@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from mounting import daemon_pids, private_tmpdir, wait_pids_gone
+from support.mount import daemon_pids, private_tmpdir, wait_pids_gone
 from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
 
 from unionfs import mountinfo
@@ -286,7 +286,7 @@ def test_dead_idle_mount_unmounts_plainly(tmp_path: Path, mnt: str) -> None:
 def test_harness_forgets_a_mount_detached_under_its_descriptor(tmp_path: Path) -> None:
     """The suite's one mount harness: a mount lazily detached while the harness pins it is seen gone (it
     recursed between where() and release_root() until RecursionError)."""
-    from mounting import unionfs_mount
+    from support.mount import unionfs_mount
 
     lowers, up, work = _layers(tmp_path)
     mnt = tmp_path / "m"

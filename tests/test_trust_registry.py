@@ -1,6 +1,6 @@
 """What a hostile or broken registry can make the registry client do (README, "Security").
 
-Real HTTP servers on the loopback (``registry_server.FakeServer``: scripted, slow, huge or silent answers), a
+Real HTTP servers on the loopback (``support.registry.FakeServer``: scripted, slow, huge or silent answers), a
 second loopback address (127.0.0.2) standing for "another host", and the machine's own non-loopback address
 where a test needs a host that is not allowed plain HTTP. One unit test uses httpx's mock transport to name
 hosts that do not exist (no packet leaves the machine).
@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 import httpx
 import pytest
-from registry_server import Body, FakeServer, Sent, sha256
+from support.registry import Body, FakeServer, Sent, sha256
 
 from unionfs.errors import RegistryAuthError, RegistryConnectionError, RegistryError, RegistryNotFoundError
 from unionfs.oci.digest import Digest

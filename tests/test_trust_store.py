@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import pytest
 from conftest import run_cli
-from mounting import mount_fstype, require, skip_reason_fuse, skip_reason_root, skip_reason_unionfs, unionfs_mount
+from support.mount import mount_fstype, require, skip_reason_fuse, skip_reason_root, skip_reason_unionfs, unionfs_mount
 
 from unionfs.errors import MountedTreeError
 from unionfs.image.commit import mount_options

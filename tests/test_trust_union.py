@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from mounting import (
+from support.mount import (
     Dir,
     File,
     build_layers,
@@ -31,7 +31,7 @@ from mounting import (
     skip_reason_unionfs,
     unionfs_mount,
 )
-from tarbuild import build, directory, file, opaque
+from support.tar import build, directory, file, opaque
 from test_mount_cases import DAEMONS
 
 from unionfs.image.tree import ImageTree

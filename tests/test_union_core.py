@@ -1,4 +1,4 @@
-"""The union case table (tests/union_cases.py) against the core: unionfs.union.overlay without FUSE."""
+"""The union case table (tests/support/cases.py) against the core: unionfs.union.overlay without FUSE."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 from typing import Any
 
 import pytest
-from union_cases import CASES, Case, build_case, build_layer, case_id, describe, run_ops, snapshot
+from support.cases import CASES, Case, build_case, build_layer, case_id, describe, run_ops, snapshot
 
 from unionfs.union.overlay import Overlay
 
