@@ -17,7 +17,6 @@ from typing import Callable
 import pytest
 from support.busybox import leftovers, store_state, unionfs
 
-from unionfs.build import cache as buildcache
 from unionfs.store.store import Store
 from unionfs.union.view import Union
 
@@ -167,7 +166,7 @@ def test_no_cache_runs_again_and_prune_cache_empties_it(store: Path, context: Pa
     p = build(store, context, counter, "--no-cache", "-t", "test:built")
     assert "Using cache" not in p.stdout
     assert counter.joinpath("runs").read_text() == "before\nafter fast mode\n"
-    assert buildcache.prune(Store(store))[0].startswith("Deleted build cache: ")
+    assert any(line.startswith("Deleted build cache: ") for line in Store(store).prune())
     counter.joinpath("runs").write_text("")
     p = build(store, context, counter, "-t", "test:built")
     assert "Using cache" not in p.stdout and counter.joinpath("runs").read_text() != ""

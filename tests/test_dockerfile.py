@@ -9,8 +9,9 @@ import pytest
 
 from unionfs.build.cache import step_key
 from unionfs.build.context import IgnoreRules, clean_source, digest_sources, match_sources
-from unionfs.build.dockerfile import expand, key_values, parse, split_words
+from unionfs.build.dockerfile import parse
 from unionfs.errors import DockerfileError
+from unionfs.oci.instruction import expand, key_values, split_words
 from unionfs.rootpath import resolve_in_root
 
 

@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 import pytest
-from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
 from support.cases import build_layer, tree_of
+from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse,
               pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]

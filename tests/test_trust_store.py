@@ -27,8 +27,9 @@ from conftest import run_cli
 from support.mount import mount_fstype, require, skip_reason_fuse, skip_reason_root, skip_reason_unionfs, unionfs_mount
 
 from unionfs.errors import MountedTreeError
+from unionfs.fsops import remove_tree
 from unionfs.image.commit import mount_options
-from unionfs.store.store import Store, remove_tree
+from unionfs.store.store import Store
 
 TIMEOUT = 120  # generous bound for any single command (it detects hangs, it measures nothing)
 

@@ -11,10 +11,10 @@ import subprocess
 from typing import Any
 
 import pytest
+from support.cases import tree_of
 from support.mount import is_mounted, skip_reason_kernel_overlay, wait_pids_gone
 from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
 from test_mount_cli import daemon_pids, layers
-from support.cases import tree_of
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse,
               pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]

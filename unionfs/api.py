@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,12 +62,16 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
     An existing container must belong to the same image and must not be mounted already (ContainerError).
     """
     img = obtain(store, image)
+    existed = False
     if name is not None:
-        for c in store.containers():
-            if c["name"] == name and c.get("mountpoint") and daemon.is_mounted(c["mountpoint"]):
-                raise ContainerError(f"container {name} is mounted at {c['mountpoint']}")
-    existed = name is not None and any(c["name"] == name for c in store.containers())
-    plan = store.prepare_container(image, name or f"{_base_name(img)}-{secrets.token_hex(4)}")
+        try:
+            mp = store.container(name).mountpoint
+            existed = True
+        except ContainerError:
+            mp = None
+        if mp and daemon.is_mounted(mp):
+            raise ContainerError(f"container {name} is mounted at {mp}")
+    plan = store.prepare_container(image, name)
     assert plan.name is not None and plan.upper is not None
     cdir = Path(plan.upper).parent
     mnt, init = cdir / "merged", cdir / "init"
@@ -89,9 +92,7 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
     finally:
         try:
             if mounted:
-                from unionfs.build.builder import unmount
-
-                unmount(str(mnt))
+                daemon.umount_busy(str(mnt))
                 with contextlib.suppress(ContainerError):
                     store.set_container_mount(plan.name, None)
         finally:
@@ -101,10 +102,6 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
                 if not keep or (not existed and not mounted):
                     with contextlib.suppress(ContainerError):
                         store.remove_container(plan.name)
-
-
-def _base_name(img: Image) -> str:
-    return img.tags[0].repository.rsplit("/", 1)[-1] if img.tags else "c"
 
 
 @contextlib.contextmanager

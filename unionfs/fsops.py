@@ -1,15 +1,26 @@
-"""The C library, loaded once, with the prototype of every call unionfs makes through it.
+"""Filesystem operations every part shares: the C library loaded once, and the durable write and delete.
 
 Python's ``os`` module covers most system calls; the few it lacks (mount(2), umount2(2), pivot_root(2),
 prctl(2), capset(2), renameat2(2), utimensat(2) on a symlink, futimens(2), fallocate(2), syncfs(2),
 statfs(2)) go through :data:`libc`. Every module uses this one handle, so a prototype is declared once.
+
+``atomic_write`` (temporary name, fsync, rename, fsync of the directory), ``remove_tree`` (the one recursive
+delete: never through a mount) and ``discard_tree`` (rename into a trash directory first, so a kill leaves a
+tree whole or gone) are the only ways unionfs writes a file durably or deletes a tree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import stat
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from unionfs.errors import MountedTreeError, StoreError
+from unionfs.mountinfo import mounts
 
 #: mount(2) flags
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
@@ -50,3 +61,137 @@ def check(ret: int, what: str, path: str | None = None) -> None:
         if path is None:
             raise OSError(err, f"{what}: {os.strerror(err)}")
         raise OSError(err, os.strerror(err), path)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a directory so that a rename inside it is durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through a temporary name in the same directory, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+_RM_DIRFLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove ``path``: a file, a symlink (never followed) or a whole directory tree, whatever its modes.
+
+    Never deletes through a mount: when the mount table lists a mount at or below ``path``, MountedTreeError
+    is raised before anything is removed; a directory met on another device during the walk (a mount made
+    meanwhile) raises it too. The walk is iterative and descriptor-based (two directories open at most, no
+    recursion or path-length limit, no symlink followed). A missing ``path`` is no error. This is the one
+    recursive delete of the store: everything under ``tmp/``, ``layers/`` and ``containers/`` goes through it.
+    """
+    path = os.path.abspath(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    real = os.path.realpath(path)
+    for m in mounts():
+        if m.mountpoint == real or m.mountpoint.startswith(real.rstrip("/") + "/"):
+            raise MountedTreeError(f"refusing to delete {path}: {m.mountpoint} is mounted ({m.fstype}) inside it")
+    parent_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _remove_dir_at(parent_fd, os.path.basename(path), st.st_dev, path)
+    finally:
+        os.close(parent_fd)
+
+
+def _enter_dir(parent_fd: int, name: str, dev: int, where: str) -> int:
+    """Open the subdirectory ``name`` (no symlink followed) and make it writable; refuse another device."""
+    try:
+        fd = os.open(name, _RM_DIRFLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        os.chmod(name, 0o700, dir_fd=parent_fd)  # a directory (lstat-ed by the caller's listing) with mode 0
+        fd = os.open(name, _RM_DIRFLAGS, dir_fd=parent_fd)
+    st = os.fstat(fd)
+    if st.st_dev != dev:
+        os.close(fd)
+        raise MountedTreeError(f"refusing to delete through {where}: it is another filesystem (a mount)")
+    if st.st_mode & 0o700 != 0o700:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+    return fd
+
+
+def _clear_dir(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory ``fd``; returns the names of its subdirectories."""
+    with os.scandir(fd) as it:
+        listing = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    subdirs = []
+    for name, is_dir in listing:
+        if is_dir:
+            subdirs.append(name)
+            continue
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            subdirs.append(name)
+    return subdirs
+
+
+def _remove_dir_at(parent_fd: int, name: str, dev: int, where: str) -> None:
+    """Remove the directory tree ``name`` of ``parent_fd``, staying on device ``dev`` (see ``remove_tree``)."""
+    fd = _enter_dir(parent_fd, name, dev, where)
+    try:
+        # one (name, inode, subdirectories still to remove) per level; only ``fd`` (the deepest) is open
+        stack = [(name, os.fstat(fd).st_ino, _clear_dir(fd))]
+        while stack:
+            pending = stack[-1][2]
+            if pending:
+                sub = pending.pop()
+                child = _enter_dir(fd, sub, dev, os.path.join(where, *(s[0] for s in stack[1:]), sub))
+                os.close(fd)
+                fd = child
+                stack.append((sub, os.fstat(fd).st_ino, _clear_dir(fd)))
+                continue
+            done = stack.pop()[0]
+            if not stack:
+                break
+            up = os.open("..", _RM_DIRFLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            if os.fstat(fd).st_ino != stack[-1][1]:
+                raise StoreError(f"{where} changed while it was being deleted")
+            os.rmdir(done, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def discard_tree(path: str | Path, tmp_dir: str | Path) -> None:
+    """Delete ``path`` crash-safely: rename it into a fresh directory under ``tmp_dir`` (same filesystem),
+    then remove it there. A kill at any point leaves ``path`` either whole or gone, never half deleted; what
+    is left under ``tmp_dir`` is garbage that ``prune`` removes."""
+    if not os.path.lexists(path):
+        return
+    trash = tempfile.mkdtemp(prefix="rm-", dir=tmp_dir)
+    os.rename(path, os.path.join(trash, os.path.basename(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    remove_tree(trash)

@@ -55,7 +55,8 @@ from unionfs.image.commit import new_config
 from unionfs.layer.compression import GZIP
 from unionfs.build.copier import copy_entry, is_archive, makedirs, unpack_archive
 from unionfs.oci.digest import Digest
-from unionfs.build.dockerfile import Instruction, Stage, expand, is_valid_arg_name, parse, parse_instruction, split_words
+from unionfs.build.dockerfile import Stage, parse
+from unionfs.oci.instruction import Instruction, expand, is_valid_arg_name, parse_instruction, split_words
 from unionfs.errors import (BuildError, CommandFailedError, DockerfileError, MountError,
                      UnionfsError, UnsafeLayerError, UsageError)
 from unionfs.oci.manifest import OCI_CONFIG, Descriptor, ImageConfig, Manifest, Platform
@@ -65,7 +66,8 @@ from unionfs.image.pack import pack_layer, write_diff_tar
 from unionfs.oci.reference import Reference
 from unionfs.rootpath import clean, resolve_in_root
 from unionfs.run.sandbox import Bind, Completed, Process, make_init_layer, resolve_user
-from unionfs.store.store import Image, Store, now_rfc3339, remove_tree
+from unionfs.store.store import Image, Store, now_rfc3339
+from unionfs.fsops import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +392,7 @@ class Builder:
         try:
             yield str(mnt)
         finally:
-            unmount(str(mnt))
+            daemon.umount_busy(str(mnt))
 
     def _layer_image(self, parent: Image, created_by: str, work: Callable[[str, Path], None], *,
                      init_targets: Sequence[tuple[str, bool]] = (),
@@ -632,20 +634,4 @@ def _dest_dir(mnt: str, path: str, owner: tuple[int, int] | None) -> str:
     return target
 
 
-def unmount(mountpoint: str) -> None:
-    """Unmount a build mount, retrying while it is busy, lazily as the last resort."""
-    for _ in range(50):
-        if not daemon.is_mounted(mountpoint):
-            return
-        try:
-            daemon.umount(mountpoint)
-            return
-        except MountError as e:
-            log.debug("unmount %s: %s", mountpoint, e)
-            time.sleep(0.1)
-    if daemon.is_mounted(mountpoint):
-        log.warning("%s stays busy: detaching it lazily", mountpoint)
-        daemon.umount(mountpoint, lazy=True)
-
-
-__all__ = ["Builder", "BuildOptions", "BuildResult", "sandbox_runner", "short_id", "unmount", "Digest"]
+__all__ = ["Builder", "BuildOptions", "BuildResult", "sandbox_runner", "short_id", "Digest"]

@@ -19,7 +19,7 @@ from unionfs.mount import daemon
 from unionfs.union.plan import MountPlan
 
 if TYPE_CHECKING:
-    from unionfs.store.store import Store
+    from unionfs.store.store import Container, Store
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -126,7 +126,7 @@ STATUS = {daemon.LIVE: "mounted", daemon.DEAD: "dead (daemon gone)", daemon.HUNG
 def cmd_ps(args: argparse.Namespace) -> int:
     mounts = daemon.live_mounts()
     by_name = {m.name: m for m in mounts if m.name}
-    containers: list[dict] = []
+    containers: list[Container] = []
     try:
         from unionfs.image.commit import is_paused
         from unionfs.store.store import Store
@@ -138,7 +138,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         containers = []
     if args.quiet:
         for c in containers:
-            print(c["name"])
+            print(c.name)
         return 0
     daemons = daemon.daemon_pids() if mounts else {}
     status = {m.mountpoint: STATUS[daemon.mount_state(m.mountpoint, daemons)] for m in mounts}
@@ -146,12 +146,12 @@ def cmd_ps(args: argparse.Namespace) -> int:
     seen = set()
     by_mountpoint = {m.mountpoint: m for m in mounts}
     for c in containers:
-        m = by_name.get(c["name"]) or by_mountpoint.get(c.get("mountpoint") or "")
-        seen.add(c["name"])
+        m = by_name.get(c.name) or by_mountpoint.get(c.mountpoint or "")
+        seen.add(c.name)
         if m:
             seen.add(m.mountpoint)
         state = "-" if not m else "paused" if is_paused(c) else status[m.mountpoint]
-        rows.append((c["name"], c.get("ref", ""), c.get("created", ""), m.mountpoint if m else "-", state))
+        rows.append((c.name, c.ref, c.created, m.mountpoint if m else "-", state))
     for m in mounts:
         if m.name in seen or m.mountpoint in seen:
             continue

@@ -222,7 +222,9 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    lines = _store(args).prune(all_unused=args.all)
+    from unionfs.mount.daemon import detach_orphan
+
+    lines = _store(args).prune(all_unused=args.all, detach=detach_orphan)
     for line in lines:
         print(line)
     if not lines:

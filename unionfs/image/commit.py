@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from unionfs.errors import CommitError, ContainerError
+from unionfs.fsops import remove_tree
 from unionfs.image.pack import PackedLayer, TarOptions, pack_layer, public_xattrs, redirect_of, write_diff_tar
 from unionfs.layer import whiteout as wh
 from unionfs.layer.compression import GZIP
@@ -67,7 +68,7 @@ from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import OCI_CONFIG, Descriptor, ImageConfig, Manifest
 from unionfs.oci.mutate import CHANGE_INSTRUCTIONS, apply_changes
 from unionfs.oci.reference import Reference
-from unionfs.store.store import Image, Store, now_rfc3339, remove_tree
+from unionfs.store.store import Container, Image, Store, now_rfc3339
 from unionfs.union.view import Node, Union
 
 log = logging.getLogger(__name__)
@@ -236,28 +237,20 @@ def commit_upper(store: Store, base: Image, upper: str, *, tags: Sequence[Refere
     return CommitResult(image, layer)
 
 
-def find_container(store: Store, name: str) -> dict[str, Any]:
-    """The state of container ``name``; raises ContainerError."""
-    for c in store.containers():
-        if c.get("name") == name:
-            return c
-    raise ContainerError(f"no such container: {name}")
-
-
-def container_image(store: Store, state: dict[str, Any]) -> Image:
+def container_image(store: Store, state: Container) -> Image:
     """The image a container was made from (by its manifest digest, so a moved tag does not matter)."""
-    return store.image_from_descriptor(Descriptor("", Digest.parse(state["manifest"]), -1))
+    return store.image_from_descriptor(Descriptor("", Digest.parse(state.manifest), -1))
 
 
-def container_index_dir(state: dict[str, Any]) -> str | None:
+def container_index_dir(state: Container) -> str | None:
     """unionfs' hardlink index of the container (WORK/unionfs/index), when it has one."""
-    work = os.path.join(os.path.dirname(state["upper"]), "work", "unionfs", "index")
-    return work if os.path.isdir(work) else None
+    index = os.path.join(state.work, "unionfs", "index")
+    return index if os.path.isdir(index) else None
 
 
-def live_mountpoint(state: dict[str, Any]) -> str | None:
+def live_mountpoint(state: Container) -> str | None:
     """Where the container is mounted now, or None."""
-    mp = state.get("mountpoint")
+    mp = state.mountpoint
     return mp if mp and mount_options(mp) is not None else None
 
 
@@ -268,7 +261,7 @@ def commit_container(store: Store, name: str, tags: Sequence[Reference] = (), *,
     A mounted container is frozen for the time of the packing unless ``pause`` is False.
     """
     resume_orphaned_pauses(store)
-    state = find_container(store, name)
+    state = store.container(name)
     base = container_image(store, state)
     mp = live_mountpoint(state)
     kwargs.setdefault("created_by", f"unionfs commit {name}")
@@ -276,11 +269,11 @@ def commit_container(store: Store, name: str, tags: Sequence[Reference] = (), *,
     if mp and not pause:
         log.warning("committing the live mount at %s without pausing it: the layer may be inconsistent", mp)
     if not (mp and pause):
-        return commit_upper(store, base, state["upper"], tags=tags, **kwargs)
+        return commit_upper(store, base, state.upper, tags=tags, **kwargs)
     marker = _pause_marker(mp)
     try:
         with frozen(mp, on_pause=lambda: store.set_container_paused(name, marker)):
-            return commit_upper(store, base, state["upper"], tags=tags, **kwargs)
+            return commit_upper(store, base, state.upper, tags=tags, **kwargs)
     finally:
         with contextlib.suppress(ContainerError):
             store.set_container_paused(name, None, if_current=marker)
@@ -306,10 +299,9 @@ def _pauser_alive(marker: dict[str, Any]) -> bool:
         return False
 
 
-def is_paused(state: dict[str, Any]) -> bool:
+def is_paused(state: Container) -> bool:
     """True when a running commit holds the container's mount paused (read-only)."""
-    marker = state.get("paused")
-    return isinstance(marker, dict) and _pauser_alive(marker)
+    return state.paused is not None and _pauser_alive(state.paused)
 
 
 def resume_orphaned_pauses(store: Store) -> list[str]:
@@ -318,20 +310,20 @@ def resume_orphaned_pauses(store: Store) -> list[str]:
     warning) for the next command."""
     resumed = []
     for state in store.containers():
-        marker = state.get("paused")
-        if marker is None or (isinstance(marker, dict) and _pauser_alive(marker)):
+        marker = state.paused
+        if marker is None or _pauser_alive(marker):
             continue
-        mp = marker.get("mountpoint") if isinstance(marker, dict) else None
+        mp = marker.get("mountpoint")
         opts = mount_options(mp) if isinstance(mp, str) else None
         if opts is not None and "ro" in opts[:1]:
             r = _remount(mp, "rw")  # type: ignore[arg-type]
             if r.returncode != 0:
-                log.warning("container %s: cannot make %s writable again: %s", state["name"], mp, r.stderr.strip())
+                log.warning("container %s: cannot make %s writable again: %s", state.name, mp, r.stderr.strip())
                 continue
         with contextlib.suppress(ContainerError):
-            store.set_container_paused(state["name"], None, if_current=marker)
-        log.warning("container %s: resumed the mount at %s, paused by a commit that was killed", state["name"], mp)
-        resumed.append(state["name"])
+            store.set_container_paused(state.name, None, if_current=marker)
+        log.warning("container %s: resumed the mount at %s, paused by a commit that was killed", state.name, mp)
+        resumed.append(state.name)
     return resumed
 
 
@@ -459,9 +451,9 @@ def diff_trees(lowers_a: Sequence[str], lowers_b: Sequence[str]) -> list[tuple[s
 
 def diff_container(store: Store, name: str) -> list[tuple[str, str]]:
     """``docker diff CONTAINER``: the changes in the container's upper over its image."""
-    state = find_container(store, name)
+    state = store.container(name)
     lowers = [str(p) for p in store.ensure_layers(container_image(store, state))]
-    return diff_upper(state["upper"], lowers)
+    return diff_upper(state.upper, lowers)
 
 
 def diff_images(store: Store, first: str, second: str) -> list[tuple[str, str]]:
@@ -472,4 +464,4 @@ def diff_images(store: Store, first: str, second: str) -> list[tuple[str, str]]:
 
 
 __all__ = ["is_paused", "resume_orphaned_pauses", "apply_changes", "new_config", "commit_upper", "commit_container", "CommitResult", "frozen",
-           "diff_upper", "diff_trees", "diff_container", "diff_images", "find_container", "CHANGE_INSTRUCTIONS"]
+           "diff_upper", "diff_trees", "diff_container", "diff_images", "CHANGE_INSTRUCTIONS"]

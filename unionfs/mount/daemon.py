@@ -277,6 +277,35 @@ def umount(mountpoint: str, *, lazy: bool = False) -> bool:
     return False
 
 
+def umount_busy(mountpoint: str) -> None:
+    """Unmount the unionfs mount at ``mountpoint`` (none there: nothing to do), retrying for 5 s while it is
+    busy, then lazily as the last resort (the mount of a container or build step whose processes may linger)."""
+    for _ in range(50):
+        if not is_mounted(mountpoint):
+            return
+        try:
+            umount(mountpoint)
+            return
+        except MountError as e:
+            log.debug("unmount %s: %s", mountpoint, e)
+            time.sleep(0.1)
+    if is_mounted(mountpoint):
+        log.warning("%s stays busy: detaching it lazily", mountpoint)
+        umount(mountpoint, lazy=True)
+
+
+def detach_orphan(mount: mountinfo.Mount) -> bool:
+    """Detach lazily a unionfs mount whose owner was killed and stop its daemon; False (nothing done) for a
+    mount of another type. This is ``Store.prune``'s ``detach``. MountError when the unmount fails."""
+    if mount.fstype != FSTYPE:
+        return False
+    pid = daemon_pid(mount.mountpoint)
+    umount(mount.mountpoint, lazy=True)
+    if pid is not None:
+        stop(pid)
+    return True
+
+
 def _unmount_cmd(mp: str, lazy: bool) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool:

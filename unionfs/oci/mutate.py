@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from unionfs.build.dockerfile import Instruction, expand, json_array, key_values, parse_instruction, split_words
 from unionfs.errors import DockerfileError, UsageError
+from unionfs.oci.instruction import Instruction, expand, json_array, key_values, parse_instruction, split_words
 from unionfs.rootpath import clean
 
 #: the shell of shell-form RUN, CMD and ENTRYPOINT when the config has no ``Shell``

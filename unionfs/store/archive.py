@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO, Iterator
 
 from unionfs.errors import ArchiveError, DigestError, ManifestError, ReferenceError_, UnionfsError, printable, shown
+from unionfs.fsops import remove_tree
 from unionfs.layer.compression import compress_stream, open_decompressed
 from unionfs.layer.unpack import BoundedTarInfo, LayerReader, max_layer_size  # one bound for load and import
 from unionfs.oci.digest import Digest, HashingReader
@@ -48,7 +49,7 @@ from unionfs.oci.manifest import (
     parse_docker_archive_manifest,
 )
 from unionfs.oci.reference import Reference
-from unionfs.store.store import Image, Store, now_rfc3339, remove_tree
+from unionfs.store.store import Image, Store, now_rfc3339
 
 log = logging.getLogger(__name__)
 

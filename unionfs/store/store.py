@@ -5,6 +5,7 @@ On disk (README, "Architecture")::
     ROOT/oci-layout, ROOT/index.json, ROOT/blobs/sha256/<hex>   a valid OCI image layout (skopeo, umoci read it)
     ROOT/layers/<diffid-hex>/                                    one extracted layer, overlay format, read-only
     ROOT/containers/<name>/{upper,work,state.json}               one writable upper per container
+    ROOT/cache/<kind>/<key>.json                                 cache entries naming a manifest (GC roots)
     ROOT/tmp/                                                    staging on the same filesystem
     ROOT/lock                                                    flock(2) serialising commands that change the store
 
@@ -23,7 +24,11 @@ Contracts:
 * Crash safety: a layer or container is deleted by renaming it into ``tmp/`` first (``discard_tree``), so a
   kill -9 at any point leaves it whole or gone; ``tmp/`` holds only garbage, which ``prune`` removes.
 * Nothing is deleted through a mount: ``remove_tree`` is the one recursive delete and refuses trees with a
-  mount inside. ``prune`` detaches unionfs mounts a killed ``build`` left under ``tmp/``.
+  mount inside. ``prune`` detaches, through the caller's ``detach``, mounts a killed ``build`` left under
+  ``tmp/``.
+* Garbage collection keeps what a root names: a tag or untagged entry of ``index.json``, a container, or a
+  cache entry. Caches (the build cache is one) are kept by kind under ``cache/``, through ``put_cached`` and
+  ``cached``; the store knows no cache's meaning, and ``prune`` empties them all.
 
 The store never mounts anything: ``prepare_container`` answers with a MountPlan.
 """
@@ -31,13 +36,13 @@ The store never mounts anything: ``prepare_container`` answers with a MountPlan.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
 import logging
 import os
 import secrets
-import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -58,7 +63,8 @@ from unionfs.errors import (
     StoreLockedError,
     UnionfsError,
 )
-from unionfs.mountinfo import mount_at, mounts
+from unionfs.fsops import atomic_write, discard_tree, fsync_dir, remove_tree
+from unionfs.mountinfo import Mount, mount_at, mounts
 from unionfs.oci.digest import Digest, HashingReader
 from unionfs.oci.manifest import (
     CONTAINERD_NAME_ANNOTATION,
@@ -97,138 +103,52 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def fsync_dir(path: str | Path) -> None:
-    """fsync a directory so that a rename inside it is durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class Container:
+    """A container's state (``containers/<name>/state.json``): the image it was made from and where it is mounted.
 
-
-def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary name in the same directory, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-_RM_DIRFLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def remove_tree(path: str | Path) -> None:
-    """Remove ``path``: a file, a symlink (never followed) or a whole directory tree, whatever its modes.
-
-    Never deletes through a mount: when the mount table lists a mount at or below ``path``, MountedTreeError
-    is raised before anything is removed; a directory met on another device during the walk (a mount made
-    meanwhile) raises it too. The walk is iterative and descriptor-based (two directories open at most, no
-    recursion or path-length limit, no symlink followed). A missing ``path`` is no error. This is the one
-    recursive delete of the store: everything under ``tmp/``, ``layers/`` and ``containers/`` goes through it.
+    ``paused`` is the marker a ``commit`` records while it holds the mount read-only (its pid, start time and
+    the mountpoint), None otherwise. ``upper`` and ``work`` are its directories (not stored: derived).
     """
-    path = os.path.abspath(path)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-    real = os.path.realpath(path)
-    for m in mounts():
-        if m.mountpoint == real or m.mountpoint.startswith(real.rstrip("/") + "/"):
-            raise MountedTreeError(f"refusing to delete {path}: {m.mountpoint} is mounted ({m.fstype}) inside it")
-    parent_fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        _remove_dir_at(parent_fd, os.path.basename(path), st.st_dev, path)
-    finally:
-        os.close(parent_fd)
 
+    name: str
+    ref: str
+    image_id: str
+    manifest: str
+    created: str
+    layers: tuple[str, ...]
+    upper: str
+    work: str
+    mountpoint: str | None = None
+    paused: dict[str, Any] | None = None
 
-def _enter_dir(parent_fd: int, name: str, dev: int, where: str) -> int:
-    """Open the subdirectory ``name`` (no symlink followed) and make it writable; refuse another device."""
-    try:
-        fd = os.open(name, _RM_DIRFLAGS, dir_fd=parent_fd)
-    except PermissionError:
-        os.chmod(name, 0o700, dir_fd=parent_fd)  # a directory (lstat-ed by the caller's listing) with mode 0
-        fd = os.open(name, _RM_DIRFLAGS, dir_fd=parent_fd)
-    st = os.fstat(fd)
-    if st.st_dev != dev:
-        os.close(fd)
-        raise MountedTreeError(f"refusing to delete through {where}: it is another filesystem (a mount)")
-    if st.st_mode & 0o700 != 0o700:
-        with contextlib.suppress(OSError):
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
-    return fd
+    _STORED = ("name", "ref", "image_id", "manifest", "created", "layers", "mountpoint", "paused")
 
-
-def _clear_dir(fd: int) -> list[str]:
-    """Unlink every non-directory in the directory ``fd``; returns the names of its subdirectories."""
-    with os.scandir(fd) as it:
-        listing = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-    subdirs = []
-    for name, is_dir in listing:
-        if is_dir:
-            subdirs.append(name)
-            continue
+    @classmethod
+    def from_json(cls, data: dict[str, Any], cdir: Path) -> Container:
+        """The state read from ``cdir/state.json`` (ContainerError for one that is not a container's)."""
         try:
-            os.unlink(name, dir_fd=fd)
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
-            subdirs.append(name)
-    return subdirs
+            return cls(str(data["name"]), str(data.get("ref", "")), str(data["image_id"]),
+                       str(data.get("manifest", "")), str(data.get("created", "")),
+                       tuple(str(x) for x in data.get("layers") or ()), str(cdir / "upper"), str(cdir / "work"),
+                       data.get("mountpoint") or None, data.get("paused") if isinstance(data.get("paused"), dict)
+                       else None)
+        except (KeyError, TypeError, AttributeError):
+            raise ContainerError(f"{cdir / 'state.json'} is not a container's state") from None
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``state.json`` holds (no ``paused`` key when not paused)."""
+        out = {k: getattr(self, k) for k in self._STORED}
+        out["layers"] = list(self.layers)
+        if out["paused"] is None:
+            del out["paused"]
+        return out
 
 
-def _remove_dir_at(parent_fd: int, name: str, dev: int, where: str) -> None:
-    """Remove the directory tree ``name`` of ``parent_fd``, staying on device ``dev`` (see ``remove_tree``)."""
-    fd = _enter_dir(parent_fd, name, dev, where)
-    try:
-        # one (name, inode, subdirectories still to remove) per level; only ``fd`` (the deepest) is open
-        stack = [(name, os.fstat(fd).st_ino, _clear_dir(fd))]
-        while stack:
-            pending = stack[-1][2]
-            if pending:
-                sub = pending.pop()
-                child = _enter_dir(fd, sub, dev, os.path.join(where, *(s[0] for s in stack[1:]), sub))
-                os.close(fd)
-                fd = child
-                stack.append((sub, os.fstat(fd).st_ino, _clear_dir(fd)))
-                continue
-            done = stack.pop()[0]
-            if not stack:
-                break
-            up = os.open("..", _RM_DIRFLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = up
-            if os.fstat(fd).st_ino != stack[-1][1]:
-                raise StoreError(f"{where} changed while it was being deleted")
-            os.rmdir(done, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
-
-
-def discard_tree(path: str | Path, tmp_dir: str | Path) -> None:
-    """Delete ``path`` crash-safely: rename it into a fresh directory under ``tmp_dir`` (same filesystem),
-    then remove it there. A kill at any point leaves ``path`` either whole or gone, never half deleted; what
-    is left under ``tmp_dir`` is garbage that ``prune`` removes."""
-    if not os.path.lexists(path):
-        return
-    trash = tempfile.mkdtemp(prefix="rm-", dir=tmp_dir)
-    os.rename(path, os.path.join(trash, os.path.basename(path)))
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-    remove_tree(trash)
+def container_name(image: Image) -> str:
+    """A fresh container name: the image's repository's last part (``c`` when untagged) and 8 hex digits."""
+    base = image.tags[0].repository.rsplit("/", 1)[-1] if image.tags else "c"
+    return f"{base}-{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)
@@ -642,21 +562,19 @@ class Store:
         with self.lock():
             image = self.resolve(image_ref)
             lowers = self.ensure_layers(image)
-            name = name or f"{image.tags[0].repository.rsplit('/', 1)[-1] if image.tags else 'c'}-{secrets.token_hex(4)}"
+            name = name or container_name(image)
             cdir = self._container_dir(name)
-            state_path = cdir / "state.json"
-            if state_path.exists():
-                state = json.loads(state_path.read_bytes())
-                if state["image_id"] != str(image.id):
-                    raise ContainerError(f"container {name} exists for another image ({state['ref']})")
+            if (cdir / "state.json").exists():
+                old = self.container(name)
+                if old.image_id != str(image.id):
+                    raise ContainerError(f"container {name} exists for another image ({old.ref})")
             else:
                 stage = Path(self.staging_dir("container-"))
                 (stage / "upper").mkdir(mode=0o755)
                 (stage / "work").mkdir(mode=0o700)
-                state = {"name": name, "ref": image_ref, "image_id": str(image.id),
-                         "manifest": str(image.manifest_desc.digest), "created": now_rfc3339(),
-                         "layers": [p.name for p in lowers], "mountpoint": None}
-                atomic_write(stage / "state.json", canonical_json(state))
+                state = Container(name, image_ref, str(image.id), str(image.manifest_desc.digest), now_rfc3339(),
+                                  tuple(p.name for p in lowers), str(cdir / "upper"), str(cdir / "work"))
+                atomic_write(stage / "state.json", canonical_json(state.to_json()))
                 try:
                     os.rename(stage, cdir)
                 except OSError as e:
@@ -666,51 +584,49 @@ class Store:
                     raise
             return MountPlan(tuple(str(p) for p in lowers), str(cdir / "upper"), str(cdir / "work"), name)
 
-    def containers(self) -> list[dict[str, Any]]:
-        """Every container's state (name, ref, image_id, created, mountpoint, upper)."""
+    def container(self, name: str) -> Container:
+        """Container ``name``'s state; ContainerError when there is no such container."""
+        cdir = self._container_dir(name)
+        try:
+            data = json.loads((cdir / "state.json").read_bytes())
+        except FileNotFoundError:
+            raise ContainerError(f"no such container: {name}") from None
+        except ValueError:
+            raise ContainerError(f"{cdir / 'state.json'} is not a container's state") from None
+        if not isinstance(data, dict):
+            raise ContainerError(f"{cdir / 'state.json'} is not a container's state")
+        return Container.from_json(data, cdir)
+
+    def containers(self) -> list[Container]:
+        """Every container's state, by name (unreadable states are skipped)."""
         out = []
         for d in sorted(self.containers_dir.iterdir()):
-            try:
-                state = json.loads((d / "state.json").read_bytes())
-            except (OSError, ValueError):
-                continue
-            state["upper"] = str(d / "upper")
-            out.append(state)
+            with contextlib.suppress(ContainerError, OSError):
+                out.append(self.container(d.name))
         return out
 
     def set_container_mount(self, name: str, mountpoint: str | None) -> None:
         """Record where container ``name`` is mounted (None: not mounted)."""
-        def change(state: dict[str, Any]) -> None:
-            state["mountpoint"] = mountpoint
+        self._update_container(name, lambda c: dataclasses.replace(c, mountpoint=mountpoint))
 
-        self._update_container_state(name, change)
-
-    def _update_container_state(self, name: str, change: Callable[[dict[str, Any]], None]) -> None:
-        """Under the lock: read container ``name``'s state.json, let ``change`` edit it in place, and write it
-        back atomically (ContainerError when there is no such container)."""
+    def _update_container(self, name: str, change: Callable[[Container], Container]) -> None:
+        """Under the lock: read container ``name``'s state, let ``change`` make the new one, and write it back
+        atomically (ContainerError when there is no such container)."""
         with self.lock():
-            path = self._container_dir(name) / "state.json"
-            try:
-                state = json.loads(path.read_bytes())
-            except FileNotFoundError:
-                raise ContainerError(f"no such container: {name}") from None
-            change(state)
-            atomic_write(path, canonical_json(state))
+            new = change(self.container(name))
+            atomic_write(self._container_dir(name) / "state.json", canonical_json(new.to_json()))
 
     def set_container_paused(self, name: str, marker: dict[str, Any] | None, *,
                              if_current: dict[str, Any] | None = None) -> None:
         """Record (``marker``: who paused it, where) or clear (None) the pause of container ``name``'s mount
         (``commit``); written atomically, so a command killed while pausing leaves a marker to undo. With
         ``if_current``, only when the recorded marker is that one."""
-        def change(state: dict[str, Any]) -> None:
-            if if_current is not None and state.get("paused") != if_current:
-                return
-            if marker is None:
-                state.pop("paused", None)
-            else:
-                state["paused"] = marker
+        def change(c: Container) -> Container:
+            if if_current is not None and c.paused != if_current:
+                return c
+            return dataclasses.replace(c, paused=marker)
 
-        self._update_container_state(name, change)
+        self._update_container(name, change)
 
     def remove_container(self, name: str) -> None:
         """Delete container ``name`` and its upper. Raises ContainerError when missing or mounted."""
@@ -718,8 +634,10 @@ class Store:
             cdir = self._container_dir(name)
             if not cdir.exists():
                 raise ContainerError(f"no such container: {name}")
-            state = json.loads((cdir / "state.json").read_bytes())
-            mp = state.get("mountpoint")
+            try:
+                mp = self.container(name).mountpoint
+            except ContainerError:
+                mp = None  # a half-made container (no readable state) can go
             if mp and mount_at(mp) is not None:
                 raise ContainerError(f"container {name} is mounted at {mp}; unmount it first")
             discard_tree(cdir, self.tmp_dir)
@@ -735,7 +653,7 @@ class Store:
         out: list[str] = []
         with self.lock():
             image = self.resolve(text)
-            users = [c["name"] for c in self.containers() if c.get("image_id") == str(image.id)]
+            users = [c.name for c in self.containers() if c.image_id == str(image.id)]
             by_ref = not _is_id_like(text)
             all_tags = [t for img in self.images() if img.id == image.id for t in img.tags]
             if by_ref:
@@ -765,15 +683,12 @@ class Store:
         with self.lock():
             keep_blobs: set[str] = set()
             keep_layers: set[str] = set()
-            from . import buildcache  # the build cache's step images are roots too, until `prune`
-
             self._flush_index()
-            roots = [Descriptor.from_json(e) for e in self._read_index()] + buildcache.roots(self)
-            containers = self.containers()
-            for c in containers:
-                keep_layers.update(c.get("layers") or [])
-                if c.get("manifest"):
-                    roots.append(Descriptor("", Digest.parse(c["manifest"]), -1))
+            roots = [Descriptor.from_json(e) for e in self._read_index()] + self._cached_roots()
+            for c in self.containers():
+                keep_layers.update(c.layers)
+                if c.manifest:
+                    roots.append(Descriptor("", Digest.parse(c.manifest), -1))
             for desc in roots:
                 self._mark(desc, keep_blobs, keep_layers)
             for d in self.blob_digests():
@@ -811,12 +726,13 @@ class Store:
             layers.update(d.hex for d in ImageConfig.parse(self.read_blob(manifest.config.digest, False),
                                                            strict=False).diff_ids)
 
-    def prune(self, all_unused: bool = False) -> list[str]:
-        """Remove dangling images (all images no container uses, with ``all_unused``) and the build cache,
-        then collect garbage and empty ``tmp/``. Returns lines describing what went."""
+    def prune(self, all_unused: bool = False, detach: Detach | None = None) -> list[str]:
+        """Remove dangling images (all images no container uses, with ``all_unused``) and every cache, then
+        collect garbage and empty ``tmp/`` (mounts found there go through ``detach``, see ``_clean_tmp``).
+        Returns lines describing what went."""
         out: list[str] = []
         with self.lock():
-            used = {c.get("manifest") for c in self.containers()}
+            used = {c.manifest for c in self.containers()}
             entries = self._read_index()
             keep = [e for e in entries if e.get("digest") in used
                     or (self._entry_ref(e) is not None and not all_unused)]
@@ -825,37 +741,31 @@ class Store:
                     ref = self._entry_ref(e)
                     out.append(f"Untagged: {ref.familiar}" if ref else f"Deleted: {e.get('digest')}")
             self._write_index(keep)
-            from unionfs.build import cache as buildcache
-
-            out.extend(buildcache.prune(self))
+            out.extend(self._drop_caches())
             out.extend(f"Deleted: {d}" for d in self.gc())
-            out.extend(self._clean_tmp())
+            out.extend(self._clean_tmp(detach))
         return out
 
-    def _clean_tmp(self) -> list[str]:
+    def _clean_tmp(self, detach: Detach | None) -> list[str]:
         """Empty ``tmp/``: staging left by killed commands. Needs the lock.
 
         Every command that mounts under ``tmp/`` (``build``) holds the store lock while its mounts live, so a
-        mount found here while we hold the lock lost its owner: a unionfs mount is detached lazily and its
-        daemon stopped; anything else mounted there is left alone with a note, and so is the tree holding it
-        (``remove_tree`` never deletes through a mount). Returns lines describing what was done or skipped.
+        mount found here while we hold the lock lost its owner. The store never mounts or unmounts: each such
+        mount goes to ``detach``, which detaches it (True) or declines a mount it did not make (False, or no
+        ``detach``): that one is left alone with a note, and so is the tree holding it (``remove_tree`` never
+        deletes through a mount). Returns lines describing what was done or skipped.
         """
-        from unionfs.mount import daemon
-
         out: list[str] = []
         tmp = os.path.realpath(self.tmp_dir)
         for m in reversed([m for m in mounts() if m.mountpoint.startswith(tmp + "/")]):  # topmost first
-            if m.fstype != daemon.FSTYPE:
-                out.append(f"Skipped: {m.mountpoint} is a {m.fstype} mount unionfs did not make")
-                continue
-            pid = daemon.daemon_pid(m.mountpoint)
             try:
-                daemon.umount(m.mountpoint, lazy=True)
+                detached = detach is not None and detach(m)
             except UnionfsError as e:
                 out.append(f"Skipped: {m.mountpoint}: {e}")
                 continue
-            if pid is not None:
-                daemon.stop(pid)
+            if not detached:
+                out.append(f"Skipped: {m.mountpoint} is a {m.fstype} mount unionfs did not make")
+                continue
             out.append(f"Unmounted: {m.mountpoint} (left behind by a killed command)")
         for p in self.tmp_dir.iterdir():
             try:
@@ -863,6 +773,66 @@ class Store:
             except MountedTreeError as e:
                 out.append(f"Skipped: {e}")
         return out
+
+
+    # -- caches: entries that name a manifest, kept as garbage-collection roots until ``prune`` -----------
+    def cache_dir(self, kind: str) -> Path:
+        """``ROOT/cache/<kind>`` (not created)."""
+        if not kind.isidentifier():
+            raise StoreError(f"invalid cache kind {kind!r}")
+        return self.root / "cache" / kind
+
+    def put_cached(self, kind: str, key: str, manifest: Descriptor, **extra: Any) -> Path:
+        """Record, atomically, the cache entry ``key`` of ``kind`` naming ``manifest`` (a garbage-collection
+        root from now on) with ``extra`` JSON values; returns the entry's path (for a rollback)."""
+        if not key or not all(c in "0123456789abcdef" for c in key):
+            raise StoreError(f"invalid cache key {key!r}")
+        d = self.cache_dir(kind)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = d / f"{key}.json"
+        atomic_write(path, canonical_json({"manifest": manifest.to_json(), **extra}))
+        return path
+
+    def cached(self, kind: str, key: str) -> tuple[Descriptor, dict[str, Any]] | None:
+        """The manifest descriptor and the whole entry of cache entry ``key`` of ``kind`` (None: none, or
+        unreadable)."""
+        try:
+            entry = json.loads((self.cache_dir(kind) / f"{key}.json").read_bytes())
+            return Descriptor.from_json(entry["manifest"]), entry
+        except (OSError, ValueError, KeyError, TypeError, UnionfsError):
+            return None
+
+    def _cache_entries(self) -> Iterator[tuple[str, Path]]:
+        base = self.root / "cache"
+        if base.is_dir():
+            for d in sorted(base.iterdir()):
+                if d.is_dir():
+                    yield from ((d.name, p) for p in d.glob("*.json"))
+
+    def _cached_roots(self) -> list[Descriptor]:
+        out = []
+        for kind, p in self._cache_entries():
+            hit = self.cached(kind, p.stem)
+            if hit is not None:
+                out.append(hit[0])
+        return out
+
+    def _drop_caches(self) -> list[str]:
+        """Delete every cache entry; one line per kind that had entries ("Deleted build cache: 3 entries")."""
+        counts: dict[str, int] = {}
+        base = self.root / "cache"
+        for d in sorted(base.iterdir()) if base.is_dir() else ():
+            for p in d.iterdir() if d.is_dir() else ():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)  # entries and the temporary names of entries a kill interrupted
+                    if p.suffix == ".json" and not p.name.startswith("."):
+                        counts[d.name] = counts.get(d.name, 0) + 1
+        return [f"Deleted {kind} cache: {n} entries" for kind, n in counts.items()]
+
+
+#: ``prune``'s way to detach a mount a killed command left under ``tmp/``: True when it detached it (and
+#: stopped its daemon), False for a mount it did not make; UnionfsError when it could not
+Detach = Callable[[Mount], bool]
 
 
 def _is_id_like(text: str) -> bool:
