@@ -1,4 +1,4 @@
-"""Paths inside an image's rootfs (README, "Security"): ``rootpath.resolve_in_root`` against the kernel's own
+"""Paths inside an image's rootfs (docs/security.md): ``rootpath.resolve_in_root`` against the kernel's own
 ``openat2(RESOLVE_IN_ROOT)`` on random trees of links, its corner cases, and a build over a hostile base image
 (a symlink to a host directory reached through ``/missing/..`` in WorkingDir) that must write only into the
 image."""

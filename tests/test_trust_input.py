@@ -1,4 +1,4 @@
-"""Hostile image input (README, "Security"): decompression bounds, sparse members, zstd zero runs, typed
+"""Hostile image input (docs/security.md): decompression bounds, sparse members, zstd zero runs, typed
 manifests/indexes/configs, reference grammar, bounded one-line messages.
 
 Archives and layouts are crafted here and fed through ``python -m unionfs load -i`` as a user would; the

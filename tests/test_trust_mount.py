@@ -1,4 +1,4 @@
-"""Mount flags and dead mounts (README, "Security" and "Mounting"), on real mounts as root.
+"""Mount flags and dead mounts (docs/security.md, docs/semantics.md and docs/cli.md, "Mounting"), on real mounts as root.
 
 Item 3: a set-uid-root program in a layer (a tiny C program printing its effective uid, compiled here) is run
 by ``nobody`` through the mount: the mount must be ``nosuid,nodev`` and private to root unless asked

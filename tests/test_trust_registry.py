@@ -1,4 +1,4 @@
-"""What a hostile or broken registry can make the registry client do (README, "Security").
+"""What a hostile or broken registry can make the registry client do (docs/security.md).
 
 Real HTTP servers on the loopback (``support.registry.FakeServer``: scripted, slow, huge or silent answers), a
 second loopback address (127.0.0.2) standing for "another host", and the machine's own non-loopback address

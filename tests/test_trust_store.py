@@ -1,4 +1,4 @@
-"""Crash safety and bounds of the store (README, "Security"): kill -9 at controlled points, hostile archives.
+"""Crash safety and bounds of the store (docs/security.md): kill -9 at controlled points, hostile archives.
 
 The kill tests run real ``python -m unionfs`` subprocesses and kill them when the test sees them inside the
 window (a layer directory changing, a mount turning read-only): no test hooks in the code.

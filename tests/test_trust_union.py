@@ -1,4 +1,4 @@
-"""The union under stress (README, "Security"): a listing is all or an error (never silently empty) under the daemon's
+"""The union under stress (docs/security.md): a listing is all or an error (never silently empty) under the daemon's
 descriptor limit, a copy-up that fails leaves no staging file behind, and an opaque mark on a layer's root is
 ignored by the mount, the tree tools and the kernel alike.
 

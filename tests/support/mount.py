@@ -4,7 +4,7 @@ Every mount helper is a context manager that *always* unmounts on exit, also whe
 asks politely (``unionfs umount`` / ``fusermount3 -u`` / ``umount``), then lazily (``fusermount3 -u -z`` /
 ``umount -l``), and finally kills the FUSE daemon that still serves the mountpoint.
 
-Layers are given **base first** everywhere (README, "Architecture"); only the kernel and fuse-overlayfs option
+Layers are given **base first** everywhere (docs/design.md, "Principles"); only the kernel and fuse-overlayfs option
 strings are written top first, as their syntax demands.
 
 The module also builds layer directories in code (whiteouts are character devices 0/0 made with ``os.mknod``,

@@ -12,7 +12,7 @@ Two walks share one tar writer:
     directory it came from, resolved in ``lowers``, with the upper's changes on top). The old name carries
     a whiteout in the upper, which becomes ``.wh.OLD``. Any OCI consumer then rebuilds the same tree
     without knowing about redirects. unionfs' own FUSE mount never writes redirects (it copies the merged
-    tree up, see the README, "Renaming directories from lower layers"), so this only matters for uppers made by the kernel.
+    tree up, see docs/semantics.md, "Renaming directories from lower layers"), so this only matters for uppers made by the kernel.
   - regular files sharing an inode become one file and tar hardlinks to it (first name in sorted order);
   - every xattr but the overlay's private ones goes into PAX ``SCHILY.xattr.NAME`` records;
   - the upper's root directory itself is not written (docker does not write it either).

@@ -16,7 +16,7 @@ hold a partial tree: the caller (the store's staging) deletes it. A stream that 
 without the end-of-archive marker is accepted (umoci insert writes such layers; Go's archive/tar reads
 them): a cut at exactly that point is caught by the DiffID, which covers every byte read.
 
-Format (OCI image spec, "Whiteouts"; README, "Architecture"):
+Format (OCI image spec, "Whiteouts"; docs/design.md, "On-disk format"):
 
 * ``.wh.NAME`` becomes a character device 0/0 named NAME (``whiteout.make_whiteout_at``), unless NAME
   exists in this layer: a whiteout hides lower layers only, so a same-layer file survives (if NAME is a

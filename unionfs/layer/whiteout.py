@@ -1,6 +1,6 @@
 """Whiteouts and opaque directories: every format we read, the kernel's format we write.
 
-Formats recognised (README, "Architecture": one on-disk format, the kernel's):
+Formats recognised (docs/design.md, "On-disk format": one on-disk format, the kernel's):
 
 * a character device 0/0 named NAME hides NAME in lower layers (the kernel's format; what we write);
 * a zero-size regular file carrying the xattr ``trusted.overlay.whiteout`` or ``user.overlay.whiteout``

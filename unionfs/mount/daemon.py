@@ -157,7 +157,7 @@ def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
         "allow_other": False,
     }
     opposite = {v: k for k, v in FLAG_OPTIONS.items()}
-    # the writeback cache stays opt-in (-o writeback): see the README, "Mounting" (hardlinked names go stale under it)
+    # the writeback cache stays opt-in (-o writeback): see docs/design.md, "Speed settings" (hardlinked names go stale under it)
     for o in options:
         for item in o.split(","):
             if not item:

@@ -5,7 +5,7 @@ name of a hardlinked file is the same kernel inode (one page cache, one attribut
 after an unlink). Each node keeps the names it was looked up by, ``(parent node, name)`` pairs, so a rename
 of a directory is one update, never a walk of the subtree.
 
-Speed (README, "Mounting"):
+Speed (docs/design.md, "Speed settings"):
 
 - entry, attribute and negative timeouts of an hour, READDIRPLUS always, the kernel's readdir cache
   (FOPEN_CACHE_DIR), cached symlinks, 1 MiB WRITEs, one thread (plus :class:`Readers` for big READs), a
@@ -597,7 +597,7 @@ class LowLevelFS:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
         if not writing and stat.S_ISREG(node.st.st_mode):
             # start reading the head of the file now: the disk works while the reply and the kernel's first
-            # READ make their round trip (cat of 10,000 cold 4 KiB files: measured below in the README)
+            # READ make their round trip (cat of 10,000 cold 4 KiB files: docs/performance.md, "Against the goals")
             os.posix_fadvise(fd, 0, PREFETCH, os.POSIX_FADV_WILLNEED)
         return fd, fp.FOPEN_KEEP_CACHE, 0
 

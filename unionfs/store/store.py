@@ -1,6 +1,6 @@
 """The image store: content-addressed blobs, tags, extracted layers and containers.
 
-On disk (README, "Architecture")::
+On disk (docs/design.md, "On-disk format")::
 
     ROOT/oci-layout, ROOT/index.json, ROOT/blobs/sha256/<hex>   a valid OCI image layout (skopeo, umoci read it)
     ROOT/layers/<diffid-hex>/                                    one extracted layer, overlay format, read-only

@@ -9,7 +9,7 @@ would give. The lowers are never written. Work directory layout (same filesystem
     WORK/unionfs/keep/    empty directories that keep a retired upper inode number reserved
 
 Renaming a directory that comes from a lower layer copies the merged tree up (files by copy or hardlink,
-directories recreated, opaque) instead of writing a redirect: see the README, "Renaming directories from lower layers".
+directories recreated, opaque) instead of writing a redirect: see docs/semantics.md, "Renaming directories from lower layers".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The read-only union view: resolve a path and list a directory over lowers + an optional upper.
 
-Pure over real directories; imports no FUSE. Layers are given **base first** (README, "Architecture") and
+Pure over real directories; imports no FUSE. Layers are given **base first** (docs/design.md, "Principles") and
 only this module walks them top-down.
 
 Rules (the kernel overlayfs' lookup):
