@@ -23,10 +23,10 @@ ALLOWED: dict[str, set[str]] = {
     "mount": {"oci", "layer", "union"},
     "run": {"oci", "layer", "union"},
     "image": {"oci", "layer", "union", "store"},
-    "registry": {"oci", "layer", "store"},
+    "registry": {"oci", "layer", "union", "store"},
     "build": {"oci", "layer", "union", "store", "mount", "run", "image", "registry"},
     "api": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "build"},
-    "pytest_plugin": {"api"},
+    "pytest_plugin": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "build", "api"},
     "cli": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "build", "api"},
     "__main__": {"cli"},
     "__init__": {"api"},  # the package exposes ``unionfs.mounted`` lazily

@@ -65,7 +65,7 @@ def check(ret: int, what: str, path: str | None = None) -> None:
 
 def fsync_dir(path: str | Path) -> None:
     """fsync a directory so that a rename inside it is durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

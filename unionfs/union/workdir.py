@@ -27,7 +27,7 @@ import shutil
 import time
 
 from unionfs.errors import MountError
-from unionfs.fsops import check, libc
+from unionfs.fsops import check, fsync_dir, libc
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,6 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class WorkClaim:
     """A live mount's hold on its work directory; :meth:`release` at a clean end."""
 
@@ -76,7 +68,7 @@ class WorkClaim:
                     log.error("syncing the upper %s failed (%s): keeping the volatile marker", self.upper, e)
                 else:
                     shutil.rmtree(marker(self.work), ignore_errors=True)
-                    _fsync_dir(os.path.dirname(marker(self.work)))
+                    fsync_dir(os.path.dirname(marker(self.work)))
         finally:
             if self._fd is not None:
                 os.close(self._fd)
@@ -108,7 +100,7 @@ def claim(work: str, upper: str, *, volatile: bool) -> WorkClaim:
             os.makedirs(mark, mode=0o700)
             os.close(os.open(os.path.join(mark, "dirty"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
             for d in (mark, os.path.dirname(mark), os.path.dirname(os.path.dirname(mark)), work):
-                _fsync_dir(d)
+                fsync_dir(d)
     except BaseException:
         os.close(fd)
         raise
