@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Any
 
+from unionfs.cli.common import store_of
 from unionfs.errors import BuildError, UsageError
 
 
@@ -78,7 +79,6 @@ def cmd_build(args: argparse.Namespace) -> int:
     from unionfs.oci.manifest import Platform
     from unionfs.oci.reference import Reference
     from unionfs.run.sandbox import Bind, check_network
-    from unionfs.store.store import Store
 
     check_network(args.network)
     build_args = {k: v for k, v in _pairs(args.build_args, "--build-arg") if v is not None}
@@ -99,7 +99,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         out.buffer.flush()
 
     signal.signal(signal.SIGTERM, _interrupt)  # unwind (unmount, roll back) instead of dying
-    builder = Builder(Store(args.root), out=None if args.quiet else line, stream=None if args.quiet else stream)
+    builder = Builder(store_of(args), out=None if args.quiet else line, stream=None if args.quiet else stream)
     try:
         result = builder.build(opts)
     except BuildError as e:
@@ -114,11 +114,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from unionfs.api import container
     from unionfs.run.sandbox import Bind, Process, check_network, no_new_privileges, run
-    from unionfs.store.store import Store
 
     check_network(args.network)
     nnp = no_new_privileges(args.security_opts)
-    store = Store(args.root)
+    store = store_of(args)
     binds = [Bind.parse(v) for v in args.volumes]
     signal.signal(signal.SIGTERM, _interrupt)
     with container(store, args.image, name=args.name, keep=not args.rm, binds=binds) as m:

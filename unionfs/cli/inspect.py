@@ -9,15 +9,10 @@ import sys
 import time
 from typing import Any
 
-from unionfs.cli.store import human_size
+from unionfs.cli.common import human_size, store_of, table
 from unionfs.errors import UsageError, printable
 from unionfs.oci.reference import Reference
-from unionfs.store.store import Store
 from unionfs.union.view import Node
-
-
-def _store(args: argparse.Namespace) -> Store:
-    return Store(args.root)
 
 
 def _out(text: str) -> None:
@@ -32,7 +27,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
     tags = [Reference.parse(args.reference)] if args.reference else []
     if tags and not tags[0].tag:
         raise UsageError(f"commit needs a tag, not a digest: {args.reference}")
-    result = commit_container(_store(args), args.container, tags, pause=args.pause == "true",
+    result = commit_container(store_of(args), args.container, tags, pause=args.pause == "true",
                               message=args.message or "", author=args.author or "", changes=args.change or [],
                               compression=args.compression, reproducible=args.reproducible)
     print(result.image.id)
@@ -42,7 +37,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from unionfs.image.commit import diff_container, diff_images
 
-    store = _store(args)
+    store = store_of(args)
     if args.other:
         changes = diff_images(store, args.target, args.other)
     else:
@@ -56,7 +51,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def _tree(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from unionfs.image.tree import ImageTree
 
-    return ImageTree.open(_store(args), args.image)
+    return ImageTree.open(store_of(args), args.image)
 
 
 def _long_line(tree: Any, node: Node, name: str) -> str:
@@ -129,9 +124,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
         rows.append([str(s.layer.number), s.layer.diff_id.short, human_size(s.layer.blob_size),
                      human_size(s.content_size), str(s.added), str(s.changed), str(s.deleted),
                      human_size(s.wasted), by])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        _out("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    for line in table(rows, gap=2):
+        _out(line)
     total = sum(s.content_size for s in stats)
     wasted = sum(s.wasted for s in stats)
     efficiency = 100.0 * (1 - wasted / total) if total else 100.0
@@ -149,7 +143,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from unionfs.image.tree import export_image
 
     if args.output:
-        export_image(_store(args), args.image, args.output)
+        export_image(store_of(args), args.image, args.output)
         return 0
     if sys.stdout.isatty():
         raise UsageError("refusing to write a tar archive to a terminal; use -o FILE or redirect the output")

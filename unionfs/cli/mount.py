@@ -14,6 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from unionfs.cli.common import store_of, table
 from unionfs.errors import UnionfsError, UsageError
 from unionfs.mount import daemon
 from unionfs.union.plan import MountPlan
@@ -69,10 +70,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
                          "unionfs mount --lower DIR... [--upper DIR --work DIR] MOUNTPOINT")
     if args.upper or args.work:
         raise UsageError("--upper/--work only go with --lower")
-    from unionfs.store.store import Store
 
     image, mountpoint = args.target
-    store = Store(args.root)
+    store = store_of(args)
     _resume_pauses(store)
     plan = store.prepare_container(image, args.name)
     if args.read_only:
@@ -102,18 +102,16 @@ def cmd_umount(args: argparse.Namespace) -> int:
     mp = os.path.realpath(args.mountpoint)
     name = next((m.name for m in daemon.live_mounts() if m.mountpoint == mp), None)
     if name:
-        from unionfs.store.store import Store
 
         with contextlib.suppress(UnionfsError, OSError):  # the store may be elsewhere
-            _resume_pauses(Store(args.root))
+            _resume_pauses(store_of(args))
     if daemon.umount(mp, lazy=args.lazy):
         print(f"unionfs: {args.mountpoint}: the daemon was gone and files were still open there: detached "
               "(they fail with ENOTCONN until closed)", file=sys.stderr)
     if name:
         try:
-            from unionfs.store.store import Store
 
-            Store(args.root).set_container_mount(name, None)
+            store_of(args).set_container_mount(name, None)
         except Exception:  # the store may be elsewhere; the mount is gone either way
             pass
     return 0
@@ -129,9 +127,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     containers: list[Container] = []
     try:
         from unionfs.image.commit import is_paused
-        from unionfs.store.store import Store
 
-        store = Store(args.root)
+        store = store_of(args)
         _resume_pauses(store)
         containers = store.containers()
     except (UnionfsError, OSError):  # no store (yet): only the live mounts
@@ -156,16 +153,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
         if m.name in seen or m.mountpoint in seen:
             continue
         rows.append((m.name or "-", "(directories)", "-", m.mountpoint, status[m.mountpoint]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() + "\n")
+    sys.stdout.write("".join(line + "\n" for line in table(rows, gap=2)))
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from unionfs.store.store import Store
 
-    store = Store(args.root)
+    store = store_of(args)
     live = {m.name for m in daemon.live_mounts() if m.name}
     rc = 0
     for name in args.names:

@@ -12,11 +12,9 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from unionfs.cli.store import human_size
+from unionfs.cli.common import human_size, platform_of, store_of, table
 from unionfs.errors import RegistryAuthError, UsageError
-from unionfs.oci.manifest import Platform
 from unionfs.oci.reference import DEFAULT_REGISTRY, Reference
-from unionfs.store.store import Store
 
 if TYPE_CHECKING:  # the HTTP side is imported by the commands that use it, so other commands start fast
     from unionfs.registry.client import RegistryClient, SearchResult
@@ -99,16 +97,12 @@ def _client(args: argparse.Namespace, registry: str) -> RegistryClient:
     return RegistryClient(registry, credentials=DockerConfig().get(registry), insecure=args.insecure)
 
 
-def _platform(args: argparse.Namespace) -> Platform | None:
-    return Platform.parse(args.platform) if getattr(args, "platform", None) else None
-
-
 # --- commands ---------------------------------------------------------------------------------
 def cmd_pull(args: argparse.Namespace) -> int:
     from unionfs.registry.transfer import DEFAULT_JOBS, pull
 
     ref = Reference.parse(args.reference)
-    store = Store(args.root)
+    store = store_of(args)
     progress = _progress(args)
     with _client(args, ref.registry) as client:
         refs = [ref]
@@ -117,7 +111,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 raise UsageError("pull --all-tags takes a repository name without a tag or digest")
             refs = [ref.with_tag(t) for t in client.tags(ref.repository)]
         for r in refs:
-            result = pull(store, r, client, platform=_platform(args), jobs=args.jobs or DEFAULT_JOBS, progress=progress,
+            result = pull(store, r, client, platform=platform_of(args), jobs=args.jobs or DEFAULT_JOBS, progress=progress,
                           follow_foreign_urls=args.follow_foreign_urls)
             if not args.quiet:
                 progress.line(f"Digest: {result.digest}")
@@ -130,7 +124,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from unionfs.registry.transfer import DEFAULT_JOBS, images_of_repository, push
 
-    store = Store(args.root)
+    store = store_of(args)
     if args.destination:
         dest = Reference.parse(args.destination)
         sources = [(args.image, dest)]
@@ -207,9 +201,7 @@ def _print_hub(results: list[SearchResult], no_trunc: bool) -> None:
     for r in results:
         desc = r.description if no_trunc or len(r.description) <= 45 else r.description[:44] + "…"
         rows.append([r.name, desc, str(r.stars), "[OK]" if r.official else ""])
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print("\n".join(table(rows)))
 
 
 def cmd_tags(args: argparse.Namespace) -> int:

@@ -5,58 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
 from typing import Any
 
+from unionfs.cli.common import human_age, human_size, platform_of, store_of, table
 from unionfs.errors import UsageError, printable
-from unionfs.oci.manifest import Platform
 from unionfs.oci.reference import Reference
-from unionfs.store.store import Image, Store
-
-
-def _store(args: argparse.Namespace) -> Store:
-    return Store(args.root)
-
-
-def _platform(args: argparse.Namespace) -> Platform | None:
-    return Platform.parse(args.platform) if getattr(args, "platform", None) else None
-
-
-def human_size(n: float) -> str:
-    """Sizes as docker prints them (decimal units)."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
-        n /= 1000
-    raise AssertionError
-
-
-def human_age(created: str | None) -> str:
-    """'3 days ago' from an RFC 3339 time (an unparseable one is shown as it is, escaped)."""
-    if not created or not isinstance(created, str):
-        return "N/A"
-    try:
-        t = datetime.fromisoformat(created.replace("Z", "+00:00"))
-    except ValueError:
-        return printable(created[:40])
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    secs = (datetime.now(timezone.utc) - t).total_seconds()
-    for limit, div, unit in ((60, 1, "second"), (3600, 60, "minute"), (86400, 3600, "hour"),
-                             (86400 * 30, 86400, "day"), (86400 * 365, 86400 * 30, "month")):
-        if secs < limit:
-            n = max(int(secs // div), 1)
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
-    n = int(secs // (86400 * 365))
-    return f"{n} year{'s' if n != 1 else ''} ago"
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    """Print aligned columns; control characters from input (newlines...) are escaped, one row per line."""
-    rows = [[printable(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+from unionfs.store.store import Image
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -65,7 +19,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     if not args.input:
         raise UsageError("load needs -i FILE (reading an archive from standard input is not supported)")
-    images = load(_store(args), args.input, _platform(args))
+    images = load(store_of(args), args.input, platform_of(args))
     if not args.quiet:
         for img in images:
             if img.tags:
@@ -82,7 +36,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     ref = Reference.parse(args.reference) if args.reference else None
     changes = apply_changes({}, args.change or [])
-    image = import_rootfs(_store(args), args.file, ref, args.message or "", changes)
+    image = import_rootfs(store_of(args), args.file, ref, args.message or "", changes)
     print(image.id)
     return 0
 
@@ -101,7 +55,7 @@ def _image_rows(images: list[Image]) -> list[dict[str, Any]]:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    images = _store(args).images()
+    images = store_of(args).images()
     if args.reference:
         want = Reference.parse(args.reference, default_tag=None)
         images = [i for i in images if any(t.name == want.name and (not want.tag or t.tag == want.tag)
@@ -121,10 +75,10 @@ def cmd_images(args: argparse.Namespace) -> int:
         for r in rows:
             print(_go_template(args.format, r))
     else:
-        table = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]]
-        table += [[r["Repository"], r["Tag"], r["FullID"] if args.no_trunc else r["ID"], r["CreatedSince"], r["Size"]]
+        shown = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]]
+        shown += [[r["Repository"], r["Tag"], r["FullID"] if args.no_trunc else r["ID"], r["CreatedSince"], r["Size"]]
                   for r in rows]
-        _print_table(table)
+        print("\n".join(table(shown)))
     return 0
 
 
@@ -166,8 +120,8 @@ def inspect_data(img: Image) -> dict[str, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    store = _store(args)
-    out = [inspect_data(store.resolve(r, _platform(args))) for r in args.references]
+    store = store_of(args)
+    out = [inspect_data(store.resolve(r, platform_of(args))) for r in args.references]
     if args.format:
         for d in out:
             print(_go_template(args.format, d))
@@ -177,7 +131,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    img = _store(args).resolve(args.reference)
+    img = store_of(args).resolve(args.reference)
     layer_sizes = [d.size for d in img.manifest.layers]
     rows = [["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]]
     history = img.config.history or [{"created_by": ""} for _ in layer_sizes]
@@ -198,12 +152,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.quiet:
         print(img.id.short)
     else:
-        _print_table(rows)
+        print("\n".join(table(rows)))
     return 0
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = store_of(args)
     img = store.resolve(args.source)
     dst = Reference.parse(args.target)
     if dst.digest:
@@ -213,7 +167,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_rmi(args: argparse.Namespace) -> int:
-    store = _store(args)
+    store = store_of(args)
     status = 0
     for ref in args.references:
         for line in store.rmi(ref, force=args.force):
@@ -224,7 +178,7 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from unionfs.mount.daemon import detach_orphan
 
-    lines = _store(args).prune(all_unused=args.all, detach=detach_orphan)
+    lines = store_of(args).prune(all_unused=args.all, detach=detach_orphan)
     for line in lines:
         print(line)
     if not lines:
@@ -239,7 +193,7 @@ def cmd_save(args: argparse.Namespace) -> int:
         if sys.stdout.isatty():
             raise UsageError("save needs -o FILE (refusing to write an archive to a terminal)")
         raise UsageError("save needs -o FILE")
-    save(_store(args), args.references, args.output, args.format)
+    save(store_of(args), args.references, args.output, args.format)
     return 0
 
 
