@@ -27,8 +27,9 @@ from support.registry import USERS, FaultProxy, Registry, have_registry, running
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import Platform
 from unionfs.oci.reference import Reference
-from unionfs.registry.client import Credentials, RegistryClient, RetryPolicy
+from unionfs.registry.client import RegistryClient
 from unionfs.registry.transfer import pull, push
+from unionfs.registry.transport import Credentials, RetryPolicy
 from unionfs.store.store import Store
 
 if TYPE_CHECKING:

@@ -27,17 +27,17 @@ from unionfs.errors import (
 )
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
-from unionfs.registry.client import (
+from unionfs.registry.client import RegistryClient
+from unionfs.registry.credentials import DOCKER_HUB_KEY, DockerConfig, normalize_server
+from unionfs.registry.search import hub_search
+from unionfs.registry.transport import (
     Credentials,
-    RegistryClient,
     RetryPolicy,
     error_from_response,
-    hub_search,
     is_loopback,
     parse_link_next,
     parse_www_authenticate,
 )
-from unionfs.registry.credentials import DOCKER_HUB_KEY, DockerConfig, normalize_server
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05)
 

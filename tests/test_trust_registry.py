@@ -37,7 +37,8 @@ from support.registry import Body, FakeServer, Sent, sha256
 
 from unionfs.errors import RegistryAuthError, RegistryConnectionError, RegistryError, RegistryNotFoundError
 from unionfs.oci.digest import Digest
-from unionfs.registry.client import Credentials, RegistryClient, RetryPolicy
+from unionfs.registry.client import RegistryClient
+from unionfs.registry.transport import Credentials, RetryPolicy
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05)
 SECRET = "s3cret-Pa55word"

@@ -17,7 +17,8 @@ from unionfs.errors import RegistryAuthError, UsageError
 from unionfs.oci.reference import DEFAULT_REGISTRY, Reference
 
 if TYPE_CHECKING:  # the HTTP side is imported by the commands that use it, so other commands start fast
-    from unionfs.registry.client import RegistryClient, SearchResult
+    from unionfs.registry.client import RegistryClient
+    from unionfs.registry.search import SearchResult
     from unionfs.registry.transfer import Progress
 
 
@@ -150,8 +151,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from unionfs.registry.client import hub_search
     from unionfs.registry.credentials import normalize_server
+    from unionfs.registry.search import hub_search
 
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
@@ -213,8 +214,9 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    from unionfs.registry.client import Credentials, RegistryClient
+    from unionfs.registry.client import RegistryClient
     from unionfs.registry.credentials import DockerConfig, normalize_server
+    from unionfs.registry.transport import Credentials
 
     registry = normalize_server(args.server) if args.server else DEFAULT_REGISTRY
     config = DockerConfig()

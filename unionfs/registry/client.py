@@ -3,6 +3,10 @@
 One ``RegistryClient`` talks to one registry host. It knows no store and prints nothing; callers hand it
 repositories, references, digests and streams.
 
+The HTTP-level pieces it shares (credentials, retry policy, deadlines, capped bodies, error mapping) are in
+transport.py, the blob download in blob.py, the Docker Hub search in search.py; each module's docstring states
+the contracts it implements.
+
 Contracts:
 
 * **Transport.** HTTPS with certificate verification by default. ``insecure=True`` (or a registry on the
@@ -22,212 +26,73 @@ Contracts:
   or ``insecure``, or any loopback host when the registry is on the loopback. Token servers' redirects are
   not followed. Foreign-layer ``urls`` are fetched only when the caller asks, and never with credentials.
   Credentials never appear in logs or error messages.
-* **Slow servers** (``Deadlines``, from ``UNIONFS_HTTP_TIMEOUT``, ``UNIONFS_SPEED_LIMIT``,
-  ``UNIONFS_SPEED_TIME``). Every request whose answer is small (``/v2/``, tokens, manifests, tag lists,
-  catalog pages, upload answers, errors) ends within ``UNIONFS_HTTP_TIMEOUT`` seconds (default 60):
-  connect, headers and body, retries and their waits included; a silent server fails within that time.
-  A blob download's headers come under the same deadline; its body fails, and is not resumed, when fewer
-  than ``UNIONFS_SPEED_LIMIT`` bytes per second (default 1024) arrived over a window of
-  ``UNIONFS_SPEED_TIME`` seconds (default 30; curl's ``--speed-limit``/``--speed-time``), or nothing at
-  all for that long. Uploads are bounded by the idle timeouts only (the registry reads at its pace).
-* **Bodies other than blobs are capped**, read as they stream and never whole first: error bodies at
-  ``MAX_ERROR_BODY`` (64 KiB, the rest is not read: the message is built from the prefix), token answers
-  ``MAX_TOKEN_BYTES`` (1 MiB), manifests ``MAX_MANIFEST_BYTES`` (4 MiB), tag lists, catalog pages and search
-  answers ``MAX_LIST_BYTES`` (8 MiB), anything else ``MAX_SMALL_BODY`` (1 MiB). The client asks for no
-  content encoding; a gzip/deflate body is decoded within the same cap, any other encoding is refused.
 * **Retries.** Connection errors, 5xx answers and 429 are retried with exponential backoff (``Retry-After``
   honoured up to the policy's cap) when the request can be repeated and its deadline leaves time for the
-  wait; a blob download broken in the middle
-  resumes with ``Range: bytes=N-`` (a registry that ignores the range is read again from the start, the first
-  N bytes discarded).
+  wait; a blob download broken in the middle resumes (blob.py).
 * **Verification.** A manifest fetched by digest must hash to it; one fetched by tag must match the
-  ``Docker-Content-Digest`` header when the registry sends one. A blob reader hashes while it streams and
-  raises ``DigestError`` at the end instead of a clean EOF when the content is wrong (``verify=False`` leaves
-  that to a caller who hashes anyway).
-* **Errors.** Registry JSON errors become one-line typed errors (``RegistryNotFoundError`` for
-  ``MANIFEST_UNKNOWN``...), carrying ``code``.
+  ``Docker-Content-Digest`` header when the registry sends one; blobs are verified as they stream (blob.py).
 """
 
 from __future__ import annotations
 
 import base64
 import functools
-import ipaddress
 import json
 import logging
-import math
-import os
-import random
-import re
 import threading
 import time
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Callable, Iterable, Iterator, Sequence
 
 import httpx
 
-from unionfs import __version__
 from unionfs.errors import (
     DigestError,
     RegistryAuthError,
     RegistryConnectionError,
-    RegistryDeniedError,
     RegistryError,
     RegistryNotFoundError,
-    RegistryRateLimitError,
-    UsageError,
 )
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from unionfs.registry.blob import BlobReader
+from unionfs.registry.transport import (
+    MAX_ERROR_BODY,
+    MAX_LIST_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_SMALL_BODY,
+    MAX_TOKEN_BYTES,
+    RETRY_STATUSES,
+    USER_AGENT,
+    Challenge,
+    Credentials,
+    Deadline,
+    Deadlines,
+    RetryPolicy,
+    api_host,
+    describe,
+    error_from_response,
+    host_name,
+    host_port,
+    is_loopback,
+    origin,
+    parse_link_next,
+    parse_www_authenticate,
+    read_body,
+    repository_scope,
+    stream_file,
+    with_body,
+)
 
 log = logging.getLogger(__name__)
 
 #: Every manifest type we understand, most preferred first. distribution 2.8 answers 404 for an OCI
 #: manifest unless its type is accepted, and rewrites schema2 into schema1 when nothing is.
 MANIFEST_ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_API = "registry-1.docker.io"
-DOCKER_HUB_SEARCH_URL = "https://index.docker.io/v1/search"
-USER_AGENT = f"unionfs/{__version__}"
-MAX_MANIFEST_BYTES = 4 << 20
-MAX_ERROR_BODY = 64 << 10
-MAX_TOKEN_BYTES = 1 << 20
-MAX_LIST_BYTES = 8 << 20
-MAX_SMALL_BODY = 1 << 20
-DEFAULT_HTTP_TIMEOUT = 60.0
-DEFAULT_SPEED_LIMIT = 1024.0
-DEFAULT_SPEED_TIME = 30.0
-_CONNECT_TIMEOUT = 15.0
 DEFAULT_CHUNK_THRESHOLD = 64 << 20
 DEFAULT_CHUNK_SIZE = 16 << 20
-_READ_CHUNK = 1 << 20
 _MAX_REDIRECTS = 5
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_CODE_ERRORS: dict[str, type[RegistryError]] = {
-    "UNAUTHORIZED": RegistryAuthError,
-    "DENIED": RegistryDeniedError,
-    "MANIFEST_UNKNOWN": RegistryNotFoundError,
-    "NAME_UNKNOWN": RegistryNotFoundError,
-    "BLOB_UNKNOWN": RegistryNotFoundError,
-    "BLOB_UPLOAD_UNKNOWN": RegistryNotFoundError,
-    "MANIFEST_BLOB_UNKNOWN": RegistryNotFoundError,
-    "TOOMANYREQUESTS": RegistryRateLimitError,
-}
-_STATUS_ERRORS: dict[int, tuple[type[RegistryError], str]] = {
-    401: (RegistryAuthError, "authentication required"),
-    403: (RegistryDeniedError, "access denied"),
-    404: (RegistryNotFoundError, "not found"),
-    429: (RegistryRateLimitError, "too many requests"),
-}
-
-
-# --- small values -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Credentials:
-    """A username and password (or an identity token, docker's OAuth refresh token)."""
-
-    username: str
-    password: str
-    identity_token: str | None = None
-
-    def __repr__(self) -> str:  # never show the secret in logs or tracebacks
-        return f"Credentials(username={self.username!r}, password=***)"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently to retry: ``attempts`` tries in all, the n-th wait ``backoff * 2**n``
-    seconds (with jitter) capped at ``max_backoff``."""
-
-    attempts: int = 5
-    backoff: float = 0.5
-    max_backoff: float = 10.0
-
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        """Seconds to wait before try number ``attempt + 1`` (``attempt`` counts from 0)."""
-        if retry_after and retry_after.strip().isdigit():
-            return min(float(retry_after), self.max_backoff)
-        base = min(self.backoff * (2 ** attempt), self.max_backoff)
-        return base * (0.75 + random.random() / 2)
-
-
-@dataclass(frozen=True)
-class Deadlines:
-    """How long a slow or silent server may hold a request (see the module docstring).
-
-    ``request``: seconds for a whole request with a small answer, retries included. ``speed_limit`` bytes per
-    second over ``speed_time`` seconds: the least progress a blob download must make.
-    """
-
-    request: float = DEFAULT_HTTP_TIMEOUT
-    speed_limit: float = DEFAULT_SPEED_LIMIT
-    speed_time: float = DEFAULT_SPEED_TIME
-
-    @classmethod
-    def from_env(cls) -> "Deadlines":
-        """The defaults, overridden by ``UNIONFS_HTTP_TIMEOUT``, ``UNIONFS_SPEED_LIMIT``, ``UNIONFS_SPEED_TIME``.
-
-        Raises UsageError for a value that is not a positive number.
-        """
-        return cls(_env_seconds("UNIONFS_HTTP_TIMEOUT", DEFAULT_HTTP_TIMEOUT),
-                   _env_seconds("UNIONFS_SPEED_LIMIT", DEFAULT_SPEED_LIMIT),
-                   _env_seconds("UNIONFS_SPEED_TIME", DEFAULT_SPEED_TIME))
-
-    def timeout(self, deadline: "_Deadline | None", stream: bool = False) -> httpx.Timeout:
-        """httpx timeouts for one attempt: within what is left of ``deadline``; a stream's reads (a blob's
-        headers and every piece of its body) also within ``speed_time``. Without a deadline (uploads) the
-        idle timeouts only."""
-        if deadline is None:
-            idle = max(self.request, self.speed_time)
-            return httpx.Timeout(idle, connect=min(_CONNECT_TIMEOUT, idle))
-        left = max(deadline.left(), 0.001)
-        read = min(left, self.speed_time) if stream else left
-        return httpx.Timeout(left, connect=min(_CONNECT_TIMEOUT, left), read=read)
-
-
-def _env_seconds(name: str, default: float) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"{name} must be a positive number, not {text!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class _Deadline:
-    """The monotonic time by which one request (all its attempts) must be done."""
-
-    seconds: float
-    end: float
-
-    @classmethod
-    def start(cls, seconds: float) -> "_Deadline":
-        return cls(seconds, time.monotonic() + seconds)
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def allows(self, wait: float) -> bool:
-        """True when waiting ``wait`` seconds still leaves time for another attempt."""
-        return wait < self.left()
-
-    def error(self, what: str, host: str, answered: bool) -> RegistryConnectionError:
-        got = "no complete answer" if answered else "no answer"
-        return RegistryConnectionError(f"{what}: {got} from {host} within {self.seconds:g} s (UNIONFS_HTTP_TIMEOUT)")
-
-
-@dataclass(frozen=True)
-class Challenge:
-    """One ``WWW-Authenticate`` challenge: the scheme (lower case) and its parameters."""
-
-    scheme: str
-    params: dict[str, str] = field(default_factory=dict)
+CATALOG_SCOPE = "registry:catalog:*"
 
 
 @dataclass(frozen=True)
@@ -237,191 +102,6 @@ class FetchedManifest:
     raw: bytes
     media_type: str
     digest: Digest
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """One repository found by a search."""
-
-    name: str
-    description: str = ""
-    stars: int = 0
-    official: bool = False
-
-
-def api_host(registry: str) -> str:
-    """The host that serves the API for a reference's registry (``docker.io`` -> ``registry-1.docker.io``)."""
-    return DOCKER_HUB_API if registry == DOCKER_HUB else registry
-
-
-def host_name(host: str) -> str:
-    """The name or address in ``host[:port]`` (``[::1]:5000`` -> ``::1``), lower case."""
-    name = host
-    if name.startswith("["):
-        name = name[1:name.index("]")] if "]" in name else name
-    elif name.count(":") == 1:
-        name = name.split(":")[0]
-    return name.lower()
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, ``*.localhost`` and loopback addresses, with or without a port."""
-    name = host_name(host)
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def parse_www_authenticate(header: str) -> list[Challenge]:
-    """Parse a ``WWW-Authenticate`` value into challenges (``Bearer realm="...",service="...",scope="..."``)."""
-    out: list[Challenge] = []
-    pos, n = 0, len(header)
-    token = re.compile(r'\s*([A-Za-z][A-Za-z0-9_.-]*)\s*')
-    param = re.compile(r'\s*([A-Za-z][A-Za-z0-9_.-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]*))\s*,?')
-    while pos < n:
-        m = token.match(header, pos)
-        if not m:
-            break
-        scheme, pos = m.group(1).lower(), m.end()
-        params: dict[str, str] = {}
-        while pos < n:
-            pm = param.match(header, pos)
-            if not pm:  # the next scheme (a word not followed by "=") or garbage
-                break
-            params[pm.group(1).lower()] = (re.sub(r"\\(.)", r"\1", pm.group(2)) if pm.group(2) is not None
-                                           else pm.group(3))
-            pos = pm.end()
-        out.append(Challenge(scheme, params))
-        while pos < n and header[pos] in " ,":
-            pos += 1
-    return out
-
-
-def parse_link_next(header: str | None) -> str | None:
-    """The target of ``rel="next"`` in a ``Link`` header, or None."""
-    if not header:
-        return None
-    for part in header.split(","):
-        m = re.match(r'\s*<([^>]*)>\s*;(.*)', part)
-        if m and re.search(r'rel\s*=\s*"?next"?', m.group(2)):
-            return m.group(1)
-    return None
-
-
-def repository_scope(repository: str, *actions: str) -> str:
-    """``repository:NAME:pull,push``."""
-    return f"repository:{repository}:{','.join(actions)}"
-
-
-CATALOG_SCOPE = "registry:catalog:*"
-
-
-def error_from_response(response: httpx.Response, what: str, body: bytes | None = None) -> RegistryError:
-    """A typed one-line error from a failed response: from ``body`` (a capped prefix, see ``read_body``), else
-    from the response's content (which must have been read then)."""
-    code = message = None
-    try:
-        body = json.loads((response.content if body is None else body) or b"{}")
-        errors = body.get("errors") if isinstance(body, dict) else None
-        if errors and isinstance(errors[0], dict):
-            code = str(errors[0].get("code") or "") or None
-            message = str(errors[0].get("message") or "") or None
-        elif isinstance(body, dict) and body.get("details"):  # token servers
-            message = str(body["details"])
-    except (ValueError, UnicodeDecodeError, RecursionError, httpx.ResponseNotRead):
-        pass
-    cls, fallback = _STATUS_ERRORS.get(response.status_code, (RegistryError, f"HTTP {response.status_code}"))
-    if code in _CODE_ERRORS:
-        cls = _CODE_ERRORS[code]
-    text = " ".join((message or fallback).split())
-    if len(text) > 300:
-        text = text[:300] + "..."
-    if code:
-        text += f" ({code})"
-    elif message is None and response.status_code not in _STATUS_ERRORS:
-        text = f"unexpected HTTP {response.status_code} {response.reason_phrase}".strip()
-    return cls(f"{what}: {text}", code, response.status_code)
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    return (url.scheme, url.host, url.port)
-
-
-def _host_port(url: httpx.URL) -> str:
-    return f"{url.host}:{url.port}" if url.port else url.host
-
-
-def _decoder(encoding: str) -> Callable[[bytes, int], bytes] | None:
-    """A decoder of one Content-Encoding that returns at most ``room`` bytes per call, or None when the
-    encoding is not one we decode (identity, gzip, deflate)."""
-    enc = encoding.strip().lower()
-    if enc in ("", "identity"):
-        return lambda data, room: data
-    if enc not in ("gzip", "x-gzip", "deflate"):
-        return None
-    z = zlib.decompressobj(47)  # a gzip or zlib header
-    # At most ``room`` bytes out: when that is reached the caller stops (the body is over its cap), so input
-    # zlib keeps in unconsumed_tail is never needed.
-    return lambda data, room: z.decompress(data, max(room, 1))
-
-
-def read_body(response: httpx.Response, cap: int, what: str, *, deadline: _Deadline | None = None,
-              host: str = "", truncate: bool = False) -> bytes:
-    """Read a streamed response's body as it arrives, at most ``cap`` bytes (after decoding), and close it.
-
-    A longer body raises RegistryError, or with ``truncate`` gives its first ``cap`` bytes (the rest is never
-    read: the connection is dropped). Past ``deadline`` raises RegistryConnectionError (naming ``host``), as
-    does a broken connection. An encoding other than identity/gzip/deflate raises RegistryError (``truncate``:
-    gives b"").
-    """
-    try:
-        if response.request.method == "HEAD":  # its Content-Length describes a body that is not sent
-            return b""
-        length = response.headers.get("content-length", "")
-        if not truncate and length.isdigit() and int(length) > cap:
-            raise RegistryError(f"{what}: the answer ({int(length)} bytes) is larger than {cap} bytes")
-        decode = _decoder(response.headers.get("content-encoding", ""))
-        if decode is None:
-            if truncate:
-                return b""
-            raise RegistryError(f"{what}: the answer has an unsupported Content-Encoding "
-                                f"{response.headers.get('content-encoding')!r}")
-        out = bytearray()
-        try:
-            pieces: Iterable[bytes] = [response.content]  # already read (a transport that buffers)
-            decode = _decoder("")
-        except httpx.ResponseNotRead:
-            pieces = response.iter_raw()
-        for chunk in pieces:
-            try:
-                out += decode(chunk, cap + 1 - len(out))
-            except zlib.error:
-                if truncate:
-                    return bytes(out)
-                raise RegistryError(f"{what}: the answer's compressed body is corrupt") from None
-            if len(out) > cap:
-                if truncate:
-                    return bytes(out[:cap])
-                raise RegistryError(f"{what}: the answer is larger than {cap} bytes")
-            if deadline is not None and deadline.left() < 0:
-                raise deadline.error(what, host or response.request.url.host, True)
-        return bytes(out)
-    except httpx.TransportError as e:
-        if deadline is not None and deadline.left() < 0:
-            raise deadline.error(what, host or response.request.url.host, True) from None
-        raise RegistryConnectionError(f"{what}: connection lost: {_describe(e)}") from None
-    finally:
-        response.close()
-
-
-def _with_body(response: httpx.Response, body: bytes) -> httpx.Response:
-    """A closed response carrying ``body`` as its (decoded) content, with the original status and headers."""
-    headers = [(k, v) for k, v in response.headers.multi_items()
-               if k.lower() not in ("content-encoding", "transfer-encoding")]
-    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -472,7 +152,7 @@ class RegistryClient:
 
     def _home(self) -> tuple[str, str, int | None]:
         """The registry's own origin: the only one that sees its credentials or may challenge for them."""
-        return _origin(httpx.URL(self.base_url))
+        return origin(httpx.URL(self.base_url))
 
     def plain_http_allowed(self, host: str) -> bool:
         """True when ``host`` (``name[:port]``, or a bare name or address) may be spoken to in plain HTTP: the
@@ -482,7 +162,7 @@ class RegistryClient:
             return self.insecure or is_loopback(host)
         return is_loopback(host) and is_loopback(self.host)
 
-    def _wait(self, attempt: int, deadline: _Deadline | None, retry_after: str | None = None) -> bool:
+    def _wait(self, attempt: int, deadline: Deadline | None, retry_after: str | None = None) -> bool:
         """Sleep before try ``attempt + 2`` when the policy and the deadline allow another; False when not."""
         if attempt + 1 >= self.retry.attempts:
             return False
@@ -500,13 +180,13 @@ class RegistryClient:
         """
         schemes = ["https"] + (["http"] if self.plain_http_allowed(self.host) else [])
         what = f"registry {self.registry}"
-        deadline = _Deadline.start(self.deadlines.request)
+        deadline = Deadline.start(self.deadlines.request)
         last: Exception | None = None
         for attempt in range(self.retry.attempts):
             for i, scheme in enumerate(schemes):
                 url = f"{scheme}://{self.host}/v2/"
                 # HTTPS must leave time for the HTTP try: a plain-HTTP server may say nothing to a TLS hello
-                share = _Deadline.start(max(deadline.left(), 0) / (len(schemes) - i))
+                share = Deadline.start(max(deadline.left(), 0) / (len(schemes) - i))
                 try:
                     req = self._http.build_request("GET", url, timeout=self.deadlines.timeout(share))
                     r = self._http.send(req, stream=True)
@@ -517,7 +197,7 @@ class RegistryClient:
                         break
                     continue
                 body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, host=self.registry, truncate=True)
-                if r.status_code in _RETRY_STATUSES:
+                if r.status_code in RETRY_STATUSES:
                     last = error_from_response(r, what, body)
                     break
                 if r.status_code not in (200, 401):
@@ -535,11 +215,11 @@ class RegistryClient:
             raise RegistryConnectionError(f"cannot reach registry {self.registry}: no answer within "
                                           f"{deadline.seconds:g} s (UNIONFS_HTTP_TIMEOUT)")
         hint = "" if "http" in schemes else " (use --insecure for a registry without TLS)"
-        raise RegistryConnectionError(f"cannot reach registry {self.registry}: {_describe(last)}{hint}")
+        raise RegistryConnectionError(f"cannot reach registry {self.registry}: {describe(last)}{hint}")
 
     def _set_challenge(self, response: httpx.Response) -> None:
         """Learn the challenge of a 401 from the registry's own origin (any other origin decides nothing)."""
-        if self._base is None or _origin(response.request.url) != self._home():
+        if self._base is None or origin(response.request.url) != self._home():
             log.debug("ignoring a challenge from %s", response.request.url.host)
             return
         challenges = parse_www_authenticate(response.headers.get("www-authenticate", ""))
@@ -609,7 +289,7 @@ class RegistryClient:
         params.extend(("scope", s) for s in sorted(scopes))
         creds = self.credentials
         what = f"authentication with {self.registry}"
-        deadline = _Deadline.start(self.deadlines.request)
+        deadline = Deadline.start(self.deadlines.request)
         timeout = self.deadlines.timeout
         for attempt in range(self.retry.attempts):
             try:
@@ -634,10 +314,10 @@ class RegistryClient:
                 if self._wait(attempt, deadline):
                     continue
                 raise RegistryConnectionError(f"{what}: cannot reach token server {realm_url.host}: "
-                                              f"{_describe(e)}") from None
+                                              f"{describe(e)}") from None
             if r.status_code != 200:
                 body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
-                if r.status_code in _RETRY_STATUSES and self._wait(attempt, deadline, r.headers.get("retry-after")):
+                if r.status_code in RETRY_STATUSES and self._wait(attempt, deadline, r.headers.get("retry-after")):
                     continue
                 if r.status_code in (401, 403):
                     if creds:
@@ -678,7 +358,7 @@ class RegistryClient:
         """
         scope_set = frozenset(scopes)
         attempts = self.retry.attempts if retry else 1
-        deadline = None if callable(content) else _Deadline.start(self.deadlines.request)
+        deadline = None if callable(content) else Deadline.start(self.deadlines.request)
         reauthed = False
         attempt = 0
         while True:
@@ -691,10 +371,10 @@ class RegistryClient:
                     raise deadline.error(what, self.registry, False) from None
                 if attempt + 1 < attempts and self._wait(attempt, deadline):
                     attempt += 1
-                    log.debug("%s %s: %s; retrying", method, path, _describe(e))
+                    log.debug("%s %s: %s; retrying", method, path, describe(e))
                     continue
-                raise RegistryConnectionError(f"{what}: cannot reach {self.registry}: {_describe(e)}") from None
-            home = _origin(r.request.url) == self._home()
+                raise RegistryConnectionError(f"{what}: cannot reach {self.registry}: {describe(e)}") from None
+            home = origin(r.request.url) == self._home()
             if r.status_code == 401 and credentials and home and not reauthed:
                 read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
                 reauthed = True
@@ -705,7 +385,7 @@ class RegistryClient:
                         self._tokens.pop(scope_set, None)
                     continue
                 raise self._auth_error(r, what, b"")
-            if r.status_code in _RETRY_STATUSES and attempt + 1 < attempts:
+            if r.status_code in RETRY_STATUSES and attempt + 1 < attempts:
                 body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
                 if self._wait(attempt, deadline, r.headers.get("retry-after")):
                     log.debug("%s %s: HTTP %s; retrying", method, path, r.status_code)
@@ -715,14 +395,14 @@ class RegistryClient:
             if r.status_code not in ok:
                 body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
                 if not home and r.status_code in (401, 403):
-                    raise RegistryError(f"{what}: {_host_port(r.request.url)}, outside {self.registry}, refused the "
+                    raise RegistryError(f"{what}: {host_port(r.request.url)}, outside {self.registry}, refused the "
                                         f"request (HTTP {r.status_code})", None, r.status_code)
                 if r.status_code == 401:
                     raise self._auth_error(r, what, body)
                 raise error_from_response(r, what, body)
             if stream:
                 return r
-            return _with_body(r, read_body(r, max_body, what, deadline=deadline, host=self.registry))
+            return with_body(r, read_body(r, max_body, what, deadline=deadline, host=self.registry))
 
     def _auth_error(self, r: httpx.Response, what: str, body: bytes) -> RegistryError:
         err = error_from_response(r, what, body)
@@ -740,7 +420,7 @@ class RegistryClient:
         home = self._home()
         for _ in range(_MAX_REDIRECTS + 1):
             h = dict(headers)
-            if _origin(target) == home:
+            if origin(target) == home:
                 h.update(auth)
             body = content() if callable(content) else content
             req = self._http.build_request(method, target, headers=h, content=body, timeout=timeout)
@@ -748,7 +428,7 @@ class RegistryClient:
             if r.status_code in (301, 302, 303, 307, 308) and "location" in r.headers:
                 r.close()
                 nxt = target.join(r.headers["location"])
-                if _origin(nxt) != home:
+                if origin(nxt) != home:
                     log.debug("redirect to %s (no credentials sent there)", nxt.host)
                 if nxt.scheme == "http" and target.scheme == "https" and not self.insecure:
                     raise RegistryError(f"{self.registry} redirected from HTTPS to plain HTTP ({nxt.host})")
@@ -906,7 +586,7 @@ class RegistryClient:
                     self._upload_monolithic(repository, location, digest, size, opener, scopes, on_bytes)
                 return "uploaded"
             except RegistryError as e:
-                retryable = isinstance(e, RegistryConnectionError) or e.status in _RETRY_STATUSES
+                retryable = isinstance(e, RegistryConnectionError) or e.status in RETRY_STATUSES
                 if not retryable or attempt + 1 >= self.retry.attempts:
                     raise
                 log.debug("upload of %s failed (%s); starting again", digest, e)
@@ -918,7 +598,7 @@ class RegistryClient:
                            opener: Callable[[], IO[bytes]], scopes: list[str],
                            on_bytes: Callable[[int], None] | None) -> None:
         self._upload_request("PUT", location, scopes, {"digest": str(digest)},
-                             lambda: _stream_file(opener, 0, size, on_bytes), size, None, (201,),
+                             lambda: stream_file(opener, 0, size, on_bytes), size, None, (201,),
                              f"push blob {digest.short}")
 
     def _upload_chunked(self, repository: str, location: str, digest: Digest, size: int,
@@ -927,7 +607,7 @@ class RegistryClient:
         offset = 0
         while offset < size:
             n = min(chunk_size, size - offset)
-            body = functools.partial(_stream_file, opener, offset, n, on_bytes)
+            body = functools.partial(stream_file, opener, offset, n, on_bytes)
             r = self._upload_request("PATCH", location, scopes, None, body, n, f"{offset}-{offset + n - 1}",
                                      (202,), f"push blob {digest.short}")
             location = str(httpx.URL(location).join(r.headers.get("location") or location))
@@ -967,254 +647,3 @@ class RegistryClient:
         """Every tag of a repository (paginated like the catalog). Raises RegistryNotFoundError (NAME_UNKNOWN)."""
         return list(self._paginate(f"/v2/{repository}/tags/list", "tags", [repository_scope(repository, "pull")],
                                    f"tags of {self.registry}/{repository}", page))
-
-
-def _describe(e: BaseException | None) -> str:
-    if e is None:
-        return "no answer"
-    text = str(e) or type(e).__name__
-    return " ".join(text.split())
-
-
-def _stream_file(opener: Callable[[], IO[bytes]], offset: int, length: int,
-                 on_bytes: Callable[[int], None] | None) -> Iterator[bytes]:
-    """Yield ``length`` bytes of a fresh stream from ``offset``."""
-    with opener() as f:
-        if offset:
-            f.seek(offset)
-        left = length
-        while left > 0:
-            chunk = f.read(min(_READ_CHUNK, left))
-            if not chunk:
-                raise RegistryError(f"local content ended {left} bytes early")
-            left -= len(chunk)
-            if on_bytes:
-                on_bytes(len(chunk))
-            yield chunk
-
-
-# --- blob reading -------------------------------------------------------------------------------
-class BlobReader:
-    """A file-like reader of one blob: hashes what it returns, resumes broken transfers with Range.
-
-    ``read(n)`` returns at most ``n`` bytes, ``b""`` only at the verified end. Close it (or use ``with``).
-    """
-
-    def __init__(self, client: RegistryClient, repository: str, digest: Digest, size: int | None, *,
-                 verify: bool = True, urls: Sequence[str] = (), on_bytes: Callable[[int], None] | None = None
-                 ) -> None:
-        self._client = client
-        self._repo = repository
-        self.digest = digest
-        self.size = size if size is not None and size >= 0 else None
-        self._verify = verify
-        self._urls = list(urls)
-        self._on_bytes = on_bytes
-        self._hash = digest.hasher() if verify else None
-        self.offset = 0
-        self.resumes = 0
-        self._buf = b""
-        self._resp: httpx.Response | None = None
-        self._iter: Iterator[bytes] | None = None
-        self._range_ok = False
-        self._done = False
-        self._window_start = 0.0
-        self._window_bytes = 0
-        self._open()
-
-    # the first request, and each resume
-    def _open(self) -> None:
-        headers = {}
-        if self.offset:
-            headers["Range"] = f"bytes={self.offset}-"
-        what = f"blob {self.digest}"
-        resp = None
-        for url in list(self._urls):
-            try:
-                resp = self._client.request("GET", url, what=what, headers=headers, ok=(200, 206), stream=True,
-                                            credentials=False)
-                break
-            except RegistryError as e:
-                log.warning("foreign URL %s for %s failed (%s); trying the registry", url, self.digest.short, e)
-                self._urls.remove(url)
-        if resp is None:
-            resp = self._client.request("GET", f"/v2/{self._repo}/blobs/{self.digest}", what=what, headers=headers,
-                                        scopes=[repository_scope(self._repo, "pull")], ok=(200, 206), stream=True)
-        skip = 0
-        if self.offset:
-            if resp.status_code == 206:
-                m = re.match(r"bytes (\d+)-", resp.headers.get("content-range", ""))
-                if not m or int(m.group(1)) != self.offset:
-                    resp.close()
-                    raise RegistryError(f"{what}: the registry answered a range request with the wrong range")
-            else:
-                skip = self.offset  # the range was ignored: read from the start, drop what we have
-        else:
-            self._range_ok = resp.headers.get("accept-ranges", "").lower() == "bytes"
-            length = resp.headers.get("content-length")
-            if self.size is None and length and length.isdigit():
-                self.size = int(length)
-        self._resp = resp
-        self._iter = resp.iter_raw()  # pieces as they arrive: a broken transfer keeps what came
-        self._window_start, self._window_bytes = time.monotonic(), 0
-        while skip:
-            chunk = self._next()
-            if not chunk:
-                raise RegistryError(f"{what}: the registry sent less than before")
-            if len(chunk) > skip:
-                self._buf = chunk[skip:]
-                skip = 0
-            else:
-                skip -= len(chunk)
-
-    def _next(self) -> bytes:
-        """The next piece of the open response (b"" at its end), held to the minimum-progress rule: raises
-        RegistryConnectionError (the transfer is not resumed) when too little arrived in a window."""
-        assert self._iter is not None
-        limits = self._client.deadlines
-        try:
-            chunk = next(self._iter, b"")
-        except httpx.TimeoutException:
-            self._close_response()
-            raise RegistryConnectionError(
-                f"blob {self.digest}: transfer too slow: the server stopped sending at byte {self.offset} "
-                f"(UNIONFS_SPEED_LIMIT={limits.speed_limit:g} bytes/s, UNIONFS_SPEED_TIME={limits.speed_time:g})"
-            ) from None
-        self._window_bytes += len(chunk)
-        elapsed = time.monotonic() - self._window_start
-        if chunk and elapsed >= limits.speed_time:
-            if self._window_bytes < limits.speed_limit * elapsed:
-                self._close_response()
-                raise RegistryConnectionError(
-                    f"blob {self.digest}: transfer too slow: {self._window_bytes} bytes in {elapsed:.1f} s "
-                    f"(UNIONFS_SPEED_LIMIT={limits.speed_limit:g} bytes/s, UNIONFS_SPEED_TIME={limits.speed_time:g})")
-            self._window_start, self._window_bytes = time.monotonic(), 0
-        return chunk
-
-    def _fill(self) -> bytes:
-        """The next piece of the body, resuming on a broken connection; b"" at the end."""
-        while True:
-            try:
-                return self._next()
-            except httpx.TransportError as e:
-                self._close_response()
-                if self.size is not None and self.offset >= self.size:
-                    return b""
-                self.resumes += 1
-                if self.resumes >= self._client.retry.attempts:
-                    raise RegistryConnectionError(f"blob {self.digest}: connection lost at byte {self.offset}: "
-                                                  f"{_describe(e)}") from None
-                log.info("blob %s: connection lost at byte %d (%s); resuming", self.digest.short, self.offset,
-                         _describe(e))
-                time.sleep(self._client.retry.delay(self.resumes - 1))
-                self._open()
-                if self._buf:
-                    data, self._buf = self._buf, b""
-                    return data
-
-    def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (all that is left when ``n < 0``)."""
-        if self._done:
-            return b""
-        if n is None or n < 0:
-            parts = []
-            while chunk := self.read(_READ_CHUNK):
-                parts.append(chunk)
-            return b"".join(parts)
-        if not self._buf:
-            self._buf = self._fill()
-            if not self._buf:
-                self._finish()
-                return b""
-        data, self._buf = self._buf[:n], self._buf[n:]
-        self.offset += len(data)
-        if self.size is not None and self.offset > self.size:
-            raise DigestError(f"blob {self.digest}: more than the expected {self.size} bytes")
-        if self._hash is not None:
-            self._hash.update(data)
-        if self._on_bytes:
-            self._on_bytes(len(data))
-        return data
-
-    def _finish(self) -> None:
-        self._close_response()
-        if self.size is not None and self.offset != self.size:
-            raise DigestError(f"blob {self.digest}: got {self.offset} bytes, expected {self.size}")
-        if self._hash is not None:
-            got = Digest(self.digest.algorithm, self._hash.hexdigest())
-            if got != self.digest:
-                raise DigestError(f"blob {self.digest}: digest mismatch, got {got}")
-        self._done = True
-
-    def readable(self) -> bool:
-        return True
-
-    def _close_response(self) -> None:
-        if self._resp is not None:
-            self._resp.close()
-            self._resp = None
-
-    def close(self) -> None:
-        """Drop the connection (an unfinished download is simply abandoned)."""
-        self._close_response()
-        self._done = True
-
-    def __enter__(self) -> "BlobReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# --- Docker Hub search --------------------------------------------------------------------------
-def hub_search(term: str, limit: int = 25, *, url: str = DOCKER_HUB_SEARCH_URL,
-               transport: httpx.BaseTransport | None = None, retry: RetryPolicy | None = None,
-               deadlines: Deadlines | None = None) -> list[SearchResult]:
-    """Docker Hub's search API (``/v1/search?q=TERM&n=LIMIT``); ``url`` and ``transport`` are for tests.
-
-    No credentials are involved (redirects are followed); the answer comes within the request deadline and is
-    read up to ``MAX_LIST_BYTES``.
-    """
-    policy = retry or RetryPolicy()
-    limits = deadlines or Deadlines.from_env()
-    deadline = _Deadline.start(limits.request)
-    what = f"search {term!r}"
-    host = httpx.URL(url).host
-    with httpx.Client(transport=transport, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-                      follow_redirects=True) as http:
-        for attempt in range(policy.attempts):
-            try:
-                req = http.build_request("GET", url, params={"q": term, "n": str(limit)},
-                                         timeout=limits.timeout(deadline))
-                r = http.send(req, stream=True)
-            except httpx.TransportError as e:
-                if deadline.left() <= 0:
-                    raise deadline.error(what, host, False) from None
-                if attempt + 1 < policy.attempts and deadline.allows(delay := policy.delay(attempt)):
-                    time.sleep(delay)
-                    continue
-                raise RegistryConnectionError(f"{what}: cannot reach {host}: {_describe(e)}") from None
-            if r.status_code != 200:
-                body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
-                delay = policy.delay(attempt, r.headers.get("retry-after"))
-                if r.status_code in _RETRY_STATUSES and attempt + 1 < policy.attempts and deadline.allows(delay):
-                    time.sleep(delay)
-                    continue
-                raise error_from_response(r, what, body)
-            body = read_body(r, MAX_LIST_BYTES, what, deadline=deadline, host=host)
-            break
-    try:
-        results = json.loads(body).get("results") or []
-    except (ValueError, AttributeError, RecursionError):
-        raise RegistryError(f"{what}: the answer is not JSON") from None
-    out = []
-    for item in results[:limit] if isinstance(results, list) else []:
-        if isinstance(item, dict) and item.get("name"):
-            out.append(SearchResult(str(item["name"]), " ".join(str(item.get("description") or "").split()),
-                                    _count(item.get("star_count")), bool(item.get("is_official"))))
-    return out
-
-
-def _count(value: object) -> int:
-    """A star count from a search answer: a non-negative int, else 0 (advice shown, never stored)."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from unionfs.errors import CredentialsError
-from unionfs.registry.client import DOCKER_HUB, Credentials
+from unionfs.registry.transport import DOCKER_HUB, Credentials
 
 log = logging.getLogger(__name__)
 
