@@ -18,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from unionfs.errors import ContainerError
+from unionfs.errors import ContainerError, UnionfsError
+from unionfs.fsops import remove_tree
 from unionfs.mount import daemon
 from unionfs.oci.manifest import Platform
 from unionfs.run.sandbox import Bind, Completed, Process, make_init_layer
@@ -77,7 +77,8 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
     mnt, init = cdir / "merged", cdir / "init"
     mounted = False
     try:
-        shutil.rmtree(init, ignore_errors=True)
+        with contextlib.suppress(OSError, UnionfsError):
+            remove_tree(init)
         init.mkdir(mode=0o755)
         targets = BASE_TARGETS + [(b.target, os.path.isdir(b.source)) for b in binds]
         make_init_layer(str(init), plan.lowers, targets)
@@ -98,7 +99,8 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
         finally:
             if not daemon.is_mounted(str(mnt)):
                 for d in (mnt, init):
-                    shutil.rmtree(d, ignore_errors=True)
+                    with contextlib.suppress(OSError, UnionfsError):
+                        remove_tree(d)
                 if not keep or (not existed and not mounted):
                     with contextlib.suppress(ContainerError):
                         store.remove_container(plan.name)

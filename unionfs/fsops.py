@@ -121,7 +121,21 @@ def remove_tree(path: str | Path) -> None:
         os.close(parent_fd)
 
 
-def _enter_dir(parent_fd: int, name: str, dev: int, where: str) -> int:
+def remove_at(parent_fd: int, name: str | bytes) -> None:
+    """Remove the entry ``name`` of the directory ``parent_fd``: a file or symlink is unlinked, a directory
+    tree removed as ``remove_tree`` removes it (descriptor-based, no symlink followed, never onto another
+    device). A missing entry is no error. For callers that hold the parent open (the layer unpacker)."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    _remove_dir_at(parent_fd, name, st.st_dev, os.fsdecode(name))
+
+
+def _enter_dir(parent_fd: int, name: str | bytes, dev: int, where: str) -> int:
     """Open the subdirectory ``name`` (no symlink followed) and make it writable; refuse another device."""
     try:
         fd = os.open(name, _RM_DIRFLAGS, dir_fd=parent_fd)
@@ -156,7 +170,7 @@ def _clear_dir(fd: int) -> list[str]:
     return subdirs
 
 
-def _remove_dir_at(parent_fd: int, name: str, dev: int, where: str) -> None:
+def _remove_dir_at(parent_fd: int, name: str | bytes, dev: int, where: str) -> None:
     """Remove the directory tree ``name`` of ``parent_fd``, staying on device ``dev`` (see ``remove_tree``)."""
     fd = _enter_dir(parent_fd, name, dev, where)
     try:

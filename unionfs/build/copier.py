@@ -23,6 +23,7 @@ import shutil
 import stat
 from typing import BinaryIO, Callable, Iterator
 
+from unionfs.fsops import remove_tree
 from unionfs.layer import whiteout as wh
 from unionfs.layer.compression import open_decompressed
 from unionfs.errors import LayerError
@@ -61,13 +62,6 @@ def _copy_xattrs(src: str, dst: str) -> None:
             log.debug("xattr %s not copied to %s: %s", name, dst, e.strerror)
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
 def copy_entry(src: str, dst: str, *, owner: Owner | None, chmod: int | None,
                skip: Callable[[str], bool] | None = None, rel: str = "", follow: bool = True) -> int:
     """Copy ``src`` (followed when it is a symlink and ``follow``) to ``dst``; returns entries copied.
@@ -82,7 +76,7 @@ def copy_entry(src: str, dst: str, *, owner: Owner | None, chmod: int | None,
         created = not os.path.isdir(dst) or os.path.islink(dst)
         if created:
             if os.path.lexists(dst):
-                _remove(dst)
+                remove_tree(dst)
             os.mkdir(dst, 0o700)
         count = 1
         for name in sorted(os.listdir(src)):
@@ -101,7 +95,7 @@ def copy_entry(src: str, dst: str, *, owner: Owner | None, chmod: int | None,
         log.warning("skipping whiteout %s", src)
         return 0
     if os.path.lexists(dst):
-        _remove(dst)
+        remove_tree(dst)
     if fmt == stat.S_IFREG:
         with open(src, "rb") as fi:
             fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

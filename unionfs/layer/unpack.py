@@ -45,6 +45,7 @@ from decimal import Decimal, InvalidOperation
 from typing import BinaryIO, Callable
 
 from unionfs.errors import DigestError, LayerError, LayerTooLargeError, UnionfsError, UnsafeLayerError, printable
+from unionfs.fsops import remove_at
 from unionfs.layer import whiteout
 from unionfs.layer.compression import open_decompressed
 from unionfs.oci.digest import Digest, HashingReader
@@ -292,40 +293,6 @@ def _xattrs(ti: tarfile.TarInfo, entry: bytes) -> list[tuple[str, bytes]]:
         out.append((name, value.encode("utf-8", "surrogateescape")))
     return out
 
-
-def _rmtree_at(parent_fd: int, name: bytes) -> None:
-    """Remove ``name`` (any type; directories recursively, iteratively) from the directory ``parent_fd``."""
-    try:
-        os.unlink(name, dir_fd=parent_fd)
-        return
-    except IsADirectoryError:
-        pass
-    fds = [os.open(name, _DIRFLAGS, dir_fd=parent_fd)]
-    names: list[bytes | str] = [name]
-    try:
-        while fds:
-            fd = fds[-1]
-            sub = None
-            for child in os.listdir(fd):
-                try:
-                    os.unlink(child, dir_fd=fd)
-                except IsADirectoryError:
-                    sub = child
-                    break
-            if sub is None:
-                os.close(fds.pop())
-                os.rmdir(names.pop(), dir_fd=fds[-1] if fds else parent_fd)
-            else:
-                fds.append(os.open(sub, _DIRFLAGS, dir_fd=fd))
-                names.append(sub)
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-# ---------------------------------------------------------------------------
-# the unpacker
-# ---------------------------------------------------------------------------
 
 class _NotADirectory(LayerError):
     """A path component of an entry is a non-directory of this layer."""
@@ -641,7 +608,7 @@ class _Unpacker:
             del self._dir_meta[k]
         for k in [k for k in self._whiteouts if k.startswith(prefix)]:
             self._whiteouts.discard(k)
-        _rmtree_at(pfd, name)
+        remove_at(pfd, name)
         return was_whiteout
 
     def _meta_at(self, pfd: int, name: bytes, ti: tarfile.TarInfo, raw: bytes, *, symlink: bool) -> None:

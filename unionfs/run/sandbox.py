@@ -74,7 +74,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterator, Sequence
 
-from unionfs.errors import CommandFailedError, ExecError, SandboxError, UsageError
+from unionfs.errors import CommandFailedError, ExecError, SandboxError, UnionfsError, UsageError
 from unionfs.fsops import (
     MNT_DETACH,
     MS_BIND,
@@ -88,6 +88,7 @@ from unionfs.fsops import (
     MS_SLAVE,
     check,
     libc,
+    remove_tree,
 )
 from unionfs.mountinfo import mounts
 from unionfs.rootpath import resolve_in_root
@@ -434,7 +435,8 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
         finally:
             os.close(r)
     finally:
-        shutil.rmtree(priv, ignore_errors=True)
+        with contextlib.suppress(OSError, UnionfsError):
+            remove_tree(priv)
     text = tail.decode(errors="replace")
     if report.startswith(b"error:"):
         _, code, msg = report.decode(errors="replace").split(":", 2)

@@ -14,6 +14,7 @@ directories recreated, opaque) instead of writing a redirect: see docs/semantics
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -21,12 +22,12 @@ import functools
 import itertools
 import logging
 import os
-import shutil
 import stat
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
-from unionfs.fsops import Timespec, libc
+from unionfs.errors import UnionfsError
+from unionfs.fsops import Timespec, libc, remove_tree
 from unionfs.layer import whiteout as wh
 from unionfs.union.view import Node, Union, ino_xattr, nlink_xattr
 from unionfs.union.workdir import syncfs
@@ -235,14 +236,8 @@ class Overlay:
     def _clean_tmp(self) -> None:
         """Remove what a killed daemon left in the staging directory (never visible in the union)."""
         for name in os.listdir(self.tmp):
-            p = os.path.join(self.tmp, name)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                try:
-                    os.unlink(p)
-                except OSError:
-                    pass
+            with contextlib.suppress(OSError, UnionfsError):
+                remove_tree(os.path.join(self.tmp, name))
 
     def _tmpname(self) -> str:
         return os.path.join(self.tmp, f"t{os.getpid()}.{next(self._counter)}")
@@ -253,13 +248,8 @@ class Overlay:
         come back now (ENOSPC during a copy-up), not at the next mount. Errors here are logged only: the
         caller re-raises the original one."""
         try:
-            if os.path.isdir(tmp) and not os.path.islink(tmp):
-                shutil.rmtree(tmp)
-            else:
-                os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
+            remove_tree(tmp)
+        except (OSError, UnionfsError) as e:
             log.warning("cannot remove the staging entry %s: %s", tmp, e)
 
     @contextmanager

@@ -20,14 +20,14 @@ A mount of either kind refuses a work directory that still holds the marker. Rem
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import time
 
-from unionfs.errors import MountError
-from unionfs.fsops import check, fsync_dir, libc
+from unionfs.errors import MountError, UnionfsError
+from unionfs.fsops import check, fsync_dir, libc, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class WorkClaim:
                 except OSError as e:
                     log.error("syncing the upper %s failed (%s): keeping the volatile marker", self.upper, e)
                 else:
-                    shutil.rmtree(marker(self.work), ignore_errors=True)
+                    with contextlib.suppress(OSError, UnionfsError):
+                        remove_tree(marker(self.work))
                     fsync_dir(os.path.dirname(marker(self.work)))
         finally:
             if self._fd is not None:
