@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from benchlib import REPO
+from benchlib import REPO, report, signals
 from benchlib.data import FULL, SMOKE, ensure_data
 from benchlib.impls import IMPLS, base_impl
 from benchlib.mounts import clear
-from benchlib import report, signals
 from benchlib.workloads import SCALE_GRID, SCALE_POINTS, WORKLOADS, Ctx, Failures, benchmark, scaling
 # the package's __init__ has put tests/ on sys.path
 from support.mount import (leftover_mounts, skip_reason_fuse, skip_reason_kernel_overlay, skip_reason_root,
