@@ -17,12 +17,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from support.busybox import busybox_tarball  # noqa: E402
+from benchlib.proc import CommandFailed, run, timed  # first: puts the repository and tests/ on sys.path
+from support.busybox import busybox_tarball
 
 DOCKERFILE = """\
 FROM base
@@ -35,15 +33,15 @@ CMD ["cat", "/app/all.txt"]
 """
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
-    start = time.perf_counter()
-    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    if p.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
-    return time.perf_counter() - start
-
-
 def main() -> int:
+    """Run the benchmark; a failed command ends it with its name, exit status and stderr."""
+    try:
+        return _main()
+    except CommandFailed as e:
+        raise SystemExit(f"bench_build: {e}")
+
+
+def _main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
@@ -59,8 +57,7 @@ def main() -> int:
         results: dict[str, dict[str, list[float]]] = {"unionfs": {"cold": [], "cached": []}}
         for r in range(args.rounds):
             root = work / f"store{r}"
-            subprocess.run(uf + ["--root", str(root), "import", str(tarball), "base:latest"], check=True,
-                           stdout=subprocess.DEVNULL)
+            run(uf + ["--root", str(root), "import", str(tarball), "base:latest"])
             results["unionfs"]["cold"].append(timed(uf + ["--root", str(root), "build", "-t", "b:1", str(ctx)]))
             results["unionfs"]["cached"].append(timed(uf + ["--root", str(root), "build", "-t", "b:1", str(ctx)]))
             shutil.rmtree(root)
@@ -71,14 +68,13 @@ def main() -> int:
                 env = dict(os.environ, STORAGE_DRIVER="vfs", BUILDAH_ISOLATION="chroot")
                 base = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"),
                         "--storage-driver", "vfs"]
-                cid = subprocess.run(base + ["from", "scratch"], check=True, env=env, capture_output=True,
-                                     text=True).stdout.strip()
-                subprocess.run(base + ["add", cid, str(tarball), "/"], check=True, env=env, capture_output=True)
-                subprocess.run(base + ["commit", "-q", cid, "base"], check=True, env=env, capture_output=True)
-                subprocess.run(base + ["rm", cid], check=True, env=env, capture_output=True)
+                cid = run(base + ["from", "scratch"], env=env, stdout=subprocess.PIPE).stdout.decode().strip()
+                run(base + ["add", cid, str(tarball), "/"], env=env)
+                run(base + ["commit", "-q", cid, "base"], env=env)
+                run(base + ["rm", cid], env=env)
                 bud = base + ["bud", "--layers", "--isolation", "chroot", "-t", "b:1", str(ctx)]
-                results["buildah"]["cold"].append(timed(bud, env))
-                results["buildah"]["cached"].append(timed(bud, env))
+                results["buildah"]["cold"].append(timed(bud, env=env))
+                results["buildah"]["cached"].append(timed(bud, env=env))
                 shutil.rmtree(storage, ignore_errors=True)
         for tool, runs in results.items():
             print(f"{tool:8s} cold {statistics.median(runs['cold']):.3f}s  "

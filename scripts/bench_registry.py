@@ -16,29 +16,25 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from support.registry import running_registry  # noqa: E402
+from benchlib import REPO  # first: puts the repository and tests/ on sys.path
+from benchlib import proc
+from support.registry import running_registry
 
 UNIONFS = [sys.executable, "-m", "unionfs"]
 
 
 def sh(*cmd: str | os.PathLike[str]) -> None:
-    subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                   cwd=ROOT)
+    """Run ``cmd`` in the repository (so ``-m unionfs`` is this checkout's); it must succeed."""
+    proc.run(cmd, cwd=REPO)
 
 
 def timed(*cmd: str | os.PathLike[str]) -> float:
-    t0 = time.perf_counter()
-    sh(*cmd)
-    return time.perf_counter() - t0
+    """Seconds that :func:`sh` of ``cmd`` took."""
+    return proc.timed(cmd, cwd=REPO)
 
 
 def build_image(work: Path, mb: int) -> Path:

@@ -20,19 +20,17 @@ import os
 import pstats
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(HERE))
+from benchlib import REPO  # first: puts the repository on sys.path
+from benchlib import proc
+from unionfs.layer.unpack import unpack_layer
+from unionfs.oci.digest import Digest
 
-from unionfs.layer.unpack import unpack_layer  # noqa: E402
-from unionfs.oci.digest import Digest  # noqa: E402
-
-CACHE = HERE / ".bench-cache"
+CACHE = REPO / ".bench-cache"
 IMAGE = CACHE / "image"
 TAG = "bench"
 SOURCES = [  # (source directory, destination inside the rootfs, layer number)
@@ -45,7 +43,8 @@ SOURCES = [  # (source directory, destination inside the rootfs, layer number)
 
 
 def run(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    """Run ``cmd``; it must succeed."""
+    proc.run(cmd)
 
 
 def build_image() -> None:

@@ -1,0 +1,150 @@
+"""One timed mount session of one implementation, through the tests' mount harness.
+
+The harness (``tests/support/mount.py``) makes and checks every mount, unmounts it at all costs and finds the
+FUSE daemon; this module only picks its helper and arguments, times the mount, reads the daemon's memory and
+CPU, and clears the session's directories.
+
+Contract of :func:`mounted`:
+
+- the session lives in ``scratch/{upper,work,mnt}``; ``scratch`` is emptied before the mount, so every
+  session starts with a fresh, empty upper;
+- the layers are given base first. For fuse-overlayfs and the kernel they are named relative to their common
+  parent (the mount command runs there), so that 100 and more layers fit the kernel's one-page limit on mount
+  options; the kernel overlay gets no options beyond the directories (not the harness's default
+  ``redirect_dir=on,index=on``), like fuse-overlayfs; unionfs gets ``-o OPT`` for each option asked for;
+- :attr:`Session.mount_s` runs from calling the harness to a mount it saw live: the mount command plus the
+  harness's check (the mount table and, for the FUSE ones, a scan of /proc for the daemon: a few ms);
+- on leaving, also on an error or Ctrl-C, the harness unmounts (politely, then lazily, killing a daemon that
+  outlives its mount); a failed polite unmount raises AssertionError, as a failed mount does. Then ``scratch``
+  is removed, never through a mount that is still there (RuntimeError instead, or a logged error when another
+  exception is on its way out);
+- SIGINT, SIGTERM and SIGHUP stop the body at once (KeyboardInterrupt) but wait while the harness mounts or
+  unmounts: a mount command cut short would leave a mount that the harness has not taken charge of yet;
+- a RuntimeError from the body is raised again with what became of the mount (still mounted? daemon alive?).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from benchlib.impls import base_impl, variant_opts
+from benchlib.signals import held
+# the package's __init__ has put tests/ on sys.path
+from support.mount import (Mount, fuse_overlayfs_mount, is_mounted, kernel_overlay, leftover_mounts,
+                           unionfs_mount, wait_pids_gone)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Session:
+    """One live mount of one implementation."""
+
+    impl: str
+    mount: Mount
+    mount_s: float  #: seconds until the mount was live (see the module's contract)
+
+    @property
+    def mnt(self) -> Path:
+        """The mountpoint."""
+        return self.mount.path
+
+    @property
+    def upper(self) -> Path:
+        """The upper directory (fresh and empty when the session began)."""
+        assert self.mount.upper is not None
+        return Path(self.mount.upper)
+
+    def stats(self) -> tuple[float | None, float | None]:
+        """The daemon's (peak RSS MB, CPU seconds) so far; (None, None) for the kernel."""
+        return daemon_stats(self.mount.pids)
+
+
+def daemon_stats(pids: Sequence[int]) -> tuple[float | None, float | None]:
+    """(peak RSS in MB, CPU seconds) of the live processes ``pids``: the largest VmHWM and the summed
+    utime+stime; (None, None) when none of them can be read."""
+    rss: list[float] = []
+    cpu: list[float] = []
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu.append((int(fields[11]) + int(fields[12])) / ticks)
+            rss.append(hwm / 1024.0)
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue
+    if not rss:
+        return None, None
+    return max(rss), sum(cpu)
+
+
+@contextlib.contextmanager
+def _harness_mount(impl: str, lowers: Sequence[Path], upper: Path, work: Path, mnt: Path,
+                   opts: Sequence[str]) -> Iterator[Mount]:
+    """The harness's mount of ``impl`` (see the module's contract for the arguments it gets)."""
+    if base_impl(impl) == "unionfs":
+        args = [arg for o in [*opts, *variant_opts(impl)] for arg in ("-o", o)]
+        with unionfs_mount(lowers, upper, work, mnt, extra_args=args) as m:
+            yield m
+        return
+    parent = lowers[0].parent
+    if any(p.parent != parent for p in lowers):
+        raise ValueError(f"the layers of one mount must share a parent directory: {lowers}")
+    rel = [Path(p.name) for p in lowers]
+    with contextlib.ExitStack() as stack:
+        with contextlib.chdir(parent):
+            if impl == "fuse-overlayfs":
+                m = stack.enter_context(fuse_overlayfs_mount(rel, upper, work, mnt))
+            elif impl == "kernel":
+                m = stack.enter_context(kernel_overlay(rel, upper, work, mnt, options=()))
+            else:
+                raise ValueError(f"unknown implementation {impl!r}")
+        yield m
+
+
+def clear(scratch: Path) -> None:
+    """Remove ``scratch``, unless something is mounted at or below it (then RuntimeError)."""
+    left = leftover_mounts(scratch)
+    if left:
+        raise RuntimeError(f"still mounted under {scratch}: {', '.join(left)}; not removing it")
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mounted(impl: str, lowers: Sequence[Path], scratch: Path, opts: Sequence[str]) -> Iterator[Session]:
+    """A fresh mount of ``lowers`` (base first) with a new empty upper under ``scratch``; see the module."""
+    clear(scratch)
+    upper, work, mnt = scratch / "upper", scratch / "work", scratch / "mnt"
+    ok = False
+    try:
+        with held() as gate:  # a stop signal waits while the harness mounts or unmounts
+            harness = _harness_mount(impl, lowers, upper, work, mnt, opts)
+            t0 = time.perf_counter()
+            with harness as m:
+                session = Session(impl, m, time.perf_counter() - t0)
+                with gate.opened():
+                    try:
+                        yield session
+                    except RuntimeError as e:
+                        alive = wait_pids_gone(m.pids, 0)
+                        raise RuntimeError(f"{e} [still mounted: {is_mounted(m.path)}; "
+                                           f"daemon pids alive: {alive}]") from e
+        ok = True
+    finally:
+        left = leftover_mounts(scratch)
+        if not left:
+            shutil.rmtree(scratch, ignore_errors=True)
+        elif ok:
+            raise RuntimeError(f"still mounted under {scratch}: {', '.join(left)}; not removing it")
+        else:  # do not hide the error on its way out
+            log.error("still mounted, left in place: %s", ", ".join(left))
