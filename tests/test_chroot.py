@@ -20,15 +20,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.layers import Dir, Entry, File, Symlink, Whiteout, build_layers
 from support.mount import (
-    Dir,
-    Entry,
-    File,
     Mount,
-    Snapshot,
-    Symlink,
-    Whiteout,
-    build_layers,
     implementation_under_test,
     kernel_overlay,
     leftover_mounts,
@@ -38,8 +32,8 @@ from support.mount import (
     skip_reason_kernel_overlay,
     skip_reason_root,
     skip_reason_tool,
-    tree_snapshot,
 )
+from support.tree import Snapshot, tree_snapshot
 
 BUSYBOX = Path("/bin/busybox")
 PATH_ENV = "/bin:/sbin:/usr/bin:/usr/sbin"

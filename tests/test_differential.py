@@ -37,17 +37,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from support.layers import LAYER_TIME, Dir, Fifo, File, Hardlink, Symlink, Whiteout, build_layers
 from support.mount import (
-    LAYER_TIME,
-    Dir,
-    Fifo,
-    File,
-    Hardlink,
     Mount,
-    Snapshot,
-    Symlink,
-    Whiteout,
-    build_layers,
     implementation_under_test,
     kernel_overlay,
     leftover_mounts,
@@ -56,8 +48,8 @@ from support.mount import (
     require_implementation,
     skip_reason_kernel_overlay,
     skip_reason_root,
-    tree_snapshot,
 )
+from support.tree import Snapshot, tree_snapshot
 
 # ---------------------------------------------------------------------------
 # the lower layers (base first) and the path pool

@@ -17,19 +17,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from support.layers import Dir, File, build_layers
 from support.mount import (
-    Dir,
-    File,
     Mount,
-    build_layers,
     leftover_mounts,
     private_tmpdir,
     require,
     require_implementation,
     skip_reason_root,
     skip_reason_tool,
-    tree_snapshot,
 )
+from support.tree import tree_snapshot
 
 #: how long a tool may run before we call it hung (far above its own --runtime/--timeout)
 HANG_LIMIT = 300

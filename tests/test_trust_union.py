@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support.layers import Dir, File, build_layers
 from support.mount import (
-    Dir,
-    File,
-    build_layers,
     kernel_overlay,
     private_tmpdir,
     require,
