@@ -1,4 +1,4 @@
-"""Shared fixtures: a CLI runner, a fresh store, and the third-party test images."""
+"""Shared fixtures: the CLI against the test's own store, a fresh store, and the third-party test images."""
 
 from __future__ import annotations
 
@@ -12,21 +12,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from support.cli import run_cli  # noqa: E402
 from support.images import ImageSet, build_images, have_tools  # noqa: E402
-
-
-def run_cli(*args: str | os.PathLike[str], root: Path | None = None, check: bool = True,
-            input: bytes | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m unionfs [--root ROOT] ARGS`` in a subprocess, as a user would (TimeoutExpired after
-    ``timeout`` seconds)."""
-    cmd = [sys.executable, "-m", "unionfs"]
-    if root is not None:
-        cmd += ["--root", str(root)]
-    cmd += [str(a) for a in args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
-    return p
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from support.busybox import leftovers, store_state, unionfs
+from support.busybox import leftovers, store_state
+from support.cli import cli_argv, run_cli
 
 from unionfs.store.store import Store
 from unionfs.union.view import Union
@@ -70,7 +71,7 @@ def counter(tmp_path: Path) -> Path:
 def build(store: Path, context: Path, counter: Path | None = None, *args: str,
           check: bool = True) -> subprocess.CompletedProcess[str]:
     vol = ["-v", f"{counter}:/counter"] if counter is not None else []
-    return unionfs("build", *vol, *args, context, root=store, check=check)
+    return run_cli("build", *vol, *args, context, root=store, check=check)
 
 
 def built_id(out: str) -> str:
@@ -122,7 +123,7 @@ def test_multi_stage_build_files_config_and_run(store: Path, context: Path, coun
     build_cfg = config_of(store, built_id(p.stdout))
     assert build_cfg == cfg
 
-    r = unionfs("run", "--rm", "test:built", root=store)
+    r = run_cli("run", "--rm", "test:built", root=store)
     assert r.stdout == "hi\n"
     assert [x for x in leftovers(store, wait=0) if str(root) not in x] == []  # only the fixture's mount
 
@@ -174,11 +175,11 @@ def test_no_cache_runs_again_and_prune_cache_empties_it(store: Path, context: Pa
 
 def test_gc_keeps_the_cache_and_unionfs_prune_clears_it(store: Path, context: Path, counter: Path) -> None:
     build(store, context, counter, "-t", "test:built")
-    unionfs("rmi", "test:built", root=store)  # a gc: the cached step images must survive it
+    run_cli("rmi", "test:built", root=store)  # a gc: the cached step images must survive it
     counter.joinpath("runs").write_text("")
     p = build(store, context, counter, "-t", "test:built")
     assert "Using cache" in p.stdout and counter.joinpath("runs").read_text() == ""
-    out = unionfs("prune", root=store).stdout
+    out = run_cli("prune", root=store).stdout
     assert "Deleted build cache: " in out
     counter.joinpath("runs").write_text("")
     p = build(store, context, counter, "-t", "test:built")
@@ -250,7 +251,7 @@ def test_copy_add_details(store: Path, tmp_path: Path, unionfs_rootfs: Callable[
         "COPY bundle.tar.gz /kept/\n"
         "COPY --chown=1234:55 [\"dir/sub\", \"/owned/\"]\n"
     )
-    unionfs("build", "-t", "test:copy", ctx, root=store)
+    run_cli("build", "-t", "test:copy", ctx, root=store)
     root = unionfs_rootfs("test:copy")
     assert (root / "d/sub/f").read_text() == "f\n"
     assert os.readlink(root / "d/link") == "sub/f"
@@ -262,7 +263,7 @@ def test_copy_add_details(store: Path, tmp_path: Path, unionfs_rootfs: Callable[
     st = os.stat(root / "owned/f")
     assert (st.st_uid, st.st_gid) == (1234, 55)
     (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY secret /\n")
-    p = unionfs("build", ctx, root=store, check=False)
+    p = run_cli("build", ctx, root=store, check=False)
     assert p.returncode == 1 and "excluded by .dockerignore" in p.stderr
 
 
@@ -281,7 +282,7 @@ def test_config_only_instructions_are_recorded_without_layers(store: Path, tmp_p
         "ENTRYPOINT echo\n"
         "USER 1000:1000\n"
     )
-    unionfs("build", "-t", "test:cfg", ctx, root=store)
+    run_cli("build", "-t", "test:cfg", ctx, root=store)
     cfg = config_of(store, "test:cfg")
     c = cfg["config"]
     assert c["Shell"] == ["/bin/sh", "-e", "-c"]
@@ -295,7 +296,7 @@ def test_config_only_instructions_are_recorded_without_layers(store: Path, tmp_p
     assert all(h.get("empty_layer") for h in cfg["history"][1:])
     # a child runs the trigger, and does not inherit it
     (ctx / "Dockerfile").write_text("FROM test:cfg\nUSER root\n")
-    p = unionfs("build", "-t", "test:child", ctx, root=store)
+    p = run_cli("build", "-t", "test:child", ctx, root=store)
     assert "# Executing 1 build trigger" in p.stdout
     child = config_of(store, "test:child")
     assert not child["config"].get("OnBuild") and len(child["rootfs"]["diff_ids"]) == 2
@@ -307,10 +308,10 @@ def test_scratch_and_copy_from_an_image(store: Path, tmp_path: Path) -> None:
     (ctx / "hello").write_text("hello\n")
     (ctx / "Dockerfile").write_text("FROM scratch\nCOPY hello /\nCOPY --from=busybox:latest /bin/busybox /bin/\n"
                                     "CMD [\"/bin/busybox\", \"cat\", \"/hello\"]\n")
-    unionfs("build", "-t", "test:scratch", ctx, root=store)
+    run_cli("build", "-t", "test:scratch", ctx, root=store)
     cfg = config_of(store, "test:scratch")
     assert len(cfg["rootfs"]["diff_ids"]) == 2
-    r = unionfs("run", "--rm", "test:scratch", root=store)
+    r = run_cli("run", "--rm", "test:scratch", root=store)
     assert r.stdout == "hello\n"
 
 
@@ -319,7 +320,7 @@ def test_built_image_saves_for_skopeo(store: Path, context: Path, counter: Path,
         pytest.skip("skopeo is not installed")
     build(store, context, counter, "-t", "test:built")
     archive = tmp_path / "built.tar"
-    unionfs("save", "-o", archive, "test:built", root=store)
+    run_cli("save", "-o", archive, "test:built", root=store)
     out = subprocess.run(["skopeo", "inspect", f"docker-archive:{archive}"], capture_output=True, text=True,
                          check=True).stdout
     info = json.loads(out)
@@ -339,21 +340,19 @@ def test_built_image_pushes_to_a_registry(store: Path, context: Path, counter: P
     build(store, context, counter, "-t", "test:built")
     with running_registry(tmp_path / "registry") as reg:
         ref = f"{reg.host}/built:1"
-        unionfs("push", "test:built", ref, root=store)
+        run_cli("push", "test:built", ref, root=store)
         out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], capture_output=True,
                              text=True, check=True).stdout
         assert json.loads(out)["Digest"] == str(Store(store).resolve("test:built").manifest_desc.digest)
 
 
 def test_sigterm_during_run_step_unwinds(store: Path, tmp_path: Path) -> None:
-    import sys
-
     ctx = tmp_path / "ctx5"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM busybox:latest\nRUN echo started; sleep 60\n")
     before = store_state(store)
-    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "--root", str(store), "build", str(ctx)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cli_argv("build", ctx, root=store), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.strip() == "started":

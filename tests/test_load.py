@@ -148,7 +148,7 @@ def test_save_is_read_by_skopeo(fmt: str, transport: str, test_images: ImageSet,
     assert snapshot(tmp_path / "bundle" / "rootfs") == snapshot(test_images.rootfs)
     # and it loads back into a fresh store with the same image id
     other = tmp_path / "other-store"
-    from conftest import run_cli
+    from support.cli import run_cli
     assert "Loaded image: test:v3" in run_cli("load", "-i", archive, root=other).stdout
     assert Store(other).resolve("test:v3").id == Store(tmp_path / "store").resolve("test:v3").id
 

@@ -10,11 +10,11 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 from typing import Any, Iterator
 
 import pytest
 from support.cases import CASES, Case, apply_os, build_case, case_id, run_ops, snapshot, tree_of
+from support.cli import run_cli
 
 
 def skip_reason() -> str | None:
@@ -30,24 +30,13 @@ def skip_reason() -> str | None:
 pytestmark = [pytest.mark.root, pytest.mark.fuse,
               pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
 
-CLI = [sys.executable, "-m", "unionfs"]
-
-
-def unionfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the unionfs CLI in a subprocess."""
-    res = subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=60)
-    if check and res.returncode != 0:
-        raise AssertionError(f"unionfs {' '.join(args)} failed ({res.returncode}): {res.stderr.strip()}")
-    return res
-
-
 def force_unmount(mnt: str) -> None:
     """Unmount whatever is at ``mnt``, politely then lazily."""
     with open("/proc/self/mounts") as f:
         mounted = any(line.split()[1] == mnt for line in f)
     if not mounted:
         return
-    if unionfs("umount", mnt, check=False).returncode != 0:
+    if run_cli("umount", mnt, check=False).returncode != 0:
         subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
 
 
@@ -63,7 +52,7 @@ def mounted(lowers: list[str], upper: str | None, work: str | None, mnt: str,
         args += ["--upper", upper, "--work", work or ""]
     args += list(extra) + [mnt]
     try:
-        unionfs(*args)
+        run_cli(*args)
         yield mnt
     finally:
         force_unmount(mnt)

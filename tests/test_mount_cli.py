@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from support.cases import build_layer, tree_of
-from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
+from support.cli import run_cli
+from test_mount_cases import force_unmount, mounted, skip_reason
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse,
               pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
@@ -49,12 +50,12 @@ def test_mount_ps_umount(tmp_path: Any) -> None:
         assert tree_of(mnt)["d/g"] == "f:g"
         st = os.statvfs(mnt)
         assert st.f_namemax == 255
-        assert mnt in unionfs("ps").stdout
-        res = unionfs("mount", "--lower", lowers[0], mnt, check=False)
+        assert mnt in run_cli("ps").stdout
+        res = run_cli("mount", "--lower", lowers[0], mnt, check=False)
         assert res.returncode != 0 and "busy" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-        unionfs("umount", mnt)
-        assert mnt not in unionfs("ps").stdout
-        res = unionfs("umount", mnt, check=False)
+        run_cli("umount", mnt)
+        assert mnt not in run_cli("ps").stdout
+        res = run_cli("umount", mnt, check=False)
         assert res.returncode != 0 and "not a unionfs mount" in res.stderr
 
 
@@ -66,7 +67,7 @@ def test_one_line_errors(tmp_path: Any) -> None:
         (["--lower", lowers[0], "--upper", u, mnt], "go together"),
     ]
     for args, text in cases:
-        res = unionfs("mount", *args, check=False)
+        res = run_cli("mount", *args, check=False)
         try:
             assert res.returncode != 0 and text in res.stderr, res.stderr
             assert len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -80,7 +81,7 @@ def test_upper_without_xattrs(tmp_path: Any) -> None:
     os.makedirs(fs)
     # a tmpfs mounted without user/trusted xattr support is hard to get; /proc is a filesystem without xattrs
     # where we cannot write either: the error must still be one line
-    res = unionfs("mount", "--lower", lowers[0], "--upper", "/proc/sys", "--work", "/proc/sys", mnt, check=False)
+    res = run_cli("mount", "--lower", lowers[0], "--upper", "/proc/sys", "--work", "/proc/sys", mnt, check=False)
     force_unmount(mnt)
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
 

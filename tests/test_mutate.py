@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.busybox import unionfs
+from support.cli import run_cli
 
 from unionfs.store.store import Store
 
@@ -35,10 +35,10 @@ def _three_ways(store: Path, base_tarball: Path, tmp_path: Path, instruction: st
     ctx = tmp_path / "ctx"
     ctx.mkdir(exist_ok=True)
     (ctx / "Dockerfile").write_text(f"FROM busybox:latest\n{instruction}\n")
-    unionfs("build", "-q", "-t", "via:build", ctx, root=store)
+    run_cli("build", "-q", "-t", "via:build", ctx, root=store)
     Store(store).prepare_container("busybox:latest", "c1")
-    unionfs("commit", "-c", instruction, "c1", "via:commit", root=store)
-    unionfs("import", "-c", instruction, base_tarball, "via:import", root=store)
+    run_cli("commit", "-c", instruction, "c1", "via:commit", root=store)
+    run_cli("import", "-c", instruction, base_tarball, "via:import", root=store)
     return [Store(store).resolve(f"via:{how}").config.data["config"] for how in ("build", "commit", "import")]
 
 
@@ -56,7 +56,7 @@ def test_commit_change_refuses_what_docker_refuses(store: Path) -> None:
     Store(store).prepare_container("busybox:latest", "c1")
     for bad in ("RUN echo", "FROM x", "SHELL [\"/bin/bash\"]", "COPY a /", "EXPOSE 80-x",
                 "CMD", "NOSUCH x"):
-        p = unionfs("commit", "-c", bad, "c1", "x:y", root=store, check=False)
+        p = run_cli("commit", "-c", bad, "c1", "x:y", root=store, check=False)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (bad, p.stderr)
         assert p.stderr.startswith("unionfs: --change"), (bad, p.stderr)
 
@@ -64,10 +64,10 @@ def test_commit_change_refuses_what_docker_refuses(store: Path) -> None:
 def test_entrypoint_change_drops_the_inherited_cmd_like_a_build(store: Path) -> None:
     """docker runs --change as a one-stage build: ENTRYPOINT clears Cmd unless a CMD came first."""
     Store(store).prepare_container("busybox:latest", "c1")
-    unionfs("commit", "-c", "CMD [\"sh\"]", "c1", "base:cmd", root=store)
+    run_cli("commit", "-c", "CMD [\"sh\"]", "c1", "base:cmd", root=store)
     Store(store).prepare_container("base:cmd", "c2")
-    unionfs("commit", "-c", "ENTRYPOINT [\"/x\"]", "c2", "e:1", root=store)
-    unionfs("commit", "-c", "CMD [\"y\"]", "-c", "ENTRYPOINT [\"/x\"]", "c2", "e:2", root=store)
+    run_cli("commit", "-c", "ENTRYPOINT [\"/x\"]", "c2", "e:1", root=store)
+    run_cli("commit", "-c", "CMD [\"y\"]", "-c", "ENTRYPOINT [\"/x\"]", "c2", "e:2", root=store)
     assert Store(store).resolve("base:cmd").config.data["config"]["Cmd"] == ["sh"]
     assert not Store(store).resolve("e:1").config.data["config"].get("Cmd")
     assert Store(store).resolve("e:2").config.data["config"]["Cmd"] == ["y"]

@@ -15,12 +15,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
-from conftest import run_cli
+from support.cli import cli_argv, run_cli
 from support.images import flatten_layers, run, snapshot
 from support.registry import USERS, FaultProxy, Registry, have_registry, running_registry
 
@@ -293,8 +292,8 @@ def test_killed_pull_then_second_pull_completes(store_root: Path, registry: Regi
     proc = None
     try:
         proxy.stall_blob[big] = 200_000
-        proc = subprocess.Popen([sys.executable, "-m", "unionfs", "--root", str(store_root), "pull", "-q", "-j", "1",
-                                 f"{proxy.host}/killed:v3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cli_argv("pull", "-q", "-j", "1", f"{proxy.host}/killed:v3", root=store_root),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proxy.stalled.wait(timeout=120), "the pull never reached the big blob"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
@@ -323,8 +322,8 @@ def test_htpasswd_login_pull_push_logout(cli: CLI, store_root: Path, pushed: str
         p = cli("login", reg.host, "-u", "alice", "-p", "wrong", check=False)
         assert p.returncode == 1 and "wrong username or password" in p.stderr
         assert not (docker_config / "config.json").exists()
-        p = subprocess.run([sys.executable, "-m", "unionfs", "login", reg.host, "-u", "alice", "--password-stdin"],
-                           input=USERS["alice"] + "\n", capture_output=True, text=True, timeout=120)
+        p = run_cli("login", reg.host, "-u", "alice", "--password-stdin", input=USERS["alice"] + "\n", timeout=120,
+                    check=False)
         assert p.returncode == 0 and "Login Succeeded" in p.stdout, p.stderr
         cfg = docker_config / "config.json"
         assert oct(cfg.stat().st_mode & 0o777) == "0o600"

@@ -18,7 +18,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from support.busybox import leftovers, unionfs
+from support.busybox import leftovers
+from support.cli import run_cli
 
 #: docker's default capability set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
 #: NET_BIND_SERVICE NET_RAW SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP
@@ -36,7 +37,7 @@ def marker(tmp_path: Path) -> Path:
 def sh(store: Path, script: str, *flags: str, image: str = "busybox:latest",
        check: bool = True) -> subprocess.CompletedProcess[str]:
     """``unionfs run --rm FLAGS IMAGE busybox sh -c SCRIPT``."""
-    return unionfs("run", "--rm", *flags, image, "/bin/busybox", "sh", "-c", script, root=store, check=check)
+    return run_cli("run", "--rm", *flags, image, "/bin/busybox", "sh", "-c", script, root=store, check=check)
 
 
 def status_fields(text: str) -> dict[str, str]:
@@ -84,7 +85,7 @@ def test_every_process_sees_only_the_rootfs(store: Path) -> None:
     for pid, (root, cwd, *_fds) in rows.items():
         assert root == "/" and cwd.startswith("/"), (pid, p.stdout)
     # the command inherits 0-2 only (3 is ls's own listing of the directory)
-    p = unionfs("run", "--rm", "busybox:latest", "/bin/busybox", "ls", "/proc/self/fd", root=store)
+    p = run_cli("run", "--rm", "busybox:latest", "/bin/busybox", "ls", "/proc/self/fd", root=store)
     assert p.stdout.split() == ["0", "1", "2", "3"]
 
 
@@ -213,12 +214,12 @@ def test_a_hostile_base_image_cannot_write_to_the_host_during_a_build(store_root
                                                                        tmp_path: Path, marker: Path) -> None:
     """``FROM hostile`` + ``RUN echo hello``: RUN runs the image's /bin/sh, isolated as ``run`` is (before: the
     build succeeded and the host file was changed)."""
-    unionfs("import", hostile_tarball(base_tarball, tmp_path / "hostile.tgz", marker), "hostile:latest",
+    run_cli("import", hostile_tarball(base_tarball, tmp_path / "hostile.tgz", marker), "hostile:latest",
             root=store_root)
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text("FROM hostile\nRUN echo hello\n")
-    p = unionfs("build", "-t", "built:latest", ctx, root=store_root)
+    p = run_cli("build", "-t", "built:latest", ctx, root=store_root)
     assert "hello" in p.stdout
     assert marker.read_text() == "host secret\n"
     assert not (marker.parent / "created-by-build").exists()
@@ -232,11 +233,11 @@ def test_build_run_steps_have_no_network_unless_asked(store: Path, tmp_path: Pat
     (ctx / "Dockerfile").write_text("FROM busybox:latest\n"
                                     "RUN busybox cut -d: -f1 /proc/net/dev | busybox tail -n +3 | "
                                     "busybox sed 's/^ */iface=/'\n")
-    p = unionfs("build", "-t", "net:latest", ctx, root=store)
+    p = run_cli("build", "-t", "net:latest", ctx, root=store)
     assert [x for x in p.stdout.splitlines() if x.startswith("iface=")] == ["iface=lo"], p.stdout
-    p = unionfs("build", "--no-cache", "--network", "host", "-t", "net:latest", ctx, root=store)
+    p = run_cli("build", "--no-cache", "--network", "host", "-t", "net:latest", ctx, root=store)
     assert {x[6:] for x in p.stdout.splitlines() if x.startswith("iface=")} == host_interfaces(), p.stdout
-    p = unionfs("build", "--network", "bridge", ctx, root=store, check=False)
+    p = run_cli("build", "--network", "bridge", ctx, root=store, check=False)
     assert p.returncode == 125 and "bridge" in p.stderr
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
 from support.images import NON_UTF8, run, snapshot
 from support.mount import kernel_overlay, require, skip_reason_kernel_overlay, skip_reason_root
 
@@ -78,7 +78,7 @@ def test_ls_agrees_with_the_mount(mounted, cli, store_root: Path) -> None:  # ty
             (stat.filemode(st.st_mode), st.st_nlink, st.st_uid, st.st_gid, st.st_size), line
         if rest:
             assert rest == ["->", os.readlink(mnt / "etc" / name)]
-    recursive = cli_bytes(store_root, "ls", REF, "/var", "-R").splitlines()
+    recursive = run_cli("ls", REF, "/var", "-R", root=store_root, text=False).stdout.splitlines()
     assert recursive[0] == b"/var:" and b"/var/lib/data:" in recursive and b"keep" in recursive
     assert NON_UTF8 in recursive  # names are written as the bytes they are
     home = cli("ls", REF, "/home/user", "-l").stdout.split()
@@ -113,7 +113,7 @@ def test_cat_agrees_with_the_mount(mounted, cli) -> None:  # type: ignore[no-unt
 def test_find_agrees_with_the_mount(mounted, cli, store_root: Path) -> None:  # type: ignore[no-untyped-def]
     tree, mnt = mounted
     ref = str(tree.image.tags[0])
-    out = cli_bytes(store_root, "find", ref).splitlines()
+    out = run_cli("find", ref, root=store_root, text=False).stdout.splitlines()
     assert sorted(out, key=lambda p: p.split(b"/")) == _mount_paths(mnt)
     if tree.image.tags[0].tag != "v2":
         return
@@ -122,14 +122,6 @@ def test_find_agrees_with_the_mount(mounted, cli, store_root: Path) -> None:  # 
     assert cli("find", REF, "/usr", "-name", "hard-*").stdout.split() == ["/usr/share/doc/hard-a",
                                                                          "/usr/share/doc/hard-b"]
     assert cli("find", REF, "/var", "-name", "gone").stdout == ""  # deleted in layer 2
-
-
-def cli_bytes(store_root: Path, *args: str) -> bytes:
-    """The CLI's standard output as bytes (file names need not be UTF-8)."""
-    p = subprocess.run([sys.executable, "-m", "unionfs", "--root", str(store_root), *args], capture_output=True,
-                       timeout=300)
-    assert p.returncode == 0, p.stderr
-    return p.stdout
 
 
 def test_which_names_provider_and_shadowed_layers(mounted, cli) -> None:  # type: ignore[no-untyped-def]

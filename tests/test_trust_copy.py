@@ -253,7 +253,8 @@ def _hostile_rootfs_tar(dest: Path, host_dir: Path) -> Path:
 @pytest.mark.parametrize("dest", [".", "./", "hello.txt", "sub/", "../evil/x/"])
 def test_copy_over_a_hostile_base_writes_only_into_the_image(tmp_path: Path, store_root: Path,
                                                              dest: str) -> None:
-    from support.busybox import leftovers, require, unionfs
+    from support.busybox import leftovers, require
+    from support.cli import run_cli
 
     from unionfs.store.store import Store
     from unionfs.union.view import Union
@@ -263,7 +264,7 @@ def test_copy_over_a_hostile_base_writes_only_into_the_image(tmp_path: Path, sto
     host.mkdir()
     tar = _hostile_rootfs_tar(tmp_path / "hostile.tar", host).read_bytes()
     config = image_config([sha_of(tar)], config={"WorkingDir": "/nonexistent/../evil"})  # as an attacker writes it
-    unionfs("load", "-i", docker_archive(tmp_path / "hostile-image.tar", [(tar, tar)], config=config,
+    run_cli("load", "-i", docker_archive(tmp_path / "hostile-image.tar", [(tar, tar)], config=config,
                                          repo_tags=("hostile:1",)), root=store_root)
     assert Store(store_root).resolve("hostile:1").config.data["config"]["WorkingDir"] == "/nonexistent/../evil"
     ctx = tmp_path / "ctx"
@@ -271,7 +272,7 @@ def test_copy_over_a_hostile_base_writes_only_into_the_image(tmp_path: Path, sto
     (ctx / "hello.txt").write_text("hello\n")
     (ctx / "Dockerfile").write_text(f"FROM hostile:1\nCOPY hello.txt {dest}\n")
     try:
-        unionfs("build", "-t", "out:1", ctx, root=store_root)
+        run_cli("build", "-t", "out:1", ctx, root=store_root)
         assert os.listdir(host) == []
         store = Store(store_root)
         layers = Union([str(p) for p in store.ensure_layers(store.resolve("out:1"))])

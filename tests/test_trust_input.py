@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from conftest import run_cli
+from support.cli import run_cli
 from support.tar import END, build, file, header_block, pax_block, pax_record
 from test_load import store_tree
 

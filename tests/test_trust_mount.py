@@ -25,7 +25,8 @@ from typing import Iterator
 
 import pytest
 from support.mount import daemon_pids, private_tmpdir, wait_pids_gone
-from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
+from support.cli import run_cli
+from test_mount_cases import force_unmount, mounted, skip_reason
 
 from unionfs import mountinfo
 
@@ -155,7 +156,7 @@ def _suid_image(store: Path, euid_program: Path, tmp_path: Path) -> str:
         ti.mode = 0o4755
         with open(euid_program, "rb") as f:
             tf.addfile(ti, f)
-    unionfs("--root", str(store), "import", str(tar), "suid:1")
+    run_cli("import", tar, "suid:1", root=store)
     return "suid:1"
 
 
@@ -165,13 +166,13 @@ def test_image_mount_is_nosuid_and_private_unless_asked(euid_program: Path, mnt:
     store = tmp_path / "store"
     image = _suid_image(store, euid_program, tmp_path)
     try:
-        unionfs("--root", str(store), "mount", image, mnt)
+        run_cli("mount", image, mnt, root=store)
         per_mount, fuse = flags(mnt)
         assert {"nosuid", "nodev"} <= per_mount and "allow_other" not in fuse
         res = as_nobody(f"{mnt}/bin/euid")
         assert res.returncode != 0 and "Permission denied" in res.stderr, (res.stdout, res.stderr)
-        unionfs("umount", mnt)
-        unionfs("--root", str(store), "mount", "-o", "allow_other", image, mnt)
+        run_cli("umount", mnt)
+        run_cli("mount", "-o", "allow_other", image, mnt, root=store)
         assert {"allow_other", "default_permissions"} <= flags(mnt)[1]
         assert as_nobody(f"{mnt}/bin/euid").stdout == f"{NOBODY}\n"
     finally:
@@ -219,7 +220,7 @@ def _kill_daemon(mountpoint: str) -> None:
 
 
 def _ps_status(mountpoint: str) -> str:
-    out = unionfs("ps").stdout
+    out = run_cli("ps").stdout
     lines = [line for line in out.splitlines() if f" {mountpoint} " in line + " "]
     assert len(lines) == 1, out
     return lines[0].split(mountpoint, 1)[1].strip()
@@ -247,13 +248,13 @@ def test_dead_mount_with_an_open_file_is_shown_dead_and_umount_detaches_it(tmp_p
         with _held_open(os.path.join(mnt, "f")) as fd:
             _kill_daemon(mnt)
             assert _ps_status(mnt) == "dead (daemon gone)"
-            res = unionfs("mount", "--lower", lowers[0], mnt, check=False)  # mounting over it: told what to do
+            res = run_cli("mount", "--lower", lowers[0], mnt, check=False)  # mounting over it: told what to do
             assert res.returncode != 0 and "dead" in res.stderr and "umount" in res.stderr
             assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-            res = unionfs("umount", mnt, check=False)
+            res = run_cli("umount", mnt, check=False)
             assert res.returncode == 0, res.stderr
             assert "detached" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-            assert not _mounted_at(mnt) and mnt not in unionfs("ps").stdout
+            assert not _mounted_at(mnt) and mnt not in run_cli("ps").stdout
             with pytest.raises(OSError) as ei:
                 os.read(fd, 10)
             assert ei.value.errno == errno.ENOTCONN
@@ -263,13 +264,13 @@ def test_busy_live_mount_points_at_lazy_and_lazy_cleans_dead_ones(tmp_path: Path
     lowers, up, work = _layers(tmp_path)
     with mounted(lowers, up, work, mnt):
         with _held_open(os.path.join(mnt, "f")) as fd:
-            res = unionfs("umount", mnt, check=False)
+            res = run_cli("umount", mnt, check=False)
             assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
             assert "busy" in res.stderr and f"unionfs umount --lazy {mnt}" in res.stderr
             assert _ps_status(mnt) == "mounted" and os.read(fd, 5) == b"data\n"  # left alone
             _kill_daemon(mnt)
             assert _ps_status(mnt) == "dead (daemon gone)"
-            unionfs("umount", "--lazy", mnt)
+            run_cli("umount", "--lazy", mnt)
             assert not _mounted_at(mnt)
 
 
@@ -278,7 +279,7 @@ def test_dead_idle_mount_unmounts_plainly(tmp_path: Path, mnt: str) -> None:
     with mounted(lowers, up, work, mnt):
         _kill_daemon(mnt)
         assert _ps_status(mnt) == "dead (daemon gone)"
-        res = unionfs("umount", mnt, check=False)
+        res = run_cli("umount", mnt, check=False)
         assert res.returncode == 0 and res.stderr == "", res.stderr
         assert not _mounted_at(mnt)
 

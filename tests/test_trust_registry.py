@@ -25,14 +25,13 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import httpx
 import pytest
+from support.cli import run_cli
 from support.registry import Body, FakeServer, Sent, sha256
 
 from unionfs.errors import RegistryAuthError, RegistryConnectionError, RegistryError, RegistryNotFoundError
@@ -185,11 +184,6 @@ def _local_address() -> str | None:
     return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
 
 
-def _cli(*args: str, input: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "unionfs", *args], input=input, capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy())
-
-
 def test_login_refuses_a_plain_http_realm_on_another_host(serve: Callable[..., FakeServer]) -> None:
     """A loopback registry (plain HTTP allowed) names a plain-HTTP token realm on a real, non-loopback address:
     ``unionfs login`` fails naming the realm, and the realm received nothing."""
@@ -199,7 +193,8 @@ def test_login_refuses_a_plain_http_realm_on_another_host(serve: Callable[..., F
     trap = serve(lambda m, p, h: (200, {}, b'{"token": "t"}'), addr)
     realm = f"http://{addr}:{trap.port}/token"
     reg = serve(lambda m, p, h: _unauthorized(f'Bearer realm="{realm}",service="A"'))
-    p = _cli("login", f"127.0.0.1:{reg.port}", "-u", "alice", "--password-stdin", input=SECRET + "\n")
+    p = run_cli("login", f"127.0.0.1:{reg.port}", "-u", "alice", "--password-stdin", input=SECRET + "\n",
+                timeout=120, check=False)
     assert p.returncode == 1, p.stdout + p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("unionfs: ") and realm in lines[0]
@@ -301,7 +296,7 @@ def test_cli_silent_server_is_one_line(serve: Callable[..., FakeServer], monkeyp
     """``unionfs tags`` against a silent server: exit 1 and one line, in a bounded time (subprocess timeout)."""
     monkeypatch.setenv("UNIONFS_HTTP_TIMEOUT", "1")
     reg = serve(_silent(8))
-    p = _cli("tags", f"127.0.0.1:{reg.port}/r", timeout=60)
+    p = run_cli("tags", f"127.0.0.1:{reg.port}/r", input="", timeout=60, check=False)
     assert p.returncode == 1 and p.stdout == "", p.stdout + p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "no answer" in lines[0] and "UNIONFS_HTTP_TIMEOUT" in lines[0], p.stderr
@@ -309,7 +304,7 @@ def test_cli_silent_server_is_one_line(serve: Callable[..., FakeServer], monkeyp
 
 def test_bad_limit_in_the_environment_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UNIONFS_SPEED_TIME", "soon")
-    p = _cli("tags", "127.0.0.1:9/r", timeout=60)
+    p = run_cli("tags", "127.0.0.1:9/r", input="", timeout=60, check=False)
     assert p.returncode != 0 and "UNIONFS_SPEED_TIME" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 

@@ -14,7 +14,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from conftest import run_cli
+from support.cli import cli_argv, run_cli
 from support.mount import mount_fstype, require, skip_reason_fuse, skip_reason_root, skip_reason_unionfs, unionfs_mount
 
 from unionfs.errors import MountedTreeError
@@ -81,7 +80,7 @@ def count_entries(root: Path) -> int:
 
 def start(root: Path, *args: str) -> subprocess.Popen[str]:
     """``python -m unionfs --root ROOT ARGS`` running in the background."""
-    return subprocess.Popen([sys.executable, "-m", "unionfs", "--root", str(root), *args], text=True,
+    return subprocess.Popen(cli_argv(*args, root=root), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
 
 
@@ -335,8 +334,7 @@ def _limited() -> None:
 
 def _load_bounded(root: Path, archive: Path) -> subprocess.CompletedProcess[str]:
     """``load -i archive`` with 1 GiB of address space; a hang fails the test (TimeoutExpired)."""
-    return subprocess.run([sys.executable, "-m", "unionfs", "--root", str(root), "load", "-i", str(archive)],
-                          capture_output=True, text=True, timeout=60, preexec_fn=_limited)
+    return run_cli("load", "-i", archive, root=root, check=False, timeout=60, preexec_fn=_limited)
 
 
 def _header(name: str, size_field: bytes | None = None, size: int = 0) -> bytes:
@@ -378,8 +376,8 @@ def test_import_stops_reading_a_bomb_at_the_bound(store_root: Path, tmp_path: Pa
     fifo = tmp_path / "bomb.tar.gz"
     os.mkfifo(fifo)
     env = dict(os.environ, UNIONFS_MAX_LAYER_SIZE=str(1 << 20))
-    proc = subprocess.Popen([sys.executable, "-m", "unionfs", "--root", str(store_root), "import", str(fifo),
-                             "bomb:1"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cli_argv("import", fifo, "bomb:1", root=store_root), env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     fed = [0]
     cap = 512 << 20
 

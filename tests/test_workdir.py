@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from support.cases import tree_of
 from support.mount import is_mounted, skip_reason_kernel_overlay, wait_pids_gone
-from test_mount_cases import force_unmount, mounted, skip_reason, unionfs
+from support.cli import run_cli
+from test_mount_cases import force_unmount, mounted, skip_reason
 from test_mount_cli import daemon_pids, layers
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse,
@@ -57,7 +58,7 @@ def test_volatile_marks_the_work_dir_until_a_clean_unmount(tmp_path: Any) -> Non
             f.flush()
             os.fsync(f.fileno())  # a no-op on a volatile mount, and no error
         os.sync()
-        unionfs("umount", mnt)
+        run_cli("umount", mnt)
         assert not os.path.exists(os.path.dirname(dirty(w))), "a clean unmount removes the marker"
     with mounted(lowers, u, w, mnt):  # a plain mount of the same upper afterwards
         assert tree_of(mnt)["top"] == "f:top+"
@@ -74,7 +75,7 @@ def test_a_killed_volatile_mount_is_refused_until_the_marker_goes(tmp_path: Any)
     before = upper_state(u)
     for extra in ((), ("-o", "volatile")):
         try:
-            res = unionfs("mount", "--lower", lowers[0], "--lower", lowers[1], "--upper", u, "--work", w,
+            res = run_cli("mount", "--lower", lowers[0], "--lower", lowers[1], "--upper", u, "--work", w,
                           *extra, mnt, check=False)
             assert res.returncode != 0, "a mount over a torn volatile upper must fail"
             assert "volatile mount that did not unmount cleanly" in res.stderr, res.stderr
@@ -114,7 +115,7 @@ def test_one_mount_per_work_dir(tmp_path: Any) -> None:
     os.makedirs(other)
     with mounted(lowers, u, w, mnt):
         try:
-            res = unionfs("mount", "--lower", lowers[0], "--upper", u, "--work", w, other, check=False)
+            res = run_cli("mount", "--lower", lowers[0], "--upper", u, "--work", w, other, check=False)
             assert res.returncode != 0 and "in use by another mount" in res.stderr, res.stderr
             assert len(res.stderr.strip().splitlines()) == 1, res.stderr
             assert not os.path.ismount(other)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+
+from support.cli import run_cli
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "ls", "cat", "echo", "id", "mkdir", "rm", "touch", "chmod", "true", "false", "sleep", "wc",
@@ -61,19 +61,9 @@ def busybox_tarball(dest: Path) -> Path:
     return dest
 
 
-def unionfs(*args: str | os.PathLike[str], root: Path, check: bool = True, timeout: float = 300,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the unionfs CLI against ``root``."""
-    cmd = [sys.executable, "-m", "unionfs", "--root", str(root), *map(str, args)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
-    return p
-
-
 def import_busybox(store_root: Path, tarball: Path, ref: str = "busybox:latest") -> None:
     """Import the base image into the store as ``ref``."""
-    unionfs("import", tarball, ref, root=store_root)
+    run_cli("import", tarball, ref, root=store_root)
 
 
 def leftovers(store_root: Path, wait: float = 5.0) -> list[str]:

@@ -1,0 +1,46 @@
+"""The one CLI runner: ``python -m unionfs [--root ROOT] ARGS`` in a subprocess, as a user runs it.
+
+:func:`run_cli` runs it to completion (text or bytes, optional stdin, environment and timeout; with ``check`` a
+non-zero exit fails the test with the command's output); :func:`cli_argv` is its command line, for the tests
+that start it in the background (``subprocess.Popen``) to signal or kill it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+#: seconds a command may take before the test calls it hung (a bound that detects hangs, it measures nothing)
+TIMEOUT = 300.0
+
+
+def cli_argv(*args: str | os.PathLike[str], root: Path | str | None = None) -> list[str]:
+    """The command line ``python -m unionfs [--root ROOT] ARGS`` (this interpreter, so this checkout)."""
+    cmd = [sys.executable, "-m", "unionfs"]
+    if root is not None:
+        cmd += ["--root", str(root)]
+    return cmd + [os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args]
+
+
+def run_cli(*args: str | os.PathLike[str], root: Path | str | None = None, check: bool = True,
+            input: str | bytes | None = None, timeout: float = TIMEOUT, text: bool = True,
+            env: Mapping[str, str] | None = None, preexec_fn: Callable[[], None] | None = None,
+            ) -> subprocess.CompletedProcess[Any]:
+    """Run the unionfs CLI to completion and return its result (stdout and stderr captured).
+
+    ``text=False`` gives stdout and stderr as bytes (file names need not be UTF-8; ``input`` is bytes then).
+    ``env`` replaces the environment (default: this process'). With ``check``, a non-zero exit raises an
+    AssertionError naming the command, its exit code and its output. A hang raises TimeoutExpired after
+    ``timeout`` seconds.
+    """
+    cmd = cli_argv(*args, root=root)
+    p = subprocess.run(cmd, capture_output=True, text=text, input=input, timeout=timeout,
+                       env=dict(env) if env is not None else None, preexec_fn=preexec_fn)
+    if check and p.returncode != 0:
+        out, err = (p.stdout, p.stderr) if text else (p.stdout.decode(errors="replace"),
+                                                      p.stderr.decode(errors="replace"))
+        raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{out}\n{err}")
+    return p
