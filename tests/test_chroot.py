@@ -33,7 +33,7 @@ from support.mount import (
     skip_reason_root,
     skip_reason_tool,
 )
-from support.tree import Snapshot, tree_snapshot
+from support.tree import LAYER, Snapshot, tree_snapshot
 
 BUSYBOX = Path("/bin/busybox")
 PATH_ENV = "/bin:/sbin:/usr/bin:/usr/sbin"
@@ -142,7 +142,7 @@ def chroot_sh(mnt: Path, script: str) -> subprocess.CompletedProcess[str]:
 
 def lower_snapshot(p: Path) -> Snapshot:
     """Everything about a lower layer, ctimes, inode numbers and private xattrs included."""
-    return tree_snapshot(p, times=True, ctimes=True, inodes=True, private_values=True)
+    return tree_snapshot(p, **LAYER)
 
 
 def is_whiteout(p: Path) -> bool:
@@ -170,7 +170,7 @@ def check_upper(upper: Path, kind: str) -> None:
     # only what changed was copied up: busybox ran hundreds of times but was only read
     for untouched in ("bin/busybox", "sbin", "usr/sbin", "var/log/messages", "opt", "root"):
         assert not os.path.lexists(upper / untouched), f"{kind}: /{untouched} was copied up but never changed"
-    wh_names = [os.path.join(d, n) for d, ds, fs in os.walk(upper) for n in ds + fs if n.startswith(".wh.")]
+    wh_names = [p for p in tree_snapshot(upper, check_dino=False).nodes if os.path.basename(p).startswith(".wh.")]
     assert not wh_names, f"{kind}: .wh. names in the upper: {wh_names}"
 
 

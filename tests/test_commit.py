@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.images import run, snapshot
+from support.images import run
 from support.mount import (
     kernel_overlay,
     require,
@@ -26,6 +26,7 @@ from support.mount import (
     skip_reason_unionfs,
     unionfs_mount,
 )
+from support.tree import ROOTFS, Snapshot, assert_same_tree, tree_snapshot
 
 from unionfs.errors import UsageError
 from unionfs.image.commit import apply_changes, diff_trees, diff_upper, mount_options, new_config
@@ -188,21 +189,15 @@ def _mount_container(store: Store, name: str, mnt: Path, impl: str = "kernel"): 
     return kernel_overlay(lowers, Path(plan.upper), Path(plan.work), mnt)
 
 
-MTIME = 9  # index of the mtime in an images.snapshot value
-
-
-def assert_same_snapshot(got: dict, want: dict, what: str, mtimes: list[str]) -> None:
-    """Compare two ``images.snapshot`` results, naming every differing path with both values.
+def assert_same_snapshot(got: Snapshot, want: Snapshot, what: str, mtimes: list[str]) -> None:
+    """Compare two rootfs snapshots (``support.tree.ROOTFS``), naming every differing path with both values.
 
     mtimes are compared separately: their differences are appended to ``mtimes`` (see the round trip).
     """
-    def strip(v: tuple | None) -> tuple | None:
-        return None if v is None else v[:MTIME] + v[MTIME + 1:]
-    problems = [f"{p!r}: got {got.get(p)!r}, want {want.get(p)!r}"
-                for p in sorted(set(got) | set(want)) if strip(got.get(p)) != strip(want.get(p))]
-    assert not problems, f"{what} differs from the mounted tree:\n" + "\n".join(problems)
-    mtimes.extend(f"{what}: {p!r} mtime {got[p][MTIME]} != {want[p][MTIME]}" for p in sorted(got)
-                  if got[p][MTIME] != want[p][MTIME])
+    assert_same_tree(want.without("mtime_ns"), got.without("mtime_ns"), ("mounted", what),
+                     f"{what} differs from the mounted tree")
+    mtimes.extend(f"{what}: {p!r} mtime {got.nodes[p].mtime_ns} != {want.nodes[p].mtime_ns}"
+                  for p in sorted(got.nodes) if got.nodes[p].mtime_ns != want.nodes[p].mtime_ns)
 
 
 @pytest.mark.parametrize("impl", ["kernel", "unionfs"])
@@ -214,7 +209,7 @@ def test_commit_round_trip(impl: str, test_images: Any, cli, store_root: Path, t
     mtimes: list[str] = []
     with _mount_container(store, "c1", mnt, impl):
         _change_everything(mnt)
-        before = snapshot(mnt)
+        before = tree_snapshot(mnt, **ROOTFS)
         store.set_container_mount("c1", str(mnt))
         assert [tuple(line.split(" ", 1)) for line in cli("diff", "c1").stdout.splitlines()] == EXPECTED_DIFF
         # a writer holds the mount: the pause (read-only remount) is refused and nothing is committed
@@ -239,12 +234,12 @@ def test_commit_round_trip(impl: str, test_images: Any, cli, store_root: Path, t
     # (a) umoci unpack of the new image equals the mounted tree before the commit
     bundle = tmp_path / "bundle"
     run("umoci", "unpack", "--image", f"{store_root}:docker.io/library/test:committed", bundle)
-    assert_same_snapshot(snapshot(bundle / "rootfs"), before, "umoci unpack", mtimes)
+    assert_same_snapshot(tree_snapshot(bundle / "rootfs", **ROOTFS), before, "umoci unpack", mtimes)
 
     # (b) the kernel overlayfs over the new image's layers shows the same tree
     layers = [Path(p) for p in store.ensure_layers(image)]
     with kernel_overlay(layers, None, None, tmp_path / "ro"):
-        assert_same_snapshot(snapshot(tmp_path / "ro"), before, "the kernel overlay", mtimes)
+        assert_same_snapshot(tree_snapshot(tmp_path / "ro", **ROOTFS), before, "the kernel overlay", mtimes)
 
     # (c) `unionfs save` of it loads with skopeo (and back into a fresh store)
     archive = tmp_path / "saved.tar"
@@ -253,7 +248,8 @@ def test_commit_round_trip(impl: str, test_images: Any, cli, store_root: Path, t
     assert len(info["Layers"]) == 3
     run("skopeo", "copy", "-q", f"docker-archive:{archive}", f"oci:{tmp_path / 'copy'}:x")
     run("umoci", "unpack", "--image", f"{tmp_path / 'copy'}:x", tmp_path / "bundle2")
-    assert_same_snapshot(snapshot(tmp_path / "bundle2" / "rootfs"), before, "skopeo copy of save", mtimes)
+    assert_same_snapshot(tree_snapshot(tmp_path / "bundle2" / "rootfs", **ROOTFS), before, "skopeo copy of save",
+                         mtimes)
 
     # the image diff between base and committed image tells the same story (but renames are not
     # redirects there: the old path is deleted, the new path added, nothing else)

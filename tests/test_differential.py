@@ -49,7 +49,7 @@ from support.mount import (
     skip_reason_kernel_overlay,
     skip_reason_root,
 )
-from support.tree import Snapshot, tree_snapshot
+from support.tree import LAYER, Snapshot, tree_snapshot
 
 # ---------------------------------------------------------------------------
 # the lower layers (base first) and the path pool
@@ -279,7 +279,7 @@ class Differential(RuleBasedStateMachine):
     @staticmethod
     def _lower_snapshot(path: Path) -> Snapshot:
         """Everything about a lower directory, ctimes and private xattr values included."""
-        return tree_snapshot(path, times=True, ctimes=True, inodes=True, private_values=True)
+        return tree_snapshot(path, **LAYER)
 
     def _mount_under_test(self) -> Mount:
         """Mount the implementation under test over its copy of the lowers."""

@@ -14,7 +14,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from support.images import ImageSet, flatten_layers, run, snapshot
+from support.images import ImageSet, flatten_layers, run
+from support.tree import ROOTFS, assert_same_tree, tree_snapshot
 
 from unionfs.store.store import Store
 
@@ -27,17 +28,6 @@ VARIANTS = {
 }
 
 
-def store_tree(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file of a store with its size and mode (to show that a failed command changed nothing)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            st = os.lstat(p)
-            out[os.path.relpath(p, root)] = (st.st_size if not os.path.isdir(p) else 0, st.st_mode)
-    return out
-
-
 def assert_image_equals_rootfs(store_root: Path, ref: str, rootfs: Path, work: Path) -> None:
     store = Store(store_root)
     img = store.resolve(ref)
@@ -46,10 +36,7 @@ def assert_image_equals_rootfs(store_root: Path, ref: str, rootfs: Path, work: P
     flat = work / "flat"
     shutil.rmtree(flat, ignore_errors=True)
     flatten_layers(layers, flat)
-    ours, theirs = snapshot(flat), snapshot(rootfs)
-    assert sorted(ours) == sorted(theirs)
-    diffs = {p: (ours[p], theirs[p]) for p in theirs if ours[p] != theirs[p]}
-    assert not diffs
+    assert_same_tree(tree_snapshot(rootfs, **ROOTFS), tree_snapshot(flat, **ROOTFS), ("umoci", "our layers"))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -135,7 +122,8 @@ def test_third_party_tools_read_the_store(test_images: ImageSet, cli, store_root
     info = json.loads(run("skopeo", "inspect", f"oci:{store_root}:{ref}"))
     assert len(info["Layers"]) == 4
     run("umoci", "unpack", "--image", f"{store_root}:{ref}", tmp_path / "bundle")
-    assert snapshot(tmp_path / "bundle" / "rootfs") == snapshot(test_images.rootfs)
+    assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS),
+                     tree_snapshot(tmp_path / "bundle" / "rootfs", **ROOTFS))
 
 
 @pytest.mark.parametrize("fmt,transport", [("docker-archive", "docker-archive"), ("oci-archive", "oci-archive")])
@@ -145,7 +133,8 @@ def test_save_is_read_by_skopeo(fmt: str, transport: str, test_images: ImageSet,
     cli("save", "test:v3", "-o", archive, "--format", fmt)
     run("skopeo", "copy", "-q", f"{transport}:{archive}", f"oci:{tmp_path / 'copy'}:x")
     run("umoci", "unpack", "--image", f"{tmp_path / 'copy'}:x", tmp_path / "bundle")
-    assert snapshot(tmp_path / "bundle" / "rootfs") == snapshot(test_images.rootfs)
+    assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS),
+                     tree_snapshot(tmp_path / "bundle" / "rootfs", **ROOTFS))
     # and it loads back into a fresh store with the same image id
     other = tmp_path / "other-store"
     from support.cli import run_cli
@@ -219,7 +208,7 @@ def test_import_rootfs_tarball(test_images: ImageSet, cli, store_root: Path, tmp
 
 def test_hostile_layer_changes_nothing(test_images: ImageSet, cli, store_root: Path, tmp_path: Path) -> None:
     cli("load", "-i", test_images.oci_archive)
-    before = store_tree(store_root)
+    before = tree_snapshot(store_root)
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w") as t:
         info = tarfile.TarInfo("../escaped")
@@ -240,7 +229,7 @@ def test_hostile_layer_changes_nothing(test_images: ImageSet, cli, store_root: P
     p = cli("load", "-i", archive, check=False)
     assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "escaped" in p.stderr
     assert not (tmp_path / "escaped").exists() and not (store_root / "escaped").exists()
-    assert store_tree(store_root) == before
+    assert_same_tree(before, tree_snapshot(store_root))
 
 
 def test_wrong_digest_changes_nothing(test_images: ImageSet, cli, store_root: Path, tmp_path: Path) -> None:
@@ -252,10 +241,10 @@ def test_wrong_digest_changes_nothing(test_images: ImageSet, cli, store_root: Pa
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     Store(store_root)
-    before = store_tree(store_root)
+    before = tree_snapshot(store_root)
     p = cli("load", "-i", layout, check=False)
     assert p.returncode == 1 and "digest mismatch" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    assert store_tree(store_root) == before
+    assert_same_tree(before, tree_snapshot(store_root))
 
 
 @pytest.mark.parametrize("args,message", [

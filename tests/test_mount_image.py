@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from support.images import ImageSet, snapshot
+from support.images import ImageSet
+from support.tree import ROOTFS, assert_same_tree, tree_snapshot
 
 from unionfs.store.store import Store
 
@@ -38,9 +39,7 @@ def test_mounted_image_equals_umoci_unpack(test_images: ImageSet, cli, store_roo
     cli("load", "-i", test_images.oci_archive)
     cli("mount", "--name", "c1", "test:v3", mnt)
     try:
-        ours, theirs = snapshot(mnt), snapshot(test_images.rootfs)
-        assert sorted(ours) == sorted(theirs)
-        assert {p: ours[p] for p in ours if ours[p] != theirs[p]} == {}
+        assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS), tree_snapshot(mnt, **ROOTFS), ("umoci", "mount"))
         ps = cli("ps").stdout
         assert "c1" in ps and str(mnt) in ps
         # a write lands in the container's upper, never in a layer
@@ -67,7 +66,7 @@ def test_mounted_image_equals_umoci_unpack(test_images: ImageSet, cli, store_roo
     assert not (store_root / "containers" / "c1").exists()
     cli("mount", "--name", "c2", "test:v3", mnt)
     try:
-        assert snapshot(mnt) == snapshot(test_images.rootfs)
+        assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS), tree_snapshot(mnt, **ROOTFS), ("umoci", "mount"))
     finally:
         cli("umount", mnt)
     cli("rm", "c2")

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 from support.cli import cli_argv, run_cli
-from support.images import flatten_layers, run, snapshot
+from support.images import flatten_layers, run
 from support.registry import USERS, FaultProxy, Registry, have_registry, running_registry
+from support.tree import ROOTFS, Snapshot, assert_same_tree, tree_snapshot
 
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import Platform
@@ -65,12 +66,12 @@ def skopeo_push(src: str, ref: str, *extra: str) -> None:
     run("skopeo", "copy", "-q", "--dest-tls-verify=false", *extra, src, f"docker://{ref}")
 
 
-def flattened(store_root: Path, ref: str, dest: Path, platform: Platform | None = None) -> dict[bytes, tuple]:
+def flattened(store_root: Path, ref: str, dest: Path, platform: Platform | None = None) -> Snapshot:
     """The snapshot of an image's layers from the store, applied in order."""
     store = Store(store_root)
     image = store.resolve(ref, platform)
     flatten_layers([store.layer_path(d) for d in image.config.diff_ids], dest)
-    return snapshot(dest)
+    return tree_snapshot(dest, **ROOTFS)
 
 
 def manifest_digest(ref: str) -> str:
@@ -89,7 +90,7 @@ def test_pull_oci_gzip_equals_umoci_rootfs(cli: CLI, store_root: Path, pushed: s
     p = cli("pull", pushed)
     assert p.stdout.strip() == pushed
     assert "Pull complete" in p.stderr and "Digest: sha256:" in p.stderr  # plain lines: stderr is no terminal
-    assert flattened(store_root, pushed, tmp_path / "flat") == snapshot(test_images.rootfs)
+    assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS), flattened(store_root, pushed, tmp_path / "flat"))
     again = cli("pull", pushed)
     assert "Image is up to date" in again.stderr and "Downloading" not in again.stderr
 
@@ -114,7 +115,7 @@ def test_pull_docker_schema2(cli: CLI, store_root: Path, registry: Registry, tes
     image = Store(store_root).resolve(ref)
     assert image.manifest.media_type == "application/vnd.docker.distribution.manifest.v2+json"
     assert str(image.manifest_desc.digest) == manifest_digest(ref)
-    assert flattened(store_root, ref, tmp_path / "flat") == snapshot(test_images.rootfs)
+    assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS), flattened(store_root, ref, tmp_path / "flat"))
 
 
 def test_pull_zstd(cli: CLI, store_root: Path, registry: Registry, test_images: TestImages, tmp_path: Path) -> None:
@@ -123,7 +124,7 @@ def test_pull_zstd(cli: CLI, store_root: Path, registry: Registry, test_images: 
     cli("pull", ref)
     image = Store(store_root).resolve(ref)
     assert all(d.media_type.endswith("+zstd") for d in image.manifest.layers)
-    assert flattened(store_root, ref, tmp_path / "flat") == snapshot(test_images.rootfs)
+    assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS), flattened(store_root, ref, tmp_path / "flat"))
 
 
 def _make_index_layout(test_images: TestImages, dest: Path) -> None:
@@ -168,7 +169,7 @@ def test_pull_index_picks_platform(cli: CLI, store_root: Path, registry: Registr
     assert store.resolve(ref).config.platform == Platform("linux", "arm64", "v8")
     cli("pull", "-q", "--platform", "linux/amd64", ref)
     assert store.resolve(ref).config.platform.architecture == "amd64"
-    assert flattened(store_root, ref, tmp_path / "flat") == snapshot(test_images.rootfs)
+    assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS), flattened(store_root, ref, tmp_path / "flat"))
     bad = cli("pull", "--platform", "linux/s390x", ref, check=False)
     assert bad.returncode == 1 and "no manifest for platform linux/s390x" in bad.stderr
 
@@ -188,7 +189,8 @@ def test_push_to_another_registry_round_trips_through_skopeo_and_umoci(
         out = tmp_path / "out"
         run("skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{dest}", f"oci:{out}:x")
         run("umoci", "unpack", "--image", f"{out}:x", tmp_path / "bundle")
-        assert snapshot(tmp_path / "bundle" / "rootfs") == snapshot(test_images.rootfs)
+        assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS),
+                         tree_snapshot(tmp_path / "bundle" / "rootfs", **ROOTFS))
         again = cli("push", pushed, dest)
         assert "Layer already exists" in again.stderr and "Pushed" not in again.stderr
 
@@ -221,7 +223,8 @@ def test_push_chunked_uploads(store_root: Path, pushed: str, tmp_path: Path, tes
         run("skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{other.host}/chunky:v3",
             f"oci:{tmp_path / 'out'}:x")
         run("umoci", "unpack", "--image", f"{tmp_path / 'out'}:x", tmp_path / "bundle")
-        assert snapshot(tmp_path / "bundle" / "rootfs") == snapshot(test_images.rootfs)
+        assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS),
+                         tree_snapshot(tmp_path / "bundle" / "rootfs", **ROOTFS))
 
 
 def test_push_needs_a_destination_for_an_id(cli: CLI, pushed: str, store_root: Path) -> None:
@@ -307,7 +310,7 @@ def test_killed_pull_then_second_pull_completes(store_root: Path, registry: Regi
     assert all(store.read_blob(d) is not None for d in store.blob_digests())  # every stored blob verifies
     assert b"killed" not in (store_root / "index.json").read_bytes()
     run_cli("pull", "-q", ref, root=store_root)
-    assert flattened(store_root, ref, tmp_path / "flat") == snapshot(test_images.rootfs)
+    assert_same_tree(tree_snapshot(test_images.rootfs, **ROOTFS), flattened(store_root, ref, tmp_path / "flat"))
 
 
 # --- authentication ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from support.mount import (
     skip_reason_root,
     skip_reason_tool,
 )
-from support.tree import tree_snapshot
+from support.tree import LAYER, tree_snapshot
 
 #: how long a tool may run before we call it hung (far above its own --runtime/--timeout)
 HANG_LIMIT = 300
@@ -87,14 +87,14 @@ def _stress_mount(mount_impl: Callable[..., Any], base: Path) -> Iterator[tuple[
     if skip_reason_tool("fio") is None:
         r = run_tool(["fio", f"--filename={lower}/fio/lower.dat", *LOWER_FIO, "--do_verify=0"])
         assert r.returncode == 0 and not fio_errors(r.stdout), r.stdout
-    before = tree_snapshot(lower, times=True, ctimes=True, inodes=True, private_values=True)
+    before = tree_snapshot(lower, **LAYER)
     try:
         with mount_impl([lower], base / "upper", base / "work", base / "mnt") as m:
             yield m, lower
             os.statvfs(m.path)  # the mount still answers after the stress
     finally:
         assert not leftover_mounts(base), f"mounts left behind: {leftover_mounts(base)}"
-    after = tree_snapshot(lower, times=True, ctimes=True, inodes=True, private_values=True)
+    after = tree_snapshot(lower, **LAYER)
     d = before.diff(after, ("before", "after"))
     assert not d, "the stress changed the lower layer:\n  " + "\n  ".join(d)
 

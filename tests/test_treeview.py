@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 from support.cli import run_cli
-from support.images import NON_UTF8, run, snapshot
+from support.images import NON_UTF8, run
 from support.mount import kernel_overlay, require, skip_reason_kernel_overlay, skip_reason_root
+from support.tree import ROOTFS, assert_same_tree, tree_snapshot
 
 from unionfs.errors import TreePathError
 from unionfs.image.tree import ImageTree
@@ -50,11 +51,8 @@ def mounted(any_image: ImageTree, tmp_path: Path):  # type: ignore[no-untyped-de
 
 
 def _mount_paths(mnt: Path) -> list[bytes]:
-    out = [b"/"]
-    base = os.fsencode(mnt)
-    for dirpath, dirnames, filenames in os.walk(base):
-        for n in dirnames + filenames:
-            out.append(b"/" + os.path.relpath(os.path.join(dirpath, n), base))
+    """Every path of the mounted tree, ``/`` first, as bytes (names need not be UTF-8)."""
+    out = [b"/" if p == "." else b"/" + os.fsencode(p) for p in tree_snapshot(mnt, check_dino=False).nodes]
     return sorted(out, key=lambda p: p.split(b"/"))
 
 
@@ -187,7 +185,4 @@ def test_export_equals_umoci_unpack(any_image: ImageTree, test_images: Any, cli,
     dest.mkdir()
     subprocess.run(["tar", "-xpf", str(tar), "-C", str(dest), "--xattrs", "--xattrs-include=*", "--numeric-owner"],
                    check=True, capture_output=True)
-    want, got = snapshot(bundle / "rootfs"), snapshot(dest)
-    problems = [f"{p!r}: got {got.get(p)!r}, want {want.get(p)!r}" for p in sorted(set(got) | set(want))
-                if got.get(p) != want.get(p)]
-    assert not problems, "\n".join(problems)
+    assert_same_tree(tree_snapshot(bundle / "rootfs", **ROOTFS), tree_snapshot(dest, **ROOTFS), ("umoci", "export"))

@@ -21,7 +21,7 @@ import pytest
 import zstandard
 from support.cli import run_cli
 from support.tar import END, build, file, header_block, pax_block, pax_record
-from test_load import store_tree
+from support.tree import Snapshot, assert_same_tree, tree_snapshot
 
 from unionfs.errors import (
     ArchiveError,
@@ -148,10 +148,10 @@ def one_line_error(p: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture
-def empty_store(store_root: Path) -> dict[str, tuple[int, int]]:
+def empty_store(store_root: Path) -> Snapshot:
     """Create the store and return its tree (to show that a refused load changed nothing)."""
     Store(store_root)
-    return store_tree(store_root)
+    return tree_snapshot(store_root)
 
 
 # ---------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_sparse_expansion_counts_against_the_layer_bound(tmp_path: Path, store_r
     p = run_cli("load", "-i", docker_archive(tmp_path / "a.tar", [(tar, tar)]), root=store_root, check=False)
     line = one_line_error(p)
     assert str(64 * MiB) in line and MAX_LAYER_SIZE_ENV in line
-    assert store_tree(store_root) == empty_store
+    assert_same_tree(empty_store, tree_snapshot(store_root))
     assert allocated(store_root) < 4 * MiB
 
 
@@ -263,7 +263,7 @@ def test_endless_sparse_map_through_load(tmp_path: Path, store_root: Path, empty
     p = run_cli("load", "-i", docker_archive(tmp_path / "a.tar", [(tar, tar)]), root=store_root, check=False,
                 timeout=120)
     assert "sparse map" in one_line_error(p)
-    assert store_tree(store_root) == empty_store
+    assert_same_tree(empty_store, tree_snapshot(store_root))
 
 
 # ---------------------------------------------------------------------------
@@ -343,7 +343,7 @@ def test_bad_docker_archive_is_one_line_error(case: str, tmp_path: Path, store_r
     archive = docker_archive(tmp_path / "a.tar", [(HELLO, HELLO)], **DOCKER_CASES[case])
     line = one_line_error(run_cli("load", "-i", archive, root=store_root, check=False))
     assert "INJECTED" not in line or "\\n" in line
-    assert store_tree(store_root) == empty_store
+    assert_same_tree(empty_store, tree_snapshot(store_root))
 
 
 def _oci_case(layout: Layout, case: str) -> Any:
@@ -399,7 +399,7 @@ def test_bad_oci_layout_is_one_line_error(case: str, tmp_path: Path, store_root:
     layout = Layout(tmp_path / "layout")
     layout.index(_oci_case(layout, case))
     one_line_error(run_cli("load", "-i", layout.root, root=store_root, check=False))
-    assert store_tree(store_root) == empty_store
+    assert_same_tree(empty_store, tree_snapshot(store_root))
 
 
 def _store_unchecked(store: Store, config: dict[str, Any], tag: str) -> None:
@@ -514,7 +514,7 @@ def test_index_with_15000_foreign_platforms_through_load(tmp_path: Path, store_r
         "org.opencontainers.image.ref.name": "1"})]})
     line = one_line_error(run_cli("load", "-i", layout.root, root=store_root, check=False))
     assert "no manifest for platform" in line and "and 14995 more" in line
-    assert store_tree(store_root) == empty_store
+    assert_same_tree(empty_store, tree_snapshot(store_root))
 
 
 @pytest.mark.parametrize("raw", [

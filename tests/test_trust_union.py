@@ -30,6 +30,7 @@ from support.mount import (
     unionfs_mount,
 )
 from support.tar import build, directory, file, opaque
+from support.tree import tree_snapshot
 from test_mount_cases import DAEMONS
 
 from unionfs.image.tree import ImageTree
@@ -221,14 +222,7 @@ def _store_image(store: Store, layers: list[bytes], ref: str) -> ImageTree:
 
 def _walk(root: Path) -> dict[str, bytes | None]:
     """Every path under ``root`` -> file content (None for a directory)."""
-    out: dict[str, bytes | None] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for n in dirnames:
-            out[os.path.normpath(os.path.join(rel, n))] = None
-        for n in filenames:
-            out[os.path.normpath(os.path.join(rel, n))] = Path(dirpath, n).read_bytes()
-    return out
+    return {p: n.content for p, n in tree_snapshot(root, contents=True, root_entry=False).nodes.items()}
 
 
 def _tree_walk(tree: ImageTree) -> dict[str, bytes | None]:

@@ -177,8 +177,9 @@ def _apply_dir(src: Path, dst: Path, links: dict[int, Path]) -> None:
             if not os.path.lexists(d):
                 d.mkdir()
             _apply_dir(s, d, links)
-            shutil.copystat(s, d, follow_symlinks=False)
+            shutil.copystat(s, d, follow_symlinks=False)  # copies every xattr, the overlay's private ones too
             os.chown(d, st.st_uid, st.st_gid)
+            _drop_private_xattrs(d)  # the opaque marker was applied above; a merged tree shows none
             for x in os.listxattr(s, follow_symlinks=False):
                 if not whiteout.is_private_xattr(x):
                     os.setxattr(d, x, os.getxattr(s, x, follow_symlinks=False), follow_symlinks=False)
@@ -197,9 +198,20 @@ def _apply_dir(src: Path, dst: Path, links: dict[int, Path]) -> None:
         os.chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
             os.chmod(d, stat.S_IMODE(st.st_mode))
+            _drop_private_xattrs(d)  # copy2 copied them all
             for x in os.listxattr(s, follow_symlinks=False):
-                os.setxattr(d, x, os.getxattr(s, x, follow_symlinks=False), follow_symlinks=False)
+                if not whiteout.is_private_xattr(x):
+                    os.setxattr(d, x, os.getxattr(s, x, follow_symlinks=False), follow_symlinks=False)
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _drop_private_xattrs(p: Path) -> None:
+    """Remove the overlay's private xattrs (``shutil.copystat`` and ``copy2`` copy every xattr)."""
+    from unionfs.layer import whiteout
+
+    for x in os.listxattr(p, follow_symlinks=False):
+        if whiteout.is_private_xattr(x):
+            os.removexattr(p, x, follow_symlinks=False)
 
 
 def _remove(p: Path) -> None:
@@ -208,34 +220,3 @@ def _remove(p: Path) -> None:
     elif os.path.lexists(p):
         os.unlink(p)
 
-
-def snapshot(root: Path) -> dict[bytes, tuple]:
-    """Every path under ``root`` with type, mode, owner, size, content hash, link target, xattrs and hardlink
-    group (the sorted list of paths sharing the inode); the root itself as ``b'.'``."""
-    import hashlib
-
-    out: dict[bytes, tuple] = {}
-    inodes: dict[int, list[bytes]] = {}
-    base = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(base):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, base)
-            st = os.lstat(full)
-            content = target = None
-            if stat.S_ISREG(st.st_mode):
-                with open(full, "rb") as f:
-                    content = hashlib.sha256(f.read()).hexdigest()
-                if st.st_nlink > 1:
-                    inodes.setdefault(st.st_ino, []).append(rel)
-            elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(full)
-            xattrs = tuple(sorted((x, os.getxattr(full, x, follow_symlinks=False))
-                                  for x in os.listxattr(full, follow_symlinks=False)
-                                  if not x.startswith(("trusted.overlay.", "user.overlay."))))
-            rdev = st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0
-            size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0
-            out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, content,
-                        target, xattrs, rdev, st.st_mtime_ns if not stat.S_ISDIR(st.st_mode) else None)
-    groups = {p: tuple(sorted(g)) for g in inodes.values() if len(g) > 1 for p in g}
-    return {p: v + (groups.get(p, ()),) for p, v in out.items()}

@@ -129,23 +129,3 @@ def pax_record(key: str, value: bytes) -> bytes:
 
 END = b"\0" * 1024
 
-
-def snapshot(path: str) -> dict[str, tuple]:
-    """Every entry below ``path`` (itself included) with its type, mode, owner, mtime, content or target."""
-    import os
-    import stat
-
-    out: dict[str, tuple] = {}
-    for dirpath, dirnames, filenames in os.walk(path):
-        for n in [".", *dirnames, *filenames]:
-            p = os.path.join(dirpath, n)
-            st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    extra: object = f.read()
-            elif stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(p)
-            else:
-                extra = None
-            out[os.path.relpath(p, path)] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_nlink, extra)
-    return out

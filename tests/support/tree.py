@@ -1,4 +1,9 @@
-"""Snapshots of whole trees (:func:`tree_snapshot`) and their comparison (:func:`assert_same_tree`)."""
+"""The one tree snapshot: :func:`tree_snapshot` records a whole tree, :func:`assert_same_tree` compares two.
+
+A tree is read from a real directory (a mount, a layer, an unpacked rootfs, a store) or from anything else that
+answers the calls of :class:`Source` (the union core's view, tests/support/impls.py). Options choose what is
+recorded; :data:`ROOTFS` and :data:`LAYER` are the two sets most tests use.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,20 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Iterator, Mapping, Protocol
 
 #: the overlay's private xattr namespaces, hidden through a mount and never copied up
 PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+
+#: how an unpacked root filesystem is compared (umoci's rootfs, a flattened image, an export, a mount of an
+#: image): type, mode, owner, size, content, link target, device numbers, xattrs, hardlink groups and the
+#: mtimes of non-directories; not the mtimes of directories (unpacking and whiteouts set them), not link
+#: counts (a mount counts a lower's names hidden above), not the root directory itself, no d_ino check
+ROOTFS: dict[str, Any] = {"times": True, "dir_times": False, "nlinks": False, "root_entry": False,
+                          "check_dino": False}
+#: everything about a layer directory (times, ctimes, inode numbers, private xattr values): what using it as a
+#: lower layer must not change
+LAYER: dict[str, Any] = {"times": True, "ctimes": True, "inodes": True, "private_values": True}
 
 
 def _ftype(mode: int) -> str:
@@ -42,6 +57,7 @@ class Node:
     mtime_ns: int | None = None
     ctime_ns: int | None = None
     ino: int | None = None  #: only with ``inodes=True``; hardlink groups are always recorded
+    content: bytes | None = None  #: regular files, only with ``contents=True``
 
     def describe(self) -> str:
         """One readable line."""
@@ -66,6 +82,8 @@ class Node:
             parts.append(f"ctime={self.ctime_ns}")
         if self.ino is not None:
             parts.append(f"ino={self.ino}")
+        if self.content is not None:
+            parts.append(f"content={self.content[:60]!r}" + ("..." if len(self.content) > 60 else ""))
         return " ".join(parts)
 
 
@@ -101,11 +119,73 @@ class Snapshot:
             out = out[:limit] + [f"... and {len(out) - limit} more"]
         return out
 
+    def without(self, *fields: str) -> "Snapshot":
+        """This snapshot with the named :class:`Node` fields cleared (None) everywhere, e.g. ``"mtime_ns"``."""
+        clear = dict.fromkeys(fields)
+        return dataclasses.replace(self, nodes={p: dataclasses.replace(n, **clear) for p, n in self.nodes.items()})
 
-def _xattrs(path: str) -> tuple[tuple[tuple[str, bytes], ...], tuple[str, ...]]:
-    """(visible non-private xattrs with values, names of visible private ones) of ``path``, not following."""
+
+class Source(Protocol):
+    """A tree :func:`tree_snapshot` can read: paths are relative to its root (``.`` is the root itself).
+
+    The results are those of the system calls of the same names on a real directory, not following symlinks.
+    """
+
+    def lstat(self, rel: str) -> os.stat_result: ...
+
+    def scandir(self, rel: str) -> Iterator[tuple[str, int]]:
+        """The names in the directory ``rel`` with the inode number readdir gives for each (``d_ino``)."""
+        ...
+
+    def readlink(self, rel: str) -> str: ...
+
+    def read(self, rel: str) -> Iterator[bytes]:
+        """The content of the regular file ``rel``, in chunks."""
+        ...
+
+    def listxattr(self, rel: str) -> list[str]: ...
+
+    def getxattr(self, rel: str, name: str) -> bytes: ...
+
+
+class DirSource:
+    """A real directory (or a mount) as a :class:`Source`."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = os.fspath(root)
+
+    def path(self, rel: str) -> str:
+        return self.root if rel == "." else os.path.join(self.root, rel)
+
+    def lstat(self, rel: str) -> os.stat_result:
+        return os.lstat(self.path(rel))
+
+    def scandir(self, rel: str) -> Iterator[tuple[str, int]]:
+        with os.scandir(self.path(rel)) as it:
+            return iter([(e.name, e.inode()) for e in it])
+
+    def readlink(self, rel: str) -> str:
+        return os.readlink(self.path(rel))
+
+    def read(self, rel: str) -> Iterator[bytes]:
+        fd = os.open(self.path(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a fifo must not block
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                yield chunk
+        finally:
+            os.close(fd)
+
+    def listxattr(self, rel: str) -> list[str]:
+        return os.listxattr(self.path(rel), follow_symlinks=False)
+
+    def getxattr(self, rel: str, name: str) -> bytes:
+        return os.getxattr(self.path(rel), name, follow_symlinks=False)
+
+
+def _xattrs(src: Source, rel: str) -> tuple[tuple[tuple[str, bytes], ...], tuple[str, ...]]:
+    """(visible non-private xattrs with values, names of visible private ones) of ``rel``."""
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = src.listxattr(rel)
     except OSError as e:
         if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
             return (), ()
@@ -116,84 +196,89 @@ def _xattrs(path: str) -> tuple[tuple[tuple[str, bytes], ...], tuple[str, ...]]:
             private.append(n)
             continue
         try:
-            public.append((n, os.getxattr(path, n, follow_symlinks=False)))
+            public.append((n, src.getxattr(rel, n)))
         except OSError as e:
-            public.append((n, f"<getxattr: {errno.errorcode.get(e.errno, e.errno)}>".encode()))
+            public.append((n, f"<getxattr: {errno.errorcode.get(e.errno or 0, e.errno)}>".encode()))
     return tuple(public), tuple(private)
 
 
-def _hash(path: str) -> str:
-    """sha256 of a regular file's content (opened without following a symlink)."""
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        while chunk := os.read(fd, 1 << 20):
-            h.update(chunk)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
-def tree_snapshot(root: Path | str, *, times: bool = False, ctimes: bool = False, inodes: bool = False,
-                  private_values: bool = False, check_dino: bool = True) -> Snapshot:
-    """Record everything comparable about the tree under ``root``.
+def tree_snapshot(root: Path | str | Source, *, times: bool = False, dir_times: bool = True, ctimes: bool = False,
+                  inodes: bool = False, nlinks: bool = True, contents: bool = False, private_values: bool = False,
+                  check_dino: bool = True, root_entry: bool = True, missing_ok: bool = False) -> Snapshot:
+    """Record everything comparable about the tree under ``root`` (a directory, or any :class:`Source`).
 
     For every path: type, mode, owner, size and link count (not for directories), content hash, symlink
     target, device numbers, xattrs (the overlay's private ``trusted.overlay.*``/``user.overlay.*`` are listed
     by name only, in ``private_xattrs``, unless ``private_values``), and the hardlink groups (non-directory
-    paths of the tree that share an inode). ``times`` adds mtimes, ``ctimes`` ctimes, ``inodes`` the inode
-    numbers. With ``check_dino``, readdir's d_ino must equal lstat's st_ino for every entry; and the tree
-    must show one st_dev (both are recorded in ``problems`` when they do not hold).
+    paths of the tree that share an inode). ``times`` adds mtimes (of non-directories only without
+    ``dir_times``), ``ctimes`` ctimes, ``inodes`` the inode numbers, ``contents`` the bytes of regular files;
+    ``nlinks=False`` leaves link counts out, ``root_entry=False`` the root directory itself. With
+    ``check_dino``, readdir's d_ino must equal lstat's st_ino for every entry, and the tree must show one
+    st_dev (both are recorded in ``problems`` when they do not hold). With ``missing_ok``, a name readdir
+    lists but lstat cannot find is recorded in ``problems`` too (else its error is raised).
     """
-    root = os.fspath(root)
+    src: Source = DirSource(root) if isinstance(root, (str, os.PathLike)) else root
     nodes: dict[str, Node] = {}
     by_ino: dict[tuple[int, int], list[str]] = {}
     problems: list[str] = []
     devices: set[int] = set()
 
-    def record(rel: str, full: str) -> os.stat_result:
-        st = os.lstat(full)
+    def record(rel: str) -> os.stat_result:
+        st = src.lstat(rel)
         devices.add(st.st_dev)
         kind = _ftype(st.st_mode)
-        public, private = _xattrs(full)
+        public, private = _xattrs(src, rel)
         if private_values:
-            public = tuple(sorted(public + tuple((n, os.getxattr(full, n, follow_symlinks=False))
-                                                 for n in private)))
+            public = tuple(sorted(public + tuple((n, src.getxattr(rel, n)) for n in private)))
             private = ()
-        nodes[rel] = Node(
-            type=kind,
-            mode=stat.S_IMODE(st.st_mode),
-            uid=st.st_uid,
-            gid=st.st_gid,
-            size=None if kind == "dir" else st.st_size,
-            nlink=None if kind == "dir" else st.st_nlink,
-            sha256=_hash(full) if kind == "file" else None,
-            target=os.readlink(full) if kind == "symlink" else None,
-            rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("chr", "blk") else None,
-            xattrs=public,
-            private_xattrs=private,
-            mtime_ns=st.st_mtime_ns if times else None,
-            ctime_ns=st.st_ctime_ns if ctimes else None,
-            ino=st.st_ino if inodes else None,
-        )
+        sha256 = data = None
+        if kind == "file":
+            h, chunks = hashlib.sha256(), []
+            for chunk in src.read(rel):
+                h.update(chunk)
+                if contents:
+                    chunks.append(chunk)
+            sha256, data = h.hexdigest(), (b"".join(chunks) if contents else None)
+        if rel != "." or root_entry:
+            nodes[rel] = Node(
+                type=kind,
+                mode=stat.S_IMODE(st.st_mode),
+                uid=st.st_uid,
+                gid=st.st_gid,
+                size=None if kind == "dir" else st.st_size,
+                nlink=None if kind == "dir" or not nlinks else st.st_nlink,
+                sha256=sha256,
+                target=src.readlink(rel) if kind == "symlink" else None,
+                rdev=(os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("chr", "blk") else None,
+                xattrs=public,
+                private_xattrs=private,
+                mtime_ns=st.st_mtime_ns if times and (dir_times or kind != "dir") else None,
+                ctime_ns=st.st_ctime_ns if ctimes else None,
+                ino=st.st_ino if inodes else None,
+                content=data,
+            )
         if kind != "dir":
             by_ino.setdefault((st.st_dev, st.st_ino), []).append(rel)
         return st
 
-    def walk(rel: str, full: str) -> None:
-        with os.scandir(full) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
-            crel = e.name if rel == "." else f"{rel}/{e.name}"
-            st = record(crel, e.path)
-            if check_dino and e.inode() != st.st_ino:
-                problems.append(f"{crel}: readdir d_ino {e.inode()} != st_ino {st.st_ino}")
+    def walk(rel: str) -> None:
+        for name, d_ino in sorted(src.scandir(rel)):
+            crel = name if rel == "." else f"{rel}/{name}"
+            try:
+                st = record(crel)
+            except FileNotFoundError as e:
+                if not missing_ok:
+                    raise
+                problems.append(f"{crel}: listed by readdir, but lstat fails: {errno.errorcode[e.errno]}")
+                continue
+            if check_dino and d_ino != st.st_ino:
+                problems.append(f"{crel}: readdir d_ino {d_ino} != st_ino {st.st_ino}")
             if stat.S_ISDIR(st.st_mode):
-                walk(crel, e.path)
+                walk(crel)
 
-    record(".", root)
-    walk(".", root)
-    if len(devices) > 1:
+    record(".")
+    walk(".")
+    if check_dino and len(devices) > 1:
         problems.append(f"{len(devices)} distinct st_dev values in one tree")
     groups = tuple(sorted(tuple(sorted(g)) for g in by_ino.values() if len(g) > 1))
     return Snapshot(nodes=nodes, hardlinks=groups, problems=tuple(problems))
