@@ -1,4 +1,4 @@
-"""Layer directories built in code, base first (README, "Architecture").
+"""Layer directories built in code, base first (docs/design.md, "Principles").
 
 Whiteouts are character devices 0/0 made with ``os.mknod``, opaque directories carry ``trusted.overlay.opaque=y``,
 so no ``.wh.*`` file or device node is ever committed.
