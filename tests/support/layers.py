@@ -14,6 +14,8 @@ from typing import Iterable, Mapping, Sequence
 
 #: the opaque marker we write into layers we build (as root: the kernel's trusted namespace)
 OPAQUE_XATTR = "trusted.overlay.opaque"
+#: the marker of an xattr whiteout (an empty regular file carrying it)
+WHITEOUT_XATTR = "trusted.overlay.whiteout"
 
 #: the mtime (and atime) every entry of a built layer gets: an old, fixed time (2001-09-09)
 LAYER_TIME = 1_000_000_000
@@ -69,6 +71,13 @@ class Whiteout:
 
 
 @dataclasses.dataclass(frozen=True)
+class XattrWhiteout:
+    """The xattr whiteout: an empty regular file ``path`` carrying ``trusted.overlay.whiteout=y``."""
+
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Fifo:
     """A named pipe."""
 
@@ -76,7 +85,7 @@ class Fifo:
     mode: int = 0o644
 
 
-Entry = File | Dir | Symlink | Hardlink | Whiteout | Fifo
+Entry = File | Dir | Symlink | Hardlink | Whiteout | XattrWhiteout | Fifo
 
 
 def build_layer(root: Path, entries: Iterable[Entry], mtime: int = LAYER_TIME) -> Path:
@@ -92,14 +101,14 @@ def build_layer(root: Path, entries: Iterable[Entry], mtime: int = LAYER_TIME) -
         p = root / e.path
         if isinstance(e, File):
             p.write_bytes(e.content)
+            os.lchown(p, e.uid, e.gid)  # before chmod: a chown clears setuid and setgid
             os.chmod(p, e.mode)
-            os.lchown(p, e.uid, e.gid)
             for k, v in e.xattrs.items():
                 os.setxattr(p, k, v, follow_symlinks=False)
         elif isinstance(e, Dir):
             p.mkdir()
-            os.chmod(p, e.mode)
             os.lchown(p, e.uid, e.gid)
+            os.chmod(p, e.mode)
             if e.opaque:
                 os.setxattr(p, OPAQUE_XATTR, b"y")
             for k, v in e.xattrs.items():
@@ -111,6 +120,9 @@ def build_layer(root: Path, entries: Iterable[Entry], mtime: int = LAYER_TIME) -
             os.link(root / e.existing, p)
         elif isinstance(e, Whiteout):
             os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+        elif isinstance(e, XattrWhiteout):
+            p.write_bytes(b"")
+            os.setxattr(p, WHITEOUT_XATTR, b"y")
         elif isinstance(e, Fifo):
             os.mkfifo(p, e.mode)
             os.chmod(p, e.mode)
