@@ -1,5 +1,5 @@
 """The mount commands end to end: mount/umount/ps, one-line errors, the mount(8) helper, inode numbers across
-a remount, and kill -9 of the daemon. Every mount is unmounted in a ``finally``."""
+a remount, and kill -9 of the daemon. Every mount is unmounted at the end (tests/support/mount.py)."""
 
 from __future__ import annotations
 
@@ -9,50 +9,51 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cases import build_layer, tree_of
+from support.cases import tree_of
 from support.cli import run_cli
-from test_mount_cases import force_unmount, mounted, skip_reason
+from support.layers import Dir, File, Hardlink, build_layers
+from support.mount import (
+    daemon_pids,
+    skip_reason_fuse,
+    skip_reason_root,
+    skip_reason_unionfs,
+    unionfs_mount,
+    unmounted_on_exit,
+)
+from support.tree import tree_snapshot
 
-pytestmark = [pytest.mark.root, pytest.mark.fuse,
-              pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
+SKIP = skip_reason_root() or skip_reason_fuse() or skip_reason_unionfs()
+pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
 
 
-def layers(tmp_path: Any) -> tuple[list[str], str, str, str]:
-    build_layer(str(tmp_path / "l0"), {"d": "d", "d/f": "f:base", "a": "f:a", "b": "h:a"})
-    build_layer(str(tmp_path / "l1"), {"d": "d", "d/g": "f:g", "top": "f:top"})
+def layers(tmp_path: Path) -> tuple[list[str], str, str, str]:
+    """Two lowers (l0: a and b one inode), and the upper, work and mount directories."""
+    lowers = build_layers(tmp_path, [[Dir("d"), File("d/f", b"base"), File("a", b"a"), Hardlink("b", "a")],
+                                     [Dir("d"), File("d/g", b"g"), File("top", b"top")]])
     for d in ("u", "w", "mnt"):
         os.makedirs(tmp_path / d)
-    return [str(tmp_path / "l0"), str(tmp_path / "l1")], str(tmp_path / "u"), str(tmp_path / "w"), \
-        str(tmp_path / "mnt")
+    return [str(p) for p in lowers], str(tmp_path / "u"), str(tmp_path / "w"), str(tmp_path / "mnt")
 
 
-def daemon_pids(mnt: str) -> list[int]:
-    pids = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if b"unionfs.mount.daemon" in cmd and mnt.encode() in cmd:
-            pids.append(int(pid))
-    return pids
+def inodes(mnt: str) -> dict[str, int]:
+    """The inode number of every path under ``mnt`` (not the root)."""
+    return {p: n.ino for p, n in tree_snapshot(mnt, inodes=True).nodes.items() if p != "." and n.ino is not None}
 
 
 def test_mount_ps_umount(tmp_path: Any) -> None:
     lowers, u, w, mnt = layers(tmp_path)
-    with mounted(lowers, u, w, mnt):
+    with unionfs_mount(lowers, u, w, mnt) as m:
         assert tree_of(mnt)["d/g"] == "f:g"
         st = os.statvfs(mnt)
         assert st.f_namemax == 255
         assert mnt in run_cli("ps").stdout
         res = run_cli("mount", "--lower", lowers[0], mnt, check=False)
         assert res.returncode != 0 and "busy" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        m.release_root()  # the harness' descriptor would make the mount busy
         run_cli("umount", mnt)
         assert mnt not in run_cli("ps").stdout
         res = run_cli("umount", mnt, check=False)
@@ -67,12 +68,10 @@ def test_one_line_errors(tmp_path: Any) -> None:
         (["--lower", lowers[0], "--upper", u, mnt], "go together"),
     ]
     for args, text in cases:
-        res = run_cli("mount", *args, check=False)
-        try:
+        with unmounted_on_exit(mnt):
+            res = run_cli("mount", *args, check=False)
             assert res.returncode != 0 and text in res.stderr, res.stderr
             assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-        finally:
-            force_unmount(mnt)
 
 
 def test_upper_without_xattrs(tmp_path: Any) -> None:
@@ -81,16 +80,17 @@ def test_upper_without_xattrs(tmp_path: Any) -> None:
     os.makedirs(fs)
     # a tmpfs mounted without user/trusted xattr support is hard to get; /proc is a filesystem without xattrs
     # where we cannot write either: the error must still be one line
-    res = run_cli("mount", "--lower", lowers[0], "--upper", "/proc/sys", "--work", "/proc/sys", mnt, check=False)
-    force_unmount(mnt)
+    with unmounted_on_exit(mnt):
+        res = run_cli("mount", "--lower", lowers[0], "--upper", "/proc/sys", "--work", "/proc/sys", mnt, check=False)
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 def test_plain_umount_ends_the_daemon(tmp_path: Any) -> None:
     lowers, u, w, mnt = layers(tmp_path)
-    with mounted(lowers, u, w, mnt):
+    with unionfs_mount(lowers, u, w, mnt) as m:
         pids = daemon_pids(mnt)
         assert pids
+        m.release_root()  # the harness' descriptor would make the mount busy
         subprocess.run(["umount", mnt], check=True)
         for _ in range(100):
             if not any(os.path.exists(f"/proc/{p}") for p in pids):
@@ -102,18 +102,18 @@ def test_plain_umount_ends_the_daemon(tmp_path: Any) -> None:
 
 def test_remount_keeps_inode_numbers(tmp_path: Any) -> None:
     lowers, u, w, mnt = layers(tmp_path)
-    with mounted(lowers, u, w, mnt):
+    with unionfs_mount(lowers, u, w, mnt):
         with open(os.path.join(mnt, "a"), "a") as f:
             f.write("+")
         os.rename(os.path.join(mnt, "d"), os.path.join(mnt, "e"))
         os.mkdir(os.path.join(mnt, "new"))
-        inos = {p: os.lstat(os.path.join(mnt, p)).st_ino for p in tree_of(mnt)}
+        inos = inodes(mnt)
         dinos = {e.name: e.inode() for e in os.scandir(mnt)}
     assert inos["a"] == inos["b"]
     assert len(set(inos.values())) == len(inos) - 1  # a and b are one inode
     assert all(dinos[n] == inos[n] for n in dinos)  # readdir's d_ino agrees with stat
-    with mounted(lowers, u, w, mnt):
-        assert {p: os.lstat(os.path.join(mnt, p)).st_ino for p in tree_of(mnt)} == inos
+    with unionfs_mount(lowers, u, w, mnt):
+        assert inodes(mnt) == inos
         assert os.lstat(os.path.join(mnt, "a")).st_nlink == 2
 
 
@@ -125,7 +125,7 @@ def test_kill_9_leaves_no_partial_file(tmp_path: Any) -> None:
         for _ in range(64):
             f.write(chunk)
     size = os.path.getsize(big)
-    with mounted(lowers, u, w, mnt):
+    with unionfs_mount(lowers, u, w, mnt):
         def writer() -> None:
             try:
                 with open(os.path.join(mnt, "big"), "ab") as f:
@@ -140,7 +140,7 @@ def test_kill_9_leaves_no_partial_file(tmp_path: Any) -> None:
             os.kill(pid, signal.SIGKILL)
         t.join(10)
         subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
-    with mounted(lowers, u, w, mnt):
+    with unionfs_mount(lowers, u, w, mnt):
         got = os.path.getsize(os.path.join(mnt, "big"))
         assert got in (size, size + 1)
         assert not os.listdir(os.path.join(w, "unionfs", "tmp"))
@@ -151,18 +151,16 @@ def test_mount8_helper_form(tmp_path: Any, extra: str) -> None:
     lowers, u, w, mnt = layers(tmp_path)
     helper = [sys.executable, "-m", "unionfs.mount.helper"]
     opts = f"rw,nofail,dev,suid,lowerdir={lowers[1]}:{lowers[0]},upperdir={u},workdir={w}{extra}"
-    try:
+    with unmounted_on_exit(mnt):
         subprocess.run(helper + ["unionfs", mnt, "-o", opts], check=True, timeout=60)
         assert tree_of(mnt)["d/f"] == "f:base" and tree_of(mnt)["top"] == "f:top"
         # volatile reaches the daemon, which marks the work directory (see tests/test_workdir.py)
         assert os.path.exists(os.path.join(w, "work", "incompat", "volatile")) == bool(extra)
-    finally:
-        force_unmount(mnt)
 
 
 def test_read_only_mount(tmp_path: Any) -> None:
     lowers, _u, _w, mnt = layers(tmp_path)
-    with mounted(lowers, None, None, mnt):
+    with unionfs_mount(lowers, None, None, mnt):
         with pytest.raises(OSError) as ei:
             open(os.path.join(mnt, "x"), "w")
         assert ei.value.errno == 30
@@ -174,7 +172,7 @@ def test_mtime_through_mount_is_the_uppers(tmp_path: Any, opts: tuple[str, ...])
     after sync and after umount (the commit round trip depends on it)."""
     lowers, u, w, mnt = layers(tmp_path)
     shown: dict[str, int] = {}
-    with mounted(lowers, u, w, mnt, opts):
+    with unionfs_mount(lowers, u, w, mnt, opts):
         for i in range(8):
             p = os.path.join(mnt, f"new{i}")
             with open(p, "w") as f:
@@ -201,7 +199,7 @@ def test_listings_follow_changes(tmp_path: Any) -> None:
     the mount shows in the next listing and lookup."""
     lowers, u, w, mnt = layers(tmp_path)
     d = os.path.join(mnt, "d")
-    with mounted(lowers, u, w, mnt):
+    with unionfs_mount(lowers, u, w, mnt):
         assert sorted(os.listdir(d)) == ["f", "g"]
         assert sorted(os.listdir(d)) == ["f", "g"]  # from the kernel's cache
         open(os.path.join(d, "h"), "w").close()
@@ -226,7 +224,7 @@ def test_listings_follow_changes(tmp_path: Any) -> None:
 def test_mtime_after_truncates_is_the_uppers(tmp_path: Any, opts: tuple[str, ...]) -> None:
     """Finding D4: truncate twice (and O_TRUNC opens) must leave the upper with the mtime the mount shows."""
     lowers, u, w, mnt = layers(tmp_path)
-    with mounted(lowers, u, w, mnt, opts):
+    with unionfs_mount(lowers, u, w, mnt, opts):
         for name in ("top", "a"):
             p = os.path.join(mnt, name)
             os.truncate(p, 0)
@@ -239,7 +237,7 @@ def test_mtime_after_truncates_is_the_uppers(tmp_path: Any, opts: tuple[str, ...
         os.truncate(p, 1)
         shown = {n: os.stat(os.path.join(mnt, n)).st_mtime_ns for n in ("top", "a", "new")}
     assert {n: os.stat(os.path.join(u, n)).st_mtime_ns for n in shown} == shown
-    with mounted(lowers, u, w, mnt):
+    with unionfs_mount(lowers, u, w, mnt):
         assert {n: os.stat(os.path.join(mnt, n)).st_mtime_ns for n in shown} == shown
 
 
@@ -247,7 +245,7 @@ def test_hardlinked_names_follow_a_change(tmp_path: Any) -> None:
     """A lower hardlink changed through one name (fallocate, append) shows its new size under every name
     (found by the differential test; the reason the writeback cache is not the default)."""
     lowers, u, w, mnt = layers(tmp_path)  # l0: a and b are one inode
-    with mounted(lowers, u, w, mnt):
+    with unionfs_mount(lowers, u, w, mnt):
         assert os.stat(os.path.join(mnt, "b")).st_size == 1
         fd = os.open(os.path.join(mnt, "a"), os.O_RDWR)
         try:
@@ -263,7 +261,7 @@ def test_hardlinked_names_follow_a_change(tmp_path: Any) -> None:
 def test_hardlinked_names_follow_a_chmod_after_a_rename(tmp_path: Any) -> None:
     """Finding D6: a rename elsewhere must not make the daemon forget the other names of a hardlinked file."""
     lowers, u, w, mnt = layers(tmp_path)  # l0: a and b are one inode
-    with mounted(lowers, u, w, mnt):
+    with unionfs_mount(lowers, u, w, mnt):
         modes = [os.lstat(os.path.join(mnt, n)).st_mode for n in ("a", "b")]
         assert modes[0] == modes[1]
         os.mkdir(os.path.join(mnt, "n1"))

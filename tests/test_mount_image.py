@@ -4,25 +4,18 @@ writes land in the container's upper, and the container's life cycle (ps, umount
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from support.images import ImageSet
+from support.mount import is_mounted, skip_reason_fuse, skip_reason_root, unmounted_on_exit
 from support.tree import ROOTFS, assert_same_tree, tree_snapshot
 
 from unionfs.store.store import Store
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"),
-    reason="mounting needs root, /dev/fuse and fusermount3 (scripts/setup.sh installs fuse3)")
-
-
-def _is_mounted(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
+SKIP = skip_reason_root("FUSE mounts of images") or skip_reason_fuse()
+pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
 
 
 @pytest.fixture
@@ -30,9 +23,8 @@ def mnt(tmp_path: Path) -> Iterator[Path]:
     """A mountpoint that is unmounted after the test whatever happens."""
     path = tmp_path / "mnt"
     path.mkdir()
-    yield path
-    if _is_mounted(path):
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+    with unmounted_on_exit(path):
+        yield path
 
 
 def test_mounted_image_equals_umoci_unpack(test_images: ImageSet, cli, store_root: Path, mnt: Path) -> None:
@@ -47,7 +39,7 @@ def test_mounted_image_equals_umoci_unpack(test_images: ImageSet, cli, store_roo
         os.unlink(mnt / "bin" / "ls")
     finally:
         cli("umount", mnt)
-    assert not _is_mounted(mnt)
+    assert not is_mounted(mnt)
     upper = store_root / "containers" / "c1" / "upper"
     assert (upper / "etc" / "hostname").read_text() == "changed\n"
     assert os.stat(upper / "bin" / "ls", follow_symlinks=False).st_rdev == 0  # a whiteout
@@ -76,4 +68,4 @@ def test_mount_missing_image_is_one_line(cli, mnt: Path) -> None:
     p = cli("mount", "nothing:here", mnt, check=False)
     assert p.returncode != 0
     assert p.stderr.strip() == "unionfs: no such image: nothing:here"
-    assert not _is_mounted(mnt)
+    assert not is_mounted(mnt)

@@ -24,14 +24,25 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from support.mount import daemon_pids, private_tmpdir, wait_pids_gone
 from support.cli import run_cli
-from test_mount_cases import force_unmount, mounted, skip_reason
+from support.layers import Dir, File, build_layer
+from support.mount import (
+    bind_mount,
+    daemon_pids,
+    is_mounted,
+    private_tmpdir,
+    skip_reason_fuse,
+    skip_reason_root,
+    skip_reason_unionfs,
+    unionfs_mount,
+    unmounted_on_exit,
+    wait_pids_gone,
+)
 
 from unionfs import mountinfo
 
-pytestmark = [pytest.mark.root, pytest.mark.fuse,
-              pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
+SKIP = skip_reason_root() or skip_reason_fuse() or skip_reason_unionfs()
+pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
 
 NOBODY = 65534
 EUID_C = '#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf("%d\\n", (int)geteuid()); return 0; }\n'
@@ -52,13 +63,8 @@ def euid_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def suid_layer(tmp_path: Path, euid_program: Path) -> str:
     """A layer directory holding ``bin/euid``, set-uid root."""
-    layer = tmp_path / "layer"
-    (layer / "bin").mkdir(parents=True)
+    layer = build_layer(tmp_path / "layer", [Dir("bin"), File("bin/euid", euid_program.read_bytes(), mode=0o4755)])
     os.chmod(layer, 0o755)
-    os.chmod(layer / "bin", 0o755)
-    shutil.copy(euid_program, layer / "bin/euid")
-    os.chown(layer / "bin/euid", 0, 0)
-    os.chmod(layer / "bin/euid", 0o4755)
     return str(layer)
 
 
@@ -89,7 +95,7 @@ def flags(mountpoint: str) -> tuple[set[str], set[str]]:
 
 def test_default_mount_is_nosuid_nodev_and_roots_only(suid_layer: str, mnt: str) -> None:
     """Before the fix, root's mounts had allow_other, suid and dev: nobody ran bin/euid and printed 0."""
-    with mounted([suid_layer], None, None, mnt):
+    with unionfs_mount([suid_layer], None, None, mnt):
         per_mount, fuse = flags(mnt)
         assert {"nosuid", "nodev"} <= per_mount and "noexec" not in per_mount
         assert "allow_other" not in fuse and "default_permissions" in fuse
@@ -124,7 +130,7 @@ def test_mount_flags_are_honoured(suid_layer: str, mnt: str, tmp_path: Path, opt
     up, work = tmp_path / "u", tmp_path / "w"
     up.mkdir()
     work.mkdir()
-    with mounted([suid_layer], str(up), str(work), mnt, ("-o", opts)):
+    with unionfs_mount([suid_layer], str(up), str(work), mnt, ("-o", opts)):
         check_shared_mount(mnt, expect, euid, ("nosuid", "nodev", "noexec", "ro"))
 
 
@@ -137,11 +143,9 @@ def test_mount_flags_are_honoured(suid_layer: str, mnt: str, tmp_path: Path, opt
 def test_mount8_helper_honours_flags(suid_layer: str, mnt: str, opts: str, euid: str | None,
                                      expect: set[str]) -> None:
     helper = [sys.executable, "-m", "unionfs.mount.helper"]
-    try:
+    with unmounted_on_exit(mnt):
         subprocess.run(helper + ["unionfs", mnt, "-o", f"{opts},lowerdir={suid_layer}"], check=True, timeout=60)
         check_shared_mount(mnt, expect, euid, ("nosuid", "nodev", "noexec"))
-    finally:
-        force_unmount(mnt)
 
 
 def _suid_image(store: Path, euid_program: Path, tmp_path: Path) -> str:
@@ -165,7 +169,7 @@ def test_image_mount_is_nosuid_and_private_unless_asked(euid_program: Path, mnt:
     program through the mount."""
     store = tmp_path / "store"
     image = _suid_image(store, euid_program, tmp_path)
-    try:
+    with unmounted_on_exit(mnt):
         run_cli("mount", image, mnt, root=store)
         per_mount, fuse = flags(mnt)
         assert {"nosuid", "nodev"} <= per_mount and "allow_other" not in fuse
@@ -175,8 +179,6 @@ def test_image_mount_is_nosuid_and_private_unless_asked(euid_program: Path, mnt:
         run_cli("mount", "-o", "allow_other", image, mnt, root=store)
         assert {"allow_other", "default_permissions"} <= flags(mnt)[1]
         assert as_nobody(f"{mnt}/bin/euid").stdout == f"{NOBODY}\n"
-    finally:
-        force_unmount(mnt)
 
 
 def test_container_rootfs_is_shared_but_nosuid(euid_program: Path, tmp_path: Path) -> None:
@@ -194,18 +196,13 @@ def test_container_rootfs_is_shared_but_nosuid(euid_program: Path, tmp_path: Pat
         # nobody reaches it only through a path it may walk: bind the rootfs somewhere public for the check
         with private_tmpdir("trust-bind") as d:
             os.chmod(d, 0o755)
-            subprocess.run(["mount", "--bind", str(m.rootfs), str(d)], check=True)
-            try:
+            with bind_mount(m.rootfs, d):
                 assert as_nobody(f"{d}/bin/euid").stdout == f"{NOBODY}\n"
-            finally:
-                subprocess.run(["umount", str(d)], check=True)
 
 
 # ------------------------------------------------------------------------------------------- dead mounts (item 20)
 def _layers(tmp_path: Path) -> tuple[list[str], str, str]:
-    lower = tmp_path / "l0"
-    lower.mkdir()
-    (lower / "f").write_text("data\n")
+    lower = build_layer(tmp_path / "l0", [File("f", b"data\n")])
     (tmp_path / "u").mkdir()
     (tmp_path / "w").mkdir()
     return [str(lower)], str(tmp_path / "u"), str(tmp_path / "w")
@@ -237,13 +234,9 @@ def _held_open(path: str) -> Iterator[int]:
             os.close(fd)
 
 
-def _mounted_at(mountpoint: str) -> bool:
-    return any(m.mountpoint == mountpoint for m in mountinfo.mounts())
-
-
 def test_dead_mount_with_an_open_file_is_shown_dead_and_umount_detaches_it(tmp_path: Path, mnt: str) -> None:
     lowers, up, work = _layers(tmp_path)
-    with mounted(lowers, up, work, mnt):
+    with unionfs_mount(lowers, up, work, mnt):
         assert _ps_status(mnt) == "mounted"
         with _held_open(os.path.join(mnt, "f")) as fd:
             _kill_daemon(mnt)
@@ -254,7 +247,7 @@ def test_dead_mount_with_an_open_file_is_shown_dead_and_umount_detaches_it(tmp_p
             res = run_cli("umount", mnt, check=False)
             assert res.returncode == 0, res.stderr
             assert "detached" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-            assert not _mounted_at(mnt) and mnt not in run_cli("ps").stdout
+            assert not is_mounted(mnt) and mnt not in run_cli("ps").stdout
             with pytest.raises(OSError) as ei:
                 os.read(fd, 10)
             assert ei.value.errno == errno.ENOTCONN
@@ -262,7 +255,7 @@ def test_dead_mount_with_an_open_file_is_shown_dead_and_umount_detaches_it(tmp_p
 
 def test_busy_live_mount_points_at_lazy_and_lazy_cleans_dead_ones(tmp_path: Path, mnt: str) -> None:
     lowers, up, work = _layers(tmp_path)
-    with mounted(lowers, up, work, mnt):
+    with unionfs_mount(lowers, up, work, mnt):
         with _held_open(os.path.join(mnt, "f")) as fd:
             res = run_cli("umount", mnt, check=False)
             assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -271,24 +264,23 @@ def test_busy_live_mount_points_at_lazy_and_lazy_cleans_dead_ones(tmp_path: Path
             _kill_daemon(mnt)
             assert _ps_status(mnt) == "dead (daemon gone)"
             run_cli("umount", "--lazy", mnt)
-            assert not _mounted_at(mnt)
+            assert not is_mounted(mnt)
 
 
 def test_dead_idle_mount_unmounts_plainly(tmp_path: Path, mnt: str) -> None:
     lowers, up, work = _layers(tmp_path)
-    with mounted(lowers, up, work, mnt):
+    with unionfs_mount(lowers, up, work, mnt) as m:
+        m.release_root()  # the harness' descriptor would make the dead mount busy
         _kill_daemon(mnt)
         assert _ps_status(mnt) == "dead (daemon gone)"
         res = run_cli("umount", mnt, check=False)
         assert res.returncode == 0 and res.stderr == "", res.stderr
-        assert not _mounted_at(mnt)
+        assert not is_mounted(mnt)
 
 
 def test_harness_forgets_a_mount_detached_under_its_descriptor(tmp_path: Path) -> None:
     """The suite's one mount harness: a mount lazily detached while the harness pins it is seen gone (it
     recursed between where() and release_root() until RecursionError)."""
-    from support.mount import unionfs_mount
-
     lowers, up, work = _layers(tmp_path)
     mnt = tmp_path / "m"
     mnt.mkdir()

@@ -23,7 +23,15 @@ from typing import Callable, Iterator
 
 import pytest
 from support.cli import cli_argv, run_cli
-from support.mount import mount_fstype, require, skip_reason_fuse, skip_reason_root, skip_reason_unionfs, unionfs_mount
+from support.mount import (
+    bind_mount,
+    mount_fstype,
+    require,
+    skip_reason_fuse,
+    skip_reason_root,
+    skip_reason_unionfs,
+    unionfs_mount,
+)
 
 from unionfs.errors import MountedTreeError
 from unionfs.fsops import remove_tree
@@ -177,13 +185,10 @@ def test_remove_tree_refuses_a_tree_with_a_mount_inside(tmp_path: Path) -> None:
     (tree / "a" / "mnt").mkdir(parents=True)
     (tree / "a" / "junk").write_text("x")
     # a bind mount of the same filesystem: same st_dev, so only the mount table tells
-    subprocess.run(["mount", "--bind", str(src), str(tree / "a" / "mnt")], check=True)
-    try:
+    with bind_mount(src, tree / "a" / "mnt"):
         with pytest.raises(MountedTreeError, match="mnt"):
             remove_tree(tree)
         assert (src / "precious").read_text() == "keep\n" and (tree / "a" / "junk").exists()
-    finally:
-        subprocess.run(["umount", str(tree / "a" / "mnt")], check=True)
     remove_tree(tree)
     assert not tree.exists() and (src / "precious").exists()
 
@@ -237,14 +242,11 @@ def test_prune_skips_a_foreign_mount_under_tmp(store_root: Path, tmp_path: Path)
     run_cli("images", root=store_root)
     mp = store_root / "tmp" / "odd" / "mnt"
     mp.mkdir(parents=True)
-    subprocess.run(["mount", "--bind", str(src), str(mp)], check=True)
-    try:
+    with bind_mount(src, mp):
         r = run_cli("prune", root=store_root, check=False)
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         assert f"Skipped: {mp}" in r.stdout
         assert (src / "precious").read_text() == "keep\n"
-    finally:
-        subprocess.run(["umount", str(mp)], check=True)
     run_cli("prune", root=store_root)
     assert list((store_root / "tmp").iterdir()) == []
 

@@ -13,13 +13,13 @@ import errno
 import json
 import os
 import resource
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from support.layers import Dir, File, build_layers
 from support.mount import (
+    DAEMONS,
     kernel_overlay,
     private_tmpdir,
     require,
@@ -27,11 +27,11 @@ from support.mount import (
     skip_reason_kernel_overlay,
     skip_reason_root,
     skip_reason_unionfs,
+    tmpfs_mount,
     unionfs_mount,
 )
 from support.tar import build, directory, file, opaque
 from support.tree import tree_snapshot
-from test_mount_cases import DAEMONS
 
 from unionfs.image.tree import ImageTree
 from unionfs.oci.digest import Digest
@@ -149,19 +149,6 @@ def test_unreadable_layer_dir_fails_the_listing() -> None:
 # item 11: a failed copy-up gives its space back at once
 # ---------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``path`` for the body; always unmounted (lazily if busy) afterwards."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True,
-                   capture_output=True, timeout=60)
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True, timeout=60).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
-
-
 def _used(path: Path) -> int:
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
@@ -177,7 +164,8 @@ def test_failed_copy_up_leaves_no_staging(daemon: str, op: str) -> None:
     with private_tmpdir("enospc") as tmp:
         big = os.urandom(1 << 20) * 8
         lowers = build_layers(tmp, [[File("small", b"small\n"), Dir("d"), File("d/big", big)]])
-        with small_tmpfs(tmp / "fs", "4m") as fs:
+        with tmpfs_mount(tmp / "fs", "4m"):
+            fs = tmp / "fs"
             mnt = tmp / "mnt"
             before = _used(fs)
             with unionfs_mount(lowers, fs / "up", fs / "work", mnt, DAEMONS[daemon]) as m:

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from support.cli import run_cli
+from support.mount import leftover_mounts, mount_fstype, skip_reason_fuse, skip_reason_root
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "ls", "cat", "echo", "id", "mkdir", "rm", "touch", "chmod", "true", "false", "sleep", "wc",
@@ -26,13 +27,10 @@ APPLETS = ("sh", "ls", "cat", "echo", "id", "mkdir", "rm", "touch", "chmod", "tr
 
 def skip_reason() -> str | None:
     """Why builds and runs cannot be tested here (None: they can)."""
-    if os.geteuid() != 0:
-        return "building and running need root (namespaces, chroot, FUSE allow_other)"
-    if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
-        return "needs /dev/fuse and fusermount3 (scripts/setup.sh installs fuse3)"
-    if not os.path.exists(BUSYBOX):
-        return "busybox-static is not installed (scripts/setup.sh installs it)"
-    return None
+    reason = skip_reason_root("building and running: namespaces, chroot, FUSE allow_other") or skip_reason_fuse()
+    if reason is None and not os.path.exists(BUSYBOX):
+        reason = "busybox-static is not installed (scripts/setup.sh installs it)"
+    return reason
 
 
 def require() -> None:
@@ -71,12 +69,7 @@ def leftovers(store_root: Path, wait: float = 5.0) -> list[str]:
     key = str(store_root)
     deadline = time.monotonic() + wait
     while True:
-        found = []
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 1 and key in parts[1]:
-                    found.append(f"mount {parts[1]} ({parts[2]})")
+        found = [f"mount {p} ({mount_fstype(p)})" for p in leftover_mounts(store_root)]
         me = os.getpid()
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])

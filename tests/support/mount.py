@@ -1,8 +1,11 @@
-"""Test helpers for real mounts: unionfs (through its CLI), the kernel overlayfs and fuse-overlayfs.
+"""The one mount manager of the tests: unionfs (through its CLI), the kernel overlayfs, fuse-overlayfs, bind
+mounts and tmpfs, and whatever a command under test mounted (:func:`unmounted_on_exit`).
 
 Every mount helper is a context manager that *always* unmounts on exit, also when the body raised: it first
 asks politely (``unionfs umount`` / ``fusermount3 -u`` / ``umount``), then lazily (``fusermount3 -u -z`` /
-``umount -l``), and finally kills the FUSE daemon that still serves the mountpoint.
+``umount -l``), and finally kills the FUSE daemon that still serves the mountpoint. While a mount made here is
+live, the helper holds an ``O_PATH`` descriptor of its root (:attr:`Mount.root_fd`): a test that unmounts it
+itself, other than lazily, calls :meth:`Mount.release_root` first.
 
 Layers are given **base first** everywhere (docs/design.md, "Principles"); only the kernel and fuse-overlayfs option
 strings are written top first, as their syntax demands.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -57,6 +61,7 @@ def unionfs_bin() -> Path | None:
     return None
 
 
+@functools.cache
 def unionfs_has_mount() -> bool:
     """True when the ``unionfs`` CLI offers the ``mount`` and ``umount`` commands."""
     exe = unionfs_bin()
@@ -72,10 +77,10 @@ def unionfs_has_mount() -> bool:
     return True
 
 
-def skip_reason_root() -> str | None:
-    """Why a root-only test cannot run here, or None."""
+def skip_reason_root(why: str = "mknod whiteouts, trusted.* xattrs, kernel overlay mounts") -> str | None:
+    """Why a root-only test cannot run here (it needs root for ``why``), or None."""
     if os.geteuid() != 0:
-        return "needs root (mknod whiteouts, trusted.* xattrs, kernel overlay mounts)"
+        return f"needs root ({why})"
     return None
 
 
@@ -239,7 +244,7 @@ def _run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> subprocess.Co
 class Mount:
     """A live mount made by one of the helpers below."""
 
-    kind: str  #: "unionfs", "kernel" or "fuse-overlayfs"
+    kind: str  #: "unionfs", "kernel", "fuse-overlayfs", "bind", "tmpfs" (or the fstype of an adopted mount)
     path: Path  #: the mountpoint
     lowers: tuple[Path, ...]  #: base first
     upper: Path | None
@@ -294,7 +299,7 @@ class Mount:
     @property
     def is_fuse(self) -> bool:
         """True for the FUSE implementations."""
-        return self.kind != "kernel"
+        return self.kind in ("unionfs", "fuse-overlayfs") or self.kind.startswith("fuse")
 
     def abort(self) -> None:
         """Stop the mount hard (kill the daemon, detach lazily): pending calls then fail with ENOTCONN."""
@@ -440,6 +445,11 @@ def unionfs_mount(lowers: Sequence[Path], upper: Path | None, work: Path | None,
         yield mm
 
 
+#: the daemon's ways of moving data, as ``unionfs mount`` arguments: the default (FUSE passthrough for final files)
+#: and every byte through the daemon (``-o passthrough=off``)
+DAEMONS: dict[str, tuple[str, ...]] = {"default": (), "served": ("-o", "passthrough=off")}
+
+
 @contextlib.contextmanager
 def kernel_overlay(lowers: Sequence[Path], upper: Path | None, work: Path | None, mnt: Path,
                    options: Sequence[str] = KERNEL_OPTIONS) -> Iterator[Mount]:
@@ -480,6 +490,68 @@ def fuse_overlayfs_mount(lowers: Sequence[Path], upper: Path | None, work: Path 
     _wait_mounted(m, "fuse", r)
     with _managed(m, [["fusermount3", "-u", str(mnt)]], strict=True) as mm:
         yield mm
+
+
+@contextlib.contextmanager
+def bind_mount(src: Path | str, dst: Path | str) -> Iterator[Mount]:
+    """``mount --bind SRC DST`` for the body (``dst`` must exist)."""
+    argv = ["mount", "--bind", str(src), str(dst)]
+    m = Mount("bind", Path(dst), (Path(src),), None, None)
+    r = _run(argv)
+    m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+    _wait_mounted(m, "", r)
+    with _managed(m, [["umount", str(dst)]], strict=True) as mm:
+        yield mm
+
+
+@contextlib.contextmanager
+def tmpfs_mount(path: Path | str, size: str) -> Iterator[Mount]:
+    """A tmpfs of ``size`` (``4m``) mounted at ``path`` (made when missing) for the body."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    argv = ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)]
+    m = Mount("tmpfs", Path(path), (), None, None)
+    r = _run(argv)
+    m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+    _wait_mounted(m, "tmpfs", r)
+    with _managed(m, [["umount", str(path)]], strict=True) as mm:
+        yield mm
+
+
+#: the kinds of :class:`Mount` by the mount table's fstype (for :func:`unmounted_on_exit`)
+_KINDS = {"fuse.unionfs": "unionfs", "fuse.fuse-overlayfs": "fuse-overlayfs", "overlay": "kernel"}
+
+
+def _adopt(path: Path | str) -> Mount | None:
+    """A :class:`Mount` for what is mounted exactly at ``path`` now (by someone else), or None."""
+    e = mount_entry(path)
+    if e is None:
+        return None
+    m = Mount(_KINDS.get(e.fstype, e.fstype), Path(path), (), None, None, entry=e,
+              last_where=os.path.realpath(path))
+    if m.is_fuse:
+        m.pids = daemon_pids(path)
+    return m
+
+
+@contextlib.contextmanager
+def unmounted_on_exit(*paths: Path | str) -> Iterator[None]:
+    """Run the body, then unmount whatever is mounted exactly at each of ``paths``: mounts the command under
+    test made (``unionfs mount IMAGE``, the mount(8) helper, a mount that was meant to be refused), at all
+    costs as every helper here does. How the unmount went is not checked: the body checks what it means to."""
+    try:
+        yield
+    finally:
+        for p in paths:
+            m = _adopt(p)
+            if m is None:
+                continue
+            exe = unionfs_bin()
+            polite = [["umount", str(p)]]
+            if m.kind == "unionfs" and exe is not None:
+                polite = [[str(exe), "umount", str(p)], ["fusermount3", "-u", str(p)]]
+            elif m.is_fuse:
+                polite = [["fusermount3", "-u", str(p)]]
+            _unmount(m, polite)
 
 
 #: the implementations a test may run against, by name
