@@ -1,4 +1,5 @@
-"""The union case table (tests/support/cases.py) against the core: unionfs.union.overlay without FUSE."""
+"""The core alone (unionfs.union.overlay without FUSE): inode numbers, copy-up, a read-only union, the path
+cache. The union case table runs against the core in tests/test_union_suite.py."""
 
 from __future__ import annotations
 
@@ -7,99 +8,19 @@ import stat
 from typing import Any
 
 import pytest
-from support.cases import CASES, Case, build_case, build_layer, case_id, describe, run_ops, snapshot
+from support.cases import Case, build_case, layer_entries
+from support.layers import File, build_layer
+from support.mount import skip_reason_root
 
 from unionfs.union.overlay import Overlay
 
 
-def _needs() -> str | None:
-    if os.geteuid() != 0:
-        return "the table builds char 0/0 whiteouts and trusted.* xattrs: needs root"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_needs() is not None, reason=_needs() or "")
-
-
-def apply_core(ov: Overlay, op: tuple[Any, ...]) -> None:
-    """Run one table operation through the core's API."""
-    verb, *a = op
-    p = lambda rel: "/" + rel  # noqa: E731
-    if verb in ("write", "append"):
-        path = p(a[0])
-        node = ov.view.try_lookup(path)
-        if node is None:
-            fd = ov.create(path, 0o644, os.O_WRONLY)
-        else:
-            fd = ov.open(path, os.O_WRONLY | (os.O_TRUNC if verb == "write" else 0))
-        try:
-            off = os.fstat(fd).st_size if verb == "append" else 0
-            os.pwrite(fd, a[1].encode(), off)
-        finally:
-            os.close(fd)
-    elif verb == "unlink":
-        ov.unlink(p(a[0]))
-    elif verb == "rmdir":
-        ov.rmdir(p(a[0]))
-    elif verb == "mkdir":
-        ov.mkdir(p(a[0]), 0o755)
-    elif verb == "rename":
-        ov.rename(p(a[0]), p(a[1]), a[2] if len(a) > 2 else 0)
-    elif verb == "symlink":
-        ov.symlink(a[0], p(a[1]))
-    elif verb == "link":
-        ov.link(p(a[0]), p(a[1]))
-    elif verb == "chmod":
-        ov.chmod(p(a[0]), a[1])
-    elif verb == "truncate":
-        ov.truncate(p(a[0]), a[1])
-    elif verb == "mkfifo":
-        ov.mknod(p(a[0]), stat.S_IFIFO | 0o644, 0)
-    elif verb == "setxattr":
-        ov.setxattr(p(a[0]), a[1], a[2])
-    elif verb == "rmtree":
-        for node in reversed(list(ov.view.walk(ov.view.lookup(p(a[0]))))):
-            (ov.rmdir if node.is_dir else ov.unlink)(node.path)
-    else:
-        raise ValueError(verb)
-
-
-def core_tree(ov: Overlay) -> dict[str, str]:
-    out = {}
-    for node in ov.view.walk():
-        if node.path == "/":
-            continue
-
-        def read(n=node) -> str:
-            with open(n.real) as f:
-                return f.read()
-
-        out[node.path[1:]] = describe(node.st, lambda n=node: os.readlink(n.real), read)
-    return out
+pytestmark = [pytest.mark.root, pytest.mark.skipif(skip_reason_root() is not None, reason=skip_reason_root() or "")]
 
 
 def make(tmp_path: Any, case: Case) -> tuple[Overlay, list[str]]:
     lowers, upper, work = build_case(tmp_path, case)
-    return Overlay(lowers, upper, work), lowers
-
-
-@pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_case_on_core(tmp_path: Any, case: Case) -> None:
-    ov, lowers = make(tmp_path, case)
-    before = [snapshot(d) for d in lowers]
-    run_ops(case, lambda op: apply_core(ov, op))
-    if case.expect is not None:
-        assert core_tree(ov) == case.expect
-    for group in case.same_ino:
-        assert len({ov.view.lookup("/" + p).ino for p in group}) == 1, group
-    for path, n in case.nlink:
-        assert ov.view.nlink(ov.view.lookup("/" + path)) == n, path
-    assert [snapshot(d) for d in lowers] == before, "a lower changed"
-    # a fresh view over the same directories (a remount) sees the same tree
-    ov2 = Overlay(lowers, str(tmp_path / "upper"), str(tmp_path / "work"))
-    if case.expect is not None:
-        assert core_tree(ov2) == case.expect
-    assert {n.path: n.ino for n in ov.view.walk()} == {n.path: n.ino for n in ov2.view.walk()}
+    return Overlay([str(p) for p in lowers], str(upper), str(work)), [str(p) for p in lowers]
 
 
 def test_inode_numbers_stable_across_copy_up_and_rename(tmp_path: Any) -> None:
@@ -136,7 +57,7 @@ def test_copy_up_keeps_holes_and_metadata(tmp_path: Any) -> None:
 
 
 def test_read_only_union_refuses_writes(tmp_path: Any) -> None:
-    build_layer(str(tmp_path / "l"), {"a": "f:1"})
+    build_layer(tmp_path / "l", [File("a", b"1")])
     ov = Overlay([str(tmp_path / "l")])
     with pytest.raises(OSError) as ei:
         ov.unlink("/a")
@@ -151,7 +72,7 @@ def test_path_cache_follows_every_change(tmp_path: Any) -> None:
 
     for i, spec in enumerate(({"d": "d", "d/a": "f:a", "d/s": "d", "d/s/x": "f:x"},
                               {"d": "d", "d/b": "f:b", "d/s": "d", "d/s/y": "f:y", "h": "f:h", "h2": "h:h"})):
-        build_layer(str(tmp_path / f"l{i}"), spec)
+        build_layer(tmp_path / f"l{i}", layer_entries(spec))
     lowers = [str(tmp_path / "l0"), str(tmp_path / "l1")]
     os.makedirs(tmp_path / "upper")
     os.makedirs(tmp_path / "work")
