@@ -12,8 +12,8 @@ Contract of :func:`mounted`:
   parent (the mount command runs there), so that 100 and more layers fit the kernel's one-page limit on mount
   options; the kernel overlay gets no options beyond the directories (not the harness's default
   ``redirect_dir=on,index=on``), like fuse-overlayfs; unionfs gets ``-o OPT`` for each option asked for;
-- :attr:`Session.mount_s` runs from calling the harness to a mount it saw live: the mount command plus the
-  harness's check (the mount table and, for the FUSE ones, a scan of /proc for the daemon: a few ms);
+- :attr:`Session.mount_s` is the time the mount command took until it returned (the harness's own checks
+  of the mount table and /proc after it are not counted): ``Mount.launch_s``;
 - on leaving, also on an error or Ctrl-C, the harness unmounts (politely, then lazily, killing a daemon that
   outlives its mount); a failed polite unmount raises AssertionError, as a failed mount does. Then ``scratch``
   is removed, never through a mount that is still there (RuntimeError instead, or a logged error when another
@@ -30,7 +30,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -101,15 +100,14 @@ def _harness_mount(impl: str, lowers: Sequence[Path], upper: Path, work: Path, m
     if any(p.parent != parent for p in lowers):
         raise ValueError(f"the layers of one mount must share a parent directory: {lowers}")
     rel = [Path(p.name) for p in lowers]
-    with contextlib.ExitStack() as stack:
-        with contextlib.chdir(parent):
-            if impl == "fuse-overlayfs":
-                m = stack.enter_context(fuse_overlayfs_mount(rel, upper, work, mnt))
-            elif impl == "kernel":
-                m = stack.enter_context(kernel_overlay(rel, upper, work, mnt, options=()))
-            else:
-                raise ValueError(f"unknown implementation {impl!r}")
-        yield m
+    if impl == "fuse-overlayfs":
+        with fuse_overlayfs_mount(rel, upper, work, mnt, cwd=parent) as m:
+            yield m
+    elif impl == "kernel":
+        with kernel_overlay(rel, upper, work, mnt, options=(), cwd=parent) as m:
+            yield m
+    else:
+        raise ValueError(f"unknown implementation {impl!r}")
 
 
 def clear(scratch: Path) -> None:
@@ -128,10 +126,8 @@ def mounted(impl: str, lowers: Sequence[Path], scratch: Path, opts: Sequence[str
     ok = False
     try:
         with held() as gate:  # a stop signal waits while the harness mounts or unmounts
-            harness = _harness_mount(impl, lowers, upper, work, mnt, opts)
-            t0 = time.perf_counter()
-            with harness as m:
-                session = Session(impl, m, time.perf_counter() - t0)
+            with _harness_mount(impl, lowers, upper, work, mnt, opts) as m:
+                session = Session(impl, m, m.launch_s)
                 with gate.opened():
                     try:
                         yield session

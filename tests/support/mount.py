@@ -227,11 +227,12 @@ def kill_pids(pids: Iterable[int]) -> None:
             os.kill(p, signal.SIGKILL)
 
 
-def _run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def _run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT,
+         cwd: Path | str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing output; a hang becomes a failed CompletedProcess, never an exception."""
     try:
         return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, cwd=cwd)
     except subprocess.TimeoutExpired as e:
         return subprocess.CompletedProcess(list(argv), 124, e.stdout or "", f"timed out after {timeout}s")
 
@@ -255,6 +256,7 @@ class Mount:
     last_where: str | None = None  #: where it was last seen
     gone: bool = False  #: once seen gone, never looked for again (mount ids and devices get reused)
     log: list[str] = dataclasses.field(default_factory=list)  #: what the helper ran, for failure messages
+    launch_s: float = 0.0  #: seconds the mount command itself took (the benchmark's mount time)
 
     def where(self) -> str | None:
         """Where this mount is now, or None once it is gone.
@@ -389,10 +391,31 @@ def _managed(m: Mount, polite: Sequence[Sequence[str]], strict: bool) -> Iterato
             raise AssertionError(f"unmounting the {m.kind} mount at {m.path} went wrong: " + "; ".join(problems))
 
 
-def _check_dirs(lowers: Sequence[Path], upper: Path | None, work: Path | None, mnt: Path) -> None:
+def _launch(m: Mount, argv: Sequence[str], fstype_prefix: str,
+            cwd: Path | str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the mount command of ``m``: its duration goes to ``m.launch_s``, its line to ``m.log``. When the
+    command is cut short (Ctrl-C, a signal turned into an exception), a mount it already made at ``m.path``
+    is aborted before the exception goes on: no mount is left that nothing would unmount."""
+    start = time.monotonic()
+    try:
+        r = _run(argv, cwd=cwd)
+    except BaseException:
+        entry = mount_entry(m.path)
+        if entry is not None and entry.fstype.startswith(fstype_prefix):
+            m.entry, m.last_where = entry, os.path.realpath(m.path)
+            m.pids = daemon_pids(m.path) if m.is_fuse else []
+            m.abort()
+        raise
+    m.launch_s = time.monotonic() - start
+    m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+    return r
+
+
+def _check_dirs(lowers: Sequence[Path], upper: Path | None, work: Path | None, mnt: Path,
+                cwd: Path | str | None = None) -> None:
     """Create the upper, work and mountpoint directories when missing; the lowers must exist."""
     for low in lowers:
-        if not Path(low).is_dir():
+        if not (Path(cwd or ".") / low).is_dir():
             raise FileNotFoundError(f"lower directory {low} does not exist")
     for d in (upper, work, mnt):
         if d is not None:
@@ -437,8 +460,7 @@ def unionfs_mount(lowers: Sequence[Path], upper: Path | None, work: Path | None,
         argv += ["--work", str(work)]
     argv += [*extra_args, str(mnt)]
     m = Mount("unionfs", Path(mnt), tuple(Path(p) for p in lowers), upper, work)
-    r = _run(argv)
-    m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+    r = _launch(m, argv, "fuse")
     m.pids = daemon_pids(mnt)
     _wait_mounted(m, "fuse", r)
     with _managed(m, [[str(exe), "umount", str(mnt)], ["fusermount3", "-u", str(mnt)]], strict_unmount) as mm:
@@ -452,23 +474,23 @@ DAEMONS: dict[str, tuple[str, ...]] = {"default": (), "served": ("-o", "passthro
 
 @contextlib.contextmanager
 def kernel_overlay(lowers: Sequence[Path], upper: Path | None, work: Path | None, mnt: Path,
-                   options: Sequence[str] = KERNEL_OPTIONS) -> Iterator[Mount]:
-    """Mount the kernel's overlayfs (``lowers`` base first; by default redirect_dir=on,index=on)."""
-    _check_dirs(lowers, upper, work, mnt)
+                   options: Sequence[str] = KERNEL_OPTIONS, cwd: Path | str | None = None) -> Iterator[Mount]:
+    """Mount the kernel's overlayfs (``lowers`` base first; by default redirect_dir=on,index=on). Relative
+    paths are resolved in ``cwd`` (short relative lowers fit more layers in the one-page option limit)."""
+    _check_dirs(lowers, upper, work, mnt, cwd)
     opts = ["lowerdir=" + ":".join(str(p) for p in reversed(lowers))]
     if upper is not None:
         opts += [f"upperdir={upper}", f"workdir={work}"]
     opts += list(options)
     argv = ["mount", "-t", "overlay", "overlay", "-o", ",".join(opts), str(mnt)]
     m = Mount("kernel", Path(mnt), tuple(Path(p) for p in lowers), upper, work)
-    r = _run(argv)
+    r = _launch(m, argv, "overlay", cwd)
     # EBUSY ("already mounted"): our previous mount of these directories can outlive its umount for a moment
     # when another process copied it into its own mount namespace (unshare) and has not exited yet
     end = time.monotonic() + 20
     while r.returncode != 0 and "already mounted" in r.stderr and time.monotonic() < end:
         time.sleep(0.2)
-        r = _run(argv)
-    m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+        r = _launch(m, argv, "overlay", cwd)
     _wait_mounted(m, "overlay", r)
     with _managed(m, [["umount", str(mnt)]], strict=True) as mm:
         yield mm
@@ -476,16 +498,16 @@ def kernel_overlay(lowers: Sequence[Path], upper: Path | None, work: Path | None
 
 @contextlib.contextmanager
 def fuse_overlayfs_mount(lowers: Sequence[Path], upper: Path | None, work: Path | None,
-                         mnt: Path) -> Iterator[Mount]:
-    """Mount fuse-overlayfs (``lowers`` base first), the stand-in used to validate this harness."""
-    _check_dirs(lowers, upper, work, mnt)
+                         mnt: Path, cwd: Path | str | None = None) -> Iterator[Mount]:
+    """Mount fuse-overlayfs (``lowers`` base first; relative paths resolved in ``cwd``), the stand-in used to
+    validate this harness and the benchmark's peer."""
+    _check_dirs(lowers, upper, work, mnt, cwd)
     opts = ["lowerdir=" + ":".join(str(p) for p in reversed(lowers))]
     if upper is not None:
         opts += [f"upperdir={upper}", f"workdir={work}"]
     argv = ["fuse-overlayfs", "-o", ",".join(opts), str(mnt)]
     m = Mount("fuse-overlayfs", Path(mnt), tuple(Path(p) for p in lowers), upper, work)
-    r = _run(argv)
-    m.log.append(f"$ {' '.join(argv)} -> {r.returncode} {r.stderr.strip()}")
+    r = _launch(m, argv, "fuse", cwd)
     m.pids = daemon_pids(mnt)
     _wait_mounted(m, "fuse", r)
     with _managed(m, [["fusermount3", "-u", str(mnt)]], strict=True) as mm:
