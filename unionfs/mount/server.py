@@ -53,6 +53,7 @@ READ_AHEAD_KB = 1024
 #: bytes of a file served here that an OPEN asks the disk for right away
 PREFETCH = 1 << 20
 CAP_XATTR = "security.capability"
+CAP_FSETID = 4  #: capability(7) number
 #: READs of at least this many bytes (the kernel's readahead of a big file served here) are answered by
 #: :data:`READ_THREADS` helper threads, so that the disk works on one while another's reply crosses over
 THREADED_READ = 128 << 10
@@ -208,7 +209,7 @@ class LowLevelFS:
         #: per directory node: bumped by every change of its names made here (see :class:`Listing`)
         self.dir_version: dict[int, int] = {}
         self._next_dh = 1
-        self._uid = self._gid = self._unique = 0
+        self._uid = self._gid = self._pid = self._unique = 0
         self.readers: Readers | None = None
         self.ready: Callable[[], None] | None = None
         self.ops: dict[int, Callable[[int, memoryview], bytes | None]] = {
@@ -436,7 +437,7 @@ class LowLevelFS:
             with mtime_kept(h.fd, self.writeback):
                 os.ftruncate(h.fd, size)
             if kill:
-                _kill_priv(h.fd)
+                self._kill_priv(h.fd)
             return
         keep_ns = None
         if self.writeback:
@@ -449,7 +450,7 @@ class LowLevelFS:
         if kill:
             fd = os.open(node.real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                _kill_priv(fd)
+                self._kill_priv(fd)
             finally:
                 os.close(fd)
 
@@ -555,7 +556,7 @@ class LowLevelFS:
         path = self.path(nid)
         fd, node = self.ov.open_node(path, flags, keep_mtime=self.writeback)
         if open_flags & fp.OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
-            _kill_priv(fd)
+            self._kill_priv(fd)
         return fp.OPEN_OUT.pack(*self._opened(nid, fd, path, node, flags))
 
     def create(self, parent: int, body: memoryview) -> bytes:
@@ -581,6 +582,16 @@ class LowLevelFS:
         if writing:
             self._follow_copy_up(inode, node)
         served = any(not x.passthrough for x in inode.handles or ())
+        if writing and not served and _privileged_file(fd):
+            # a write by a caller without CAP_FSETID must drop set-id bits and capabilities, and only writes
+            # the daemon serves tell it so (WRITE_KILL_SUIDGID): the kernel writes a passthrough file with
+            # the daemon's credentials, which keep them. Serve the file, unless readers hold it by passthrough
+            # already (the kernel allows no mix): then drop them now, if this opener could not keep them
+            if inode.handles:
+                if not _has_fsetid(self._pid):
+                    self._kill_priv(fd)
+            else:
+                served = True
         use_pt = self.passthrough and final and not served and stat.S_ISREG(node.st.st_mode)
         if use_pt and inode.backing is None:
             try:
@@ -609,6 +620,21 @@ class LowLevelFS:
             if not h.final:
                 reopen_onto(h.fd, node.real)
                 h.final = True
+
+    def _kill_priv(self, fd: int) -> None:
+        """What a write (or a truncating open) by a caller without CAP_FSETID does to a file, as the kernel's
+        ``file_remove_privs`` (FUSE_HANDLE_KILLPRIV_V2 leaves it to us): drop set-user-ID; drop set-group-ID
+        when the file is group-executable or the caller is not in the file's group; drop file capabilities."""
+        st = os.fstat(fd)
+        mode = st.st_mode & ~stat.S_ISUID
+        if st.st_mode & stat.S_IXGRP or (st.st_gid != self._gid and st.st_gid not in _groups(self._pid)):
+            mode &= ~stat.S_ISGID
+        if mode != st.st_mode:
+            os.fchmod(fd, stat.S_IMODE(mode))
+        try:
+            os.removexattr(fd, CAP_XATTR)
+        except OSError:
+            pass
 
     def release(self, nid: int, body: memoryview) -> bytes:
         fh = fp.RELEASE_IN.unpack_from(body)[0]
@@ -646,7 +672,7 @@ class LowLevelFS:
         with mtime_kept(fd, self.writeback):
             n = os.pwrite(fd, body[fp.WRITE_IN.size:fp.WRITE_IN.size + size], offset)
         if wflags & fp.WRITE_KILL_SUIDGID:
-            _kill_priv(fd)
+            self._kill_priv(fd)
         return fp.WRITE_OUT.pack(n, 0)
 
     def fsync(self, nid: int, body: memoryview) -> bytes:
@@ -809,7 +835,7 @@ class LowLevelFS:
             idle = 0
             if n < hdr.size:
                 continue
-            _len, opcode, unique, nid, uid, gid, _pid, _ext, _ = hdr.unpack_from(buf)
+            _len, opcode, unique, nid, uid, gid, pid, _ext, _ = hdr.unpack_from(buf)
             if opcode == fp.FORGET:
                 self._forget(nid, fp.FORGET_IN.unpack_from(buf, hdr.size)[0])
                 continue
@@ -827,7 +853,7 @@ class LowLevelFS:
             if handler is None:
                 err = errno.ENOSYS
             else:
-                self._uid, self._gid, self._unique = uid, gid, unique
+                self._uid, self._gid, self._pid, self._unique = uid, gid, pid, unique
                 try:
                     answer = handler(nid, view[hdr.size:n])
                     if answer is DEFERRED:  # a reader thread replies
@@ -889,19 +915,43 @@ def _sized(value: bytes, size: int) -> bytes:
     return value
 
 
-def _kill_priv(fd: int) -> None:
-    """What a write by an unprivileged caller does to a file (FUSE_HANDLE_KILLPRIV_V2 leaves it to us):
-    drop set-user-ID, set-group-ID when group-executable, and file capabilities."""
+def _privileged_file(fd: int) -> bool:
+    """True for a regular file a write by an unprivileged caller changes: set-user-ID, set-group-ID, or file
+    capabilities."""
     st = os.fstat(fd)
-    mode = st.st_mode & ~stat.S_ISUID
-    if st.st_mode & stat.S_IXGRP:
-        mode &= ~stat.S_ISGID
-    if mode != st.st_mode:
-        os.fchmod(fd, stat.S_IMODE(mode))
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        return True
     try:
-        os.removexattr(fd, CAP_XATTR)
+        os.getxattr(fd, CAP_XATTR)
+        return True
     except OSError:
+        return False
+
+
+def _has_fsetid(pid: int) -> bool:
+    """True when process ``pid`` holds CAP_FSETID in its effective set (False when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_FSETID & 1)
+    except (OSError, ValueError, IndexError):
         pass
+    return False
+
+
+def _groups(pid: int) -> set[int]:
+    """The supplementary groups of process ``pid`` (empty when they cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
 
 
 def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Callable[[], None] | None,
