@@ -1,24 +1,31 @@
 """What every verb group of the CLI shares: the store of ``--root``, ``--platform``, and the way sizes, ages and
-tables are printed (as docker prints them)."""
+tables are printed (as docker prints them). The store and the image formats are imported by the commands that
+use them, so a command that needs neither (``mount --lower``, ``umount``) starts fast."""
 
 from __future__ import annotations
 
 import argparse
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from unionfs.errors import printable
-from unionfs.oci.manifest import Platform
-from unionfs.store.store import Store
+
+if TYPE_CHECKING:
+    from unionfs.oci.manifest import Platform
+    from unionfs.store.store import Store
 
 
 def store_of(args: argparse.Namespace) -> Store:
     """The store at ``--root`` (else the default root)."""
+    from unionfs.store.store import Store
+
     return Store(args.root)
 
 
 def platform_of(args: argparse.Namespace) -> Platform | None:
     """The ``--platform`` asked for, or None (the host's)."""
+    from unionfs.oci.manifest import Platform
+
     return Platform.parse(args.platform) if getattr(args, "platform", None) else None
 
 

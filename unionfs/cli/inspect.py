@@ -7,12 +7,14 @@ import os
 import stat
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unionfs.cli.common import human_size, store_of, table
 from unionfs.errors import UsageError, printable
 from unionfs.oci.reference import Reference
-from unionfs.union.view import Node
+
+if TYPE_CHECKING:
+    from unionfs.union.view import Node
 
 
 def _out(text: str) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unionfs.cli.common import human_age, human_size, platform_of, store_of, table
 from unionfs.errors import UsageError, printable
 from unionfs.oci.reference import Reference
-from unionfs.store.store import Image
+
+if TYPE_CHECKING:
+    from unionfs.store.store import Image
 
 
 # --- commands ---------------------------------------------------------------------------------
