@@ -582,17 +582,16 @@ class LowLevelFS:
         if writing:
             self._follow_copy_up(inode, node)
         served = any(not x.passthrough for x in inode.handles or ())
-        if writing and not served and _privileged_file(fd):
+        use_pt = self.passthrough and final and not served and stat.S_ISREG(node.st.st_mode)
+        if use_pt and writing and _privileged_file(fd):
             # a write by a caller without CAP_FSETID must drop set-id bits and capabilities, and only writes
             # the daemon serves tell it so (WRITE_KILL_SUIDGID): the kernel writes a passthrough file with
             # the daemon's credentials, which keep them. Serve the file, unless readers hold it by passthrough
             # already (the kernel allows no mix): then drop them now, if this opener could not keep them
-            if inode.handles:
-                if not _has_fsetid(self._pid):
-                    self._kill_priv(fd)
-            else:
-                served = True
-        use_pt = self.passthrough and final and not served and stat.S_ISREG(node.st.st_mode)
+            if not inode.handles:
+                use_pt = False
+            elif not _has_fsetid(self._pid):
+                self._kill_priv(fd)
         if use_pt and inode.backing is None:
             try:
                 inode.backing = fp.backing_open(self.dev, fd)
@@ -627,7 +626,7 @@ class LowLevelFS:
         when the file is group-executable or the caller is not in the file's group; drop file capabilities."""
         st = os.fstat(fd)
         mode = st.st_mode & ~stat.S_ISUID
-        if st.st_mode & stat.S_IXGRP or (st.st_gid != self._gid and st.st_gid not in _groups(self._pid)):
+        if st.st_mode & stat.S_ISGID and (st.st_mode & stat.S_IXGRP or not self._in_group(st.st_gid)):
             mode &= ~stat.S_ISGID
         if mode != st.st_mode:
             os.fchmod(fd, stat.S_IMODE(mode))
@@ -635,6 +634,10 @@ class LowLevelFS:
             os.removexattr(fd, CAP_XATTR)
         except OSError:
             pass
+
+    def _in_group(self, gid: int) -> bool:
+        """True when the caller of the request being answered has ``gid`` as its group or a supplementary one."""
+        return gid == self._gid or str(gid).encode() in (_status_field(self._pid, b"Groups:") or [])
 
     def release(self, nid: int, body: memoryview) -> bytes:
         fh = fp.RELEASE_IN.unpack_from(body)[0]
@@ -930,28 +933,25 @@ def _privileged_file(fd: int) -> bool:
         return False
 
 
+def _status_field(pid: int, key: bytes) -> list[bytes] | None:
+    """The words after ``key`` (``b"CapEff:"``) in ``/proc/PID/status``; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.split()[1:]
+    except OSError:
+        pass
+    return None
+
+
 def _has_fsetid(pid: int) -> bool:
     """True when process ``pid`` holds CAP_FSETID in its effective set (False when it cannot be read)."""
+    words = _status_field(pid, b"CapEff:")
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_FSETID & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return False
-
-
-def _groups(pid: int) -> set[int]:
-    """The supplementary groups of process ``pid`` (empty when they cannot be read)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Groups:"):
-                    return {int(g) for g in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
+        return bool(words) and bool(int(words[0], 16) >> CAP_FSETID & 1)
+    except ValueError:
+        return False
 
 
 def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Callable[[], None] | None,
