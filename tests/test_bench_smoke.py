@@ -13,8 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.mount import (leftover_mounts, private_tmpdir, require, skip_reason_fuse, skip_reason_kernel_overlay,
-                           skip_reason_root, skip_reason_tool, skip_reason_unionfs)
+from support.mount import (
+    leftover_mounts,
+    private_tmpdir,
+    require,
+    skip_reason_fuse,
+    skip_reason_kernel_overlay,
+    skip_reason_root,
+    skip_reason_tool,
+    skip_reason_unionfs,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "scripts" / "bench.py"

@@ -9,13 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from support.cases import tree_of
 from support.cli import run_cli
-from support.layers import Dir, File, Hardlink, build_layers
+from support.layers import union_dirs
 from support.mount import (
     daemon_pids,
     skip_reason_fuse,
@@ -30,22 +29,13 @@ SKIP = skip_reason_root() or skip_reason_fuse() or skip_reason_unionfs()
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
 
 
-def layers(tmp_path: Path) -> tuple[list[str], str, str, str]:
-    """Two lowers (l0: a and b one inode), and the upper, work and mount directories."""
-    lowers = build_layers(tmp_path, [[Dir("d"), File("d/f", b"base"), File("a", b"a"), Hardlink("b", "a")],
-                                     [Dir("d"), File("d/g", b"g"), File("top", b"top")]])
-    for d in ("u", "w", "mnt"):
-        os.makedirs(tmp_path / d)
-    return [str(p) for p in lowers], str(tmp_path / "u"), str(tmp_path / "w"), str(tmp_path / "mnt")
-
-
 def inodes(mnt: str) -> dict[str, int]:
     """The inode number of every path under ``mnt`` (not the root)."""
     return {p: n.ino for p, n in tree_snapshot(mnt, inodes=True).nodes.items() if p != "." and n.ino is not None}
 
 
 def test_mount_ps_umount(tmp_path: Any) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     with unionfs_mount(lowers, u, w, mnt) as m:
         assert tree_of(mnt)["d/g"] == "f:g"
         st = os.statvfs(mnt)
@@ -61,7 +51,7 @@ def test_mount_ps_umount(tmp_path: Any) -> None:
 
 
 def test_one_line_errors(tmp_path: Any) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     cases = [
         (["--lower", lowers[0], str(tmp_path / "nope")], "does not exist"),
         (["--lower", str(tmp_path / "missing"), mnt], "does not exist"),
@@ -75,7 +65,7 @@ def test_one_line_errors(tmp_path: Any) -> None:
 
 
 def test_upper_without_xattrs(tmp_path: Any) -> None:
-    lowers, _u, _w, mnt = layers(tmp_path)
+    lowers, _u, _w, mnt = union_dirs(tmp_path)
     fs = tmp_path / "vfat"
     os.makedirs(fs)
     # a tmpfs mounted without user/trusted xattr support is hard to get; /proc is a filesystem without xattrs
@@ -86,7 +76,7 @@ def test_upper_without_xattrs(tmp_path: Any) -> None:
 
 
 def test_plain_umount_ends_the_daemon(tmp_path: Any) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     with unionfs_mount(lowers, u, w, mnt) as m:
         pids = daemon_pids(mnt)
         assert pids
@@ -101,7 +91,7 @@ def test_plain_umount_ends_the_daemon(tmp_path: Any) -> None:
 
 
 def test_remount_keeps_inode_numbers(tmp_path: Any) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     with unionfs_mount(lowers, u, w, mnt):
         with open(os.path.join(mnt, "a"), "a") as f:
             f.write("+")
@@ -118,7 +108,7 @@ def test_remount_keeps_inode_numbers(tmp_path: Any) -> None:
 
 
 def test_kill_9_leaves_no_partial_file(tmp_path: Any) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     big = os.path.join(lowers[1], "big")
     with open(big, "wb") as f:
         chunk = bytes(range(256)) * 4096
@@ -148,7 +138,7 @@ def test_kill_9_leaves_no_partial_file(tmp_path: Any) -> None:
 
 @pytest.mark.parametrize("extra", ["", ",volatile"])
 def test_mount8_helper_form(tmp_path: Any, extra: str) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     helper = [sys.executable, "-m", "unionfs.mount.helper"]
     opts = f"rw,nofail,dev,suid,lowerdir={lowers[1]}:{lowers[0]},upperdir={u},workdir={w}{extra}"
     with unmounted_on_exit(mnt):
@@ -159,7 +149,7 @@ def test_mount8_helper_form(tmp_path: Any, extra: str) -> None:
 
 
 def test_read_only_mount(tmp_path: Any) -> None:
-    lowers, _u, _w, mnt = layers(tmp_path)
+    lowers, _u, _w, mnt = union_dirs(tmp_path)
     with unionfs_mount(lowers, None, None, mnt):
         with pytest.raises(OSError) as ei:
             open(os.path.join(mnt, "x"), "w")
@@ -170,7 +160,7 @@ def test_read_only_mount(tmp_path: Any) -> None:
 def test_mtime_through_mount_is_the_uppers(tmp_path: Any, opts: tuple[str, ...]) -> None:
     """With the writeback cache the kernel owns mtime: the upper must keep exactly the mtime the mount showed,
     after sync and after umount (the commit round trip depends on it)."""
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     shown: dict[str, int] = {}
     with unionfs_mount(lowers, u, w, mnt, opts):
         for i in range(8):
@@ -197,7 +187,7 @@ def test_mtime_through_mount_is_the_uppers(tmp_path: Any, opts: tuple[str, ...])
 def test_listings_follow_changes(tmp_path: Any) -> None:
     """The kernel caches directory listings (and the daemon its path resolutions): every change made through
     the mount shows in the next listing and lookup."""
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     d = os.path.join(mnt, "d")
     with unionfs_mount(lowers, u, w, mnt):
         assert sorted(os.listdir(d)) == ["f", "g"]
@@ -223,7 +213,7 @@ def test_listings_follow_changes(tmp_path: Any) -> None:
 @pytest.mark.parametrize("opts", [(), ("-o", "writeback")], ids=["default", "writeback"])
 def test_mtime_after_truncates_is_the_uppers(tmp_path: Any, opts: tuple[str, ...]) -> None:
     """Finding D4: truncate twice (and O_TRUNC opens) must leave the upper with the mtime the mount shows."""
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     with unionfs_mount(lowers, u, w, mnt, opts):
         for name in ("top", "a"):
             p = os.path.join(mnt, name)
@@ -244,7 +234,7 @@ def test_mtime_after_truncates_is_the_uppers(tmp_path: Any, opts: tuple[str, ...
 def test_hardlinked_names_follow_a_change(tmp_path: Any) -> None:
     """A lower hardlink changed through one name (fallocate, append) shows its new size under every name
     (found by the differential test; the reason the writeback cache is not the default)."""
-    lowers, u, w, mnt = layers(tmp_path)  # l0: a and b are one inode
+    lowers, u, w, mnt = union_dirs(tmp_path)  # l0: a and b are one inode
     with unionfs_mount(lowers, u, w, mnt):
         assert os.stat(os.path.join(mnt, "b")).st_size == 1
         fd = os.open(os.path.join(mnt, "a"), os.O_RDWR)
@@ -260,7 +250,7 @@ def test_hardlinked_names_follow_a_change(tmp_path: Any) -> None:
 
 def test_hardlinked_names_follow_a_chmod_after_a_rename(tmp_path: Any) -> None:
     """Finding D6: a rename elsewhere must not make the daemon forget the other names of a hardlinked file."""
-    lowers, u, w, mnt = layers(tmp_path)  # l0: a and b are one inode
+    lowers, u, w, mnt = union_dirs(tmp_path)  # l0: a and b are one inode
     with unionfs_mount(lowers, u, w, mnt):
         modes = [os.lstat(os.path.join(mnt, n)).st_mode for n in ("a", "b")]
         assert modes[0] == modes[1]

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_trust_input import docker_archive, image_config, sha_of
+from support.tar import docker_archive, image_config, sha_of
 
 from unionfs.errors import SymlinkLoopError
 from unionfs.rootpath import MAX_SYMLINKS, clean, resolve_in_root

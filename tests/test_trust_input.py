@@ -7,7 +7,6 @@ parsers get unit tests of their own.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 import zstandard
 from support.cli import run_cli
-from support.tar import END, build, file, header_block, pax_block, pax_record
+from support.tar import END, build, docker_archive, file, header_block, image_config, pax_block, pax_record, sha_of
 from support.tree import Snapshot, assert_same_tree, tree_snapshot
 
 from unionfs.errors import (
@@ -57,39 +56,6 @@ MiB = 1 << 20
 # ---------------------------------------------------------------------------
 # crafting inputs
 # ---------------------------------------------------------------------------
-
-def sha_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def image_config(diff_ids: list[str], **extra: Any) -> dict[str, Any]:
-    return {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}, **extra}
-
-
-def _tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return path
-
-
-def docker_archive(path: Path, layers: list[tuple[bytes, bytes]] = (), *, config: Any = None,
-                   manifest: Any = None, repo_tags: Any = ("trust:1",)) -> Path:
-    """A docker-save archive. ``layers``: (uncompressed tar, blob as stored); ``config``/``manifest``: what to
-    write instead of the consistent defaults (a dict is JSON-encoded, bytes are written as they are)."""
-    members: dict[str, bytes] = {}
-    for i, (_, blob) in enumerate(layers):
-        members[f"l{i}/layer.tar"] = blob
-    cfg = config if config is not None else image_config([sha_of(t) for t, _ in layers])
-    members["config.json"] = cfg if isinstance(cfg, bytes) else json.dumps(cfg).encode()
-    if manifest is None:
-        manifest = [{"Config": "config.json", "RepoTags": list(repo_tags) if isinstance(repo_tags, tuple)
-                     else repo_tags, "Layers": [f"l{i}/layer.tar" for i in range(len(layers))]}]
-    members["manifest.json"] = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
-    return _tar(path, members)
-
 
 class Layout:
     """An OCI layout directory being written: blobs first, then ``index.json``."""

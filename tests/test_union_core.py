@@ -14,7 +14,6 @@ from support.mount import skip_reason_root
 
 from unionfs.union.overlay import Overlay
 
-
 pytestmark = [pytest.mark.root, pytest.mark.skipif(skip_reason_root() is not None, reason=skip_reason_root() or "")]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from support.cases import tree_of
 from support.cli import run_cli
+from support.layers import union_dirs
 from support.mount import (
     daemon_pids,
     is_mounted,
@@ -28,7 +29,6 @@ from support.mount import (
     wait_pids_gone,
 )
 from support.tree import Snapshot, assert_same_tree, tree_snapshot
-from test_mount_cli import layers
 
 SKIP = skip_reason_root() or skip_reason_fuse() or skip_reason_unionfs()
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
@@ -55,7 +55,7 @@ def write_and_signal(mnt: str, data: str, sig: int) -> list[int]:
 
 
 def test_volatile_marks_the_work_dir_until_a_clean_unmount(tmp_path: Any) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     with unionfs_mount(lowers, u, w, mnt, ("-o", "volatile")) as m:
         assert os.path.exists(dirty(w))
         os.chmod(os.path.join(mnt, "d/f"), 0o600)  # a copy-up, not fsynced
@@ -74,7 +74,7 @@ def test_volatile_marks_the_work_dir_until_a_clean_unmount(tmp_path: Any) -> Non
 
 
 def test_a_killed_volatile_mount_is_refused_until_the_marker_goes(tmp_path: Any) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     with unionfs_mount(lowers, u, w, mnt, ("-o", "volatile")):
         write_and_signal(mnt, "data", signal.SIGKILL)
         subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
@@ -97,7 +97,7 @@ def test_a_killed_volatile_mount_is_refused_until_the_marker_goes(tmp_path: Any)
 @pytest.mark.skipif(skip_reason_kernel_overlay() is not None, reason=skip_reason_kernel_overlay() or "")
 def test_the_kernel_overlay_honours_our_volatile_marker(tmp_path: Any) -> None:
     """The marker is the kernel's own: a torn volatile upper is refused by ``mount -t overlay`` as well."""
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     with unionfs_mount(lowers, u, w, mnt, ("-o", "volatile")):
         for pid in daemon_pids(mnt):
             os.kill(pid, signal.SIGKILL)
@@ -112,7 +112,7 @@ def test_the_kernel_overlay_honours_our_volatile_marker(tmp_path: Any) -> None:
 
 
 def test_one_mount_per_work_dir(tmp_path: Any) -> None:
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     other = str(tmp_path / "mnt2")
     os.makedirs(other)
     with unionfs_mount(lowers, u, w, mnt):
@@ -129,7 +129,7 @@ def test_one_mount_per_work_dir(tmp_path: Any) -> None:
 def test_sigterm_unmounts_and_ends_cleanly(tmp_path: Any, extra: tuple[str, ...]) -> None:
     """SIGTERM (as `kill` or a service manager sends it) unmounts instead of leaving a dead mount: the daemon
     ends as after `umount`, so a volatile upper is synced and unmarked."""
-    lowers, u, w, mnt = layers(tmp_path)
+    lowers, u, w, mnt = union_dirs(tmp_path)
     with unionfs_mount(lowers, u, w, mnt, extra) as m:
         m.release_root()  # the harness' descriptor would keep the daemon's own unmount from going through
         pids = write_and_signal(mnt, "kept", signal.SIGTERM)

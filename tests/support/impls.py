@@ -33,7 +33,6 @@ from support.mount import (
     unionfs_mount,
 )
 from support.tree import Snapshot, tree_snapshot
-
 from unionfs.union.overlay import Overlay
 
 Op = tuple[Any, ...]

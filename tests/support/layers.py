@@ -137,3 +137,13 @@ def build_layer(root: Path, entries: Iterable[Entry], mtime: int = LAYER_TIME) -
 def build_layers(root: Path, layers: Sequence[Sequence[Entry]]) -> list[Path]:
     """Build ``layers`` (base first) as ``root/l0``, ``root/l1``...; returns their paths, base first."""
     return [build_layer(Path(root) / f"l{i}", entries) for i, entries in enumerate(layers)]
+
+
+def union_dirs(tmp_path: Path) -> tuple[list[str], str, str, str]:
+    """A small two-layer union's directories under ``tmp_path``: the lowers (l0: ``d/f``, ``a`` and its hardlink
+    ``b``; l1: ``d/g``, ``top``), then the empty upper, work and mount directories."""
+    lowers = build_layers(tmp_path, [[Dir("d"), File("d/f", b"base"), File("a", b"a"), Hardlink("b", "a")],
+                                     [Dir("d"), File("d/g", b"g"), File("top", b"top")]])
+    for d in ("u", "w", "mnt"):
+        os.makedirs(tmp_path / d)
+    return [str(p) for p in lowers], str(tmp_path / "u"), str(tmp_path / "w"), str(tmp_path / "mnt")

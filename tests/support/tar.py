@@ -1,4 +1,5 @@
-"""Build layer tars in code (whiteouts, devices and hostile entries are never committed as files).
+"""Build layer tars and docker-save archives in code (whiteouts, devices and hostile entries are never committed
+as files).
 
 Each helper returns an ``Entry``; ``build([...])`` turns a list of them into tar bytes. Names are str and
 may carry surrogate escapes for non-UTF-8 bytes (``b"caf\\xe9".decode("utf-8", "surrogateescape")``).
@@ -8,9 +9,13 @@ Xattrs are given as raw bytes and written as PAX ``SCHILY.xattr.*`` records.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
 
 import zstandard
 
@@ -129,3 +134,29 @@ def pax_record(key: str, value: bytes) -> bytes:
 
 END = b"\0" * 1024
 
+
+def sha_of(data: bytes) -> str:
+    """The ``sha256:HEX`` digest of ``data``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_config(diff_ids: list[str], **extra: Any) -> dict[str, Any]:
+    """A minimal linux/amd64 image config with these DiffIDs."""
+    return {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}, **extra}
+
+
+def docker_archive(path: Path, layers: Sequence[tuple[bytes, bytes]] = (), *, config: Any = None,
+                   manifest: Any = None, repo_tags: Any = ("trust:1",)) -> Path:
+    """A docker-save archive at ``path``. ``layers``: (uncompressed tar, blob as stored); ``config``/``manifest``:
+    what to write instead of the consistent defaults (a dict is JSON-encoded, bytes are written as they are)."""
+    members: dict[str, bytes] = {}
+    for i, (_, blob) in enumerate(layers):
+        members[f"l{i}/layer.tar"] = blob
+    cfg = config if config is not None else image_config([sha_of(t) for t, _ in layers])
+    members["config.json"] = cfg if isinstance(cfg, bytes) else json.dumps(cfg).encode()
+    if manifest is None:
+        manifest = [{"Config": "config.json", "RepoTags": list(repo_tags) if isinstance(repo_tags, tuple)
+                     else repo_tags, "Layers": [f"l{i}/layer.tar" for i in range(len(layers))]}]
+    members["manifest.json"] = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    path.write_bytes(build([file(name, data) for name, data in members.items()]))
+    return path
