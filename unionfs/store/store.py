@@ -802,30 +802,23 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError, UnionfsError):
             return None
 
-    def _cache_entries(self) -> Iterator[tuple[str, Path]]:
+    def _cache_kinds(self) -> list[Path]:
+        """The directories ``ROOT/cache/<kind>`` that exist."""
         base = self.root / "cache"
-        if base.is_dir():
-            for d in sorted(base.iterdir()):
-                if d.is_dir():
-                    yield from ((d.name, p) for p in d.glob("*.json"))
+        return sorted(d for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
 
     def _cached_roots(self) -> list[Descriptor]:
-        out = []
-        for kind, p in self._cache_entries():
-            hit = self.cached(kind, p.stem)
-            if hit is not None:
-                out.append(hit[0])
-        return out
+        hits = (self.cached(d.name, p.stem) for d in self._cache_kinds() for p in d.glob("*.json"))
+        return [hit[0] for hit in hits if hit is not None]
 
     def _drop_caches(self) -> list[str]:
         """Delete every cache entry; one line per kind that had entries ("Deleted build cache: 3 entries")."""
         counts: dict[str, int] = {}
-        base = self.root / "cache"
-        for d in sorted(base.iterdir()) if base.is_dir() else ():
-            for p in d.iterdir() if d.is_dir() else ():
+        for d in self._cache_kinds():
+            for p in d.iterdir():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)  # entries and the temporary names of entries a kill interrupted
-                    if p.suffix == ".json" and not p.name.startswith("."):
+                    if p.suffix == ".json":
                         counts[d.name] = counts.get(d.name, 0) + 1
         return [f"Deleted {kind} cache: {n} entries" for kind, n in counts.items()]
 
