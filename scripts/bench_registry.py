@@ -20,8 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import REPO  # first: puts the repository and tests/ on sys.path
-from benchlib import proc
+from benchlib import (
+    REPO,  # first: puts the repository and tests/ on sys.path
+    proc,
+)
 from support.registry import running_registry
 
 UNIONFS = [sys.executable, "-m", "unionfs"]

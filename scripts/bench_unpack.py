@@ -25,8 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import REPO  # first: puts the repository on sys.path
-from benchlib import proc
+from benchlib import (
+    REPO,  # first: puts the repository on sys.path
+    proc,
+)
+
 from unionfs.layer.unpack import unpack_layer
 from unionfs.oci.digest import Digest
 

@@ -79,11 +79,11 @@ def test_path_cache_follows_every_change(tmp_path: Any) -> None:
     fresh = lambda: Union(lowers, str(tmp_path / "upper"), ov.index)  # noqa: E731
 
     def agree() -> None:
-        want = {n.path: (n.layer, n.real, n.ino, stat.S_IFMT(n.st.st_mode)) for n in fresh().walk()}
+        want = {n.path: (n.layer, os.path.join(n.at.path, n.rname), n.ino, stat.S_IFMT(n.st.st_mode)) for n in fresh().walk()}
         got = {}
         for p in want:
             n = ov.view.lookup(p)
-            got[p] = (n.layer, n.real, n.ino, stat.S_IFMT(n.st.st_mode))
+            got[p] = (n.layer, os.path.join(n.at.path, n.rname), n.ino, stat.S_IFMT(n.st.st_mode))
         assert got == want
         for p in ("/d/a", "/d/b", "/d/c", "/d/s/x", "/d/s/y", "/d/s/z", "/e", "/h", "/h2"):
             assert (ov.view.try_lookup(p) is None) == (fresh().try_lookup(p) is None), p

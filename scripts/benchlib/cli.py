@@ -20,14 +20,21 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+# the package's __init__ has put tests/ on sys.path
+from support.mount import (
+    leftover_mounts,
+    skip_reason_fuse,
+    skip_reason_kernel_overlay,
+    skip_reason_root,
+    skip_reason_tool,
+    skip_reason_unionfs,
+)
+
 from benchlib import REPO, report, signals
 from benchlib.data import FULL, SMOKE, ensure_data
 from benchlib.impls import IMPLS, base_impl
 from benchlib.mounts import clear
 from benchlib.workloads import SCALE_GRID, SCALE_POINTS, WORKLOADS, Ctx, Failures, benchmark, scaling
-# the package's __init__ has put tests/ on sys.path
-from support.mount import (leftover_mounts, skip_reason_fuse, skip_reason_kernel_overlay, skip_reason_root,
-                           skip_reason_tool, skip_reason_unionfs)
 
 log = logging.getLogger("bench")
 

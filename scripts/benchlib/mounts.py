@@ -33,11 +33,19 @@ import shutil
 from pathlib import Path
 from typing import Iterator, Sequence
 
+# the package's __init__ has put tests/ on sys.path
+from support.mount import (
+    Mount,
+    fuse_overlayfs_mount,
+    is_mounted,
+    kernel_overlay,
+    leftover_mounts,
+    unionfs_mount,
+    wait_pids_gone,
+)
+
 from benchlib.impls import base_impl, variant_opts
 from benchlib.signals import held
-# the package's __init__ has put tests/ on sys.path
-from support.mount import (Mount, fuse_overlayfs_mount, is_mounted, kernel_overlay, leftover_mounts,
-                           unionfs_mount, wait_pids_gone)
 
 log = logging.getLogger(__name__)
 

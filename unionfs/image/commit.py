@@ -367,7 +367,7 @@ def diff_upper(upper: str, lowers: Sequence[str]) -> list[tuple[str, str]]:
                 # renamed from a lower directory: everything under the new name is new
                 origin = redirect if redirect.startswith("/") else _abs(path, redirect)
                 onode = in_lower(origin)
-                stack = [d for _, d in onode.dirs] if onode is not None and onode.is_dir else []
+                stack = [d.path for d in onode.dirs] if onode is not None and onode.is_dir else []
                 u = Union(list(reversed(stack)), p)
                 for node in u.walk():
                     if node.path != "/":

@@ -274,7 +274,7 @@ class _Packer:
         if node is None or not node.is_dir:
             log.warning("redirect target %s is not a directory in the lower layers", origin)
             return []
-        return [p for _, p in node.dirs]
+        return [d.path for d in node.dirs]
 
     def diff(self, rel: str, udir: str, origin: str, below_opaque: bool) -> None:
         """Write the changes the upper directory ``udir`` (tar name ``rel``) holds."""
@@ -332,15 +332,15 @@ class _Packer:
             if not node.is_dir:
                 continue
             cupper = None
-            if udir is not None and node.dirs and node.dirs[0][0] == 0:
-                cupper = node.dirs[0][1]
+            if udir is not None and node.dirs and node.dirs[0].layer == 0:
+                cupper = node.dirs[0].path
             redirect = redirect_of(cupper) if cupper is not None else None
             if redirect is not None:
                 corigin = redirect if redirect.startswith("/") else _origin_join(origin, redirect)
                 cstack = self.lower_stack(corigin)
             else:
                 corigin = _origin_join(origin, name)
-                cstack = [p for layer, p in node.dirs if not (udir is not None and layer == 0)]
+                cstack = [d.path for d in node.dirs if not (udir is not None and d.layer == 0)]
             self.merged(crel, cupper, cstack, corigin)
 
 

@@ -242,7 +242,7 @@ class ImageTree:
         if not comps:
             node = self.union.root()
             return node, [WhichHit(self.layers[len(self.layers) - 1 - i], "provides" if i == 0 else "merged",
-                                   "directory") for i, _ in node.dirs]
+                                   "directory") for i, _ in enumerate(node.dirs)]
         parent_path = "/" + "/".join(comps[:-1])
         try:
             parent = self.resolve(parent_path, follow=True)
@@ -256,8 +256,8 @@ class ImageTree:
         if node is not None:
             top = len(self.layers) - 1 - node.layer
             visible_layers[top] = "provides"
-            for layer, _ in node.dirs[1:]:
-                visible_layers[len(self.layers) - 1 - layer] = "merged"
+            for d in node.dirs[1:]:
+                visible_layers[len(self.layers) - 1 - d.layer] = "merged"
         for info in reversed(self.layers):
             state, kind = _layer_entry(info.path, target)
             if state is None:

@@ -391,7 +391,7 @@ class LowLevelFS:
             except OSError:
                 ist = None
             if ist is not None and (ist.st_ino, ist.st_dev) == (st.st_ino, st.st_dev):
-                return max(0, st.st_nlink - 1 + self.view.pending_lower_links(Node(h.path, 0, ipath, ist, ino)))
+                return max(0, st.st_nlink - 1 + self.view.pending_lower_links(ipath))
         return st.st_nlink
 
     def readlink(self, nid: int, body: memoryview) -> bytes:
@@ -448,7 +448,7 @@ class LowLevelFS:
         if keep_ns is not None:
             utimensat(node.real, ((0, UTIME_OMIT), divmod(keep_ns, 10**9)))
         if kill:
-            fd = os.open(node.real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = node.open(os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 self._kill_priv(fd)
             finally:
@@ -877,6 +877,7 @@ class LowLevelFS:
                     return
                 if e.errno != errno.ENOENT:  # ENOENT: the request was interrupted meanwhile
                     raise
+            self.view.trim()  # between two requests: directory descriptors beyond the budget close
             if opcode == fp.DESTROY:
                 return
             if opcode == fp.INIT and not err:  # the mount is whole once INIT is answered and tuned

@@ -268,8 +268,19 @@ class Overlay:
             os.rename(tmp, dst)
 
     def _up(self, path: str) -> str:
+        """A host path of ``path``'s slot in the upper, relative to its parent's upper directory (short however
+        deep ``path`` is: :mod:`unionfs.union.realdir`). The parent must be in the upper already."""
         assert self.upper is not None
-        return os.path.join(self.upper, path.lstrip("/")) if path != "/" else self.upper
+        parent, _, name = path.rstrip("/").rpartition("/")
+        if not name:
+            return self.view.root().at.where()
+        top = self.view.resolve(parent or "/").dirs[0]
+        if top.layer != 0:  # resolved before its copy-up: once more, afresh
+            self.view.forget(parent or "/", keep_children=True)
+            top = self.view.resolve(parent or "/").dirs[0]
+            if top.layer != 0:
+                raise AssertionError(f"{parent} is not in the upper")
+        return top.where(name)
 
     def _writable(self) -> None:
         if self.read_only:
@@ -453,28 +464,38 @@ class Overlay:
             except FileNotFoundError:
                 pass
             return
-        for root, dirs, files in os.walk(real, topdown=False):
+        # descriptor-relative, bottom-up: no path handed to the kernel grows with the tree's depth
+        for _root, dirs, files, dfd in os.fwalk(real, topdown=False):
             for f in files:
-                os.unlink(os.path.join(root, f))
+                os.unlink(f, dir_fd=dfd)
             for d in dirs:
-                p = os.path.join(root, d)
-                if os.path.islink(p):
-                    os.unlink(p)
-                elif os.path.lexists(p):
-                    self._retire_dir(p, keep)
-        self._retire_dir(real, keep)
+                try:
+                    st = os.stat(d, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    os.unlink(d, dir_fd=dfd)
+                else:
+                    self._retire_dir(dfd, d, st, keep)
+        parent, name = os.path.split(real)
+        pfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._retire_dir(pfd, name, os.stat(name, dir_fd=pfd, follow_symlinks=False), keep)
+        finally:
+            os.close(pfd)
 
-    def _retire_dir(self, p: str, keep: bool) -> None:
+    def _retire_dir(self, dfd: int, name: str, st: os.stat_result, keep: bool) -> None:
+        """Remove the empty directory ``name`` of ``dfd`` (lstat ``st``), or park it (see :meth:`_retire`)."""
         if keep:
             try:
-                os.getxattr(p, ino_xattr(), follow_symlinks=False)
+                os.getxattr(f"/proc/self/fd/{dfd}/{name}", ino_xattr(), follow_symlinks=False)
             except OSError:
                 try:
-                    os.rename(p, os.path.join(self.keep, str(os.lstat(p).st_ino)))
+                    os.rename(name, os.path.join(self.keep, str(st.st_ino)), src_dir_fd=dfd)
                     return
                 except OSError as e:
-                    log.debug("cannot park %s: %s", p, e)
-        os.rmdir(p)
+                    log.debug("cannot park %s: %s", name, e)
+        os.rmdir(name, dir_fd=dfd)
 
     # ------------------------------------------------------------------ creating entries
     def _prepare_create(self, path: str) -> tuple[Node, str, str]:
@@ -524,6 +545,8 @@ class Overlay:
             fd = os.open(p, _real_flags(flags) | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode))
             fds.append(fd)
             os.fchown(fd, uid, gid)
+            if stat.S_IMODE(os.fstat(fd).st_mode) != stat.S_IMODE(mode):  # the daemon's own umask took bits
+                os.fchmod(fd, stat.S_IMODE(mode))
 
         try:
             self._place(dst, make)
@@ -801,19 +824,19 @@ class Overlay:
             node = self.view.resolve(path)
             rflags = _real_flags(flags) & ~os.O_ACCMODE | os.O_RDONLY
             try:
-                return os.open(node.real, rflags), node
+                return node.open(rflags), node
             except FileNotFoundError:  # the cached resolution went stale: resolve afresh once
                 self.view.forget(path)
                 node = self.view.resolve(path)
-                return os.open(node.real, rflags), node
+                return node.open(rflags), node
         self._writable()
         node = self.view.resolve(path)
         if node.is_dir:
             raise _e(errno.EISDIR, path)
         node = self.copy_up(path, data=not (flags & os.O_TRUNC))
         if not (keep_mtime and flags & os.O_TRUNC):
-            return os.open(node.real, _real_flags(flags)), node
-        fd = os.open(node.real, _real_flags(flags) & ~os.O_TRUNC)
+            return node.open(_real_flags(flags)), node
+        fd = node.open(_real_flags(flags) & ~os.O_TRUNC)
         try:
             st = os.fstat(fd)
             if st.st_size:

@@ -43,6 +43,7 @@ from sys import intern  # one string per name for the path cache, the layers' na
 from typing import Iterator, Sequence
 
 from unionfs.layer import whiteout as wh
+from unionfs.union.realdir import Dir, Dirs
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +71,20 @@ def _err(code: int, path: str = "") -> OSError:
 class Node:
     """One resolved union entry.
 
-    ``layer`` indexes :attr:`Union.layers` (top-down; 0 is the upper when there is one). ``real`` is the real
-    path holding the entry's data and attributes (for an indexed hardlink alias: the index file), ``st`` its
-    lstat. ``dirs`` is, for a directory, the stack of real directories to merge, top-down. ``indexed`` marks a
-    lower hardlink alias whose data already lives in the index.
+    ``layer`` indexes :attr:`Union.layers` (top-down; 0 is the upper when there is one). The real entry holding
+    the data and attributes is ``rname`` in the real directory ``at`` (for an indexed hardlink alias: the index
+    file; for the root: ``"."`` of the top layer's root), ``st`` its lstat. ``dirs`` is, for a directory, the
+    stack of real directories to merge, top-down. ``indexed`` marks a lower hardlink alias whose data already
+    lives in the index.
     """
 
     path: str
     layer: int
-    real: str
+    at: Dir
+    rname: str
     st: os.stat_result
     ino: int
-    dirs: tuple[tuple[int, str], ...] = ()
+    dirs: tuple[Dir, ...] = ()
     indexed: bool = False
     merged: bool = False
     #: known to carry no ``security.capability`` xattr (the kernel asks before every write(2)); only ever set
@@ -99,6 +102,25 @@ class Node:
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.st.st_mode)
+
+    @property
+    def name(self) -> str:
+        """The entry's name in its union directory ("" for the root)."""
+        return self.path.rpartition("/")[2]
+
+    @property
+    def real(self) -> str:
+        """A host path of the real entry, valid until the union's next :meth:`Dirs.trim` (see
+        :mod:`unionfs.union.realdir`): short in descriptor mode however deep the entry is."""
+        return self.at.where(self.rname)
+
+    def lstat(self) -> os.stat_result:
+        """A fresh lstat of the real entry."""
+        return self.at.lstat(self.rname)
+
+    def open(self, flags: int, mode: int = 0o777) -> int:
+        """Open the real entry (relative to its directory)."""
+        return self.at.open(self.rname, flags, mode)
 
 
 class SlimStat:
@@ -147,25 +169,23 @@ class _SpareFd:
         except OSError:
             return None
 
-    def scan(self, path: str) -> list[os.DirEntry[str]]:
-        """The entries of the directory ``path`` (one descriptor, closed on return); raises OSError."""
+    def scan(self, d: Dir) -> list[tuple[str, bool]]:
+        """The entries of the directory ``d`` (one descriptor, closed on return); raises OSError."""
         try:
-            with os.scandir(path) as it:
-                return list(it)
+            return _read_dir(d)
         except OSError as e:
             if e.errno != errno.EMFILE:
                 raise
-            log.debug("EMFILE listing %s: using the spare descriptor", path)
+            log.debug("EMFILE listing %s: using the spare descriptor", d)
         with self._lock:
             if self._fd is None:
                 self._fd = self._take()
                 if self._fd is None:
-                    raise _err(errno.EMFILE, path)
+                    raise _err(errno.EMFILE, d.path)
             os.close(self._fd)
             self._fd = None
             try:
-                with os.scandir(path) as it:
-                    return list(it)
+                return _read_dir(d)
             finally:
                 self._fd = self._take()
 
@@ -176,10 +196,24 @@ def _spare_fd() -> _SpareFd:
     return _SpareFd()
 
 
-def _scan(path: str) -> list[os.DirEntry[str]]:
-    """The entries of the directory ``path``, read with one descriptor (the spare one at EMFILE). Raises
+def _read_dir(d: Dir) -> list[tuple[str, bool]]:
+    """(name, is a directory) of each entry of ``d`` (the type read while the directory is open: an entry
+    without a d_type is stat-ed relative to it)."""
+    with os.scandir(d.where()) as it:  # one descriptor (scandir of a descriptor would take two)
+        out = []
+        for e in it:
+            try:
+                is_dir = e.is_dir(follow_symlinks=False)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            out.append((e.name, is_dir))
+        return out
+
+
+def _scan(d: Dir) -> list[tuple[str, bool]]:
+    """The entries of the directory ``d``, read with one descriptor (the spare one at EMFILE). Raises
     OSError."""
-    return _spare_fd().scan(path)
+    return _spare_fd().scan(d)
 
 
 #: the path cache takes no new entries beyond this many (bounds the daemon's memory: ~650 bytes each)
@@ -197,7 +231,8 @@ class Union:
 
     ``index_dir`` is where copied-up lower hardlinks live (None: no index). ``cache``: keep path resolutions
     (see the module docstring); only correct when every change of the layers goes through a writer that calls
-    :meth:`forget`.
+    :meth:`forget`. A caching union is long-lived: it reaches real directories through descriptors
+    (:mod:`unionfs.union.realdir`), and its user calls :meth:`trim` between two operations.
     """
 
     lowers: Sequence[str]
@@ -221,7 +256,7 @@ class Union:
         n = len(self._fsidx)
         self._shift = 64 - max(1, n.bit_length()) if n > 1 else 0
         self._ino_xattr = ino_xattr()
-        self._opaque_cache: dict[str, bool] = {}
+        self._opaque_cache: dict[tuple[int, str], bool] = {}
         # The root merges every layer: an opaque mark (xattr or ``.wh..wh..opq``) on a layer's root is
         # ignored. The OCI image spec defines opaque whiteouts for directories below the root and says nothing
         # of the root itself; docker's overlay2 driver and containerd's overlayfs snapshotter (the default
@@ -229,10 +264,22 @@ class Union:
         # up and so never applies an opaque mark there (fs/overlayfs/super.c: the root's stack is every
         # layer). What docker and containerd show is therefore "root opaque ignored"; so do we (the mount,
         # treeview's ls/find/cat and export all go through this), and the store keeps the mark as unpacked.
-        self._root_dirs = tuple(enumerate(self.layers))
+        self.dirs = Dirs(fds=self.cache)
+        self._root_dirs: tuple[Dir, ...] = tuple(self.dirs.root(i, p) for i, p in enumerate(self.layers))
+        self._index = self.dirs.root(0, self.index_dir) if self.index_dir is not None else None
         self._tree = _Ent(None)
         self._cached = 0
         _spare_fd()  # set the spare descriptor aside now, while descriptors are free
+
+    def trim(self) -> None:
+        """Between two operations: close the directory descriptors beyond the union's budget."""
+        self.dirs.trim()
+
+    def close(self) -> None:
+        """Close every descriptor the union holds (it is not used afterwards)."""
+        self.dirs.close()
+        for d in self._root_dirs + ((self._index,) if self._index is not None else ()):
+            d.close()  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ inode numbers
     def real_ino(self, st: os.stat_result) -> int:
@@ -242,15 +289,15 @@ class Union:
         idx = self._fsidx.get(st.st_dev, len(self._fsidx) - 1)
         return st.st_ino ^ (idx << self._shift)
 
-    def ino_of(self, layer: int, real: str, st: os.stat_result) -> int:
-        """The overlay inode number of the entry at ``real`` in ``layer``."""
+    def ino_of(self, layer: int, at: Dir, name: str, st: os.stat_result) -> int:
+        """The overlay inode number of the entry ``name`` of the real directory ``at`` in ``layer``."""
         if self.upper is not None and layer == 0:
             key = (st.st_dev, st.st_ino, st.st_ctime_ns)
             v = self._ino_cache.get(key)
             if v is not None:
                 return v
             try:
-                raw = os.getxattr(real, self._ino_xattr, follow_symlinks=False)
+                raw = os.getxattr(at.where(name), self._ino_xattr, follow_symlinks=False)
                 v = int(raw)
             except (OSError, ValueError):
                 v = self.real_ino(st)
@@ -264,20 +311,33 @@ class Union:
     def root(self) -> Node:
         """The root directory: every layer's root merges, down to an opaque one."""
         dirs = self._root_dirs
-        st = os.lstat(self.layers[0])
-        return Node("/", 0, self.layers[0], st, self.ino_of(0, self.layers[0], st), dirs,
-                    merged=len(dirs) > 1)
+        top = dirs[0]
+        st = top.lstat(".")
+        return Node("/", 0, top, ".", st, self.ino_of(0, top, ".", st), dirs, merged=len(dirs) > 1)
 
-    def _is_opaque(self, layer: int, p: str) -> bool:
-        """Opaque check; memoized for lower layers (read-only, never change while mounted)."""
-        if self.upper is not None and layer == 0:
-            return wh.is_opaque_dir(p)
-        v = self._opaque_cache.get(p)
+    def _is_opaque(self, d: Dir, path: str) -> bool:
+        """Opaque check of the directory ``d`` shown at the union path ``path``; memoized for lower layers
+        (read-only, never change while mounted; a lower directory only ever shows at its own path)."""
+        if self.upper is not None and d.layer == 0:
+            return wh.is_opaque_dir(d.where())
+        key = (d.layer, path)
+        v = self._opaque_cache.get(key)
         if v is None:
             if len(self._opaque_cache) > 200000:
                 self._opaque_cache.clear()
-            v = self._opaque_cache[p] = wh.is_opaque_dir(p)
+            v = self._opaque_cache[key] = wh.is_opaque_dir(d.where())
         return v
+
+    def _indexed(self, node: Node) -> None:
+        """Point a lower hardlink alias at its index file, once one of its names was copied up."""
+        if (self._index is not None and self.upper is not None and node.layer > 0
+                and stat.S_ISREG(node.st.st_mode) and node.st.st_nlink > 1):
+            name = str(node.ino)
+            try:
+                ist = self._index.lstat(name)
+            except FileNotFoundError:
+                return
+            node.at, node.rname, node.st, node.indexed = self._index, name, ist, True
 
     def lookup(self, path: str) -> Node:
         """Resolve the union path ``path`` ("/a/b") with fresh attributes (``st``); raises OSError
@@ -286,7 +346,7 @@ class Union:
             return self._walk(path)
         node = self.resolve(path)
         try:
-            st = os.lstat(node.real)
+            st = node.lstat()
         except FileNotFoundError:
             st = None
         if st is None or st.st_ino != node.st.st_ino or st.st_dev != node.st.st_dev:
@@ -412,52 +472,42 @@ class Union:
         if wh.is_hidden_name(name) or name in (".", ".."):
             return None
         top: Node | None = None
-        dirs: list[tuple[int, str]] = []
         names = self._names_of(parent)
         whname = wh.WH_PREFIX + name
-        for i, (layer, dpath) in enumerate(parent.dirs):
-            if layer < start:
+        dirs: list[Dir] = []
+        for i, d in enumerate(parent.dirs):
+            if d.layer < start:
                 continue
             if names is not None and name not in names[i]:
                 if whname in names[i]:
                     break
                 continue
-            p = os.path.join(dpath, name)
             try:
-                st = os.lstat(p)
+                st = d.lstat(name)
             except FileNotFoundError:
-                if _lexists(os.path.join(dpath, whname)):
+                if _lexists(d, whname):
                     break
                 continue
             except NotADirectoryError:
                 continue
-            if wh.is_whiteout(p, st):
+            if (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode)) and wh.is_whiteout(d.where(name), st):
                 break
             if top is None:
-                top = Node(_join(parent.path, name), layer, p, st, 0)
+                top = Node(_join(parent.path, name), d.layer, d, name, st, 0)
                 if not stat.S_ISDIR(st.st_mode):
                     break
-                dirs.append((layer, p))
-            elif stat.S_ISDIR(st.st_mode):
-                dirs.append((layer, p))
-            else:
+            elif not stat.S_ISDIR(st.st_mode):
                 break
-            if self._is_opaque(layer, p):
+            sub = d.child(name)
+            dirs.append(sub)
+            if self._is_opaque(sub, top.path):
                 break
         if top is None:
             return None
         top.dirs = tuple(dirs)
         top.merged = len(dirs) > 1
-        top.ino = self.ino_of(top.layer, top.real, top.st)
-        if (self.index_dir is not None and self.upper is not None and top.layer > 0
-                and stat.S_ISREG(top.st.st_mode) and top.st.st_nlink > 1):
-            ip = os.path.join(self.index_dir, str(top.ino))
-            try:
-                ist = os.lstat(ip)
-            except FileNotFoundError:
-                pass
-            else:
-                top.real, top.st, top.indexed = ip, ist, True
+        top.ino = self.ino_of(top.layer, top.at, top.rname, top.st)
+        self._indexed(top)
         return top
 
     def _names_of(self, parent: Node) -> tuple[frozenset[str], ...] | None:
@@ -470,9 +520,9 @@ class Union:
             if parent.probes < NAMES_AFTER:
                 return None
             sets = []
-            for _layer, dpath in parent.dirs:
+            for d in parent.dirs:
                 try:
-                    sets.append(frozenset(intern(e.name) for e in _scan(dpath)))
+                    sets.append(frozenset(intern(name) for name, _ in _scan(d)))
                 except OSError:
                     return None  # lookups probe the layers one by one instead
             parent.names = tuple(sets)
@@ -494,25 +544,24 @@ class Union:
             raise _err(errno.ENOTDIR, node.path)
         hidden: set[str] = set()
         out: dict[str, Node] = {}
-        below: dict[str, list[tuple[int, str]]] = {}
+        below: dict[str, list[Dir]] = {}
         stopped: set[str] = set()
         base = node.path if node.path != "/" else ""
         sets: list[frozenset[str]] | None = [] if self.cache and node.merged and node.names is None else None
-        for layer, dpath in node.dirs:
+        for d in node.dirs:
+            layer = d.layer
             try:
-                entries = _scan(dpath)
+                entries = _scan(d)
             except OSError as e:
                 if e.errno not in ABSENT:
-                    log.warning("cannot list %s: %s", dpath, e)
+                    log.warning("cannot list %s: %s", d.path, e)
                     raise
                 sets = None
                 continue
             if sets is not None:
-                sets.append(frozenset(intern(e.name) for e in entries))
-            pre = dpath if dpath.endswith("/") else dpath + "/"
+                sets.append(frozenset(intern(name) for name, _ in entries))
             layer_hidden: set[str] = set()
-            for ent in entries:
-                name = ent.name
+            for name, lower_dir in entries:
                 if wh.is_hidden_name(name):
                     if name != wh.OPAQUE_MARKER:
                         try:
@@ -524,37 +573,32 @@ class Union:
                     continue
                 if name in hidden or name in stopped:
                     continue
-                p = pre + name
                 if name in out:
                     # a lower layer under a visible directory: merges only while directories continue (the
                     # entry's d_type tells, no lstat)
-                    try:
-                        lower_dir = ent.is_dir(follow_symlinks=False)
-                    except OSError as e:
-                        if e.errno in ABSENT:  # removed meanwhile
-                            continue
-                        raise
                     if lower_dir:
-                        below.setdefault(name, []).append((layer, p))
-                        if self._is_opaque(layer, p):
+                        sub = d.child(name)
+                        below.setdefault(name, []).append(sub)
+                        if self._is_opaque(sub, out[name].path):
                             stopped.add(name)
                     else:
                         stopped.add(name)
                     continue
                 try:
-                    st = os.lstat(p)
+                    st = d.lstat(name)
                 except OSError as e:
                     if e.errno in ABSENT:  # removed meanwhile
                         continue
                     raise
-                if wh.is_whiteout(p, st):
+                if (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode)) and wh.is_whiteout(d.where(name), st):
                     layer_hidden.add(name)
                     continue
-                n = Node(base + "/" + name, layer, p, st, 0)
+                n = Node(base + "/" + name, layer, d, name, st, 0)
                 out[name] = n
                 if stat.S_ISDIR(st.st_mode):
-                    below[name] = [(layer, p)]
-                    if self._is_opaque(layer, p):
+                    sub = d.child(name)
+                    below[name] = [sub]
+                    if self._is_opaque(sub, n.path):
                         stopped.add(name)
                 else:
                     stopped.add(name)
@@ -566,14 +610,8 @@ class Union:
             if n.is_dir:
                 n.dirs = tuple(below.get(name, ()))
                 n.merged = len(n.dirs) > 1
-            n.ino = self.ino_of(n.layer, n.real, n.st)
-            if (self.index_dir is not None and self.upper is not None and n.layer > 0
-                    and stat.S_ISREG(n.st.st_mode) and n.st.st_nlink > 1):
-                ip = os.path.join(self.index_dir, str(n.ino))
-                try:
-                    n.st, n.real, n.indexed = os.lstat(ip), ip, True
-                except FileNotFoundError:
-                    pass
+            n.ino = self.ino_of(n.layer, n.at, n.rname, n.st)
+            self._indexed(n)
             result.append(n)
         return result
 
@@ -588,24 +626,24 @@ class Union:
             return 1 if node.merged else node.st.st_nlink
         if node.indexed or (node.layer == 0 and self.upper is not None and node.st.st_nlink > 1
                             and stat.S_ISREG(node.st.st_mode) and self._in_index(node)):
-            return node.st.st_nlink - 1 + self.pending_lower_links(node)
+            return node.st.st_nlink - 1 + self.pending_lower_links(node.real)
         return node.st.st_nlink
 
     def _in_index(self, node: Node) -> bool:
         if node.indexed:
             return True
-        if self.index_dir is None:
+        if self._index is None:
             return False
         try:
-            ist = os.lstat(os.path.join(self.index_dir, str(node.ino)))
+            ist = self._index.lstat(str(node.ino))
         except FileNotFoundError:
             return False
         return ist.st_ino == node.st.st_ino and ist.st_dev == node.st.st_dev
 
-    def pending_lower_links(self, node: Node) -> int:
-        """How many lower aliases of an indexed hardlink still resolve to the index."""
+    def pending_lower_links(self, real: str) -> int:
+        """How many lower aliases of the indexed hardlink at the host path ``real`` still resolve to the index."""
         try:
-            return max(0, int(os.getxattr(node.real, nlink_xattr(), follow_symlinks=False)))
+            return max(0, int(os.getxattr(real, nlink_xattr(), follow_symlinks=False)))
         except (OSError, ValueError):
             return 0
 
@@ -658,9 +696,9 @@ def _join(parent: str, name: str) -> str:
     return "/" + name if parent == "/" else parent + "/" + name
 
 
-def _lexists(p: str) -> bool:
+def _lexists(d: Dir, name: str) -> bool:
     try:
-        os.lstat(p)
+        d.lstat(name)
         return True
     except OSError:
         return False
