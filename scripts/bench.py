@@ -10,6 +10,16 @@ Every implementation mounts the same directories with a fresh, empty upper for e
 interleaved (run 1 of every workload for every implementation, then run 2, ...) with the implementation order
 rotated, so the noise of a shared machine spreads evenly. Caches are dropped before each session (root).
 
+Read-only mounts: the read workloads (read, find, cat, mount_1, mount_100) run a second time on a mount of the
+layers alone, no upper (``unionfs mount --lower ...`` without --upper, ``lowerdir=`` only for fuse-overlayfs
+and the kernel), right after their writable twin: workload ``NAME_ro``, metrics ``METRIC_ro``, rows marked
+"(read-only)" with the same ratio columns and speed goals. They are not the same case for unionfs: a
+read-only mount serves every file by FUSE passthrough, a writable one serves the lower files from the daemon.
+The kernel overlayfs may refuse a read-only mount of one layer ("at least 2 lowerdir are needed while upperdir
+nonexistent": 6.18 still does); the script asks the kernel once, and then the kernel's 1-layer read-only cells
+are "-" with a "not measured" line saying why (not a failure).
+``--mounts writable`` or ``--mounts read-only`` runs one kind only (default: both, also with --quick/--smoke).
+
 Workloads (seconds unless said otherwise, lower is better):
   read_first / read_again   ``dd bs=1M`` of the 1 GiB lower file, first after mount and again
   find_first / find_second  ``find tree -printf '%s %m\\n'`` over the 50,000-entry tree
@@ -22,10 +32,13 @@ Workloads (seconds unless said otherwise, lower is better):
   ls_1 / ls_100             ``ls -la`` of the root right after that mount
   rss_tree_mb / rss_max_mb  the daemon's peak RSS (VmHWM) on the find session / on any session
   cpu_total_s               the daemon's CPU seconds (utime+stime) summed over one run's sessions
+  (these three over the writable sessions; their _ro twins over the read-only ones)
 
 Usage (as root):
   .venv/bin/python scripts/bench.py [--runs N] [--json FILE] [--only unionfs,fuse-overlayfs,kernel]
-  .venv/bin/python scripts/bench.py --quick            # one run, 256 MiB writes: under two minutes (data cached)
+                                   [--mounts writable,read-only] [--workloads read,find_ro,...]
+  .venv/bin/python scripts/bench.py --quick            # one run, 256 MiB writes: about two minutes (data cached)
+  .venv/bin/python scripts/bench.py --quick --mounts read-only   # the read-only rows alone
   .venv/bin/python scripts/bench.py --smoke --json F   # tiny data, one run: checks the script still works
   .venv/bin/python scripts/bench.py --scaling [--plot out.png]   # find/read at 10k..1M files, 1..128 layers
 

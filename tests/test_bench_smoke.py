@@ -1,5 +1,5 @@
 """Smoke test of scripts/bench.py: ``--smoke`` (a tiny data set, one run) produces every JSON field for every
-implementation and leaves no mount behind. It asserts no timing.
+implementation, on writable and on read-only mounts, and leaves no mount behind. It asserts no timing.
 
 The benchmark mounts through the same harness as the tests (tests/support/mount.py), so it needs what the
 harness's mount tests need; its cache is a private directory, out of reach of pytest's clean-up of old
@@ -30,6 +30,12 @@ IMPLS = ("unionfs", "fuse-overlayfs", "kernel")
 TIME_METRICS = ("read_first", "read_again", "find_first", "find_second", "cat_small", "write_4k", "write_1m",
                 "copyup_chmod", "copyup_append", "copyup_sparse", "mount_1", "ls_1", "mount_100", "ls_100")
 DAEMON_METRICS = ("rss_tree_mb", "rss_max_mb", "cpu_total_s")
+#: the metrics of the read-only sessions (the read workloads on the layers alone)
+RO_TIME_METRICS = ("read_first_ro", "read_again_ro", "find_first_ro", "find_second_ro", "cat_small_ro",
+                   "mount_1_ro", "ls_1_ro", "mount_100_ro", "ls_100_ro")
+RO_DAEMON_METRICS = ("rss_tree_mb_ro", "rss_max_mb_ro", "cpu_total_s_ro")
+#: the read-only rows of the 1-layer image, which some kernels' overlayfs cannot mount (reported, not failed)
+ONE_LAYER_RO = ("mount_1_ro", "ls_1_ro")
 
 
 def test_bench_smoke_reports_every_field(tmp_path: Path) -> None:
@@ -57,3 +63,56 @@ def test_bench_smoke_reports_every_field(tmp_path: Path) -> None:
         assert run["find_entries"] > 0
     assert "unionfs / fuse-overlayfs" in proc.stdout
     assert set(doc["ratios"]["find_first"]) == {"unionfs/fuse-overlayfs", "unionfs/kernel"}
+    assert doc["mounts"] == ["writable", "read-only"]
+    _check_read_only(doc, proc.stdout)
+
+
+
+def _rows(stdout: str, label: str) -> list[list[str]]:
+    """The cells (without the label) of the results table's rows labelled ``label``, in their order."""
+    rows = []
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == label:
+            rows.append(cells[1:])
+    assert rows, f"no row {label!r} in the output:\n{stdout}"
+    return rows
+
+
+def _kernel_refuses_one_layer(doc: dict) -> bool:
+    """Whether the bench reported that this kernel's overlayfs cannot mount the 1-layer image read-only."""
+    return any(e.startswith("mount_1_ro kernel:") and "single layer" in e for e in doc["unsupported"])
+
+
+def _check_read_only(doc: dict, stdout: str) -> None:
+    """The read-only sessions gave numbers for every implementation (but the kernel's 1-layer one when it
+    said why), saw the tree as the writable ones did, and have their rows, ratios and goals."""
+    summary = doc["summary"]
+    refused = _kernel_refuses_one_layer(doc)
+    for metric in RO_TIME_METRICS:
+        for impl in IMPLS:
+            if impl == "kernel" and metric in ONE_LAYER_RO and refused:
+                assert summary[metric][impl] is None
+                continue
+            assert summary[metric][impl] is not None, f"{metric} missing for {impl}"
+            assert summary[metric][impl]["n"] == 1
+    for metric in RO_DAEMON_METRICS:
+        for impl in ("unionfs", "fuse-overlayfs"):
+            assert summary[metric][impl] is not None, f"{metric} missing for {impl}"
+    for impl in IMPLS:
+        run = doc["results"][impl][0]
+        assert run["find_entries_ro"] == run["find_entries"], f"{impl}: read-only find saw another tree"
+    n = len(IMPLS)  # then the ratio columns, unionfs / fuse-overlayfs first
+    for label in ("read 1 GiB, first after mount (s) (read-only)", "find -printf, second (s) (read-only)",
+                  "cat 10,000 files of 4 KiB (s) (read-only)"):
+        [cells] = _rows(stdout, label)
+        assert "-" not in cells[:n + 1], (label, cells)
+    ls_1, ls_100 = _rows(stdout, "ls -la of its root (s) (read-only)")
+    assert "-" not in ls_100[:n + 1], ls_100
+    assert "-" not in ls_1[:n - 1], ls_1  # the 1-layer image: the kernel's "-" exactly when it said why
+    assert (ls_1[n - 1] == "-") == refused, ls_1
+    assert set(doc["ratios"]["cat_small_ro"]) == {"unionfs/fuse-overlayfs", "unionfs/kernel"}
+    assert doc["ratios"]["cat_small_ro"]["unionfs/kernel"] is not None
+    assert "| read_first_ro: unionfs / fuse-overlayfs <= 1 |" in stdout
+    if refused:
+        assert "not measured: mount_1_ro kernel:" in stdout

@@ -8,8 +8,8 @@ Modules, bottom up (each imports only those above it):
   ``unionfs+volatile``);
 - :mod:`benchlib.signals`: SIGINT, SIGTERM and SIGHUP as KeyboardInterrupt, held while a mount is made or undone;
 - :mod:`benchlib.data`: the cached layer directories the mount benchmark reads;
-- :mod:`benchlib.mounts`: one timed mount session, a thin adapter over the tests' mount harness
-  (``tests/support/mount.py``), which owns every mount, unmount and daemon lookup;
+- :mod:`benchlib.mounts`: one timed mount session (writable or read-only), a thin adapter over the tests' mount
+  harness (``tests/support/mount.py``), which owns every mount, unmount and daemon lookup;
 - :mod:`benchlib.workloads`: the timed operations, run interleaved;
 - :mod:`benchlib.report`: summaries, ratios, tables, goals, the JSON document and the plot;
 - :mod:`benchlib.cli`: the command line, the only layer that prints.

@@ -8,6 +8,11 @@ Contract of :func:`mounted`:
 
 - the session lives in ``scratch/{upper,work,mnt}``; ``scratch`` is emptied before the mount, so every
   session starts with a fresh, empty upper;
+- a read-only session (``writable=False``) has the layers only, no upper and no work directory: unionfs gets
+  no ``--upper``, fuse-overlayfs and the kernel only ``lowerdir=``. The kernel's overlayfs refuses a
+  read-only mount of one layer on some kernels ("at least 2 lowerdir are needed while upperdir
+  nonexistent"); :func:`kernel_takes_one_lower` asks this kernel once, and when it refuses, such a session
+  raises :class:`Unsupported` before mounting anything;
 - the layers are given base first. For fuse-overlayfs and the kernel they are named relative to their common
   parent (the mount command runs there), so that 100 and more layers fit the kernel's one-page limit on mount
   options; the kernel overlay gets no options beyond the directories (not the harness's default
@@ -50,6 +55,10 @@ from benchlib.signals import held
 log = logging.getLogger(__name__)
 
 
+class Unsupported(Exception):
+    """This implementation cannot mount what was asked for (a fact about it, not a failure of the run)."""
+
+
 @dataclasses.dataclass
 class Session:
     """One live mount of one implementation."""
@@ -65,8 +74,8 @@ class Session:
 
     @property
     def upper(self) -> Path:
-        """The upper directory (fresh and empty when the session began)."""
-        assert self.mount.upper is not None
+        """The upper directory (fresh and empty when the session began); a writable session's only."""
+        assert self.mount.upper is not None, "a read-only session has no upper"
         return Path(self.mount.upper)
 
     def stats(self) -> tuple[float | None, float | None]:
@@ -96,9 +105,10 @@ def daemon_stats(pids: Sequence[int]) -> tuple[float | None, float | None]:
 
 
 @contextlib.contextmanager
-def _harness_mount(impl: str, lowers: Sequence[Path], upper: Path, work: Path, mnt: Path,
+def _harness_mount(impl: str, lowers: Sequence[Path], upper: Path | None, work: Path | None, mnt: Path,
                    opts: Sequence[str]) -> Iterator[Mount]:
-    """The harness's mount of ``impl`` (see the module's contract for the arguments it gets)."""
+    """The harness's mount of ``impl`` (see the module's contract for the arguments it gets); read-only when
+    ``upper`` and ``work`` are None."""
     if base_impl(impl) == "unionfs":
         args = [arg for o in [*opts, *variant_opts(impl)] for arg in ("-o", o)]
         with unionfs_mount(lowers, upper, work, mnt, extra_args=args) as m:
@@ -126,11 +136,52 @@ def clear(scratch: Path) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
+#: whether this kernel's overlayfs mounts one lower layer without an upper (asked once, by the first need)
+_ONE_LOWER: list[bool] = []
+
+
+def kernel_takes_one_lower(scratch: Path) -> bool:
+    """Whether the kernel overlayfs mounts a single lower layer without an upper: tried once, on an empty
+    layer under ``scratch`` (emptied before and removed after, as a session's), and remembered."""
+    if not _ONE_LOWER:
+        layer = scratch / "probe-layer"
+        clear(scratch)
+        layer.mkdir(parents=True)
+        try:
+            with _mounted("kernel", [layer], scratch / "probe", (), writable=False):
+                pass
+            _ONE_LOWER.append(True)
+        except AssertionError:  # the harness's "mounting kernel at ... failed"
+            _ONE_LOWER.append(False)
+        log.info("the kernel overlayfs %s a read-only mount of one layer",
+                 "takes" if _ONE_LOWER[0] else "refuses")
+        clear(scratch)
+    return _ONE_LOWER[0]
+
+
+def check_supported(impl: str, lowers: Sequence[Path], writable: bool, scratch: Path) -> None:
+    """Raise :class:`Unsupported` when ``impl`` cannot mount ``lowers`` so (see the module's contract)."""
+    if impl == "kernel" and not writable and len(lowers) < 2 and not kernel_takes_one_lower(scratch):
+        raise Unsupported("the kernel overlayfs refuses a read-only mount of a single layer on this kernel "
+                          f"({os.uname().release}): it needs at least 2 lower layers without an upper")
+
+
+def mounted(impl: str, lowers: Sequence[Path], scratch: Path, opts: Sequence[str],
+            writable: bool = True) -> contextlib.AbstractContextManager[Session]:
+    """A fresh mount of ``lowers`` (base first) under ``scratch``: with a new empty upper, or read-only (the
+    layers only) when not ``writable``; see the module's contract. :class:`Unsupported` is raised here, before
+    anything is mounted."""
+    check_supported(impl, lowers, writable, scratch)
+    return _mounted(impl, lowers, scratch, opts, writable)
+
+
 @contextlib.contextmanager
-def mounted(impl: str, lowers: Sequence[Path], scratch: Path, opts: Sequence[str]) -> Iterator[Session]:
-    """A fresh mount of ``lowers`` (base first) with a new empty upper under ``scratch``; see the module."""
+def _mounted(impl: str, lowers: Sequence[Path], scratch: Path, opts: Sequence[str],
+             writable: bool) -> Iterator[Session]:
+    """:func:`mounted` without its check."""
     clear(scratch)
-    upper, work, mnt = scratch / "upper", scratch / "work", scratch / "mnt"
+    mnt = scratch / "mnt"
+    upper, work = (scratch / "upper", scratch / "work") if writable else (None, None)
     ok = False
     try:
         with held() as gate:  # a stop signal waits while the harness mounts or unmounts

@@ -4,6 +4,10 @@ documents and the scaling plot.
 Nothing here prints; every function returns what the command line shows or writes. A summary is
 ``{"median", "min", "max", "n"}`` over the runs that measured a metric, or None when none did; a ratio is
 ``median(a) / median(b)`` of one metric (below 1: ``a`` is faster), None when either is missing.
+
+A read-only session's metric is its writable twin's name followed by :data:`~benchlib.workloads.RO`; its row
+comes right after the twin's, labelled the same followed by :data:`RO_LABEL`, with the same ratio columns and
+the same speed goal.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from benchlib.impls import REFERENCES, ours
+from benchlib.workloads import RO
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +31,11 @@ Table = dict[str, dict[str, Summary | None]]
 #: {impl: [one {metric: value} per run]}
 Results = Mapping[str, Sequence[Mapping[str, float | None]]]
 
-#: (metric, label) in the order of the table; every one is "lower is better"
-METRICS = [
+#: the label of a read-only session's row is its writable twin's followed by this
+RO_LABEL = " (read-only)"
+
+#: (metric, label) of the writable sessions, in the order of the table; every one is "lower is better"
+WRITABLE_METRICS = [
     ("read_first", "read 1 GiB, first after mount (s)"),
     ("read_again", "read 1 GiB, again (s)"),
     ("find_first", "find -printf over 50k entries, first (s)"),
@@ -46,19 +54,51 @@ METRICS = [
     ("rss_max_mb", "daemon peak RSS, any session (MB)"),
     ("cpu_total_s", "daemon CPU seconds, all sessions of a run (s)"),
 ]
+#: the metrics that read-only sessions measure too (as ``METRIC`` + :data:`RO`)
+READ_ONLY_TWINS = ("read_first", "read_again", "find_first", "find_second", "cat_small", "mount_1", "ls_1",
+                   "mount_100", "ls_100", "rss_tree_mb", "rss_max_mb", "cpu_total_s")
+
+
+def _with_read_only(metrics: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``metrics`` with the read-only twin of each of :data:`READ_ONLY_TWINS` right after it."""
+    out = []
+    for m, label in metrics:
+        out.append((m, label))
+        if m in READ_ONLY_TWINS:
+            out.append((m + RO, label + RO_LABEL))
+    return out
+
+
+#: (metric, label) of every row, each read-only one right after its writable twin
+METRICS = _with_read_only(WRITABLE_METRICS)
 
 #: (metric, label) of the scaling table
 SCALE_METRICS = [("mount", "mount (s)"), ("find_first", "find first (s)"), ("find_second", "find second (s)"),
                  ("cat_sample", "cat 10k files (s)"), ("rss_after_find_mb", "RSS after find (MB)"),
                  ("rss_mb", "peak RSS (MB)"), ("cpu_s", "CPU (s)")]
 
-#: the speed goals: (metric, "ratio" to fuse-overlayfs or "abs" value, bound); met when the median is <= bound
-GOALS = [(m, "ratio", 1.0) for m in ("read_first", "read_again", "find_first", "find_second", "cat_small",
-                                     "ls_1", "ls_100")] + [
+#: the speed goals of the writable sessions: (metric, "ratio" to fuse-overlayfs or "abs" value, bound); met when
+#: the median is <= bound
+WRITABLE_GOALS = [(m, "ratio", 1.0) for m in ("read_first", "read_again", "find_first", "find_second",
+                                              "cat_small", "ls_1", "ls_100")] + [
     ("write_4k", "ratio", 0.1), ("write_1m", "ratio", 0.5),
     ("copyup_chmod", "ratio", 1.0), ("copyup_append", "ratio", 1.0), ("copyup_sparse", "ratio", 1.0),
     ("mount_100", "abs", 0.5), ("rss_tree_mb", "abs", 100.0),
 ]
+
+
+def _goals_with_read_only(goals: Sequence[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+    """``goals`` with the same goal for the read-only twin of each of :data:`READ_ONLY_TWINS` right after it."""
+    out = []
+    for m, kind, bound in goals:
+        out.append((m, kind, bound))
+        if m in READ_ONLY_TWINS:
+            out.append((m + RO, kind, bound))
+    return out
+
+
+#: every goal: those of the writable sessions, and the same ones for the read-only sessions
+GOALS = _goals_with_read_only(WRITABLE_GOALS)
 
 
 def summarize(values: Sequence[float | None]) -> Summary | None:
@@ -131,8 +171,8 @@ def goals_markdown(table: Table, results: Results, impl: str = "unionfs") -> str
     """The speed goals against this run's medians for ``impl`` (ratios to fuse-overlayfs)."""
     lines = ["| goal | value | met |", "|---|---|---|"]
     for m, kind, bound in GOALS:
-        if m not in table or impl not in table[m]:
-            continue
+        if m not in table or impl not in table[m] or all(s is None for s in table[m].values()):
+            continue  # a workload not run (--workloads, --mounts)
         if kind == "ratio":
             v = ratio(table, m, impl, "fuse-overlayfs")
             what = f"{m}: {impl} / fuse-overlayfs <= {bound:g}"
@@ -150,12 +190,17 @@ def goals_markdown(table: Table, results: Results, impl: str = "unionfs") -> str
 
 
 def notes(results: Results, impls: Sequence[str]) -> str:
-    """The lines after the table: the ``find`` entries each saw, and which sparse copy-ups kept the holes."""
+    """The lines after the table: the ``find`` entries each saw (on a writable and, when measured, on a
+    read-only mount), and which sparse copy-ups kept the holes."""
     entries = {i: results[i][0].get("find_entries") for i in impls}
+    entries_ro = {i: results[i][0].get("find_entries" + RO) for i in impls}
     holes = {i: summarize([r.get("holes_kept") for r in results[i]]) for i in impls}
-    return (f"find entries seen: {entries}\n"
-            "sparse copy keeps holes: " + ", ".join(f"{i}={'yes' if h and h['min'] == 1 else 'no'}"
-                                                    for i, h in holes.items() if h))
+    lines = [f"find entries seen: {entries}"]
+    if any(v is not None for v in entries_ro.values()):
+        lines.append(f"find entries seen{RO_LABEL}: {entries_ro}")
+    lines.append("sparse copy keeps holes: " + ", ".join(f"{i}={'yes' if h and h['min'] == 1 else 'no'}"
+                                                         for i, h in holes.items() if h))
+    return "\n".join(lines)
 
 
 def machine() -> dict[str, str]:
@@ -165,10 +210,10 @@ def machine() -> dict[str, str]:
             "fuse-overlayfs": _version(["fuse-overlayfs", "--version"])}
 
 
-def heading(info: Mapping[str, str], runs: int, write_mib: int) -> str:
-    """The line above the table."""
+def heading(info: Mapping[str, str], runs: int, write_mib: int, kinds: Sequence[str] = ("writable",)) -> str:
+    """The line above the table; ``kinds`` are the kinds of mount measured (``--mounts``)."""
     return (f"{info['date']}, {info['nproc']} cores, kernel {info['kernel']}, {info['fuse-overlayfs']}; "
-            f"runs={runs}, writes of {write_mib} MiB; medians (min–max)")
+            f"runs={runs}, writes of {write_mib} MiB, {' and '.join(kinds)} mounts; medians (min–max)")
 
 
 def _version(cmd: list[str]) -> str:

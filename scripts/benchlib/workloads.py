@@ -4,7 +4,12 @@ A workload takes a :class:`Ctx` and an implementation name, mounts what it needs
 dropped first when asked) and returns ``{metric: value}``: seconds unless the name says otherwise, plus the
 daemon's ``rss_mb.NAME`` and ``cpu_s.NAME`` read just before unmounting. A command that fails raises; the loops
 (:func:`benchmark`, :func:`scaling`) run a failed workload once more on a fresh mount and, when it fails again,
-record it in :class:`Failures` and go on without its numbers.
+record it in :class:`Failures` and go on without its numbers. A workload that an implementation cannot mount
+at all (:class:`~benchlib.mounts.Unsupported`) is not retried: it is recorded as ``unsupported``.
+
+Read-only mounts: the read-type workloads (:data:`READ_WORKLOADS`) also run on a mount of the layers alone
+(no upper) as ``NAME_ro`` (:func:`read_only`), whose every metric is named with the suffix :data:`RO`
+(``read_first_ro``, ``rss_mb.read_ro``). :func:`select` picks the workloads for the kinds of mount asked for.
 
 Interleaving: run 1 of every workload for every implementation, then run 2, ...; within a run, the
 implementations' order is rotated by the run's number, so the noise of a shared machine spreads evenly.
@@ -16,13 +21,14 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from benchlib.data import Dataset, ensure_scale_data, scale_names
-from benchlib.mounts import Session, mounted
+from benchlib.mounts import Session, Unsupported, mounted
 from benchlib.proc import run, timed
 
 log = logging.getLogger(__name__)
@@ -48,11 +54,15 @@ class Ctx:
     write_mib: int  #: size of the write workloads
     drop: bool  #: drop the kernel caches before each session
     opts: tuple[str, ...]  #: ``-o`` options for every unionfs mount
+    writable: bool = True  #: sessions get an empty upper (else they mount the layers alone, read-only)
 
     def session(self, impl: str, lowers: list[Path] | None = None) -> contextlib.AbstractContextManager[Session]:
-        """A fresh mount of ``lowers`` (default: the main image) for ``impl``, caches dropped first."""
+        """A fresh mount of ``lowers`` (default: the main image) for ``impl``, writable or read-only as
+        :attr:`writable` says, caches dropped first; raises :class:`Unsupported` before dropping them when
+        ``impl`` cannot mount it so."""
+        cm = mounted(impl, lowers or self.ds.lowers, self.scratch / impl, self.opts, self.writable)
         drop_caches(self.drop)
-        return mounted(impl, lowers or self.ds.lowers, self.scratch / impl, self.opts)
+        return cm
 
 
 @dataclasses.dataclass
@@ -61,6 +71,8 @@ class Failures:
 
     errors: list[str] = dataclasses.field(default_factory=list)
     retried: list[str] = dataclasses.field(default_factory=list)
+    #: "WORKLOAD IMPL: reason" of workloads an implementation cannot mount (once each, not an error)
+    unsupported: list[str] = dataclasses.field(default_factory=list)
 
 
 def _with_stats(s: Session, out: Result, name: str) -> Result:
@@ -156,21 +168,73 @@ def wl_mount_100(ctx: Ctx, impl: str) -> Result:
 
 Workload = Callable[[Ctx, str], Result]
 
-#: every workload, in the order they run
+#: the suffix of a read-only workload's name and of each of its metrics
+RO = "_ro"
+
+
+def read_only(fn: Workload) -> Workload:
+    """``fn`` on read-only mounts (the layers alone), every metric it returns renamed ``METRIC`` + :data:`RO`."""
+    def workload(ctx: Ctx, impl: str) -> Result:
+        out = fn(dataclasses.replace(ctx, writable=False), impl)
+        return {k + RO: v for k, v in out.items()}
+    workload.__doc__ = f"{fn.__doc__} On a read-only mount."
+    return workload
+
+
+#: the writable workloads, in the order they run
 WORKLOADS: dict[str, Workload] = {
     "read": wl_read, "find": wl_find, "cat": wl_cat, "write_4k": wl_write_4k, "write_1m": wl_write_1m,
     "copyup_chmod": wl_copyup_chmod, "copyup_append": wl_copyup_append,
     "mount_1": wl_mount_1, "mount_100": wl_mount_100,
 }
+#: the workloads that only read, and so run on read-only mounts too
+READ_WORKLOADS = ("read", "find", "cat", "mount_1", "mount_100")
+
+
+def _with_read_only(workloads: Mapping[str, Workload]) -> dict[str, Workload]:
+    """``workloads`` with the read-only twin of each of :data:`READ_WORKLOADS` right after it."""
+    out: dict[str, Workload] = {}
+    for name, fn in workloads.items():
+        out[name] = fn
+        if name in READ_WORKLOADS:
+            out[name + RO] = read_only(fn)
+    return out
+
+
+#: every workload, writable and read-only, in the order they run: each read-only one after its writable twin
+ALL_WORKLOADS = _with_read_only(WORKLOADS)
+#: the kinds of mount ``--mounts`` takes
+MOUNT_KINDS = ("writable", "read-only")
+
+
+def select(kinds: Sequence[str], names: Sequence[str] | None = None) -> dict[str, Workload]:
+    """The workloads of :data:`ALL_WORKLOADS` for the kinds of mount ``kinds`` (of :data:`MOUNT_KINDS`), in
+    their order; with ``names``, only those (a name without :data:`RO` picks its read-only twin too, a name
+    with it picks the read-only one alone). Raises ValueError for an unknown kind or name."""
+    if bad := set(kinds) - set(MOUNT_KINDS):
+        raise ValueError(f"unknown kinds of mount: {', '.join(sorted(bad))} (known: {', '.join(MOUNT_KINDS)})")
+    if names is not None and (bad := set(names) - set(ALL_WORKLOADS)):
+        raise ValueError(f"unknown workloads: {', '.join(sorted(bad))} (known: {', '.join(ALL_WORKLOADS)})")
+    keep = set(ALL_WORKLOADS) if names is None else {n for n in ALL_WORKLOADS
+                                                     if n in names or n.removesuffix(RO) in names}
+    kind = {n: "read-only" if n.endswith(RO) else "writable" for n in ALL_WORKLOADS}
+    return {n: fn for n, fn in ALL_WORKLOADS.items() if n in keep and kind[n] in kinds}
 
 
 def guarded(fn: Callable[[], Result], what: str, failures: Failures) -> Result:
     """Run one workload, once more when it fails (a fresh mount); a second failure is logged and kept in
     ``failures.errors``, not fatal, so that one broken workload does not lose the others' numbers. First
-    failures that a retry fixed are kept in ``failures.retried`` (a flaky mount is worth knowing about)."""
+    failures that a retry fixed are kept in ``failures.retried`` (a flaky mount is worth knowing about).
+    :class:`Unsupported` is neither: it is kept once in ``failures.unsupported`` and not retried."""
     for attempt in (1, 2):
         try:
             return fn()
+        except Unsupported as e:
+            msg = f"{re.sub(r'^run [0-9]+ ', '', what)}: {e}"  # once for all runs
+            if msg not in failures.unsupported:
+                failures.unsupported.append(msg)
+                log.info("not measured: %s", msg)
+            return {}
         except (RuntimeError, AssertionError, OSError, subprocess.TimeoutExpired) as e:
             msg = f"{what}: {e}".replace("\n", " ")[:600]
             if attempt == 1:
@@ -182,13 +246,21 @@ def guarded(fn: Callable[[], Result], what: str, failures: Failures) -> Result:
     return {}
 
 
+def _session_values(run_result: Result, prefix: str, read_only: bool) -> list[float]:
+    """The measured values of the per-session metrics ``PREFIX.NAME`` of the read-only or writable sessions."""
+    return [v for k, v in run_result.items()
+            if k.startswith(prefix) and k.endswith(RO) == read_only and v is not None]
+
+
 def derive(run_result: Result) -> Result:
-    """Add the per-run daemon summaries (rss_tree_mb, rss_max_mb, cpu_total_s)."""
-    rss = [v for k, v in run_result.items() if k.startswith("rss_mb.") and v is not None]
-    cpu = [v for k, v in run_result.items() if k.startswith("cpu_s.") and v is not None]
-    run_result["rss_tree_mb"] = run_result.get("rss_mb.find")
-    run_result["rss_max_mb"] = max(rss) if rss else None
-    run_result["cpu_total_s"] = sum(cpu) if cpu else None
+    """Add the per-run daemon summaries of the writable sessions (rss_tree_mb, rss_max_mb, cpu_total_s) and,
+    named with the suffix :data:`RO`, of the read-only ones; None where no such session was measured."""
+    for suffix in ("", RO):
+        rss = _session_values(run_result, "rss_mb.", bool(suffix))
+        cpu = _session_values(run_result, "cpu_s.", bool(suffix))
+        run_result["rss_tree_mb" + suffix] = run_result.get("rss_mb.find" + suffix)
+        run_result["rss_max_mb" + suffix] = max(rss) if rss else None
+        run_result["cpu_total_s" + suffix] = sum(cpu) if cpu else None
     return run_result
 
 
