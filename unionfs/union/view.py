@@ -217,7 +217,7 @@ def _scan(d: Dir) -> list[tuple[str, bool]]:
 
 
 #: the path cache takes no new entries beyond this many (bounds the daemon's memory: ~650 bytes each)
-CACHE_MAX = 100_000
+CACHE_MAX = 10_000
 #: ... but directories up to this many
 CACHE_MAX_DIRS = 400_000
 #: a merged directory keeps its layers' name sets from this many lookups in it on
@@ -344,7 +344,9 @@ class Union:
         ENOENT/ENOTDIR/ENAMETOOLONG."""
         if not self.cache:
             return self._walk(path)
-        node = self.resolve(path)
+        node, fresh = self._resolve(path)
+        if fresh:  # resolved just now: its lstat is new
+            return node
         try:
             st = node.lstat()
         except FileNotFoundError:
@@ -361,8 +363,13 @@ class Union:
         callers that need the resolution only (the real path, layer, type, inode number)."""
         if not self.cache:
             return self._walk(path)
+        return self._resolve(path)[0]
+
+    def _resolve(self, path: str) -> tuple[Node, bool]:
+        """:meth:`resolve` with the cache, and whether the node was resolved just now (its ``st`` is new)."""
         ent = self._tree
         node = ent.node
+        fresh = node is None
         if node is None:
             node = ent.node = self.root()
         cur: _Ent | None = ent
@@ -371,8 +378,9 @@ class Union:
                 raise _err(errno.ENOTDIR, path)
             kid = cur.kids.get(name) if cur is not None else None
             if kid is not None and kid.node is not None:
-                cur, node = kid, kid.node
+                cur, node, fresh = kid, kid.node, False
                 continue
+            fresh = True
             found = self.child(node, name)
             if found is None:
                 raise _err(errno.ENOENT, path)
@@ -384,7 +392,7 @@ class Union:
             # a full cache keeps what it has (dropping it all made a walk of a big tree thrash): the rest
             # of this path resolves uncached
             cur, node = kid, found
-        return node
+        return node, fresh
 
     def forget(self, path: str, *, keep_children: bool = False) -> None:
         """The resolution of ``path`` may have changed: drop it (and, unless ``keep_children``, everything
