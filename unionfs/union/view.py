@@ -498,7 +498,7 @@ class Union:
                 continue
             except NotADirectoryError:
                 continue
-            if (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode)) and wh.is_whiteout(d.where(name), st):
+            if _maybe_whiteout(st) and wh.is_whiteout(d.where(name), st):
                 break
             if top is None:
                 top = Node(_join(parent.path, name), d.layer, d, name, st, 0)
@@ -569,8 +569,9 @@ class Union:
             if sets is not None:
                 sets.append(frozenset(intern(name) for name, _ in entries))
             layer_hidden: set[str] = set()
+            lstat = d.lstat_fn()
             for name, lower_dir in entries:
-                if wh.is_hidden_name(name):
+                if name.startswith(wh.WH_PREFIX):
                     if name != wh.OPAQUE_MARKER:
                         try:
                             t = wh.whiteout_target(name)
@@ -593,17 +594,17 @@ class Union:
                         stopped.add(name)
                     continue
                 try:
-                    st = d.lstat(name)
+                    st = lstat(name)
                 except OSError as e:
                     if e.errno in ABSENT:  # removed meanwhile
                         continue
                     raise
-                if (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode)) and wh.is_whiteout(d.where(name), st):
+                if _maybe_whiteout(st) and wh.is_whiteout(d.where(name), st):
                     layer_hidden.add(name)
                     continue
                 n = Node(base + "/" + name, layer, d, name, st, 0)
                 out[name] = n
-                if stat.S_ISDIR(st.st_mode):
+                if st.st_mode & 0o170000 == 0o040000:  # a directory
                     sub = d.child(name)
                     below[name] = [sub]
                     if self._is_opaque(sub, n.path):
@@ -694,6 +695,13 @@ class Union:
         if node.is_dir:
             for c in sorted(self.listdir(node), key=lambda n: n.path):
                 yield from self.walk(c)
+
+
+def _maybe_whiteout(st: os.stat_result) -> bool:
+    """Whether an entry with lstat ``st`` may be a whiteout (a char device 0/0, or an empty file that may carry
+    a whiteout xattr): every other entry is known not to be one without a further system call."""
+    fmt = st.st_mode & 0o170000
+    return (fmt == stat.S_IFCHR and st.st_rdev == 0) or (fmt == stat.S_IFREG and st.st_size == 0)
 
 
 def _components(path: str) -> list[str]:
