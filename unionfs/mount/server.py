@@ -2,8 +2,9 @@
 
 One kernel inode per union inode: the node id the kernel sees is the union's stable inode number, so every
 name of a hardlinked file is the same kernel inode (one page cache, one attribute cache, the right st_nlink
-after an unlink). Each node keeps the names it was looked up by, ``(parent node, name)`` pairs, so a rename
-of a directory is one update, never a walk of the subtree.
+after an unlink). Each node keeps the directory and name it was looked up by (and a hardlinked file its
+further names), each directory the names in it the kernel knows, so a rename of a directory is one update,
+never a walk of the subtree, and a node's path is a climb of object references.
 
 Speed (docs/design.md, "Speed settings"):
 
