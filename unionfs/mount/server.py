@@ -2,8 +2,9 @@
 
 One kernel inode per union inode: the node id the kernel sees is the union's stable inode number, so every
 name of a hardlinked file is the same kernel inode (one page cache, one attribute cache, the right st_nlink
-after an unlink). Each node keeps the names it was looked up by, ``(parent node, name)`` pairs, so a rename
-of a directory is one update, never a walk of the subtree.
+after an unlink). Each node keeps the directory and name it was looked up by (and a hardlinked file its
+further names), each directory the names in it the kernel knows, so a rename of a directory is one update,
+never a walk of the subtree, and a node's path is a climb of object references.
 
 Speed (docs/design.md, "Speed settings"):
 
@@ -72,49 +73,107 @@ class _Deferred(bytes):
 DEFERRED = _Deferred()
 
 
-@dataclass(slots=True, eq=False)
+class _Rare:
+    """The parts of an :class:`Inode` few nodes have (further names, open files, orphan attributes): kept apart
+    so that the million nodes of a big ``find`` cost four slots fewer each."""
+
+    __slots__ = ("more", "handles", "backing", "orphan")
+
+    def __init__(self) -> None:
+        self.more: list[tuple[Inode, str]] | None = None
+        self.handles: list[Handle] | None = None
+        self.backing: int | None = None
+        self.orphan: bytes | None = None
+
+
 class Inode:
-    """What the kernel holds of one union inode."""
+    """What the kernel holds of one union inode (docs/design.md, "Memory": where each byte goes).
 
-    nodeid: int
-    ino: int
-    #: file type bits (S_IFMT) as last looked up
-    mode: int = 0
-    nlookup: int = 0
-    #: the names the kernel knows it by, (parent node id, name): None, one such pair, or a list of two or more
-    #: (a million nodes after a big ``find``: the common single name costs no container; see :meth:`names`)
-    links: tuple[int, str] | list[tuple[int, str]] | None = None
-    #: its open handles (None: none); while one is open they are all passthrough (sharing ``backing``) or all
-    #: served here
-    handles: list["Handle"] | None = None
-    backing: int | None = None
-    #: attributes (nlink 0) of a node whose last name was unlinked while the kernel still holds it: a special
-    #: file has no open handle here to fstat
-    orphan: bytes | None = None
+    ``mode``: the file type bits (S_IFMT) as last looked up (one shared int object per type: :data:`_KINDS`).
+    ``parent``/``name``: the directory and name of the first name the kernel knows it by (None: no name left);
+    ``more``: its further names (a hardlinked file). ``kids``: for a directory, the names in it the kernel
+    knows, name -> node. ``handles``: its open handles (None: none); while one is open they are all
+    passthrough (sharing ``backing``) or all served here. ``orphan``: attributes (nlink 0) of a node whose last
+    name was unlinked while the kernel still holds it (a special file has no open handle here to fstat).
+    """
 
-    def names(self) -> list[tuple[int, str]]:
-        """Every (parent node id, name) the kernel knows this node by."""
-        links = self.links
-        return [] if links is None else [links] if isinstance(links, tuple) else links
+    __slots__ = ("nodeid", "ino", "mode", "nlookup", "parent", "name", "kids", "_rare")
 
-    def add_name(self, key: tuple[int, str]) -> None:
-        links = self.links
-        if links is None:
-            self.links = key
-        elif isinstance(links, tuple):
-            if links != key:
-                self.links = [links, key]
-        elif key not in links:
-            links.append(key)
+    def __init__(self, nodeid: int, ino: int, *, nlookup: int = 0) -> None:
+        self.nodeid = nodeid
+        self.ino = ino
+        self.mode = 0
+        self.nlookup = nlookup
+        self.parent: Inode | None = None
+        self.name: str | None = None
+        self.kids: dict[str, Inode] | None = None
+        self._rare: _Rare | None = None
 
-    def drop_name(self, key: tuple[int, str]) -> None:
-        links = self.links
-        if isinstance(links, list):
-            if key in links:
-                links.remove(key)
-                self.links = links[0] if len(links) == 1 else links or None
-        elif links == key:
-            self.links = None
+    def _r(self) -> _Rare:
+        if self._rare is None:
+            self._rare = _Rare()
+        return self._rare
+
+    @property
+    def more(self) -> list[tuple["Inode", str]] | None:
+        return self._rare.more if self._rare is not None else None
+
+    @more.setter
+    def more(self, v: list[tuple["Inode", str]] | None) -> None:
+        self._r().more = v
+
+    @property
+    def handles(self) -> list["Handle"] | None:
+        return self._rare.handles if self._rare is not None else None
+
+    @handles.setter
+    def handles(self, v: list["Handle"] | None) -> None:
+        self._r().handles = v
+
+    @property
+    def backing(self) -> int | None:
+        return self._rare.backing if self._rare is not None else None
+
+    @backing.setter
+    def backing(self, v: int | None) -> None:
+        self._r().backing = v
+
+    @property
+    def orphan(self) -> bytes | None:
+        return self._rare.orphan if self._rare is not None else None
+
+    @orphan.setter
+    def orphan(self, v: bytes | None) -> None:
+        self._r().orphan = v
+
+    def names(self) -> list[tuple["Inode", str]]:
+        """Every (directory, name) the kernel knows this node by."""
+        if self.parent is None:
+            return []
+        first = (self.parent, self.name)
+        more = self.more
+        return [first] if more is None else [first, *more]  # type: ignore[list-item]
+
+    def add_name(self, parent: "Inode", name: str) -> None:
+        if self.parent is None:
+            self.parent, self.name = parent, name
+        elif (self.parent is not parent or self.name != name) and (parent, name) not in (self.more or ()):
+            self.more = [*(self.more or ()), (parent, name)]
+
+    def drop_name(self, parent: "Inode", name: str) -> None:
+        more = self.more
+        if self.parent is parent and self.name == name:
+            if more:
+                (self.parent, self.name), self.more = more[0], more[1:] or None
+            else:
+                self.parent = self.name = None
+        elif more and (parent, name) in more:
+            self.more = [k for k in more if k != (parent, name)] or None
+
+
+#: one int object per file type for :attr:`Inode.mode` (a new int per node would cost 28 bytes each)
+_KINDS = {k: k for k in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO,
+                         stat.S_IFSOCK)}
 
 
 @dataclass(slots=True, eq=False)
@@ -203,7 +262,6 @@ class LowLevelFS:
         root = self.view.root()
         self.root_ino = root.ino
         self.nodes: dict[int, Inode] = {fp.ROOT_ID: Inode(fp.ROOT_ID, root.ino, nlookup=1)}
-        self.entries: dict[tuple[int, str], int] = {}
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, Listing] = {}
         #: per directory node: bumped by every change of its names made here (see :class:`Listing`)
@@ -233,14 +291,15 @@ class LowLevelFS:
 
     def path(self, nodeid: int) -> str:
         """A union path of node ``nodeid`` (any of its names); ENOENT when it has none left."""
+        node = self.nodes.get(nodeid)
+        if node is None:
+            raise OSError(errno.ENOENT, "no name left")
         parts: list[str] = []
-        while nodeid != fp.ROOT_ID:
-            node = self.nodes.get(nodeid)
-            links = node.links if node is not None else None
-            if links is None:
+        while node.nodeid != fp.ROOT_ID:
+            if node.parent is None:
                 raise OSError(errno.ENOENT, "no name left")
-            nodeid, name = links if isinstance(links, tuple) else links[0]
-            parts.append(name)
+            parts.append(node.name)  # type: ignore[arg-type]
+            node = node.parent
         return "/" + "/".join(reversed(parts))
 
     def _join(self, parent: int, name: str) -> str:
@@ -253,26 +312,40 @@ class LowLevelFS:
         inode = self.nodes.get(nid)
         if inode is None:
             inode = self.nodes[nid] = Inode(nid, ino)
-        inode.mode = stat.S_IFMT(mode)
+        fmt = stat.S_IFMT(mode)
+        inode.mode = _KINDS.get(fmt, fmt)
         inode.nlookup += 1
-        self._link(parent, name, nid)
+        self._link(parent, name, inode)
         return inode
 
-    def _link(self, parent: int, name: str, nid: int) -> None:
-        key = (parent, name)
-        old = self.entries.get(key)
-        if old is not None and old != nid:
-            self._unlink_entry(key)
-        self.entries[key] = nid
-        self.nodes[nid].add_name(key)
+    def _link(self, parent: int, name: str, inode: Inode) -> None:
+        """Record that ``name`` in directory ``parent`` is ``inode`` (replacing what it was)."""
+        pnode = self.nodes.get(parent)
+        if pnode is None:  # the kernel never names a child of a node it forgot; be safe anyway
+            return
+        kids = pnode.kids
+        if kids is None:
+            kids = pnode.kids = {}
+        old = kids.get(name)
+        if old is inode:
+            return
+        if old is not None:
+            old.drop_name(pnode, name)
+        kids[name] = inode
+        inode.add_name(pnode, name)
 
-    def _unlink_entry(self, key: tuple[int, str]) -> int | None:
-        nid = self.entries.pop(key, None)
-        if nid is not None:
-            node = self.nodes.get(nid)
-            if node is not None:
-                node.drop_name(key)
-        return nid
+    def _unlink_entry(self, parent: int, name: str) -> Inode | None:
+        """Forget that ``name`` in directory ``parent`` names a node; that node (None: none known)."""
+        pnode = self.nodes.get(parent)
+        inode = pnode.kids.pop(name, None) if pnode is not None and pnode.kids else None
+        if inode is not None:
+            inode.drop_name(pnode, name)  # type: ignore[arg-type]
+        return inode
+
+    def _known(self, parent: int, name: str) -> Inode | None:
+        """The node the kernel knows as ``name`` in directory ``parent`` (None: none)."""
+        pnode = self.nodes.get(parent)
+        return pnode.kids.get(name) if pnode is not None and pnode.kids else None
 
     def _forget(self, nid: int, count: int) -> None:
         node = self.nodes.get(nid)
@@ -280,9 +353,9 @@ class LowLevelFS:
             return
         node.nlookup -= count
         if node.nlookup <= 0 and not node.handles:
-            for key in node.names():
-                if self.entries.get(key) == nid:
-                    del self.entries[key]
+            for pnode, name in node.names():
+                if pnode.kids is not None and pnode.kids.get(name) is node:
+                    del pnode.kids[name]
             del self.nodes[nid]
             self.dir_version.pop(nid, None)
 
@@ -509,16 +582,15 @@ class LowLevelFS:
     def unlink(self, parent: int, body: memoryview) -> bytes:
         name = os.fsdecode(fp.cstrings(body, 1)[0])
         path = self._join(parent, name)
-        key = (parent, name)
-        nid = self.entries.get(key)
-        inode = self.nodes.get(nid) if nid is not None else None
+        inode = self._known(parent, name)
         # the last known name of a special file: keep its attributes for fstat on descriptors the kernel
         # opened itself (as the kernel's overlayfs: a lower one is never copied up, keeps its link count)
-        last = inode is not None and inode.links == key and inode.mode not in (0, stat.S_IFREG)
+        last = (inode is not None and inode.more is None and inode.name == name
+                and inode.parent is self.nodes.get(parent) and inode.mode not in (0, stat.S_IFREG))
         node = self.view.lookup(path) if last else None
         self.ov.unlink(path)
         self._dir_changed(parent)
-        self._unlink_entry(key)
+        self._unlink_entry(parent, name)
         if inode is not None and node is not None:
             inode.orphan = fp.pack_attr(node.st, node.ino, 0 if node.layer == 0 else node.st.st_nlink)
         return b""
@@ -527,7 +599,7 @@ class LowLevelFS:
         name = os.fsdecode(fp.cstrings(body, 1)[0])
         self.ov.rmdir(self._join(parent, name))
         self._dir_changed(parent)
-        self._unlink_entry((parent, name))
+        self._unlink_entry(parent, name)
         return b""
 
     def rename(self, parent: int, body: memoryview) -> bytes:
@@ -542,11 +614,11 @@ class LowLevelFS:
         old, new = (os.fsdecode(n) for n in fp.cstrings(names, 2))
         self.ov.rename(self._join(parent, old), self._join(newdir, new), flags)
         self._dir_changed(parent, newdir)
-        a = self._unlink_entry((parent, old))
-        b = self._unlink_entry((newdir, new))
-        if a is not None and a in self.nodes:
+        a = self._unlink_entry(parent, old)
+        b = self._unlink_entry(newdir, new)
+        if a is not None and self.nodes.get(a.nodeid) is a:
             self._link(newdir, new, a)
-        if flags & 2 and b is not None and b in self.nodes:  # RENAME_EXCHANGE
+        if flags & 2 and b is not None and self.nodes.get(b.nodeid) is b:  # RENAME_EXCHANGE
             self._link(parent, old, b)
         return b""
 
@@ -726,10 +798,9 @@ class LowLevelFS:
 
     def _parent_ino(self, nid: int) -> int:
         node = self.nodes.get(nid)
-        if node is None or node.links is None:
+        if node is None or node.parent is None:
             return self.root_ino
-        parent = node.names()[0][0]
-        return self.nodes[parent].ino if parent in self.nodes else self.root_ino
+        return node.parent.ino
 
     def readdir(self, nid: int, body: memoryview) -> bytes:
         return self._readdir(body, plus=False)

@@ -25,8 +25,10 @@ the Dirs below the old name (the view's cache forgets the whole subtree: :meth:`
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import resource
+from typing import Callable
 
 #: directory descriptors a union keeps open between operations (its layers' roots not counted)
 KEEP = 1024
@@ -156,6 +158,13 @@ class Dir:
         if self.dirs.fds:
             return os.stat(name, dir_fd=self.fd(), follow_symlinks=False)
         return os.lstat(self.where(name))
+
+    def lstat_fn(self) -> Callable[[str], os.stat_result]:
+        """:meth:`lstat` for many names in a row (the directory is reached once), valid until the next trim."""
+        if self.dirs.fds:
+            return functools.partial(os.stat, dir_fd=self.fd(), follow_symlinks=False)
+        base = self.path
+        return lambda name: os.lstat(base + "/" + name)
 
     def open(self, name: str, flags: int, mode: int = 0o777) -> int:
         """open(2) of the entry ``name`` (``openat`` in descriptor mode)."""

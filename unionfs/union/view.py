@@ -217,7 +217,7 @@ def _scan(d: Dir) -> list[tuple[str, bool]]:
 
 
 #: the path cache takes no new entries beyond this many (bounds the daemon's memory: ~650 bytes each)
-CACHE_MAX = 100_000
+CACHE_MAX = 10_000
 #: ... but directories up to this many
 CACHE_MAX_DIRS = 400_000
 #: a merged directory keeps its layers' name sets from this many lookups in it on
@@ -344,7 +344,9 @@ class Union:
         ENOENT/ENOTDIR/ENAMETOOLONG."""
         if not self.cache:
             return self._walk(path)
-        node = self.resolve(path)
+        node, fresh = self._resolve(path)
+        if fresh:  # resolved just now: its lstat is new
+            return node
         try:
             st = node.lstat()
         except FileNotFoundError:
@@ -361,8 +363,13 @@ class Union:
         callers that need the resolution only (the real path, layer, type, inode number)."""
         if not self.cache:
             return self._walk(path)
+        return self._resolve(path)[0]
+
+    def _resolve(self, path: str) -> tuple[Node, bool]:
+        """:meth:`resolve` with the cache, and whether the node was resolved just now (its ``st`` is new)."""
         ent = self._tree
         node = ent.node
+        fresh = node is None
         if node is None:
             node = ent.node = self.root()
         cur: _Ent | None = ent
@@ -371,8 +378,9 @@ class Union:
                 raise _err(errno.ENOTDIR, path)
             kid = cur.kids.get(name) if cur is not None else None
             if kid is not None and kid.node is not None:
-                cur, node = kid, kid.node
+                cur, node, fresh = kid, kid.node, False
                 continue
+            fresh = True
             found = self.child(node, name)
             if found is None:
                 raise _err(errno.ENOENT, path)
@@ -384,7 +392,7 @@ class Union:
             # a full cache keeps what it has (dropping it all made a walk of a big tree thrash): the rest
             # of this path resolves uncached
             cur, node = kid, found
-        return node
+        return node, fresh
 
     def forget(self, path: str, *, keep_children: bool = False) -> None:
         """The resolution of ``path`` may have changed: drop it (and, unless ``keep_children``, everything
@@ -490,7 +498,7 @@ class Union:
                 continue
             except NotADirectoryError:
                 continue
-            if (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode)) and wh.is_whiteout(d.where(name), st):
+            if _maybe_whiteout(st) and wh.is_whiteout(d.where(name), st):
                 break
             if top is None:
                 top = Node(_join(parent.path, name), d.layer, d, name, st, 0)
@@ -561,8 +569,9 @@ class Union:
             if sets is not None:
                 sets.append(frozenset(intern(name) for name, _ in entries))
             layer_hidden: set[str] = set()
+            lstat = d.lstat_fn()
             for name, lower_dir in entries:
-                if wh.is_hidden_name(name):
+                if name.startswith(wh.WH_PREFIX):
                     if name != wh.OPAQUE_MARKER:
                         try:
                             t = wh.whiteout_target(name)
@@ -585,17 +594,17 @@ class Union:
                         stopped.add(name)
                     continue
                 try:
-                    st = d.lstat(name)
+                    st = lstat(name)
                 except OSError as e:
                     if e.errno in ABSENT:  # removed meanwhile
                         continue
                     raise
-                if (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode)) and wh.is_whiteout(d.where(name), st):
+                if _maybe_whiteout(st) and wh.is_whiteout(d.where(name), st):
                     layer_hidden.add(name)
                     continue
                 n = Node(base + "/" + name, layer, d, name, st, 0)
                 out[name] = n
-                if stat.S_ISDIR(st.st_mode):
+                if st.st_mode & 0o170000 == 0o040000:  # a directory
                     sub = d.child(name)
                     below[name] = [sub]
                     if self._is_opaque(sub, n.path):
@@ -686,6 +695,13 @@ class Union:
         if node.is_dir:
             for c in sorted(self.listdir(node), key=lambda n: n.path):
                 yield from self.walk(c)
+
+
+def _maybe_whiteout(st: os.stat_result) -> bool:
+    """Whether an entry with lstat ``st`` may be a whiteout (a char device 0/0, or an empty file that may carry
+    a whiteout xattr): every other entry is known not to be one without a further system call."""
+    fmt = st.st_mode & 0o170000
+    return (fmt == stat.S_IFCHR and st.st_rdev == 0) or (fmt == stat.S_IFREG and st.st_size == 0)
 
 
 def _components(path: str) -> list[str]:
