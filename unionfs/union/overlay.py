@@ -369,10 +369,10 @@ class Overlay:
                         copy_data(sfd, fd, st.st_size)
                     finally:
                         os.close(sfd)
+                os.fchown(fd, st.st_uid, st.st_gid)  # before the xattrs: a chown drops security.capability
                 copy_xattrs(src, tmp, dst_fd=fd)
                 self._set_ino(tmp, node.ino if ino is None else ino, fd=fd)
-                os.fchown(fd, st.st_uid, st.st_gid)
-                os.fchmod(fd, mode)
+                os.fchmod(fd, mode)  # after the chown, which drops set-id bits
                 if not self.volatile:  # a crash after the rename must not leave a torn copy hiding the lower
                     os.fsync(fd)
             finally:
