@@ -95,7 +95,7 @@ class CoreSource:
         return self.view.readlink(self._node(rel))
 
     def read(self, rel: str) -> Iterator[bytes]:
-        with open(self._node(rel).real, "rb") as f:
+        with open(self._node(rel).data_real, "rb") as f:  # a metacopy file's data is in a lower layer
             while chunk := f.read(1 << 20):
                 yield chunk
 

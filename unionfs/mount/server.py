@@ -498,6 +498,8 @@ class LowLevelFS:
             self.ov.chown(path, *owner)
         if valid & fp.FATTR_SIZE:
             self._truncate(path, h, size, kill=bool(valid & fp.FATTR_KILL_SUIDGID))
+            if nid in self.nodes:  # the truncate copied the data up: readers of the lower copy follow
+                self._follow_copy_up(self.nodes[nid], self.view.resolve(path))
         if times is not None:
             if h is not None and h.final:
                 utimensat(None, times, fd=h.fd)
@@ -649,7 +651,7 @@ class LowLevelFS:
         inode = self.nodes.get(nid)
         if inode is None:  # cannot happen for a looked-up node; keep the handle usable anyway
             inode = self.nodes[nid] = Inode(nid, node.ino)
-        final = self.ov.read_only or node.layer == 0 or node.indexed
+        final = self.ov.read_only or (node.layer == 0 and node.data is None) or node.indexed
         writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if writing:
             self._follow_copy_up(inode, node)
@@ -685,8 +687,9 @@ class LowLevelFS:
 
     @staticmethod
     def _follow_copy_up(inode: Inode, node: Node) -> None:
-        """Point read-only handles still open on the lower copy of the node at its upper copy, as the kernel's
-        overlayfs re-opens the real file after a copy-up."""
+        """Point read-only handles still open on the lower copy of the node (or on the lower data of a metacopy
+        file) at its upper copy, as the kernel's overlayfs re-opens the real file after a (data) copy-up. The
+        node's data must be in the upper by now."""
         for h in inode.handles or ():
             if not h.final:
                 reopen_onto(h.fd, node.real)

@@ -10,6 +10,13 @@ would give. The lowers are never written. Work directory layout (same filesystem
 
 Renaming a directory that comes from a lower layer copies the merged tree up (files by copy or hardlink,
 directories recreated, opaque) instead of writing a redirect: see docs/semantics.md, "Renaming directories from lower layers".
+
+Metadata-only copy-up (the kernel's ``metacopy=on`` format; docs/semantics.md, "Metadata-only copy-up"): a metadata
+change (chmod, chown, utimes, xattrs) or a rename copies a big lower regular file up without its data: a sparse
+file of its size marked with ``overlay.metacopy``, whose data the view reads from the lower file. Its data is
+copied up (atomically, fsynced) before anything may change it: an open for writing, a truncate, a link. A
+metacopy file moved to another name (a rename, or the deep copy of a renamed directory) carries the kernel's
+absolute ``overlay.redirect`` to its data's lower path.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from unionfs.errors import UnionfsError
 from unionfs.fsops import Timespec, libc, remove_tree
 from unionfs.layer import whiteout as wh
-from unionfs.union.view import Node, Union, ino_xattr, nlink_xattr
+from unionfs.union.view import Node, Union, ino_xattr, metacopy_xattr, nlink_xattr, redirect_xattr
 from unionfs.union.workdir import syncfs
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,14 @@ AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 FICLONE = 0x40049409
 NAME_MAX = 255
+CAP_XATTR = "security.capability"
+#: the kernel's private xattr naming an upper file's lower origin (kept across a data copy-up, as the kernel does)
+ORIGIN_SUFFIX = "overlay.origin"
+#: a lower regular file smaller than this is copied up with its data even for a metadata change: the copy costs
+#: no more than the metadata-only one, and its later writes need no second copy-up
+METACOPY_MIN = 64 << 10
+#: the longest redirect we write (bytes); a file whose data path is longer is copied up whole before a rename
+REDIRECT_MAX = 1024
 
 
 Times = tuple[tuple[int, int], tuple[int, int]]  # ((atime_sec, atime_nsec), (mtime_sec, mtime_nsec)); nsec may be UTIME_*
@@ -160,8 +175,9 @@ def _copy_range(src: int, dst: int, off: int, count: int) -> int:
     return len(buf)
 
 
-def copy_xattrs(src: str, dst: str, *, dst_fd: int | None = None) -> None:
-    """Copy every xattr but the overlay's private ones from ``src`` to ``dst`` (symlinks not followed)."""
+def copy_xattrs(src: str, dst: str, *, dst_fd: int | None = None, private: tuple[str, ...] = ()) -> None:
+    """Copy every xattr but the overlay's private ones (except those named in ``private``) from ``src`` to
+    ``dst`` (symlinks not followed)."""
     try:
         names = os.listxattr(src, follow_symlinks=False)
     except OSError as e:
@@ -169,7 +185,7 @@ def copy_xattrs(src: str, dst: str, *, dst_fd: int | None = None) -> None:
             return
         raise
     for name in names:
-        if wh.is_private_xattr(name):
+        if wh.is_private_xattr(name) and name not in private:
             continue
         try:
             value = os.getxattr(src, name, follow_symlinks=False)
@@ -209,14 +225,20 @@ class Overlay:
 
     ``volatile``: never sync the upper (copy-ups are not fsynced before their rename; :meth:`sync` does
     nothing): the kernel's ``volatile`` option. The caller marks the work directory (:mod:`unionfs.union.workdir`).
+
+    ``metacopy``: chmod, chown, utimes, xattr changes and rename copy a big lower regular file up without its
+    data, in the kernel's ``metacopy=on`` format (see :meth:`copy_up`); False: always with its data. Uppers
+    written either way are read alike.
     """
 
     def __init__(self, lowers: list[str] | tuple[str, ...], upper: str | None = None,
-                 work: str | None = None, *, cache: bool = True, volatile: bool = False) -> None:
+                 work: str | None = None, *, cache: bool = True, volatile: bool = False,
+                 metacopy: bool = True) -> None:
         if (upper is None) != (work is None):
             raise ValueError("upper and work go together")
         self.upper = upper
         self.volatile = volatile
+        self.metacopy = metacopy
         self.read_only = upper is None
         if work is not None:
             base = os.path.join(work, "unionfs")
@@ -319,16 +341,21 @@ class Overlay:
                          (st.st_mtime_ns // 10**9, st.st_mtime_ns % 10**9)))
 
     # ------------------------------------------------------------------ copy-up
-    def copy_up(self, path: str, *, data: bool = True) -> Node:
+    def copy_up(self, path: str, *, data: bool = True, meta: bool = False) -> Node:
         """Make ``path`` exist in the upper (parents first, with metadata) and return its node.
 
-        ``data=False`` skips the file contents (the caller truncates to 0 next). Atomic: the copy is built
-        in the work directory and renamed into place. Lower hardlinks go through the index so that all
-        their names keep sharing one inode.
+        ``data=False`` skips the file contents (the caller truncates to 0 next). ``meta=True``: the caller changes
+        metadata only (chmod, chown, utimes, xattrs, rename), so a lower regular file with one link and at least
+        :data:`METACOPY_MIN` bytes is copied up without its data (:meth:`_metacopy_ok`), and a metacopy upper file
+        stays one. Otherwise the returned node's data is in the upper: a metacopy upper file gets its data now
+        (:meth:`_copy_up_data`). Atomic: the copy is built in the work directory and renamed into place. Lower
+        hardlinks go through the index so that all their names keep sharing one inode.
         """
         self._writable()
         node = self.view.lookup(path)
         if node.layer == 0 and not node.indexed:
+            if node.data is not None and not meta:
+                return self._copy_up_data(path, node, data=data)
             return node
         parent = path.rstrip("/").rpartition("/")[0] or "/"
         pnode = self.copy_up(parent)
@@ -340,7 +367,7 @@ class Overlay:
             ipath = self._make_index(node, data=True)
             self._link_from_index(ipath, dst)
         else:
-            tmp = self._copy_one(node, data=data)
+            tmp = self._copy_one(node, data=data, metacopy=meta and self._metacopy_ok(node))
             try:
                 self._commit(tmp, dst)
             finally:
@@ -350,34 +377,33 @@ class Overlay:
         log.debug("copied up %s", path)
         return self.view.lookup(path)
 
-    def _copy_one(self, node: Node, *, data: bool = True, ino: int | None = None) -> str:
+    def _metacopy_ok(self, node: Node) -> bool:
+        """Whether the lower entry ``node`` may be copied up without its data: a regular file with one link (a
+        hardlinked one goes through the index whole) of at least :data:`METACOPY_MIN` bytes, on an overlay made
+        with ``metacopy``."""
+        st = node.st
+        return (self.metacopy and node.layer > 0 and not node.indexed and stat.S_ISREG(st.st_mode)
+                and st.st_nlink == 1 and st.st_size >= METACOPY_MIN)
+
+    def _copy_one(self, node: Node, *, data: bool = True, ino: int | None = None, metacopy: bool = False,
+                  redirect: str | None = None) -> str:
         """Copy one entry (a directory without its children) into a fresh staging name; return it. On any
-        failure (ENOSPC, EDQUOT, EIO, a read error...) nothing is left in the staging directory."""
+        failure (ENOSPC, EDQUOT, EIO, a read error...) nothing is left in the staging directory. ``metacopy``
+        (a regular file only): without its data, marked as the kernel's metacopy, with ``redirect`` to its
+        data's lower path when given (see :meth:`_write_file`)."""
         with self._staged(self._tmpname()) as tmp:
-            self._copy_one_to(tmp, node, data=data, ino=ino)
+            self._copy_one_to(tmp, node, data=data, ino=ino, metacopy=metacopy, redirect=redirect)
         return tmp
 
-    def _copy_one_to(self, tmp: str, node: Node, *, data: bool, ino: int | None) -> None:
+    def _copy_one_to(self, tmp: str, node: Node, *, data: bool, ino: int | None, metacopy: bool = False,
+                     redirect: str | None = None) -> None:
         st, src = node.st, node.real
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISREG(st.st_mode):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            try:
-                if data and st.st_size:
-                    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-                    try:
-                        copy_data(sfd, fd, st.st_size)
-                    finally:
-                        os.close(sfd)
-                os.fchown(fd, st.st_uid, st.st_gid)  # before the xattrs: a chown drops security.capability
-                copy_xattrs(src, tmp, dst_fd=fd)
-                self._set_ino(tmp, node.ino if ino is None else ino, fd=fd)
-                os.fchmod(fd, mode)  # after the chown, which drops set-id bits
-                if not self.volatile:  # a crash after the rename must not leave a torn copy hiding the lower
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        elif stat.S_ISDIR(st.st_mode):
+            self._write_file(tmp, st, src, ino=node.ino if ino is None else ino,
+                             data=src if data and not metacopy else None, metacopy=metacopy, redirect=redirect)
+            return
+        if stat.S_ISDIR(st.st_mode):
             os.mkdir(tmp, 0o700)
             copy_xattrs(src, tmp)
             self._set_ino(tmp, node.ino if ino is None else ino)
@@ -395,6 +421,116 @@ class Overlay:
             os.lchown(tmp, st.st_uid, st.st_gid)
             os.chmod(tmp, mode)
         self._set_times(tmp, st)
+
+    def _write_file(self, tmp: str, st: os.stat_result, meta_src: str, *, ino: int, data: str | None,
+                    metacopy: bool = False, redirect: str | None = None, private: tuple[str, ...] = ()) -> None:
+        """Create the regular file ``tmp`` (a fresh staging name) as a copy of one with the attributes ``st`` and
+        the xattrs of ``meta_src`` (plus the private ones named in ``private``), shown as inode ``ino``: its data
+        copied from the file at ``data`` (None: none), or, with ``metacopy``, only its size (a sparse file) and the
+        kernel's metacopy xattr (and ``redirect``). Owner before xattrs (a chown drops ``security.capability``),
+        mode after the owner (a chown drops set-id bits). Fsynced (unless volatile) when it holds data: a crash
+        after its rename must not leave a torn copy hiding the lower one; a metadata-only copy is not, as the
+        kernel does not fsync one."""
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            if data is not None and st.st_size:
+                sfd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    copy_data(sfd, fd, st.st_size)
+                finally:
+                    os.close(sfd)
+            elif metacopy:
+                os.ftruncate(fd, st.st_size)
+            os.fchown(fd, st.st_uid, st.st_gid)
+            copy_xattrs(meta_src, tmp, dst_fd=fd, private=private)
+            self._set_ino(tmp, ino, fd=fd)
+            if metacopy:
+                os.setxattr(fd, metacopy_xattr(), b"")
+                if redirect is not None:
+                    os.setxattr(fd, redirect_xattr(), os.fsencode(redirect))
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            if not self.volatile and not metacopy:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._set_times(tmp, st)
+
+    def _copy_up_data(self, path: str, node: Node, *, data: bool = True) -> Node:
+        """Give the metacopy upper file ``node`` (at ``path``) its data: the kernel's data copy-up, due before any
+        write to it. A copy of its lower data (none when not ``data``: an O_TRUNC open or a truncate to 0 follows)
+        with the upper file's metadata (mode, owner, times, xattrs, inode number) is built in the staging
+        directory, fsynced, and renamed over it, so the file carries no ``overlay.metacopy`` (nor redirect)
+        afterwards and the parent's times are kept. An upper file with several links (the kernel links metacopy
+        files; we never do) gets its data in place instead, as the kernel does it. EIO when the data is missing.
+        """
+        assert node.data is not None
+        dst = node.real
+        ust = os.lstat(dst)
+        if ust.st_nlink > 1:
+            self._fill_in_place(dst, node, ust, data=data)
+        else:
+            preal = node.at.where()
+            pst = os.lstat(preal)
+            tmp = self._full_copy(node, ust, data=data)
+            try:
+                self._commit(tmp, dst)
+            finally:
+                self.view.forget(path)
+            self._set_times(preal, pst)
+        self.view.forget(path)
+        log.debug("copied up the data of %s", path)
+        return self.view.lookup(path)
+
+    def _full_copy(self, node: Node, ust: os.stat_result, *, data: bool = True) -> str:
+        """A staged copy of the metacopy upper file ``node`` (lstat ``ust``) with its lower data (none when not
+        ``data``) and no metacopy mark; the kernel's ``overlay.origin`` is kept. Returns its staging name."""
+        assert node.data is not None
+        with self._staged(self._tmpname()) as tmp:
+            self._write_file(tmp, ust, node.real, ino=node.ino, data=node.data.real if data else None,
+                             private=(self._ns + ORIGIN_SUFFIX,))
+        return tmp
+
+    def _fill_in_place(self, real: str, node: Node, ust: os.stat_result, *, data: bool) -> None:
+        """Copy the lower data into the metacopy upper file at ``real`` itself (lstat ``ust``), keeping its
+        ``security.capability`` (a write drops it), then drop its metacopy mark."""
+        assert node.data is not None
+        fd = os.open(real, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            try:
+                cap: bytes | None = os.getxattr(fd, CAP_XATTR)
+            except OSError:
+                cap = None
+            if data:
+                sfd = node.data.open(os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    copy_data(sfd, fd, ust.st_size)
+                finally:
+                    os.close(sfd)
+            if cap is not None:
+                os.setxattr(fd, CAP_XATTR, cap)
+            if not self.volatile:
+                os.fsync(fd)
+            os.removexattr(fd, metacopy_xattr())
+        finally:
+            os.close(fd)
+        self._set_times(real, ust)
+
+    def _set_redirect(self, node: Node, real: str) -> bool:
+        """Before the metacopy upper file ``node`` (at the host path ``real``) moves to another name: record where
+        its data is as the kernel's absolute ``overlay.redirect``. False when the value cannot be stored (too
+        long for the file system): the caller copies the data up instead."""
+        assert node.data is not None
+        value = os.fsencode(node.data.path)
+        if len(value) > REDIRECT_MAX:
+            return False
+        try:
+            os.setxattr(real, redirect_xattr(), value, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.E2BIG, errno.ENOSPC, errno.ERANGE):
+                raise
+            log.debug("no redirect for %s (%s): copying its data up", node.path, e)
+            return False
+        return True
 
     def _make_index(self, node: Node, *, data: bool = True) -> str:
         """Copy a lower hardlinked file into the index (once) and return the index path."""
@@ -439,6 +575,8 @@ class Overlay:
                 dst = os.path.join(tmp, child.path.rpartition("/")[2])
                 if child.is_dir:
                     self._commit(self._deep_copy(child), dst)
+                elif child.data is not None:
+                    self._move_metacopy(child, dst)
                 elif child.layer == 0 or child.indexed:
                     if child.indexed:
                         self._adjust_pending(child.real, -1)
@@ -446,10 +584,32 @@ class Overlay:
                 elif stat.S_ISREG(child.st.st_mode) and child.st.st_nlink > 1:
                     ipath = self._make_index(child)
                     self._link_from_index(ipath, dst)
+                elif self._metacopy_ok(child) and len(os.fsencode(child.path)) <= REDIRECT_MAX:
+                    self._commit(self._copy_one(child, metacopy=True, redirect=child.path), dst)
                 else:
                     self._commit(self._copy_one(child), dst)
             self._set_times(tmp, node.st)
         return tmp
+
+    def _move_metacopy(self, node: Node, dst: str) -> None:
+        """Put the metacopy upper file ``node`` at the host path ``dst`` of a deep copy: a hard link carrying an
+        absolute redirect to its data (the copy is opaque: no lower data at its new path), or, when no redirect
+        can be stored, a copy with its data."""
+        if self._set_redirect(node, node.real):
+            os.link(node.real, dst, follow_symlinks=False)
+        else:
+            self._commit(self._full_copy(node, os.lstat(node.real)), dst)
+
+    def _file_to_move(self, path: str, node: Node) -> str:
+        """Before the non-directory ``node`` at ``path`` is renamed: copy it up (a big lower regular file without
+        its data) and, for a metacopy file, record where its data is (an absolute redirect, as the kernel's
+        rename with metacopy=on), or copy its data up when no redirect can be stored. Returns its upper host
+        path."""
+        if node.layer != 0 or node.indexed:
+            node = self.copy_up(path, meta=True)
+        if node.data is not None and not self._set_redirect(node, node.real):
+            node = self.copy_up(path)
+        return node.real
 
     def _retire(self, real: str, *, keep: bool = False) -> None:
         """Delete an upper tree that was moved out of the union.
@@ -738,8 +898,8 @@ class Overlay:
         src_whole = src.layer == 0 and not src.indexed and not src.merged
         if src.is_dir and not src_whole:
             moving = self._deep_copy(src)
-        elif not src.is_dir and not (src.layer == 0 and not src.indexed):
-            moving = self.copy_up(oabs).real
+        elif not src.is_dir:
+            moving = self._file_to_move(oabs, src)
             src_whole = True
         else:
             moving = src_real
@@ -824,11 +984,11 @@ class Overlay:
             node = self.view.resolve(path)
             rflags = _real_flags(flags) & ~os.O_ACCMODE | os.O_RDONLY
             try:
-                return node.open(rflags), node
+                return node.open_data(rflags), node
             except FileNotFoundError:  # the cached resolution went stale: resolve afresh once
                 self.view.forget(path)
                 node = self.view.resolve(path)
-                return node.open(rflags), node
+                return node.open_data(rflags), node
         self._writable()
         node = self.view.resolve(path)
         if node.is_dir:
@@ -848,13 +1008,13 @@ class Overlay:
         return fd, node
 
     def chmod(self, path: str, mode: int) -> None:
-        node = self.copy_up(path)
+        node = self.copy_up(path, meta=True)
         if stat.S_ISLNK(node.st.st_mode):
             raise _e(errno.EOPNOTSUPP, path)
         os.chmod(node.real, stat.S_IMODE(mode))
 
     def chown(self, path: str, uid: int, gid: int) -> None:
-        node = self.copy_up(path)
+        node = self.copy_up(path, meta=True)
         os.chown(node.real, uid, gid, follow_symlinks=False)
 
     def utimens(self, path: str, times: Times | None) -> None:
@@ -862,7 +1022,7 @@ class Overlay:
         if times is not None and times[0][1] == UTIME_OMIT and times[1][1] == UTIME_OMIT:
             self.view.lookup(path)
             return
-        node = self.copy_up(path)
+        node = self.copy_up(path, meta=True)
         utimensat(node.real, times)
 
     def truncate(self, path: str, length: int) -> None:
@@ -876,7 +1036,7 @@ class Overlay:
     def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
         if wh.is_private_xattr(name):
             raise _e(errno.EPERM, name)
-        node = self.copy_up(path)
+        node = self.copy_up(path, meta=True)
         os.setxattr(node.real, name, value, flags, follow_symlinks=False)
         if node.st.st_nlink > 1:
             self.view.forget_all()  # other names of this inode cache their xattr state too
@@ -889,7 +1049,7 @@ class Overlay:
         if node.layer != 0 or node.indexed:
             self._writable()
             os.getxattr(node.real, name, follow_symlinks=False)  # ENODATA without a copy-up
-        node = self.copy_up(path)
+        node = self.copy_up(path, meta=True)
         os.removexattr(node.real, name, follow_symlinks=False)
         if node.st.st_nlink > 1:
             self.view.forget_all()

@@ -28,6 +28,14 @@ component. The writer must call :meth:`Union.forget` for every path whose resolu
 
 Lower hardlinks: once one alias of a lower hardlinked file has been copied up, its data lives in the index
 (``WORK/unionfs/index/<ino>``) and every other lower alias resolves to that index file (index=on).
+
+Metadata-only copies (the kernel's ``metacopy=on`` format, docs/semantics.md "Metadata-only copy-up"): an upper
+regular file carrying the private xattr :func:`metacopy_xattr` holds the file's metadata and size but no data;
+its data is the lower regular file at the same union path, or at the path its :func:`redirect_xattr` names
+(absolute: from the lowers' root; relative: a name in the parent's lower directories), looked up in the lower
+layers only. Such a node's :attr:`Node.data` says where the data is; its ``st`` is the upper's with the lower
+data's ``st_blocks``, as the kernel shows it. Only the upper is checked for the mark: a metacopy file in a lower
+layer reads as what it holds (its sparse zeros).
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ log = logging.getLogger(__name__)
 INO_SUFFIX = "overlay.unionfs.ino"
 #: private xattr on an index file: how many lower aliases still resolve to it
 NLINK_SUFFIX = "overlay.unionfs.lowerlinks"
+#: the kernel's private xattrs of a metadata-only copy (see :func:`metacopy_xattr`, :func:`redirect_xattr`)
+METACOPY_SUFFIX = "overlay.metacopy"
+REDIRECT_SUFFIX = "overlay.redirect"
 
 
 def ino_xattr() -> str:
@@ -63,8 +74,73 @@ def nlink_xattr() -> str:
     return wh.xattr_namespace() + NLINK_SUFFIX
 
 
+def metacopy_xattr() -> str:
+    """The kernel's mark of an upper file whose data is still in a lower layer (``trusted.overlay.metacopy`` as
+    root, ``user.overlay.metacopy`` otherwise, as the kernel's ``userxattr``); its value is empty (a longer one
+    carries an fs-verity digest, which we neither write nor check)."""
+    return wh.xattr_namespace() + METACOPY_SUFFIX
+
+
+def redirect_xattr() -> str:
+    """The kernel's ``overlay.redirect`` xattr name (our namespace): where in the lowers an upper entry's lower
+    part is when it is not at its own path."""
+    return wh.xattr_namespace() + REDIRECT_SUFFIX
+
+
+def has_metacopy_mark(path: str) -> bool:
+    """True when the entry at the host path ``path`` carries :func:`metacopy_xattr` (not followed)."""
+    try:
+        os.getxattr(path, metacopy_xattr(), follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP):
+            return False
+        raise
+    return True
+
+
+def read_redirect(path: str, name: str | None = None) -> str | None:
+    """The redirect of the entry at the host path ``path`` (xattr ``name``, default :func:`redirect_xattr`):
+    an absolute lower path ("/a/b") or one name (relative to the parent's lower directories); None when it has
+    none. A value the kernel would refuse (empty, or a relative one with a "/") raises ValueError."""
+    try:
+        raw = os.getxattr(path, name or redirect_xattr(), follow_symlinks=False)
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP):
+            return None
+        raise
+    value = os.fsdecode(raw.rstrip(b"\0"))
+    if not value or (not value.startswith("/") and "/" in value):
+        raise ValueError(f"invalid redirect {value!r}")
+    return value
+
+
 def _err(code: int, path: str = "") -> OSError:
     return OSError(code, os.strerror(code), path) if path else OSError(code, os.strerror(code))
+
+
+@dataclass(slots=True)
+class Data:
+    """Where the data of a metacopy upper file is: the lower regular file ``name`` of the real directory ``at``
+    (None: not found, so reading fails with EIO, as the kernel's lookup does), found at the union path ``path``
+    of the lower layers (what an absolute redirect to it says), with the lower file's ``st_blocks``."""
+
+    path: str
+    at: Dir | None = None
+    name: str = ""
+    blocks: int = 0
+
+    @property
+    def real(self) -> str:
+        """A host path of the lower data file (see :attr:`Node.real`); EIO when it was not found."""
+        if self.at is None:
+            raise _err(errno.EIO, self.path)
+        return self.at.where(self.name)
+
+    def open(self, flags: int) -> int:
+        """Open the lower data file (read-only flags); EIO when it was not found."""
+        if self.at is None:
+            raise _err(errno.EIO, self.path)
+        return self.at.open(self.name, flags)
 
 
 @dataclass(slots=True)
@@ -75,7 +151,8 @@ class Node:
     the data and attributes is ``rname`` in the real directory ``at`` (for an indexed hardlink alias: the index
     file; for the root: ``"."`` of the top layer's root), ``st`` its lstat. ``dirs`` is, for a directory, the
     stack of real directories to merge, top-down. ``indexed`` marks a lower hardlink alias whose data already
-    lives in the index.
+    lives in the index. ``data`` is set for a metacopy upper file only: its attributes are the upper entry's,
+    its data is there (see :meth:`open_data`).
     """
 
     path: str
@@ -98,6 +175,8 @@ class Node:
     #: directory looked into once, as by a ``cat`` of one file per directory, costs lstats, not a scandir per
     #: layer)
     probes: int = 0
+    #: for a metacopy upper file: where its data is (None: the data is the real entry's)
+    data: Data | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -121,6 +200,18 @@ class Node:
     def open(self, flags: int, mode: int = 0o777) -> int:
         """Open the real entry (relative to its directory)."""
         return self.at.open(self.rname, flags, mode)
+
+    def open_data(self, flags: int) -> int:
+        """Open the file holding the node's data for reading (read-only ``flags``): the lower data of a metacopy
+        file (EIO when it is missing), else the real entry."""
+        if self.data is not None:
+            return self.data.open(flags)
+        return self.at.open(self.rname, flags)
+
+    @property
+    def data_real(self) -> str:
+        """A host path of the file holding the node's data (:attr:`real` unless it is a metacopy file)."""
+        return self.data.real if self.data is not None else self.at.where(self.rname)
 
 
 class SlimStat:
@@ -233,12 +324,17 @@ class Union:
     (see the module docstring); only correct when every change of the layers goes through a writer that calls
     :meth:`forget`. A caching union is long-lived: it reaches real directories through descriptors
     (:mod:`unionfs.union.realdir`), and its user calls :meth:`trim` between two operations.
+
+    ``lower_root``: the union of the whole lower layers, in which a metacopy file's absolute redirect is looked
+    up, for a union whose lowers are one directory's stack rather than the layers' roots (the packer's unions
+    of a redirected directory); None: this union's own lowers.
     """
 
     lowers: Sequence[str]
     upper: str | None = None
     index_dir: str | None = None
     cache: bool = False
+    lower_root: "Union | None" = None
     layers: list[str] = field(init=False)
     _fsidx: dict[int, int] = field(init=False)
     _shift: int = field(init=False)
@@ -256,6 +352,8 @@ class Union:
         n = len(self._fsidx)
         self._shift = 64 - max(1, n.bit_length()) if n > 1 else 0
         self._ino_xattr = ino_xattr()
+        #: (st_dev, st_ino, st_ctime_ns) of an upper regular file -> its metacopy mark (see :meth:`_mark`)
+        self._mark_cache: dict[tuple[int, int, int], str | None] = {}
         self._opaque_cache: dict[tuple[int, str], bool] = {}
         # The root merges every layer: an opaque mark (xattr or ``.wh..wh..opq``) on a layer's root is
         # ignored. The OCI image spec defines opaque whiteouts for directories below the root and says nothing
@@ -307,6 +405,73 @@ class Union:
             return v
         return self.real_ino(st)
 
+    # ------------------------------------------------------------------ metadata-only copies
+    def _finish(self, node: Node, parent: Node) -> None:
+        """Complete ``node``, just found in the directory ``parent``: its inode number, its index file (a lower
+        hardlink alias already copied up) and, for a metacopy upper file, where its data is."""
+        node.ino = self.ino_of(node.layer, node.at, node.rname, node.st)
+        self._indexed(node)
+        if node.layer == 0 and self.upper is not None and stat.S_ISREG(node.st.st_mode):
+            mark = self._mark(node)
+            if mark is not None:
+                node.data = self._find_data(parent, node, mark)
+                node.st = _with_blocks(node.st, node.data.blocks)
+
+    def _mark(self, node: Node) -> str | None:
+        """None when the upper regular file ``node`` is not a metacopy file; else its redirect ("" when it has
+        none, "/" when it has one we cannot follow, which makes its data missing). Remembered by the file's
+        identity and ctime (any xattr change moves the ctime)."""
+        st = node.st
+        key = (st.st_dev, st.st_ino, st.st_ctime_ns)
+        if key in self._mark_cache:
+            return self._mark_cache[key]
+        real = node.real
+        if not has_metacopy_mark(real):
+            mark = None
+        else:
+            try:
+                mark = read_redirect(real) or ""
+            except ValueError as e:
+                log.warning("metacopy file %s: %s", node.path, e)
+                mark = "/"
+        if len(self._mark_cache) > 65536:
+            self._mark_cache.clear()
+        self._mark_cache[key] = mark
+        return mark
+
+    def _find_data(self, parent: Node, node: Node, redirect: str) -> Data:
+        """Where the data of the metacopy file ``node`` (in ``parent``) is: the lower regular file at its own
+        name (``redirect`` ""), at the name ``redirect`` in the parent's lower directories, or at the absolute
+        lower path ``redirect``; a :class:`Data` without a file when there is none (as the kernel: EIO)."""
+        if not redirect:
+            path, found = node.path, self.child(parent, node.name, start=1)
+        elif not redirect.startswith("/"):
+            path, found = _join(parent.path, redirect), self.child(parent, redirect, start=1)
+        else:
+            path = "/" + "/".join(_components(redirect))
+            found = self._lower_walk(path) if path != "/" else None
+        if found is None or not stat.S_ISREG(found.st.st_mode):
+            log.warning("metacopy file %s: no lower data at %s", node.path, path)
+            return Data(path)
+        return Data(path, found.at, found.rname, found.st.st_blocks)
+
+    def _lower_walk(self, path: str) -> Node | None:
+        """The entry at the union path ``path`` of the lower layers alone (below the upper), or None."""
+        if self.lower_root is not None:
+            try:
+                return self.lower_root.try_lookup(path)
+            except OSError:
+                return None
+        node: Node | None = self.root()
+        try:
+            for name in _components(path):
+                if node is None or not node.is_dir:
+                    return None
+                node = self.child(node, name, start=1 if self.upper is not None else 0)
+        except OSError:  # ENAMETOOLONG, or a layer that cannot be read
+            return None
+        return node
+
     # ------------------------------------------------------------------ lookup
     def root(self) -> Node:
         """The root directory: every layer's root merges, down to an opaque one."""
@@ -355,7 +520,7 @@ class Union:
             # changed behind the cache's back: resolve again from scratch
             self.forget(path)
             return self.resolve(path)
-        node.st = st
+        node.st = st if node.data is None else _with_blocks(st, node.data.blocks)
         return node
 
     def resolve(self, path: str) -> Node:
@@ -514,8 +679,7 @@ class Union:
             return None
         top.dirs = tuple(dirs)
         top.merged = len(dirs) > 1
-        top.ino = self.ino_of(top.layer, top.at, top.rname, top.st)
-        self._indexed(top)
+        self._finish(top, parent)
         return top
 
     def _names_of(self, parent: Node) -> tuple[frozenset[str], ...] | None:
@@ -619,8 +783,7 @@ class Union:
             if n.is_dir:
                 n.dirs = tuple(below.get(name, ()))
                 n.merged = len(n.dirs) > 1
-            n.ino = self.ino_of(n.layer, n.at, n.rname, n.st)
-            self._indexed(n)
+            self._finish(n, node)
             result.append(n)
         return result
 
@@ -702,6 +865,18 @@ def _maybe_whiteout(st: os.stat_result) -> bool:
     a whiteout xattr): every other entry is known not to be one without a further system call."""
     fmt = st.st_mode & 0o170000
     return (fmt == stat.S_IFCHR and st.st_rdev == 0) or (fmt == stat.S_IFREG and st.st_size == 0)
+
+
+def _with_blocks(st: os.stat_result, blocks: int) -> os.stat_result:
+    """``st`` with ``st_blocks`` replaced (a metacopy file shows its lower data's blocks, as the kernel's)."""
+    extra = {f: getattr(st, f) for f in _STAT_EXTRA}
+    extra["st_blocks"] = blocks
+    return os.stat_result(tuple(st), extra)
+
+
+#: the fields of a stat result beyond its ten sequence items that the union uses
+_STAT_EXTRA = ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blksize",
+               "st_blocks", "st_rdev")
 
 
 def _components(path: str) -> list[str]:
