@@ -13,6 +13,10 @@ Two walks share one tar writer:
     a whiteout in the upper, which becomes ``.wh.OLD``. Any OCI consumer then rebuilds the same tree
     without knowing about redirects. unionfs' own FUSE mount never writes redirects (it copies the merged
     tree up, see docs/semantics.md, "Renaming directories from lower layers"), so this only matters for uppers made by the kernel.
+  - a metadata-only copy (the kernel's ``overlay.metacopy`` xattr, written by unionfs' chmod/chown/utimes/xattr
+    changes and renames of big lower files, and by the kernel with ``metacopy=on``) is written with its data,
+    read from the lower file it names: at its own path, or at its ``overlay.redirect`` (absolute, or a name
+    relative to the parent's origin), resolved in ``lowers``;
   - regular files sharing an inode become one file and tar hardlinks to it (first name in sorted order);
   - every xattr but the overlay's private ones goes into PAX ``SCHILY.xattr.NAME`` records;
   - the upper's root directory itself is not written (docker does not write it either).
@@ -50,7 +54,7 @@ from unionfs.layer import whiteout as wh
 from unionfs.layer.compression import GZIP, NONE, ZSTD, compress_stream
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
-from unionfs.union.view import Union
+from unionfs.union.view import Union, has_metacopy_mark, read_redirect
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +192,9 @@ class TarEmitter:
         for n, v in public_xattrs(real):
             ti.pax_headers[XATTR_PAX_PREFIX + n] = v.decode("utf-8", "surrogateescape")
 
-    def add(self, name: str, real: str, st: os.stat_result) -> None:
-        """Write the entry at ``real`` (lstat ``st``) under the tar name ``name`` (relative, no leading /)."""
+    def add(self, name: str, real: str, st: os.stat_result, data: str | None = None) -> None:
+        """Write the entry at ``real`` (lstat ``st``) under the tar name ``name`` (relative, no leading /); a
+        regular file's content is read from ``data`` when given (the lower data of a metacopy file)."""
         mode = st.st_mode
         if stat.S_ISSOCK(mode):
             log.warning("skipping %s: a socket cannot be stored in a layer", name)
@@ -211,7 +216,7 @@ class TarEmitter:
         elif stat.S_ISREG(mode):
             ti.type = tarfile.REGTYPE
             try:
-                fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(data or real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError as e:
                 raise LayerError(f"cannot read {name}: {e.strerror}") from None
             with os.fdopen(fd, "rb") as f:
@@ -305,7 +310,7 @@ class _Packer:
             action()
 
     def _diff_entry(self, name: str, p: str, st: os.stat_result, crel: str, origin: str, below_opaque: bool) -> None:
-        self.em.add(crel, p, st)
+        self.em.add(crel, p, st, self._metacopy_data(name, p, st, crel, origin))
         if not stat.S_ISDIR(st.st_mode):
             return
         redirect = redirect_of(p)
@@ -319,16 +324,34 @@ class _Packer:
             self.em.marker(crel + "/" + wh.OPAQUE_MARKER)
         self.diff(crel, p, _origin_join(origin, name), below_opaque or opaque)
 
+    def _metacopy_data(self, name: str, p: str, st: os.stat_result, crel: str, origin: str) -> str | None:
+        """For a metacopy upper file at ``p`` (its parent's origin is the lower path ``origin``): the host path of
+        its data in the lowers; None for any other entry. LayerError when the data cannot be found."""
+        if not stat.S_ISREG(st.st_mode) or not has_metacopy_mark(p):
+            return None
+        try:
+            redirect = read_redirect(p)
+        except ValueError as e:
+            raise LayerError(f"cannot pack {crel}: {e}") from None
+        where = redirect if redirect is not None and redirect.startswith("/") else _origin_join(origin,
+                                                                                             redirect or name)
+        node = self._lower_union.try_lookup(where) if self._lower_union is not None else None
+        if node is None or not stat.S_ISREG(node.st.st_mode):
+            raise LayerError(f"cannot pack {crel}: its data (a metadata-only copy of {where}) is not in the lower "
+                             "layers")
+        return node.real
+
     def merged(self, rel: str, udir: str | None, stack: list[str], origin: str) -> None:
         """Write every visible entry under a directory made of the upper ``udir`` over ``stack`` (top-down)."""
         if udir is None and not stack:
             return
-        union = Union(list(reversed(stack)), udir, self.index_dir if udir is not None else None)
+        union = Union(list(reversed(stack)), udir, self.index_dir if udir is not None else None,
+                      lower_root=self._lower_union)
         root = union.root()
         for node in sorted(union.listdir(root), key=lambda n: _sort_key(n.path)):
             name = node.path.rsplit("/", 1)[-1]
             crel = _join(rel, name)
-            self.em.add(crel, node.real, node.st)
+            self.em.add(crel, node.real, node.st, node.data.real if node.data is not None else None)
             if not node.is_dir:
                 continue
             cupper = None
