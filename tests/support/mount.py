@@ -43,6 +43,9 @@ DAEMON_EXIT_GRACE = 10.0
 
 #: kernel overlayfs options that match the semantics unionfs promises
 KERNEL_OPTIONS = ("redirect_dir=on", "index=on")
+#: the same with metadata-only copy-up, the format unionfs writes for chmod/chown/utimes/xattrs/rename of big
+#: lower files (tests/test_metacopy.py; the other tests keep KERNEL_OPTIONS)
+KERNEL_METACOPY_OPTIONS = KERNEL_OPTIONS + ("metacopy=on",)
 
 
 # ---------------------------------------------------------------------------
