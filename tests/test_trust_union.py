@@ -157,13 +157,16 @@ def _used(path: Path) -> int:
 @pytest.mark.parametrize("daemon", list(DAEMONS))
 @pytest.mark.parametrize("op", ["append", "chmod", "rename-dir"])
 def test_failed_copy_up_leaves_no_staging(daemon: str, op: str) -> None:
-    """An upper on a 4 MiB tmpfs, a lower file of 8 MiB: its copy-up (append, chmod, or the deep copy of a
-    renamed lower directory) fails with ENOSPC, the tmpfs is as empty as before (the staging copy was
-    removed at once: it used to stay in WORK/unionfs/tmp until remount), and a small copy-up then works."""
+    """An upper on a 4 MiB tmpfs, a lower file of 8 MiB: its copy-up (append; chmod, which copies it up
+    without its data, then append, which copies the data up; or the deep copy of a renamed lower directory,
+    whose 5 MiB of files under the metadata-only size are copied with their data) fails with ENOSPC, the tmpfs
+    is as empty as before (the staging copy was removed at once: it used to stay in WORK/unionfs/tmp until
+    remount), and a small copy-up then works."""
     _require_mount()
     with private_tmpdir("enospc") as tmp:
         big = os.urandom(1 << 20) * 8
-        lowers = build_layers(tmp, [[File("small", b"small\n"), Dir("d"), File("d/big", big)]])
+        smalls = [File(f"d/s{i}", os.urandom(60 << 10)) for i in range(85)]
+        lowers = build_layers(tmp, [[File("small", b"small\n"), Dir("d"), File("d/big", big), *smalls]])
         with tmpfs_mount(tmp / "fs", "4m"):
             fs = tmp / "fs"
             mnt = tmp / "mnt"
@@ -176,6 +179,8 @@ def test_failed_copy_up_leaves_no_staging(daemon: str, op: str) -> None:
                                 f.write(b"+")
                         elif op == "chmod":
                             os.chmod(mnt / "d" / "big", 0o600)
+                            with open(mnt / "d" / "big", "ab") as f:
+                                f.write(b"+")
                         else:
                             os.rename(mnt / "d", mnt / "d2")
                     assert err.value.errno == errno.ENOSPC
