@@ -15,12 +15,13 @@ import contextlib
 import ctypes
 import os
 import stat
-import tempfile
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unionfs.errors import MountedTreeError, StoreError
 from unionfs.mountinfo import mounts
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: mount(2) flags
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
@@ -72,22 +73,41 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary name in the same directory, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def atomic_write(path: str | Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary name in the same directory, fsync, rename (readers see
+    the old file or the whole new one, also after a crash). Without ``durable``, no fsync: a kill still
+    leaves no partial file, a crash may lose the write (for files that describe running processes)."""
+    parent, name = os.path.split(os.fspath(path))
+    parent = parent or "."
+    fd, tmp = _temp_file(parent, f".{name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(parent)
+
+
+def _temp_file(parent: str, prefix: str) -> tuple[int, str]:
+    """A new file ``PREFIX<random>`` in ``parent`` (mode 0600, never through a symlink), as ``mkstemp`` makes
+    one, without importing :mod:`tempfile` (the mount daemon writes its record with :func:`atomic_write` while
+    ``unionfs mount`` waits)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        path = os.path.join(parent, prefix + os.urandom(6).hex())
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {parent}")
 
 
 _RM_DIRFLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -205,6 +225,8 @@ def discard_tree(path: str | Path, tmp_dir: str | Path) -> None:
     is left under ``tmp_dir`` is garbage that ``prune`` removes."""
     if not os.path.lexists(path):
         return
+    import tempfile
+
     trash = tempfile.mkdtemp(prefix="rm-", dir=tmp_dir)
     os.rename(path, os.path.join(trash, os.path.basename(path)))
     fsync_dir(os.path.dirname(os.path.abspath(path)))

@@ -38,12 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--foreground", "-f", action="store_true", help="serve in the foreground until unmounted")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT",
                    help="FUSE mount option (repeatable, comma-separated)")
-    p.set_defaults(func=cmd_mount)
+    p.set_defaults(func=cmd_mount, fast_exit=True)
 
     p = sub.add_parser("umount", aliases=["unmount"], help="unmount a unionfs mount")
     p.add_argument("mountpoint")
     p.add_argument("--lazy", "-l", action="store_true", help="detach now, clean up when no longer busy")
-    p.set_defaults(func=cmd_umount)
+    p.set_defaults(func=cmd_umount, fast_exit=True)
 
     p = sub.add_parser("ps", help="list containers and live mounts")
     p.add_argument("--quiet", "-q", action="store_true", help="only names")
@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    args.fast_exit = not args.foreground  # a foreground daemon's threads end with the interpreter
     if args.lower:
         if len(args.target) != 1:
             raise UsageError("with --lower, give only the MOUNTPOINT")

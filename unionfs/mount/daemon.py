@@ -1,30 +1,39 @@
 """The mount daemon's life cycle: check a plan, start the FUSE daemon in the background, wait until the mount
 is live, end it, list live mounts.
 
-``mount()`` starts ``python -m unionfs.mount.daemon`` in a new session with a pipe; the daemon answers ``ok`` on the
-pipe from FUSE's ``init`` (the kernel is talking to it, the mount is live) or ``error: <message>`` when it
-cannot start, and ``mount()`` raises that as a one-line :class:`MountError`. Unmounting by ``umount``,
+``mount()`` forks the daemon from the calling process (no second interpreter is started): the child leaves the
+caller's session (``setsid``) and forks the daemon, then exits at once, so that the daemon is nobody's child
+to reap. The daemon drops the caller's descriptors (standard input and output go to /dev/null, every other
+descriptor but its pipe to the caller is replaced by /dev/null; standard error stays the caller's until the
+mount is live, then goes to /dev/null or ``$UNIONFS_DAEMON_LOG``), works in ``/``, mounts and serves. It
+answers on the pipe ``pid N``, then ``ok`` from FUSE's ``init`` (the kernel is talking to it, the mount is
+live) or ``error: <message>`` when it cannot start, which ``mount()`` raises as a one-line
+:class:`MountError`. Every path of the forked processes ends in ``os._exit``. A caller that runs other
+threads (forking such a process is unsafe) starts ``python -m unionfs.mount.daemon`` instead, which answers
+on the same pipe.
+
+Each daemon records itself once its mount is live (:mod:`unionfs.mount.pidfile`): :func:`daemon_pids` finds
+it from the record, checked against the live process and the mount table. Unmounting by ``umount``,
 ``fusermount3 -u`` or :func:`umount` ends the daemon.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import select
-import shutil
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 from unionfs import mountinfo
 from unionfs.errors import MountError
+from unionfs.mount import pidfile
 from unionfs.union.plan import MountPlan
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +76,7 @@ def is_mounted(mountpoint: str) -> bool:
 def mount_state(mountpoint: str, daemons: dict[str, int] | None = None, timeout: float = PROBE_TIMEOUT) -> str:
     """LIVE, DEAD or HUNG for the FUSE mount at ``mountpoint`` (realpath'd as in the mount table).
 
-    LIVE at once when a daemon process serves it (``daemons``: :func:`daemon_pids`, looked up when None),
+    LIVE at once when a recorded daemon serves it (``daemons``: :func:`daemon_pids`, looked up when None),
     without touching the mount. Otherwise (a foreground or killed daemon) the mount is asked ``statfs``, which
     always reaches the daemon (no cache answers it): ENOTCONN means the FUSE connection is gone (DEAD); no
     answer within ``timeout`` seconds is HUNG (the probing thread is left blocked, never the caller).
@@ -76,6 +85,8 @@ def mount_state(mountpoint: str, daemons: dict[str, int] | None = None, timeout:
         daemons = daemon_pids()
     if mountpoint in daemons:
         return LIVE
+    import threading
+
     result: list[str] = []
 
     def probe() -> None:
@@ -193,13 +204,217 @@ def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None,
             "name": plan.name, "mountpoint": mountpoint, "options": options}
     if foreground:
         _serve(spec, None)
+    elif _single_threaded():
+        _fork_daemon(spec)
+    else:
+        _spawn_daemon(spec)
+
+
+def _single_threaded() -> bool:
+    """True when this process runs one thread (Python's or not): only such a process may be forked safely."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            return any(line.split() == [b"Threads:", b"1"] for line in f)
+    except OSError:
+        return False
+
+
+def _fork_daemon(spec: dict) -> None:
+    """Start the daemon for ``spec`` by forking this process; return once its mount is live (MountError when
+    it cannot start). The first child only leaves our session and forks the daemon: it is reaped here at once,
+    and the daemon is nobody's child (see the module's docstring)."""
+    r, w = os.pipe()
+    for stream in (sys.stdout, sys.stderr):  # nothing buffered here may be written again by the child
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        pid = os.fork()
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        raise MountError(f"cannot start the mount daemon: {e.strerror}") from None
+    if pid == 0:
+        _first_child(spec, r, w)
+    os.close(w)
+    try:
+        os.waitpid(pid, 0)
+        lines, ended = _read_answer(r)
+    finally:
+        os.close(r)
+    daemon = next((int(x[4:]) for x in lines if x.startswith("pid ") and x[4:].isdigit()), None)
+    if not ended and daemon is not None:  # no answer in time, and it still holds the pipe: it is alive
+        _kill(daemon)
+    _raise_unless_ok(lines, ended, spec["mountpoint"], "")
+
+
+def _first_child(spec: dict, r: int, w: int) -> NoReturn:
+    """The first forked child: a new session, the daemon forked from it, then ``os._exit`` (always)."""
+    code = 1
+    try:
+        os.close(r)
+        os.setsid()
+        if os.fork() == 0:
+            _daemon(spec, w)
+        code = 0
+    except BaseException as e:  # noqa: B036 (this process must end here, whatever happened)
+        _tell(w, f"error: cannot start the mount daemon: {e}")
+    finally:
+        os._exit(code)
+
+
+def _daemon(spec: dict, w: int) -> NoReturn:
+    """The forked daemon: drop the caller's descriptors and signal handlers, serve ``spec``, answer on ``w``
+    (``pid N``, then ``ok`` or ``error: ...``), and end with ``os._exit`` on every path."""
+    code = 1
+    live = False
+
+    def ready() -> None:
+        nonlocal live
+        live = True
+        _stderr_to_log()
+        _tell(w, "ok")
+        os.close(w)
+
+    try:
+        _drop_inherited(keep=w)
+        _tell(w, f"pid {os.getpid()}")
+        _serve(spec, ready)
+        code = 0
+    except BaseException as e:  # noqa: B036 (this process must end here, whatever happened)
+        if live:
+            log.exception("the daemon of %s failed", spec["mountpoint"])
+        else:
+            _tell(w, f"error: {_one_line(e, spec['mountpoint'])}")
+    finally:
+        os._exit(code)
+
+
+def _drop_inherited(keep: int) -> None:
+    """What a fresh daemon process would have: standard input and output on /dev/null, every other descriptor
+    of the caller (beyond standard error and ``keep``) replaced by /dev/null (not closed: an object of the
+    caller that closes it later then cannot close one of ours), ``/`` as working directory, no signal handler
+    of the caller, and logging to ``$UNIONFS_DAEMON_LOG`` when it is set (at debug level)."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in (keep, null):
+            try:
+                os.dup2(null, fd, inheritable=False)
+            except OSError:  # the directory's own descriptor, closed by now
+                pass
+    os.close(null)
+    os.chdir("/")
+    _default_signals()
+    log_to = os.environ.get("UNIONFS_DAEMON_LOG")
+    if log_to:
+        logging.basicConfig(level=logging.DEBUG, filename=log_to, force=True,
+                            format="unionfs-daemon: %(levelname)s: %(name)s: %(message)s")
+
+
+def _default_signals() -> None:
+    """Signals the caller handled in Python go back to their defaults (as across an exec): SIGINT to Python's
+    KeyboardInterrupt, the others to the kernel's. Ignored signals stay ignored."""
+    import signal
+
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGALRM, signal.SIGCHLD):
+        handler = signal.getsignal(sig)
+        if callable(handler) and handler is not signal.default_int_handler:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+
+
+def _stderr_to_log() -> None:
+    """Once the mount is live, standard error leaves the caller's: to ``$UNIONFS_DAEMON_LOG`` when it is set
+    (what Python prints there lands in the log), else to /dev/null."""
+    log_to = os.environ.get("UNIONFS_DAEMON_LOG")
+    try:
+        fd = os.open(log_to, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if log_to else -1
+    except OSError:
+        fd = -1
+    if fd < 0:
+        fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _tell(w: int, line: str) -> None:
+    """Write one line to the caller on ``w`` (one write: lines never interleave); a caller gone is fine."""
+    try:
+        os.write(w, line.encode(errors="replace") + b"\n")
+    except OSError:
+        pass
+
+
+def _one_line(e: BaseException, mountpoint: str) -> str:
+    """What a daemon that could not start says about ``e``: its message for the errors that explain
+    themselves, else the exception type too (a bug: its traceback goes to the debug log)."""
+    if isinstance(e, (MountError, OSError, ValueError)):
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    log.debug("the daemon of %s failed to start", mountpoint, exc_info=True)
+    return f"mount daemon failed to start at {mountpoint}: {type(e).__name__}: {e}".splitlines()[0]
+
+
+def _read_answer(r: int) -> tuple[list[str], bool]:
+    """The daemon's lines on ``r`` until ``ok`` or ``error: ...``, the end of the pipe or :data:`START_TIMEOUT`
+    seconds; and True when the pipe ended (the daemon closed it: it has exited or answered)."""
+    import select
+
+    buf = b""
+    lines: list[str] = []
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([r], [], [], left)[0]:
+            return lines, False
+        chunk = os.read(r, 4096)
+        if not chunk:
+            return lines, True
+        buf += chunk
+        *done, buf = buf.split(b"\n")
+        lines += [x.decode(errors="replace").strip() for x in done]
+        if lines and (lines[-1] == "ok" or lines[-1].startswith("error: ")):
+            return lines, True
+
+
+def _raise_unless_ok(lines: list[str], ended: bool, mountpoint: str, stderr: str) -> None:
+    """Return when the daemon answered ``ok``; else raise its error as MountError (with the last line of its
+    ``stderr``, or why there was no answer)."""
+    last = lines[-1] if lines else ""
+    if last == "ok":
         return
+    if last.startswith("error: "):
+        raise MountError(last[len("error: "):])
+    why = stderr.strip().splitlines()[-1] if stderr.strip() else \
+        "it ended without an answer" if ended else f"no answer within {START_TIMEOUT:.0f} s"
+    raise MountError(f"mount daemon failed to start at {mountpoint}: {why}")
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL ``pid`` (a daemon that never answered), ignoring one that is gone."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _spawn_daemon(spec: dict) -> None:
+    """Start the daemon for ``spec`` as ``python -m unionfs.mount.daemon`` (for a caller running threads,
+    which must not fork); return once its mount is live (MountError when it cannot start)."""
+    import json
+    import subprocess
     import tempfile
 
     errfile = tempfile.TemporaryFile()
     r, w = os.pipe()
     env = dict(os.environ)
-    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
         proc = subprocess.Popen([sys.executable, "-m", "unionfs.mount.daemon", json.dumps(spec), str(w)],
@@ -208,40 +423,31 @@ def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None,
     except OSError as e:
         os.close(r)
         os.close(w)
+        errfile.close()
         raise MountError(f"cannot start the mount daemon: {e.strerror}") from None
     os.close(w)
-    msg = b""
-    deadline = time.monotonic() + START_TIMEOUT
     try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(r, 4096)
-            if not chunk:
-                break
-            msg += chunk
-            if msg.endswith(b"\n"):
-                break
+        lines, ended = _read_answer(r)
     finally:
         os.close(r)
-    text = msg.decode(errors="replace").strip()
-    if text == "ok":
-        errfile.close()
-        return
-    if proc.poll() is None and not text:
+    with errfile:
+        if lines and lines[-1] == "ok":
+            return
+        _stop_spawned(proc, lines)
+        errfile.seek(0)
+        _raise_unless_ok(lines, ended, spec["mountpoint"], errfile.read().decode(errors="replace"))
+
+
+def _stop_spawned(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
+    """A spawned daemon that did not start: killed when it gave no answer at all, then reaped."""
+    import subprocess
+
+    if proc.poll() is None and not lines:
         proc.kill()
     try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
-    errfile.seek(0)
-    err = errfile.read().decode(errors="replace").strip()
-    errfile.close()
-    if text.startswith("error: "):
-        raise MountError(text[len("error: "):])
-    last = err.splitlines()[-1] if err else "no answer"
-    raise MountError(f"mount daemon failed to start at {mountpoint}: {last}")
 
 
 def umount(mountpoint: str, *, lazy: bool = False) -> bool:
@@ -249,13 +455,23 @@ def umount(mountpoint: str, *, lazy: bool = False) -> bool:
 
     A busy live mount is left alone (MountError saying to close the files or use ``lazy``). A dead mount
     (its daemon gone: nothing can be lost) that is busy is detached lazily; returns True when that happened
-    (processes holding files there get ENOTCONN until they close them), False otherwise.
+    (processes holding files there get ENOTCONN until they close them), False otherwise. Without ``lazy``,
+    returns once the daemon has ended (the last words of a volatile mount, the sync of its upper, included).
     """
     mp = os.path.realpath(mountpoint)
     if not is_mounted(mp):
         raise MountError(f"{mountpoint} is not a unionfs mount")
-    daemons = daemon_pids()
-    pid = None if lazy else daemons.get(mp)
+    records = _daemon_records()
+    daemon = None if lazy or mp not in records else pidfile.pin(records[mp].pid, records[mp].start)
+    try:
+        return _unmount(mountpoint, mp, lazy, {p: r.pid for p, r in records.items()}, daemon)
+    finally:
+        if daemon is not None:
+            os.close(daemon)
+
+
+def _unmount(mountpoint: str, mp: str, lazy: bool, daemons: dict[str, int], daemon: int | None) -> bool:
+    """:func:`umount` once the daemon is known: ``daemon`` a pidfd of it (None: nothing to wait for)."""
     res = _unmount_cmd(mp, lazy)
     if res.returncode != 0:
         detail = _last_line(res)
@@ -272,8 +488,8 @@ def umount(mountpoint: str, *, lazy: bool = False) -> bool:
                              f"close them, or detach it now with `unionfs umount --lazy {mountpoint}`")
         raise MountError(f"cannot unmount {mountpoint}: {detail}")
     _wait_unmounted(mp)
-    if pid is not None:  # the daemon's last words (a volatile mount syncs its upper) end before we return
-        _wait_exit(pid, STOP_TIMEOUT)
+    if daemon is not None and not pidfile.wait_ended(daemon, STOP_TIMEOUT):
+        log.warning("the daemon of %s is still running %.0f s after its unmount", mp, STOP_TIMEOUT)
     return False
 
 
@@ -299,20 +515,36 @@ def detach_orphan(mount: mountinfo.Mount) -> bool:
     mount of another type. This is ``Store.prune``'s ``detach``. MountError when the unmount fails."""
     if mount.fstype != FSTYPE:
         return False
-    pid = daemon_pid(mount.mountpoint)
-    umount(mount.mountpoint, lazy=True)
-    if pid is not None:
-        stop(pid)
+    record = _daemon_records().get(mount.mountpoint)
+    daemon = pidfile.pin(record.pid, record.start) if record is not None else None
+    try:
+        umount(mount.mountpoint, lazy=True)
+        if daemon is not None:
+            _stop(daemon)
+    finally:
+        if daemon is not None:
+            os.close(daemon)
     return True
 
 
 def _unmount_cmd(mp: str, lazy: bool) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    import subprocess
+
+    tool = _which("fusermount3") or _which("fusermount")
     if tool:
         cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mp]
     else:
         cmd = ["umount"] + (["-l"] if lazy else []) + [mp]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _which(name: str) -> str | None:
+    """The executable ``name`` on ``$PATH`` (``shutil.which`` without importing shutil), or None."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def _last_line(res: subprocess.CompletedProcess[str]) -> str:
@@ -327,82 +559,57 @@ def _wait_unmounted(mp: str) -> None:
         time.sleep(0.05)
 
 
-def daemon_pids() -> dict[str, int]:
-    """The background daemons alive now, by the mountpoint they serve (zombies are not alive)."""
-    import psutil
+def _daemon_records() -> dict[str, pidfile.DaemonRecord]:
+    """The daemons alive now by the mountpoint they serve: a record (:mod:`unionfs.mount.pidfile`) whose
+    process lives with its recorded start time, and whose mount is in the mount table as recorded (a unionfs
+    mount with the recorded device at the recorded mountpoint)."""
+    records = pidfile.live()
+    if not records:
+        return {}
+    table = {(m.mountpoint, m.dev) for m in mountinfo.mounts() if m.fstype == FSTYPE}
+    return {r.mountpoint: r for r in records if (r.mountpoint, r.dev) in table}
 
-    found: dict[str, int] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info["cmdline"] or []
-        if len(cmd) >= 5 and cmd[1:3] == ["-m", "unionfs.mount.daemon"]:
-            try:
-                found[json.loads(cmd[3])["mountpoint"]] = proc.pid
-            except (ValueError, TypeError, KeyError):
-                continue
-    return found
+
+def daemon_pids() -> dict[str, int]:
+    """The daemons alive now (in the background or the foreground), by the mountpoint they serve (see
+    :func:`_daemon_records`; zombies are not alive)."""
+    return {mp: r.pid for mp, r in _daemon_records().items()}
 
 
 def daemon_pid(mountpoint: str) -> int | None:
-    """The pid of the background daemon serving ``mountpoint`` (None when there is none)."""
+    """The pid of the daemon serving ``mountpoint`` (None when there is none)."""
     return daemon_pids().get(os.path.realpath(mountpoint))
 
 
-def _ended(pid: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``pid`` to end: gone or a zombie (a daemon whose parent exited is
-    reparented to pid 1, which in a container may never reap it). True when it has ended."""
-    import psutil
+def _stop(daemon: int, grace: float = 10.0) -> None:
+    """End the daemon of pidfd ``daemon`` whose mount is already detached: wait ``grace`` seconds for it, then
+    SIGTERM it, then SIGKILL it (each given ``grace`` seconds)."""
+    import signal
 
-    deadline = time.monotonic() + timeout
-    try:
-        proc = psutil.Process(pid)
-        while proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-    except psutil.NoSuchProcess:
-        pass
-    return True
-
-
-def _wait_exit(pid: int, timeout: float) -> None:
-    """Wait until ``pid`` has ended (see :func:`_ended`); a warning when it is still running after ``timeout``."""
-    if not _ended(pid, timeout):
-        log.warning("the daemon %d is still running %.0f s after its unmount", pid, timeout)
-
-
-def stop(pid: int, grace: float = 10.0) -> None:
-    """End daemon ``pid`` whose mount is already detached: wait ``grace`` seconds for it, then SIGTERM it, then
-    SIGKILL it (each given ``grace`` seconds)."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        for action in (None, proc.terminate, proc.kill):
-            if action is not None:
-                action()
-            if _ended(pid, grace):
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            try:
+                signal.pidfd_send_signal(daemon, sig)
+            except ProcessLookupError:
                 return
-    except psutil.NoSuchProcess:
-        pass
+        if pidfile.wait_ended(daemon, grace):
+            return
 
 
-def _serve(spec: dict, ready_fd: int | None) -> None:
+def _serve(spec: dict, on_ready: Callable[[], None] | None) -> None:
     """Run the daemon (this process serves the mount until it ends) on the kernel's protocol
-    (:mod:`unionfs.mount.server`).
+    (:mod:`unionfs.mount.server`). Once the mount is live this process records itself
+    (:mod:`unionfs.mount.pidfile`), then ``on_ready`` runs; the record goes when serving ends.
     A writable mount holds its work directory (:mod:`unionfs.union.workdir`) while it lives."""
     from unionfs.union.workdir import WorkClaim, claim
 
+    mountpoint = os.path.realpath(spec["mountpoint"])  # now: once mounted, a stat of it would ask this daemon
+    records: list[str] = []
+
     def ready() -> None:
-        if ready_fd is not None:
-            try:
-                os.write(ready_fd, b"ok\n")
-                os.close(ready_fd)
-            except OSError:
-                pass
-            if not os.environ.get("UNIONFS_DAEMON_LOG"):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 2)
-                os.close(devnull)
+        records.extend(_record(mountpoint))
+        if on_ready is not None:
+            on_ready()
 
     plan = MountPlan(tuple(spec["lowers"]), spec["upper"], spec["work"], spec.get("name"))
     opts = _fuse_options(plan, spec.get("options", []))
@@ -416,8 +623,26 @@ def _serve(spec: dict, ready_fd: int | None) -> None:
     try:
         _run(spec, opts, volatile, ready)
     finally:  # whatever ended the mount, this process is alive: sync a volatile upper, drop the marker
+        for path in records:
+            pidfile.remove(path)
         if held is not None:
             held.release()
+
+
+def _record(mountpoint: str) -> list[str]:
+    """Record this process as the daemon of the unionfs mount just made at ``mountpoint`` (realpath'd); the
+    record's path, or nothing when it cannot be written (the mount is served all the same, but
+    :func:`daemon_pids` will not find it)."""
+    dev = next((m.dev for m in reversed(mountinfo.mounts()) if m.mountpoint == mountpoint and m.fstype == FSTYPE),
+               None)
+    if dev is None:
+        log.warning("cannot record the daemon of %s: its mount is not in the mount table", mountpoint)
+        return []
+    try:
+        return [pidfile.write(mountpoint, dev)]
+    except OSError as e:
+        log.warning("cannot record the daemon of %s in %s: %s", mountpoint, pidfile.run_dir(), e)
+        return []
 
 
 def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[], None]) -> None:
@@ -453,22 +678,41 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
         raise MountError(f"cannot mount {spec['mountpoint']}: {e.strerror or e}") from None
 
 
+def exit_now(rc: int) -> NoReturn:
+    """End the process with status ``rc`` after flushing standard output, standard error and the log handlers,
+    without the interpreter's shutdown (tearing down every loaded module takes longer than the mount itself).
+    For the commands that mount or unmount (``unionfs mount``, ``umount``, ``mount.fuse.unionfs``): only a
+    process that runs no other thread that must finish and leaves nothing to ``atexit`` or finalizers."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            rc = rc or 120  # output lost: the status Python's own shutdown gives then
+    logging.shutdown()
+    os._exit(rc)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the background daemon: ``python -m unionfs.mount.daemon SPEC_JSON READY_FD``."""
+    """Entry point of a spawned daemon (see :func:`_spawn_daemon`): ``python -m unionfs.mount.daemon SPEC_JSON
+    READY_FD``. Answers ``ok`` or ``error: ...`` on READY_FD."""
+    import json
+
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(argv[0])
     fd = int(argv[1])
     log_to = os.environ.get("UNIONFS_DAEMON_LOG")
     logging.basicConfig(level=logging.DEBUG if log_to else logging.WARNING, filename=log_to or None,
                         format="unionfs-daemon: %(levelname)s: %(name)s: %(message)s")
+
+    def ready() -> None:
+        _tell(fd, "ok")
+        os.close(fd)
+        _stderr_to_log()
+
     try:
-        _serve(spec, fd)
+        _serve(spec, ready)
     except (MountError, OSError, ValueError) as e:  # report a startup failure as one line on the pipe
-        try:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            os.write(fd, f"error: {msg}\n".encode())
-        except OSError:
-            pass
+        _tell(fd, f"error: {_one_line(e, spec['mountpoint'])}")
         return 1
     return 0
 
