@@ -118,6 +118,35 @@ def test_a_daemon_that_cannot_start_says_why_in_one_line(dirs: tuple[list[str], 
     assert {x.pid for x in pidfile.live()} <= before
 
 
+def processes_running(argv: list[str]) -> list[int]:
+    """Pids of the live processes whose command line is ``argv``."""
+    want = [os.fsencode(a) for a in argv]
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and pidfile.start_time(int(entry)) is not None:
+            try:
+                if cmdline(int(entry)) == want:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+@pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
+def test_a_refused_mount_leaves_no_daemon(dirs: tuple[list[str], str, str, str]) -> None:
+    """The daemon is forked before the command has checked the mount (it loads its code meanwhile); when the
+    mount is refused, it ends without mounting anything."""
+    lowers, u, w, mnt = dirs
+    argv = cli_argv("mount", "--lower", lowers[0], os.path.join(mnt, "missing"))
+    with unmounted_on_exit(mnt):
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert res.returncode == 1 and "does not exist" in res.stderr
+        left = processes_running(argv)
+        assert wait_pids_gone(left, 30) == [], "the daemon forked ahead outlived the refused mount"
+
+
 @pytest.mark.root
 @pytest.mark.fuse
 @pytest.mark.skipif(SKIP is not None, reason=SKIP or "")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import stat
 from typing import TYPE_CHECKING, Any
@@ -79,7 +80,7 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o644, *, durable: b
     leaves no partial file, a crash may lose the write (for files that describe running processes)."""
     parent, name = os.path.split(os.fspath(path))
     parent = parent or "."
-    fd, tmp = _temp_file(parent, f".{name}.")
+    fd, tmp = temp_file(parent, f".{name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -96,10 +97,10 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o644, *, durable: b
         fsync_dir(parent)
 
 
-def _temp_file(parent: str, prefix: str) -> tuple[int, str]:
-    """A new file ``PREFIX<random>`` in ``parent`` (mode 0600, never through a symlink), as ``mkstemp`` makes
-    one, without importing :mod:`tempfile` (the mount daemon writes its record with :func:`atomic_write` while
-    ``unionfs mount`` waits)."""
+def temp_file(parent: str | Path, prefix: str) -> tuple[int, str]:
+    """A new file ``PREFIX<random>`` in ``parent``, open for reading and writing (mode 0600, never through a
+    symlink): its descriptor and path, as ``tempfile.mkstemp`` gives them. Here so that the store and the
+    mount daemon need not import :mod:`tempfile` (and shutil, random, hashlib behind it) on every start."""
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(100):
         path = os.path.join(parent, prefix + os.urandom(6).hex())
@@ -107,7 +108,19 @@ def _temp_file(parent: str, prefix: str) -> tuple[int, str]:
             return os.open(path, flags, 0o600), path
         except FileExistsError:
             continue
-    raise FileExistsError(f"no free temporary name in {parent}")
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {parent}")
+
+
+def temp_dir(parent: str | Path, prefix: str) -> str:
+    """A new empty directory ``PREFIX<random>`` in ``parent`` (mode 0700), as ``tempfile.mkdtemp`` makes one."""
+    for _ in range(100):
+        path = os.path.join(parent, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {parent}")
 
 
 _RM_DIRFLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -225,9 +238,7 @@ def discard_tree(path: str | Path, tmp_dir: str | Path) -> None:
     is left under ``tmp_dir`` is garbage that ``prune`` removes."""
     if not os.path.lexists(path):
         return
-    import tempfile
-
-    trash = tempfile.mkdtemp(prefix="rm-", dir=tmp_dir)
+    trash = temp_dir(tmp_dir, "rm-")
     os.rename(path, os.path.join(trash, os.path.basename(path)))
     fsync_dir(os.path.dirname(os.path.abspath(path)))
     remove_tree(trash)

@@ -63,15 +63,28 @@ def cmd_mount(args: argparse.Namespace) -> int:
             raise UsageError("--upper and --work go together")
         if args.read_only and args.upper:
             raise UsageError("--read-only takes no --upper/--work")
-        plan = MountPlan(tuple(args.lower), args.upper, args.work, None)
-        daemon.mount(plan, args.target[0], options=args.options, foreground=args.foreground)
-        return 0
-    if len(args.target) != 2:
+    elif len(args.target) != 2:
         raise UsageError("usage: unionfs mount IMAGE MOUNTPOINT [--name NAME] | "
                          "unionfs mount --lower DIR... [--upper DIR --work DIR] MOUNTPOINT")
-    if args.upper or args.work:
+    elif args.upper or args.work:
         raise UsageError("--upper/--work only go with --lower")
+    if args.foreground:
+        return _mount(args, None)
+    # the daemon is forked now and loads its code while this process works out the mount (the store's part)
+    early = daemon.fork_early()
+    try:
+        return _mount(args, early)
+    finally:
+        if early is not None:
+            early.cancel()
 
+
+def _mount(args: argparse.Namespace, early: daemon.Early | None) -> int:
+    """``mount`` once its arguments are checked; ``early``: the daemon forked ahead, if any."""
+    if args.lower:
+        plan = MountPlan(tuple(args.lower), args.upper, args.work, None)
+        daemon.mount(plan, args.target[0], options=args.options, foreground=args.foreground, early=early)
+        return 0
     image, mountpoint = args.target
     store = store_of(args)
     _resume_pauses(store)
@@ -86,14 +99,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
         finally:
             store.set_container_mount(plan.name, None)
         return 0
-    daemon.mount(plan, mp, options=args.options)
+    daemon.mount(plan, mp, options=args.options, early=early)
     store.set_container_mount(plan.name, mp)
     print(plan.name)
     return 0
 
 
 def _resume_pauses(store: Store) -> None:
-    """Make mounts left paused by a killed ``commit`` writable again (see ``commit.resume_orphaned_pauses``)."""
+    """Make mounts left paused by a killed ``commit`` writable again (see ``commit.resume_orphaned_pauses``).
+    The commit code is imported only when a container carries a pause marker (rarely: it is cleared when the
+    commit ends), so that ``mount IMAGE`` and ``ps`` start fast."""
+    if not any(c.paused is not None for c in store.containers()):
+        return
     from unionfs.image.commit import resume_orphaned_pauses
 
     resume_orphaned_pauses(store)

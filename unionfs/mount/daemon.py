@@ -1,20 +1,23 @@
 """The mount daemon's life cycle: check a plan, start the FUSE daemon in the background, wait until the mount
 is live, end it, list live mounts.
 
-``mount()`` forks the daemon from the calling process (no second interpreter is started): the child leaves the
-caller's session (``setsid``) and forks the daemon, then exits at once, so that the daemon is nobody's child
-to reap. The daemon drops the caller's descriptors (standard input and output go to /dev/null, every other
-descriptor but its pipe to the caller is replaced by /dev/null; standard error stays the caller's until the
-mount is live, then goes to /dev/null or ``$UNIONFS_DAEMON_LOG``), works in ``/``, mounts and serves. It
-answers on the pipe ``pid N``, then ``ok`` from FUSE's ``init`` (the kernel is talking to it, the mount is
-live) or ``error: <message>`` when it cannot start, which ``mount()`` raises as a one-line
+``mount()`` forks the daemon from the calling process (no second interpreter is started); a caller that has
+work to do first (``unionfs mount IMAGE``: the store's part) forks it ahead with :func:`fork_early`, so that
+the daemon loads the serving code meanwhile, and hands it the mount later. The first child leaves the
+caller's session (``setsid``), forks the daemon and exits at once, so that the daemon is nobody's child to
+reap. The daemon drops the caller's descriptors (standard input and output go to /dev/null, every other
+descriptor but its two pipes to the caller is replaced by /dev/null; standard error stays the caller's until
+the mount is live, then goes to /dev/null or ``$UNIONFS_DAEMON_LOG``) and signal handlers, works in ``/``,
+reads the mount's spec from the caller (none: the caller let it go, and it ends), mounts and serves. It
+answers on its other pipe ``pid N``, then ``ok`` from FUSE's ``init`` (the kernel is talking to it, the mount
+is live) or ``error: <message>`` when it cannot start, which ``mount()`` raises as a one-line
 :class:`MountError`. Every path of the forked processes ends in ``os._exit``. A caller that runs other
 threads (forking such a process is unsafe) starts ``python -m unionfs.mount.daemon`` instead, which answers
-on the same pipe.
+on the same kind of pipe.
 
 Each daemon records itself once its mount is live (:mod:`unionfs.mount.pidfile`): :func:`daemon_pids` finds
 it from the record, checked against the live process and the mount table. Unmounting by ``umount``,
-``fusermount3 -u`` or :func:`umount` ends the daemon.
+``fusermount3 -u`` or :func:`umount` ends the daemon; :func:`umount` waits for that through a pidfd.
 """
 
 from __future__ import annotations
@@ -190,8 +193,10 @@ def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
     return opts
 
 
-def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None, foreground: bool = False) -> None:
+def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None, foreground: bool = False,
+          early: Early | None = None) -> None:
     """Mount ``plan`` at ``mountpoint``; return once the mount is live (``foreground``: serve until unmounted).
+    ``early``: a daemon forked ahead (:func:`fork_early`) that takes this mount (else one is forked now).
 
     Raises MountError with a one-line message when the mount cannot be made.
     """
@@ -204,10 +209,13 @@ def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None,
             "name": plan.name, "mountpoint": mountpoint, "options": options}
     if foreground:
         _serve(spec, None)
-    elif _single_threaded():
-        _fork_daemon(spec)
-    else:
+        return
+    if early is None:
+        early = fork_early()
+    if early is None:
         _spawn_daemon(spec)
+    else:
+        early.start(spec)
 
 
 def _single_threaded() -> bool:
@@ -219,11 +227,73 @@ def _single_threaded() -> bool:
         return False
 
 
-def _fork_daemon(spec: dict) -> None:
-    """Start the daemon for ``spec`` by forking this process; return once its mount is live (MountError when
-    it cannot start). The first child only leaves our session and forks the daemon: it is reaped here at once,
-    and the daemon is nobody's child (see the module's docstring)."""
-    r, w = os.pipe()
+class Early:
+    """A daemon forked before its mount is known (:func:`fork_early`): it loads the serving code while the
+    caller works out the plan. :meth:`start` hands it the mount; :meth:`cancel` (also the end of a ``with``
+    block) lets it go, and so does the end of the caller's process."""
+
+    def __init__(self, spec_w: int, answer_r: int, first_child: int) -> None:
+        self._spec_w, self._answer_r, self._first_child = spec_w, answer_r, first_child
+
+    def __enter__(self) -> Early:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """End the daemon unless it was given a mount (it exits when its end of the spec pipe closes)."""
+        for fd in (self._spec_w, self._answer_r):
+            if fd >= 0:
+                os.close(fd)
+        self._spec_w = self._answer_r = -1
+        self._reap()
+
+    def _reap(self) -> None:
+        """Reap the first child (it exited right after forking the daemon; not waited for at the fork, which
+        would hold this process up while it does)."""
+        if self._first_child > 0:
+            try:
+                os.waitpid(self._first_child, 0)
+            except ChildProcessError:  # reaped by someone else (a SIGCHLD handler)
+                pass
+            self._first_child = 0
+
+    def start(self, spec: dict) -> None:
+        """Give the daemon the mount ``spec``; return once the mount is live (MountError when it cannot be
+        made). A daemon that gives no answer within :data:`START_TIMEOUT` seconds is killed."""
+        import marshal
+
+        if self._spec_w < 0:
+            raise MountError("this daemon was already given a mount or let go")
+        try:
+            data = memoryview(marshal.dumps(spec))
+            while data:
+                data = data[os.write(self._spec_w, data):]
+        except OSError:  # the daemon is gone: its own words (read below) say why
+            pass
+        os.close(self._spec_w)
+        self._spec_w = -1
+        self._reap()
+        try:
+            lines, ended = _read_answer(self._answer_r)
+        finally:
+            self.cancel()
+        daemon = next((int(x[4:]) for x in lines if x.startswith("pid ") and x[4:].isdigit()), None)
+        if not ended and daemon is not None:  # no answer in time, and it still holds the pipe: it is alive
+            _kill(daemon)
+        _raise_unless_ok(lines, ended, spec["mountpoint"], "")
+
+
+def fork_early() -> Early | None:
+    """Fork the daemon of a mount to come (see the module's docstring), so that it loads the serving code
+    while this process prepares the mount; None when this process runs other threads (it must not fork: the
+    mount then spawns its daemon). MountError when the fork fails. Use it as a context manager, or
+    :meth:`Early.cancel` it when no mount comes."""
+    if not _single_threaded():
+        return None
+    spec_r, spec_w = os.pipe()
+    answer_r, answer_w = os.pipe()
     for stream in (sys.stdout, sys.stderr):  # nothing buffered here may be written again by the child
         try:
             stream.flush()
@@ -232,43 +302,39 @@ def _fork_daemon(spec: dict) -> None:
     try:
         pid = os.fork()
     except OSError as e:
-        os.close(r)
-        os.close(w)
+        for fd in (spec_r, spec_w, answer_r, answer_w):
+            os.close(fd)
         raise MountError(f"cannot start the mount daemon: {e.strerror}") from None
     if pid == 0:
-        _first_child(spec, r, w)
-    os.close(w)
-    try:
-        os.waitpid(pid, 0)
-        lines, ended = _read_answer(r)
-    finally:
-        os.close(r)
-    daemon = next((int(x[4:]) for x in lines if x.startswith("pid ") and x[4:].isdigit()), None)
-    if not ended and daemon is not None:  # no answer in time, and it still holds the pipe: it is alive
-        _kill(daemon)
-    _raise_unless_ok(lines, ended, spec["mountpoint"], "")
+        _first_child(spec_r, answer_w, (spec_w, answer_r))
+    os.close(spec_r)
+    os.close(answer_w)
+    return Early(spec_w, answer_r, pid)
 
 
-def _first_child(spec: dict, r: int, w: int) -> NoReturn:
+def _first_child(spec_r: int, answer_w: int, parents: tuple[int, ...]) -> NoReturn:
     """The first forked child: a new session, the daemon forked from it, then ``os._exit`` (always)."""
     code = 1
     try:
-        os.close(r)
+        for fd in parents:
+            os.close(fd)
         os.setsid()
         if os.fork() == 0:
-            _daemon(spec, w)
+            _daemon(spec_r, answer_w)
         code = 0
     except BaseException as e:  # noqa: B036 (this process must end here, whatever happened)
-        _tell(w, f"error: cannot start the mount daemon: {e}")
+        _tell(answer_w, f"error: cannot start the mount daemon: {e}")
     finally:
         os._exit(code)
 
 
-def _daemon(spec: dict, w: int) -> NoReturn:
-    """The forked daemon: drop the caller's descriptors and signal handlers, serve ``spec``, answer on ``w``
-    (``pid N``, then ``ok`` or ``error: ...``), and end with ``os._exit`` on every path."""
+def _daemon(spec_r: int, w: int) -> NoReturn:
+    """The forked daemon: drop the caller's descriptors and signal handlers, load the serving code, read the
+    mount's spec from ``spec_r`` (none: the caller let it go, end quietly), serve it, answer on ``w`` (``pid
+    N``, then ``ok`` or ``error: ...``), and end with ``os._exit`` on every path."""
     code = 1
     live = False
+    spec: dict = {"mountpoint": "?"}
 
     def ready() -> None:
         nonlocal live
@@ -278,9 +344,15 @@ def _daemon(spec: dict, w: int) -> NoReturn:
         os.close(w)
 
     try:
-        _drop_inherited(keep=w)
+        stderr = _drop_inherited(keep=(spec_r, w))
         _tell(w, f"pid {os.getpid()}")
-        _serve(spec, ready)
+        _preload()
+        spec = _read_spec(spec_r)
+        if spec:
+            if stderr >= 0:  # the caller's, until the mount is live
+                os.dup2(stderr, 2)
+                os.close(stderr)
+            _serve(spec, ready)
         code = 0
     except BaseException as e:  # noqa: B036 (this process must end here, whatever happened)
         if live:
@@ -291,17 +363,46 @@ def _daemon(spec: dict, w: int) -> NoReturn:
         os._exit(code)
 
 
-def _drop_inherited(keep: int) -> None:
-    """What a fresh daemon process would have: standard input and output on /dev/null, every other descriptor
-    of the caller (beyond standard error and ``keep``) replaced by /dev/null (not closed: an object of the
-    caller that closes it later then cannot close one of ours), ``/`` as working directory, no signal handler
-    of the caller, and logging to ``$UNIONFS_DAEMON_LOG`` when it is set (at debug level)."""
+def _preload() -> None:
+    """Import the code that serves a mount (a forked-ahead daemon does it while its caller prepares the plan).
+    A failure is left to the serving, which imports the same and reports it."""
+    try:
+        import unionfs.mount.server  # noqa: F401
+        import unionfs.union.workdir  # noqa: F401
+    except Exception:  # noqa: BLE001
+        log.debug("preloading the daemon's modules failed", exc_info=True)
+
+
+def _read_spec(r: int) -> dict:
+    """The mount's spec, read from ``r`` to its end (marshal's format: this process is a fork of the writer);
+    empty when the caller closed the pipe without one."""
+    import marshal
+
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    return marshal.loads(b"".join(chunks)) if chunks else {}
+
+
+def _drop_inherited(keep: tuple[int, ...]) -> int:
+    """What a fresh daemon process would have: standard input, output and error on /dev/null, every other
+    descriptor of the caller but those in ``keep`` replaced by /dev/null (not closed: an object of the caller
+    that closes it later then cannot close one of ours), ``/`` as working directory, no signal handler of the
+    caller, and logging to ``$UNIONFS_DAEMON_LOG`` when it is set (at debug level). Returns a copy of the
+    caller's standard error (-1: none), for the time from the spec to the live mount: a daemon that is let go
+    keeps nothing of its caller's (whoever reads the caller's output to its end need not wait for it)."""
+    try:
+        stderr = os.dup(2)
+    except OSError:  # the caller has none
+        stderr = -1
+    keep = (*keep, stderr)
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd > 2 and fd not in (keep, null):
+        if fd > 2 and fd != null and fd not in keep:
             try:
                 os.dup2(null, fd, inheritable=False)
             except OSError:  # the directory's own descriptor, closed by now
@@ -313,6 +414,7 @@ def _drop_inherited(keep: int) -> None:
     if log_to:
         logging.basicConfig(level=logging.DEBUG, filename=log_to, force=True,
                             format="unionfs-daemon: %(levelname)s: %(name)s: %(message)s")
+    return stderr
 
 
 def _default_signals() -> None:
@@ -361,7 +463,7 @@ def _one_line(e: BaseException, mountpoint: str) -> str:
 
 def _read_answer(r: int) -> tuple[list[str], bool]:
     """The daemon's lines on ``r`` until ``ok`` or ``error: ...``, the end of the pipe or :data:`START_TIMEOUT`
-    seconds; and True when the pipe ended (the daemon closed it: it has exited or answered)."""
+    seconds; and True when the daemon answered or closed the pipe (False: no answer in time)."""
     import select
 
     buf = b""
@@ -472,17 +574,17 @@ def umount(mountpoint: str, *, lazy: bool = False) -> bool:
 
 def _unmount(mountpoint: str, mp: str, lazy: bool, daemons: dict[str, int], daemon: int | None) -> bool:
     """:func:`umount` once the daemon is known: ``daemon`` a pidfd of it (None: nothing to wait for)."""
-    res = _unmount_cmd(mp, lazy)
-    if res.returncode != 0:
-        detail = _last_line(res)
+    code, stderr = _unmount_cmd(mp, lazy)
+    if code != 0:
+        detail = _last_line(stderr)
         busy = "busy" in detail.lower()
         if busy and not lazy and mount_state(mp, daemons) == DEAD:
             log.info("%s: dead mount busy, detaching it lazily", mp)
-            res = _unmount_cmd(mp, True)
-            if res.returncode == 0:
+            code, stderr = _unmount_cmd(mp, True)
+            if code == 0:
                 _wait_unmounted(mp)
                 return True
-            detail = _last_line(res)
+            detail = _last_line(stderr)
         if busy:
             raise MountError(f"{mountpoint} is busy (a process has a file or its working directory there): "
                              f"close them, or detach it now with `unionfs umount --lazy {mountpoint}`")
@@ -527,15 +629,31 @@ def detach_orphan(mount: mountinfo.Mount) -> bool:
     return True
 
 
-def _unmount_cmd(mp: str, lazy: bool) -> subprocess.CompletedProcess[str]:
-    import subprocess
-
+def _unmount_cmd(mp: str, lazy: bool) -> tuple[int, str]:
+    """Unmount ``mp`` with ``fusermount3 -u`` (``-z``: lazily), else umount(8): its exit status and stderr."""
     tool = _which("fusermount3") or _which("fusermount")
     if tool:
-        cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mp]
-    else:
-        cmd = ["umount"] + (["-l"] if lazy else []) + [mp]
-    return subprocess.run(cmd, capture_output=True, text=True)
+        return _run_tool([tool, "-u"] + (["-z"] if lazy else []) + [mp])
+    return _run_tool(["umount"] + (["-l"] if lazy else []) + [mp])
+
+
+def _run_tool(argv: list[str]) -> tuple[int, str]:
+    """Run ``argv`` (looked up on $PATH; standard input and output on /dev/null): its exit status and what it
+    wrote on standard error. ``os.posix_spawnp``: ``umount`` then starts without importing subprocess."""
+    r, w = os.pipe()
+    try:
+        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, w, 2)])
+    except OSError as e:
+        os.close(r)
+        raise MountError(f"cannot run {argv[0]}: {e.strerror}") from None
+    finally:
+        os.close(w)
+    with open(r, "rb") as f:
+        err = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), err.decode(errors="replace")
 
 
 def _which(name: str) -> str | None:
@@ -547,9 +665,9 @@ def _which(name: str) -> str | None:
     return None
 
 
-def _last_line(res: subprocess.CompletedProcess[str]) -> str:
+def _last_line(stderr: str) -> str:
     """What a failed unmount command said last (its reason)."""
-    return (res.stderr.strip().splitlines() or ["failed"])[-1]
+    return (stderr.strip().splitlines() or ["failed"])[-1]
 
 
 def _wait_unmounted(mp: str) -> None:
