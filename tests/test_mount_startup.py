@@ -19,6 +19,7 @@ import pytest
 from support.cli import cli_argv, run_cli
 from support.layers import union_dirs
 from support.mount import (
+    is_mounted,
     private_tmpdir,
     skip_reason_fuse,
     skip_reason_root,
@@ -26,9 +27,11 @@ from support.mount import (
     unmounted_on_exit,
     wait_pids_gone,
 )
+from support.tar import build, docker_archive, file
 
 from unionfs.cli import main as cli_main
 from unionfs.mount import daemon, pidfile
+from unionfs.store.store import Store
 from unionfs.union.plan import MountPlan
 
 SKIP = skip_reason_root() or skip_reason_fuse() or skip_reason_unionfs()
@@ -116,6 +119,28 @@ def test_a_daemon_that_cannot_start_says_why_in_one_line(dirs: tuple[list[str], 
         assert res.stderr.strip().splitlines() == ["unionfs: spin_us takes a number of microseconds, not 'soon'"]
         assert not os.path.ismount(mnt)
     assert {x.pid for x in pidfile.live()} <= before
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+@pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
+def test_image_mount_records_its_mountpoint_only_when_it_is_made(dirs: tuple[list[str], str, str, str]) -> None:
+    """``mount IMAGE``: the container's state names the mountpoint once the mount is live (the store writes it
+    while the daemon mounts); a mount that the daemon fails to make leaves no mountpoint in the state."""
+    lowers, u, w, mnt = dirs
+    root = os.path.join(os.path.dirname(mnt), "store")
+    layer = build([file("hello", b"hi\n")])
+    archive = docker_archive(Path(os.path.dirname(mnt)) / "img.tar", [(layer, layer)], repo_tags=("one:1",))
+    run_cli("load", "-i", archive, root=root)
+    with unmounted_on_exit(mnt):
+        res = run_cli("mount", "one:1", mnt, "--name", "c", "-o", "spin_us=soon", root=root, check=False)
+        assert res.returncode == 1 and "spin_us" in res.stderr and not is_mounted(mnt)
+        assert Store(root).container("c").mountpoint is None
+        assert run_cli("mount", "one:1", mnt, "--name", "c", root=root).stdout == "c\n"
+        assert Store(root).container("c").mountpoint == mnt
+        assert open(os.path.join(mnt, "hello")).read() == "hi\n"
+        run_cli("umount", mnt, root=root)
+        assert Store(root).container("c").mountpoint is None
 
 
 def processes_running(argv: list[str]) -> list[int]:

@@ -92,16 +92,24 @@ def _mount(args: argparse.Namespace, early: daemon.Early | None) -> int:
     if args.read_only:
         plan = MountPlan(plan.lowers, None, None, plan.name)
     mp = os.path.abspath(mountpoint)
+    name = str(plan.name)  # prepare_container names every plan
+    recorded = []
+
+    def record() -> None:  # while the daemon mounts (its fsync then costs no time)
+        store.set_container_mount(name, mp)
+        recorded.append(mp)
+
+    try:
+        daemon.mount(plan, mp, options=args.options, foreground=args.foreground, early=early, meanwhile=record)
+    except BaseException:
+        if recorded:  # the mount failed after all (or the daemon ended in the foreground)
+            with contextlib.suppress(UnionfsError, OSError):
+                store.set_container_mount(name, None)
+        raise
     if args.foreground:
-        store.set_container_mount(plan.name, mp)
-        try:
-            daemon.mount(plan, mp, options=args.options, foreground=True)
-        finally:
-            store.set_container_mount(plan.name, None)
+        store.set_container_mount(name, None)
         return 0
-    daemon.mount(plan, mp, options=args.options, early=early)
-    store.set_container_mount(plan.name, mp)
-    print(plan.name)
+    print(name)
     return 0
 
 

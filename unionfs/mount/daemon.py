@@ -194,9 +194,11 @@ def _fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
 
 
 def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None, foreground: bool = False,
-          early: Early | None = None) -> None:
+          early: Early | None = None, meanwhile: Callable[[], None] | None = None) -> None:
     """Mount ``plan`` at ``mountpoint``; return once the mount is live (``foreground``: serve until unmounted).
     ``early``: a daemon forked ahead (:func:`fork_early`) that takes this mount (else one is forked now).
+    ``meanwhile`` runs once the plan is checked and the daemon has the mount, while it mounts (a forked or
+    spawned daemon; before serving in the foreground): what it does is done also when the mount then fails.
 
     Raises MountError with a one-line message when the mount cannot be made.
     """
@@ -208,14 +210,16 @@ def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None,
             "work": os.path.abspath(plan.work) if plan.work else None,
             "name": plan.name, "mountpoint": mountpoint, "options": options}
     if foreground:
+        if meanwhile is not None:
+            meanwhile()
         _serve(spec, None)
         return
     if early is None:
         early = fork_early()
     if early is None:
-        _spawn_daemon(spec)
+        _spawn_daemon(spec, meanwhile)
     else:
-        early.start(spec)
+        early.start(spec, meanwhile)
 
 
 def _single_threaded() -> bool:
@@ -259,9 +263,10 @@ class Early:
                 pass
             self._first_child = 0
 
-    def start(self, spec: dict) -> None:
-        """Give the daemon the mount ``spec``; return once the mount is live (MountError when it cannot be
-        made). A daemon that gives no answer within :data:`START_TIMEOUT` seconds is killed."""
+    def start(self, spec: dict, meanwhile: Callable[[], None] | None = None) -> None:
+        """Give the daemon the mount ``spec``; run ``meanwhile`` while it mounts; return once the mount is live
+        (MountError when it cannot be made). A daemon that gives no answer within :data:`START_TIMEOUT`
+        seconds is killed."""
         import marshal
 
         if self._spec_w < 0:
@@ -276,6 +281,7 @@ class Early:
         self._spec_w = -1
         self._reap()
         try:
+            failed = _run_meanwhile(meanwhile)
             lines, ended = _read_answer(self._answer_r)
         finally:
             self.cancel()
@@ -283,6 +289,8 @@ class Early:
         if not ended and daemon is not None:  # no answer in time, and it still holds the pipe: it is alive
             _kill(daemon)
         _raise_unless_ok(lines, ended, spec["mountpoint"], "")
+        if failed is not None:
+            raise failed
 
 
 def fork_early() -> Early | None:
@@ -506,9 +514,9 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _spawn_daemon(spec: dict) -> None:
+def _spawn_daemon(spec: dict, meanwhile: Callable[[], None] | None) -> None:
     """Start the daemon for ``spec`` as ``python -m unionfs.mount.daemon`` (for a caller running threads,
-    which must not fork); return once its mount is live (MountError when it cannot start)."""
+    which must not fork); run ``meanwhile``; return once its mount is live (MountError when it cannot start)."""
     import json
     import subprocess
     import tempfile
@@ -529,15 +537,29 @@ def _spawn_daemon(spec: dict) -> None:
         raise MountError(f"cannot start the mount daemon: {e.strerror}") from None
     os.close(w)
     try:
+        failed = _run_meanwhile(meanwhile)
         lines, ended = _read_answer(r)
     finally:
         os.close(r)
     with errfile:
-        if lines and lines[-1] == "ok":
-            return
-        _stop_spawned(proc, lines)
-        errfile.seek(0)
-        _raise_unless_ok(lines, ended, spec["mountpoint"], errfile.read().decode(errors="replace"))
+        if not lines or lines[-1] != "ok":
+            _stop_spawned(proc, lines)
+            errfile.seek(0)
+            _raise_unless_ok(lines, ended, spec["mountpoint"], errfile.read().decode(errors="replace"))
+    if failed is not None:
+        raise failed
+
+
+def _run_meanwhile(meanwhile: Callable[[], None] | None) -> BaseException | None:
+    """Run ``meanwhile`` (see :func:`mount`) while the daemon mounts; what it raised, to be raised once the
+    daemon has answered (a mount that is made must not be left unreported)."""
+    if meanwhile is None:
+        return None
+    try:
+        meanwhile()
+    except BaseException as e:  # noqa: B036 (raised again by the caller)
+        return e
+    return None
 
 
 def _stop_spawned(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
