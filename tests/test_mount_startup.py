@@ -176,8 +176,8 @@ def test_a_refused_mount_leaves_no_daemon(dirs: tuple[list[str], str, str, str])
 @pytest.mark.fuse
 @pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 def test_a_threaded_caller_spawns_the_daemon(dirs: tuple[list[str], str, str, str]) -> None:
-    """A process that runs other threads is not forked: the daemon is ``python -m unionfs.mount.daemon``, found
-    and ended the same way."""
+    """A process that runs other threads is not forked: the daemon is ``python -m unionfs.mount.process``,
+    found and ended the same way."""
     lowers, u, w, mnt = dirs
     stop = threading.Event()
     t = threading.Thread(target=stop.wait, daemon=True)
@@ -186,7 +186,7 @@ def test_a_threaded_caller_spawns_the_daemon(dirs: tuple[list[str], str, str, st
         with unmounted_on_exit(mnt):
             daemon.mount(MountPlan((lowers[0],)), mnt)
             pid = daemon.daemon_pid(mnt)
-            assert pid is not None and b"unionfs.mount.daemon" in cmdline(pid)
+            assert pid is not None and b"unionfs.mount.process" in cmdline(pid)
             daemon.umount(mnt)
             assert pidfile.start_time(pid) is None
     finally:

@@ -76,7 +76,7 @@ def leftovers(store_root: Path, wait: float = 5.0) -> list[str]:
                 found.append(f"daemon {pid} of {mp}")
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if p.info["pid"] != me and ("unionfs.mount.daemon" in cmd or "unionfs.run.sandbox" in cmd) and key in cmd:
+            if p.info["pid"] != me and ("unionfs.mount.process" in cmd or "unionfs.run.sandbox" in cmd) and key in cmd:
                 found.append(f"process {p.info['pid']}: {cmd}")
         if not found or time.monotonic() > deadline:
             return found

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Run as the program (``argv`` None: the ``unionfs`` script, ``python -m unionfs``), a command that leaves
     nothing to the interpreter's shutdown (its parser sets ``fast_exit``: ``mount``, ``umount``) ends the
-    process here once its output is flushed (:func:`unionfs.mount.daemon.exit_now`).
+    process here once its output is flushed (:func:`unionfs.mount.process.exit_now`).
     """
     args, parser = _parse(sys.argv[1:] if argv is None else list(argv))
     if not getattr(args, "func", None):
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rc = _run(args)
     if argv is None and getattr(args, "fast_exit", False):
-        from unionfs.mount.daemon import exit_now
+        from unionfs.mount.process import exit_now
 
         exit_now(rc)
     return rc

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from unionfs.cli.common import store_of, table
 from unionfs.errors import UnionfsError, UsageError
-from unionfs.mount import daemon
+from unionfs.mount import daemon, process
 from unionfs.union.plan import MountPlan
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         return _mount(args, None)
     # the daemon is forked now and loads its code while this process works out the mount (the store's part)
-    early = daemon.fork_early()
+    early = process.fork_early()
     try:
         return _mount(args, early)
     finally:
@@ -79,7 +79,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             early.cancel()
 
 
-def _mount(args: argparse.Namespace, early: daemon.Early | None) -> int:
+def _mount(args: argparse.Namespace, early: process.Early | None) -> int:
     """``mount`` once its arguments are checked; ``early``: the daemon forked ahead, if any."""
     if args.lower:
         plan = MountPlan(tuple(args.lower), args.upper, args.work, None)
