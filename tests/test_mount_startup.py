@@ -272,4 +272,4 @@ def test_mount_imports_no_other_command_module() -> None:
             "except SystemExit:\n    pass\n"
             "print(sorted(m for m in sys.modules if m.startswith('unionfs.cli.') or m in ('shutil', 'psutil')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "['unionfs.cli.common', 'unionfs.cli.main', 'unionfs.cli.mount']"
+    assert out.strip().splitlines()[-1] == "['unionfs.cli.common', 'unionfs.cli.main', 'unionfs.cli.mount', 'unionfs.cli.parser']"

@@ -8,16 +8,17 @@ registry or build code; ``unionfs --help`` and a command that is not known build
 
 from __future__ import annotations
 
-import argparse
-import functools
 import importlib
 import logging
-import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from unionfs import __version__
 from unionfs.errors import UnionfsError, printable
+
+if TYPE_CHECKING:
+    import argparse
+
+    from unionfs.mount.process import Early
 
 #: modules (of this package) that add subcommands, in the order they appear in --help
 COMMAND_MODULES = ("store", "registry", "mount", "inspect", "build")
@@ -31,45 +32,12 @@ COMMANDS = {
 }
 
 
-@functools.cache
-def _columns() -> int:
-    """The terminal's width as ``shutil.get_terminal_size`` finds it ($COLUMNS, then standard output's
-    terminal, else 80), without importing shutil."""
-    try:
-        if int(os.environ.get("COLUMNS", "0")) > 0:
-            return int(os.environ["COLUMNS"])
-    except ValueError:
-        pass
-    try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
-    except (AttributeError, ValueError, OSError):
-        return 80
-
-
-class _Formatter(argparse.HelpFormatter):
-    """argparse's help layout at the terminal's width: argparse makes one for every argument added, and its
-    own asks ``shutil`` for the width (importing shutil and its compression modules at every start)."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=_columns() - 2)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse's parser with :class:`_Formatter`; its subcommands' parsers are of this class too."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
     """The argument parser with the subcommands of ``modules`` (names in :data:`COMMAND_MODULES`; all of
-    them by default)."""
-    parser = _Parser(prog="unionfs", description="Union-filesystem mounter and image store.")
-    parser.add_argument("--version", action="version", version=f"unionfs {__version__}")
-    parser.add_argument("--root", help="store directory (default: $UNIONFS_ROOT, /var/lib/unionfs as root, "
-                        "$XDG_DATA_HOME/unionfs otherwise)")
-    parser.add_argument("--debug", action="store_true", help="log debugging information")
+    them by default). argparse is loaded here, not before: ``mount`` forks its daemon first (:func:`main`)."""
+    from unionfs.cli.parser import top_parser
+
+    parser = top_parser()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in modules:
         importlib.import_module(f"unionfs.cli.{name}").register(sub)
@@ -93,15 +61,25 @@ def command_of(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status.
 
-    Run as the program (``argv`` None: the ``unionfs`` script, ``python -m unionfs``), a command that leaves
-    nothing to the interpreter's shutdown (its parser sets ``fast_exit``: ``mount``, ``umount``) ends the
-    process here once its output is flushed (:func:`unionfs.mount.process.exit_now`).
+    ``mount`` forks its daemon before the parser is built (:func:`_early_daemon`). Run as the program (``argv``
+    None: the ``unionfs`` script, ``python -m unionfs``), a command that leaves nothing to the interpreter's
+    shutdown (its parser sets ``fast_exit``: ``mount``, ``umount``) ends the process here once its output is
+    flushed (:func:`unionfs.mount.process.exit_now`).
     """
-    args, parser = _parse(sys.argv[1:] if argv is None else list(argv))
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    rc = _run(args)
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.DEBUG if _asks_debug(args_in) else logging.WARNING,
+                        format="unionfs: %(levelname)s: %(message)s")
+    early = _early_daemon(args_in)
+    try:
+        args, parser = _parse(args_in)
+        args.early = early
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        rc = _run(args)
+    finally:
+        if early is not None:
+            early.cancel()  # unless the command gave it its mount
     if argv is None and getattr(args, "fast_exit", False):
         from unionfs.mount.process import exit_now
 
@@ -109,14 +87,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     return rc
 
 
+def _asks_debug(argv: list[str]) -> bool:
+    """True when ``--debug`` (argparse also takes it abbreviated) comes before the command word: logging is
+    set up before parsing, so that a daemon forked then (:func:`_early_daemon`) logs as asked."""
+    for a in argv:
+        if not a.startswith("-") or a == "--":
+            return False
+        if len(a) > 2 and "--debug".startswith(a):
+            return True
+    return False
+
+
+def _early_daemon(argv: list[str]) -> Early | None:
+    """For ``mount`` (unless it asks for the foreground or for help, as far as a glance at ``argv`` tells): its
+    daemon, forked now (:func:`unionfs.mount.process.fork_early`), so that it loads the serving code while this
+    process builds the parser, parses and checks the mount; None otherwise, or when the fork fails (the
+    command then forks, or fails, itself). ``cmd_mount`` takes it from ``args.early``."""
+    if command_of(argv) != "mount" or {"-f", "--foreground", "-h", "--help"} & set(argv):
+        return None
+    from unionfs.mount.process import fork_early
+
+    try:
+        return fork_early()
+    except UnionfsError:
+        return None
+
+
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     """``argv`` parsed by a parser of the command's module only (all modules for no or an unknown command),
-    and that parser; logging set up as ``--debug`` says."""
+    and that parser; the log level as ``--debug`` says."""
     command = COMMANDS.get(command_of(argv) or "")
     parser = build_parser((command,) if command else COMMAND_MODULES)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="unionfs: %(levelname)s: %(message)s")
+    logging.getLogger().setLevel(logging.DEBUG if args.debug else logging.WARNING)
     return args, parser
 
 

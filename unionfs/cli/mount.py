@@ -70,8 +70,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise UsageError("--upper/--work only go with --lower")
     if args.foreground:
         return _mount(args, None)
-    # the daemon is forked now and loads its code while this process works out the mount (the store's part)
-    early = process.fork_early()
+    # the daemon loads its code while this process works out the mount (the store's part): forked by main()
+    # before the parser was built, else now
+    early = getattr(args, "early", None) or process.fork_early()
     try:
         return _mount(args, early)
     finally:
