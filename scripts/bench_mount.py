@@ -13,8 +13,10 @@ an install has it), each command from its start until it exits:
 The images are docker-save archives built in code (``tests/support/tar.py``) and loaded into a fresh store
 under a temporary directory. Several checkouts can be compared (``--tree NAME=PATH``: that checkout's
 ``unionfs`` package comes first on ``PYTHONPATH``); the runs are interleaved (run 1 of every tree, then run
-2, ...) with the tree order rotated, so the noise of a shared machine spreads evenly. fuse-overlayfs' mount
-of the same lower directory is timed alongside when it is installed. Medians with (min-max).
+2, ...) with the tree order rotated, so the noise of a shared machine spreads evenly. For scale, two more
+rows: the start of this interpreter that does nothing (``python -c pass``: the floor of any command of a
+Python CLI, with this virtualenv's site setup) and fuse-overlayfs' mount of the same lower directory (when it
+is installed). Medians with (min-max).
 
 Usage (as root, from the repository root):
   .venv/bin/python scripts/bench_mount.py [--runs 7] [--tree before=/tmp/old-checkout] [--tree after=.]
@@ -121,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     envs = {name: tree_env(Path(path).resolve()) for name, path in trees.items()}
     results: dict[str, dict[str, list[float]]] = {n: {w: [] for w in WORKLOADS} for n in trees}
     peer: list[float] = []
+    floor: list[float] = []
     work = Path(tempfile.mkdtemp(prefix="unionfs-bench-mount-"))
     try:
         lower, mnt = work / "lower", work / "mnt"
@@ -134,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in order:
                 for w, v in one_run(exe, envs[name], store, lower, mnt).items():
                     results[name][w].append(v)
+            floor.append(timed([sys.executable, "-c", "pass"], next(iter(envs.values()))))
             if shutil.which("fuse-overlayfs"):
                 peer.append(fuse_overlayfs_run(lower, mnt))
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
@@ -145,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"|---|{'---|' * len(trees)}")
     for w in WORKLOADS:
         print(f"| {w} (s) | {' | '.join(summary(results[n][w]) for n in trees)} |")
+    print(f"| python -c pass (s) | {summary(floor)} |")
     if peer:
         print(f"| fuse-overlayfs mount of the lower (s) | {summary(peer)} |")
     return 0

@@ -12,7 +12,6 @@ tree whole or gone) are the only ways unionfs writes a file durably or deletes a
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import stat
@@ -31,34 +30,54 @@ MS_BIND, MS_REC, MS_PRIVATE, MS_SLAVE = 4096, 16384, 1 << 18, 1 << 19
 MNT_DETACH = 2
 
 
-class Timespec(ctypes.Structure):
-    """``struct timespec`` (utimensat/futimens)."""
+#: the C library of this process (its symbols are in the program's namespace: no library search needed), and
+#: ``struct timespec`` (utimensat/futimens): made at their first use (:func:`__getattr__`)
+libc: Any
+Timespec: Any
 
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+def __getattr__(name: str) -> Any:
+    """``libc`` and ``Timespec`` are made when first asked for (PEP 562), so that a process that only writes
+    and deletes files (the store's part of ``unionfs mount IMAGE``) does not load ctypes and libffi."""
+    if name in ("libc", "Timespec"):
+        _load_c()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: the C library of this process (its symbols are in the program's namespace: no library search needed)
-libc: Any = ctypes.CDLL(None, use_errno=True)
+def _load_c() -> None:
+    """Load the C library and declare the prototype of every call made through it (once)."""
+    import ctypes
 
-_c_str, _int, _uint, _ulong, _long = ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_ulong, ctypes.c_long
-for _name, _args in {
-    "mount": [_c_str, _c_str, _c_str, _ulong, _c_str],
-    "umount2": [_c_str, _int],
-    "pivot_root": [_c_str, _c_str],
-    "prctl": [_int, _ulong, _ulong, _ulong, _ulong],
-    "renameat2": [_int, _c_str, _int, _c_str, _uint],
-    "utimensat": [_int, _c_str, ctypes.POINTER(Timespec), _int],
-    "futimens": [_int, ctypes.POINTER(Timespec)],
-    "fallocate": [_int, _int, _long, _long],
-    "syncfs": [_int],
-    "statfs": [_c_str, ctypes.c_void_p],
-}.items():
-    getattr(libc, _name).argtypes = _args
+    class Timespec(ctypes.Structure):
+        """``struct timespec`` (utimensat/futimens)."""
+
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    lib = ctypes.CDLL(None, use_errno=True)
+    c_str, c_int, c_uint, c_ulong, c_long = ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_ulong, ctypes.c_long
+    for name, args in {
+        "mount": [c_str, c_str, c_str, c_ulong, c_str],
+        "umount2": [c_str, c_int],
+        "pivot_root": [c_str, c_str],
+        "prctl": [c_int, c_ulong, c_ulong, c_ulong, c_ulong],
+        "renameat2": [c_int, c_str, c_int, c_str, c_uint],
+        "utimensat": [c_int, c_str, ctypes.POINTER(Timespec), c_int],
+        "futimens": [c_int, ctypes.POINTER(Timespec)],
+        "fallocate": [c_int, c_int, c_long, c_long],
+        "syncfs": [c_int],
+        "statfs": [c_str, ctypes.c_void_p],
+    }.items():
+        getattr(lib, name).argtypes = args
+    Timespec.__qualname__ = "Timespec"
+    globals().update(libc=lib, Timespec=Timespec)
 
 
 def check(ret: int, what: str, path: str | None = None) -> None:
     """Raise OSError(errno) for a libc call that returned non-zero: ``what: strerror`` (with ``path``)."""
     if ret != 0:
+        import ctypes  # loaded already: ``ret`` came from libc
+
         err = ctypes.get_errno()
         if path is None:
             raise OSError(err, f"{what}: {os.strerror(err)}")
