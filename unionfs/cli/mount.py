@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from unionfs.cli.common import store_of, table
 from unionfs.errors import UnionfsError, UsageError
 from unionfs.mount import daemon, process
-from unionfs.union.plan import MountPlan
 
 if TYPE_CHECKING:
     from unionfs.store.store import Container, Store
@@ -82,6 +81,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def _mount(args: argparse.Namespace, early: process.Early | None) -> int:
     """``mount`` once its arguments are checked; ``early``: the daemon forked ahead, if any."""
+    from unionfs.union.plan import MountPlan  # here: umount, ps and rm need no dataclasses
+
     if args.lower:
         plan = MountPlan(tuple(args.lower), args.upper, args.work, None)
         daemon.mount(plan, args.target[0], options=args.options, foreground=args.foreground, early=early)

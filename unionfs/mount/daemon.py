@@ -13,17 +13,16 @@ import errno
 import logging
 import os
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from unionfs import mountinfo
 from unionfs.errors import MountError
 from unionfs.mount import pidfile, process
 from unionfs.mount.process import FSTYPE
-from unionfs.union.plan import MountPlan
 
 if TYPE_CHECKING:
     from unionfs.mount.process import Early
+    from unionfs.union.plan import MountPlan
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +35,7 @@ PROBE_TIMEOUT = 2.0
 LIVE, DEAD, HUNG = "live", "dead", "hung"
 
 
-@dataclass(frozen=True)
-class LiveMount:
+class LiveMount(NamedTuple):
     """One live mount of type fuse.unionfs."""
 
     source: str

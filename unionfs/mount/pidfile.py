@@ -26,13 +26,12 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DaemonRecord:
+class DaemonRecord(NamedTuple):
     """A daemon's record: its process (pid and start time), its mount's device and mountpoint."""
 
     pid: int

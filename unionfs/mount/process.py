@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Callable, NoReturn
 from unionfs import mountinfo
 from unionfs.errors import MountError
 from unionfs.mount import pidfile
-from unionfs.union.plan import MountPlan
 
 if TYPE_CHECKING:
     import subprocess
+
+    from unionfs.union.plan import MountPlan
 
 log = logging.getLogger(__name__)
 
@@ -448,6 +449,8 @@ def serve(spec: dict, on_ready: Callable[[], None] | None) -> None:
         records.extend(_record(mountpoint))
         if on_ready is not None:
             on_ready()
+
+    from unionfs.union.plan import MountPlan  # here: the mounting side needs no dataclasses (umount, ps)
 
     plan = MountPlan(tuple(spec["lowers"]), spec["upper"], spec["work"], spec.get("name"))
     opts = fuse_options(plan, spec.get("options", []))
