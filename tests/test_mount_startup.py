@@ -266,6 +266,16 @@ def test_the_command_word(argv: list[str], command: str | None) -> None:
     assert cli_main.command_of(argv) == command
 
 
+@pytest.mark.parametrize("argv, debug", [
+    (["--debug", "mount"], True), (["--deb", "mount"], True), (["--root", "--debug", "mount"], False),
+    (["--root", "r", "--debug", "ps"], True), (["mount", "--debug"], False), ([], False),
+])
+def test_debug_is_seen_before_parsing(argv: list[str], debug: bool) -> None:
+    """Logging is set up before the parser (a daemon forked then logs as asked): ``--debug`` before the
+    command word, abbreviated or not; a ``--root`` value is no option."""
+    assert cli_main._asks_debug(argv) == debug
+
+
 def test_mount_imports_no_other_command_module() -> None:
     """``unionfs mount --help`` loads the mount commands' module only (not the registry's, the build's...)."""
     code = ("import sys\nfrom unionfs.cli.main import main\ntry:\n    main(['mount', '--help'])\n"

@@ -90,11 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _asks_debug(argv: list[str]) -> bool:
     """True when ``--debug`` (argparse also takes it abbreviated) comes before the command word: logging is
     set up before parsing, so that a daemon forked then (:func:`_early_daemon`) logs as asked."""
-    for a in argv:
+    it = iter(argv)
+    for a in it:
         if not a.startswith("-") or a == "--":
             return False
         if len(a) > 2 and "--debug".startswith(a):
             return True
+        if len(a) > 2 and "--root".startswith(a):
+            next(it, None)
     return False
 
 
