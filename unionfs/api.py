@@ -84,7 +84,7 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
         make_init_layer(str(init), plan.lowers, targets)
         mnt.mkdir(exist_ok=True)
         # the container's processes run as its USER, whoever that is: allow_other (default_permissions is
-        # always on); nosuid,nodev unless ``options`` say otherwise (daemon._fuse_options)
+        # always on); nosuid,nodev unless ``options`` say otherwise (process.fuse_options)
         daemon.mount(MountPlan((*plan.lowers, str(init)), plan.upper, plan.work, plan.name), str(mnt),
                      options=["allow_other", *options])
         mounted = True

@@ -12,15 +12,16 @@ tree whole or gone) are the only ways unionfs writes a file durably or deletes a
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
 import os
 import stat
-import tempfile
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unionfs.errors import MountedTreeError, StoreError
 from unionfs.mountinfo import mounts
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: mount(2) flags
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
@@ -29,34 +30,54 @@ MS_BIND, MS_REC, MS_PRIVATE, MS_SLAVE = 4096, 16384, 1 << 18, 1 << 19
 MNT_DETACH = 2
 
 
-class Timespec(ctypes.Structure):
-    """``struct timespec`` (utimensat/futimens)."""
+#: the C library of this process (its symbols are in the program's namespace: no library search needed), and
+#: ``struct timespec`` (utimensat/futimens): made at their first use (:func:`__getattr__`)
+libc: Any
+Timespec: Any
 
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+def __getattr__(name: str) -> Any:
+    """``libc`` and ``Timespec`` are made when first asked for (PEP 562), so that a process that only writes
+    and deletes files (the store's part of ``unionfs mount IMAGE``) does not load ctypes and libffi."""
+    if name in ("libc", "Timespec"):
+        _load_c()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: the C library of this process (its symbols are in the program's namespace: no library search needed)
-libc: Any = ctypes.CDLL(None, use_errno=True)
+def _load_c() -> None:
+    """Load the C library and declare the prototype of every call made through it (once)."""
+    import ctypes
 
-_c_str, _int, _uint, _ulong, _long = ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_ulong, ctypes.c_long
-for _name, _args in {
-    "mount": [_c_str, _c_str, _c_str, _ulong, _c_str],
-    "umount2": [_c_str, _int],
-    "pivot_root": [_c_str, _c_str],
-    "prctl": [_int, _ulong, _ulong, _ulong, _ulong],
-    "renameat2": [_int, _c_str, _int, _c_str, _uint],
-    "utimensat": [_int, _c_str, ctypes.POINTER(Timespec), _int],
-    "futimens": [_int, ctypes.POINTER(Timespec)],
-    "fallocate": [_int, _int, _long, _long],
-    "syncfs": [_int],
-    "statfs": [_c_str, ctypes.c_void_p],
-}.items():
-    getattr(libc, _name).argtypes = _args
+    class Timespec(ctypes.Structure):
+        """``struct timespec`` (utimensat/futimens)."""
+
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    lib = ctypes.CDLL(None, use_errno=True)
+    c_str, c_int, c_uint, c_ulong, c_long = ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_ulong, ctypes.c_long
+    for name, args in {
+        "mount": [c_str, c_str, c_str, c_ulong, c_str],
+        "umount2": [c_str, c_int],
+        "pivot_root": [c_str, c_str],
+        "prctl": [c_int, c_ulong, c_ulong, c_ulong, c_ulong],
+        "renameat2": [c_int, c_str, c_int, c_str, c_uint],
+        "utimensat": [c_int, c_str, ctypes.POINTER(Timespec), c_int],
+        "futimens": [c_int, ctypes.POINTER(Timespec)],
+        "fallocate": [c_int, c_int, c_long, c_long],
+        "syncfs": [c_int],
+        "statfs": [c_str, ctypes.c_void_p],
+    }.items():
+        getattr(lib, name).argtypes = args
+    Timespec.__qualname__ = "Timespec"
+    globals().update(libc=lib, Timespec=Timespec)
 
 
 def check(ret: int, what: str, path: str | None = None) -> None:
     """Raise OSError(errno) for a libc call that returned non-zero: ``what: strerror`` (with ``path``)."""
     if ret != 0:
+        import ctypes  # loaded already: ``ret`` came from libc
+
         err = ctypes.get_errno()
         if path is None:
             raise OSError(err, f"{what}: {os.strerror(err)}")
@@ -72,22 +93,53 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary name in the same directory, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def atomic_write(path: str | Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary name in the same directory, fsync, rename (readers see
+    the old file or the whole new one, also after a crash). Without ``durable``, no fsync: a kill still
+    leaves no partial file, a crash may lose the write (for files that describe running processes)."""
+    parent, name = os.path.split(os.fspath(path))
+    parent = parent or "."
+    fd, tmp = temp_file(parent, f".{name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(parent)
+
+
+def temp_file(parent: str | Path, prefix: str) -> tuple[int, str]:
+    """A new file ``PREFIX<random>`` in ``parent``, open for reading and writing (mode 0600, never through a
+    symlink): its descriptor and path, as ``tempfile.mkstemp`` gives them. Here so that the store and the
+    mount daemon need not import :mod:`tempfile` (and shutil, random, hashlib behind it) on every start."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        path = os.path.join(parent, prefix + os.urandom(6).hex())
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {parent}")
+
+
+def temp_dir(parent: str | Path, prefix: str) -> str:
+    """A new empty directory ``PREFIX<random>`` in ``parent`` (mode 0700), as ``tempfile.mkdtemp`` makes one."""
+    for _ in range(100):
+        path = os.path.join(parent, prefix + os.urandom(6).hex())
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {parent}")
 
 
 _RM_DIRFLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -205,7 +257,7 @@ def discard_tree(path: str | Path, tmp_dir: str | Path) -> None:
     is left under ``tmp_dir`` is garbage that ``prune`` removes."""
     if not os.path.lexists(path):
         return
-    trash = tempfile.mkdtemp(prefix="rm-", dir=tmp_dir)
+    trash = temp_dir(tmp_dir, "rm-")
     os.rename(path, os.path.join(trash, os.path.basename(path)))
     fsync_dir(os.path.dirname(os.path.abspath(path)))
     remove_tree(trash)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
 
-@dataclass(frozen=True)
-class Mount:
-    """One mount: where, what type, from which source, with which options (per-mount then superblock)."""
+class Mount(NamedTuple):
+    """One mount: where, what type, from which source, with which options (per-mount then superblock).
+    A named tuple, not a dataclass: ``umount`` and ``ps`` read the table without loading :mod:`dataclasses`."""
 
     mountpoint: str
     fstype: str

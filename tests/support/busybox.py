@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from support.cli import run_cli
-from support.mount import leftover_mounts, mount_fstype, skip_reason_fuse, skip_reason_root
+from support.mount import leftover_mounts, mount_fstype, skip_reason_fuse, skip_reason_root, unionfs_daemons
 
 BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "ls", "cat", "echo", "id", "mkdir", "rm", "touch", "chmod", "true", "false", "sleep", "wc",
@@ -71,9 +71,12 @@ def leftovers(store_root: Path, wait: float = 5.0) -> list[str]:
     while True:
         found = [f"mount {p} ({mount_fstype(p)})" for p in leftover_mounts(store_root)]
         me = os.getpid()
+        for pid, mp in unionfs_daemons().items():  # a daemon is a fork of the command that mounted
+            if (mp + "/").startswith(key + "/"):
+                found.append(f"daemon {pid} of {mp}")
         for p in psutil.process_iter(["pid", "cmdline"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if p.info["pid"] != me and ("unionfs.mount.daemon" in cmd or "unionfs.run.sandbox" in cmd) and key in cmd:
+            if p.info["pid"] != me and ("unionfs.mount.process" in cmd or "unionfs.run.sandbox" in cmd) and key in cmd:
                 found.append(f"process {p.info['pid']}: {cmd}")
         if not found or time.monotonic() > deadline:
             return found

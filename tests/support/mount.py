@@ -172,8 +172,24 @@ def is_mounted(path: Path | str) -> bool:
     return mount_fstype(path) is not None
 
 
+def unionfs_daemons() -> dict[int, str]:
+    """The unionfs daemons alive now, pid -> the mountpoint they were started for, from the records each
+    daemon writes once its mount is live (``unionfs.mount.pidfile``; a record counts only while its process
+    lives with the recorded start time). A daemon is listed also after its mount is gone, while it lives.
+    Never raises: a package that cannot read its records (broken, or older) must not stop the harness from
+    unmounting; the command-line scan of :func:`daemon_pids` remains."""
+    try:
+        from unionfs.mount import pidfile
+
+        return {r.pid: r.mountpoint for r in pidfile.live()}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
 def daemon_pids(mountpoint: Path | str) -> list[int]:
-    """Pids of live processes whose command line names ``mountpoint`` (the FUSE daemon serving it).
+    """Pids of live processes serving ``mountpoint``: a unionfs daemon recorded for it (:func:`unionfs_daemons`),
+    or any process whose command line names it (the FUSE daemon of fuse-overlayfs; the unionfs daemon is a fork
+    of ``unionfs mount``, whose command line it keeps).
 
     The path may stand alone as an argument or inside one (``x=PATH``, a JSON string, a comma list), but
     only as a whole path. The test process itself and its ancestors are never returned.
@@ -189,9 +205,9 @@ def daemon_pids(mountpoint: Path | str) -> list[int]:
                 pid = int(f.read().rsplit(b")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             break
-    pids = []
+    pids = [p for p, mp in unionfs_daemons().items() if os.fsencode(mp) in targets and p not in exclude]
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in exclude:
+        if not entry.isdigit() or int(entry) in exclude or int(entry) in pids:
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:

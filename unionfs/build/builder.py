@@ -412,7 +412,7 @@ class Builder:
                 mount_lowers.append(str(init))
             plan = MountPlan(tuple(mount_lowers), str(upper), str(work_dir), f"build-{ws.name[-8:]}")
             # a RUN step (it has mount targets) runs as the image's USER, whoever that is: allow_other (with
-            # default_permissions, always on); the mount stays nosuid,nodev (daemon._fuse_options)
+            # default_permissions, always on); the mount stays nosuid,nodev (process.fuse_options)
             with self._mounted(plan, ws / "mnt", ["allow_other"] if init_targets else ()) as mnt:
                 work(mnt, ws)
             index_dir = work_dir / "unionfs" / "index"

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 from unionfs.cli.common import store_of, table
 from unionfs.errors import UnionfsError, UsageError
-from unionfs.mount import daemon
-from unionfs.union.plan import MountPlan
+from unionfs.mount import daemon, process
 
 if TYPE_CHECKING:
     from unionfs.store.store import Container, Store
@@ -38,12 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--foreground", "-f", action="store_true", help="serve in the foreground until unmounted")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT",
                    help="FUSE mount option (repeatable, comma-separated)")
-    p.set_defaults(func=cmd_mount)
+    p.set_defaults(func=cmd_mount, fast_exit=True)
 
     p = sub.add_parser("umount", aliases=["unmount"], help="unmount a unionfs mount")
     p.add_argument("mountpoint")
     p.add_argument("--lazy", "-l", action="store_true", help="detach now, clean up when no longer busy")
-    p.set_defaults(func=cmd_umount)
+    p.set_defaults(func=cmd_umount, fast_exit=True)
 
     p = sub.add_parser("ps", help="list containers and live mounts")
     p.add_argument("--quiet", "-q", action="store_true", help="only names")
@@ -55,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    args.fast_exit = not args.foreground  # a foreground daemon's threads end with the interpreter
     if args.lower:
         if len(args.target) != 1:
             raise UsageError("with --lower, give only the MOUNTPOINT")
@@ -62,15 +62,31 @@ def cmd_mount(args: argparse.Namespace) -> int:
             raise UsageError("--upper and --work go together")
         if args.read_only and args.upper:
             raise UsageError("--read-only takes no --upper/--work")
-        plan = MountPlan(tuple(args.lower), args.upper, args.work, None)
-        daemon.mount(plan, args.target[0], options=args.options, foreground=args.foreground)
-        return 0
-    if len(args.target) != 2:
+    elif len(args.target) != 2:
         raise UsageError("usage: unionfs mount IMAGE MOUNTPOINT [--name NAME] | "
                          "unionfs mount --lower DIR... [--upper DIR --work DIR] MOUNTPOINT")
-    if args.upper or args.work:
+    elif args.upper or args.work:
         raise UsageError("--upper/--work only go with --lower")
+    if args.foreground:
+        return _mount(args, None)
+    # the daemon loads its code while this process works out the mount (the store's part): forked by main()
+    # before the parser was built, else now
+    early = getattr(args, "early", None) or process.fork_early()
+    try:
+        return _mount(args, early)
+    finally:
+        if early is not None:
+            early.cancel()
 
+
+def _mount(args: argparse.Namespace, early: process.Early | None) -> int:
+    """``mount`` once its arguments are checked; ``early``: the daemon forked ahead, if any."""
+    from unionfs.union.plan import MountPlan  # here: umount, ps and rm need no dataclasses
+
+    if args.lower:
+        plan = MountPlan(tuple(args.lower), args.upper, args.work, None)
+        daemon.mount(plan, args.target[0], options=args.options, foreground=args.foreground, early=early)
+        return 0
     image, mountpoint = args.target
     store = store_of(args)
     _resume_pauses(store)
@@ -78,21 +94,33 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.read_only:
         plan = MountPlan(plan.lowers, None, None, plan.name)
     mp = os.path.abspath(mountpoint)
+    name = str(plan.name)  # prepare_container names every plan
+    recorded = []
+
+    def record() -> None:  # while the daemon mounts (its fsync then costs no time)
+        store.set_container_mount(name, mp)
+        recorded.append(mp)
+
+    try:
+        daemon.mount(plan, mp, options=args.options, foreground=args.foreground, early=early, meanwhile=record)
+    except BaseException:
+        if recorded:  # the mount failed after all (or the daemon ended in the foreground)
+            with contextlib.suppress(UnionfsError, OSError):
+                store.set_container_mount(name, None)
+        raise
     if args.foreground:
-        store.set_container_mount(plan.name, mp)
-        try:
-            daemon.mount(plan, mp, options=args.options, foreground=True)
-        finally:
-            store.set_container_mount(plan.name, None)
+        store.set_container_mount(name, None)
         return 0
-    daemon.mount(plan, mp, options=args.options)
-    store.set_container_mount(plan.name, mp)
-    print(plan.name)
+    print(name)
     return 0
 
 
 def _resume_pauses(store: Store) -> None:
-    """Make mounts left paused by a killed ``commit`` writable again (see ``commit.resume_orphaned_pauses``)."""
+    """Make mounts left paused by a killed ``commit`` writable again (see ``commit.resume_orphaned_pauses``).
+    The commit code is imported only when a container carries a pause marker (rarely: it is cleared when the
+    commit ends), so that ``mount IMAGE`` and ``ps`` start fast."""
+    if not any(c.paused is not None for c in store.containers()):
+        return
     from unionfs.image.commit import resume_orphaned_pauses
 
     resume_orphaned_pauses(store)

@@ -20,7 +20,7 @@ import sys
 from typing import Sequence
 
 from unionfs.errors import UnionfsError, UsageError
-from unionfs.mount import daemon
+from unionfs.mount import daemon, process
 from unionfs.union.plan import MountPlan
 
 #: options that only mean something to mount(8) or fstab
@@ -85,9 +85,18 @@ def parse(argv: Sequence[str]) -> tuple[MountPlan, str, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: returns once the mount is live (exit 0), or prints one line and exits non-zero."""
+    """Entry point: returns once the mount is live (exit 0), or prints one line and exits non-zero. Run as the
+    program (``argv`` None), it ends the process itself (:func:`unionfs.mount.process.exit_now`)."""
+    rc = _mount(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        process.exit_now(rc)
+    return rc
+
+
+def _mount(argv: Sequence[str]) -> int:
+    """Mount as ``argv`` says; the exit status for mount(8)."""
     try:
-        plan, mountpoint, fuse_opts = parse(sys.argv[1:] if argv is None else argv)
+        plan, mountpoint, fuse_opts = parse(argv)
         daemon.mount(plan, mountpoint, options=fuse_opts)
     except UnionfsError as e:
         print(f"mount.fuse.unionfs: {e}", file=sys.stderr)

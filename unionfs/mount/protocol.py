@@ -15,11 +15,8 @@ import array
 import ctypes
 import fcntl
 import os
-import shutil
-import socket
 import stat
 import struct
-import subprocess
 from dataclasses import dataclass
 
 from unionfs.fsops import MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, libc
@@ -194,6 +191,12 @@ def open_session(mountpoint: str, opts: MountOptions) -> int:
 
 
 def _fusermount(mountpoint: str, opts: MountOptions) -> int:
+    """Mount through ``fusermount3`` (not root) and return the ``/dev/fuse`` descriptor it hands over. The
+    modules for that are imported here: the daemon of a root mount never needs them."""
+    import shutil
+    import socket
+    import subprocess
+
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
         raise OSError(2, "fusermount3 not found (needed to mount FUSE without root)")
@@ -236,6 +239,9 @@ def detach(mountpoint: str) -> None:
             err = ctypes.get_errno()
             raise OSError(err, f"umount2 of {mountpoint}: {os.strerror(err)}")
         return
+    import shutil
+    import subprocess
+
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
         raise OSError(2, "fusermount3 not found (needed to unmount FUSE without root)")

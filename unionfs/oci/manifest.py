@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform as _platform
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,7 +153,9 @@ class Platform:
     @classmethod
     def host(cls) -> "Platform":
         """The platform of this machine."""
-        machine = _platform.machine()
+        import platform  # here: only a pull or load that picks from an index needs it
+
+        machine = platform.machine()
         arch = _ARCH_ALIASES.get(machine, machine)
         variant = {"armv7l": "v7", "armv6l": "v6"}.get(machine)
         return cls("linux", arch, variant)

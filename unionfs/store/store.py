@@ -42,8 +42,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -63,7 +61,7 @@ from unionfs.errors import (
     StoreLockedError,
     UnionfsError,
 )
-from unionfs.fsops import atomic_write, discard_tree, fsync_dir, remove_tree
+from unionfs.fsops import atomic_write, discard_tree, fsync_dir, remove_tree, temp_dir, temp_file
 from unionfs.mountinfo import Mount, mount_at, mounts
 from unionfs.oci.digest import Digest, HashingReader
 from unionfs.oci.manifest import (
@@ -148,7 +146,7 @@ class Container:
 def container_name(image: Image) -> str:
     """A fresh container name: the image's repository's last part (``c`` when untagged) and 8 hex digits."""
     base = image.tags[0].repository.rsplit("/", 1)[-1] if image.tags else "c"
-    return f"{base}-{secrets.token_hex(4)}"
+    return f"{base}-{os.urandom(4).hex()}"
 
 
 @dataclass(frozen=True)
@@ -272,7 +270,7 @@ class Store:
 
     def staging_dir(self, prefix: str) -> str:
         """A new empty directory under ``tmp/`` (same filesystem as the store), mode 0700."""
-        return tempfile.mkdtemp(prefix=prefix, dir=self.tmp_dir)
+        return temp_dir(self.tmp_dir, prefix)
 
     # -- blobs -----------------------------------------------------------------------------------
     def blob_path(self, digest: Digest) -> Path:
@@ -307,7 +305,7 @@ class Store:
         """
         algo = expected.algorithm if expected else "sha256"
         (self.root / "blobs" / algo).mkdir(mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self.tmp_dir)
+        fd, tmp = temp_file(self.tmp_dir, "blob-")
         try:
             reader = HashingReader(stream, algo, limit=size if size is not None and size >= 0 else None)
             with os.fdopen(fd, "wb") as f:
@@ -527,8 +525,6 @@ class Store:
 
         Each is unpacked into ``tmp/`` with its DiffID verified, then renamed into ``layers/``.
         """
-        from unionfs.layer.unpack import unpack_layer  # the only place the store needs the unpacker
-
         paths = []
         with self.lock() as txn:
             for desc, diff_id in zip(image.manifest.layers, image.config.diff_ids):
@@ -536,6 +532,9 @@ class Store:
                 paths.append(dest)
                 if dest.is_dir():
                     continue
+                # the only place the store needs the unpacker: not imported when every layer is there (mount)
+                from unionfs.layer.unpack import unpack_layer
+
                 stage = self.staging_dir("layer-")
                 try:
                     with self.open_blob(desc.digest) as blob:
