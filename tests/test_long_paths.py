@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from support.impls import IMPLS, MOUNTED, Impl
+from support.impls import IMPLS, MOUNTED, Impl, impl_param
 from support.layers import Dir, File, build_layer
 from support.mount import private_tmpdir, require
 
@@ -206,11 +206,7 @@ def check(impl: Impl, scenario: Scenario) -> None:
                         pytrace=False)
 
 
-def _param(n: str) -> Any:
-    return pytest.param(n, id=n, marks=[getattr(pytest.mark, m) for m in IMPLS[n].marks])
-
-
-@pytest.fixture(params=[_param(n) for n in MOUNTED])
+@pytest.fixture(params=[impl_param(n) for n in MOUNTED])
 def impl(request: pytest.FixtureRequest) -> Impl:
     """Each mounted implementation in turn: the kernel overlayfs and both daemon setups."""
     i = IMPLS[request.param]

@@ -13,20 +13,15 @@ unmounted, also when a check fails.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import pytest
 from support.cases import CASES, Case, build_case, case_id, run_ops, spec_of
-from support.impls import IMPLS, MOUNTED, Impl
+from support.impls import IMPLS, MOUNTED, Impl, impl_param
 from support.mount import private_tmpdir, require
 from support.tree import LAYER, assert_same_tree, tree_snapshot
 
 
-def _param(name: str) -> Any:
-    return pytest.param(name, id=name, marks=[getattr(pytest.mark, m) for m in IMPLS[name].marks])
-
-
-@pytest.fixture(params=[_param(name) for name in IMPLS])
+@pytest.fixture(params=[impl_param(name) for name in IMPLS])
 def union_impl(request: pytest.FixtureRequest) -> Impl:
     """Each implementation in turn (skipped with its reason where it cannot run)."""
     impl = IMPLS[request.param]
@@ -34,7 +29,7 @@ def union_impl(request: pytest.FixtureRequest) -> Impl:
     return impl
 
 
-@pytest.fixture(params=[_param(name) for name in MOUNTED])
+@pytest.fixture(params=[impl_param(name) for name in MOUNTED])
 def mounted_impl(request: pytest.FixtureRequest) -> Impl:
     """Each implementation that mounts, in turn."""
     impl = IMPLS[request.param]

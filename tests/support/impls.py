@@ -22,6 +22,8 @@ import types
 from pathlib import Path
 from typing import Any, ContextManager, Iterator, Sequence
 
+import pytest
+
 from support.mount import (
     DAEMONS,
     Mount,
@@ -264,3 +266,8 @@ IMPLS: dict[str, Impl] = {
 }
 #: the ones that mount (a test that needs a real file system: descriptors, rewinddir, ...)
 MOUNTED = ("daemon", "daemon-nopassthrough", "kernel")
+
+
+def impl_param(name: str) -> Any:
+    """A pytest parameter for the implementation ``name``, carrying its markers (``IMPLS[name].marks``)."""
+    return pytest.param(name, id=name, marks=[getattr(pytest.mark, m) for m in IMPLS[name].marks])
