@@ -97,7 +97,7 @@ class CoreSource:
         return self.view.readlink(self._node(rel))
 
     def read(self, rel: str) -> Iterator[bytes]:
-        with open(self._node(rel).data_real, "rb") as f:  # a metacopy file's data is in a lower layer
+        with os.fdopen(self._node(rel).open_data(os.O_RDONLY | os.O_CLOEXEC), "rb") as f:  # metacopy: the lower's data
             while chunk := f.read(1 << 20):
                 yield chunk
 
@@ -168,7 +168,11 @@ class Core(Impl):
 
     @contextlib.contextmanager
     def open(self, lowers: Sequence[Path], upper: Path, work: Path, where: Path) -> Iterator[Opened]:
-        yield OpenedCore(Overlay([str(p) for p in lowers], str(upper), str(work)))
+        ov = Overlay([str(p) for p in lowers], str(upper), str(work))
+        try:
+            yield OpenedCore(ov)
+        finally:
+            ov.view.close()  # its directory descriptors
 
 
 # ---------------------------------------------------------------------------------------------------- the mounts

@@ -88,13 +88,20 @@ def _getxattr(path: str | bytes, name: str) -> bytes | None:
         raise
 
 
+def may_be_whiteout(st: os.stat_result) -> bool:
+    """Whether an entry with lstat ``st`` may be a whiteout: the kernel's char 0/0, or an empty regular file
+    (which is one when it carries a whiteout xattr). Every other entry is known not to be one without a system
+    call, so a caller may skip computing the path :func:`is_whiteout` needs."""
+    return is_whiteout_stat(st) or (stat.S_ISREG(st.st_mode) and st.st_size == 0)
+
+
 def is_whiteout(path: str | bytes, st: os.stat_result | None = None) -> bool:
     """True when the entry at ``path`` (not followed) is a whiteout in the device or xattr format."""
     if st is None:
         st = os.lstat(path)
     if is_whiteout_stat(st):
         return True
-    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+    if may_be_whiteout(st):
         return any(_getxattr(path, x) is not None for x in WHITEOUT_XATTRS)
     return False
 

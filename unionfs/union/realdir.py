@@ -95,9 +95,6 @@ class Dirs:
         self._close(self._now)
         self._close(self._kept)
 
-    def __len__(self) -> int:
-        return len(self._now) + len(self._kept)
-
 
 class Dir:
     """A directory of layer ``layer``: the entry ``name`` of the directory ``parent``."""

@@ -206,12 +206,7 @@ class Node:
         file (EIO when it is missing), else the real entry."""
         if self.data is not None:
             return self.data.open(flags)
-        return self.at.open(self.rname, flags)
-
-    @property
-    def data_real(self) -> str:
-        """A host path of the file holding the node's data (:attr:`real` unless it is a metacopy file)."""
-        return self.data.real if self.data is not None else self.at.where(self.rname)
+        return self.open(flags)
 
 
 class SlimStat:
@@ -663,7 +658,7 @@ class Union:
                 continue
             except NotADirectoryError:
                 continue
-            if _maybe_whiteout(st) and wh.is_whiteout(d.where(name), st):
+            if wh.may_be_whiteout(st) and wh.is_whiteout(d.where(name), st):
                 break
             if top is None:
                 top = Node(_join(parent.path, name), d.layer, d, name, st, 0)
@@ -763,12 +758,12 @@ class Union:
                     if e.errno in ABSENT:  # removed meanwhile
                         continue
                     raise
-                if _maybe_whiteout(st) and wh.is_whiteout(d.where(name), st):
+                if wh.may_be_whiteout(st) and wh.is_whiteout(d.where(name), st):
                     layer_hidden.add(name)
                     continue
                 n = Node(base + "/" + name, layer, d, name, st, 0)
                 out[name] = n
-                if st.st_mode & 0o170000 == 0o040000:  # a directory
+                if stat.S_ISDIR(st.st_mode):
                     sub = d.child(name)
                     below[name] = [sub]
                     if self._is_opaque(sub, n.path):
@@ -858,13 +853,6 @@ class Union:
         if node.is_dir:
             for c in sorted(self.listdir(node), key=lambda n: n.path):
                 yield from self.walk(c)
-
-
-def _maybe_whiteout(st: os.stat_result) -> bool:
-    """Whether an entry with lstat ``st`` may be a whiteout (a char device 0/0, or an empty file that may carry
-    a whiteout xattr): every other entry is known not to be one without a further system call."""
-    fmt = st.st_mode & 0o170000
-    return (fmt == stat.S_IFCHR and st.st_rdev == 0) or (fmt == stat.S_IFREG and st.st_size == 0)
 
 
 def _with_blocks(st: os.stat_result, blocks: int) -> os.stat_result:
