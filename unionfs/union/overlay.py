@@ -466,18 +466,16 @@ class Overlay:
         assert node.data is not None
         dst = node.real
         ust = os.lstat(dst)
-        if ust.st_nlink > 1:
-            self._fill_in_place(dst, node, ust, data=data)
-        else:
-            preal = node.at.where()
-            pst = os.lstat(preal)
-            tmp = self._full_copy(node, ust, data=data)
-            try:
-                self._commit(tmp, dst)
-            finally:
-                self.view.forget(path)
-            self._set_times(preal, pst)
-        self.view.forget(path)
+        try:
+            if ust.st_nlink > 1:
+                self._fill_in_place(dst, node, ust, data=data)
+            else:
+                preal = node.at.where()
+                pst = os.lstat(preal)
+                self._commit(self._full_copy(node, ust, data=data), dst)
+                self._set_times(preal, pst)
+        finally:
+            self.view.forget(path)
         log.debug("copied up the data of %s", path)
         return self.view.lookup(path)
 
@@ -506,6 +504,8 @@ class Overlay:
                     copy_data(sfd, fd, ust.st_size)
                 finally:
                     os.close(sfd)
+            else:  # the caller truncates to 0 next; a kill before it must not leave zeros that look like data
+                os.ftruncate(fd, 0)
             if cap is not None:
                 os.setxattr(fd, CAP_XATTR, cap)
             if not self.volatile:
