@@ -283,3 +283,16 @@ def test_mount_imports_no_other_command_module() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('unionfs.cli.') or m in ('shutil', 'psutil')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "['unionfs.cli.common', 'unionfs.cli.main', 'unionfs.cli.mount', 'unionfs.cli.parser']"
+
+
+def test_records_directory_needs_a_private_parent(tmp_path: Path) -> None:
+    """A records directory whose parent another user may write is not trusted: that user could swap the
+    directory for one of theirs between the check and a write (the parent was not checked before)."""
+    from unionfs.mount import pidfile
+
+    base = tmp_path / "unionfs"
+    (base / "daemons").mkdir(parents=True, mode=0o700)
+    base.chmod(0o700)
+    assert pidfile._private(str(base / "daemons"))
+    base.chmod(0o777)
+    assert not pidfile._private(str(base / "daemons"))

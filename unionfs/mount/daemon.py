@@ -177,8 +177,8 @@ def umount(mountpoint: str, *, lazy: bool = False) -> bool:
     mp = os.path.realpath(mountpoint)
     if not is_mounted(mp):
         raise MountError(f"{mountpoint} is not a unionfs mount")
-    records = _daemon_records()
-    daemon = None if lazy or mp not in records else pidfile.pin(records[mp].pid, records[mp].start)
+    records = {} if lazy else _daemon_records()  # a lazy unmount waits for no daemon
+    daemon = None if mp not in records else pidfile.pin(records[mp].pid, records[mp].start)
     try:
         return _unmount(mountpoint, mp, lazy, {p: r.pid for p, r in records.items()}, daemon)
     finally:

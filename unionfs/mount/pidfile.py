@@ -58,12 +58,16 @@ def run_dir() -> str:
 
 
 def _private(path: str) -> bool:
-    """True when ``path`` is a directory (not a symlink) owned by us that nobody else may write."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+    """True when ``path`` and its parent are directories (not symlinks) owned by us that nobody else may write
+    (another user able to write the parent could swap ``path`` for a directory of theirs)."""
+    for p in (path, os.path.dirname(path)):
+        try:
+            st = os.lstat(p)
+        except OSError:
+            return False
+        if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022):
+            return False
+    return True
 
 
 def boot_id() -> str:

@@ -545,15 +545,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if log_to else logging.WARNING, filename=log_to or None,
                         format="unionfs-daemon: %(levelname)s: %(name)s: %(message)s")
 
+    told: list[bool] = []
+
     def ready() -> None:
         _tell(fd, "ok")
-        os.close(fd)
+        os.close(fd)  # its number may be reused from now on: nothing is written to it again
+        told.append(True)
         _stderr_to_log()
 
     try:
         serve(spec, ready)
     except (MountError, OSError, ValueError) as e:  # report a startup failure as one line on the pipe
-        _tell(fd, f"error: {_one_line(e, spec['mountpoint'])}")
+        if told:  # the mount was live: the command is gone, only the log can take it
+            log.error("%s", _one_line(e, spec["mountpoint"]))
+        else:
+            _tell(fd, f"error: {_one_line(e, spec['mountpoint'])}")
         return 1
     return 0
 
