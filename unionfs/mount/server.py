@@ -89,7 +89,9 @@ class _Rare:
 class Inode:
     """What the kernel holds of one union inode (docs/design.md, "Memory": where each byte goes).
 
-    ``mode``: the file type bits (S_IFMT) as last looked up (one shared int object per type: :data:`_KINDS`).
+    ``mode``: the file type bits (S_IFMT) as last looked up (one shared int object per type: :data:`_KINDS`);
+    ``layer``: the layer its first name was last found at, the union's ``hint`` for resolving it again (a file
+    past the path cache's bound then costs an lstat of the upper and of that layer, not a probe of every layer).
     ``parent``/``name``: the directory and name of the first name the kernel knows it by (None: no name left);
     ``more``: its further names (a hardlinked file). ``kids``: for a directory, the names in it the kernel
     knows, name -> node. ``handles``: its open handles (None: none); while one is open they are all
@@ -97,12 +99,13 @@ class Inode:
     name was unlinked while the kernel still holds it (a special file has no open handle here to fstat).
     """
 
-    __slots__ = ("nodeid", "ino", "mode", "nlookup", "parent", "name", "kids", "_rare")
+    __slots__ = ("nodeid", "ino", "mode", "layer", "nlookup", "parent", "name", "kids", "_rare")
 
     def __init__(self, nodeid: int, ino: int, *, nlookup: int = 0) -> None:
         self.nodeid = nodeid
         self.ino = ino
         self.mode = 0
+        self.layer = 0
         self.nlookup = nlookup
         self.parent: Inode | None = None
         self.name: str | None = None
@@ -190,7 +193,7 @@ class Handle:  # eq=False: compared by identity in Inode.handles
 
 @dataclass(slots=True, eq=False)
 class Listing:
-    """An open directory: its entries (name, ino, mode, packed attributes or None for "." and ".."), listed
+    """An open directory: its entries (name, ino, mode, layer, packed attributes or None for "." and ".."), listed
     at the first READDIR from offset 0 (a rewind lists again), and the directory's version then.
 
     Once the directory has changed, later reads of the same listing still give names and inode numbers (POSIX
@@ -198,7 +201,7 @@ class Listing:
     dentry, which would bring a removed name back (found by stress-ng's filename stressor)."""
 
     nid: int
-    entries: list[tuple[str, int, int, bytes | None]] | None = None
+    entries: list[tuple[str, int, int, int, bytes | None]] | None = None
     version: int = 0
 
 
@@ -306,8 +309,9 @@ class LowLevelFS:
         p = self.path(parent)
         return (p if p != "/" else "") + "/" + name
 
-    def _count(self, parent: int, name: str, ino: int, mode: int) -> Inode:
-        """Count one lookup of the union inode ``ino`` (of type ``mode``) as ``name`` in ``parent``."""
+    def _count(self, parent: int, name: str, ino: int, mode: int, layer: int) -> Inode:
+        """Count one lookup of the union inode ``ino`` (of type ``mode``, found at ``layer``) as ``name`` in
+        ``parent``."""
         nid = self._nodeid(ino)
         inode = self.nodes.get(nid)
         if inode is None:
@@ -315,8 +319,19 @@ class LowLevelFS:
         fmt = stat.S_IFMT(mode)
         inode.mode = _KINDS.get(fmt, fmt)
         inode.nlookup += 1
+        if inode.parent is None or (inode.parent.nodeid == parent and inode.name == name):
+            inode.layer = layer
         self._link(parent, name, inode)
         return inode
+
+    def _resolved(self, nid: int) -> Node:
+        """The union node of ``nid``, its attributes maybe stale (see :meth:`Union.resolve`)."""
+        return self.view.resolve(self.path(nid), self._hint(nid))
+
+    def _hint(self, nid: int) -> int:
+        """The layer node ``nid`` was last found at by its first name (:meth:`Union.child`'s ``hint``)."""
+        node = self.nodes.get(nid)
+        return node.layer if node is not None else 0
 
     def _link(self, parent: int, name: str, inode: Inode) -> None:
         """Record that ``name`` in directory ``parent`` is ``inode`` (replacing what it was)."""
@@ -367,7 +382,7 @@ class LowLevelFS:
         return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + self._attr(node)
 
     def _entry(self, parent: int, name: str, node: Node) -> bytes:
-        inode = self._count(parent, name, node.ino, node.st.st_mode)
+        inode = self._count(parent, name, node.ino, node.st.st_mode, node.layer)
         return fp.ENTRY_OUT_HEAD.pack(inode.nodeid, 0, TIMEOUT, TIMEOUT, 0, 0) + self._attr(node)
 
     def _fresh(self, parent: int, name: str) -> bytes:
@@ -413,7 +428,9 @@ class LowLevelFS:
     def lookup(self, parent: int, body: memoryview) -> bytes:
         name = intern(os.fsdecode(fp.cstrings(body, 1)[0]))
         try:
-            node = self.view.lookup(self._join(parent, name))
+            known = self._known(parent, name)
+            first = known is not None and known.name == name and known.parent.nodeid == parent  # type: ignore
+            node = self.view.lookup(self._join(parent, name), known.layer if first else 0)  # type: ignore
         except FileNotFoundError:
             return NEGATIVE_ENTRY
         return self._entry(parent, name, node)
@@ -435,7 +452,7 @@ class LowLevelFS:
         except FileNotFoundError:
             path = None
         if path is not None:
-            return self._attr_out(self.view.lookup(path))
+            return self._attr_out(self.view.lookup(path, self._hint(nid)))
         inode = self.nodes.get(nid)
         try:
             h = self._handle_of(nid, fh)
@@ -468,7 +485,7 @@ class LowLevelFS:
         return st.st_nlink
 
     def readlink(self, nid: int, body: memoryview) -> bytes:
-        return os.fsencode(self.view.readlink(self.view.resolve(self.path(nid))))
+        return os.fsencode(self.view.readlink(self._resolved(nid)))
 
     def setattr(self, nid: int, body: memoryview) -> bytes:
         (valid, _, fh, size, _lo, atime, mtime, _ct, atimens, mtimens, _ctn, mode, _u4, uid, gid,
@@ -538,12 +555,12 @@ class LowLevelFS:
     def getxattr(self, nid: int, body: memoryview) -> bytes:
         size, _ = fp.GETXATTR_IN.unpack_from(body)
         name = os.fsdecode(fp.cstrings(body[fp.GETXATTR_IN.size:], 1)[0])
-        value = self.view.getxattr(self.view.resolve(self.path(nid)), name)
+        value = self.view.getxattr(self._resolved(nid), name)
         return _sized(value, size)
 
     def listxattr(self, nid: int, body: memoryview) -> bytes:
         size, _ = fp.GETXATTR_IN.unpack_from(body)
-        names = self.view.listxattr(self.view.resolve(self.path(nid)))
+        names = self.view.listxattr(self._resolved(nid))
         return _sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
 
     def setxattr(self, nid: int, body: memoryview) -> bytes:
@@ -628,7 +645,7 @@ class LowLevelFS:
     def open(self, nid: int, body: memoryview) -> bytes:
         flags, open_flags = fp.OPEN_IN.unpack_from(body)
         path = self.path(nid)
-        fd, node = self.ov.open_node(path, flags, keep_mtime=self.writeback)
+        fd, node = self.ov.open_node(path, flags, keep_mtime=self.writeback, hint=self._hint(nid))
         if open_flags & fp.OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
             self._kill_priv(fd)
         return fp.OPEN_OUT.pack(*self._opened(nid, fd, path, node, flags))
@@ -773,7 +790,7 @@ class LowLevelFS:
 
     # ================================================================== directories
     def opendir(self, nid: int, body: memoryview) -> bytes:
-        node = self.view.resolve(self.path(nid))
+        node = self._resolved(nid)
         if not node.is_dir:
             raise OSError(errno.ENOTDIR, "not a directory")
         dh = self._next_dh
@@ -786,11 +803,12 @@ class LowLevelFS:
         ls = self.dirs[dh]
         if ls.entries is None or offset == 0:
             path = self.path(ls.nid)
-            node = self.view.lookup(path)
+            node = self.view.lookup(path, self._hint(ls.nid))
             children = self.view.listdir(node)
-            entries: list[tuple[str, int, int, bytes | None]] = [
-                (".", node.ino, node.st.st_mode, None), ("..", self._parent_ino(ls.nid), stat.S_IFDIR, None)]
-            entries += [(intern(c.path.rpartition("/")[2]), c.ino, c.st.st_mode, self._attr(c)) for c in children]
+            entries: list[tuple[str, int, int, int, bytes | None]] = [
+                (".", node.ino, node.st.st_mode, 0, None), ("..", self._parent_ino(ls.nid), stat.S_IFDIR, 0, None)]
+            entries += [(intern(c.path.rpartition("/")[2]), c.ino, c.st.st_mode, c.layer, self._attr(c))
+                        for c in children]
             self.view.adopt(path, children)  # takes the children's full stat results away
             ls.entries, ls.version = entries, self.dir_version.get(ls.nid, 0)
         return ls
@@ -820,7 +838,7 @@ class LowLevelFS:
         out: list[bytes] = []
         used = 0
         for i in range(offset, len(entries)):
-            name, ino, mode, attr = entries[i]
+            name, ino, mode, layer, attr = entries[i]
             dirent = fp.pack_dirent(ino, i + 1, os.fsencode(name), mode)
             if plus:
                 if used + len(NO_ENTRY) + len(dirent) > size:
@@ -828,7 +846,7 @@ class LowLevelFS:
                 if attr is None or not fresh:
                     dirent = NO_ENTRY + dirent
                 else:
-                    inode = self._count(nid, name, ino, mode)
+                    inode = self._count(nid, name, ino, mode, layer)
                     dirent = fp.ENTRY_OUT_HEAD.pack(inode.nodeid, 0, TIMEOUT, TIMEOUT, 0, 0) + attr + dirent
             elif used + len(dirent) > size:
                 break

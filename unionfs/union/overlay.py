@@ -974,14 +974,15 @@ class Overlay:
         real fd. A read-only open never copies up."""
         return self.open_node(path, flags)[0]
 
-    def open_node(self, path: str, flags: int, *, keep_mtime: bool = False) -> tuple[int, Node]:
+    def open_node(self, path: str, flags: int, *, keep_mtime: bool = False, hint: int = 0) -> tuple[int, Node]:
         """:meth:`open`, also returning the node the fd was opened on (its ``st`` may be stale).
 
         ``keep_mtime``: O_TRUNC does not change the file's mtime (a caller whose client keeps its own mtime,
-        as the kernel with the FUSE writeback cache, sets it itself)."""
+        as the kernel with the FUSE writeback cache, sets it itself). ``hint``: the layer the entry was found at
+        before (:meth:`Union.child`)."""
         acc = flags & os.O_ACCMODE
         if acc == os.O_RDONLY and not flags & os.O_TRUNC:
-            node = self.view.resolve(path)
+            node = self.view.resolve(path, hint)
             rflags = _real_flags(flags) & ~os.O_ACCMODE | os.O_RDONLY
             try:
                 return node.open_data(rflags), node

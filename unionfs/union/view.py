@@ -167,14 +167,6 @@ class Node:
     #: known to carry no ``security.capability`` xattr (the kernel asks before every write(2)); only ever set
     #: True after a real ENODATA, and a node is forgotten whenever its xattrs may change
     nocap: bool = False
-    #: for a cached merged directory: the names in each directory of ``dirs`` (one scandir each), so that a
-    #: lookup probes a dict per layer instead of an lstat (and a ``.wh.`` lstat) per layer; dropped by
-    #: :meth:`Union.forget` of any child
-    names: tuple[frozenset[str], ...] | None = None
-    #: lookups in this directory without ``names`` so far: the sets are built at the :data:`NAMES_AFTER`-th (a
-    #: directory looked into once, as by a ``cat`` of one file per directory, costs lstats, not a scandir per
-    #: layer)
-    probes: int = 0
     #: for a metacopy upper file: where its data is (None: the data is the real entry's)
     data: Data | None = None
 
@@ -306,8 +298,6 @@ def _scan(d: Dir) -> list[tuple[str, bool]]:
 CACHE_MAX = 10_000
 #: ... but directories up to this many
 CACHE_MAX_DIRS = 400_000
-#: a merged directory keeps its layers' name sets from this many lookups in it on
-NAMES_AFTER = 3
 CAP_XATTR = "security.capability"
 
 
@@ -349,7 +339,9 @@ class Union:
         self._ino_xattr = ino_xattr()
         #: (st_dev, st_ino, st_ctime_ns) of an upper regular file -> its metacopy mark (see :meth:`_mark`)
         self._mark_cache: dict[tuple[int, int, int], str | None] = {}
-        self._opaque_cache: dict[tuple[int, str], bool] = {}
+        #: per layer: union path of a lower directory -> opaque (lowers never change while mounted)
+        self._opaque_cache: list[dict[str, bool]] = [{} for _ in self.layers]
+        self._opaque_count = 0
         # The root merges every layer: an opaque mark (xattr or ``.wh..wh..opq``) on a layer's root is
         # ignored. The OCI image spec defines opaque whiteouts for directories below the root and says nothing
         # of the root itself; docker's overlay2 driver and containerd's overlayfs snapshotter (the default
@@ -480,12 +472,15 @@ class Union:
         (read-only, never change while mounted; a lower directory only ever shows at its own path)."""
         if self.upper is not None and d.layer == 0:
             return wh.is_opaque_dir(d.where())
-        key = (d.layer, path)
-        v = self._opaque_cache.get(key)
+        memo = self._opaque_cache[d.layer]
+        v = memo.get(path)
         if v is None:
-            if len(self._opaque_cache) > 200000:
-                self._opaque_cache.clear()
-            v = self._opaque_cache[key] = wh.is_opaque_dir(d.where())
+            if self._opaque_count > 200000:
+                for m in self._opaque_cache:
+                    m.clear()
+                self._opaque_count = 0
+            v = memo[path] = wh.is_opaque_dir(d.where())
+            self._opaque_count += 1
         return v
 
     def _indexed(self, node: Node) -> None:
@@ -499,12 +494,12 @@ class Union:
                 return
             node.at, node.rname, node.st, node.indexed = self._index, name, ist, True
 
-    def lookup(self, path: str) -> Node:
+    def lookup(self, path: str, hint: int = 0) -> Node:
         """Resolve the union path ``path`` ("/a/b") with fresh attributes (``st``); raises OSError
-        ENOENT/ENOTDIR/ENAMETOOLONG."""
+        ENOENT/ENOTDIR/ENAMETOOLONG. ``hint``: the layer the entry was found at before (see :meth:`child`)."""
         if not self.cache:
             return self._walk(path)
-        node, fresh = self._resolve(path)
+        node, fresh = self._resolve(path, hint)
         if fresh:  # resolved just now: its lstat is new
             return node
         try:
@@ -518,14 +513,14 @@ class Union:
         node.st = st if node.data is None else _with_blocks(st, node.data.blocks)
         return node
 
-    def resolve(self, path: str) -> Node:
+    def resolve(self, path: str, hint: int = 0) -> Node:
         """Like :meth:`lookup`, but with the cache the node's ``st`` may be older than the last write: for
         callers that need the resolution only (the real path, layer, type, inode number)."""
         if not self.cache:
             return self._walk(path)
-        return self._resolve(path)[0]
+        return self._resolve(path, hint)[0]
 
-    def _resolve(self, path: str) -> tuple[Node, bool]:
+    def _resolve(self, path: str, hint: int = 0) -> tuple[Node, bool]:
         """:meth:`resolve` with the cache, and whether the node was resolved just now (its ``st`` is new)."""
         ent = self._tree
         node = ent.node
@@ -533,7 +528,9 @@ class Union:
         if node is None:
             node = ent.node = self.root()
         cur: _Ent | None = ent
-        for name in _components(path):
+        comps = _components(path)
+        last = len(comps) - 1
+        for i, name in enumerate(comps):
             if not node.is_dir:
                 raise _err(errno.ENOTDIR, path)
             kid = cur.kids.get(name) if cur is not None else None
@@ -541,7 +538,7 @@ class Union:
                 cur, node, fresh = kid, kid.node, False
                 continue
             fresh = True
-            found = self.child(node, name)
+            found = self.child(node, name, hint=hint if i == last else 0)
             if found is None:
                 raise _err(errno.ENOENT, path)
             if kid is not None:
@@ -569,8 +566,6 @@ class Union:
             if nxt is None:
                 return
             ent = nxt
-        if ent.node is not None:
-            ent.node.names = None  # the parent's listing changed
         if keep_children:
             kid = ent.kids.get(comps[-1])
             if kid is not None:
@@ -629,26 +624,27 @@ class Union:
                 return None
             raise
 
-    def child(self, parent: Node, name: str, *, start: int = 0) -> Node | None:
+    def child(self, parent: Node, name: str, *, start: int = 0, hint: int = 0) -> Node | None:
         """The entry ``name`` in directory ``parent``; None when absent or hidden.
 
         ``start`` skips the first ``start`` layers of the parent's stack (``start=1`` on a writable union
-        asks "what would show if the upper entry were gone?").
+        asks "what would show if the upper entry were gone?"). ``hint``: the layer ``name`` was found at before
+        in this same directory (a node's :attr:`Node.layer`); the lower layers above it are not probed, as they
+        are read-only while the union lives: what they lacked then (the name, its whiteout) they lack now. The
+        upper is always probed. A wrong hint can only hide entries of the skipped lowers, so only a caller that
+        got it from this union's own answer for ``(parent, name)`` may give one.
         """
         if len(name.encode("utf-8", "surrogateescape")) > 255:
             raise _err(errno.ENAMETOOLONG, name)
         if wh.is_hidden_name(name) or name in (".", ".."):
             return None
         top: Node | None = None
-        names = self._names_of(parent)
         whname = wh.WH_PREFIX + name
         dirs: list[Dir] = []
-        for i, d in enumerate(parent.dirs):
-            if d.layer < start:
-                continue
-            if names is not None and name not in names[i]:
-                if whname in names[i]:
-                    break
+        skip = max(start, hint)
+        first = 0 if self.upper is not None and start == 0 else 1 << 30  # the upper, never skipped
+        for d in parent.dirs:
+            if d.layer < skip and d.layer != first:
                 continue
             try:
                 st = d.lstat(name)
@@ -677,24 +673,6 @@ class Union:
         self._finish(top, parent)
         return top
 
-    def _names_of(self, parent: Node) -> tuple[frozenset[str], ...] | None:
-        """The per-layer name sets of a cached merged directory (built at its :data:`NAMES_AFTER`-th lookup),
-        or None."""
-        if not self.cache or len(parent.dirs) < 2:
-            return None
-        if parent.names is None:
-            parent.probes += 1
-            if parent.probes < NAMES_AFTER:
-                return None
-            sets = []
-            for d in parent.dirs:
-                try:
-                    sets.append(frozenset(intern(name) for name, _ in _scan(d)))
-                except OSError:
-                    return None  # lookups probe the layers one by one instead
-            parent.names = tuple(sets)
-        return parent.names
-
     def lower_has(self, parent: Node, name: str) -> bool:
         """True when some layer under the upper shows ``name`` in ``parent`` (a delete needs a whiteout)."""
         if self.upper is None:
@@ -714,7 +692,6 @@ class Union:
         below: dict[str, list[Dir]] = {}
         stopped: set[str] = set()
         base = node.path if node.path != "/" else ""
-        sets: list[frozenset[str]] | None = [] if self.cache and node.merged and node.names is None else None
         for d in node.dirs:
             layer = d.layer
             try:
@@ -723,10 +700,7 @@ class Union:
                 if e.errno not in ABSENT:
                     log.warning("cannot list %s: %s", d.path, e)
                     raise
-                sets = None
                 continue
-            if sets is not None:
-                sets.append(frozenset(intern(name) for name, _ in entries))
             layer_hidden: set[str] = set()
             lstat = d.lstat_fn()
             for name, lower_dir in entries:
@@ -771,8 +745,6 @@ class Union:
                 else:
                     stopped.add(name)
             hidden |= layer_hidden
-        if sets is not None:  # the name sets of :meth:`_names_of`, for free (lookups after a listing)
-            node.names = tuple(sets)
         result = []
         for name, n in out.items():
             if n.is_dir:
