@@ -102,7 +102,9 @@ def test_a_hint_skips_the_lowers_above_it_never_the_upper(tmp_path: Any, monkeyp
     upper and then layer K on down: a file in the base of 8 lowers costs 3 lstats instead of 17 (each layer above
     and its whiteout). The upper is always probed: a copy-up or an upper whiteout made since wins over the hint."""
     from unionfs.union import realdir
+    from unionfs.union import view as view_mod
 
+    monkeypatch.setattr(view_mod, "NAMES_AFTER", 10**9)  # no name map: the hint alone
     specs = [{"d": "d", "d/f": "f:base"}] + [{"d": "d", f"d/o{i}": "f:o"} for i in range(7)]
     for i, spec in enumerate(specs):
         build_layer(tmp_path / f"l{i}", layer_entries(spec))
@@ -127,10 +129,67 @@ def test_a_hint_skips_the_lowers_above_it_never_the_upper(tmp_path: Any, monkeyp
     calls.clear()
     assert view.child(d, "f").layer == 8  # type: ignore[union-attr]
     assert len(calls) == 1 + 2 * 8  # without the hint: every layer and its whiteout, then the base
-    monkeypatch.undo()
+    monkeypatch.setattr(realdir.Dir, "lstat", real_lstat)
 
     ov.chmod("/d/f", 0o600)  # copied up: the upper's entry wins over the old hint
     assert view.child(d, "f", hint=8).layer == 0  # type: ignore[union-attr]
     ov.unlink("/d/f")  # an upper whiteout hides it, whatever the hint says
     assert view.child(d, "f", hint=8) is None
     assert view.try_lookup("/d/f") is None
+
+
+def test_a_directory_looked_into_often_gets_a_map_of_its_lowers_names(tmp_path: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the NAMES_AFTER-th lookup in a merged directory on, a map of its lower layers' names (whiteouts
+    included) says which layer to lstat: a name costs the upper's two probes and one lstat, a name no lower
+    holds only the upper's probes; the answers stay those of a union without the map, also for names whited
+    out above a lower copy, and after the upper changes (the map covers the read-only lowers alone)."""
+    from unionfs.union import realdir
+    from unionfs.union.view import NAMES_AFTER, Union
+
+    specs = [{"d": "d", "d/base": "f:0", "d/hidden": "f:0", "d/sub": "d", "d/sub/x": "f:0"},
+             {"d": "d", "d/mid": "f:1", "d/.wh.hidden": "f:"},
+             {"d": "d", "d/top": "f:2", "d/sub": "d", "d/sub/y": "f:2"}]
+    for i, spec in enumerate(specs):
+        build_layer(tmp_path / f"l{i}", layer_entries(spec))
+    lowers = [str(tmp_path / f"l{i}") for i in range(3)]
+    os.makedirs(tmp_path / "upper" / "d")
+    os.makedirs(tmp_path / "work")
+    ov = Overlay(lowers, str(tmp_path / "upper"), str(tmp_path / "work"))
+    view = ov.view
+    names = ("base", "hidden", "mid", "top", "sub", "none", ".wh.hidden")
+
+    def answers(u: Union) -> dict[str, tuple[int, str] | None]:
+        d = u.lookup("/d")
+        out: dict[str, tuple[int, str] | None] = {}
+        for n in names:
+            c = u.child(d, n)
+            out[n] = None if c is None else (c.layer, os.path.join(c.at.path, c.rname))
+        return out
+
+    fresh = lambda: Union(lowers, str(tmp_path / "upper"), ov.index)  # noqa: E731
+    for _ in range(NAMES_AFTER):
+        assert answers(view) == answers(fresh())
+    calls: list[tuple[int, str]] = []
+    real_lstat = realdir.Dir.lstat
+
+    def counting(self: realdir.Dir, name: str) -> os.stat_result:
+        calls.append((self.layer, name))
+        return real_lstat(self, name)
+
+    monkeypatch.setattr(realdir.Dir, "lstat", counting)
+    d = view.lookup("/d")
+    calls.clear()
+    assert view.child(d, "base").layer == 3  # type: ignore[union-attr]
+    assert calls == [(0, "base"), (0, ".wh.base"), (3, "base")]
+    calls.clear()
+    assert view.child(d, "none") is None
+    assert calls == [(0, "none"), (0, ".wh.none")]
+    calls.clear()
+    assert view.child(d, "hidden") is None  # whited out in the middle layer: one probe of it, not of the base
+    assert calls == [(0, "hidden"), (0, ".wh.hidden"), (2, "hidden"), (2, ".wh.hidden")]
+    monkeypatch.setattr(realdir.Dir, "lstat", real_lstat)
+    assert answers(view) == answers(fresh())
+    os.close(ov.create("/d/none", 0o644, os.O_WRONLY))  # the upper changes: still probed first
+    ov.unlink("/d/top")
+    assert answers(view) == answers(fresh())

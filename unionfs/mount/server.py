@@ -270,6 +270,8 @@ class LowLevelFS:
         #: per directory node: bumped by every change of its names made here (see :class:`Listing`)
         self.dir_version: dict[int, int] = {}
         self._next_dh = 1
+        #: a descriptor just opened for reading, whose head the loop asks the disk for once the reply is out
+        self._prefetch = -1
         self._uid = self._gid = self._pid = self._unique = 0
         self.readers: Readers | None = None
         self.ready: Callable[[], None] | None = None
@@ -694,12 +696,13 @@ class LowLevelFS:
             inode.handles = [h]
         else:
             inode.handles.append(h)
+        if not writing and stat.S_ISREG(node.st.st_mode):
+            # have the disk read the head of the file (also for the kernel's own reads by passthrough) right
+            # after the reply is sent: the I/O then runs while the caller gets the reply and asks for its first
+            # read, and its submission (~25 us) is not part of the OPEN's round trip (docs/performance.md)
+            self._prefetch = fd
         if use_pt:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
-        if not writing and stat.S_ISREG(node.st.st_mode):
-            # start reading the head of the file now: the disk works while the reply and the kernel's first
-            # READ make their round trip (cat of 10,000 cold 4 KiB files: docs/performance.md, "Against the goals")
-            os.posix_fadvise(fd, 0, PREFETCH, os.POSIX_FADV_WILLNEED)
         return fd, fp.FOPEN_KEEP_CACHE, 0
 
     @staticmethod
@@ -969,6 +972,9 @@ class LowLevelFS:
                     return
                 if e.errno != errno.ENOENT:  # ENOENT: the request was interrupted meanwhile
                     raise
+            if self._prefetch >= 0:  # the handler's file stays open until a later request (RELEASE) closes it
+                _willneed(self._prefetch)
+                self._prefetch = -1
             self.view.trim()  # between two requests: directory descriptors beyond the budget close
             if opcode == fp.DESTROY:
                 return
@@ -1000,6 +1006,14 @@ def _times(valid: int, atime: int, atimens: int, mtime: int, mtimens: int) -> tu
         return (sec, nsec) if valid & set_ else (0, UTIME_OMIT)
     return (one(fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, atime, atimens),
             one(fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, mtime, mtimens))
+
+
+def _willneed(fd: int) -> None:
+    """Ask the disk for the first :data:`PREFETCH` bytes of the file open at ``fd`` (a hint: errors ignored)."""
+    try:
+        os.posix_fadvise(fd, 0, PREFETCH, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
 
 
 def _sized(value: bytes, size: int) -> bytes:

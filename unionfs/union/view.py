@@ -167,6 +167,9 @@ class Node:
     #: known to carry no ``security.capability`` xattr (the kernel asks before every write(2)); only ever set
     #: True after a real ENODATA, and a node is forgotten whenever its xattrs may change
     nocap: bool = False
+    #: lookups in this directory so far that had no :meth:`Union._lower_top` map (one is made at the
+    #: :data:`NAMES_AFTER`-th)
+    probes: int = 0
     #: for a metacopy upper file: where its data is (None: the data is the real entry's)
     data: Data | None = None
 
@@ -298,6 +301,11 @@ def _scan(d: Dir) -> list[tuple[str, bool]]:
 CACHE_MAX = 10_000
 #: ... but directories up to this many
 CACHE_MAX_DIRS = 400_000
+#: a merged directory gets its lowers' name map (:meth:`Union._lower_top`) at this many lookups in it: a
+#: directory looked into once (a ``cat`` of one file per directory) costs lstats, not a listing of every layer
+NAMES_AFTER = 3
+#: at most this many directories keep a name map (~5 KB each for 100 names)
+NAME_MAPS = 256
 CAP_XATTR = "security.capability"
 
 
@@ -342,6 +350,9 @@ class Union:
         #: per layer: union path of a lower directory -> opaque (lowers never change while mounted)
         self._opaque_cache: list[dict[str, bool]] = [{} for _ in self.layers]
         self._opaque_count = 0
+        #: union path of a merged directory -> (the layers of its lower stack, name -> the first of those
+        #: layers holding the name or its whiteout); most recently used last (see :meth:`_lower_top`)
+        self._name_maps: dict[str, tuple[tuple[int, ...], dict[str, int]]] = {}
         # The root merges every layer: an opaque mark (xattr or ``.wh..wh..opq``) on a layer's root is
         # ignored. The OCI image spec defines opaque whiteouts for directories below the root and says nothing
         # of the root itself; docker's overlay2 driver and containerd's overlayfs snapshotter (the default
@@ -641,7 +652,7 @@ class Union:
         top: Node | None = None
         whname = wh.WH_PREFIX + name
         dirs: list[Dir] = []
-        skip = max(start, hint)
+        skip = max(start, hint, self._lower_top(parent, name))
         first = 0 if self.upper is not None and start == 0 else 1 << 30  # the upper, never skipped
         for d in parent.dirs:
             if d.layer < skip and d.layer != first:
@@ -672,6 +683,48 @@ class Union:
         top.merged = len(dirs) > 1
         self._finish(top, parent)
         return top
+
+    def _lower_top(self, parent: Node, name: str) -> int:
+        """The first of the lower layers of directory ``parent`` that holds ``name`` or its whiteout (a layer
+        past every layer when none does), from a map of the names in those layers; 0 (nothing to skip) for a
+        directory without one. Lower layers never change while the union lives, so a map stays true for as long
+        as the directory merges the same lower layers; only the :data:`NAME_MAPS` most recently used are kept,
+        and a directory gets one only at its :data:`NAMES_AFTER`-th lookup (a ``cat`` of files named on the
+        command line: one listing per layer instead of an lstat and a whiteout lstat per layer and file)."""
+        if not self.cache:
+            return 0
+        lowers = parent.dirs[1:] if self.upper is not None and parent.dirs and parent.dirs[0].layer == 0 else \
+            parent.dirs
+        if len(lowers) < 2:
+            return 0
+        key = tuple(d.layer for d in lowers)
+        maps = self._name_maps
+        got = maps.pop(parent.path, None)
+        if got is None or got[0] != key:
+            parent.probes += 1
+            if parent.probes < NAMES_AFTER:
+                return 0
+            names: dict[str, int] = {}
+            for d in reversed(lowers):  # bottom up: the top-most layer writes last
+                try:
+                    entries = _scan(d)
+                except OSError:
+                    return 0  # lookups probe the layers one by one instead
+                for n, _ in entries:
+                    if n.startswith(wh.WH_PREFIX):
+                        try:
+                            t = wh.whiteout_target(n)
+                        except ValueError:
+                            t = None
+                        if t is None:
+                            continue
+                        n = t
+                    names[intern(n)] = d.layer
+            got = (key, names)
+            if len(maps) >= NAME_MAPS:
+                del maps[next(iter(maps))]
+        maps[parent.path] = got
+        return got[1].get(name, 1 << 30)
 
     def lower_has(self, parent: Node, name: str) -> bool:
         """True when some layer under the upper shows ``name`` in ``parent`` (a delete needs a whiteout)."""
