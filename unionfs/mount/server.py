@@ -807,7 +807,7 @@ class LowLevelFS:
         if ls.entries is None or offset == 0:
             path = self.path(ls.nid)
             node = self.view.lookup(path, self._hint(ls.nid))
-            children = self.view.listdir(node)
+            children = self.view.listdir(node, lazy=True)
             entries: list[tuple[str, int, int, int, bytes | None]] = [
                 (".", node.ino, node.st.st_mode, 0, None), ("..", self._parent_ino(ls.nid), stat.S_IFDIR, 0, None)]
             entries += [(intern(c.path.rpartition("/")[2]), c.ino, c.st.st_mode, c.layer, self._attr(c))

@@ -167,6 +167,9 @@ class Node:
     #: known to carry no ``security.capability`` xattr (the kernel asks before every write(2)); only ever set
     #: True after a real ENODATA, and a node is forgotten whenever its xattrs may change
     nocap: bool = False
+    #: a directory from a lazy listing (:meth:`Union.listdir`): ``dirs`` below its top layer are not yet cut at an
+    #: opaque one (:meth:`Union._cut`, before any use of them)
+    deep: bool = False
     #: lookups in this directory so far that had no :meth:`Union._lower_top` map (one is made at the
     #: :data:`NAMES_AFTER`-th)
     probes: int = 0
@@ -560,6 +563,7 @@ class Union:
             # a full cache keeps what it has (dropping it all made a walk of a big tree thrash): the rest
             # of this path resolves uncached
             cur, node = kid, found
+        self._cut(node)
         return node, fresh
 
     def forget(self, path: str, *, keep_children: bool = False) -> None:
@@ -649,6 +653,7 @@ class Union:
             raise _err(errno.ENAMETOOLONG, name)
         if wh.is_hidden_name(name) or name in (".", ".."):
             return None
+        self._cut(parent)
         top: Node | None = None
         whname = wh.WH_PREFIX + name
         dirs: list[Dir] = []
@@ -726,6 +731,20 @@ class Union:
         maps[parent.path] = got
         return got[1].get(name, 1 << 30)
 
+    def _cut(self, node: Node) -> None:
+        """Cut the stack of a directory from a lazy listing (:attr:`Node.deep`) after its first opaque layer.
+        Its top layer was checked by the listing (so ``merged`` holds either way), and the last one needs no
+        check."""
+        if not node.deep:
+            return
+        dirs = node.dirs
+        last = len(dirs) - 1
+        for i in range(1, last):
+            if self._is_opaque(dirs[i], node.path):
+                node.dirs = dirs[:i + 1]
+                break
+        node.deep = False
+
     def lower_has(self, parent: Node, name: str) -> bool:
         """True when some layer under the upper shows ``name`` in ``parent`` (a delete needs a whiteout)."""
         if self.upper is None:
@@ -733,13 +752,19 @@ class Union:
         return self.child(parent, name, start=1) is not None
 
     # ------------------------------------------------------------------ listing
-    def listdir(self, node: Node) -> list[Node]:
+    def listdir(self, node: Node, *, lazy: bool = False) -> list[Node]:
         """The visible entries of directory ``node`` (no ``.``/``..``, no whiteouts, never a ``.wh.`` name).
 
         All or nothing: a layer directory that cannot be read for any reason but ENOENT/ENOTDIR (EMFILE,
-        EIO, EACCES...) raises that OSError; a partial listing is never returned (nor cached)."""
+        EIO, EACCES...) raises that OSError; a partial listing is never returned (nor cached).
+
+        ``lazy`` (the daemon's listings, handed to :meth:`adopt`): a child directory's stack is cut at an opaque
+        layer only when it is first looked into (:attr:`Node.deep`), so that listing a directory that merges many
+        layers reads the opaque marks of its children's top layers alone (the root of a 100-layer image: 2
+        marks instead of 200, each a getxattr or two and an lstat of a cold inode)."""
         if not node.is_dir:
             raise _err(errno.ENOTDIR, node.path)
+        self._cut(node)
         hidden: set[str] = set()
         out: dict[str, Node] = {}
         below: dict[str, list[Dir]] = {}
@@ -774,7 +799,7 @@ class Union:
                     if lower_dir:
                         sub = d.child(name)
                         below.setdefault(name, []).append(sub)
-                        if self._is_opaque(sub, out[name].path):
+                        if not lazy and self._is_opaque(sub, out[name].path):
                             stopped.add(name)
                     else:
                         stopped.add(name)
@@ -803,6 +828,7 @@ class Union:
             if n.is_dir:
                 n.dirs = tuple(below.get(name, ()))
                 n.merged = len(n.dirs) > 1
+                n.deep = lazy and len(n.dirs) > 2
             self._finish(n, node)
             result.append(n)
         return result
