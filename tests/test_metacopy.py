@@ -444,3 +444,35 @@ def test_core_metacopy_off_and_missing_data(tmp_path: Path) -> None:
         with pytest.raises(OSError) as e:
             ov.open("/d/big", flags)
         assert e.value.errno == errno.EIO
+
+
+def test_marks_an_unprivileged_daemon_wrote_are_read_as_root(tmp_path: Path) -> None:
+    """An unprivileged daemon writes its metacopy mark and redirect as ``user.overlay.*`` (the kernel's
+    ``userxattr``); a commit or a mount as root read them too (they read only ``trusted.`` before: the layer
+    tar held the metadata-only copy's zeros), and a data copy-up removes the mark it read."""
+    require(skip_reason_root())
+    lowers = [str(p) for p in build_layers(tmp_path / "l", LAYERS)]
+    (tmp_path / "u").mkdir()
+    ov = Overlay(lowers, str(tmp_path / "u"), str(tmp_path / "w"))
+    ov.chmod("/d/big", 0o600)
+    ov.rename("/big2", "/moved")  # a redirect to /big2
+    for rel in ("d/big", "moved"):  # as a daemon without root would have written them
+        p = tmp_path / "u" / rel
+        for name in os.listxattr(p):
+            if name.startswith("trusted.overlay."):
+                os.setxattr(p, "user." + name[len("trusted."):], os.getxattr(p, name))
+                os.removexattr(p, name)
+    assert "user.overlay.metacopy" in os.listxattr(tmp_path / "u/moved")
+    out = io.BytesIO()
+    write_diff_tar(str(tmp_path / "u"), out, lowers=lowers)
+    layer = tar_files(out.getvalue())
+    assert layer["d/big"] == (0o600, BIG) and layer["moved"] == (0o644, BIG2)
+    ov = Overlay(lowers, str(tmp_path / "u"), str(tmp_path / "w"))
+    fd = ov.open("/moved", os.O_RDONLY)
+    try:
+        assert os.pread(fd, len(BIG2), 0) == BIG2
+    finally:
+        os.close(fd)
+    os.close(ov.open("/moved", os.O_WRONLY))  # the data comes up; the user. mark goes with it
+    assert (tmp_path / "u/moved").read_bytes() == BIG2
+    assert not [n for n in os.listxattr(tmp_path / "u/moved") if n.endswith("overlay.metacopy")]

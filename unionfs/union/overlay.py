@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from unionfs.errors import UnionfsError
 from unionfs.fsops import Timespec, libc, remove_tree
 from unionfs.layer import whiteout as wh
-from unionfs.union.view import Node, Union, ino_xattr, metacopy_xattr, nlink_xattr, redirect_xattr
+from unionfs.union.view import METACOPY_SUFFIX, Node, Union, ino_xattr, metacopy_xattr, nlink_xattr, redirect_xattr
 from unionfs.union.workdir import syncfs
 
 log = logging.getLogger(__name__)
@@ -510,7 +510,12 @@ class Overlay:
                 os.setxattr(fd, CAP_XATTR, cap)
             if not self.volatile:
                 os.fsync(fd)
-            os.removexattr(fd, metacopy_xattr())
+            for ns in (wh.TRUSTED, wh.USER):  # the mark read is in either (view.has_metacopy_mark)
+                try:
+                    os.removexattr(fd, ns + METACOPY_SUFFIX)
+                except OSError as e:
+                    if e.errno not in (errno.ENODATA, errno.ENOTSUP):
+                        raise
         finally:
             os.close(fd)
         self._set_times(real, ust)

@@ -87,27 +87,32 @@ def redirect_xattr() -> str:
     return wh.xattr_namespace() + REDIRECT_SUFFIX
 
 
+def _overlay_xattr(path: str, suffix: str) -> bytes | None:
+    """The value of ``trusted.SUFFIX`` or else ``user.SUFFIX`` on the entry at the host path ``path`` (not
+    followed), None when it has neither. Both are read, as for whiteouts and opaque marks: an upper written by
+    an unprivileged daemon (``user.``) is read right by root's tools too (a ``commit`` as root)."""
+    for ns in (wh.TRUSTED, wh.USER):
+        try:
+            return os.getxattr(path, ns + suffix, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.ENOTSUP):
+                raise
+    return None
+
+
 def has_metacopy_mark(path: str) -> bool:
-    """True when the entry at the host path ``path`` carries :func:`metacopy_xattr` (not followed)."""
-    try:
-        os.getxattr(path, metacopy_xattr(), follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP):
-            return False
-        raise
-    return True
+    """True when the entry at the host path ``path`` carries the kernel's metacopy mark (``overlay.metacopy`` in
+    either namespace, not followed)."""
+    return _overlay_xattr(path, METACOPY_SUFFIX) is not None
 
 
-def read_redirect(path: str, name: str | None = None) -> str | None:
-    """The redirect of the entry at the host path ``path`` (xattr ``name``, default :func:`redirect_xattr`):
-    an absolute lower path ("/a/b") or one name (relative to the parent's lower directories); None when it has
-    none. A value the kernel would refuse (empty, or a relative one with a "/") raises ValueError."""
-    try:
-        raw = os.getxattr(path, name or redirect_xattr(), follow_symlinks=False)
-    except OSError as e:
-        if e.errno in (errno.ENODATA, errno.ENOTSUP):
-            return None
-        raise
+def read_redirect(path: str) -> str | None:
+    """The ``overlay.redirect`` of the entry at the host path ``path`` (either namespace): an absolute lower
+    path ("/a/b") or one name (relative to the parent's lower directories); None when it has none. A value the
+    kernel would refuse (empty, or a relative one with a "/") raises ValueError."""
+    raw = _overlay_xattr(path, REDIRECT_SUFFIX)
+    if raw is None:
+        return None
     value = os.fsdecode(raw.rstrip(b"\0"))
     if not value or (not value.startswith("/") and "/" in value):
         raise ValueError(f"invalid redirect {value!r}")
