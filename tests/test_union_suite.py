@@ -82,3 +82,18 @@ def test_rewound_listing_does_not_bring_back_a_removed_name(mounted_impl: Impl) 
                     os.close(fd)
                 assert f"f{i}" not in again
                 assert not os.path.lexists(f), f"{f} is back after its unlink"
+
+
+def test_a_hardlink_across_lower_layers_keeps_its_other_name(mounted_impl: Impl) -> None:
+    """One file with a name in each of two lower layers (hardlinked across layer directories, as a store that
+    shares files between layers may do): one node for the kernel. Once its first name is removed, the other
+    still opens (the daemon resolved it with the layer of the first name as a hint: ENOENT)."""
+    with private_tmpdir("xlink") as tmp:
+        lowers, upper, work = build_case(tmp, Case("two layers", ({}, {}), ()))
+        (lowers[0] / "x").write_bytes(b"data")
+        os.link(lowers[0] / "x", lowers[1] / "y")
+        with mounted_impl.open(lowers, upper, work, tmp / "mnt"):
+            x, y = tmp / "mnt" / "x", tmp / "mnt" / "y"
+            assert os.stat(x).st_ino == os.stat(y).st_ino
+            os.unlink(x)
+            assert y.read_bytes() == b"data"

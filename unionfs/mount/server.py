@@ -166,6 +166,7 @@ class Inode:
     def drop_name(self, parent: "Inode", name: str) -> None:
         more = self.more
         if self.parent is parent and self.name == name:
+            self.layer = 0  # found by its first name: no hint for the next one (it may be in another layer)
             if more:
                 (self.parent, self.name), self.more = more[0], more[1:] or None
             else:
