@@ -794,8 +794,10 @@ class LowLevelFS:
 
     # ================================================================== directories
     def opendir(self, nid: int, body: memoryview) -> bytes:
-        node = self._resolved(nid)
-        if not node.is_dir:
+        inode = self.nodes.get(nid)
+        # a node looked up as a directory needs no resolution here: the listing resolves it at its first read
+        # (a second `find` sends an OPENDIR per directory and nothing else); the root's type is never counted
+        if (inode is None or inode.mode != stat.S_IFDIR) and not self._resolved(nid).is_dir:
             raise OSError(errno.ENOTDIR, "not a directory")
         dh = self._next_dh
         self._next_dh += 1
