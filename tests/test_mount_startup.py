@@ -358,13 +358,13 @@ def test_a_daemon_collects_garbage_as_usual_once_live(monkeypatch: pytest.Monkey
 def test_mount_and_umount_of_a_known_image_load_no_image_formats(dirs: tuple[list[str], str, str, str]) -> None:
     """``mount IMAGE`` of an image the store resolved before answers from the store's record of resolutions
     (``unionfs.store.mounting``): the command loads neither the Store nor the image formats (manifests,
-    digests, hashlib, pathlib); ``umount`` of a container neither. The mount is made and recorded as always."""
+    digests, references, hashlib); ``umount`` of a container neither. The mount is made and recorded as always."""
     lowers, u, w, mnt = dirs
     root = os.path.join(os.path.dirname(mnt), "store")
     layer = build([file("hello", b"hi\n")])
     archive = docker_archive(Path(os.path.dirname(mnt)) / "img.tar", [(layer, layer)], repo_tags=("one:1",))
     run_cli("load", "-i", archive, root=root)
-    heavy = ("unionfs.store.store", "unionfs.oci.manifest", "unionfs.oci.digest", "hashlib", "pathlib")
+    heavy = ("unionfs.store.store", "unionfs.oci.manifest", "unionfs.oci.digest", "unionfs.oci.reference", "hashlib")
     code = ("import sys\nfrom unionfs.cli.main import main\nrc = main(sys.argv[1:])\n"
             f"print(rc, sorted(m for m in {heavy!r} if m in sys.modules))")
     with unmounted_on_exit(mnt):
