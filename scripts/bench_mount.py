@@ -18,8 +18,12 @@ rows: the start of this interpreter that does nothing (``python -c pass``: the f
 Python CLI, with this virtualenv's site setup) and fuse-overlayfs' mount of the same lower directory (when it
 is installed). Medians with (min-max).
 
+A tree can also run with another virtualenv's ``unionfs`` (``--exe NAME=PATH``: the venv as an older
+``scripts/setup.sh`` installed it, say); the ``python -c pass`` row then has one line per interpreter.
+
 Usage (as root, from the repository root):
   .venv/bin/python scripts/bench_mount.py [--runs 7] [--tree before=/tmp/old-checkout] [--tree after=.]
+                                          [--exe before=/tmp/old-checkout/.venv/bin/unionfs]
 
 Every mount is unmounted on exit, also on an error or Ctrl-C (``tests/support/mount.py``).
 """
@@ -117,13 +121,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
                    help="a checkout to time (repeatable; default: this one)")
+    p.add_argument("--exe", action="append", default=[], metavar="NAME=PATH",
+                   help="the unionfs executable tree NAME runs with (default: this interpreter's venv's)")
     args = p.parse_args(argv)
     trees = dict(t.split("=", 1) for t in args.tree) or {"unionfs": str(REPO)}
-    exe = str(Path(sys.executable).parent / "unionfs")
+    exes = {name: str(Path(sys.executable).parent / "unionfs") for name in trees}
+    for item in args.exe:
+        name, _, path = item.partition("=")
+        if name not in trees:
+            p.error(f"--exe {item}: no --tree named {name}")
+        exes[name] = path
+    pythons = sorted({str(Path(e).parent / "python") for e in exes.values()})
     envs = {name: tree_env(Path(path).resolve()) for name, path in trees.items()}
     results: dict[str, dict[str, list[float]]] = {n: {w: [] for w in WORKLOADS} for n in trees}
     peer: list[float] = []
-    floor: list[float] = []
+    floor: dict[str, list[float]] = {py: [] for py in pythons}
     work = Path(tempfile.mkdtemp(prefix="unionfs-bench-mount-"))
     try:
         lower, mnt = work / "lower", work / "mnt"
@@ -135,9 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in range(args.runs):
             order = names[run % len(names):] + names[:run % len(names)]
             for name in order:
-                for w, v in one_run(exe, envs[name], store, lower, mnt).items():
+                for w, v in one_run(exes[name], envs[name], store, lower, mnt).items():
                     results[name][w].append(v)
-            floor.append(timed([sys.executable, "-c", "pass"], next(iter(envs.values()))))
+            for py in pythons:
+                floor[py].append(timed([py, "-c", "pass"], next(iter(envs.values()))))
             if shutil.which("fuse-overlayfs"):
                 peer.append(fuse_overlayfs_run(lower, mnt))
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
@@ -149,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"|---|{'---|' * len(trees)}")
     for w in WORKLOADS:
         print(f"| {w} (s) | {' | '.join(summary(results[n][w]) for n in trees)} |")
-    print(f"| python -c pass (s) | {summary(floor)} |")
+    for py, values in floor.items():
+        print(f"| python -c pass (s){'' if len(floor) == 1 else f' ({py})'} | {summary(values)} |")
     if peer:
         print(f"| fuse-overlayfs mount of the lower (s) | {summary(peer)} |")
     return 0

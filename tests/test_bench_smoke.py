@@ -116,3 +116,21 @@ def _check_read_only(doc: dict, stdout: str) -> None:
     assert "| read_first_ro: unionfs / fuse-overlayfs <= 1 |" in stdout
     if refused:
         assert "not measured: mount_1_ro kernel:" in stdout
+
+
+def test_bench_mount_runs_trees_with_their_own_executables() -> None:
+    """scripts/bench_mount.py: one run of two trees, one of them with an ``--exe`` of its own (as a venv
+    installed otherwise would be), prints every workload for both trees and a ``python -c pass`` row per
+    interpreter; an ``--exe`` for no tree is refused. It asserts no timing."""
+    require(skip_reason_root(), skip_reason_fuse(), skip_reason_unionfs())
+    script = REPO / "scripts" / "bench_mount.py"
+    exe = str(Path(sys.executable).parent / "unionfs")
+    proc = subprocess.run([sys.executable, str(script), "--runs", "1", "--tree", f"a={REPO}", "--tree", f"b={REPO}",
+                           "--exe", f"b={exe}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for workload in ("mount_lower", "mount_image1", "mount_image100", "umount", "umount_image100"):
+        assert len(_rows(proc.stdout, f"{workload} (s)")[0]) == 2
+    assert len(_rows(proc.stdout, "python -c pass (s)")) == 1  # both trees run the same interpreter
+    bad = subprocess.run([sys.executable, str(script), "--tree", f"a={REPO}", "--exe", f"c={exe}"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no --tree named c" in bad.stderr

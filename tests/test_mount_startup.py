@@ -6,6 +6,7 @@ trusted; a command imports only its own CLI module. No timing is asserted here (
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -296,3 +297,93 @@ def test_records_directory_needs_a_private_parent(tmp_path: Path) -> None:
     assert pidfile._private(str(base / "daemons"))
     base.chmod(0o777)
     assert not pidfile._private(str(base / "daemons"))
+
+
+# ------------------------------------------------------------------------------------------- start-up cost
+
+
+def test_python_starts_without_an_import_hook() -> None:
+    """The checkout is installed with a plain ``.pth`` line (``package-dir`` in pyproject.toml): setuptools'
+    editable import hook, its default otherwise, imports pathlib and importlib.util at every start of Python in
+    the venv (~25 ms of every ``unionfs`` command). Failing here: run scripts/setup.sh again (it reinstalls
+    when pyproject.toml changed), or look for another ``.pth`` file that imports them."""
+    code = "import sys; print(sorted(m for m in ('pathlib', 'importlib.util') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_mount_and_umount_collect_garbage_rarely() -> None:
+    """``unionfs mount`` and ``umount`` run as the program make the garbage collector's passes rare
+    (``unionfs.mount.gcpace``: their start-up is imports, no garbage); other commands keep Python's pace."""
+    from unionfs.mount import gcpace
+
+    code = ("import gc, sys\nfrom unionfs.mount import daemon\n"
+            "daemon.live_mounts = lambda: []\n"
+            "daemon.umount = lambda mp, lazy=False: print(gc.get_threshold()[0]) or False\n"
+            "sys.argv = ['unionfs'] + sys.argv[1:]\n"
+            "from unionfs.cli.main import main\nsys.exit(main())\n")
+    out = subprocess.run([sys.executable, "-c", code, "umount", "/nowhere"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == str(gcpace.START_THRESHOLD)
+    code = ("import gc, sys\nsys.argv = ['unionfs', 'ps', '--quiet']\nfrom unionfs.cli.main import main\nmain()\n"
+            "print(gc.get_threshold()[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "UNIONFS_ROOT": "/nonexistent/unionfs-test"}).stdout
+    assert out.strip().splitlines()[-1] == str(gc.get_threshold()[0])
+
+
+def test_a_daemon_collects_garbage_as_usual_once_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon forked from a command started with rare garbage collection (it inherits the command's pace)
+    restores the pace the process had before once its mount is live, right after telling its command (the
+    first pass then would delay the answer), with its start-up objects frozen (no pass scans them again)."""
+    from unionfs.mount import gcpace, process
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(process, "_run", lambda spec, opts, volatile, ready: ready())  # "live" at once
+    monkeypatch.setattr(process, "_record", lambda mountpoint: [])
+    try:
+        gcpace.collect_rarely()
+        assert gc.get_threshold()[0] == gcpace.START_THRESHOLD
+        process.serve({"lowers": ["/"], "upper": None, "work": None, "mountpoint": "/nowhere"},
+                      lambda: seen.append(gc.get_threshold()))
+        assert seen[0][0] == gcpace.START_THRESHOLD  # the answer went out before the restore
+        assert gc.get_threshold() == before and gc.get_freeze_count() > 0
+    finally:
+        gcpace.collect_as_usual()
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+@pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
+def test_mount_and_umount_of_a_known_image_load_no_image_formats(dirs: tuple[list[str], str, str, str]) -> None:
+    """``mount IMAGE`` of an image the store resolved before answers from the store's record of resolutions
+    (``unionfs.store.mounting``): the command loads neither the Store nor the image formats (manifests,
+    digests, references, hashlib), nor dataclasses (the MountPlan is a plain class; the daemon, forked, loads
+    its own); ``umount`` of a container neither. The mount is made and recorded as always."""
+    lowers, u, w, mnt = dirs
+    root = os.path.join(os.path.dirname(mnt), "store")
+    layer = build([file("hello", b"hi\n")])
+    archive = docker_archive(Path(os.path.dirname(mnt)) / "img.tar", [(layer, layer)], repo_tags=("one:1",))
+    run_cli("load", "-i", archive, root=root)
+    heavy = ("unionfs.store.store", "unionfs.oci.manifest", "unionfs.oci.digest", "unionfs.oci.reference", "hashlib",
+             "dataclasses")
+    code = ("import sys\nfrom unionfs.cli.main import main\nrc = main(sys.argv[1:])\n"
+            f"print(rc, sorted(m for m in {heavy!r} if m in sys.modules))")
+    with unmounted_on_exit(mnt):
+        run_cli("mount", "one:1", mnt, "--name", "first", root=root)  # the full way, which records
+        run_cli("umount", mnt, root=root)
+        res = subprocess.run([sys.executable, "-c", code, "--root", root, "mount", "one:1", mnt, "--name", "c"],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == ["c", "0 []"]
+        assert open(os.path.join(mnt, "hello")).read() == "hi\n"
+        assert Store(root).container("c").mountpoint == mnt
+        assert Store(root).container("c").layers == Store(root).container("first").layers
+        res = subprocess.run([sys.executable, "-c", code, "--root", root, "umount", mnt],
+                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines() == ["0 []"]
+        assert not is_mounted(mnt) and Store(root).container("c").mountpoint is None

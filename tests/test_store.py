@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import os
+import shutil
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,3 +120,74 @@ def test_store_on_unwritable_path_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as e:
         Store(f / "store")
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------ the record of resolutions
+
+
+def _load_image(store_root: Path, tmp_path: Path, ref: str, content: bytes) -> None:
+    """Load a 1-layer image tagged ``ref`` (a file ``hello`` holding ``content``) into the store."""
+    from support.tar import build, docker_archive, file
+
+    from unionfs.store.archive import load
+
+    layer = build([file("hello", content)])
+    archive = docker_archive(tmp_path / f"{ref.replace(':', '-')}.tar", [(layer, layer)], repo_tags=(ref,))
+    load(Store(store_root), str(archive))
+
+
+def test_a_recorded_resolution_answers_without_the_image_formats(store_root: Path, tmp_path: Path) -> None:
+    """Once ``prepare_container`` resolved a reference the full way, ``mounting.prepare`` answers for it from
+    the store's record: the same layers, a container made as the full way makes it, and no manifest, digest,
+    reference, hashlib or Store loaded."""
+    _load_image(store_root, tmp_path, "one:1", b"hi\n")
+    full = Store(store_root).prepare_container("one:1", "a")
+    code = ("import sys\nfrom unionfs.store import mounting\n"
+            f"plan = mounting.prepare({str(store_root)!r}, 'one:1', None)\n"
+            "print(repr((plan.lowers, plan.upper, plan.work, plan.name)))\n"
+            "print(sorted(m for m in ('unionfs.oci.manifest', 'unionfs.oci.digest', 'unionfs.oci.reference', "
+            "'unionfs.store.store', 'hashlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    (lowers, upper, work, name), loaded = [eval(line) for line in out.splitlines()]  # noqa: S307 (our own repr)
+    assert loaded == []
+    assert lowers == full.lowers and name.startswith("one-") and upper == str(store_root / "containers" / name / "upper")
+    a, b = Store(store_root).container("a"), Store(store_root).container(name)
+    assert (b.ref, b.image_id, b.manifest, b.layers, b.mountpoint) == (a.ref, a.image_id, a.manifest, a.layers, None)
+    assert os.path.isdir(work) and os.listdir(upper) == []
+
+
+def test_the_record_is_not_trusted_once_the_index_changed(store_root: Path, tmp_path: Path) -> None:
+    """A tag moved to another image changes ``index.json``: the record no longer answers (the full way
+    resolves the new image, and records it); a missing layer is not answered for either (the full way
+    extracts it again)."""
+    from unionfs.store import mounting
+
+    _load_image(store_root, tmp_path, "one:1", b"first\n")
+    first = Store(store_root).prepare_container("one:1", "a")
+    _load_image(store_root, tmp_path, "one:1", b"second\n")  # the tag moves
+    assert mounting.prepare(str(store_root), "one:1", "b") is None
+    second = Store(store_root).prepare_container("one:1", "b")
+    assert second.lowers != first.lowers
+    assert mounting.prepare(str(store_root), "one:1", "c").lowers == second.lowers
+    shutil.rmtree(second.lowers[0])
+    assert mounting.prepare(str(store_root), "one:1", "d") is None
+    assert Store(store_root).prepare_container("one:1", "d").lowers == second.lowers
+    assert open(os.path.join(second.lowers[0], "hello")).read() == "second\n"
+
+
+def test_a_resolution_against_an_uncommitted_index_is_not_recorded(store_root: Path, tmp_path: Path) -> None:
+    """A container prepared while the caller's own tag change is pending (the index on disk is still the old
+    one) records nothing: a rollback would leave the record answering for a tag that never was."""
+    from unionfs.store import mounting
+
+    _load_image(store_root, tmp_path, "one:1", b"first\n")
+    _load_image(store_root, tmp_path, "two:1", b"second\n")
+    store = Store(store_root)
+    two = store.resolve("two:1")
+    with pytest.raises(RuntimeError):
+        with store.lock():
+            store.tag(Reference.parse("one:1"), two.manifest_desc)
+            assert store.prepare_container("one:1", "a").name == "a"
+            raise RuntimeError("rolled back")
+    assert mounting.prepare(str(store_root), "one:1", "b") is None
+    assert Store(store_root).resolve("one:1").id != two.id

@@ -228,7 +228,8 @@ class CommandFailedError(SandboxError):
 #: Longest rendering of one input value in a message, and how many items of a list a message names.
 SHOWN_CHARS = 120
 SHOWN_ITEMS = 5
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: a control character (compiled on first use, by :mod:`re`'s cache: not at every start of the CLI)
+_CONTROL = r"[\x00-\x1f\x7f-\x9f\u2028\u2029]"
 
 
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:
@@ -248,4 +249,4 @@ def listed(items: list[str], limit: int = SHOWN_ITEMS) -> str:
 
 def printable(text: str) -> str:
     """``text`` with its control characters (newline, tab, ESC, DEL, C1) escaped, for one table cell or line."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return re.sub(_CONTROL, lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

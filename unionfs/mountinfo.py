@@ -9,7 +9,8 @@ import os
 import re
 from typing import NamedTuple
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
+#: an escaped character (compiled on first use, by :mod:`re`'s cache: few mount tables have one)
+_OCTAL = r"\\([0-7]{3})"
 
 
 class Mount(NamedTuple):
@@ -28,7 +29,9 @@ class Mount(NamedTuple):
 
 def unescape(field: str) -> str:
     """Undo the kernel's octal escapes in a mount-table field."""
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+    if "\\" not in field:
+        return field
+    return re.sub(_OCTAL, lambda m: chr(int(m.group(1), 8)), field)
 
 
 def parse(text: str) -> list[Mount]:

@@ -5,6 +5,7 @@ use them, so a command that needs neither (``mount --lower``, ``umount``) starts
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING, Sequence
 
 from unionfs.errors import printable
@@ -19,6 +20,14 @@ def store_of(args: argparse.Namespace) -> Store:
     from unionfs.store.store import Store
 
     return Store(args.root)
+
+
+def root_of(args: argparse.Namespace) -> str:
+    """The store's directory, absolute: ``--root``, else the default root (for :mod:`unionfs.store.mounting`,
+    which ``mount IMAGE`` and ``umount`` use without loading the :class:`Store`)."""
+    from unionfs.store.mounting import default_root
+
+    return os.path.abspath(args.root if args.root is not None else default_root())
 
 
 def platform_of(args: argparse.Namespace) -> Platform | None:

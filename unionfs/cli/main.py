@@ -9,7 +9,6 @@ registry or build code; ``unionfs --help`` and a command that is not known build
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from typing import TYPE_CHECKING, Sequence
 
@@ -30,6 +29,9 @@ COMMANDS = {
     **dict.fromkeys(("commit", "diff", "ls", "cat", "find", "which", "layers", "export"), "inspect"),
     **dict.fromkeys(("build", "run"), "build"),
 }
+#: commands that end as soon as their mount is live or gone: run as the program, they collect garbage rarely
+#: (:mod:`unionfs.mount.gcpace`; a daemon they fork restores the pace once its mount is live)
+QUICK_COMMANDS = ("mount", "umount", "unmount")
 
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
@@ -62,11 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status.
 
     ``mount`` forks its daemon before the parser is built (:func:`_early_daemon`). Run as the program (``argv``
-    None: the ``unionfs`` script, ``python -m unionfs``), a command that leaves nothing to the interpreter's
-    shutdown (its parser sets ``fast_exit``: ``mount``, ``umount``) ends the process here once its output is
-    flushed (:func:`unionfs.mount.process.exit_now`).
+    None: the ``unionfs`` script, ``python -m unionfs``), :data:`QUICK_COMMANDS` start with the garbage
+    collector's passes made rare (:func:`unionfs.mount.gcpace.collect_rarely`), and a command that leaves
+    nothing to the interpreter's shutdown (its parser sets ``fast_exit``: ``mount``, ``umount``) ends the
+    process here once its output is flushed (:func:`unionfs.mount.process.exit_now`).
     """
     args_in = sys.argv[1:] if argv is None else list(argv)
+    if argv is None and command_of(args_in) in QUICK_COMMANDS:
+        from unionfs.mount.gcpace import collect_rarely
+
+        collect_rarely()  # before the imports: they are most of the command's time
+    import logging
+
     logging.basicConfig(level=logging.DEBUG if _asks_debug(args_in) else logging.WARNING,
                         format="unionfs: %(levelname)s: %(message)s")
     early = _early_daemon(args_in)
@@ -121,6 +130,8 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, argparse.ArgumentParser
     and that parser; the log level as ``--debug`` says."""
     command = COMMANDS.get(command_of(argv) or "")
     parser = build_parser((command,) if command else COMMAND_MODULES)
+    import logging
+
     args = parser.parse_args(argv)
     logging.getLogger().setLevel(logging.DEBUG if args.debug else logging.WARNING)
     return args, parser

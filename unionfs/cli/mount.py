@@ -14,12 +14,13 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from unionfs.cli.common import store_of, table
+from unionfs.cli.common import root_of, store_of, table
 from unionfs.errors import UnionfsError, UsageError
 from unionfs.mount import daemon, process
 
 if TYPE_CHECKING:
     from unionfs.store.store import Container, Store
+    from unionfs.union.plan import MountPlan
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -87,18 +88,19 @@ def _mount(args: argparse.Namespace, early: process.Early | None) -> int:
         plan = MountPlan(tuple(args.lower), args.upper, args.work, None)
         daemon.mount(plan, args.target[0], options=args.options, foreground=args.foreground, early=early)
         return 0
+    from unionfs.store import mounting  # here: mount --lower needs no store (nor json)
+
     image, mountpoint = args.target
-    store = store_of(args)
-    _resume_pauses(store)
-    plan = store.prepare_container(image, args.name)
+    plan = _prepare(args, image)
     if args.read_only:
         plan = MountPlan(plan.lowers, None, None, plan.name)
     mp = os.path.abspath(mountpoint)
     name = str(plan.name)  # prepare_container names every plan
+    root = root_of(args)
     recorded = []
 
     def record() -> None:  # while the daemon mounts (its fsync then costs no time)
-        store.set_container_mount(name, mp)
+        mounting.set_mountpoint(root, name, mp)
         recorded.append(mp)
 
     try:
@@ -106,13 +108,29 @@ def _mount(args: argparse.Namespace, early: process.Early | None) -> int:
     except BaseException:
         if recorded:  # the mount failed after all (or the daemon ended in the foreground)
             with contextlib.suppress(UnionfsError, OSError):
-                store.set_container_mount(name, None)
+                mounting.set_mountpoint(root, name, None)
         raise
     if args.foreground:
-        store.set_container_mount(name, None)
+        mounting.set_mountpoint(root, name, None)
         return 0
     print(name)
     return 0
+
+
+def _prepare(args: argparse.Namespace, image: str) -> MountPlan:
+    """The plan of the container ``mount IMAGE`` mounts: from the store's record of resolutions when it
+    answers (:func:`unionfs.store.mounting.prepare`: nothing of the image formats or the :class:`Store` is
+    loaded then), else by the store the full way (``Store.prepare_container``, which records it)."""
+    from unionfs.store import mounting
+
+    root = root_of(args)
+    if not mounting.any_paused(root):
+        plan = mounting.prepare(root, image, args.name)
+        if plan is not None:
+            return plan
+    store = store_of(args)
+    _resume_pauses(store)
+    return store.prepare_container(image, args.name)
 
 
 def _resume_pauses(store: Store) -> None:
@@ -130,16 +148,18 @@ def cmd_umount(args: argparse.Namespace) -> int:
     mp = os.path.realpath(args.mountpoint)
     name = next((m.name for m in daemon.live_mounts() if m.mountpoint == mp), None)
     if name:
+        from unionfs.store import mounting  # here: the umount of a directory mount needs no store
 
+        root = root_of(args)
         with contextlib.suppress(UnionfsError, OSError):  # the store may be elsewhere
-            _resume_pauses(store_of(args))
+            if mounting.any_paused(root):  # (the Store is loaded only then)
+                _resume_pauses(store_of(args))
     if daemon.umount(mp, lazy=args.lazy):
         print(f"unionfs: {args.mountpoint}: the daemon was gone and files were still open there: detached "
               "(they fail with ENOTCONN until closed)", file=sys.stderr)
     if name:
         try:
-
-            store_of(args).set_container_mount(name, None)
+            mounting.set_mountpoint(root, name, None)
         except Exception:  # the store may be elsewhere; the mount is gone either way
             pass
     return 0

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, NoReturn
 from unionfs import mountinfo
 from unionfs.errors import MountError
 from unionfs.mount import pidfile
+from unionfs.mount.gcpace import collect_as_usual
 
 if TYPE_CHECKING:
     import subprocess
@@ -438,7 +439,9 @@ def _stop_spawned(proc: subprocess.Popen[bytes], lines: list[str]) -> None:
 def serve(spec: dict, on_ready: Callable[[], None] | None) -> None:
     """Run the daemon (this process serves the mount until it ends) on the kernel's protocol
     (:mod:`unionfs.mount.server`). Once the mount is live this process records itself
-    (:mod:`unionfs.mount.pidfile`), then ``on_ready`` runs; the record goes when serving ends.
+    (:mod:`unionfs.mount.pidfile`), ``on_ready`` runs, and then it collects garbage at the pace the process had
+    before its command started (:func:`unionfs.mount.gcpace.collect_as_usual`); the record goes when serving
+    ends.
     A writable mount holds its work directory (:mod:`unionfs.union.workdir`) while it lives."""
     from unionfs.union.workdir import WorkClaim, claim
 
@@ -449,6 +452,7 @@ def serve(spec: dict, on_ready: Callable[[], None] | None) -> None:
         records.extend(_record(mountpoint))
         if on_ready is not None:
             on_ready()
+        collect_as_usual()  # a forked daemon started at its command's pace (gcpace); after the answer: see there
 
     from unionfs.union.plan import MountPlan  # here: the mounting side needs no dataclasses (umount, ps)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unionfs.errors import ArchiveError, DigestError, ManifestError, PlatformError, listed, printable, shown
+from unionfs.oci.canonical import canonical_json
 from unionfs.oci.digest import Digest
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,6 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
         if not isinstance(v, str):
             raise ManifestError(_wrong(f"{what} {shown(k)}", "a string", v))
     return dict(value)
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The bytes we write for JSON we produce: compact, keys sorted, UTF-8."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # --- platforms ---------------------------------------------------------------------------------

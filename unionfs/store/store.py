@@ -6,6 +6,7 @@ On disk (docs/design.md, "On-disk format")::
     ROOT/layers/<diffid-hex>/                                    one extracted layer, overlay format, read-only
     ROOT/containers/<name>/{upper,work,state.json}               one writable upper per container
     ROOT/cache/<kind>/<key>.json                                 cache entries naming a manifest (GC roots)
+    ROOT/resolved.json                                           what references resolved to (unionfs.store.mounting)
     ROOT/tmp/                                                    staging on the same filesystem
     ROOT/lock                                                    flock(2) serialising commands that change the store
 
@@ -37,14 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterator
 
@@ -58,7 +55,6 @@ from unionfs.errors import (
     MountedTreeError,
     ReferenceError_,
     StoreError,
-    StoreLockedError,
     UnionfsError,
 )
 from unionfs.fsops import atomic_write, discard_tree, fsync_dir, remove_tree, temp_dir, temp_file
@@ -77,28 +73,14 @@ from unionfs.oci.manifest import (
     is_index,
 )
 from unionfs.oci.reference import Reference
+from unionfs.store import mounting
+from unionfs.store.mounting import default_root, now_rfc3339  # noqa: F401 (the store's API: also from here)
 from unionfs.union.plan import MountPlan
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 _LOCK_TIMEOUT = float(os.environ.get("UNIONFS_LOCK_TIMEOUT", "300"))
-
-
-def default_root() -> str:
-    """``$UNIONFS_ROOT``, else ``/var/lib/unionfs`` as root, else ``$XDG_DATA_HOME/unionfs``."""
-    env = os.environ.get("UNIONFS_ROOT")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/var/lib/unionfs"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(data, "unionfs")
-
-
-def now_rfc3339() -> str:
-    """The current UTC time as RFC 3339 with a Z suffix."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -125,28 +107,26 @@ class Container:
     @classmethod
     def from_json(cls, data: dict[str, Any], cdir: Path) -> Container:
         """The state read from ``cdir/state.json`` (ContainerError for one that is not a container's)."""
-        try:
-            return cls(str(data["name"]), str(data.get("ref", "")), str(data["image_id"]),
-                       str(data.get("manifest", "")), str(data.get("created", "")),
-                       tuple(str(x) for x in data.get("layers") or ()), str(cdir / "upper"), str(cdir / "work"),
-                       data.get("mountpoint") or None, data.get("paused") if isinstance(data.get("paused"), dict)
-                       else None)
-        except (KeyError, TypeError, AttributeError):
-            raise ContainerError(f"{cdir / 'state.json'} is not a container's state") from None
+        return cls.of(mounting.state_fields(data, str(cdir / "state.json")), cdir)
+
+    @classmethod
+    def of(cls, fields: dict[str, Any], cdir: Path) -> Container:
+        """The state of ``fields`` (:func:`unionfs.store.mounting.state_fields`) of the container in ``cdir``."""
+        return cls(upper=str(cdir / "upper"), work=str(cdir / "work"), **fields)
 
     def to_json(self) -> dict[str, Any]:
         """What ``state.json`` holds (no ``paused`` key when not paused)."""
-        out = {k: getattr(self, k) for k in self._STORED}
-        out["layers"] = list(self.layers)
-        if out["paused"] is None:
-            del out["paused"]
-        return out
+        return mounting.state_json({k: getattr(self, k) for k in self._STORED})
 
 
 def container_name(image: Image) -> str:
     """A fresh container name: the image's repository's last part (``c`` when untagged) and 8 hex digits."""
-    base = image.tags[0].repository.rsplit("/", 1)[-1] if image.tags else "c"
-    return f"{base}-{os.urandom(4).hex()}"
+    return mounting.new_name(_name_base(image))
+
+
+def _name_base(image: Image) -> str:
+    """The first part of a new container's name: the last part of the image's repository, ``c`` untagged."""
+    return image.tags[0].repository.rsplit("/", 1)[-1] if image.tags else "c"
 
 
 @dataclass(frozen=True)
@@ -239,21 +219,7 @@ class Store:
             finally:
                 self._lock_depth -= 1
             return
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + _LOCK_TIMEOUT
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    log.warning("waiting for another unionfs command to release %s", self.root / "lock")
-                    waited = True
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise StoreLockedError(f"store {self.root} is locked by another command") from None
-                time.sleep(0.05)
+        fd = mounting.acquire_lock(str(self.root), _LOCK_TIMEOUT)
         self._lock_fd, self._lock_depth, self._txn = fd, 1, Transaction(self.tmp_dir)
         try:
             yield self._txn
@@ -549,52 +515,29 @@ class Store:
 
     # -- containers ------------------------------------------------------------------------------
     def _container_dir(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith(".") or len(name) > 128:
-            raise ContainerError(f"invalid container name {name!r}")
-        return self.containers_dir / name
+        return Path(mounting.container_dir(str(self.root), name))
 
     def prepare_container(self, image_ref: str, name: str | None = None) -> MountPlan:
         """A mount plan for container ``name`` of ``image_ref``, creating the container if it is new.
 
-        An existing container keeps its upper; it must belong to the same image.
+        An existing container keeps its upper; it must belong to the same image. What ``image_ref`` resolved to
+        is recorded (:mod:`unionfs.store.mounting`), so that the next ``mount`` of it need not load the image
+        formats while the index stays as it is.
         """
-        with self.lock():
+        with self.lock() as txn:
             image = self.resolve(image_ref)
             lowers = self.ensure_layers(image)
-            name = name or container_name(image)
-            cdir = self._container_dir(name)
-            if (cdir / "state.json").exists():
-                old = self.container(name)
-                if old.image_id != str(image.id):
-                    raise ContainerError(f"container {name} exists for another image ({old.ref})")
-            else:
-                stage = Path(self.staging_dir("container-"))
-                (stage / "upper").mkdir(mode=0o755)
-                (stage / "work").mkdir(mode=0o700)
-                state = Container(name, image_ref, str(image.id), str(image.manifest_desc.digest), now_rfc3339(),
-                                  tuple(p.name for p in lowers), str(cdir / "upper"), str(cdir / "work"))
-                atomic_write(stage / "state.json", canonical_json(state.to_json()))
-                try:
-                    os.rename(stage, cdir)
-                except OSError as e:
-                    remove_tree(stage)
-                    if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise ContainerError(f"container {name} already exists") from None
-                    raise
-            return MountPlan(tuple(str(p) for p in lowers), str(cdir / "upper"), str(cdir / "work"), name)
+            resolved = {"image_id": str(image.id), "manifest": str(image.manifest_desc.digest),
+                        "layers": [p.name for p in lowers], "base": _name_base(image)}
+            plan = mounting.container_plan(str(self.root), image_ref, name, resolved)
+            if txn.index is None:  # resolved against the index on disk (not one a caller is changing)
+                mounting.remember(str(self.root), image_ref, resolved)
+            return plan
 
     def container(self, name: str) -> Container:
         """Container ``name``'s state; ContainerError when there is no such container."""
         cdir = self._container_dir(name)
-        try:
-            data = json.loads((cdir / "state.json").read_bytes())
-        except FileNotFoundError:
-            raise ContainerError(f"no such container: {name}") from None
-        except ValueError:
-            raise ContainerError(f"{cdir / 'state.json'} is not a container's state") from None
-        if not isinstance(data, dict):
-            raise ContainerError(f"{cdir / 'state.json'} is not a container's state")
-        return Container.from_json(data, cdir)
+        return Container.of(mounting.read_state(str(cdir), name), cdir)
 
     def containers(self) -> list[Container]:
         """Every container's state, by name (unreadable states are skipped)."""
@@ -613,7 +556,7 @@ class Store:
         atomically (ContainerError when there is no such container)."""
         with self.lock():
             new = change(self.container(name))
-            atomic_write(self._container_dir(name) / "state.json", canonical_json(new.to_json()))
+            mounting.write_state(str(self._container_dir(name)), new.to_json())
 
     def set_container_paused(self, name: str, marker: dict[str, Any] | None, *,
                              if_current: dict[str, Any] | None = None) -> None:
