@@ -17,7 +17,6 @@ import fcntl
 import os
 import stat
 import struct
-from dataclasses import dataclass
 
 from unionfs.fsops import MNT_DETACH, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, libc
 
@@ -148,19 +147,17 @@ def cstrings(data: bytes | memoryview, count: int) -> list[bytes]:
 # ---------------------------------------------------------------------------------------------- the session fd
 
 
-@dataclass
 class MountOptions:
     """What the session mounts with (the kernel's fuse options plus the mount flags; the defaults are
-    libfuse's: nosuid, nodev, only the mounting user)."""
+    libfuse's: nosuid, nodev, only the mounting user). A plain class: the daemon loads no ``dataclasses``."""
 
-    fsname: str = "unionfs"
-    subtype: str = "unionfs"
-    read_only: bool = False
-    allow_other: bool = False
-    default_permissions: bool = True
-    dev: bool = False
-    suid: bool = False
-    noexec: bool = False
+    __slots__ = ("fsname", "subtype", "read_only", "allow_other", "default_permissions", "dev", "suid", "noexec")
+
+    def __init__(self, *, fsname: str = "unionfs", subtype: str = "unionfs", read_only: bool = False,
+                 allow_other: bool = False, default_permissions: bool = True, dev: bool = False, suid: bool = False,
+                 noexec: bool = False) -> None:
+        self.fsname, self.subtype, self.read_only, self.allow_other = fsname, subtype, read_only, allow_other
+        self.default_permissions, self.dev, self.suid, self.noexec = default_permissions, dev, suid, noexec
 
 
 def open_session(mountpoint: str, opts: MountOptions) -> int:

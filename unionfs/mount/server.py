@@ -32,7 +32,6 @@ import signal
 import stat
 import threading
 import time
-from dataclasses import dataclass
 from sys import intern
 from typing import Any, Callable
 
@@ -180,19 +179,16 @@ _KINDS = {k: k for k in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR,
                          stat.S_IFSOCK)}
 
 
-@dataclass(slots=True, eq=False)
-class Handle:  # eq=False: compared by identity in Inode.handles
-    """An open file: our descriptor on the real file, and how the kernel does its I/O."""
+class Handle:  # compared by identity in Inode.handles
+    """An open file: our descriptor on the real file, and how the kernel does its I/O. ``final``: the
+    descriptor is on the file's final copy (upper, index, or any file of a read-only mount)."""
 
-    fd: int
-    nodeid: int
-    path: str
-    passthrough: bool
-    #: the descriptor is on the file's final copy (upper, index, or any file of a read-only mount)
-    final: bool
+    __slots__ = ("fd", "nodeid", "path", "passthrough", "final")
+
+    def __init__(self, fd: int, nodeid: int, path: str, passthrough: bool, final: bool) -> None:
+        self.fd, self.nodeid, self.path, self.passthrough, self.final = fd, nodeid, path, passthrough, final
 
 
-@dataclass(slots=True, eq=False)
 class Listing:
     """An open directory: its entries (name, ino, mode, layer, packed attributes or None for "." and ".."), listed
     at the first READDIR from offset 0 (a rewind lists again), and the directory's version then.
@@ -201,9 +197,12 @@ class Listing:
     lets a listing show a removed name) but no nodes: a READDIRPLUS entry makes the kernel instantiate a
     dentry, which would bring a removed name back (found by stress-ng's filename stressor)."""
 
-    nid: int
-    entries: list[tuple[str, int, int, int, bytes | None]] | None = None
-    version: int = 0
+    __slots__ = ("nid", "entries", "version")
+
+    def __init__(self, nid: int) -> None:
+        self.nid = nid
+        self.entries: list[tuple[str, int, int, int, bytes | None]] | None = None
+        self.version = 0
 
 
 class Readers:

@@ -8,7 +8,7 @@ Rules (the kernel overlayfs' lookup):
 * the upper hides the lowers, a higher lower hides a lower one;
 * a whiteout in any format of :mod:`unionfs.layer.whiteout` ends the search for its name;
 * a non-directory ends the search; directories merge down to (and including) the first opaque one; a
-  layer's root is never opaque (the root merges every layer, as in the kernel: see :meth:`Union.__post_init__`);
+  layer's root is never opaque (the root merges every layer, as in the kernel: see :class:`Union`);
 * a name starting with ``.wh.`` is never visible.
 
 Errors: a layer directory missing (ENOENT/ENOTDIR) merely contributes nothing; any other error reading a layer
@@ -46,7 +46,6 @@ import logging
 import os
 import stat
 import threading
-from dataclasses import dataclass, field
 from sys import intern  # one string per name for the path cache, the layers' name sets and the node table
 from typing import Iterator, Sequence
 
@@ -123,16 +122,20 @@ def _err(code: int, path: str = "") -> OSError:
     return OSError(code, os.strerror(code), path) if path else OSError(code, os.strerror(code))
 
 
-@dataclass(slots=True)
 class Data:
     """Where the data of a metacopy upper file is: the lower regular file ``name`` of the real directory ``at``
     (None: not found, so reading fails with EIO, as the kernel's lookup does), found at the union path ``path``
-    of the lower layers (what an absolute redirect to it says), with the lower file's ``st_blocks``."""
+    of the lower layers (what an absolute redirect to it says), with the lower file's ``st_blocks``. (Plain
+    slotted classes here and below, not dataclasses: the daemon's start would load ``dataclasses`` and
+    ``inspect``, ~12 ms of every mount.)"""
 
-    path: str
-    at: Dir | None = None
-    name: str = ""
-    blocks: int = 0
+    __slots__ = ("path", "at", "name", "blocks")
+
+    def __init__(self, path: str, at: Dir | None = None, name: str = "", blocks: int = 0) -> None:
+        self.path, self.at, self.name, self.blocks = path, at, name, blocks
+
+    def __repr__(self) -> str:
+        return f"Data({self.path!r}, {self.at!r}, {self.name!r}, {self.blocks})"
 
     @property
     def real(self) -> str:
@@ -148,7 +151,6 @@ class Data:
         return self.at.open(self.name, flags)
 
 
-@dataclass(slots=True)
 class Node:
     """One resolved union entry.
 
@@ -160,26 +162,29 @@ class Node:
     its data is there (see :meth:`open_data`).
     """
 
-    path: str
-    layer: int
-    at: Dir
-    rname: str
-    st: os.stat_result
-    ino: int
-    dirs: tuple[Dir, ...] = ()
-    indexed: bool = False
-    merged: bool = False
-    #: known to carry no ``security.capability`` xattr (the kernel asks before every write(2)); only ever set
-    #: True after a real ENODATA, and a node is forgotten whenever its xattrs may change
-    nocap: bool = False
-    #: a directory from a lazy listing (:meth:`Union.listdir`): ``dirs`` below its top layer are not yet cut at an
-    #: opaque one (:meth:`Union._cut`, before any use of them)
-    deep: bool = False
-    #: lookups in this directory so far that had no :meth:`Union._lower_top` map (one is made at the
-    #: :data:`NAMES_AFTER`-th)
-    probes: int = 0
-    #: for a metacopy upper file: where its data is (None: the data is the real entry's)
-    data: Data | None = None
+    __slots__ = ("path", "layer", "at", "rname", "st", "ino", "dirs", "indexed", "merged", "nocap", "deep",
+                 "probes", "data")
+
+    def __init__(self, path: str, layer: int, at: Dir, rname: str, st: os.stat_result, ino: int,
+                 dirs: tuple[Dir, ...] = (), *, indexed: bool = False, merged: bool = False) -> None:
+        self.path, self.layer, self.at, self.rname, self.st, self.ino = path, layer, at, rname, st, ino
+        self.dirs = dirs
+        self.indexed = indexed
+        self.merged = merged
+        #: known to carry no ``security.capability`` xattr (the kernel asks before every write(2)); only ever
+        #: set True after a real ENODATA, and a node is forgotten whenever its xattrs may change
+        self.nocap = False
+        #: a directory from a lazy listing (:meth:`Union.listdir`): ``dirs`` below its top layer are not yet
+        #: cut at an opaque one (:meth:`Union._cut`, before any use of them)
+        self.deep = False
+        #: lookups in this directory so far that had no :meth:`Union._lower_top` map (one is made at the
+        #: :data:`NAMES_AFTER`-th)
+        self.probes = 0
+        #: for a metacopy upper file: where its data is (None: the data is the real entry's)
+        self.data: Data | None = None
+
+    def __repr__(self) -> str:
+        return f"Node({self.path!r}, layer={self.layer}, real={self.at!r}/{self.rname!r}, ino={self.ino})"
 
     @property
     def is_dir(self) -> bool:
@@ -317,7 +322,6 @@ NAME_MAPS = 256
 CAP_XATTR = "security.capability"
 
 
-@dataclass
 class Union:
     """A read-only union over ``lowers`` (base first) and ``upper`` (None: read-only union).
 
@@ -331,22 +335,19 @@ class Union:
     of a redirected directory); None: this union's own lowers.
     """
 
-    lowers: Sequence[str]
-    upper: str | None = None
-    index_dir: str | None = None
-    cache: bool = False
-    lower_root: "Union | None" = None
-    layers: list[str] = field(init=False)
-    _fsidx: dict[int, int] = field(init=False)
-    _shift: int = field(init=False)
-    _ino_cache: dict[tuple[int, int, int], int] = field(init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
+    def __init__(self, lowers: Sequence[str], upper: str | None = None, index_dir: str | None = None,
+                 cache: bool = False, lower_root: "Union | None" = None) -> None:
+        self.lowers = lowers
+        self.upper = upper
+        self.index_dir = index_dir
+        self.cache = cache
+        self.lower_root = lower_root
+        self._ino_cache: dict[tuple[int, int, int], int] = {}
         self.layers = ([self.upper] if self.upper is not None else []) + [os.fspath(p) for p in
                                                                           reversed(self.lowers)]
         if not self.layers:
             raise ValueError("a union needs at least one layer")
-        self._fsidx = {}
+        self._fsidx: dict[int, int] = {}
         for p in self.layers:
             dev = os.stat(p).st_dev
             self._fsidx.setdefault(dev, len(self._fsidx))
