@@ -30,11 +30,10 @@ from unionfs import mountinfo
 from unionfs.errors import MountError
 from unionfs.mount import pidfile
 from unionfs.mount.gcpace import collect_as_usual
+from unionfs.union.plan import MountPlan  # a plain class, nothing more loaded
 
 if TYPE_CHECKING:
     import subprocess
-
-    from unionfs.union.plan import MountPlan
 
 log = logging.getLogger(__name__)
 
@@ -198,21 +197,36 @@ def _first_child(spec_r: int, answer_w: int, parents: tuple[int, ...]) -> NoRetu
         os._exit(code)
 
 
+class _Answer:
+    """What a daemon tells its command on the descriptor ``fd``: ``ok`` once its mount is live (then its
+    standard error goes to the log, and the descriptor is closed: its number may be reused, nothing is
+    written to it again), or, before that, one ``error: ...`` line. A failure once live goes to the log: the
+    command is gone."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.live = False
+
+    def ready(self) -> None:
+        self.live = True
+        _stderr_to_log()
+        _tell(self.fd, "ok")
+        os.close(self.fd)
+
+    def failed(self, e: BaseException, mountpoint: str) -> None:
+        if self.live:
+            log.error("the daemon of %s failed: %s", mountpoint, _one_line(e, mountpoint), exc_info=e)
+        else:
+            _tell(self.fd, f"error: {_one_line(e, mountpoint)}")
+
+
 def _daemon(spec_r: int, w: int) -> NoReturn:
     """The forked daemon: drop the caller's descriptors and signal handlers, load the serving code, read the
     mount's spec from ``spec_r`` (none: the caller let it go, end quietly), serve it, answer on ``w`` (``pid
     N``, then ``ok`` or ``error: ...``), and end with ``os._exit`` on every path."""
     code = 1
-    live = False
+    answer = _Answer(w)
     spec: dict = {"mountpoint": "?"}
-
-    def ready() -> None:
-        nonlocal live
-        live = True
-        _stderr_to_log()
-        _tell(w, "ok")
-        os.close(w)
-
     try:
         stderr = _drop_inherited(keep=(spec_r, w))
         _tell(w, f"pid {os.getpid()}")
@@ -222,13 +236,10 @@ def _daemon(spec_r: int, w: int) -> NoReturn:
             if stderr >= 0:  # the caller's, until the mount is live
                 os.dup2(stderr, 2)
                 os.close(stderr)
-            serve(spec, ready)
+            serve(spec, answer.ready)
         code = 0
     except BaseException as e:  # noqa: B036 (this process must end here, whatever happened)
-        if live:
-            log.exception("the daemon of %s failed", spec["mountpoint"])
-        else:
-            _tell(w, f"error: {_one_line(e, spec['mountpoint'])}")
+        answer.failed(e, spec["mountpoint"])
     finally:
         os._exit(code)
 
@@ -454,8 +465,6 @@ def serve(spec: dict, on_ready: Callable[[], None] | None) -> None:
             on_ready()
         collect_as_usual()  # a forked daemon started at its command's pace (gcpace); after the answer: see there
 
-    from unionfs.union.plan import MountPlan  # here: the mounting side needs no dataclasses (umount, ps)
-
     plan = MountPlan(tuple(spec["lowers"]), spec["upper"], spec["work"], spec.get("name"))
     opts = fuse_options(plan, spec.get("options", []))
     volatile = bool(opts.pop("volatile", False))
@@ -549,21 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if log_to else logging.WARNING, filename=log_to or None,
                         format="unionfs-daemon: %(levelname)s: %(name)s: %(message)s")
 
-    told: list[bool] = []
-
-    def ready() -> None:
-        _tell(fd, "ok")
-        os.close(fd)  # its number may be reused from now on: nothing is written to it again
-        told.append(True)
-        _stderr_to_log()
-
+    answer = _Answer(fd)
     try:
-        serve(spec, ready)
+        serve(spec, answer.ready)
     except (MountError, OSError, ValueError) as e:  # report a startup failure as one line on the pipe
-        if told:  # the mount was live: the command is gone, only the log can take it
-            log.error("%s", _one_line(e, spec["mountpoint"]))
-        else:
-            _tell(fd, f"error: {_one_line(e, spec['mountpoint'])}")
+        answer.failed(e, spec["mountpoint"])
         return 1
     return 0
 

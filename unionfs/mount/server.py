@@ -85,6 +85,23 @@ class _Rare:
         self.orphan: bytes | None = None
 
 
+class _RareField:
+    """An :class:`Inode` attribute kept in its :class:`_Rare` part: None while the node has none, and setting it
+    gives the node one."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, inode: "Inode", owner: type | None = None) -> Any:
+        rare = inode._rare
+        return getattr(rare, self.name) if rare is not None else None
+
+    def __set__(self, inode: "Inode", value: Any) -> None:
+        if inode._rare is None:
+            inode._rare = _Rare()
+        setattr(inode._rare, self.name, value)
+
+
 class Inode:
     """What the kernel holds of one union inode (docs/design.md, "Memory": where each byte goes).
 
@@ -100,6 +117,12 @@ class Inode:
 
     __slots__ = ("nodeid", "ino", "mode", "layer", "nlookup", "parent", "name", "kids", "_rare")
 
+    #: see :class:`_Rare` for their types
+    more = _RareField()
+    handles = _RareField()
+    backing = _RareField()
+    orphan = _RareField()
+
     def __init__(self, nodeid: int, ino: int, *, nlookup: int = 0) -> None:
         self.nodeid = nodeid
         self.ino = ino
@@ -110,43 +133,6 @@ class Inode:
         self.name: str | None = None
         self.kids: dict[str, Inode] | None = None
         self._rare: _Rare | None = None
-
-    def _r(self) -> _Rare:
-        if self._rare is None:
-            self._rare = _Rare()
-        return self._rare
-
-    @property
-    def more(self) -> list[tuple["Inode", str]] | None:
-        return self._rare.more if self._rare is not None else None
-
-    @more.setter
-    def more(self, v: list[tuple["Inode", str]] | None) -> None:
-        self._r().more = v
-
-    @property
-    def handles(self) -> list["Handle"] | None:
-        return self._rare.handles if self._rare is not None else None
-
-    @handles.setter
-    def handles(self, v: list["Handle"] | None) -> None:
-        self._r().handles = v
-
-    @property
-    def backing(self) -> int | None:
-        return self._rare.backing if self._rare is not None else None
-
-    @backing.setter
-    def backing(self, v: int | None) -> None:
-        self._r().backing = v
-
-    @property
-    def orphan(self) -> bytes | None:
-        return self._rare.orphan if self._rare is not None else None
-
-    @orphan.setter
-    def orphan(self, v: bytes | None) -> None:
-        self._r().orphan = v
 
     def names(self) -> list[tuple["Inode", str]]:
         """Every (directory, name) the kernel knows this node by."""
@@ -431,8 +417,9 @@ class LowLevelFS:
         name = intern(os.fsdecode(fp.cstrings(body, 1)[0]))
         try:
             known = self._known(parent, name)
-            first = known is not None and known.name == name and known.parent.nodeid == parent  # type: ignore
-            node = self.view.lookup(self._join(parent, name), known.layer if first else 0)  # type: ignore
+            first = known is not None and known.parent is self.nodes.get(parent) and known.name == name
+            hint = known.layer if first else 0  # type: ignore[union-attr]
+            node = self.view.lookup(self._join(parent, name), hint)
         except FileNotFoundError:
             return NEGATIVE_ENTRY
         return self._entry(parent, name, node)

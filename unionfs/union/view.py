@@ -46,7 +46,7 @@ import logging
 import os
 import stat
 import threading
-from sys import intern  # one string per name for the path cache, the layers' name sets and the node table
+from sys import intern  # one string per name for the path cache, the name maps and the node table
 from typing import Iterator, Sequence
 
 from unionfs.layer import whiteout as wh
