@@ -261,3 +261,23 @@ def test_hardlinked_names_follow_a_chmod_after_a_rename(tmp_path: Any) -> None:
         os.rename(os.path.join(mnt, "a"), os.path.join(mnt, "d", "a2"))
         os.chmod(os.path.join(mnt, "b"), 0o700)
         assert os.lstat(os.path.join(mnt, "d", "a2")).st_mode & 0o7777 == 0o700
+
+
+def test_the_daemon_raises_its_descriptor_limit(tmp_path: Any) -> None:
+    """Started from a shell's usual soft RLIMIT_NOFILE of 1,024, the daemon raises its own to the hard limit: it
+    keeps an eighth of it as open directories (unionfs.union.realdir.KEEP), 128 of which thrashed on a second
+    ``find``."""
+    import resource
+
+    lowers, u, w, mnt = union_dirs(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard RLIMIT_NOFILE is {hard}: nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        with unionfs_mount(lowers, u, w, mnt):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            (pid,) = daemon_pids(mnt)
+            assert resource.prlimit(pid, resource.RLIMIT_NOFILE)[0] == min(hard, 1 << 20)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -499,10 +499,26 @@ def _record(mountpoint: str) -> list[str]:
         return []
 
 
+def _raise_nofile() -> None:
+    """Raise the daemon's soft RLIMIT_NOFILE to its hard limit (at most 2**20): it polls, never selects, and
+    keeps a share of the soft limit as open directories (:data:`unionfs.union.realdir.KEEP`); a shell's usual
+    1,024 would leave it 128."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard if hard != resource.RLIM_INFINITY else 1 << 20, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (OSError, ValueError) as e:
+            log.debug("RLIMIT_NOFILE stays %d: %s", soft, e)
+
+
 def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[], None]) -> None:
     """Open the layers and serve the mount ``spec`` describes, with the daemon and settings ``opts`` choose."""
     from unionfs.union.overlay import Overlay
 
+    _raise_nofile()
     try:
         ov = Overlay(spec["lowers"], spec["upper"], spec["work"], volatile=volatile)
     except OSError as e:

@@ -37,8 +37,17 @@ from typing import Any, Callable
 
 from unionfs import mountinfo
 from unionfs.mount import protocol as fp
-from unionfs.union.overlay import UTIME_NOW, UTIME_OMIT, Overlay, fallocate, mtime_kept, reopen_onto, utimensat
-from unionfs.union.view import Node
+from unionfs.union.overlay import (
+    UTIME_NOW,
+    UTIME_OMIT,
+    Overlay,
+    fallocate,
+    mtime_kept,
+    reads_only,
+    reopen_onto,
+    utimensat,
+)
+from unionfs.union.view import Entry, Node
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +111,23 @@ class _RareField:
         setattr(inode._rare, self.name, value)
 
 
-class Inode:
-    """What the kernel holds of one union inode (docs/design.md, "Memory": where each byte goes).
+class Inode(Entry):
+    """What the kernel holds of one union inode (docs/design.md, "Memory": where each byte goes), in the view's
+    path cache as a pinned record (:class:`unionfs.union.view.Entry`): ``node`` is its resolution (None: not
+    cached), ``kids`` the records of the names in it, those the kernel knows (Inodes) and those only the cache
+    does.
 
     ``mode``: the file type bits (S_IFMT) as last looked up (one shared int object per type: :data:`_KINDS`);
     ``layer``: the layer its first name was last found at, the union's ``hint`` for resolving it again (a file
     past the path cache's bound then costs an lstat of the upper and of that layer, not a probe of every layer).
     ``parent``/``name``: the directory and name of the first name the kernel knows it by (None: no name left);
-    ``more``: its further names (a hardlinked file). ``kids``: for a directory, the names in it the kernel
-    knows, name -> node. ``handles``: its open handles (None: none); while one is open they are all
-    passthrough (sharing ``backing``) or all served here. ``orphan``: attributes (nlink 0) of a node whose last
+    ``more``: its further names (a hardlinked file). ``handles``: its open handles (None: none); while one is
+    open they are all passthrough (sharing ``backing``) or all served here. ``orphan``: attributes (nlink 0) of a node whose last
     name was unlinked while the kernel still holds it (a special file has no open handle here to fstat).
     """
 
-    __slots__ = ("nodeid", "ino", "mode", "layer", "nlookup", "parent", "name", "kids", "_rare")
+    __slots__ = ("nodeid", "ino", "mode", "layer", "nlookup", "parent", "name", "_rare")
+    pinned = True
 
     #: see :class:`_Rare` for their types
     more = _RareField()
@@ -131,7 +143,8 @@ class Inode:
         self.nlookup = nlookup
         self.parent: Inode | None = None
         self.name: str | None = None
-        self.kids: dict[str, Inode] | None = None
+        self.node: Node | None = None
+        self.kids: dict[str, Entry] | None = None
         self._rare: _Rare | None = None
 
     def names(self) -> list[tuple["Inode", str]]:
@@ -169,10 +182,10 @@ class Handle:  # compared by identity in Inode.handles
     """An open file: our descriptor on the real file, and how the kernel does its I/O. ``final``: the
     descriptor is on the file's final copy (upper, index, or any file of a read-only mount)."""
 
-    __slots__ = ("fd", "nodeid", "path", "passthrough", "final")
+    __slots__ = ("fd", "nodeid", "passthrough", "final")
 
-    def __init__(self, fd: int, nodeid: int, path: str, passthrough: bool, final: bool) -> None:
-        self.fd, self.nodeid, self.path, self.passthrough, self.final = fd, nodeid, path, passthrough, final
+    def __init__(self, fd: int, nodeid: int, passthrough: bool, final: bool) -> None:
+        self.fd, self.nodeid, self.passthrough, self.final = fd, nodeid, passthrough, final
 
 
 class Listing:
@@ -251,6 +264,7 @@ class LowLevelFS:
         root = self.view.root()
         self.root_ino = root.ino
         self.nodes: dict[int, Inode] = {fp.ROOT_ID: Inode(fp.ROOT_ID, root.ino, nlookup=1)}
+        self.view.attach(self.nodes[fp.ROOT_ID])  # the node records are the path cache's
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, Listing] = {}
         #: per directory node: bumped by every change of its names made here (see :class:`Listing`)
@@ -313,8 +327,25 @@ class LowLevelFS:
         return inode
 
     def _resolved(self, nid: int) -> Node:
-        """The union node of ``nid``, its attributes maybe stale (see :meth:`Union.resolve`)."""
-        return self.view.resolve(self.path(nid), self._hint(nid))
+        """The union node of ``nid``, its attributes maybe stale (see :meth:`Union.resolve`): its record's, else
+        resolved by path."""
+        inode = self.nodes.get(nid)
+        node = self.view.cached(inode) if inode is not None else None
+        return node if node is not None else self.view.resolve(self.path(nid), self._hint(nid))
+
+    def _looked_up(self, nid: int) -> Node:
+        """The union node of ``nid`` with fresh attributes: its record's, else looked up by path (ENOENT when it
+        has no name left)."""
+        inode = self.nodes.get(nid)
+        node = self.view.refresh(inode) if inode is not None else None
+        return node if node is not None else self.view.lookup(self.path(nid), self._hint(nid))
+
+    def _child(self, parent: int, name: str, hint: int = 0) -> Node:
+        """Look up ``name`` in the directory ``parent`` on its record (fresh attributes); ENOENT, ENOTDIR."""
+        pinode = self.nodes.get(parent)
+        if pinode is None:
+            raise OSError(errno.ENOENT, "stale node")
+        return self.view.lookup_in(pinode, self._resolved(parent), name, hint)
 
     def _hint(self, nid: int) -> int:
         """The layer node ``nid`` was last found at by its first name (:meth:`Union.child`'s ``hint``)."""
@@ -332,8 +363,11 @@ class LowLevelFS:
         old = kids.get(name)
         if old is inode:
             return
-        if old is not None:
+        if isinstance(old, Inode):
             old.drop_name(pnode, name)
+        elif (old is not None and inode.node is None and inode.kids is None
+              and (old.node is None or old.node.ino == inode.ino)):
+            inode.node, inode.kids = old.node, old.kids  # the cache's record of this name becomes the node's
         kids[name] = inode
         inode.add_name(pnode, name)
 
@@ -341,14 +375,16 @@ class LowLevelFS:
         """Forget that ``name`` in directory ``parent`` names a node; that node (None: none known)."""
         pnode = self.nodes.get(parent)
         inode = pnode.kids.pop(name, None) if pnode is not None and pnode.kids else None
-        if inode is not None:
-            inode.drop_name(pnode, name)  # type: ignore[arg-type]
+        if not isinstance(inode, Inode):
+            return None
+        inode.drop_name(pnode, name)  # type: ignore[arg-type]
         return inode
 
     def _known(self, parent: int, name: str) -> Inode | None:
         """The node the kernel knows as ``name`` in directory ``parent`` (None: none)."""
         pnode = self.nodes.get(parent)
-        return pnode.kids.get(name) if pnode is not None and pnode.kids else None
+        inode = pnode.kids.get(name) if pnode is not None and pnode.kids else None
+        return inode if isinstance(inode, Inode) else None
 
     def _forget(self, nid: int, count: int) -> None:
         node = self.nodes.get(nid)
@@ -376,7 +412,7 @@ class LowLevelFS:
     def _fresh(self, parent: int, name: str) -> bytes:
         """The entry reply for a name just made in ``parent``."""
         self._dir_changed(parent)
-        return self._entry(parent, name, self.view.lookup(self._join(parent, name)))
+        return self._entry(parent, name, self._child(parent, name))
 
     # ================================================================== life cycle
     def init(self, nid: int, body: memoryview) -> bytes:
@@ -418,8 +454,7 @@ class LowLevelFS:
         try:
             known = self._known(parent, name)
             first = known is not None and known.parent is self.nodes.get(parent) and known.name == name
-            hint = known.layer if first else 0  # type: ignore[union-attr]
-            node = self.view.lookup(self._join(parent, name), hint)
+            node = self._child(parent, name, known.layer if first else 0)  # type: ignore[union-attr]
         except FileNotFoundError:
             return NEGATIVE_ENTRY
         return self._entry(parent, name, node)
@@ -437,11 +472,14 @@ class LowLevelFS:
         """attr_out for ``nid``: by its name, or through an open handle once every name is gone (unlinked
         while open)."""
         try:
-            path = self.path(nid)
+            return self._attr_out(self._looked_up(nid))
         except FileNotFoundError:
-            path = None
-        if path is not None:
-            return self._attr_out(self.view.lookup(path, self._hint(nid)))
+            try:
+                self.path(nid)
+            except FileNotFoundError:
+                pass  # no name left (unlinked while open): through an open handle
+            else:
+                raise
         inode = self.nodes.get(nid)
         try:
             h = self._handle_of(nid, fh)
@@ -633,11 +671,17 @@ class LowLevelFS:
     # ================================================================== files
     def open(self, nid: int, body: memoryview) -> bytes:
         flags, open_flags = fp.OPEN_IN.unpack_from(body)
-        path = self.path(nid)
-        fd, node = self.ov.open_node(path, flags, keep_mtime=self.writeback, hint=self._hint(nid))
+        inode = self.nodes.get(nid)
+        node = self.view.cached(inode) if inode is not None and reads_only(flags) else None
+        try:
+            fd = self.ov.open_read(node, flags) if node is not None else -1
+        except FileNotFoundError:  # the record's resolution went stale: by path, afresh
+            fd = -1
+        if fd < 0:
+            fd, node = self.ov.open_node(self.path(nid), flags, keep_mtime=self.writeback, hint=self._hint(nid))
         if open_flags & fp.OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
             self._kill_priv(fd)
-        return fp.OPEN_OUT.pack(*self._opened(nid, fd, path, node, flags))
+        return fp.OPEN_OUT.pack(*self._opened(nid, fd, node, flags))
 
     def create(self, parent: int, body: memoryview) -> bytes:
         flags, mode, _umask, _oflags = fp.CREATE_IN.unpack_from(body)
@@ -645,14 +689,15 @@ class LowLevelFS:
         path = self._join(parent, name)
         fd = self.ov.create(path, mode, flags, self._uid, self._gid)
         try:
-            entry = self._fresh(parent, name)
+            self._dir_changed(parent)
+            node = self._child(parent, name)
+            entry = self._entry(parent, name, node)
         except BaseException:
             os.close(fd)
             raise
-        node = self.view.lookup(path)
-        return entry + fp.OPEN_OUT.pack(*self._opened(self._nodeid(node.ino), fd, path, node, flags))
+        return entry + fp.OPEN_OUT.pack(*self._opened(self._nodeid(node.ino), fd, node, flags))
 
-    def _opened(self, nid: int, fd: int, path: str, node: Node, flags: int) -> tuple[int, int, int]:
+    def _opened(self, nid: int, fd: int, node: Node, flags: int) -> tuple[int, int, int]:
         """Register a new handle; (fh, open flags, backing id) for the reply."""
         inode = self.nodes.get(nid)
         if inode is None:  # cannot happen for a looked-up node; keep the handle usable anyway
@@ -678,7 +723,7 @@ class LowLevelFS:
             except OSError as e:
                 log.warning("passthrough refused (%s): serving file data from the daemon", e)
                 self.passthrough = use_pt = False
-        h = self.handles[fd] = Handle(fd, nid, path, use_pt, final)
+        h = self.handles[fd] = Handle(fd, nid, use_pt, final)
         if inode.handles is None:
             inode.handles = [h]
         else:
@@ -794,14 +839,15 @@ class LowLevelFS:
         """The directory handle's listing, made afresh when a read starts at offset 0."""
         ls = self.dirs[dh]
         if ls.entries is None or offset == 0:
-            path = self.path(ls.nid)
-            node = self.view.lookup(path, self._hint(ls.nid))
+            node = self._looked_up(ls.nid)
             children = self.view.listdir(node, lazy=True)
             entries: list[tuple[str, int, int, int, bytes | None]] = [
                 (".", node.ino, node.st.st_mode, 0, None), ("..", self._parent_ino(ls.nid), stat.S_IFDIR, 0, None)]
             entries += [(intern(c.path.rpartition("/")[2]), c.ino, c.st.st_mode, c.layer, self._attr(c))
                         for c in children]
-            self.view.adopt(path, children)  # takes the children's full stat results away
+            inode = self.nodes.get(ls.nid)
+            if inode is not None:
+                self.view.adopt(inode, children)  # takes the children's full stat results away
             ls.entries, ls.version = entries, self.dir_version.get(ls.nid, 0)
         return ls
 

@@ -985,16 +985,14 @@ class Overlay:
         ``keep_mtime``: O_TRUNC does not change the file's mtime (a caller whose client keeps its own mtime,
         as the kernel with the FUSE writeback cache, sets it itself). ``hint``: the layer the entry was found at
         before (:meth:`Union.child`)."""
-        acc = flags & os.O_ACCMODE
-        if acc == os.O_RDONLY and not flags & os.O_TRUNC:
+        if reads_only(flags):
             node = self.view.resolve(path, hint)
-            rflags = _real_flags(flags) & ~os.O_ACCMODE | os.O_RDONLY
             try:
-                return node.open_data(rflags), node
+                return self.open_read(node, flags), node
             except FileNotFoundError:  # the cached resolution went stale: resolve afresh once
                 self.view.forget(path)
                 node = self.view.resolve(path)
-                return node.open_data(rflags), node
+                return self.open_read(node, flags), node
         self._writable()
         node = self.view.resolve(path)
         if node.is_dir:
@@ -1012,6 +1010,12 @@ class Overlay:
             os.close(fd)
             raise
         return fd, node
+
+    @staticmethod
+    def open_read(node: Node, flags: int) -> int:
+        """Open the data of the resolved ``node`` for a read-only open with ``flags`` (:func:`reads_only`): no
+        copy-up. FileNotFoundError when the resolution is stale."""
+        return node.open_data(_real_flags(flags) & ~os.O_ACCMODE | os.O_RDONLY)
 
     def chmod(self, path: str, mode: int) -> None:
         node = self.copy_up(path, meta=True)
@@ -1077,6 +1081,11 @@ class Overlay:
         return {"f_bsize": sv.f_bsize, "f_frsize": sv.f_frsize, "f_blocks": sv.f_blocks, "f_bfree": sv.f_bfree,
                 "f_bavail": sv.f_bavail, "f_files": sv.f_files, "f_ffree": sv.f_ffree, "f_favail": sv.f_favail,
                 "f_namemax": NAME_MAX}
+
+
+def reads_only(flags: int) -> bool:
+    """Whether an open with ``flags`` neither writes nor truncates (it never copies up)."""
+    return flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_TRUNC
 
 
 def _real_flags(flags: int) -> int:

@@ -21,10 +21,13 @@ Inode numbers: one namespace for the whole mount. An upper entry that carries th
 kernel's ``xino`` idea). Numbers are therefore stable across copy-up, rename and remount.
 
 Path cache (``cache=True``, used by :class:`unionfs.union.overlay.Overlay`, the only writer of a mounted upper): the
-resolution of every path looked up is kept in a tree of :class:`_Ent` (name -> entry), so that a lookup costs one
-dict step per component and one ``lstat`` of the final real entry instead of a walk of every layer per
+resolution of every path looked up is kept in a tree of :class:`Entry` records (name -> record), so that a lookup
+costs one dict step per component and one ``lstat`` of the final real entry instead of a walk of every layer per
 component. The writer must call :meth:`Union.forget` for every path whose resolution it changes (and
-:meth:`Union.forget_all` when the hardlink index changes); forgetting a directory forgets its subtree.
+:meth:`Union.forget_all` when the hardlink index changes); forgetting a directory forgets its subtree. The mount
+daemon's node records are entries of this same tree (:meth:`Union.attach`): one record per kernel node holds
+both its resolution and what the daemon knows of it, and a lookup is :meth:`Union.lookup_in` on the parent's
+record, with no path built.
 
 Lower hardlinks: once one alias of a lower hardlinked file has been copied up, its data lives in the index
 (``WORK/unionfs/index/<ino>``) and every other lower alias resolves to that index file (index=on).
@@ -163,7 +166,7 @@ class Node:
     """
 
     __slots__ = ("path", "layer", "at", "rname", "st", "ino", "dirs", "indexed", "merged", "nocap", "deep",
-                 "probes", "data")
+                 "names", "data", "epoch")
 
     def __init__(self, path: str, layer: int, at: Dir, rname: str, st: os.stat_result, ino: int,
                  dirs: tuple[Dir, ...] = (), *, indexed: bool = False, merged: bool = False) -> None:
@@ -177,11 +180,15 @@ class Node:
         #: a directory from a lazy listing (:meth:`Union.listdir`): ``dirs`` below its top layer are not yet
         #: cut at an opaque one (:meth:`Union._cut`, before any use of them)
         self.deep = False
-        #: lookups in this directory so far that had no :meth:`Union._lower_top` map (one is made at the
-        #: :data:`NAMES_AFTER`-th)
-        self.probes = 0
+        #: a directory's lookups so far without a :meth:`Union._lower_top` map (an int: one is made at the
+        #: :data:`NAMES_AFTER`-th), then that map (name -> the first of its lower layers holding the name or its
+        #: whiteout; the node's stack never changes, so neither does the map)
+        self.names: int | dict[str, int] = 0
         #: for a metacopy upper file: where its data is (None: the data is the real entry's)
         self.data: Data | None = None
+        #: the union's :meth:`Union.forget_all` count when the node was put in the path cache (an older one
+        #: is stale)
+        self.epoch = 0
 
     def __repr__(self) -> str:
         return f"Node({self.path!r}, layer={self.layer}, real={self.at!r}/{self.rname!r}, ino={self.ino})"
@@ -227,14 +234,21 @@ class SlimStat:
         self.st_mode, self.st_ino, self.st_dev, self.st_nlink = st.st_mode, st.st_ino, st.st_dev, st.st_nlink
 
 
-class _Ent:
-    """One path-cache entry: the resolved node (None: re-resolve, children kept) and the cached children."""
+class Entry:
+    """One record of the path cache: the resolved node of one name (None: resolve it again, its children's
+    records kept) and the records of the names below it, name -> record (None: none).
+
+    A caller may put records of its own in the tree (the mount daemon's node records, a subclass: see
+    :meth:`Union.attach`); such a record is :attr:`pinned`: the cache never removes it, only clears its
+    node, and the caller adds and removes it by name itself."""
 
     __slots__ = ("node", "kids")
+    #: whether the record belongs to the cache's user (see the class docstring)
+    pinned = False
 
-    def __init__(self, node: Node | None) -> None:
+    def __init__(self, node: Node | None = None) -> None:
         self.node = node
-        self.kids: dict[str, _Ent] = {}
+        self.kids: dict[str, Entry] | None = None
 
 
 #: errors of a layer's directory that only mean "this layer has no such directory" (skipped while merging);
@@ -359,9 +373,8 @@ class Union:
         #: per layer: union path of a lower directory -> opaque (lowers never change while mounted)
         self._opaque_cache: list[dict[str, bool]] = [{} for _ in self.layers]
         self._opaque_count = 0
-        #: union path of a merged directory -> (the layers of its lower stack, name -> the first of those
-        #: layers holding the name or its whiteout); most recently used last (see :meth:`_lower_top`)
-        self._name_maps: dict[str, tuple[tuple[int, ...], dict[str, int]]] = {}
+        #: the directories holding a name map (:attr:`Node.names`) by id, most recently used last
+        self._name_maps: dict[int, Node] = {}
         # The root merges every layer: an opaque mark (xattr or ``.wh..wh..opq``) on a layer's root is
         # ignored. The OCI image spec defines opaque whiteouts for directories below the root and says nothing
         # of the root itself; docker's overlay2 driver and containerd's overlayfs snapshotter (the default
@@ -372,8 +385,10 @@ class Union:
         self.dirs = Dirs(fds=self.cache)
         self._root_dirs: tuple[Dir, ...] = tuple(self.dirs.root(i, p) for i, p in enumerate(self.layers))
         self._index = self.dirs.root(0, self.index_dir) if self.index_dir is not None else None
-        self._tree = _Ent(None)
+        self._tree = Entry()
         self._cached = 0
+        #: how many times the whole cache was forgotten (see :attr:`Node.epoch`)
+        self._epoch = 0
         _spare_fd()  # set the spare descriptor aside now, while descriptors are free
 
     def trim(self) -> None:
@@ -520,18 +535,11 @@ class Union:
         if not self.cache:
             return self._walk(path)
         node, fresh = self._resolve(path, hint)
-        if fresh:  # resolved just now: its lstat is new
+        if fresh or self._refresh(node):
             return node
-        try:
-            st = node.lstat()
-        except FileNotFoundError:
-            st = None
-        if st is None or st.st_ino != node.st.st_ino or st.st_dev != node.st.st_dev:
-            # changed behind the cache's back: resolve again from scratch
-            self.forget(path)
-            return self.resolve(path)
-        node.st = st if node.data is None else _with_blocks(st, node.data.blocks)
-        return node
+        # changed behind the cache's back: resolve again from scratch
+        self.forget(path)
+        return self.resolve(path)
 
     def resolve(self, path: str, hint: int = 0) -> Node:
         """Like :meth:`lookup`, but with the cache the node's ``st`` may be older than the last write: for
@@ -540,37 +548,100 @@ class Union:
             return self._walk(path)
         return self._resolve(path, hint)[0]
 
+    def _refresh(self, node: Node) -> bool:
+        """Put a fresh lstat of a cached node's real entry in its ``st``; False (nothing changed) when the real
+        entry is gone or is another file now."""
+        try:
+            st = node.lstat()
+        except FileNotFoundError:
+            return False
+        if st.st_ino != node.st.st_ino or st.st_dev != node.st.st_dev:
+            return False
+        node.st = st if node.data is None else _with_blocks(st, node.data.blocks)
+        return True
+
     def _resolve(self, path: str, hint: int = 0) -> tuple[Node, bool]:
         """:meth:`resolve` with the cache, and whether the node was resolved just now (its ``st`` is new)."""
-        ent = self._tree
-        node = ent.node
+        ent: Entry | None = self._tree
+        node = self.cached(ent)  # type: ignore[arg-type]
         fresh = node is None
         if node is None:
-            node = ent.node = self.root()
-        cur: _Ent | None = ent
+            node = self._keep(self._tree, self.root(), always=True)
         comps = _components(path)
         last = len(comps) - 1
         for i, name in enumerate(comps):
-            if not node.is_dir:
-                raise _err(errno.ENOTDIR, path)
-            kid = cur.kids.get(name) if cur is not None else None
-            if kid is not None and kid.node is not None:
-                cur, node, fresh = kid, kid.node, False
-                continue
-            fresh = True
-            found = self.child(node, name, hint=hint if i == last else 0)
-            if found is None:
-                raise _err(errno.ENOENT, path)
-            if kid is not None:
-                kid.node = found
-            elif cur is not None and self._room(found):
-                kid = cur.kids[intern(name)] = _Ent(found)
-                self._cached += 1
-            # a full cache keeps what it has (dropping it all made a walk of a big tree thrash): the rest
-            # of this path resolves uncached
-            cur, node = kid, found
+            ent, node, fresh = self._step(ent, node, name, hint if i == last else 0)
         self._cut(node)
         return node, fresh
+
+    def _step(self, ent: Entry | None, parent: Node, name: str, hint: int) -> tuple[Entry | None, Node, bool]:
+        """One step of a resolution: the entry ``name`` of the directory ``parent`` (whose record is ``ent``;
+        None: not cached), its record (None: not cached) and whether it was resolved just now. Raises ENOTDIR,
+        ENOENT."""
+        if not parent.is_dir:
+            raise _err(errno.ENOTDIR, _join(parent.path, name))
+        kids = ent.kids if ent is not None else None
+        kid = kids.get(name) if kids else None
+        if kid is not None:
+            node = kid.node
+            # a file's record may hold the resolution of another of its names (a hardlink the daemon knows)
+            if (node is not None and node.epoch == self._epoch
+                    and (stat.S_ISDIR(node.st.st_mode) or node.path == _join(parent.path, name))):
+                return kid, node, False
+        found = self.child(parent, name, hint=hint)
+        if found is None:
+            raise _err(errno.ENOENT, _join(parent.path, name))
+        if kid is None and ent is not None and self._room(found):
+            kid = Entry()
+            if kids is None:
+                kids = ent.kids = {}
+            kids[intern(name)] = kid
+        if kid is not None:
+            self._keep(kid, found)
+        # a full cache keeps what it has (dropping it all made a walk of a big tree thrash): the rest of this
+        # path resolves uncached
+        return kid, found, True
+
+    def _keep(self, ent: Entry, node: Node, *, always: bool = False) -> Node:
+        """Put ``node`` in the record ``ent`` if the cache has room, the record held a node already or
+        ``always``."""
+        if self.cached(ent) is None:
+            if not always and not self._room(node):
+                return node
+            self._cached += 1
+        node.epoch = self._epoch
+        ent.node = node
+        return node
+
+    def cached(self, ent: Entry) -> Node | None:
+        """The node the record ``ent`` holds, None when it holds none or a stale one; its ``st`` may be old."""
+        node = ent.node
+        return node if node is not None and node.epoch == self._epoch else None
+
+    def attach(self, root: Entry) -> None:
+        """Make ``root`` (an empty record) the cache's root record, in place of the cache so far: its user's
+        records (the mount daemon's nodes) are then the cache's, see :class:`Entry`."""
+        self._tree = root
+        self._cached = 0
+
+    def lookup_in(self, ent: Entry, parent: Node, name: str, hint: int = 0) -> Node:
+        """:meth:`lookup` of the entry ``name`` of the directory ``parent`` whose record is ``ent`` (no path is
+        built or walked): with fresh attributes; raises OSError ENOENT/ENOTDIR/ENAMETOOLONG."""
+        kid, node, fresh = self._step(ent, parent, name, hint)
+        if not fresh and not self._refresh(node):
+            self._forget_kid(ent, name, keep_children=False)
+            kid, node, fresh = self._step(ent, parent, name, 0)
+        self._cut(node)
+        return node
+
+    def refresh(self, ent: Entry) -> Node | None:
+        """The node of the record ``ent`` with fresh attributes; None when it holds none (or a stale one, or its
+        real entry changed): then resolve it by path."""
+        node = self.cached(ent)
+        if node is None or not self._refresh(node):
+            return None
+        self._cut(node)
+        return node
 
     def forget(self, path: str, *, keep_children: bool = False) -> None:
         """The resolution of ``path`` may have changed: drop it (and, unless ``keep_children``, everything
@@ -578,51 +649,69 @@ class Union:
         if not self.cache:
             return
         comps = _components(path)
-        ent = self._tree
         if not comps:
             self.forget_all()
             return
+        ent = self._tree
         for name in comps[:-1]:
-            nxt = ent.kids.get(name)
+            nxt = ent.kids.get(name) if ent.kids else None
             if nxt is None:
                 return
             ent = nxt
-        if keep_children:
-            kid = ent.kids.get(comps[-1])
-            if kid is not None:
-                kid.node = None
-        else:
-            ent.kids.pop(comps[-1], None)
+        self._forget_kid(ent, comps[-1], keep_children=keep_children)
 
-    def adopt(self, path: str, children: Sequence[Node]) -> None:
-        """Cache the just listed ``children`` of the directory ``path`` (a readdir answers every later lookup
-        of them). Names already cached are left alone. The caller gives the nodes up: their ``st`` becomes
-        a :class:`SlimStat`."""
+    def _forget_kid(self, ent: Entry, name: str, *, keep_children: bool) -> None:
+        """:meth:`forget` of the name ``name`` of the record ``ent``: a record of the cache's own goes (with
+        its subtree); a pinned one stays, its node cleared, and unless ``keep_children`` those of its subtree
+        too."""
+        kid = ent.kids.get(name) if ent.kids else None
+        if kid is None:
+            return
+        if not keep_children and not kid.pinned:
+            del ent.kids[name]  # type: ignore[union-attr]
+            return
+        stack = [kid]
+        while stack:
+            e = stack.pop()
+            if self.cached(e) is not None:
+                self._cached -= 1
+            e.node = None
+            if keep_children or not e.kids:
+                continue
+            for n, k in list(e.kids.items()):
+                if k.pinned:
+                    stack.append(k)
+                else:
+                    del e.kids[n]
+
+    def adopt(self, ent: Entry, children: Sequence[Node]) -> None:
+        """Cache the just listed ``children`` of the directory whose record is ``ent`` (a readdir answers every
+        later lookup of them). Names already cached are left alone. The caller gives the nodes up: their ``st``
+        becomes a :class:`SlimStat`."""
         if not self.cache:
             return
-        ent = self._tree
-        for name in _components(path):
-            nxt = ent.kids.get(name)
-            if nxt is None or nxt.node is None:
-                return
-            ent = nxt
         kids = ent.kids
         for c in children:
             name = intern(c.path.rpartition("/")[2])
-            if name not in kids and self._room(c):
+            kid = kids.get(name) if kids else None
+            if (kid is None or self.cached(kid) is None) and self._room(c):
                 c.st = SlimStat(c.st)  # type: ignore[assignment]
-                kids[name] = _Ent(c)
-                self._cached += 1
+                if kid is None:
+                    if kids is None:
+                        kids = ent.kids = {}
+                    kid = kids[name] = Entry()
+                self._keep(kid, c)
 
     def _room(self, node: Node) -> bool:
         """Whether the cache takes ``node``: anything below :data:`CACHE_MAX` entries, directories up to
-        :data:`CACHE_MAX_DIRS` (a cached directory keeps its layers' name sets, so a lookup of an uncached
-        file in it still costs one lstat, not a scandir of every layer)."""
+        :data:`CACHE_MAX_DIRS` (a lookup of an uncached file in a cached directory still costs one lstat or
+        two, not a probe of every layer's stack from the root)."""
         return self._cached < CACHE_MAX or (self._cached < CACHE_MAX_DIRS and stat.S_ISDIR(node.st.st_mode))
 
     def forget_all(self) -> None:
-        """Drop the whole path cache (the hardlink index changed)."""
-        self._tree = _Ent(None)
+        """Drop the whole path cache (the hardlink index changed): every node it holds is stale from now on
+        (:attr:`Node.epoch`); the records stay."""
+        self._epoch += 1
         self._cached = 0
 
     def _walk(self, path: str) -> Node:
@@ -698,44 +787,43 @@ class Union:
     def _lower_top(self, parent: Node, name: str) -> int:
         """The first of the lower layers of directory ``parent`` that holds ``name`` or its whiteout (a layer
         past every layer when none does), from a map of the names in those layers; 0 (nothing to skip) for a
-        directory without one. Lower layers never change while the union lives, so a map stays true for as long
-        as the directory merges the same lower layers; only the :data:`NAME_MAPS` most recently used are kept,
+        directory without one. Lower layers never change while the union lives, and a node's stack never changes,
+        so a map kept on the node stays true; only the :data:`NAME_MAPS` most recently used are kept,
         and a directory gets one only at its :data:`NAMES_AFTER`-th lookup (a ``cat`` of files named on the
         command line: one listing per layer instead of an lstat and a whiteout lstat per layer and file)."""
+        names = parent.names
+        maps = self._name_maps
+        if type(names) is dict:
+            maps[id(parent)] = maps.pop(id(parent))  # most recently used
+            return names.get(name, 1 << 30)
         if not self.cache:
             return 0
         lowers = parent.dirs[1:] if self.upper is not None and parent.dirs and parent.dirs[0].layer == 0 else \
             parent.dirs
-        if len(lowers) < 2:
+        if len(lowers) < 2 or names + 1 < NAMES_AFTER:  # type: ignore[operator]
+            parent.names = names + 1  # type: ignore[operator]
             return 0
-        key = tuple(d.layer for d in lowers)
-        maps = self._name_maps
-        got = maps.pop(parent.path, None)
-        if got is None or got[0] != key:
-            parent.probes += 1
-            if parent.probes < NAMES_AFTER:
-                return 0
-            names: dict[str, int] = {}
-            for d in reversed(lowers):  # bottom up: the top-most layer writes last
-                try:
-                    entries = _scan(d)
-                except OSError:
-                    return 0  # lookups probe the layers one by one instead
-                for n, _ in entries:
-                    if n.startswith(wh.WH_PREFIX):
-                        try:
-                            t = wh.whiteout_target(n)
-                        except ValueError:
-                            t = None
-                        if t is None:
-                            continue
-                        n = t
-                    names[intern(n)] = d.layer
-            got = (key, names)
-            if len(maps) >= NAME_MAPS:
-                del maps[next(iter(maps))]
-        maps[parent.path] = got
-        return got[1].get(name, 1 << 30)
+        made: dict[str, int] = {}
+        for d in reversed(lowers):  # bottom up: the top-most layer writes last
+            try:
+                entries = _scan(d)
+            except OSError:
+                return 0  # lookups probe the layers one by one instead
+            for n, _ in entries:
+                if n.startswith(wh.WH_PREFIX):
+                    try:
+                        t = wh.whiteout_target(n)
+                    except ValueError:
+                        t = None
+                    if t is None:
+                        continue
+                    n = t
+                made[intern(n)] = d.layer
+        if len(maps) >= NAME_MAPS:
+            maps.pop(next(iter(maps))).names = 0
+        parent.names = made
+        maps[id(parent)] = parent
+        return made.get(name, 1 << 30)
 
     def _cut(self, node: Node) -> None:
         """Cut the stack of a directory from a lazy listing (:attr:`Node.deep`) after its first opaque layer.
