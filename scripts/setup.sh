@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 attr umoci skopeo busybox-static docker-registry fuse-overlayfs fio stress-ng buildah
-              python3-venv gcc python3-dev util-linux kmod)
+              podman runc uidmap python3-venv gcc python3-dev util-linux kmod)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -4,6 +4,7 @@ a remount, and kill -9 of the daemon. Every mount is unmounted at the end (tests
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -281,3 +282,54 @@ def test_the_daemon_raises_its_descriptor_limit(tmp_path: Any) -> None:
             assert resource.prlimit(pid, resource.RLIMIT_NOFILE)[0] == min(hard, 1 << 20)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_umount_returns_while_another_namespace_holds_the_mount(tmp_path: Any) -> None:
+    """As umount(8): a copy of the mount in another mount namespace keeps the filesystem and its daemon alive, so
+    ``unionfs umount`` returns once the mount is gone here, without waiting for the daemon (it used to wait 60 s
+    and warn); the daemon ends when the copy does."""
+    lowers, u, w, mnt = union_dirs(tmp_path)
+    with unionfs_mount(lowers, u, w, mnt) as m:
+        (pid,) = daemon_pids(mnt)
+        ours = os.readlink("/proc/self/ns/mnt")
+        holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "300"])
+        try:
+            for _ in range(200):
+                if os.readlink(f"/proc/{holder.pid}/ns/mnt") != ours:
+                    break
+                time.sleep(0.01)
+            m.release_root()
+            run_cli("umount", mnt, timeout=30)  # a TimeoutExpired: it waited for the daemon
+            assert not os.path.ismount(mnt)
+            assert os.path.exists(f"/proc/{pid}")  # the copy keeps it serving
+        finally:
+            holder.kill()
+            holder.wait()
+        for _ in range(300):
+            if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+                break
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+@pytest.mark.parametrize("how", ["user namespace", "-o userxattr"])
+def test_user_xattrs_in_a_user_namespace_or_when_asked(tmp_path: Any, how: str) -> None:
+    """The root of a user namespace (rootless podman's mount program, ``unshare --user --map-root-user``) may not
+    set ``trusted.*`` xattrs: the mount used to fail ("does not support trusted.* xattrs"); it now writes
+    ``user.overlay.*``, as the kernel's ``userxattr``; ``-o userxattr`` asks for that anywhere. A lower directory
+    removed and made again is opaque by ``user.overlay.opaque``; a removed lower file is hidden."""
+    from support.cli import cli_argv
+
+    lowers, u, w, mnt = union_dirs(tmp_path)
+    mount = cli_argv("mount", *[a for low in lowers for a in ("--lower", low)], "--upper", u, "--work", w,
+                     *(["-o", "userxattr"] if how == "-o userxattr" else []), mnt)
+    script = (f"{' '.join(map(shlex.quote, mount))} && rm -r {mnt}/d && mkdir {mnt}/d && rm {mnt}/a && "
+              f"ls {mnt} && {' '.join(map(shlex.quote, cli_argv('umount', mnt)))}")
+    wrap = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c"] if how == "user namespace" else \
+        ["sh", "-c"]
+    with unmounted_on_exit(mnt):
+        r = subprocess.run([*wrap, script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["b", "d", "top"]
+    assert os.getxattr(os.path.join(u, "d"), "user.overlay.opaque") == b"y"
+    assert not [x for x in os.listxattr(os.path.join(u, "d")) if x.startswith("trusted.")]

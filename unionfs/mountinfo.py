@@ -64,3 +64,29 @@ def mount_at(path: str) -> Mount | None:
         if m.mountpoint == target:
             found = m
     return found
+
+
+def held_elsewhere(dev: str) -> int | None:
+    """A process in another mount namespace than this one whose mount table holds a mount of the filesystem
+    ``dev`` ("MAJOR:MINOR"), or None: such a copy keeps the filesystem (and a FUSE daemon) alive after it is
+    unmounted here. Each namespace's table is read once; processes that cannot be read are skipped."""
+    try:
+        seen = {os.readlink("/proc/self/ns/mnt")}
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            ns = os.readlink(f"/proc/{name}/ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{name}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if any(m.dev == dev for m in parse(text)):
+            return int(name)
+    return None

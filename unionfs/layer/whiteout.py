@@ -17,6 +17,7 @@ No visible name ever starts with ``.wh.``: callers use ``is_hidden_name`` to dro
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 
@@ -30,9 +31,36 @@ OPAQUE_XATTRS = (TRUSTED + "overlay.opaque", USER + "overlay.opaque")
 WHITEOUT_XATTRS = (TRUSTED + "overlay.whiteout", USER + "overlay.whiteout")
 
 
+#: the namespace :func:`use_namespace` chose for this process (empty: decided by what the process may do)
+_CHOSEN: list[str] = []
+
+
 def xattr_namespace() -> str:
-    """``trusted.`` when running as root, ``user.`` otherwise (as the kernel's ``userxattr`` option)."""
-    return TRUSTED if os.geteuid() == 0 else USER
+    """The namespace of the overlay xattrs this process writes: ``trusted.`` when it may set trusted xattrs
+    (root of the initial user namespace: the kernel wants CAP_SYS_ADMIN there), ``user.`` otherwise, as the
+    kernel's ``userxattr`` (a user namespace's root, such as a rootless podman's mount program, may not set
+    them); unless :func:`use_namespace` chose one (``-o userxattr``)."""
+    if _CHOSEN:
+        return _CHOSEN[0]
+    return TRUSTED if os.geteuid() == 0 and _initial_user_namespace() else USER
+
+
+def use_namespace(ns: str) -> None:
+    """Make :data:`USER` or :data:`TRUSTED` this process' namespace for what it writes from now on (a mount
+    daemon's ``-o userxattr``)."""
+    if ns not in (TRUSTED, USER):
+        raise ValueError(f"not an overlay xattr namespace: {ns!r}")
+    _CHOSEN[:] = [ns]
+
+
+@functools.cache
+def _initial_user_namespace() -> bool:
+    """True when this process runs in the initial user namespace (its uid map is the whole identity map)."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
 
 
 def opaque_xattr() -> str:

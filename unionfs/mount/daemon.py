@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import time
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 #: seconds ``umount`` waits for the daemon to end after the unmount
 STOP_TIMEOUT = 60.0
+#: ... but first only this long: a daemon still running then is looked for a copy of its mount in another mount
+#: namespace, which keeps it alive for as long as that copy lives (``umount`` then returns, as umount(8) does)
+HELD_CHECK = 0.5
 #: seconds a mount (without a daemon process we know) gets to answer ``statfs`` before it counts as hung
 PROBE_TIMEOUT = 2.0
 
@@ -89,8 +93,10 @@ def mount_state(mountpoint: str, daemons: dict[str, int] | None = None, timeout:
     return result[0] if result else HUNG
 
 
-def check_plan(plan: MountPlan, mountpoint: str) -> None:
-    """Raise a one-line MountError for what would make the mount fail (before starting a daemon)."""
+def check_plan(plan: MountPlan, mountpoint: str, *, userxattr: bool = False) -> None:
+    """Raise a one-line MountError for what would make the mount fail (before starting a daemon); ``userxattr``:
+    the daemon will write ``user.`` xattrs whatever the process may do (``-o userxattr``)."""
+    check_fuse_device()
     if any(m.mountpoint == os.path.realpath(mountpoint) for m in live_mounts()) and \
             mount_state(os.path.realpath(mountpoint)) == DEAD:
         raise MountError(f"mountpoint {mountpoint} holds a dead unionfs mount (its daemon is gone): "
@@ -115,22 +121,45 @@ def check_plan(plan: MountPlan, mountpoint: str) -> None:
         for d in (up, wk):
             if (d + "/").startswith(mp + "/"):
                 raise MountError(f"{d} is inside the mountpoint {mountpoint}")
-        _check_xattrs(plan.work)
+        from unionfs.layer import whiteout as wh
+
+        _check_xattrs(plan.work, wh.USER if userxattr else wh.xattr_namespace())
 
 
-def _check_xattrs(work: str) -> None:
-    from unionfs.layer import whiteout as wh
+def check_fuse_device(device: str = "/dev/fuse") -> None:
+    """MountError saying how to fix it when this process cannot mount because ``/dev/fuse`` is missing or not
+    open to it (a user other than root, whose fusermount3 opens it with the user's rights; or the root of a user
+    namespace, such as rootless podman's mount program, for whom the host's root owns it)."""
+    if not os.path.exists(device):
+        raise MountError(f"{device} does not exist: load the fuse module (`modprobe fuse`), or in a container "
+                         f"pass the device in (`--device {device}`)")
+    if not os.access(device, os.R_OK | os.W_OK):
+        st = os.stat(device)
+        raise MountError(f"{device} is not open to you (mode {stat.S_IMODE(st.st_mode):04o}, group "
+                         f"{_group_name(st.st_gid)}): give it the usual mode 0666 (`chmod 0666 {device}`, as root), "
+                         f"join its group, or mount as root")
 
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _check_xattrs(work: str, ns: str) -> None:
+    """MountError when an xattr of the namespace ``ns`` cannot be set in the work directory ``work``."""
     probe = os.path.join(work, f".unionfs-xattr-probe.{os.getpid()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as e:
         raise MountError(f"cannot write in work directory {work}: {e.strerror}") from None
     try:
-        os.setxattr(fd, wh.xattr_namespace() + "overlay.unionfs.probe", b"y")
+        os.setxattr(fd, ns + "overlay.unionfs.probe", b"y")
     except OSError as e:
-        raise MountError(f"the upper filesystem at {work} does not support {wh.xattr_namespace()}* "
-                         f"xattrs ({e.strerror})") from None
+        raise MountError(f"the upper filesystem at {work} does not support {ns}* xattrs ({e.strerror})") from None
     finally:
         os.close(fd)
         os.unlink(probe)
@@ -144,11 +173,13 @@ def mount(plan: MountPlan, mountpoint: str, *, options: list[str] | None = None,
     ``meanwhile`` runs once the plan is checked and the daemon has the mount, while it mounts (a forked or
     spawned daemon; before serving in the foreground): what it does is done also when the mount then fails.
 
-    Raises MountError with a one-line message when the mount cannot be made.
+    Raises MountError with a one-line message when the mount cannot be made, UsageError for an option no mount
+    takes (:func:`unionfs.mount.process.check_options`).
     """
     options = list(options or [])
+    process.check_options(options)
     mountpoint = os.path.abspath(mountpoint)
-    check_plan(plan, mountpoint)
+    check_plan(plan, mountpoint, userxattr=bool(process.fuse_options(plan, options).get("userxattr")))
     spec = {"lowers": [os.path.abspath(p) for p in plan.lowers],
             "upper": os.path.abspath(plan.upper) if plan.upper else None,
             "work": os.path.abspath(plan.work) if plan.work else None,
@@ -172,22 +203,28 @@ def umount(mountpoint: str, *, lazy: bool = False) -> bool:
     A busy live mount is left alone (MountError saying to close the files or use ``lazy``). A dead mount
     (its daemon gone: nothing can be lost) that is busy is detached lazily; returns True when that happened
     (processes holding files there get ENOTCONN until they close them), False otherwise. Without ``lazy``,
-    returns once the daemon has ended (the last words of a volatile mount, the sync of its upper, included).
+    returns once the daemon has ended (the last words of a volatile mount, the sync of its upper, included),
+    unless another mount namespace still holds a copy of the mount: then at once, as umount(8) (the daemon ends
+    with that copy).
     """
     mp = os.path.realpath(mountpoint)
     if not is_mounted(mp):
         raise MountError(f"{mountpoint} is not a unionfs mount")
     records = {} if lazy else _daemon_records()  # a lazy unmount waits for no daemon
     daemon = None if mp not in records else pidfile.pin(records[mp].pid, records[mp].start)
+    mount = mountinfo.mount_at(mp)
     try:
-        return _unmount(mountpoint, mp, lazy, {p: r.pid for p, r in records.items()}, daemon)
+        return _unmount(mountpoint, mp, lazy, {p: r.pid for p, r in records.items()}, daemon,
+                        mount.dev if mount is not None else "")
     finally:
         if daemon is not None:
             os.close(daemon)
 
 
-def _unmount(mountpoint: str, mp: str, lazy: bool, daemons: dict[str, int], daemon: int | None) -> bool:
-    """:func:`umount` once the daemon is known: ``daemon`` a pidfd of it (None: nothing to wait for)."""
+def _unmount(mountpoint: str, mp: str, lazy: bool, daemons: dict[str, int], daemon: int | None,
+             dev: str = "") -> bool:
+    """:func:`umount` once the daemon is known: ``daemon`` a pidfd of it (None: nothing to wait for), ``dev``
+    the mount's device ("MAJOR:MINOR")."""
     code, stderr = _unmount_cmd(mp, lazy)
     if code != 0:
         detail = _last_line(stderr)
@@ -204,7 +241,13 @@ def _unmount(mountpoint: str, mp: str, lazy: bool, daemons: dict[str, int], daem
                              f"close them, or detach it now with `unionfs umount --lazy {mountpoint}`")
         raise MountError(f"cannot unmount {mountpoint}: {detail}")
     _wait_unmounted(mp)
-    if daemon is not None and not pidfile.wait_ended(daemon, STOP_TIMEOUT):
+    if daemon is None or pidfile.wait_ended(daemon, HELD_CHECK):
+        return False
+    holder = mountinfo.held_elsewhere(dev) if dev else None
+    if holder is not None:  # as umount(8): the filesystem, and its daemon, live on while that copy does
+        log.info("%s is still mounted in another mount namespace (process %d): its daemon ends with that mount",
+                 mp, holder)
+    elif not pidfile.wait_ended(daemon, STOP_TIMEOUT):
         log.warning("the daemon of %s is still running %.0f s after its unmount", mp, STOP_TIMEOUT)
     return False
 

@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING, Callable, NoReturn
 
 from unionfs import mountinfo
-from unionfs.errors import MountError
+from unionfs.errors import MountError, UsageError
 from unionfs.mount import pidfile
 from unionfs.mount.gcpace import collect_as_usual
 from unionfs.union.plan import MountPlan  # a plain class, nothing more loaded
@@ -44,6 +44,26 @@ START_TIMEOUT = 30.0
 
 #: mount flags: the option that sets each (a bool in the options) and its opposite, which clears it
 FLAG_OPTIONS = {"suid": "nosuid", "dev": "nodev", "exec": "noexec", "ro": "rw"}
+#: the ``-o`` keys a mount takes (docs/cli.md, "Mount options"): the mount flags and their opposites, the FUSE
+#: session's, the daemon's settings, and fuse-overlayfs' options that mean something here
+#: (:class:`unionfs.mount.server.Show`)
+OPTION_KEYS = frozenset({"fsname", "subtype", "allow_other", "default_permissions", "writeback", "nowriteback",
+                         "volatile", "passthrough", "spin_us", "kernel_cache", "auto_cache", "static_nlink", "noacl",
+                         "squash_to_root", "squash_to_uid", "squash_to_gid", "userxattr", *FLAG_OPTIONS,
+                         *FLAG_OPTIONS.values()})
+
+
+def unknown_options(options: list[str]) -> list[str]:
+    """The ``-o`` items (comma-separated in each of ``options``) that no mount takes, in order."""
+    return [item for o in options for item in o.split(",") if item and item.partition("=")[0] not in OPTION_KEYS]
+
+
+def check_options(options: list[str]) -> None:
+    """Raise UsageError for the first ``-o`` item no mount takes (before anything is mounted: the kernel refuses
+    an unknown option too). Values are read by the daemon (:func:`_number`)."""
+    unknown = unknown_options(options)
+    if unknown:
+        raise UsageError(f"unknown mount option: {unknown[0]}")
 
 
 def fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
@@ -67,7 +87,7 @@ def fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
             if not item:
                 continue
             k, sep, v = item.partition("=")
-            if k in ("writeback", "volatile", "allow_other"):
+            if k in ("writeback", "volatile", "allow_other", "userxattr"):
                 opts[k] = v.lower() not in ("0", "no", "false", "off") if sep else True
             elif k in ("nowriteback",):
                 opts["writeback"] = False
@@ -519,6 +539,10 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
     from unionfs.union.overlay import Overlay
 
     _raise_nofile()
+    if opts.pop("userxattr", False):
+        from unionfs.layer import whiteout
+
+        whiteout.use_namespace(whiteout.USER)
     try:
         ov = Overlay(spec["lowers"], spec["upper"], spec["work"], volatile=volatile)
     except OSError as e:
@@ -528,24 +552,34 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
 
     writeback = bool(opts.pop("writeback", False))
     passthrough = opts.pop("passthrough", True) not in (False, "0", "no", "off", "false")
-    spin = opts.pop("spin_us", None)
-    try:
-        spin_us = lowlevel.SPIN_US if spin is None else int(str(spin))
-    except ValueError:
-        raise MountError(f"spin_us takes a number of microseconds, not {spin!r}") from None
+    spin_us = _number(opts, "spin_us", lowlevel.SPIN_US, "a number of microseconds")
     mo = MountOptions(fsname=str(opts.pop("fsname")), subtype=str(opts.pop("subtype")),
                       read_only=bool(opts.pop("ro")), allow_other=bool(opts.pop("allow_other")),
                       default_permissions=bool(opts.pop("default_permissions")),
                       dev=bool(opts.pop("dev")), suid=bool(opts.pop("suid")), noexec=not opts.pop("exec"))
+    squash = 0 if opts.pop("squash_to_root", False) else -1
+    show = lowlevel.Show(uid=_number(opts, "squash_to_uid", squash), gid=_number(opts, "squash_to_gid", squash),
+                         static_nlink=bool(opts.pop("static_nlink", False)), noacl=bool(opts.pop("noacl", False)))
     for k in ("kernel_cache", "auto_cache"):
         opts.pop(k, None)
     if opts:
         log.warning("mount options ignored: %s", ", ".join(sorted(opts)))
     try:
         lowlevel.serve(ov, spec["mountpoint"], opts=mo, ready=ready, writeback=writeback, passthrough=passthrough,
-                       spin_us=spin_us)
+                       spin_us=spin_us, show=show)
     except OSError as e:
         raise MountError(f"cannot mount {spec['mountpoint']}: {e.strerror or e}") from None
+
+
+def _number(opts: dict[str, object], key: str, default: int, what: str = "a number") -> int:
+    """The option ``key`` taken out of ``opts`` as a number (``default`` when absent); MountError otherwise."""
+    value = opts.pop(key, None)
+    if value is None:
+        return default
+    try:
+        return int(str(value))
+    except ValueError:
+        raise MountError(f"{key} takes {what}, not {value!r}") from None
 
 
 def exit_now(rc: int) -> NoReturn:

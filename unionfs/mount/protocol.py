@@ -113,11 +113,13 @@ MAX_WRITE = 1 << 20
 BUFFER_SIZE = MAX_WRITE + 8192
 
 
-def pack_attr(st: os.stat_result | object, ino: int, nlink: int) -> bytes:
-    """A ``struct fuse_attr`` for a stat result shown as inode ``ino`` with ``nlink`` links."""
+def pack_attr(st: os.stat_result | object, ino: int, nlink: int, uid: int = -1, gid: int = -1) -> bytes:
+    """A ``struct fuse_attr`` for a stat result shown as inode ``ino`` with ``nlink`` links, owned by ``uid`` and
+    ``gid`` (-1: the stat result's)."""
     a, m, c = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns  # type: ignore[attr-defined]
     return ATTR.pack(ino, st.st_size, st.st_blocks, a // 10**9, m // 10**9, c // 10**9,  # type: ignore[attr-defined]
-                     a % 10**9, m % 10**9, c % 10**9, st.st_mode, nlink, st.st_uid, st.st_gid,  # type: ignore[attr-defined]
+                     a % 10**9, m % 10**9, c % 10**9, st.st_mode, nlink,  # type: ignore[attr-defined]
+                     st.st_uid if uid < 0 else uid, st.st_gid if gid < 0 else gid,  # type: ignore[attr-defined]
                      st.st_rdev & 0xFFFFFFFF, st.st_blksize, 0)  # type: ignore[attr-defined]
 
 

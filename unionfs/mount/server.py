@@ -178,6 +178,22 @@ _KINDS = {k: k for k in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR,
                          stat.S_IFSOCK)}
 
 
+class Show:
+    """How the mount shows what it serves, as fuse-overlayfs' options of the same names say: every owner as
+    ``uid``/``gid`` (-1: the real one; ``squash_to_root``, ``squash_to_uid=``, ``squash_to_gid=``: shown only,
+    a chown still changes the real owner), every directory with one link (``static_nlink``), POSIX ACLs
+    refused (``noacl``: their xattrs answer EOPNOTSUPP and are not listed)."""
+
+    __slots__ = ("uid", "gid", "static_nlink", "noacl")
+
+    def __init__(self, *, uid: int = -1, gid: int = -1, static_nlink: bool = False, noacl: bool = False) -> None:
+        self.uid, self.gid, self.static_nlink, self.noacl = uid, gid, static_nlink, noacl
+
+
+#: the xattrs of POSIX ACLs (refused under ``noacl``: :class:`Show`)
+ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+
+
 class Handle:  # compared by identity in Inode.handles
     """An open file: our descriptor on the real file, and how the kernel does its I/O. ``final``: the
     descriptor is on the file's final copy (upper, index, or any file of a read-only mount)."""
@@ -251,8 +267,9 @@ class LowLevelFS:
     """The request handlers and the serving loop of one mount."""
 
     def __init__(self, overlay: Overlay, *, writeback: bool = False, passthrough: bool = True,
-                 mountpoint: str = "", spin_us: int = SPIN_US) -> None:
+                 mountpoint: str = "", spin_us: int = SPIN_US, show: Show | None = None) -> None:
         self.ov = overlay
+        self.show = show or Show()
         self.spin_us = spin_us
         self.mountpoint = mountpoint
         #: the mount's device ("0:123") once INIT is answered: a signal unmounts only that mount
@@ -400,7 +417,12 @@ class LowLevelFS:
 
     # ================================================================== replies
     def _attr(self, node: Node) -> bytes:
-        return fp.pack_attr(node.st, node.ino, self.view.nlink(node))
+        nlink = 1 if self.show.static_nlink and node.is_dir else self.view.nlink(node)
+        return self._pack(node.st, node.ino, nlink)
+
+    def _pack(self, st: os.stat_result, ino: int, nlink: int) -> bytes:
+        """The attributes shown for ``st`` as node ``ino`` with ``nlink`` links (see :class:`Show`)."""
+        return fp.pack_attr(st, ino, nlink, self.show.uid, self.show.gid)
 
     def _attr_out(self, node: Node) -> bytes:
         return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + self._attr(node)
@@ -489,7 +511,7 @@ class LowLevelFS:
             return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + inode.orphan
         st = os.fstat(h.fd)
         ino = inode.ino if inode is not None else st.st_ino
-        return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + fp.pack_attr(st, ino, self._orphan_nlink(st, ino, h))
+        return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + self._pack(st, ino, self._orphan_nlink(st, ino, h))
 
     def getattr(self, nid: int, body: memoryview) -> bytes:
         flags, _, fh = fp.GETATTR_IN.unpack_from(body)
@@ -582,23 +604,35 @@ class LowLevelFS:
     def getxattr(self, nid: int, body: memoryview) -> bytes:
         size, _ = fp.GETXATTR_IN.unpack_from(body)
         name = os.fsdecode(fp.cstrings(body[fp.GETXATTR_IN.size:], 1)[0])
+        self._acl_check(name)
         value = self.view.getxattr(self._resolved(nid), name)
         return _sized(value, size)
+
+    def _acl_check(self, name: str) -> None:
+        """EOPNOTSUPP for a POSIX ACL's xattr under ``noacl`` (:class:`Show`)."""
+        if self.show.noacl and name in ACL_XATTRS:
+            raise OSError(errno.EOPNOTSUPP, "noacl")
 
     def listxattr(self, nid: int, body: memoryview) -> bytes:
         size, _ = fp.GETXATTR_IN.unpack_from(body)
         names = self.view.listxattr(self._resolved(nid))
+        if self.show.noacl:
+            names = [n for n in names if n not in ACL_XATTRS]
         return _sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
 
     def setxattr(self, nid: int, body: memoryview) -> bytes:
         size, flags = fp.SETXATTR_IN.unpack_from(body)
         rest = bytes(body[fp.SETXATTR_IN.size:])
         end = rest.index(b"\0")
-        self.ov.setxattr(self.path(nid), os.fsdecode(rest[:end]), rest[end + 1:end + 1 + size], flags)
+        name = os.fsdecode(rest[:end])
+        self._acl_check(name)
+        self.ov.setxattr(self.path(nid), name, rest[end + 1:end + 1 + size], flags)
         return b""
 
     def removexattr(self, nid: int, body: memoryview) -> bytes:
-        self.ov.removexattr(self.path(nid), os.fsdecode(fp.cstrings(body, 1)[0]))
+        name = os.fsdecode(fp.cstrings(body, 1)[0])
+        self._acl_check(name)
+        self.ov.removexattr(self.path(nid), name)
         return b""
 
     # ================================================================== namespace
@@ -638,7 +672,7 @@ class LowLevelFS:
         self._dir_changed(parent)
         self._unlink_entry(parent, name)
         if inode is not None and node is not None:
-            inode.orphan = fp.pack_attr(node.st, node.ino, 0 if node.layer == 0 else node.st.st_nlink)
+            inode.orphan = self._pack(node.st, node.ino, 0 if node.layer == 0 else node.st.st_nlink)
         return b""
 
     def rmdir(self, parent: int, body: memoryview) -> bytes:
@@ -1097,11 +1131,12 @@ def _has_fsetid(pid: int) -> bool:
 
 
 def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Callable[[], None] | None,
-          writeback: bool = False, passthrough: bool = True, spin_us: int = SPIN_US) -> None:
+          writeback: bool = False, passthrough: bool = True, spin_us: int = SPIN_US, show: Show | None = None) -> None:
     """Mount ``overlay`` at ``mountpoint`` and serve it in this process until it is unmounted. ``ready`` runs
     once the kernel has spoken to us (INIT)."""
     mountpoint = os.path.realpath(mountpoint)
-    fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough, mountpoint=mountpoint, spin_us=spin_us)
+    fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough, mountpoint=mountpoint, spin_us=spin_us,
+                    show=show)
     fs.ready = ready
     dev = fp.open_session(mountpoint, opts)
     try:
