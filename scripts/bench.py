@@ -46,6 +46,7 @@ The other benchmarks, against the tools of their field, are reached through the 
   .venv/bin/python scripts/bench.py load  [ARGS]   # layer unpacking against umoci unpack (scripts/bench_unpack.py)
   .venv/bin/python scripts/bench.py pull|push|both [ARGS]   # against skopeo copy (scripts/bench_registry.py)
   .venv/bin/python scripts/bench.py build [ARGS]   # cold and cached builds against buildah (scripts/bench_build.py)
+  .venv/bin/python scripts/bench.py podman [ARGS]  # podman run with unionfs vs fuse-overlayfs as mount_program
 
 Every mount the script makes is unmounted on exit, also on an error or Ctrl-C.
 
