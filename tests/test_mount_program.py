@@ -5,6 +5,7 @@ unknown options named; and the one-line errors for an unknown ``unionfs mount -o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -21,6 +22,7 @@ from support.mount import skip_reason_fuse, skip_reason_root, skip_reason_unionf
 
 from unionfs.errors import UsageError
 from unionfs.mount import helper
+from unionfs.mount.server import OVERFLOW_ID, IdMap
 
 SKIP = skip_reason_root() or skip_reason_fuse() or skip_reason_unionfs()
 
@@ -68,9 +70,11 @@ def test_fuse_overlayfs_options() -> None:
     assert req.options == ["volatile", "static_nlink", "noacl", "squash_to_uid=7", "squash_to_gid=8",
                            "squash_to_root"]
     assert req.unknown == ["typo", "frobnicate=3"]
-    for refused in ("uidmapping=0:1000:1", "gidmapping=0:1000:1", "xattr_permissions=2"):
-        with pytest.raises(UsageError, match=refused.partition("=")[0]):
+    for refused in ("xattr_permissions=1", "xattr_permissions=2"):
+        with pytest.raises(UsageError, match="xattr_permissions"):
             helper.parse(["-o", f"lowerdir=/l,{refused}", "/m"])
+    req = helper.parse(["-o", "lowerdir=/l,uidmapping=0:100000:65536,gidmapping=0:100000:65536", "/m"])
+    assert req.options == ["uidmapping=0:100000:65536", "gidmapping=0:100000:65536"]
     for bad in ([], ["-o", "lowerdir=/l"], ["-o", "lowerdir=/l", "a", "b", "c"], ["--frob", "-o", "lowerdir=/l", "/m"]):
         with pytest.raises(UsageError):
             helper.parse(bad)
@@ -121,6 +125,46 @@ def test_squash_static_nlink_and_noacl(tmp_path: Path) -> None:
         assert open(f).read() == "f"
         os.chown(f, 5, 5)  # a chown still changes the real owner; the mount still shows the squashed one
         assert os.stat(os.path.join(u, "d", "f")).st_uid == 5 and os.stat(f).st_uid == 7
+
+
+def test_id_maps() -> None:
+    m = IdMap(":0:100000:1000:1000:5000:10")  # with the leading colon podman's storage writes
+    assert [m.shown(i) for i in (0, 999, 1000, 1009, 1010)] == [100000, 100999, 5000, 5009, OVERFLOW_ID]
+    assert [m.stored(i) for i in (100000, 100999, 5000, 5009, 0)] == [0, 999, 1000, 1009, OVERFLOW_ID]
+    for bad in ("", "0:1", "0:1:2:3", "a:b:c", "0:-1:5"):
+        with pytest.raises(ValueError):
+            IdMap(bad)
+
+
+@mounting
+def test_uid_and_gid_mapping(tmp_path: Path) -> None:
+    """fuse-overlayfs' uidmapping/gidmapping (``INSIDE:OUTSIDE:LEN``): the files' ids are shown shifted into the
+    container's range, and what a caller of that range creates or chowns is stored unshifted, so the layers
+    need no chown."""
+    base = Path(tempfile.mkdtemp(prefix="unionfs-idmap", dir="/tmp"))  # a path the range's users may walk
+    os.chmod(base, 0o755)
+    (lower,), u, w, mnt = layers(base)
+    opts = (f"lowerdir={lower},upperdir={u},workdir={w},allow_other,uidmapping=0:100000:65536,"
+            "gidmapping=0:100000:65536")
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, base, True)
+        stack.enter_context(unmounted_on_exit(mnt))
+        subprocess.run([*HELPER, "-o", opts, mnt], check=True, timeout=60)
+        f = os.path.join(mnt, "d", "f")
+        assert (os.stat(f).st_uid, os.stat(f).st_gid) == (101000, 101000)
+        assert os.stat(os.path.join(mnt, "d")).st_uid == 100000
+        # a process of the container's root (host uid 100000) creates a file: stored as 0:0
+        subprocess.run(["setpriv", "--reuid=100000", "--regid=100000", "--clear-groups", "touch",
+                        os.path.join(mnt, "d", "new")], check=True, timeout=60)
+        assert os.stat(os.path.join(mnt, "d", "new")).st_uid == 100000
+        st = os.lstat(os.path.join(u, "d", "new"))
+        assert (st.st_uid, st.st_gid) == (0, 0)
+        os.chown(f, 100005, 100006)  # a chown into the range is stored unshifted
+        st = os.lstat(os.path.join(u, "d", "f"))
+        assert (st.st_uid, st.st_gid) == (5, 6) and os.stat(f).st_uid == 100005
+        with pytest.raises(subprocess.CalledProcessError):  # the range's root does not own what it did not make
+            subprocess.run(["setpriv", "--reuid=100000", "--regid=100000", "--clear-groups", "chmod", "777",
+                            os.path.join(mnt, "d", "f")], check=True, timeout=60, capture_output=True)
 
 
 @mounting

@@ -14,11 +14,11 @@ colon-separated, as for overlayfs (``\\:`` escapes a colon); it is turned into u
 
 Options: those of ``unionfs mount -o`` (:data:`unionfs.mount.process.OPTION_KEYS`); fuse-overlayfs' own where
 they mean something here (``fsync=0`` is ``volatile``; ``static_nlink``, ``noacl``, ``squash_to_root``,
-``squash_to_uid=``, ``squash_to_gid=``: :class:`unionfs.mount.server.Show`); options that only mean something
-to mount(8), fstab or the kernel's overlayfs, or nothing on a FUSE mount (``defaults``, ``nofail``, ``x-*``,
-``private``, ``context=``, ``index=``...) are dropped. ``uidmapping=``, ``gidmapping=`` and
-``xattr_permissions=`` (other than 0) are refused: unionfs does not map owners yet, and a mount without the
-mapping would show every file with the wrong owner. Anything else is named on standard error
+``squash_to_uid=``, ``squash_to_gid=``, ``uidmapping=``, ``gidmapping=``: :class:`unionfs.mount.server.Show`);
+options that only mean something to mount(8), fstab or the kernel's overlayfs, or nothing on a FUSE mount
+(``defaults``, ``nofail``, ``x-*``, ``private``, ``context=``, ``index=``...) are dropped.
+``xattr_permissions=`` other than 0 is refused: unionfs keeps no owners in xattrs yet, and a mount without them
+would show every file with the wrong owner. Anything else is named on standard error
 ("unknown argument ignored", as fuse-overlayfs says) and dropped. The mount is ``nosuid,nodev`` unless
 ``suid``/``dev`` are given (libfuse's defaults, also under ``defaults``), and ``ro``, ``rw``, ``noexec``,
 ``exec`` are honoured. ``user``/``users`` imply ``nosuid,nodev,noexec`` and ``owner``/``group`` imply
@@ -50,7 +50,7 @@ IGNORED_PREFIXES = ("x-", "comment=", "helper=", "index=", "redirect_dir=", "xin
 #: fuse-overlayfs' options under other names here
 RENAMED = {"fsync=0": "volatile"}
 #: fuse-overlayfs' options unionfs does not do yet (refused: see the module docstring)
-REFUSED = ("uidmapping=", "gidmapping=", "xattr_permissions=")
+REFUSED = ("xattr_permissions=",)
 USAGE = ("usage: mount.fuse.unionfs [SOURCE] MOUNTPOINT -o lowerdir=L2:L1[,upperdir=U,workdir=W][,OPTION...]\n"
          "       mount.fuse.unionfs [-f] [-d] [--version] [-h] -o OPTIONS MOUNTPOINT  (fuse-overlayfs' form)")
 
@@ -116,7 +116,7 @@ def parse(argv: Sequence[str]) -> Request:
         elif item in IGNORED or item.startswith(IGNORED_PREFIXES):
             continue
         elif item.startswith(REFUSED):
-            raise UsageError(f"{key}= is not supported (unionfs does not map owners yet): {item}")
+            raise UsageError(f"{key}= is not supported (unionfs keeps no owners in xattrs yet): {item}")
         elif not process.unknown_options([item]):
             fuse_opts.append(item)
         else:

@@ -35,6 +35,8 @@ from unionfs.union.plan import MountPlan  # a plain class, nothing more loaded
 if TYPE_CHECKING:
     import subprocess
 
+    from unionfs.mount.server import IdMap
+
 log = logging.getLogger(__name__)
 
 #: the mount table's type of a unionfs mount
@@ -49,8 +51,8 @@ FLAG_OPTIONS = {"suid": "nosuid", "dev": "nodev", "exec": "noexec", "ro": "rw"}
 #: (:class:`unionfs.mount.server.Show`)
 OPTION_KEYS = frozenset({"fsname", "subtype", "allow_other", "default_permissions", "writeback", "nowriteback",
                          "volatile", "passthrough", "spin_us", "kernel_cache", "auto_cache", "static_nlink", "noacl",
-                         "squash_to_root", "squash_to_uid", "squash_to_gid", "userxattr", *FLAG_OPTIONS,
-                         *FLAG_OPTIONS.values()})
+                         "squash_to_root", "squash_to_uid", "squash_to_gid", "uidmapping", "gidmapping",
+                         "userxattr", *FLAG_OPTIONS, *FLAG_OPTIONS.values()})
 
 
 def unknown_options(options: list[str]) -> list[str]:
@@ -69,8 +71,8 @@ def check_options(options: list[str]) -> None:
 def fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
     """The options a mount is served with: ``options`` (``-o`` items, later ones win) over the defaults.
 
-    Defaults are libfuse's: ``nosuid``, ``nodev``, ``exec``, no ``allow_other``, ``rw`` (``ro`` without an
-    upper, whatever is asked). ``suid``/``dev``/``exec``/``ro`` and their opposites set the flags (bools under
+    Defaults are libfuse's: ``nosuid``, ``nodev``, ``exec``, no ``allow_other`` (but with ``uidmapping=`` or
+    ``gidmapping=``), ``rw`` (``ro`` without an upper, whatever is asked). ``suid``/``dev``/``exec``/``ro`` and their opposites set the flags (bools under
     those four keys). ``default_permissions`` (the kernel checks permissions) is always on: the daemon runs
     as root and checks none itself, so ``allow_other`` without it would open every file to every user.
     """
@@ -99,6 +101,10 @@ def fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
                 opts[k] = v if sep else True
     if plan.upper is None:
         opts["ro"] = True
+    if "uidmapping" in opts or "gidmapping" in opts:
+        # the mapped range's processes (a container's user namespace) are other users: as fuse-overlayfs, the
+        # mount lets them in, and the kernel checks their rights on the shown owners (default_permissions)
+        opts["allow_other"] = True
     opts["default_permissions"] = True
     return opts
 
@@ -559,6 +565,7 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
                       dev=bool(opts.pop("dev")), suid=bool(opts.pop("suid")), noexec=not opts.pop("exec"))
     squash = 0 if opts.pop("squash_to_root", False) else -1
     show = lowlevel.Show(uid=_number(opts, "squash_to_uid", squash), gid=_number(opts, "squash_to_gid", squash),
+                         uids=_idmap(opts, "uidmapping"), gids=_idmap(opts, "gidmapping"),
                          static_nlink=bool(opts.pop("static_nlink", False)), noacl=bool(opts.pop("noacl", False)))
     for k in ("kernel_cache", "auto_cache"):
         opts.pop(k, None)
@@ -580,6 +587,19 @@ def _number(opts: dict[str, object], key: str, default: int, what: str = "a numb
         return int(str(value))
     except ValueError:
         raise MountError(f"{key} takes {what}, not {value!r}") from None
+
+
+def _idmap(opts: dict[str, object], key: str) -> "IdMap | None":
+    """The id mapping ``key`` (``uidmapping``/``gidmapping``) taken out of ``opts``; MountError when malformed."""
+    from unionfs.mount.server import IdMap
+
+    value = opts.pop(key, None)
+    if value is None:
+        return None
+    try:
+        return IdMap(str(value))
+    except ValueError as e:
+        raise MountError(f"{key}: {e}") from None
 
 
 def exit_now(rc: int) -> NoReturn:

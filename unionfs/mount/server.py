@@ -178,16 +178,61 @@ _KINDS = {k: k for k in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR,
                          stat.S_IFSOCK)}
 
 
+#: the id shown for, and stored for, an id no range of an :class:`IdMap` covers (the kernel's overflow id)
+OVERFLOW_ID = 65534
+
+
+class IdMap:
+    """fuse-overlayfs' ``uidmapping=``/``gidmapping=``: ``INSIDE:OUTSIDE:LEN[:INSIDE:OUTSIDE:LEN...]`` (a leading
+    colon too, as podman's storage writes it). An id on
+    disk (INSIDE: as the image has it) is shown as its OUTSIDE id (a container's user namespace on the host), and
+    the ids of callers and of a chown are stored back as INSIDE ids, so that the layers need no chown for a
+    container with its own id range. An id no range covers is :data:`OVERFLOW_ID`, either way. ValueError for
+    a malformed mapping."""
+
+    __slots__ = ("ranges",)
+
+    def __init__(self, spec: str) -> None:
+        parts = spec.strip(":").split(":")  # containers/storage writes ":0:100000:65536"
+        if len(parts) % 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"not INSIDE:OUTSIDE:LEN[:...]: {spec!r}")
+        nums = [int(p) for p in parts]
+        self.ranges = [(nums[i], nums[i + 1], nums[i + 2]) for i in range(0, len(nums), 3)]
+
+    def shown(self, inside: int) -> int:
+        """The id shown for the id ``inside`` on disk."""
+        for start, out, n in self.ranges:
+            if start <= inside < start + n:
+                return out + inside - start
+        return OVERFLOW_ID
+
+    def stored(self, outside: int) -> int:
+        """The id stored for the caller's (or a chown's) id ``outside``."""
+        for start, out, n in self.ranges:
+            if out <= outside < out + n:
+                return start + outside - out
+        return OVERFLOW_ID
+
+
 class Show:
     """How the mount shows what it serves, as fuse-overlayfs' options of the same names say: every owner as
     ``uid``/``gid`` (-1: the real one; ``squash_to_root``, ``squash_to_uid=``, ``squash_to_gid=``: shown only,
-    a chown still changes the real owner), every directory with one link (``static_nlink``), POSIX ACLs
-    refused (``noacl``: their xattrs answer EOPNOTSUPP and are not listed)."""
+    a chown still changes the real owner), owners mapped by ``uids``/``gids`` (``uidmapping=``,
+    ``gidmapping=``: :class:`IdMap`), every directory with one link (``static_nlink``), POSIX ACLs refused
+    (``noacl``: their xattrs answer EOPNOTSUPP and are not listed)."""
 
-    __slots__ = ("uid", "gid", "static_nlink", "noacl")
+    __slots__ = ("uid", "gid", "uids", "gids", "static_nlink", "noacl")
 
-    def __init__(self, *, uid: int = -1, gid: int = -1, static_nlink: bool = False, noacl: bool = False) -> None:
-        self.uid, self.gid, self.static_nlink, self.noacl = uid, gid, static_nlink, noacl
+    def __init__(self, *, uid: int = -1, gid: int = -1, uids: IdMap | None = None, gids: IdMap | None = None,
+                 static_nlink: bool = False, noacl: bool = False) -> None:
+        self.uid, self.gid, self.uids, self.gids = uid, gid, uids, gids
+        self.static_nlink, self.noacl = static_nlink, noacl
+
+    def owner(self, st: os.stat_result) -> tuple[int, int]:
+        """(uid, gid) shown for ``st`` (-1: its own)."""
+        uid = self.uid if self.uid >= 0 or self.uids is None else self.uids.shown(st.st_uid)
+        gid = self.gid if self.gid >= 0 or self.gids is None else self.gids.shown(st.st_gid)
+        return uid, gid
 
 
 #: the xattrs of POSIX ACLs (refused under ``noacl``: :class:`Show`)
@@ -422,7 +467,7 @@ class LowLevelFS:
 
     def _pack(self, st: os.stat_result, ino: int, nlink: int) -> bytes:
         """The attributes shown for ``st`` as node ``ino`` with ``nlink`` links (see :class:`Show`)."""
-        return fp.pack_attr(st, ino, nlink, self.show.uid, self.show.gid)
+        return fp.pack_attr(st, ino, nlink, *self.show.owner(st))
 
     def _attr_out(self, node: Node) -> bytes:
         return fp.ATTR_OUT_HEAD.pack(TIMEOUT, 0, 0) + self._attr(node)
@@ -540,7 +585,9 @@ class LowLevelFS:
         (valid, _, fh, size, _lo, atime, mtime, _ct, atimens, mtimens, _ctn, mode, _u4, uid, gid,
          _u5) = fp.SETATTR_IN.unpack_from(body)
         h = self.handles.get(fh) if valid & fp.FATTR_FH else None
-        owner = (uid if valid & fp.FATTR_UID else -1, gid if valid & fp.FATTR_GID else -1)
+        uids, gids = self.show.uids, self.show.gids
+        owner = (-1 if not valid & fp.FATTR_UID else uid if uids is None else uids.stored(uid),
+                 -1 if not valid & fp.FATTR_GID else gid if gids is None else gids.stored(gid))
         times = (_times(valid, atime, atimens, mtime, mtimens)
                  if valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW) else None)
         try:
@@ -796,9 +843,17 @@ class LowLevelFS:
         except OSError:
             pass
 
+    def _stored_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """A caller's ``uid`` and ``gid`` as the files store them (:class:`IdMap`)."""
+        uids, gids = self.show.uids, self.show.gids
+        return (uid if uids is None else uids.stored(uid)), (gid if gids is None else gids.stored(gid))
+
     def _in_group(self, gid: int) -> bool:
         """True when the caller of the request being answered has ``gid`` as its group or a supplementary one."""
-        return gid == self._gid or str(gid).encode() in (_status_field(self._pid, b"Groups:") or [])
+        groups = [int(g) for g in _status_field(self._pid, b"Groups:") or []]
+        if self.show.gids is not None:
+            groups = [self.show.gids.stored(g) for g in groups]
+        return gid == self._gid or gid in groups
 
     def release(self, nid: int, body: memoryview) -> bytes:
         fh = fp.RELEASE_IN.unpack_from(body)[0]
@@ -982,6 +1037,7 @@ class LowLevelFS:
             os.set_blocking(dev, False)
         idle = 0
         clock = time.perf_counter_ns
+        mapped = self.show.uids is not None or self.show.gids is not None
         while True:
             try:
                 n = readv(dev, [buf])
@@ -1021,6 +1077,8 @@ class LowLevelFS:
                 err = errno.ENOSYS
             else:
                 self._uid, self._gid, self._pid, self._unique = uid, gid, pid, unique
+                if mapped:  # the caller's ids as the files store them (IdMap)
+                    self._uid, self._gid = self._stored_ids(uid, gid)
                 try:
                     answer = handler(nid, view[hdr.size:n])
                     if answer is DEFERRED:  # a reader thread replies
