@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from support.cases import tree_of
 from support.cli import run_cli
-from support.layers import union_dirs
+from support.layers import Dir, File, build_layers, union_dirs
 from support.mount import (
     daemon_pids,
     skip_reason_fuse,
@@ -333,3 +337,47 @@ def test_user_xattrs_in_a_user_namespace_or_when_asked(tmp_path: Any, how: str) 
     assert r.stdout.split() == ["b", "d", "top"]
     assert os.getxattr(os.path.join(u, "d"), "user.overlay.opaque") == b"y"
     assert not [x for x in os.listxattr(os.path.join(u, "d")) if x.startswith("trusted.")]
+
+
+def test_a_user_other_than_root_mounts_lowers_upper_and_work(tmp_path: Any) -> None:
+    """(Issue 15, point 3.) A user other than root (nobody, 65534) mounts a lower it may read under an upper and
+    work of its own, through fusermount3, and unmounts it: it reads, writes, hides a lower file with a whiteout
+    and makes a lower directory opaque with ``user.overlay.opaque`` (the user may not set ``trusted.*``). The
+    user's commands run on Debian's python3 from a compiled copy of the package; /dev/fuse gets the usual mode
+    0666 meanwhile (0600 on these machines)."""
+    from support.cli import USER_PYTHON, user_package
+
+    base = Path(tempfile.mkdtemp(prefix="unionfs-user", dir="/tmp"))  # a path the user may walk
+    os.chmod(base, 0o755)
+    dev_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    mnt = base / "m"
+    try:
+        pkg = user_package(base)
+        build_layers(base, [[Dir("mine", uid=65534, gid=65534), File("mine/f", b"f", uid=65534, gid=65534),
+                             File("mine/g", b"g", uid=65534, gid=65534), File("top", b"top")]])
+        for d in ("u", "w", "m"):
+            (base / d).mkdir()
+            os.chown(base / d, 65534, 65534)
+        os.chmod("/dev/fuse", dev_mode | 0o666)
+        env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/tmp", "PYTHONPATH": str(pkg)}
+
+        def as_nobody(*argv: str) -> str:
+            r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+                               capture_output=True, text=True, timeout=120, env=env)
+            assert r.returncode == 0, f"{argv}: {r.stderr}"
+            return r.stdout
+
+        with unmounted_on_exit(mnt):
+            as_nobody(USER_PYTHON, "-m", "unionfs", "mount", "--lower", str(base / "l0"), "--upper",
+                      str(base / "u"), "--work", str(base / "w"), str(mnt))
+            out = as_nobody("sh", "-c", f"cd {mnt} && cat top mine/f && echo && rm mine/g && echo new > mine/n && "
+                                        f"rm -r mine && mkdir mine && echo again > mine/a && ls -A mine && ls")
+            assert out.split() == ["topf", "a", "mine", "top"]
+            as_nobody(USER_PYTHON, "-m", "unionfs", "umount", str(mnt))
+            assert not os.path.ismount(mnt)
+        assert os.getxattr(base / "u" / "mine", "user.overlay.opaque") == b"y"
+        assert (base / "u" / "mine" / "a").read_bytes() == b"again\n"
+        assert os.stat(base / "u" / "mine" / "a").st_uid == 65534
+    finally:
+        os.chmod("/dev/fuse", dev_mode)
+        shutil.rmtree(base, ignore_errors=True)

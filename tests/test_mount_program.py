@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import run_cli
+from support.cli import USER_PYTHON, run_cli, user_package
 from support.layers import Dir, File, build_layers
 from support.mount import skip_reason_fuse, skip_reason_root, skip_reason_unionfs, unmounted_on_exit
 
@@ -35,8 +35,6 @@ def mounting(test: Any) -> Any:
 
 
 HELPER = [sys.executable, "-m", "unionfs.mount.helper"]
-#: an interpreter any user may run (the venv's may live under root's home)
-SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
 
 
 # ---------------------------------------------------------------- the command line, parsed
@@ -202,8 +200,8 @@ def test_an_unusable_fuse_device_says_how_to_fix_it() -> None:
                 "for dev in (%r, %r):\n"
                 "    try:\n        check_fuse_device(dev)\n"
                 "    except MountError as e:\n        print(e)\n") % (dev, dev + "-missing")
-        env = {**os.environ, "PYTHONPATH": str(Path(helper.__file__).parents[2])}
-        r = subprocess.run([SYSTEM_PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+        env = {**os.environ, "PYTHONPATH": str(user_package(Path(d)))}
+        r = subprocess.run([USER_PYTHON, "-c", code], capture_output=True, text=True, timeout=60, env=env,
                            preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)))
         lines = r.stdout.splitlines()
         assert len(lines) == 2, r.stderr

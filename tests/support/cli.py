@@ -44,3 +44,25 @@ def run_cli(*args: str | os.PathLike[str], root: Path | str | None = None, check
                                                       p.stderr.decode(errors="replace"))
         raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{out}\n{err}")
     return p
+
+
+#: an interpreter every user may run (the test's virtualenv may live under root's home, 0700)
+USER_PYTHON = "/usr/bin/python3"
+
+
+def user_package(base: Path) -> Path:
+    """A copy of the ``unionfs`` package under ``base/pkg``, compiled (as an install is: a user could not write
+    its ``__pycache__``) and readable by every user: ``PYTHONPATH`` for :data:`USER_PYTHON` in commands run as
+    a user other than root. Returns ``base/pkg``."""
+    import shutil
+
+    import unionfs
+
+    pkg = base / "pkg"
+    shutil.copytree(Path(unionfs.__file__).parent, pkg / "unionfs", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([USER_PYTHON, "-m", "compileall", "-q", str(pkg)], check=True, capture_output=True)
+    for d, _dirs, files in os.walk(pkg):
+        os.chmod(d, 0o755)
+        for f in files:
+            os.chmod(os.path.join(d, f), 0o644)
+    return pkg

@@ -21,9 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import unionfs
 from support.busybox import busybox_tarball
-from support.cli import run_cli
+from support.cli import USER_PYTHON, run_cli, user_package
 from support.mount import leftover_mounts
 
 #: what the harness runs
@@ -135,13 +134,8 @@ def unionfs_program(rootless: bool, base: Path) -> str:
     if not rootless:
         installed = Path(sys.executable).parent / "mount.fuse.unionfs"
         return str(installed if installed.exists() else shutil.which("mount.fuse.unionfs"))
-    shutil.copytree(Path(unionfs.__file__).parent, base / "pkg" / "unionfs",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    # compiled as an install is (the user cannot write __pycache__ there: it would compile at every mount)
-    subprocess.run(["/usr/bin/python3", "-m", "compileall", "-q", str(base / "pkg")], check=True)
+    pkg = user_package(base)
     prog = base / "mount.fuse.unionfs"
-    prog.write_text(f'#!/bin/sh\nPYTHONPATH={base}/pkg exec /usr/bin/python3 -m unionfs.mount.helper "$@"\n')
+    prog.write_text(f'#!/bin/sh\nPYTHONPATH={pkg} exec {USER_PYTHON} -m unionfs.mount.helper "$@"\n')
     os.chmod(prog, 0o755)
-    for p in (base / "pkg", prog):
-        os.chmod(p, os.stat(p).st_mode | 0o755)
     return str(prog)
