@@ -72,9 +72,10 @@ def fuse_options(plan: MountPlan, options: list[str]) -> dict[str, object]:
     """The options a mount is served with: ``options`` (``-o`` items, later ones win) over the defaults.
 
     Defaults are libfuse's: ``nosuid``, ``nodev``, ``exec``, no ``allow_other`` (but with ``uidmapping=`` or
-    ``gidmapping=``), ``rw`` (``ro`` without an upper, whatever is asked). ``suid``/``dev``/``exec``/``ro`` and their opposites set the flags (bools under
-    those four keys). ``default_permissions`` (the kernel checks permissions) is always on: the daemon runs
-    as root and checks none itself, so ``allow_other`` without it would open every file to every user.
+    ``gidmapping=``), ``rw`` (``ro`` without an upper, whatever is asked). ``suid``/``dev``/``exec``/``ro`` and
+    their opposites set the flags (bools under those four keys). ``default_permissions`` (the kernel checks
+    permissions) is always on: the daemon runs as root and checks none itself, so ``allow_other`` without it would
+    open every file to every user.
     """
     opts: dict[str, object] = {
         "fsname": "unionfs" + (f":{plan.name}" if plan.name else ""),

@@ -122,8 +122,9 @@ class Inode(Entry):
     past the path cache's bound then costs an lstat of the upper and of that layer, not a probe of every layer).
     ``parent``/``name``: the directory and name of the first name the kernel knows it by (None: no name left);
     ``more``: its further names (a hardlinked file). ``handles``: its open handles (None: none); while one is
-    open they are all passthrough (sharing ``backing``) or all served here. ``orphan``: attributes (nlink 0) of a node whose last
-    name was unlinked while the kernel still holds it (a special file has no open handle here to fstat).
+    open they are all passthrough (sharing ``backing``) or all served here. ``orphan``: attributes (nlink 0) of
+    a node whose last name was unlinked while the kernel still holds it (a special file has no open handle here
+    to fstat).
     """
 
     __slots__ = ("nodeid", "ino", "mode", "layer", "nlookup", "parent", "name", "_rare")
@@ -221,18 +222,25 @@ class Show:
     ``gidmapping=``: :class:`IdMap`), every directory with one link (``static_nlink``), POSIX ACLs refused
     (``noacl``: their xattrs answer EOPNOTSUPP and are not listed)."""
 
-    __slots__ = ("uid", "gid", "uids", "gids", "static_nlink", "noacl")
+    __slots__ = ("uid", "gid", "uids", "gids", "static_nlink", "noacl", "owners")
 
     def __init__(self, *, uid: int = -1, gid: int = -1, uids: IdMap | None = None, gids: IdMap | None = None,
                  static_nlink: bool = False, noacl: bool = False) -> None:
         self.uid, self.gid, self.uids, self.gids = uid, gid, uids, gids
         self.static_nlink, self.noacl = static_nlink, noacl
+        #: whether any owner is shown other than it is stored (False: nothing to compute per attribute)
+        self.owners = uid >= 0 or gid >= 0 or uids is not None or gids is not None
 
     def owner(self, st: os.stat_result) -> tuple[int, int]:
         """(uid, gid) shown for ``st`` (-1: its own)."""
         uid = self.uid if self.uid >= 0 or self.uids is None else self.uids.shown(st.st_uid)
         gid = self.gid if self.gid >= 0 or self.gids is None else self.gids.shown(st.st_gid)
         return uid, gid
+
+    def stored(self, uid: int, gid: int) -> tuple[int, int]:
+        """(uid, gid) as the files store a caller's or a chown's ids (-1, "unchanged", stays -1)."""
+        return (uid if self.uids is None or uid < 0 else self.uids.stored(uid),
+                gid if self.gids is None or gid < 0 else self.gids.stored(gid))
 
 
 #: the xattrs of POSIX ACLs (refused under ``noacl``: :class:`Show`)
@@ -467,6 +475,8 @@ class LowLevelFS:
 
     def _pack(self, st: os.stat_result, ino: int, nlink: int) -> bytes:
         """The attributes shown for ``st`` as node ``ino`` with ``nlink`` links (see :class:`Show`)."""
+        if not self.show.owners:
+            return fp.pack_attr(st, ino, nlink)
         return fp.pack_attr(st, ino, nlink, *self.show.owner(st))
 
     def _attr_out(self, node: Node) -> bytes:
@@ -585,9 +595,7 @@ class LowLevelFS:
         (valid, _, fh, size, _lo, atime, mtime, _ct, atimens, mtimens, _ctn, mode, _u4, uid, gid,
          _u5) = fp.SETATTR_IN.unpack_from(body)
         h = self.handles.get(fh) if valid & fp.FATTR_FH else None
-        uids, gids = self.show.uids, self.show.gids
-        owner = (-1 if not valid & fp.FATTR_UID else uid if uids is None else uids.stored(uid),
-                 -1 if not valid & fp.FATTR_GID else gid if gids is None else gids.stored(gid))
+        owner = self.show.stored(uid if valid & fp.FATTR_UID else -1, gid if valid & fp.FATTR_GID else -1)
         times = (_times(valid, atime, atimens, mtime, mtimens)
                  if valid & (fp.FATTR_ATIME | fp.FATTR_MTIME | fp.FATTR_ATIME_NOW | fp.FATTR_MTIME_NOW) else None)
         try:
@@ -843,16 +851,9 @@ class LowLevelFS:
         except OSError:
             pass
 
-    def _stored_ids(self, uid: int, gid: int) -> tuple[int, int]:
-        """A caller's ``uid`` and ``gid`` as the files store them (:class:`IdMap`)."""
-        uids, gids = self.show.uids, self.show.gids
-        return (uid if uids is None else uids.stored(uid)), (gid if gids is None else gids.stored(gid))
-
     def _in_group(self, gid: int) -> bool:
         """True when the caller of the request being answered has ``gid`` as its group or a supplementary one."""
-        groups = [int(g) for g in _status_field(self._pid, b"Groups:") or []]
-        if self.show.gids is not None:
-            groups = [self.show.gids.stored(g) for g in groups]
+        groups = [self.show.stored(-1, int(g))[1] for g in _status_field(self._pid, b"Groups:") or []]
         return gid == self._gid or gid in groups
 
     def release(self, nid: int, body: memoryview) -> bytes:
@@ -1078,7 +1079,7 @@ class LowLevelFS:
             else:
                 self._uid, self._gid, self._pid, self._unique = uid, gid, pid, unique
                 if mapped:  # the caller's ids as the files store them (IdMap)
-                    self._uid, self._gid = self._stored_ids(uid, gid)
+                    self._uid, self._gid = self.show.stored(uid, gid)
                 try:
                     answer = handler(nid, view[hdr.size:n])
                     if answer is DEFERRED:  # a reader thread replies
