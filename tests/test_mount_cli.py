@@ -7,7 +7,6 @@ import os
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -345,39 +344,27 @@ def test_a_user_other_than_root_mounts_lowers_upper_and_work(tmp_path: Any) -> N
     and makes a lower directory opaque with ``user.overlay.opaque`` (the user may not set ``trusted.*``). The
     user's commands run on Debian's python3 from a compiled copy of the package; /dev/fuse gets the usual mode
     0666 meanwhile (0600 on these machines)."""
-    from support.cli import USER_PYTHON, user_package
+    from support.cli import AsUser, fuse_open_to_all
 
     base = Path(tempfile.mkdtemp(prefix="unionfs-user", dir="/tmp"))  # a path the user may walk
     os.chmod(base, 0o755)
-    dev_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
     mnt = base / "m"
     try:
-        pkg = user_package(base)
+        nobody = AsUser(base)
         build_layers(base, [[Dir("mine", uid=65534, gid=65534), File("mine/f", b"f", uid=65534, gid=65534),
                              File("mine/g", b"g", uid=65534, gid=65534), File("top", b"top")]])
         for d in ("u", "w", "m"):
             (base / d).mkdir()
             os.chown(base / d, 65534, 65534)
-        os.chmod("/dev/fuse", dev_mode | 0o666)
-        env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/tmp", "PYTHONPATH": str(pkg)}
-
-        def as_nobody(*argv: str) -> str:
-            r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
-                               capture_output=True, text=True, timeout=120, env=env)
-            assert r.returncode == 0, f"{argv}: {r.stderr}"
-            return r.stdout
-
-        with unmounted_on_exit(mnt):
-            as_nobody(USER_PYTHON, "-m", "unionfs", "mount", "--lower", str(base / "l0"), "--upper",
-                      str(base / "u"), "--work", str(base / "w"), str(mnt))
-            out = as_nobody("sh", "-c", f"cd {mnt} && cat top mine/f && echo && rm mine/g && echo new > mine/n && "
-                                        f"rm -r mine && mkdir mine && echo again > mine/a && ls -A mine && ls")
+        with fuse_open_to_all(), unmounted_on_exit(mnt):
+            nobody.cli("mount", "--lower", base / "l0", "--upper", base / "u", "--work", base / "w", mnt)
+            out = nobody.run("sh", "-c", f"cd {mnt} && cat top mine/f && echo && rm mine/g && echo new > mine/n && "
+                                        f"rm -r mine && mkdir mine && echo again > mine/a && ls -A mine && ls").stdout
             assert out.split() == ["topf", "a", "mine", "top"]
-            as_nobody(USER_PYTHON, "-m", "unionfs", "umount", str(mnt))
+            nobody.cli("umount", mnt)
             assert not os.path.ismount(mnt)
         assert os.getxattr(base / "u" / "mine", "user.overlay.opaque") == b"y"
         assert (base / "u" / "mine" / "a").read_bytes() == b"again\n"
         assert os.stat(base / "u" / "mine" / "a").st_uid == 65534
     finally:
-        os.chmod("/dev/fuse", dev_mode)
         shutil.rmtree(base, ignore_errors=True)

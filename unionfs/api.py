@@ -27,6 +27,7 @@ from unionfs.fsops import remove_tree
 from unionfs.mount import daemon
 from unionfs.oci.manifest import Platform
 from unionfs.run.sandbox import Bind, Completed, Process, make_init_layer
+from unionfs.store import mounting
 from unionfs.store.store import Image, Store
 from unionfs.union.plan import MountPlan
 
@@ -86,7 +87,7 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
         # the container's processes run as its USER, whoever that is: allow_other (default_permissions is
         # always on); nosuid,nodev unless ``options`` say otherwise (process.fuse_options)
         daemon.mount(MountPlan((*plan.lowers, str(init)), plan.upper, plan.work, plan.name), str(mnt),
-                     options=["allow_other", *options])
+                     options=["allow_other", *mounting.mount_options(str(store.root)), *options])
         mounted = True
         store.set_container_mount(plan.name, str(mnt))
         yield Mounted(store, img, plan.name, mnt)

@@ -7,11 +7,13 @@ that start it in the background (``subprocess.Popen``) to signal or kill it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 #: seconds a command may take before the test calls it hung (a bound that detects hangs, it measures nothing)
 TIMEOUT = 300.0
@@ -66,3 +68,41 @@ def user_package(base: Path) -> Path:
         for f in files:
             os.chmod(os.path.join(d, f), 0o644)
     return pkg
+
+
+class AsUser:
+    """Commands run as the user ``uid``:``gid`` (no supplementary groups; ``setpriv``, so the caller must be
+    root), with a small fixed environment, in ``/``: the unionfs CLI (:meth:`cli`) on :data:`USER_PYTHON` and the
+    compiled copy of the package :func:`user_package` makes under ``base`` (a directory the user may walk; ``python
+    -m`` would put the current directory, a checkout, first on the path)."""
+
+    def __init__(self, base: Path, uid: int = 65534, gid: int = 65534) -> None:
+        self.uid, self.gid = uid, gid
+        self.env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": "/tmp", "PYTHONPATH": str(user_package(base))}
+
+    def run(self, *argv: str | os.PathLike[str], check: bool = True, text: bool = True,
+            input: str | bytes | None = None) -> subprocess.CompletedProcess[Any]:
+        """Run ``argv`` as the user to completion (output captured); with ``check`` a failure fails the test."""
+        cmd = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", *map(str, argv)]
+        p = subprocess.run(cmd, capture_output=True, text=text, input=input, timeout=TIMEOUT, env=self.env, cwd="/")
+        if check and p.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout!r}\n{p.stderr!r}")
+        return p
+
+    def cli(self, *args: str | os.PathLike[str], root: Path | str | None = None, check: bool = True,
+            text: bool = True) -> subprocess.CompletedProcess[Any]:
+        """``unionfs [--root ROOT] ARGS`` as the user."""
+        return self.run(USER_PYTHON, "-m", "unionfs", *(["--root", str(root)] if root is not None else []), *args,
+                        check=check, text=text)
+
+
+@contextlib.contextmanager
+def fuse_open_to_all() -> Iterator[None]:
+    """/dev/fuse with the usual mode 0666 meanwhile (0600 on these machines), for mounts by users other than
+    root; its mode is restored afterwards."""
+    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    os.chmod("/dev/fuse", mode | 0o666)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", mode)

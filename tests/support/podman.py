@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from support.busybox import busybox_tarball
-from support.cli import USER_PYTHON, run_cli, user_package
+from support.cli import USER_PYTHON, fuse_open_to_all, run_cli, user_package
 from support.mount import leftover_mounts
 
 #: what the harness runs
@@ -112,15 +111,13 @@ def throwaway_user() -> Iterator[str]:
     with its processes and ranges afterwards."""
     name = f"upm{os.getpid() % 100000}"
     subprocess.run(["useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", name], check=True)
-    dev_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
     try:
         start = 400000 + (os.getpid() % 1000) * 65536
         subprocess.run(["usermod", "--add-subuids", f"{start}-{start + 65535}", "--add-subgids",
                         f"{start}-{start + 65535}", name], check=True)
-        os.chmod("/dev/fuse", dev_mode | 0o666)
-        yield name
+        with fuse_open_to_all():
+            yield name
     finally:
-        os.chmod("/dev/fuse", dev_mode)
         subprocess.run(["pkill", "-KILL", "-u", name], check=False)
         subprocess.run(["userdel", name], check=False)
         for f in ("/etc/subuid", "/etc/subgid"):  # userdel may keep them

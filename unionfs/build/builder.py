@@ -66,6 +66,7 @@ from unionfs.image.pack import pack_layer, write_diff_tar
 from unionfs.oci.reference import Reference
 from unionfs.rootpath import clean, resolve_in_root
 from unionfs.run.sandbox import Bind, Completed, Process, make_init_layer, resolve_user
+from unionfs.store import mounting
 from unionfs.store.store import Image, Store, now_rfc3339
 from unionfs.fsops import remove_tree
 
@@ -388,7 +389,7 @@ class Builder:
     @contextlib.contextmanager
     def _mounted(self, plan: MountPlan, mnt: Path, options: Sequence[str] = ()) -> Iterator[str]:
         mnt.mkdir(exist_ok=True)
-        daemon.mount(plan, str(mnt), options=list(options))
+        daemon.mount(plan, str(mnt), options=[*mounting.mount_options(str(self.store.root)), *options])
         try:
             yield str(mnt)
         finally:
@@ -420,7 +421,7 @@ class Builder:
             with open(blob, "wb") as f:
                 layer = pack_layer(lambda out: write_diff_tar(str(upper), out, lowers=lowers,
                                                               index_dir=str(index_dir) if index_dir.is_dir()
-                                                              else None),
+                                                              else None, owners=self.store.owners),
                                    f, compression=GZIP, tmp_dir=str(ws))
                 f.flush()
                 os.fsync(f.fileno())

@@ -104,7 +104,8 @@ def _mount(args: argparse.Namespace, early: process.Early | None) -> int:
         recorded.append(mp)
 
     try:
-        daemon.mount(plan, mp, options=args.options, foreground=args.foreground, early=early, meanwhile=record)
+        daemon.mount(plan, mp, options=[*mounting.mount_options(root), *args.options], foreground=args.foreground,
+                     early=early, meanwhile=record)
     except BaseException:
         if recorded:  # the mount failed after all (or the daemon ended in the foreground)
             with contextlib.suppress(UnionfsError, OSError):

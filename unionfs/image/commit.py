@@ -63,6 +63,7 @@ from unionfs.fsops import remove_tree
 from unionfs.image.pack import PackedLayer, TarOptions, pack_layer, public_xattrs, redirect_of, write_diff_tar
 from unionfs.layer import whiteout as wh
 from unionfs.layer.compression import GZIP
+from unionfs.layer.ownership import Owners
 from unionfs.mountinfo import mount_at
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import OCI_CONFIG, Descriptor, ImageConfig, Manifest
@@ -217,7 +218,7 @@ def commit_upper(store: Store, base: Image, upper: str, *, tags: Sequence[Refere
             blob_path = stage / "layer"
             with open(blob_path, "wb") as f:
                 layer = pack_layer(lambda out: write_diff_tar(upper, out, lowers=lowers, epoch=opts.epoch,
-                                                              index_dir=index_dir),
+                                                              index_dir=index_dir, owners=store.owners),
                                    f, compression=compression, tmp_dir=str(stage))
                 f.flush()
                 os.fsync(f.fileno())
@@ -423,9 +424,10 @@ def _node_differs(ua: Union, a: Node, ub: Union, b: Node) -> bool:
     return False
 
 
-def diff_trees(lowers_a: Sequence[str], lowers_b: Sequence[str]) -> list[tuple[str, str]]:
-    """The changes from the merged tree of ``lowers_a`` to that of ``lowers_b`` (base first), sorted."""
-    ua, ub = Union(list(lowers_a)), Union(list(lowers_b))
+def diff_trees(lowers_a: Sequence[str], lowers_b: Sequence[str], owners: Owners | None = None) -> list[tuple[str, str]]:
+    """The changes from the merged tree of ``lowers_a`` to that of ``lowers_b`` (base first), sorted; owners
+    compared as ``owners`` show them (:class:`unionfs.layer.ownership.Owners`; None: as they are)."""
+    ua, ub = Union(list(lowers_a), owners=owners), Union(list(lowers_b), owners=owners)
     out: list[tuple[str, str]] = []
 
     def walk(na: Node, nb: Node) -> None:
@@ -460,7 +462,8 @@ def diff_images(store: Store, first: str, second: str) -> list[tuple[str, str]]:
     """The changes from image ``first`` to image ``second``."""
     a = store.resolve(first)
     b = store.resolve(second)
-    return diff_trees([str(p) for p in store.ensure_layers(a)], [str(p) for p in store.ensure_layers(b)])
+    return diff_trees([str(p) for p in store.ensure_layers(a)], [str(p) for p in store.ensure_layers(b)],
+                      store.owners)
 
 
 __all__ = ["is_paused", "resume_orphaned_pauses", "apply_changes", "new_config", "commit_upper", "commit_container", "CommitResult", "frozen",

@@ -52,6 +52,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 from unionfs.errors import LayerError
 from unionfs.layer import whiteout as wh
 from unionfs.layer.compression import GZIP, NONE, ZSTD, compress_stream
+from unionfs.layer.ownership import Owners
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from unionfs.union.view import Union, has_metacopy_mark, read_redirect
@@ -67,12 +68,16 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class TarOptions:
-    """How entries are written. ``epoch`` not None means reproducible output (mtimes clamped to it)."""
+    """How entries are written. ``epoch`` not None means reproducible output (mtimes clamped to it).
+    ``owners``: the owners, modes and devices written are as these show them (a rootless store's:
+    :class:`unionfs.layer.ownership.Owners`); None: as the files are."""
 
     epoch: int | None = None
+    owners: Owners | None = None
 
     @classmethod
-    def make(cls, reproducible: bool = False, epoch: int | None = None) -> "TarOptions":
+    def make(cls, reproducible: bool = False, epoch: int | None = None,
+             owners: Owners | None = None) -> "TarOptions":
         """Options from the caller's wish and the environment.
 
         ``epoch`` wins; else ``$SOURCE_DATE_EPOCH`` (which alone turns reproducible output on); else 0 when
@@ -89,7 +94,7 @@ class TarOptions:
                 epoch = 0
         if epoch is not None and epoch < 0:
             raise LayerError(f"the reproducible epoch must not be negative (got {epoch})")
-        return cls(epoch)
+        return cls(epoch, owners)
 
     @property
     def reproducible(self) -> bool:
@@ -195,6 +200,8 @@ class TarEmitter:
     def add(self, name: str, real: str, st: os.stat_result, data: str | None = None) -> None:
         """Write the entry at ``real`` (lstat ``st``) under the tar name ``name`` (relative, no leading /); a
         regular file's content is read from ``data`` when given (the lower data of a metacopy file)."""
+        if self.opts.owners is not None:
+            st = self.opts.owners.shown(st, real)
         mode = st.st_mode
         if stat.S_ISSOCK(mode):
             log.warning("skipping %s: a socket cannot be stored in a layer", name)
@@ -368,13 +375,13 @@ class _Packer:
 
 
 def write_diff_tar(upper: str, out: BinaryIO, *, lowers: Sequence[str] = (), reproducible: bool = False,
-                   epoch: int | None = None, index_dir: str | None = None) -> int:
+                   epoch: int | None = None, index_dir: str | None = None, owners: Owners | None = None) -> int:
     """Write the OCI layer tar of the changes in ``upper`` over ``lowers`` (base first) to ``out``.
 
     ``lowers`` are needed only to resolve redirected directories. Returns the number of entries written.
-    Raises LayerError when a file cannot be read.
+    ``owners``: see :class:`TarOptions`. Raises LayerError when a file cannot be read.
     """
-    em = TarEmitter(out, TarOptions.make(reproducible, epoch))
+    em = TarEmitter(out, TarOptions.make(reproducible, epoch, owners))
     packer = _Packer(em, lowers, index_dir)
     with _emitting(em, f"cannot pack {upper}"):
         packer.diff("", os.fspath(upper), "/", wh.is_opaque_dir(os.fspath(upper)))
@@ -382,12 +389,14 @@ def write_diff_tar(upper: str, out: BinaryIO, *, lowers: Sequence[str] = (), rep
 
 
 def write_merged_tar(lowers: Sequence[str], out: BinaryIO, *, upper: str | None = None,
-                     reproducible: bool = False, epoch: int | None = None, index_dir: str | None = None) -> int:
+                     reproducible: bool = False, epoch: int | None = None, index_dir: str | None = None,
+                     owners: Owners | None = None) -> int:
     """Write the whole merged tree of ``lowers`` (base first) and ``upper`` as a plain tar (docker export).
 
-    Returns the number of entries written. Raises LayerError when a file cannot be read.
+    ``owners``: see :class:`TarOptions`. Returns the number of entries written. Raises LayerError when a
+    file cannot be read.
     """
-    em = TarEmitter(out, TarOptions.make(reproducible, epoch))
+    em = TarEmitter(out, TarOptions.make(reproducible, epoch, owners))
     packer = _Packer(em, lowers, index_dir)
     with _emitting(em, "cannot export"):
         packer.merged("", os.fspath(upper) if upper is not None else None,

@@ -116,7 +116,7 @@ class ImageTree:
         self.lowers = [str(p) for p in store.ensure_layers(image)]
         #: what the merged tree is made of: the layers, or one empty directory for an image without any
         self.tree_dirs = self.lowers or [_empty_dir()]
-        self.union = Union(self.tree_dirs)
+        self.union = Union(self.tree_dirs, owners=store.owners)
         history = [h for h in image.config.history if not h.get("empty_layer")]
         self.layers: list[LayerInfo] = []
         for i, (desc, diff_id, path) in enumerate(zip(image.manifest.layers, image.config.diff_ids, self.lowers)):
@@ -339,7 +339,7 @@ class ImageTree:
     # ------------------------------------------------------------------ export
     def export(self, out: BinaryIO) -> int:
         """Write the flattened root filesystem as a tar (``docker export``); returns the number of entries."""
-        return write_merged_tar(self.tree_dirs, out)
+        return write_merged_tar(self.tree_dirs, out, owners=self.store.owners)
 
 
 def _meta_differs(a: os.stat_result, b: os.stat_result) -> bool:

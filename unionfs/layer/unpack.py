@@ -24,9 +24,12 @@ Format (OCI image spec, "Whiteouts"; docs/design.md, "On-disk format"):
   whiteout we made; a directory that does so is made opaque.
 * ``.wh..wh..opq`` makes its directory opaque (``overlay.opaque=y`` in ``trusted.`` as root, ``user.``
   otherwise), wherever it sits in the stream; the directory is created if it does not exist yet.
-* Modes (setuid/setgid/sticky included), uid/gid (as root), mtimes (directories last), xattrs from PAX
-  ``SCHILY.xattr.*`` (binary values kept; the overlay's own namespaces dropped with a warning), hardlinks
-  to earlier entries, symlinks as data, fifos, devices (as root; skipped with a warning otherwise).
+* Modes (setuid/setgid/sticky included), uid/gid, mtimes (directories last), xattrs from PAX
+  ``SCHILY.xattr.*`` (binary values kept; the overlay's own namespaces and the owner overrides dropped with a
+  warning), hardlinks to earlier entries, symlinks as data, fifos, devices. Without privilege
+  (:func:`unionfs.layer.ownership.privileged`), owners other than root and devices are kept in overrides
+  (``user.containers.override_stat``; a device as an empty regular file), and symlinks and fifos are the
+  unpacker's (they cannot hold one).
 * Sparse members (old GNU, PAX 0.0, 0.1 and 1.0) are written with their holes (nothing allocated for them);
   their full size counts into the bound, which covers the whole layer: tar stream plus sparse holes.
 """
@@ -46,7 +49,7 @@ from typing import BinaryIO, Callable
 
 from unionfs.errors import DigestError, LayerError, LayerTooLargeError, UnionfsError, UnsafeLayerError, printable
 from unionfs.fsops import remove_at
-from unionfs.layer import whiteout
+from unionfs.layer import ownership, whiteout
 from unionfs.layer.compression import open_decompressed
 from unionfs.oci.digest import Digest, HashingReader
 
@@ -98,11 +101,13 @@ def max_layer_size() -> int:
 
 
 def unpack_layer(blob: BinaryIO, dest: str, *, media_type: str | None, diff_id: Digest | None = None,
-                 max_size: int | None = None) -> UnpackResult:
+                 max_size: int | None = None, privileged: bool | None = None) -> UnpackResult:
     """Unpack the layer ``blob`` (compressed as ``media_type`` says or sniffing finds) into ``dest``.
 
     ``dest`` is an existing empty directory. When ``diff_id`` is given the uncompressed stream must match
     it (DigestError otherwise). ``max_size`` bounds the uncompressed bytes (default: ``max_layer_size()``).
+    ``privileged``: give entries their owners and make devices (True) or keep overrides (False; see the
+    module docstring); None: as this process may (:func:`unionfs.layer.ownership.privileged`).
     Raises only UnionfsError subclasses (see the module docstring).
     """
     limit = max_layer_size() if max_size is None else max_size
@@ -111,7 +116,7 @@ def unpack_layer(blob: BinaryIO, dest: str, *, media_type: str | None, diff_id: 
         root_fd = os.open(dest, _DIRFLAGS)
     except OSError as e:
         raise LayerError(f"cannot open layer directory {dest}: {e.strerror}") from None
-    unpacker = _Unpacker(root_fd, limit)
+    unpacker = _Unpacker(root_fd, limit, ownership.privileged() if privileged is None else privileged)
     try:
         reader = LayerReader(open_decompressed(blob, media_type), algorithm, limit)
         unpacker.run(reader)
@@ -288,7 +293,7 @@ def _xattrs(ti: tarfile.TarInfo, entry: bytes) -> list[tuple[str, bytes]]:
             continue
         name = key[len(_XATTR_PREFIX):]
         if whiteout.is_private_xattr(name):
-            log.warning("entry %s: dropping xattr %s (overlay-private namespace)", _show(entry), name)
+            log.warning("entry %s: dropping xattr %s (private to the overlay or the store)", _show(entry), name)
             continue
         out.append((name, value.encode("utf-8", "surrogateescape")))
     return out
@@ -301,11 +306,12 @@ class _NotADirectory(LayerError):
 class _Unpacker:
     """State of one unpack: the root fd, a small cache of directory fds, whiteouts made, deferred dir metadata."""
 
-    def __init__(self, root_fd: int, limit: int) -> None:
+    def __init__(self, root_fd: int, limit: int, privileged: bool) -> None:
         self.root = root_fd
         self.limit = limit
         self.reader: LayerReader  # the stream being unpacked, set by run()
-        self.is_root = os.geteuid() == 0
+        #: may give entries their owners and make devices; otherwise overrides keep them (:mod:`..ownership`)
+        self.privileged = privileged
         self.entries = 0
         self._dirs: OrderedDict[bytes, int] = OrderedDict()
         self._whiteouts: set[bytes] = set()
@@ -442,8 +448,7 @@ class _Unpacker:
                 self._sparse(tf, ti, fd, raw)
             else:
                 self._copy(tf, fd, ti.size, raw)
-            if self.is_root:
-                os.fchown(fd, ti.uid, ti.gid)
+            self._owner(fd, ti, stat.S_IFREG)
             os.fchmod(fd, ti.mode & 0o7777)
             for xname, value in _xattrs(ti, raw):
                 self._setxattr(fd, xname, value, raw)
@@ -542,8 +547,8 @@ class _Unpacker:
         else:
             kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
             dev = os.makedev(ti.devmajor, ti.devminor)
-            if not self.is_root:
-                log.warning("entry %s: device node skipped (creating devices needs root)", _show(raw))
+            if not self.privileged:
+                self._device_file(ti, self._dir(parent), name, key, kind | (ti.mode & 0o7777), dev, raw)
                 return
         pfd = self._dir(parent)
         try:
@@ -554,6 +559,31 @@ class _Unpacker:
             log.warning("entry %s: device node skipped (mknod not permitted)", _show(raw))
             return
         self._meta_at(pfd, name, ti, raw, symlink=False)
+
+    def _device_file(self, ti: tarfile.TarInfo, pfd: int, name: bytes, key: bytes, mode: int, dev: int,
+                     raw: bytes) -> None:
+        """A device node an unprivileged unpack cannot make: an empty regular file whose override shows the
+        device (:mod:`unionfs.layer.ownership`), as containers/storage keeps one."""
+        def make() -> None:
+            os.close(os.open(name, _FILEFLAGS, 0o600, dir_fd=pfd))
+        self._create(pfd, name, key, make)
+        fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            os.setxattr(fd, ownership.XATTR, ownership.encode(ti.uid, ti.gid, mode, dev))
+            os.fchmod(fd, ti.mode & 0o7777)
+            for xname, value in _xattrs(ti, raw):
+                self._setxattr(fd, xname, value, raw)
+            os.utime(fd, ns=(_time_ns(ti, "atime"), _time_ns(ti, "mtime")))
+        finally:
+            os.close(fd)
+
+    def _owner(self, fd: int, ti: tarfile.TarInfo, kind: int) -> None:
+        """Give the regular file or directory open at ``fd`` its owner: by chown when privileged, else in an
+        override when it is not root's (before its mode: a user may set no xattr on a file it may not write)."""
+        if self.privileged:
+            os.fchown(fd, ti.uid, ti.gid)
+        elif ownership.needed(ti.uid, ti.gid, kind):
+            os.setxattr(fd, ownership.XATTR, ownership.encode(ti.uid, ti.gid, kind | (ti.mode & 0o7777)))
 
     def _whiteout(self, parent: list[bytes], name: bytes, raw: bytes) -> None:
         try:
@@ -612,8 +642,9 @@ class _Unpacker:
         return was_whiteout
 
     def _meta_at(self, pfd: int, name: bytes, ti: tarfile.TarInfo, raw: bytes, *, symlink: bool) -> None:
-        """Ownership, mode, xattrs and times of a non-regular, non-directory entry just created."""
-        if self.is_root:
+        """Ownership, mode, xattrs and times of a non-regular, non-directory entry just created (a symlink or a
+        fifo of an unprivileged unpack keeps the unpacker as owner: neither can hold an override)."""
+        if self.privileged:
             os.chown(name, ti.uid, ti.gid, dir_fd=pfd, follow_symlinks=False)
         if not symlink:
             os.chmod(name, ti.mode & 0o7777, dir_fd=pfd)  # a node we just made, not a symlink
@@ -627,8 +658,7 @@ class _Unpacker:
 
     def _set_dir_meta(self, key: bytes, fd: int, ti: tarfile.TarInfo, raw: bytes) -> None:
         """Ownership and xattrs now; mode and times at the end (after the directory's children)."""
-        if self.is_root:
-            os.fchown(fd, ti.uid, ti.gid)
+        self._owner(fd, ti, stat.S_IFDIR)
         for xname, value in _xattrs(ti, raw):
             self._setxattr(fd, xname, value, raw)
         self._dir_meta[key] = (ti.mode & 0o7777, _time_ns(ti, "atime"), _time_ns(ti, "mtime"))

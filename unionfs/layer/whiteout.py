@@ -17,9 +17,10 @@ No visible name ever starts with ``.wh.``: callers use ``is_hidden_name`` to dro
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import stat
+
+from unionfs.layer import ownership
 
 WH_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -42,7 +43,7 @@ def xattr_namespace() -> str:
     them); unless :func:`use_namespace` chose one (``-o userxattr``)."""
     if _CHOSEN:
         return _CHOSEN[0]
-    return TRUSTED if os.geteuid() == 0 and _initial_user_namespace() else USER
+    return TRUSTED if ownership.privileged() else USER
 
 
 def use_namespace(ns: str) -> None:
@@ -53,24 +54,16 @@ def use_namespace(ns: str) -> None:
     _CHOSEN[:] = [ns]
 
 
-@functools.cache
-def _initial_user_namespace() -> bool:
-    """True when this process runs in the initial user namespace (its uid map is the whole identity map)."""
-    try:
-        with open("/proc/self/uid_map", encoding="ascii") as f:
-            return f.read().split() == ["0", "0", "4294967295"]
-    except OSError:
-        return True
-
-
 def opaque_xattr() -> str:
     """The opaque xattr name we write."""
     return xattr_namespace() + "overlay.opaque"
 
 
 def is_private_xattr(name: str) -> bool:
-    """True for the overlay's own xattrs, which are never shown through a mount nor copied up."""
-    return name.startswith(OVERLAY_PREFIXES)
+    """True for the overlay's own xattrs, which are never shown through a mount nor copied up, and for the
+    owners a rootless store keeps (:mod:`unionfs.layer.ownership`: never shown, never taken from a layer's tar,
+    copied up with their file)."""
+    return name.startswith(OVERLAY_PREFIXES) or name in ownership.NAMES
 
 
 # ---------------------------------------------------------------------------

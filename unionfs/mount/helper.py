@@ -17,8 +17,8 @@ they mean something here (``fsync=0`` is ``volatile``; ``static_nlink``, ``noacl
 ``squash_to_uid=``, ``squash_to_gid=``, ``uidmapping=``, ``gidmapping=``: :class:`unionfs.mount.server.Show`);
 options that only mean something to mount(8), fstab or the kernel's overlayfs, or nothing on a FUSE mount
 (``defaults``, ``nofail``, ``x-*``, ``private``, ``context=``, ``index=``...) are dropped.
-``xattr_permissions=`` other than 0 is refused: unionfs keeps no owners in xattrs yet, and a mount without them
-would show every file with the wrong owner. Anything else is named on standard error
+``xattr_permissions=2`` shows the owners kept in ``user.containers.override_stat`` (:mod:`unionfs.layer.ownership`;
+``1``, fuse-overlayfs' ``security.`` form, is refused by the daemon). Anything else is named on standard error
 ("unknown argument ignored", as fuse-overlayfs says) and dropped. The mount is ``nosuid,nodev`` unless
 ``suid``/``dev`` are given (libfuse's defaults, also under ``defaults``), and ``ro``, ``rw``, ``noexec``,
 ``exec`` are honoured. ``user``/``users`` imply ``nosuid,nodev,noexec`` and ``owner``/``group`` imply
@@ -41,7 +41,7 @@ IGNORED = {"defaults", "auto", "noauto", "nofail", "nouser", "_netdev",
            "async", "sync", "relatime", "norelatime", "strictatime", "nodiratime",
            "diratime", "lazytime", "nolazytime", "loud", "silent", "nosymfollow", "atime", "noatime",
            "private", "shared", "slave", "unbindable", "rprivate", "rshared", "rslave", "runbindable",
-           "fsync=1", "xattr_permissions=0"}
+           "fsync=1"}
 #: fstab options that imply mount flags (mount(8)); later options override them
 IMPLIES = {"user": ("nosuid", "nodev", "noexec"), "users": ("nosuid", "nodev", "noexec"),
            "owner": ("nosuid", "nodev"), "group": ("nosuid", "nodev")}
@@ -49,8 +49,6 @@ IGNORED_PREFIXES = ("x-", "comment=", "helper=", "index=", "redirect_dir=", "xin
                     "uuid=", "nfs_export=", "context=", "fscontext=", "defcontext=", "rootcontext=")
 #: fuse-overlayfs' options under other names here
 RENAMED = {"fsync=0": "volatile"}
-#: fuse-overlayfs' options unionfs does not do yet (refused: see the module docstring)
-REFUSED = ("xattr_permissions=",)
 USAGE = ("usage: mount.fuse.unionfs [SOURCE] MOUNTPOINT -o lowerdir=L2:L1[,upperdir=U,workdir=W][,OPTION...]\n"
          "       mount.fuse.unionfs [-f] [-d] [--version] [-h] -o OPTIONS MOUNTPOINT  (fuse-overlayfs' form)")
 
@@ -115,8 +113,6 @@ def parse(argv: Sequence[str]) -> Request:
             fuse_opts.extend(IMPLIES[key])
         elif item in IGNORED or item.startswith(IGNORED_PREFIXES):
             continue
-        elif item.startswith(REFUSED):
-            raise UsageError(f"{key}= is not supported (unionfs keeps no owners in xattrs yet): {item}")
         elif not process.unknown_options([item]):
             fuse_opts.append(item)
         else:

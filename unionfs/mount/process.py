@@ -35,6 +35,7 @@ from unionfs.union.plan import MountPlan  # a plain class, nothing more loaded
 if TYPE_CHECKING:
     import subprocess
 
+    from unionfs.layer.ownership import Owners
     from unionfs.mount.server import IdMap
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ FLAG_OPTIONS = {"suid": "nosuid", "dev": "nodev", "exec": "noexec", "ro": "rw"}
 OPTION_KEYS = frozenset({"fsname", "subtype", "allow_other", "default_permissions", "writeback", "nowriteback",
                          "volatile", "passthrough", "spin_us", "kernel_cache", "auto_cache", "static_nlink", "noacl",
                          "squash_to_root", "squash_to_uid", "squash_to_gid", "uidmapping", "gidmapping",
-                         "userxattr", *FLAG_OPTIONS, *FLAG_OPTIONS.values()})
+                         "userxattr", "xattr_permissions", *FLAG_OPTIONS, *FLAG_OPTIONS.values()})
 
 
 def unknown_options(options: list[str]) -> list[str]:
@@ -550,8 +551,9 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
         from unionfs.layer import whiteout
 
         whiteout.use_namespace(whiteout.USER)
+    owners = _owners(opts)
     try:
-        ov = Overlay(spec["lowers"], spec["upper"], spec["work"], volatile=volatile)
+        ov = Overlay(spec["lowers"], spec["upper"], spec["work"], volatile=volatile, owners=owners)
     except OSError as e:
         raise MountError(f"cannot open the layers: {e}") from None
     from unionfs.mount import server as lowlevel
@@ -588,6 +590,21 @@ def _number(opts: dict[str, object], key: str, default: int, what: str = "a numb
         return int(str(value))
     except ValueError:
         raise MountError(f"{key} takes {what}, not {value!r}") from None
+
+
+def _owners(opts: dict[str, object]) -> "Owners | None":
+    """fuse-overlayfs' ``xattr_permissions=`` taken out of ``opts``: ``2`` shows the owners, modes and devices
+    kept in ``user.containers.override_stat`` (:mod:`unionfs.layer.ownership`), ``0`` (the default) the files'
+    own; MountError for ``1`` (fuse-overlayfs' ``security.`` form) or anything else."""
+    value = str(opts.pop("xattr_permissions", "0"))
+    if value == "0":
+        return None
+    if value != "2":
+        raise MountError(f"xattr_permissions={value} is not supported: 0 (owners as stored) or 2 (owners kept in "
+                         "user.containers.override_stat)")
+    from unionfs.layer.ownership import Owners
+
+    return Owners()
 
 
 def _idmap(opts: dict[str, object], key: str) -> "IdMap | None":

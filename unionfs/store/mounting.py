@@ -38,6 +38,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the mount options of a rootless store's containers: its overrides shown (:mod:`unionfs.layer.ownership`)
+ROOTLESS_OPTIONS = ("xattr_permissions=2",)
+
+
+def rootless_owner(root: str) -> tuple[int, int] | None:
+    """The user (uid, gid) owning the store at ``root`` when that is not root: a *rootless* store, whose unpacks
+    keep owners in overrides (``Store.owners``); None for a store root owns."""
+    st = os.stat(root)
+    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+
+
+def mount_options(root: str) -> list[str]:
+    """The ``-o`` items every mount of a container of the store at ``root`` needs (:data:`ROOTLESS_OPTIONS`
+    for a rootless store, none otherwise)."""
+    return list(ROOTLESS_OPTIONS) if rootless_owner(root) is not None else []
+
 #: seconds a command waits for another one's lock (``$UNIONFS_LOCK_TIMEOUT``)
 LOCK_TIMEOUT = float(os.environ.get("UNIONFS_LOCK_TIMEOUT", "300"))
 #: the record of resolutions, in the store's root

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -58,6 +59,7 @@ from unionfs.errors import (
     UnionfsError,
 )
 from unionfs.fsops import atomic_write, discard_tree, fsync_dir, remove_tree, temp_dir, temp_file
+from unionfs.layer.ownership import Owners
 from unionfs.mountinfo import Mount, mount_at, mounts
 from unionfs.oci.digest import Digest, HashingReader
 from unionfs.oci.manifest import (
@@ -187,6 +189,14 @@ class Store:
         self._lock_depth = 0
         self._lock_fd: int | None = None
         self._init_layout()
+
+    @functools.cached_property
+    def owners(self) -> Owners | None:
+        """How this store's layers show owners. None for a store root owns: its unpacks give every entry its
+        owner. A store a user owns is *rootless*: its unpacks keep owners other than root's, and devices, in
+        overrides, and whatever shows no override shows the user as root (:mod:`unionfs.layer.ownership`)."""
+        owner = mounting.rootless_owner(str(self.root))
+        return None if owner is None else Owners(*owner)
 
     # -- layout and locking ----------------------------------------------------------------------
     def _init_layout(self) -> None:
@@ -504,7 +514,8 @@ class Store:
                 stage = self.staging_dir("layer-")
                 try:
                     with self.open_blob(desc.digest) as blob:
-                        unpack_layer(blob, stage, media_type=desc.media_type, diff_id=diff_id)
+                        unpack_layer(blob, stage, media_type=desc.media_type, diff_id=diff_id,
+                                     privileged=None if self.owners is None else False)
                     os.rename(stage, dest)
                     fsync_dir(self.layers_dir)
                     txn.layers.append(dest)

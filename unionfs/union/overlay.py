@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterator, TypeVar
 from unionfs.errors import UnionfsError
 from unionfs.fsops import Timespec, libc, remove_tree
 from unionfs.layer import whiteout as wh
+from unionfs.layer.ownership import NAMES as OWNER_XATTRS
+from unionfs.layer.ownership import Owners
 from unionfs.union.view import METACOPY_SUFFIX, Node, Union, ino_xattr, metacopy_xattr, nlink_xattr, redirect_xattr
 from unionfs.union.workdir import syncfs
 
@@ -176,8 +178,8 @@ def _copy_range(src: int, dst: int, off: int, count: int) -> int:
 
 
 def copy_xattrs(src: str, dst: str, *, dst_fd: int | None = None, private: tuple[str, ...] = ()) -> None:
-    """Copy every xattr but the overlay's private ones (except those named in ``private``) from ``src`` to
-    ``dst`` (symlinks not followed)."""
+    """Copy every xattr but the overlay's private ones (except those named in ``private``, and the owners kept
+    by :mod:`unionfs.layer.ownership`) from ``src`` to ``dst`` (symlinks not followed)."""
     try:
         names = os.listxattr(src, follow_symlinks=False)
     except OSError as e:
@@ -185,7 +187,7 @@ def copy_xattrs(src: str, dst: str, *, dst_fd: int | None = None, private: tuple
             return
         raise
     for name in names:
-        if wh.is_private_xattr(name) and name not in private:
+        if wh.is_private_xattr(name) and name not in private and name not in OWNER_XATTRS:
             continue
         try:
             value = os.getxattr(src, name, follow_symlinks=False)
@@ -229,11 +231,14 @@ class Overlay:
     ``metacopy``: chmod, chown, utimes, xattr changes and rename copy a big lower regular file up without its
     data, in the kernel's ``metacopy=on`` format (see :meth:`copy_up`); False: always with its data. Uppers
     written either way are read alike.
+
+    ``owners``: what the view shows as owners (:class:`unionfs.union.view.Union`); a mount's
+    ``xattr_permissions=2``.
     """
 
     def __init__(self, lowers: list[str] | tuple[str, ...], upper: str | None = None,
                  work: str | None = None, *, cache: bool = True, volatile: bool = False,
-                 metacopy: bool = True) -> None:
+                 metacopy: bool = True, owners: Owners | None = None) -> None:
         if (upper is None) != (work is None):
             raise ValueError("upper and work go together")
         self.upper = upper
@@ -250,7 +255,7 @@ class Overlay:
             self._clean_tmp()
         else:
             self.tmp = self.index = self.keep = ""
-        self.view = Union(tuple(lowers), upper, self.index or None, cache=cache)
+        self.view = Union(tuple(lowers), upper, self.index or None, cache=cache, owners=owners)
         self._counter = itertools.count()
         self._ns = wh.xattr_namespace()
 

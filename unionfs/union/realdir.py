@@ -30,6 +30,8 @@ import os
 import resource
 from typing import Callable
 
+from unionfs.layer.ownership import Owners
+
 #: directory descriptors a union keeps open between operations (its layers' roots not counted), at most an eighth
 #: of the soft RLIMIT_NOFILE (the daemon raises it to the hard limit first): a second ``find`` over a tree of 552
 #: merged directories in 4 layers reopened ~15 us of descriptors per directory at 1,024 (the first ``find`` had
@@ -45,10 +47,12 @@ class Dirs:
     it ends) and the ones kept from earlier operations (closed first when the process runs out: EMFILE).
     """
 
-    __slots__ = ("fds", "_now", "_kept", "keep")
+    __slots__ = ("fds", "_now", "_kept", "keep", "owners")
 
-    def __init__(self, *, fds: bool, keep: int = KEEP) -> None:
+    def __init__(self, *, fds: bool, keep: int = KEEP, owners: Owners | None = None) -> None:
         self.fds = fds
+        #: how entries' owners are shown (:class:`unionfs.layer.ownership.Owners`; None: as they are)
+        self.owners = owners
         self._now: dict[Dir, int] = {}
         self._kept: dict[Dir, int] = {}
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -154,13 +158,19 @@ class Dir:
         return self.path if name == "." else self.path + "/" + name
 
     def lstat(self, name: str) -> os.stat_result:
-        """lstat(2) of the entry ``name`` (``fstatat`` with ``AT_SYMLINK_NOFOLLOW`` in descriptor mode)."""
+        """lstat(2) of the entry ``name`` (``fstatat`` with ``AT_SYMLINK_NOFOLLOW`` in descriptor mode), as the
+        union's :class:`Owners` show it."""
         if self.dirs.fds:
-            return os.stat(name, dir_fd=self.fd(), follow_symlinks=False)
-        return os.lstat(self.where(name))
+            st = os.stat(name, dir_fd=self.fd(), follow_symlinks=False)
+        else:
+            st = os.lstat(self.where(name))
+        owners = self.dirs.owners
+        return st if owners is None else owners.shown(st, self.where(name))
 
     def lstat_fn(self) -> Callable[[str], os.stat_result]:
         """:meth:`lstat` for many names in a row (the directory is reached once), valid until the next trim."""
+        if self.dirs.owners is not None:
+            return self.lstat
         if self.dirs.fds:
             return functools.partial(os.stat, dir_fd=self.fd(), follow_symlinks=False)
         base = self.path

@@ -53,6 +53,7 @@ from sys import intern  # one string per name for the path cache, the name maps 
 from typing import Iterator, Sequence
 
 from unionfs.layer import whiteout as wh
+from unionfs.layer.ownership import Owners
 from unionfs.union.realdir import Dir, Dirs
 
 log = logging.getLogger(__name__)
@@ -347,10 +348,13 @@ class Union:
     ``lower_root``: the union of the whole lower layers, in which a metacopy file's absolute redirect is looked
     up, for a union whose lowers are one directory's stack rather than the layers' roots (the packer's unions
     of a redirected directory); None: this union's own lowers.
+
+    ``owners``: how every lstat of the layers shows owners (:class:`unionfs.layer.ownership.Owners`: a rootless
+    store's overrides); None: as they are.
     """
 
     def __init__(self, lowers: Sequence[str], upper: str | None = None, index_dir: str | None = None,
-                 cache: bool = False, lower_root: "Union | None" = None) -> None:
+                 cache: bool = False, lower_root: "Union | None" = None, owners: Owners | None = None) -> None:
         self.lowers = lowers
         self.upper = upper
         self.index_dir = index_dir
@@ -382,7 +386,7 @@ class Union:
         # up and so never applies an opaque mark there (fs/overlayfs/super.c: the root's stack is every
         # layer). What docker and containerd show is therefore "root opaque ignored"; so do we (the mount,
         # treeview's ls/find/cat and export all go through this), and the store keeps the mark as unpacked.
-        self.dirs = Dirs(fds=self.cache)
+        self.dirs = Dirs(fds=self.cache, owners=owners)
         self._root_dirs: tuple[Dir, ...] = tuple(self.dirs.root(i, p) for i, p in enumerate(self.layers))
         self._index = self.dirs.root(0, self.index_dir) if self.index_dir is not None else None
         self._tree = Entry()
