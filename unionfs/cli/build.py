@@ -70,6 +70,14 @@ def _pairs(items: list[str], what: str) -> list[tuple[str, str | None]]:
     return out
 
 
+def _own_user_namespace() -> None:
+    """For a user other than root: go on in a user namespace of one's own (:mod:`unionfs.run.userns`)."""
+    from unionfs.run import userns
+
+    if userns.needed():
+        userns.enter()
+
+
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -81,6 +89,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from unionfs.run.sandbox import Bind, check_network
 
     check_network(args.network)
+    _own_user_namespace()
     build_args = {k: v for k, v in _pairs(args.build_args, "--build-arg") if v is not None}
     opts = BuildOptions(context=args.context, dockerfile=args.dockerfile,
                         tags=[Reference.parse(t) for t in args.tags], build_args=build_args,
@@ -116,6 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from unionfs.run.sandbox import Bind, Process, check_network, no_new_privileges, run
 
     check_network(args.network)
+    _own_user_namespace()
     nnp = no_new_privileges(args.security_opts)
     store = store_of(args)
     binds = [Bind.parse(v) for v in args.volumes]

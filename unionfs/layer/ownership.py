@@ -32,8 +32,7 @@ import errno
 import functools
 import os
 import stat
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 #: the xattr written (and read first)
 XATTR = "user.containers.override_stat"
@@ -52,11 +51,11 @@ _EXTRA = ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_
 def privileged() -> bool:
     """True when this process may give files any owner, make device nodes and set ``trusted.`` xattrs: root
     of the initial user namespace. Otherwise (a user; a user namespace's root) a store keeps overrides."""
-    return os.geteuid() == 0 and _initial_user_namespace()
+    return os.geteuid() == 0 and initial_user_namespace()
 
 
 @functools.cache
-def _initial_user_namespace() -> bool:
+def initial_user_namespace() -> bool:
     """True when this process runs in the initial user namespace (its uid map is the whole identity map)."""
     try:
         with open("/proc/self/uid_map", encoding="ascii") as f:
@@ -65,8 +64,7 @@ def _initial_user_namespace() -> bool:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class Override:
+class Override(NamedTuple):
     """What one entry shows: owner, mode (type bits 0: the real file's type) and device number."""
 
     uid: int

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from unionfs.errors import ContainerError, StoreLockedError
 from unionfs.fsops import atomic_write, remove_tree, temp_dir
+from unionfs.layer import ownership
 from unionfs.oci.canonical import canonical_json
 
 if TYPE_CHECKING:
@@ -43,10 +44,11 @@ ROOTLESS_OPTIONS = ("xattr_permissions=2",)
 
 
 def rootless_owner(root: str) -> tuple[int, int] | None:
-    """The user (uid, gid) owning the store at ``root`` when that is not root: a *rootless* store, whose unpacks
-    keep owners in overrides (``Store.owners``); None for a store root owns."""
+    """The user (uid, gid) owning the store at ``root`` when that is not root of the initial user namespace: a
+    *rootless* store, whose unpacks keep owners in overrides (``Store.owners``; in a user namespace of its own,
+    :mod:`unionfs.run.userns`, the user is 0); None for a store the host's root owns."""
     st = os.stat(root)
-    return None if st.st_uid == 0 else (st.st_uid, st.st_gid)
+    return None if st.st_uid == 0 and ownership.initial_user_namespace() else (st.st_uid, st.st_gid)
 
 
 def mount_options(root: str) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from unionfs.errors import UnionfsError
 from unionfs.fsops import Timespec, libc, remove_tree
+from unionfs.layer import ownership
 from unionfs.layer import whiteout as wh
 from unionfs.layer.ownership import NAMES as OWNER_XATTRS
 from unionfs.layer.ownership import Owners
@@ -256,6 +257,7 @@ class Overlay:
         else:
             self.tmp = self.index = self.keep = ""
         self.view = Union(tuple(lowers), upper, self.index or None, cache=cache, owners=owners)
+        self.owners = owners
         self._counter = itertools.count()
         self._ns = wh.xattr_namespace()
 
@@ -402,7 +404,8 @@ class Overlay:
 
     def _copy_one_to(self, tmp: str, node: Node, *, data: bool, ino: int | None, metacopy: bool = False,
                      redirect: str | None = None) -> None:
-        st, src = node.st, node.real
+        src = node.real
+        st = node.st if self.owners is None else os.lstat(src)  # as it is: its override is copied with it
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISREG(st.st_mode):
             self._write_file(tmp, st, src, ino=node.ino if ino is None else ino,
@@ -699,10 +702,45 @@ class Overlay:
         return True
 
     def _owner(self, pnode: Node, uid: int, gid: int) -> tuple[int, int]:
-        pst = os.lstat(pnode.real)
+        pst = self._shown(pnode.real)
         if pst.st_mode & stat.S_ISGID:
             gid = pst.st_gid
         return uid, gid
+
+    def _shown(self, real: str) -> os.stat_result:
+        """The lstat of the real entry at ``real`` as the view shows it (its override applied, see ``owners``)."""
+        st = os.lstat(real)
+        return st if self.owners is None else self.owners.shown(st, real)
+
+    def _give(self, real: str, uid: int, gid: int, mode: int, *, fd: int | None = None) -> None:
+        """Make the entry at ``real`` (open at ``fd``, if given), of type and permissions ``mode``, show owner
+        ``uid``:``gid``: by chown; or, on an overlay that keeps owners in overrides (``owners``), in its
+        override, unless these are the daemon's own ids (a symlink or fifo, which cannot hold one, keeps the
+        daemon's). Only the daemon's own ids are then real owners: its user can read and remove everything."""
+        if self.owners is None:
+            if fd is not None:
+                os.fchown(fd, uid, gid)
+            else:
+                os.chown(real, uid, gid, follow_symlinks=False)
+            return
+        if (uid, gid) == (os.geteuid(), os.getegid()) and not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            try:  # the real owner shows again
+                if fd is not None:
+                    os.removexattr(fd, ownership.XATTR)
+                else:
+                    os.removexattr(real, ownership.XATTR, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+                    raise
+            if not stat.S_ISLNK(mode):
+                os.chmod(fd if fd is not None else real, stat.S_IMODE(mode))
+            return
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            value = ownership.encode(uid, gid, mode, os.lstat(real).st_rdev if fd is None else 0)
+            if fd is not None:
+                os.setxattr(fd, ownership.XATTR, value)
+            else:
+                os.setxattr(real, ownership.XATTR, value, follow_symlinks=False)
 
     @_forgetting(0)
     def create(self, path: str, mode: int, flags: int, uid: int = 0, gid: int = 0) -> int:
@@ -714,7 +752,7 @@ class Overlay:
         def make(p: str) -> None:
             fd = os.open(p, _real_flags(flags) | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode))
             fds.append(fd)
-            os.fchown(fd, uid, gid)
+            self._give(p, uid, gid, stat.S_IFREG | stat.S_IMODE(mode), fd=fd)
             if stat.S_IMODE(os.fstat(fd).st_mode) != stat.S_IMODE(mode):  # the daemon's own umask took bits
                 os.fchmod(fd, stat.S_IMODE(mode))
 
@@ -731,12 +769,12 @@ class Overlay:
         """mkdir; over a whiteout the new directory is opaque (and only then)."""
         pnode, name, dst = self._prepare_create(path)
         uid, gid = self._owner(pnode, uid, gid)
-        psgid = os.lstat(pnode.real).st_mode & stat.S_ISGID
+        psgid = self._shown(pnode.real).st_mode & stat.S_ISGID
 
         def make(p: str) -> None:
             os.mkdir(p, stat.S_IMODE(mode))
-            os.chown(p, uid, gid)
             m = stat.S_IMODE(mode) | (stat.S_ISGID if psgid else 0)
+            self._give(p, uid, gid, stat.S_IFDIR | m)
             if stat.S_IMODE(os.lstat(p).st_mode) != m:
                 os.chmod(p, m)
 
@@ -750,9 +788,18 @@ class Overlay:
         pnode, name, dst = self._prepare_create(path)
         uid, gid = self._owner(pnode, uid, gid)
 
+        device = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
         def make(p: str) -> None:
-            os.mknod(p, mode, dev)
-            os.lchown(p, uid, gid)
+            if device and self.owners is not None:  # a device its override shows (ownership)
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    os.setxattr(fd, ownership.XATTR, ownership.encode(uid, gid, mode, dev))
+                finally:
+                    os.close(fd)
+            else:
+                os.mknod(p, mode, dev)
+                self._give(p, uid, gid, mode)
             if stat.S_IMODE(os.lstat(p).st_mode) != stat.S_IMODE(mode):
                 os.chmod(p, stat.S_IMODE(mode))
 
@@ -766,7 +813,7 @@ class Overlay:
 
         def make(p: str) -> None:
             os.symlink(target, p)
-            os.lchown(p, uid, gid)
+            self._give(p, uid, gid, stat.S_IFLNK | 0o777)
 
         self._place(dst, make)
 
@@ -1027,10 +1074,24 @@ class Overlay:
         if stat.S_ISLNK(node.st.st_mode):
             raise _e(errno.EOPNOTSUPP, path)
         os.chmod(node.real, stat.S_IMODE(mode))
+        if self.owners is not None:
+            shown = self._shown(node.real)
+            if (shown.st_uid, shown.st_gid) != (os.geteuid(), os.getegid()):
+                self._give(node.real, shown.st_uid, shown.st_gid, stat.S_IFMT(shown.st_mode) | stat.S_IMODE(mode))
 
     def chown(self, path: str, uid: int, gid: int) -> None:
+        """Change the owner (-1: unchanged), as chown(2); on an overlay that keeps owners in overrides, in the
+        override, dropping set-user-ID (and set-group-ID with group execute) of a regular file as the kernel's
+        chown does."""
         node = self.copy_up(path, meta=True)
-        os.chown(node.real, uid, gid, follow_symlinks=False)
+        if self.owners is None or stat.S_ISLNK(node.st.st_mode):
+            os.chown(node.real, uid, gid, follow_symlinks=False)
+            return
+        shown = self._shown(node.real)
+        mode = shown.st_mode
+        if stat.S_ISREG(mode):
+            mode &= ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
+        self._give(node.real, shown.st_uid if uid < 0 else uid, shown.st_gid if gid < 0 else gid, mode)
 
     def utimens(self, path: str, times: Times | None) -> None:
         """Set atime/mtime; nanoseconds may be UTIME_NOW or UTIME_OMIT; None means now."""
