@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pwd
 import shutil
 import stat
 import tarfile
@@ -23,6 +24,7 @@ from support.tar import blockdev, build, chardev, directory, docker_archive, fif
 from unionfs.layer import ownership
 from unionfs.layer.ownership import Override, Owners
 from unionfs.layer.unpack import unpack_layer
+from unionfs.union.overlay import Overlay
 from unionfs.union.view import Union
 
 #: an override a layer's tar tries to bring in (a user-owned file shown as a set-uid root file): always dropped
@@ -214,3 +216,135 @@ def _last_layer(archive: Path) -> bytes:
             layer = "blobs/sha256/" + manifest["layers"][-1]["digest"].split(":")[1]
         data = tf.extractfile(layer).read()  # type: ignore[union-attr]
     return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+# ---------------------------------------------------------------------------- the writer keeps owners too
+
+
+def test_an_overlay_that_keeps_owners_in_overrides_never_gives_files_away(tmp_path: Path) -> None:
+    """``xattr_permissions=2`` (a rootless store's mounts): new entries, chown, chmod and copy-ups keep owners
+    other than the daemon's own in overrides; the real files stay the daemon's (its user's, in a user namespace
+    its root), so the user who runs it can always read and remove them."""
+    me = (os.geteuid(), os.getegid())
+    lowers = []
+    for i, layer in enumerate((base_layer(), top_layer())):
+        lowers.append(str(tmp_path / f"l{i}"))
+        os.mkdir(lowers[-1])
+        unpack_layer(io.BytesIO(layer), lowers[-1], media_type=None, privileged=False)
+    upper, work = tmp_path / "u", tmp_path / "w"
+    upper.mkdir()
+    work.mkdir()
+    ov = Overlay(lowers, str(upper), str(work), owners=Owners())
+
+    def seen(path: str) -> tuple[int, int, int, int]:
+        st = ov.view.lookup(path).st
+        return st.st_uid, st.st_gid, st.st_mode, st.st_rdev
+
+    os.close(ov.create("/www-file", 0o640, os.O_WRONLY, uid=33, gid=33))
+    ov.mkdir("/www-dir", 0o750, uid=33, gid=33)
+    ov.mknod("/tty", stat.S_IFCHR | 0o620, os.makedev(4, 1), uid=0, gid=5)
+    ov.symlink("www-file", "/www-link", uid=33, gid=33)
+    os.close(ov.create("/mine", 0o644, os.O_WRONLY, uid=me[0], gid=me[1]))
+    assert seen("/www-file") == (33, 33, stat.S_IFREG | 0o640, 0)
+    assert seen("/www-dir") == (33, 33, stat.S_IFDIR | 0o750, 0)
+    assert seen("/tty") == (0, 5, stat.S_IFCHR | 0o620, os.makedev(4, 1))
+    assert seen("/www-link")[:2] == me  # a symlink holds no override: the daemon's
+    assert ownership.XATTR not in os.listxattr(upper / "mine")
+    # a lower file with an override: copied up as it is (its override with it), then changed there
+    ov.chmod("/etc/shadow", 0o640)
+    assert seen("/etc/shadow") == (7, 42, stat.S_IFREG | 0o640, 0)
+    ov.chown("/bin/su", 33, -1)  # drops set-user-ID, as chown(2) does
+    assert seen("/bin/su") == (33, me[1], stat.S_IFREG | 0o755, 0)
+    ov.chown("/www-dir", *me)  # the daemon's own ids: the override goes, the real owner shows
+    assert seen("/www-dir") == (*me, stat.S_IFDIR | 0o750, 0)
+    assert ownership.XATTR not in os.listxattr(upper / "www-dir")
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for name in [*dirnames, *filenames]:
+            st = os.lstat(os.path.join(dirpath, name))
+            assert (st.st_uid, st.st_gid) == me and not stat.S_ISCHR(st.st_mode), name
+
+
+# ---------------------------------------------------------------------------- run and build without root
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a throw-away user")
+def test_a_user_runs_and_builds_in_a_user_namespace_of_its_own() -> None:
+    """(Issue 15, point 3.) ``run`` and build ``RUN`` as a user with subordinate ranges: root of a user namespace
+    of its own (0 the user, 1..65536 its range), the image's users switched to, owners kept in overrides; a
+    commit and a build record them; nothing stays mounted, and the user can remove every file of its store."""
+    from support.busybox import busybox_tarball
+    from support.mount import leftover_mounts
+    from support.podman import throwaway_user
+
+    base = Path(tempfile.mkdtemp(prefix="unionfs-userns", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        tarball = busybox_tarball(base / "busybox.tar.gz")
+        tarball.chmod(0o644)
+        with throwaway_user() as name:
+            pw = pwd.getpwnam(name)
+            user = AsUser(base, pw.pw_uid, pw.pw_gid)
+            store = base / "store"
+            store.mkdir()
+            os.chown(store, pw.pw_uid, pw.pw_gid)
+            user.cli("import", tarball, "busybox:latest", root=store)
+            out = user.cli("run", "--rm", "busybox", "sh", "-c", "id -u; cat /proc/self/uid_map; "
+                           "stat -c '%u %g' /home/user; echo hi > /tmp/x && cat /tmp/x", root=store).stdout.split()
+            start = ownership_range(name)
+            assert out == ["0", "0", str(pw.pw_uid), "1", "1", str(start), "65536", "1000", "1000", "hi"]
+            out = user.cli("run", "--rm", "-u", "1000", "busybox", "sh", "-c",
+                           "id -u; touch /home/user/f && stat -c '%u %g' /home/user/f", root=store).stdout
+            assert out.split() == ["1000", "1000", "1000"]
+            user.cli("run", "--name", "c", "busybox", "sh", "-c", "echo a > /f && chown 33:44 /f && chmod 4755 /f",
+                     root=store)
+            user.cli("commit", "c", "c:1", root=store)
+            headers = _tar_headers(user.cli("export", "c:1", root=store, text=False).stdout)
+            assert ("f", tarfile.REGTYPE, 0o4755, 33, 44, 0, 0, "") in headers
+            ctx = base / "ctx"
+            ctx.mkdir()
+            (ctx / "Dockerfile").write_text("FROM busybox\nRUN echo b > /b && chown 1000:1000 /b\nUSER 1000\n"
+                                            "RUN touch /home/user/made\n")
+            os.chmod(ctx / "Dockerfile", 0o644)
+            user.cli("build", "-t", "built:1", ctx, root=store)
+            headers = _tar_headers(user.cli("export", "built:1", root=store, text=False).stdout)
+            assert ("b", tarfile.REGTYPE, 0o644, 1000, 1000, 0, 0, "") in headers
+            assert ("home/user/made", tarfile.REGTYPE, 0o644, 1000, 1000, 0, 0, "") in headers
+            assert not leftover_mounts(base)
+            foreign = [str(p) for p in store.rglob("*") if os.lstat(p).st_uid != pw.pw_uid]
+            assert not foreign
+            user.run("find", store, "-mindepth", "1", "-delete")
+            assert not list(store.iterdir())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as another user")
+def test_a_user_without_subordinate_ids_runs_as_root_of_its_namespace_alone() -> None:
+    from support.busybox import busybox_tarball
+
+    base = Path(tempfile.mkdtemp(prefix="unionfs-userns", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        tarball = busybox_tarball(base / "busybox.tar.gz")
+        tarball.chmod(0o644)
+        nobody = AsUser(base)
+        store = base / "store"
+        store.mkdir()
+        os.chown(store, 65534, 65534)
+        nobody.cli("import", tarball, "busybox:latest", root=store)
+        with fuse_open_to_all():
+            out = nobody.cli("run", "--rm", "busybox", "sh", "-c", "id -u; cat /proc/self/uid_map", root=store)
+            assert out.stdout.split() == ["0", "0", "65534", "1"]
+            r = nobody.cli("run", "--rm", "-u", "1000", "busybox", "id", root=store, check=False)
+        assert r.returncode != 0 and "is not mapped in this user namespace" in r.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def ownership_range(name: str) -> int:
+    """The start of the first range /etc/subuid gives the user ``name``."""
+    from unionfs.run.userns import subordinate_range
+
+    found = subordinate_range("/etc/subuid", pwd.getpwnam(name).pw_uid)
+    assert found is not None
+    return found[0]

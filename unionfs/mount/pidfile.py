@@ -15,8 +15,8 @@ requires the mount table to hold a unionfs mount with the recorded device at the
 record of a killed daemon stays until a reader sees that its process is gone and removes it; its name carries
 the start time, so it can never be taken for the record of a live process.
 
-``RUN_DIR`` is ``/run/unionfs/daemons`` for root, else ``$XDG_RUNTIME_DIR/unionfs/daemons`` (or
-``/tmp/unionfs-UID/daemons``); a directory that is not ours alone (another owner, writable by others) is
+``RUN_DIR`` is ``/run/unionfs/daemons`` for the host's root, else ``$XDG_RUNTIME_DIR/unionfs/daemons`` (or
+``/tmp/unionfs-UID/daemons``, UID the host's id, also in a user namespace); a directory that is not ours alone (another owner, writable by others) is
 neither read nor written.
 """
 
@@ -45,9 +45,23 @@ class DaemonRecord(NamedTuple):
         return f"{self.pid}-{self.start}"
 
 
+def host_uid(uid: int) -> int:
+    """The host's id of this process' user ``uid``: itself in the initial user namespace; in a user namespace
+    (:mod:`unionfs.run.userns`: its root is the user who made it), what its uid map says (-1 when unmapped)."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            for line in f:
+                inside, outside, count = (int(x) for x in line.split())
+                if inside <= uid < inside + count:
+                    return outside + uid - inside
+    except (OSError, ValueError):
+        return uid
+    return -1
+
+
 def run_dir() -> str:
     """The directory of the daemons' records for this user (see the module's docstring)."""
-    uid = os.geteuid()
+    uid = host_uid(os.geteuid())
     if uid == 0:
         base = "/run/unionfs"
     elif os.environ.get("XDG_RUNTIME_DIR"):

@@ -391,9 +391,9 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
                 "hosts": hosts, "resolv": resolv,
                 "binds": [[b.source, b.target, b.read_only] for b in process.binds],
                 "network": process.network, "privileged": process.privileged,
-                "no_new_privileges": process.no_new_privileges}
+                "no_new_privileges": process.no_new_privileges, "setgroups_denied": setgroups_denied()}
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH)}
-        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = pkg_root
         tail = bytearray()
         helper: list[int] = []
@@ -662,9 +662,15 @@ def _exec_command(spec: dict[str, Any]) -> None:
         if not os.path.isdir(workdir):
             os.makedirs(workdir, 0o755, exist_ok=True)
         os.chdir(workdir)
-        os.setgroups(groups)
-        os.setgid(gid)
-        os.setuid(uid)
+        _set_groups(groups, spec.get("setgroups_denied", False))
+        try:
+            os.setgid(gid)
+            os.setuid(uid)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            raise SandboxError(f"user {uid}:{gid} is not mapped in this user namespace (a user other than root "
+                               "maps ids other than its own from its ranges in /etc/subuid and /etc/subgid)") from None
         os.umask(0o022)
         for s in (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(s, signal.SIG_DFL)
@@ -689,6 +695,23 @@ def _exec_command(spec: dict[str, Any]) -> None:
     except OSError as e:
         _report(errfd, 126, f"exec {argv[0]}: {e.strerror}")
         os._exit(126)
+
+
+def setgroups_denied() -> bool:
+    """True in a user namespace that denies setgroups(2) (a user's own namespace mapping one id:
+    :mod:`unionfs.run.userns`). Read by the caller: the command's processes are not dumpable, so their
+    ``/proc/self`` is closed to them."""
+    try:
+        with open("/proc/self/setgroups", encoding="ascii") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False
+
+
+def _set_groups(groups: list[int], denied: bool) -> None:
+    """setgroups(2), unless the user namespace denies it (``denied``): the process then keeps the groups it has."""
+    if not denied:
+        os.setgroups(groups)
 
 
 def _init(spec: dict[str, Any]) -> None:
