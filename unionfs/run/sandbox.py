@@ -39,8 +39,10 @@ Contracts:
   (CAP_MKNOD is kept) cannot be opened: every mount it can write to is ``nodev``; only the bound host nodes
   and devpts work. The network is a namespace of its own with only ``lo`` (up): ``none``; docker's
   ``bridge`` is not offered (``check_network`` refuses it).
-* Not isolated: no cgroup limits (memory, CPU, pids, devices), no seccomp filter, no user namespace (root in
-  the container is root on the host, held back only by the above), no AppArmor/SELinux profile; volumes
+* Not isolated: no cgroup limits (memory, CPU, pids, devices), no seccomp filter, no user namespace of its
+  own (when the caller is the host's root, root in the container is root on the host, held back only by the
+  above; a user other than root calls from a namespace of its own: :mod:`unionfs.run.userns`), no
+  AppArmor/SELinux profile; volumes
   keep their host-side flags but ``nodev``; ``/sys`` is not mounted.
 * Nothing outlives the call. When PID 1 exits the kernel kills what the command left running in its PID
   namespace; every mount made for the command lives only in the private mount namespace, which disappears
