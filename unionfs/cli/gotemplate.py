@@ -463,7 +463,9 @@ class _Parser:
             raise self.error(t.pos, f"unexpected {t.text!r} in operand")
         else:
             op = Operand(t.pos, t.kind, self.literal(t), source=t.text)
-            if t.kind == "field":
+            if t.kind == "ident" and t.text in ("true", "false", "nil"):
+                op = Operand(t.pos, "nil" if t.text == "nil" else "bool", self.literal(t), source=t.text)
+            elif t.kind == "field":
                 op = Operand(t.pos, "dot", None, tuple(t.text[1:].split(".")), t.text)
             elif t.kind == "variable":
                 op = Operand(t.pos, "variable", t.text, source=t.text)
@@ -499,8 +501,8 @@ class _Parser:
                 return float(text)
             except ValueError:
                 raise self.error(t.pos, f"bad number syntax: {t.text!r}") from None
-        if t.kind == "ident" and t.text in ("true", "false"):
-            return t.text == "true"
+        if t.kind == "ident" and t.text in ("true", "false", "nil"):
+            return {"true": True, "false": False}.get(t.text)
         return t.text
 
 
@@ -851,12 +853,12 @@ class _Exec:
 
     def command(self, cmd: Command, dot: Any, scope: list[dict[str, Any]], piped: tuple[Any, ...]) -> Any:
         first = cmd.args[0]
-        if first.kind == "ident" and first.value not in ("true", "false", "nil"):
+        if first.kind == "ident":
             return self.call(first, cmd.args[1:], dot, scope, piped)
         if len(cmd.args) > 1 or piped:
             what = first.source if first.kind != "dot" or first.fields else "."
             raise self.error(first, first.source, f"can't give argument to non-function {what}")
-        if first.kind == "ident" and first.value == "nil":
+        if first.kind == "nil":
             raise self.error(first, "nil", "nil is not a command")
         return self.operand(first, dot, scope)
 
@@ -897,11 +899,9 @@ class _Exec:
         elif op.kind == "pipe":
             v = self.pipeline(op.value, dot, scope)
         elif op.kind == "ident":
-            if op.value == "nil":
-                return None
-            if op.value in ("true", "false"):
-                return op.value == "true"
             return self.call(op, [], dot, scope, ())
+        elif op.kind == "nil":
+            return None
         else:
             return op.value
         for name in op.fields:
