@@ -71,6 +71,7 @@ IMAGE = Struct("image.InspectResponse", {
     ("{{with .Config.Labels.a}}a={{.}}{{end}}{{with .Config.Labels.nope}}x{{else}} none{{end}}", "a=1 none"),
     ("{{eq .Size 518}} {{ne .Id \"x\"}} {{lt 1 2}} {{le 2 2}} {{ge \"b\" \"a\"}} {{eq 1 2 3 1}}",
      "true true true true true true"),
+    ("{{if eq .Config.Labels.nope \"x\"}}y{{else}}n{{end}} {{eq .Config.Labels.nope nil}}", "n true"),
     ("{{and 1 \"\" 3}}|{{or 0 \"\" \"z\"}}|{{not .Config.Tty}}|{{and .Size .Id}}", "|z|true|sha256:3ad95c299e4b"),
     ("{{$n := len .RepoTags}}{{$n}} {{$n = 5}}{{$n}}", "2 5"),
     ("{{.Id | printf \"%s!\" | upper}}", "SHA256:3AD95C299E4B!"),

@@ -666,8 +666,10 @@ def _compare(name: str, a: Any, b: Any) -> int:
                          isinstance(b, bool) else f"error calling {name}: incompatible types for comparison")
     if isinstance(a, num) and isinstance(b, num) or isinstance(a, str) and isinstance(b, str):
         return (a > b) - (a < b)
-    if name in ("eq", "ne") and (a is None or isinstance(a, GoNil)) and (b is None or isinstance(b, GoNil)):
-        return 0
+    if name in ("eq", "ne") and (a is None or isinstance(a, GoNil) or b is None or isinstance(b, GoNil)):
+        # a missing key (no value) or a nil equals only another: ``eq .Labels.x "y"`` is false, not an error,
+        # as with docker's typed data (a string map gives "")
+        return 0 if (a is None or isinstance(a, GoNil)) and (b is None or isinstance(b, GoNil)) else 1
     if not isinstance(a, (str, int, float)) or not isinstance(b, (str, int, float)):
         bad = a if not isinstance(a, (str, int, float)) else b
         raise _ExecError(f"error calling {name}: non-comparable type {go_type(bad)}" if not

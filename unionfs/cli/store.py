@@ -87,16 +87,19 @@ def _image_rows(images: list[Image], no_trunc: bool = False, users: dict[str, in
     return rows
 
 
-def _reference_matches(pattern: str, ref: Reference) -> bool:
+def _reference_matches(pattern: str, ref: Reference, named: Reference | None) -> bool:
     """docker's ``reference=`` filter: ``pattern`` (Go's path.Match) against the tag as docker shows it, then
-    against its repository; a pattern with no wildcard that is a reference also matches its full name
-    (``docker.io/library/busybox`` matches ``busybox:latest``)."""
+    against its repository; a pattern with no wildcard is a reference (``named``, parsed once) and also matches
+    by its full name (``docker.io/library/busybox`` matches ``busybox:latest``)."""
     if glob_match(pattern, ref.familiar) or glob_match(pattern, ref.familiar_name):
         return True
-    if any(c in pattern for c in "*?[\\"):
-        return False
-    want = Reference.parse(pattern, default_tag=None)  # ReferenceError_: "invalid reference format"
-    return ref.name == want.name and (not want.tag or ref.tag == want.tag)
+    return named is not None and ref.name == named.name and (not named.tag or ref.tag == named.tag)
+
+
+def _named_patterns(patterns: list[str]) -> dict[str, Reference | None]:
+    """Each ``reference=`` pattern with the reference it names when it has no wildcard (ReferenceError_,
+    "invalid reference format", for one that is not a reference), else None."""
+    return {p: None if any(c in p for c in "*?[\\") else Reference.parse(p, default_tag=None) for p in patterns}
 
 
 def _select_images(store: Store, images: list[Image], filters: dict[str, list[str]]
@@ -110,13 +113,14 @@ def _select_images(store: Store, images: list[Image], filters: dict[str, list[st
         raise UsageError(f"invalid filter 'dangling={printable(','.join(sorted(dangling)))}': true or false")
     bounds = {k: [parse_time(store.resolve(v).config.created) for v in filters.get(k, [])]
               for k in ("before", "since")}
+    named = _named_patterns(filters.get("reference", []))
     kept, shown = [], {}
     for img in images:
         tags = list(img.tags)
         if dangling and (not tags) != (dangling <= {"true", "1"}):
             continue
-        if filters.get("reference"):
-            tags = [t for t in tags if any(_reference_matches(p, t) for p in filters["reference"])]
+        if named:
+            tags = [t for t in tags if any(_reference_matches(p, t, ref) for p, ref in named.items())]
             if not tags:
                 continue
         labels = (img.config.data.get("config") or {}).get("Labels") or {}
