@@ -240,8 +240,8 @@ def _ps_rows(containers: list[Container]) -> list[Struct]:
             upper: str) -> Struct:
         return Struct("container row", {
             "CreatedAt": docker_time(created) if created else "", "ID": printable(name), "Image": printable(image),
-            "ImageID": image_id, "Mountpoint": printable(mountpoint), "Names": printable(name), "RunningFor": human_age(created) if created else "-",
-            "State": st, "Status": status, "Upper": upper})
+            "ImageID": image_id, "Mountpoint": printable(mountpoint), "Names": printable(name),
+            "RunningFor": human_age(created) if created else "-", "State": st, "Status": status, "Upper": upper})
 
     for c in containers:
         m = by_name.get(c.name) or by_mountpoint.get(c.mountpoint or "")
