@@ -176,6 +176,7 @@ def test_inspect_format_nested_fields_and_functions(cli: Cli, images: dict[str, 
     assert f("{{if .Config.Entrypoint}}e{{else}}no entrypoint{{end}}") == "no entrypoint\n"
     assert f("{{.Id}}", "busybox", "other/app:1") == f"{images['busybox']}\n{images['app']}\n"
     assert f("{{.Config | json}}") == f("{{json .Config}}")
+    assert json.loads(f("json")) == [data]  # docker's -f json: the JSON itself
 
 
 def test_inspect_format_errors(cli: Cli, images: dict[str, str]) -> None:

@@ -236,7 +236,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from unionfs.cli.gotemplate import parse
 
     store = store_of(args)
-    template = parse(args.format) if args.format else None  # a template that does not parse: before any lookup
+    # "json" (as docker takes it) or none: the JSON; a template that does not parse fails before any lookup
+    template = parse(args.format) if args.format and args.format.strip() != "json" else None
     out = [inspect_data(store.resolve(r, platform_of(args))) for r in args.references]
     if template is None:
         print(json.dumps(out, indent=4))
@@ -361,7 +362,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        "with, variables.")
     p.add_argument("references", nargs="+", metavar="REF")
     p.add_argument("-f", "--format", help="a Go template run over each image, e.g. '{{.Id}}', "
-                   "'{{json .Config}}', '{{index .RepoTags 0}}'")
+                   "'{{json .Config}}', '{{index .RepoTags 0}}' ('json': the JSON, as without -f)")
     p.add_argument("--platform", help="os/arch[/variant] when the reference names an index")
     p.set_defaults(func=cmd_inspect)
 
