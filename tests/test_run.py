@@ -50,9 +50,9 @@ def test_named_container_keeps_its_upper(store: Path) -> None:
     run_cli("run", "--name", "keep", "busybox:latest", "sh", "-c", "echo kept > /tmp/f", root=store)
     p = run_cli("run", "--name", "keep", "busybox:latest", "cat", "/tmp/f", root=store)
     assert p.stdout == "kept\n"
-    assert "keep" in run_cli("ps", "-q", root=store).stdout
+    assert "keep" in run_cli("ps", "-aq", root=store).stdout  # not mounted: ps lists it with -a (as docker)
     run_cli("run", "--rm", "--name", "keep", "busybox:latest", "true", root=store)
-    assert "keep" not in run_cli("ps", "-q", root=store).stdout
+    assert "keep" not in run_cli("ps", "-aq", root=store).stdout
     assert leftovers(store) == []
 
 

@@ -7,6 +7,7 @@ The tree::
 
     UnionfsError                      base; exit status 1
     ├── UsageError                    bad arguments or options (exit 2)
+    │   └── TemplateError             a --format / -f Go template does not parse or fails on the data
     ├── StoreError                    the image store
     │   ├── StoreLockedError          another command holds the store lock
     │   ├── ImageNotFoundError        no image answers to a reference
@@ -57,6 +58,11 @@ class UsageError(UnionfsError):
     """Bad command-line usage."""
 
     exit_code = 2
+
+
+class TemplateError(UsageError):
+    """A Go template given to ``--format`` or ``inspect -f`` does not parse, or fails on the data (the message
+    in Go's shape: ``template parsing error: template: :1: ...`` or ``template: :1:2: executing ...``)."""
 
 
 class StoreError(UnionfsError):

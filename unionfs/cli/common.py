@@ -8,9 +8,11 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Sequence
 
-from unionfs.errors import printable
+from unionfs.errors import UsageError, printable
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from unionfs.oci.manifest import Platform
     from unionfs.store.store import Store
 
@@ -46,18 +48,39 @@ def human_size(n: float) -> str:
     raise AssertionError
 
 
-def human_age(created: str | None) -> str:
-    """'3 days ago' from an RFC 3339 time (an unparseable one is shown as it is, escaped)."""
+def parse_time(created: object) -> datetime | None:
+    """An RFC 3339 time as an aware datetime (UTC when it names no zone); None when it is not one."""
     if not created or not isinstance(created, str):
-        return "N/A"
-    from datetime import datetime, timezone  # here: the commands that show no age start faster
+        return None
+    from datetime import datetime, timezone  # here: the commands that show no time start faster
 
     try:
         t = datetime.fromisoformat(created.replace("Z", "+00:00"))
     except ValueError:
+        return None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+
+
+def docker_time(created: str | None) -> str:
+    """A time as docker's ``CreatedAt`` prints it (Go's ``time.Time.String()``, in UTC:
+    ``2024-01-02 15:04:05 +0000 UTC``); an unparseable one as it is, escaped; "" for none."""
+    t = parse_time(created)
+    if t is None:
+        return printable(created[:40]) if isinstance(created, str) else ""
+    from datetime import timezone
+
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+
+
+def human_age(created: str | None) -> str:
+    """'3 days ago' from an RFC 3339 time (an unparseable one is shown as it is, escaped)."""
+    if not created or not isinstance(created, str):
+        return "N/A"
+    t = parse_time(created)
+    if t is None:
         return printable(created[:40])
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+    from datetime import datetime, timezone
+
     secs = (datetime.now(timezone.utc) - t).total_seconds()
     for limit, div, unit in ((60, 1, "second"), (3600, 60, "minute"), (86400, 3600, "hour"),
                              (86400 * 30, 86400, "day"), (86400 * 365, 86400 * 30, "month")):
@@ -68,9 +91,65 @@ def human_age(created: str | None) -> str:
     return f"{n} year{'s' if n != 1 else ''} ago"
 
 
+def filters_of(args: argparse.Namespace, known: Sequence[str]) -> dict[str, list[str]]:
+    """``--filter KEY=VALUE`` options (repeatable) grouped by key, as docker takes them; UsageError for one
+    without ``=`` or with a key not in ``known`` ("invalid filter 'KEY'", docker's words)."""
+    out: dict[str, list[str]] = {}
+    for f in getattr(args, "filter", None) or ():
+        key, eq, value = f.partition("=")
+        key = key.strip().lower()
+        if not eq:
+            raise UsageError(f"bad format of filter (expected name=value): {printable(f)}")
+        if key not in known:
+            raise UsageError(f"invalid filter '{printable(key)}' (known here: {', '.join(known)})")
+        out.setdefault(key, []).append(value.strip())
+    return out
+
+
 def table(rows: Sequence[Sequence[str]], gap: int = 3) -> list[str]:
     """Rows as aligned columns, ``gap`` blanks apart, one line each; control characters from input (newlines,
     escapes) are shown escaped, so a row stays one line."""
     shown = [[printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in shown) for i in range(len(shown[0]))]
     return [(" " * gap).join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in shown]
+
+
+def listing(fmt: str | None, default: str, rows: Sequence[object], header: dict[str, str]) -> str:
+    """What a listing verb prints for ``--format fmt`` (see :func:`unionfs.cli.gotemplate.format_rows`): no
+    format, or ``table`` alone, is the verb's ``default`` table."""
+    from unionfs.cli.gotemplate import format_rows
+
+    return format_rows(default if not fmt or fmt.strip(" ") == "table" else fmt, rows, header)
+
+
+def glob_match(pattern: str, text: str) -> bool:
+    """Go's ``path.Match`` (docker's ``reference`` filter): ``*`` and ``?`` match within one ``/``-separated
+    part, ``[...]`` (``[^...]`` negated) one character, ``\\`` quotes; the whole text must match."""
+    import re
+
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                return False  # Go: ErrBadPattern, which matches nothing
+            body = pattern[i + 1:end]
+            neg = body.startswith("^")
+            body = body[1:] if neg else body
+            out.append(f"[{'^/' if neg else ''}{body.replace(chr(92), chr(92) * 2)}]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    try:
+        return re.fullmatch("".join(out), text) is not None
+    except re.error:
+        return False

@@ -14,11 +14,12 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from unionfs.cli.common import root_of, store_of, table
-from unionfs.errors import UnionfsError, UsageError
+from unionfs.cli.common import docker_time, filters_of, human_age, listing, root_of, store_of
+from unionfs.errors import ContainerError, UnionfsError, UsageError, printable
 from unionfs.mount import daemon, process
 
 if TYPE_CHECKING:
+    from unionfs.cli.gotemplate import Struct
     from unionfs.store.store import Container, Store
     from unionfs.union.plan import MountPlan
 
@@ -45,7 +46,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--lazy", "-l", action="store_true", help="detach now, clean up when no longer busy")
     p.set_defaults(func=cmd_umount, fast_exit=True)
 
-    p = sub.add_parser("ps", help="list containers and live mounts")
+    p = sub.add_parser("ps", help="list mounted containers and live mounts (-a: every container)",
+                       description="List the mounted containers and the live unionfs mounts of directories, "
+                       "as `docker ps` lists running containers; -a also lists the containers not mounted.",
+                       epilog="Format fields: .Names .ID (both the name) .Image .ImageID .CreatedAt .RunningFor "
+                       ".Mountpoint .Status .State .Upper. Filters: name=, id=, status=, ancestor=, before=, "
+                       "since=.")
+    p.add_argument("-a", "--all", action="store_true", help="also the containers that are not mounted")
+    p.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
+                   help="only containers that match (repeatable): name=NAME (a regular expression), id=PREFIX, "
+                   "status=running|paused|dead|hung|created|exited, ancestor=IMAGE, before=NAME, since=NAME")
+    p.add_argument("--format", help="'table' (default), 'json' (one object per line), a Go template such as "
+                   "'{{.Names}} {{.Mountpoint}}', or 'table TEMPLATE' (with a header row)")
+    p.add_argument("--no-trunc", action="store_true", help="accepted for docker's scripts (nothing is truncated)")
     p.add_argument("--quiet", "-q", action="store_true", help="only names")
     p.set_defaults(func=cmd_ps)
 
@@ -166,44 +179,121 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-#: how ``ps`` shows a mount's state (daemon.mount_state)
+#: how ``ps`` shows a mount's state (daemon.mount_state) in STATUS, and as docker's State
 STATUS = {daemon.LIVE: "mounted", daemon.DEAD: "dead (daemon gone)", daemon.HUNG: "not responding"}
+STATE = {daemon.LIVE: "running", daemon.DEAD: "dead", daemon.HUNG: "hung"}
+#: ``ps``'s default table, and the column title of each field of a row
+PS_TABLE = ("table {{.Names}}\t{{.Image}}\t{{.RunningFor}}\t{{if .Mountpoint}}{{.Mountpoint}}{{else}}-{{end}}"
+            "\t{{.Status}}")
+PS_HEADERS = {"CreatedAt": "CREATED AT", "ID": "CONTAINER ID", "Image": "IMAGE", "ImageID": "IMAGE ID",
+              "Mountpoint": "MOUNTPOINT", "Names": "NAME", "RunningFor": "CREATED", "State": "STATE",
+              "Status": "STATUS", "Upper": "UPPER"}
+#: the ``--filter`` keys ``ps`` takes, and docker's that cannot apply to a container that is a directory
+PS_FILTERS = ("name", "id", "status", "ancestor", "before", "since")
+PS_REFUSED = ("label", "exited", "volume", "network", "publish", "expose", "health", "isolation", "is-task")
+#: the values of ``status=`` and the states each stands for (docker's words and unionfs')
+PS_STATUS = {"running": ("running",), "mounted": ("running",), "paused": ("paused",), "dead": ("dead",),
+             "hung": ("hung",), "created": ("created",), "exited": ("created",), "unmounted": ("created",)}
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    mounts = daemon.live_mounts()
-    by_name = {m.name: m for m in mounts if m.name}
+    filters = filters_of(args, PS_FILTERS + PS_REFUSED)
+    refused = sorted(set(filters) & set(PS_REFUSED))
+    if refused:
+        raise UsageError(f"filter '{refused[0]}' does not apply: a unionfs container is a directory mounted or "
+                         "not, with no process, labels, network or volumes")
+    for value in filters.get("status", []):
+        if value not in PS_STATUS:
+            raise UsageError(f"invalid filter 'status={printable(value)}': one of {', '.join(PS_STATUS)}")
+    store = None
     containers: list[Container] = []
     try:
-        from unionfs.image.commit import is_paused
-
         store = store_of(args)
         _resume_pauses(store)
         containers = store.containers()
     except (UnionfsError, OSError):  # no store (yet): only the live mounts
-        containers = []
+        if {"ancestor", "before", "since"} & set(filters):
+            raise
+    rows = _select_rows(_ps_rows(containers), filters, store, containers, args.all or "status" in filters)
     if args.quiet:
-        for c in containers:
-            print(c.name)
+        sys.stdout.write("".join(f"{r['Names']}\n" for r in rows if r["Upper"]))
         return 0
+    sys.stdout.write(listing(args.format, PS_TABLE, rows, PS_HEADERS))
+    return 0
+
+
+def _ps_rows(containers: list[Container]) -> list[Struct]:
+    """One row per container (mounted or not) and per live unionfs mount of directories (no container: name
+    "-", image "(directories)", no upper)."""
+    from unionfs.cli.gotemplate import Struct
+    from unionfs.image.commit import is_paused
+
+    mounts = daemon.live_mounts()
     daemons = daemon.daemon_pids() if mounts else {}
-    status = {m.mountpoint: STATUS[daemon.mount_state(m.mountpoint, daemons)] for m in mounts}
-    rows = [("NAME", "IMAGE", "CREATED", "MOUNTPOINT", "STATUS")]
-    seen = set()
+    state = {m.mountpoint: daemon.mount_state(m.mountpoint, daemons) for m in mounts}
+    by_name = {m.name: m for m in mounts if m.name}
     by_mountpoint = {m.mountpoint: m for m in mounts}
+    seen: set[str] = set()
+    rows = []
+
+    def row(name: str, image: str, image_id: str, created: str, mountpoint: str, status: str, st: str,
+            upper: str) -> Struct:
+        return Struct("container row", {
+            "CreatedAt": docker_time(created) if created else "", "ID": printable(name), "Image": printable(image),
+            "ImageID": image_id, "Mountpoint": printable(mountpoint), "Names": printable(name),
+            "RunningFor": human_age(created) if created else "-", "State": st, "Status": status, "Upper": upper})
+
     for c in containers:
         m = by_name.get(c.name) or by_mountpoint.get(c.mountpoint or "")
         seen.add(c.name)
-        if m:
-            seen.add(m.mountpoint)
-        state = "-" if not m else "paused" if is_paused(c) else status[m.mountpoint]
-        rows.append((c.name, c.ref, c.created, m.mountpoint if m else "-", state))
-    for m in mounts:
-        if m.name in seen or m.mountpoint in seen:
+        if m is None:
+            rows.append(row(c.name, c.ref, c.image_id, c.created, "", "unmounted", "created", c.upper))
             continue
-        rows.append((m.name or "-", "(directories)", "-", m.mountpoint, status[m.mountpoint]))
-    sys.stdout.write("".join(line + "\n" for line in table(rows, gap=2)))
-    return 0
+        seen.add(m.mountpoint)
+        paused = is_paused(c)
+        rows.append(row(c.name, c.ref, c.image_id, c.created, m.mountpoint,
+                        "paused" if paused else STATUS[state[m.mountpoint]],
+                        "paused" if paused else STATE[state[m.mountpoint]], c.upper))
+    for m in mounts:
+        if m.name not in seen and m.mountpoint not in seen:
+            rows.append(row(m.name or "-", "(directories)", "", "", m.mountpoint, STATUS[state[m.mountpoint]],
+                            STATE[state[m.mountpoint]], ""))
+    return rows
+
+
+def _select_rows(rows: list[Struct], filters: dict[str, list[str]], store: Store | None,
+                 containers: list[Container], all_: bool) -> list[Struct]:
+    """The rows ``filters`` keep (docker's ``ps --filter``: values of one key OR-ed, keys AND-ed; ``name=`` a
+    regular expression searched in the name, ``id=`` a prefix of it, ``ancestor=`` an image by reference or id,
+    ``before=``/``since=`` a container, by creation time); without ``all_``, only the mounted ones."""
+    import re
+
+    from unionfs.cli.common import parse_time
+
+    created = {c.name: parse_time(c.created) for c in containers}
+    for v in filters.get("before", []) + filters.get("since", []):
+        if v not in created:
+            raise ContainerError(f"no such container: {printable(v)}")
+    ancestors = {str(store.resolve(v).id) for v in filters.get("ancestor", [])} if store is not None else set()
+    states = {s for v in filters.get("status", []) for s in PS_STATUS[v]}
+    try:
+        names = [re.compile(v) for v in filters.get("name", [])]
+    except re.error as e:
+        raise UsageError(f"invalid filter 'name': {e}") from None
+
+    def keep(r: Struct) -> bool:
+        when = created.get(r["Names"]) if r["Upper"] else None
+        return ((all_ or r["State"] != "created")
+                and (not names or any(n.search(r["Names"]) for n in names))
+                and ("id" not in filters or any(r["ID"].startswith(v) for v in filters["id"]))
+                and (not states or r["State"] in states)
+                and ("ancestor" not in filters or r["ImageID"] in ancestors or r["Image"] in filters["ancestor"])
+                and all(when is not None and b is not None and when < b
+                        for b in (created[v] for v in filters.get("before", [])))
+                and all(when is not None and b is not None and when > b
+                        for b in (created[v] for v in filters.get("since", []))))
+
+    return [r for r in rows if keep(r)]
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

@@ -7,12 +7,23 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from unionfs.cli.common import human_age, human_size, platform_of, store_of, table
-from unionfs.errors import UsageError, printable
+from unionfs.cli.common import (
+    docker_time,
+    filters_of,
+    glob_match,
+    human_age,
+    human_size,
+    listing,
+    platform_of,
+    store_of,
+    table,
+)
+from unionfs.errors import TemplateError, UsageError, printable
 from unionfs.oci.reference import Reference
 
 if TYPE_CHECKING:
-    from unionfs.store.store import Image
+    from unionfs.cli.gotemplate import Struct
+    from unionfs.store.store import Image, Store
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -43,59 +54,125 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_rows(images: list[Image]) -> list[dict[str, Any]]:
+#: docker's default ``images`` table, and the one with ``--digests``
+IMAGES_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+IMAGES_DIGESTS_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+#: the column title of each field of an ``images`` row (a ``table`` format's header)
+IMAGE_HEADERS = {"Containers": "CONTAINERS", "CreatedAt": "CREATED AT", "CreatedSince": "CREATED",
+                 "Digest": "DIGEST", "FullID": "IMAGE ID", "ID": "IMAGE ID", "Repository": "REPOSITORY",
+                 "SharedSize": "SHARED SIZE", "Size": "SIZE", "SizeBytes": "SIZE", "Tag": "TAG",
+                 "UniqueSize": "UNIQUE SIZE", "VirtualSize": "VIRTUAL SIZE"}
+#: the ``--filter`` keys ``images`` takes
+IMAGE_FILTERS = ("dangling", "reference", "before", "since", "label")
+
+
+def _image_rows(images: list[Image], no_trunc: bool = False, users: dict[str, int] | None = None,
+                tags: dict[str, list[Reference]] | None = None) -> list[Struct]:
+    """One row (docker's image context, its fields in name order) per tag of each image, one ``<none>`` row
+    for an untagged image. ``tags``: the tags to list per manifest digest (default: all of the image's); ``users``:
+    containers per image id."""
+    from unionfs.cli.gotemplate import Struct
+
     rows = []
     for img in images:
-        tags = img.tags or ()
-        for t in tags or [None]:
-            rows.append({"Repository": t.familiar_name if t else "<none>", "Tag": (t.tag if t else None) or "<none>",
-                         "ID": img.id.short, "FullID": str(img.id), "Digest": str(img.manifest_desc.digest),
-                         "CreatedAt": printable(img.config.created or ""),
-                         "CreatedSince": human_age(img.config.created),
-                         "Size": human_size(img.size), "SizeBytes": img.size})
+        for t in (tags or {}).get(str(img.manifest_desc.digest), list(img.tags)) or [None]:
+            rows.append(Struct("image row", {
+                "Containers": str((users or {}).get(str(img.id), 0)),
+                "CreatedAt": docker_time(img.config.created), "CreatedSince": human_age(img.config.created),
+                "Digest": str(img.manifest_desc.digest), "FullID": str(img.id),
+                "ID": str(img.id) if no_trunc else img.id.short,
+                "Repository": t.familiar_name if t else "<none>", "SharedSize": "N/A", "Size": human_size(img.size),
+                "SizeBytes": img.size, "Tag": (t.tag if t else None) or "<none>", "UniqueSize": "N/A",
+                "VirtualSize": human_size(img.size)}))
     return rows
 
 
+def _reference_matches(pattern: str, ref: Reference, named: Reference | None) -> bool:
+    """docker's ``reference=`` filter: ``pattern`` (Go's path.Match) against the tag as docker shows it, then
+    against its repository; a pattern with no wildcard is a reference (``named``, parsed once) and also matches
+    by its full name (``docker.io/library/busybox`` matches ``busybox:latest``)."""
+    if glob_match(pattern, ref.familiar) or glob_match(pattern, ref.familiar_name):
+        return True
+    return named is not None and ref.name == named.name and (not named.tag or ref.tag == named.tag)
+
+
+def _named_patterns(patterns: list[str]) -> dict[str, Reference | None]:
+    """Each ``reference=`` pattern with the reference it names when it has no wildcard (ReferenceError_,
+    "invalid reference format", for one that is not a reference), else None."""
+    return {p: None if any(c in p for c in "*?[\\") else Reference.parse(p, default_tag=None) for p in patterns}
+
+
+def _select_images(store: Store, images: list[Image], filters: dict[str, list[str]]
+                   ) -> tuple[list[Image], dict[str, list[Reference]]]:
+    """The images ``filters`` keep (docker's ``images --filter``: values of one key OR-ed, except ``label``'s,
+    which must all hold; keys AND-ed), and the tags to show per manifest digest (``reference`` drops the others)."""
+    from unionfs.cli.common import parse_time
+
+    dangling = {v.lower() for v in filters.get("dangling", [])}
+    if not dangling <= {"true", "false", "1", "0"} or len(dangling) > 1:
+        raise UsageError(f"invalid filter 'dangling={printable(','.join(sorted(dangling)))}': true or false")
+    bounds = {k: [parse_time(store.resolve(v).config.created) for v in filters.get(k, [])]
+              for k in ("before", "since")}
+    named = _named_patterns(filters.get("reference", []))
+    kept, shown = [], {}
+    for img in images:
+        tags = list(img.tags)
+        if dangling and (not tags) != (dangling <= {"true", "1"}):
+            continue
+        if named:
+            tags = [t for t in tags if any(_reference_matches(p, t, ref) for p, ref in named.items())]
+            if not tags:
+                continue
+        labels = (img.config.data.get("config") or {}).get("Labels") or {}
+        if not all(_label_holds(want, labels) for want in filters.get("label", [])):
+            continue
+        created = parse_time(img.config.created)
+        if any(b is None or created is None or not created < b for b in bounds["before"]):
+            continue
+        if any(b is None or created is None or not created > b for b in bounds["since"]):
+            continue
+        kept.append(img)
+        shown[str(img.manifest_desc.digest)] = tags
+    return kept, shown
+
+
+def _label_holds(want: str, labels: dict[str, str]) -> bool:
+    """docker's ``label=KEY`` (the label is set) and ``label=KEY=VALUE`` (set to VALUE)."""
+    key, eq, value = want.partition("=")
+    return key in labels and (not eq or labels[key] == value)
+
+
+def _newest_first(images: list[Image]) -> list[Image]:
+    """Images by creation time, newest first, as docker lists them (no or a bad time: last; ties in index
+    order)."""
+    from unionfs.cli.common import parse_time
+
+    def key(img: Image) -> float:
+        t = parse_time(img.config.created)
+        return -t.timestamp() if t is not None else float("inf")
+    return sorted(images, key=key)
+
+
 def cmd_images(args: argparse.Namespace) -> int:
-    images = store_of(args).images()
+    filters = filters_of(args, IMAGE_FILTERS)
     if args.reference:
-        want = Reference.parse(args.reference, default_tag=None)
-        images = [i for i in images if any(t.name == want.name and (not want.tag or t.tag == want.tag)
-                                           for t in i.tags)]
-    rows = _image_rows(images)
+        filters.setdefault("reference", []).append(args.reference)
+    store = store_of(args)
+    images = store.images()
+    if args.all:
+        images += store.intermediate_images()
+    images, tags = _select_images(store, _newest_first(images), filters)
+    users: dict[str, int] = {}
+    for c in store.containers():
+        users[c.image_id] = users.get(c.image_id, 0) + 1
+    rows = _image_rows(images, args.no_trunc, users, tags)
     if args.quiet:
-        seen = []
-        for r in rows:
-            ident = r["FullID"] if args.no_trunc else r["ID"]
-            if ident not in seen:
-                seen.append(ident)
-        print("\n".join(seen)) if seen else None
-    elif args.format == "json":
-        for r in rows:
-            print(json.dumps(r))
-    elif args.format and args.format != "table":
-        for r in rows:
-            print(_go_template(args.format, r))
-    else:
-        shown = [["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]]
-        shown += [[r["Repository"], r["Tag"], r["FullID"] if args.no_trunc else r["ID"], r["CreatedSince"], r["Size"]]
-                  for r in rows]
-        print("\n".join(table(shown)))
+        ids = list(dict.fromkeys(r["ID"] for r in rows))  # one line per image, as docker
+        sys.stdout.write("".join(i + "\n" for i in ids))
+        return 0
+    default = IMAGES_DIGESTS_TABLE if args.digests else IMAGES_TABLE
+    sys.stdout.write(listing(args.format, default, rows, IMAGE_HEADERS))
     return 0
-
-
-def _go_template(fmt: str, row: dict[str, Any]) -> str:
-    """A tiny subset of docker's Go templates: ``{{.Field}}`` and ``{{json .}}``."""
-    import re
-
-    def sub(m: re.Match[str]) -> str:
-        expr = m.group(1).strip()
-        if expr == "json .":
-            return json.dumps(row)
-        if expr.startswith(".") and expr[1:] in row:
-            return str(row[expr[1:]])
-        raise UsageError(f"unsupported format expression {{{{{expr}}}}}")
-    return re.sub(r"\{\{(.*?)\}\}", sub, fmt).replace("\\t", "\t")
 
 
 def inspect_data(img: Image) -> dict[str, Any]:
@@ -121,14 +198,54 @@ def inspect_data(img: Image) -> dict[str, Any]:
     }
 
 
+#: docker's container.Config: each field and its zero value (``S``: a nil slice, ``M``: a nil map, ``P``: a nil
+#: pointer), in docker's order, for ``inspect -f``
+_CONFIG_FIELDS = (("Hostname", ""), ("Domainname", ""), ("User", ""), ("AttachStdin", False),
+                  ("AttachStdout", False), ("AttachStderr", False), ("ExposedPorts", "M"), ("Tty", False),
+                  ("OpenStdin", False), ("StdinOnce", False), ("Env", "S"), ("Cmd", "S"), ("Healthcheck", "P"),
+                  ("ArgsEscaped", False), ("Image", ""), ("Volumes", "M"), ("WorkingDir", ""),
+                  ("Entrypoint", "S"), ("OnBuild", "S"), ("Labels", "M"), ("StopSignal", ""), ("Shell", "S"))
+
+
+def template_data(data: dict[str, Any]) -> Struct:
+    """``inspect``'s JSON for one image (:func:`inspect_data`) as docker's typed data for ``-f``: the image and
+    its ``Config``, ``RootFS`` and ``Layers`` entries are structs (a field they lack is an error), with
+    docker's fields at their zero values where the image sets none (``{{.Config.Cmd}}`` prints ``[]``,
+    ``{{.Parent}}`` nothing); labels, ports, volumes and history entries are maps."""
+    from unionfs.cli.gotemplate import NIL_MAP, NIL_POINTER, NIL_SLICE, Struct
+
+    nils = {"S": NIL_SLICE, "M": NIL_MAP, "P": NIL_POINTER}
+    raw = data["Config"]
+    config = {k: raw.get(k) if raw.get(k) is not None else nils.get(zero, zero) if isinstance(zero, str) else zero
+              for k, zero in _CONFIG_FIELDS}
+    config.update({k: v for k, v in raw.items() if k not in config})
+    for k in ("ExposedPorts", "Volumes"):  # map[string]struct{}: {} prints as {}
+        if isinstance(config[k], dict):
+            config[k] = {p: Struct("struct {}") for p in config[k]}
+    top = {k: data[k] for k in ("Id", "RepoTags", "RepoDigests")}
+    top.update(Parent="", Comment="", Created=data["Created"] or "", DockerVersion="", Author=data["Author"] or "",
+               Config=Struct("container.Config", config), Architecture=data["Architecture"] or "",
+               Variant=data["Variant"] or "", Os=data["Os"] or "", OsVersion="", Size=data["Size"],
+               RootFS=Struct("image.RootFS", data["RootFS"]),
+               ManifestDigest=data["ManifestDigest"], ManifestMediaType=data["ManifestMediaType"],
+               Layers=[Struct("layer", layer) for layer in data["Layers"]], History=data["History"])
+    return Struct("image.InspectResponse", top)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from unionfs.cli.gotemplate import parse
+
     store = store_of(args)
+    # "json" (as docker takes it) or none: the JSON; a template that does not parse fails before any lookup
+    template = parse(args.format) if args.format and args.format.strip() != "json" else None
     out = [inspect_data(store.resolve(r, platform_of(args))) for r in args.references]
-    if args.format:
-        for d in out:
-            print(_go_template(args.format, d))
-    else:
+    if template is None:
         print(json.dumps(out, indent=4))
+        return 0
+    try:
+        sys.stdout.write("".join(template.execute(template_data(d)) + "\n" for d in out))
+    except TemplateError as e:  # docker's inspect words every template error so
+        raise TemplateError(f"template parsing error: {e}") from None
     return 0
 
 
@@ -219,17 +336,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR (repeatable)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("images", help="list images", description="List images in the store.")
-    p.add_argument("reference", nargs="?", help="only images of this repository[:tag]")
+    p = sub.add_parser("images", help="list images",
+                       description="List images in the store, newest first, as `docker images` does.",
+                       epilog="Format fields: .Repository .Tag .ID .Digest .CreatedSince .CreatedAt .Size "
+                       ".Containers .SharedSize .UniqueSize .VirtualSize, and unionfs' .FullID .SizeBytes. "
+                       "Filters: dangling=true|false, reference=PATTERN (path glob), before=IMAGE, since=IMAGE, "
+                       "label=KEY[=VALUE].")
+    p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]",
+                   help="only images of this repository[:tag] (glob patterns as --filter reference=)")
+    p.add_argument("-a", "--all", action="store_true",
+                   help="also intermediate images (the steps a build cached), as <none>")
+    p.add_argument("-f", "--filter", action="append", metavar="KEY=VALUE",
+                   help="only images that match (repeatable): dangling=, reference=, before=, since=, label=")
+    p.add_argument("--digests", action="store_true", help="show the manifest digest (a DIGEST column)")
     p.add_argument("-q", "--quiet", action="store_true", help="only image ids")
     p.add_argument("--no-trunc", action="store_true", help="full image ids")
-    p.add_argument("--format", help="'json', 'table', or a Go-style template such as '{{.Repository}}'")
+    p.add_argument("--format", help="'table' (default), 'json' (one object per line), a Go template such as "
+                   "'{{.Repository}}:{{.Tag}}', or 'table TEMPLATE' (with a header row)")
     p.set_defaults(func=cmd_images)
 
     p = sub.add_parser("inspect", help="show an image's config, layers and history as JSON",
-                       description="Show images as JSON: config, layers, diff_ids and history.")
+                       description="Show images as JSON: config, layers, diff_ids and history.",
+                       epilog="-f takes Go templates as docker does: nested fields ({{.Config.Cmd}}, "
+                       "{{.RootFS.Layers}}), functions (json, index, join, printf, upper, len...), range, if, "
+                       "with, variables.")
     p.add_argument("references", nargs="+", metavar="REF")
-    p.add_argument("-f", "--format", help="Go-style template, e.g. '{{.Id}}'")
+    p.add_argument("-f", "--format", help="a Go template run over each image, e.g. '{{.Id}}', "
+                   "'{{json .Config}}', '{{index .RepoTags 0}}' ('json': the JSON, as without -f)")
     p.add_argument("--platform", help="os/arch[/variant] when the reference names an index")
     p.set_defaults(func=cmd_inspect)
 

@@ -436,6 +436,21 @@ class Store:
                 log.warning("skipping image %s: %s", desc.digest, err)
         return out
 
+    def intermediate_images(self) -> list[Image]:
+        """The images only a cache entry names (a build's cached steps: docker's intermediate images, which
+        ``images -a`` lists), untagged, each once; unreadable ones are skipped."""
+        seen = {e.get("digest") for e in self._read_index()}
+        out = []
+        for desc in self._cached_roots():
+            if str(desc.digest) in seen:
+                continue
+            seen.add(str(desc.digest))
+            try:
+                out.append(self.image_from_descriptor(desc))
+            except UnionfsError as err:
+                log.warning("skipping cached image %s: %s", desc.digest, err)
+        return out
+
     def resolve(self, text: str, platform: Platform | None = None) -> Image:
         """Find an image by reference (tag or digest), by image id, or by a unique id prefix (>= 4 hex digits)."""
         entries = self._read_index()
