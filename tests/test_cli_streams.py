@@ -72,6 +72,14 @@ def test_save_to_stdout_and_load_from_stdin_keep_the_image_id(fmt: str, loaded: 
     assert list((other / "tmp").iterdir()) == []  # the spool has no name: nothing is left behind
 
 
+def test_load_of_a_gzip_stream(loaded: Path, tmp_path: Path) -> None:
+    """``save | gzip | load``, as docker load takes it."""
+    saved = run_cli("save", "stream:1", root=loaded, text=False).stdout
+    other = tmp_path / "other"
+    assert run_cli("load", root=other, input=gz(saved), text=False).stdout == b"Loaded image: stream:1\n"
+    assert image_id(other, "stream:1") == image_id(loaded, "stream:1")
+
+
 def test_save_to_stdout_is_the_archive_save_o_writes(loaded: Path, tmp_path: Path) -> None:
     run_cli("save", "stream:1", "-o", tmp_path / "o.tar", root=loaded)
     piped = run_cli("save", "stream:1", root=loaded, text=False).stdout
@@ -125,6 +133,10 @@ def test_a_bad_stream_changes_nothing(kind: str, loaded: Path, archive: Path, tm
     assert p.returncode == 1 and len(p.stderr.decode().strip().splitlines()) == 1, p.stderr
     assert store_state(loaded) == before
     assert not (tmp_path / "escaped").exists()
+    if kind in ("empty", "not a tar"):
+        assert p.stderr.decode().strip() == {
+            "empty": "unionfs: standard input is empty: no archive to load",
+            "not a tar": "unionfs: standard input is not a tar archive (plain, gzip, bzip2 or xz)"}[kind]
 
 
 def test_load_of_a_big_stream_holds_little_memory(tmp_path: Path, store_root: Path) -> None:

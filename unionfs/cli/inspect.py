@@ -145,19 +145,21 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """docker export: a container's merged tree (its image's layers and its upper); unionfs also takes an
     image where no container has the name (``container export`` takes containers only)."""
+    import functools
+
     from unionfs.cli.streams import archive_output
     from unionfs.image.pack import write_merged_tar
     from unionfs.image.tree import ImageTree
 
     store = store_of(args)
     container = _export_container(store, args.image, containers_only=getattr(args, "containers_only", False))
-    tree = None if container else ImageTree.open(store, args.image)
-    with archive_output(args.output) as out:
-        if container is None:
-            tree.export(out)  # type: ignore[union-attr]
-        else:
-            lowers = [str(store.layers_dir / name) for name in container.layers]
-            write_merged_tar(lowers, out, upper=container.upper)
+    if container is None:
+        write = ImageTree.open(store, args.image).export
+    else:
+        lowers = [str(store.layers_dir / name) for name in container.layers]
+        write = functools.partial(write_merged_tar, lowers, upper=container.upper)
+    with archive_output(args.output) as out:  # opened once the source is known to exist
+        write(out)
     return 0
 
 

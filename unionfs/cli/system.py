@@ -14,11 +14,14 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from unionfs import __version__
 from unionfs.cli.common import human_size, store_of, table
 from unionfs.errors import UsageError
+
+if TYPE_CHECKING:
+    from unionfs.store.store import Store
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -154,7 +157,7 @@ def _memory() -> str:
     return f"{total / (1 << 30):.2f}GiB"
 
 
-def _mounted_names(store: Any) -> set[str]:
+def _mounted_names(store: Store) -> set[str]:
     """Containers that are mounted: their recorded mountpoint holds a mount, or a live unionfs mount names
     them (what ``rm`` refuses to remove)."""
     from unionfs.mount import daemon

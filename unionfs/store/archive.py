@@ -111,6 +111,8 @@ class _TarSource(_Source):
                 self.tar = tarfile.open(fileobj=fileobj, mode="r:*", tarinfo=BoundedTarInfo)
             else:
                 self.tar = tarfile.open(path, "r:*", tarinfo=BoundedTarInfo)
+        except tarfile.ReadError:  # every method failed: tarfile's message lists each, on several lines
+            raise ArchiveError(f"{path} is not a tar archive (plain, gzip, bzip2 or xz)") from None
         except (tarfile.TarError, OSError, EOFError, UnionfsError) as e:
             raise ArchiveError(f"{path} is not a readable tar archive: {printable(str(e))}") from None
         try:
@@ -260,6 +262,9 @@ def load_stream(store: Store, stream: BinaryIO, platform: Platform | None = None
     The same all-or-nothing guarantee as for a file: a truncated or hostile stream stores nothing.
     """
     with spool(store, stream) as f:
+        if not f.read(1):
+            raise ArchiveError(f"{STDIN} is empty: no archive to load")
+        f.seek(0)
         return load(store, STDIN, platform, fileobj=f)
 
 
