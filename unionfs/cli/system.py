@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from unionfs.store.store import Store
 
 Command = Callable[[argparse.Namespace], int]
+SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]  # what register(sub) adds verbs to
 
 # --- version ------------------------------------------------------------------------------------
 
@@ -181,7 +182,8 @@ def info_data(args: argparse.Namespace) -> dict[str, Any]:
         "RootDir": str(store.root), "BackingFilesystem": _backing_fs(str(store.root)),
         "Images": usage.row("Images").total, "Layers": usage.layers, "Blobs": usage.blobs,
         "Containers": len(containers), "ContainersMounted": len(mounted),
-        "ContainersPaused": sum(1 for c in containers if c.paused), "ContainersNotMounted": len(containers) - len(mounted),
+        "ContainersPaused": sum(1 for c in containers if c.paused),
+        "ContainersNotMounted": len(containers) - len(mounted),
         "BuildCacheEntries": usage.row("Build Cache").total, "DiskUsed": usage.size,
         "FuseDevice": _fuse_device(), "FuseProtocol": _fuse_protocol(), "Passthrough": passthrough_status(),
         "LiveMounts": len(daemon.live_mounts()),
@@ -295,7 +297,7 @@ class _Picked:
     ``names`` is added to ``sub`` under docker's name (``{"images": ("ls", ["list"])}``), every other verb to
     a parser that is dropped. ``parsers`` holds the added parsers by their new name."""
 
-    def __init__(self, sub: argparse._SubParsersAction, names: dict[str, tuple[str, list[str]]]) -> None:  # type: ignore[type-arg]
+    def __init__(self, sub: SubParsers, names: dict[str, tuple[str, list[str]]]) -> None:
         self.sub, self.names = sub, names
         self.parsers: dict[str, argparse.ArgumentParser] = {}
 
@@ -329,7 +331,7 @@ GROUPS: dict[str, list[tuple[str, dict[str, tuple[str, list[str]]]]]] = {
 }
 
 
-def _group(sub: argparse._SubParsersAction, name: str, help_: str) -> dict[str, argparse.ArgumentParser]:  # type: ignore[type-arg]
+def _group(sub: SubParsers, name: str, help_: str) -> dict[str, argparse.ArgumentParser]:
     """Add the group ``name`` (``GROUPS``) to ``sub``; its verbs' parsers by their name in the group."""
     p = sub.add_parser(name, help=help_, description=f"{help_[0].upper()}{help_[1:]} (docker's `{name}` verbs).")
     p.set_defaults(func=_usage(p))
@@ -350,23 +352,29 @@ def _usage(parser: argparse.ArgumentParser) -> Command:
     return show
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: SubParsers) -> None:
     """Add version, info, system and the image and container groups."""
     p = sub.add_parser("version", help="show the versions of unionfs, Python, the kernel and FUSE",
                        description="Show unionfs' version, Python's, the OS, architecture and kernel, and the "
                        "FUSE device, protocol and whether passthrough is available (docker version's layout).")
     p.set_defaults(func=cmd_version)
+    _add_info(sub)
+    _add_system(sub)
+    _add_groups(sub)
 
-    def add_info(s: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-        p = s.add_parser("info", help="show the store, its counts and disk use, FUSE features and the host",
-                         description="Show the store (root, backing filesystem, containers, images, layers, "
-                         "blobs, build cache, disk used), the FUSE features (device, protocol, passthrough, live "
-                         "mounts) and the host (kernel, OS, architecture, CPUs, memory).")
-        p.add_argument("-f", "--format", help="'json': one JSON object")
-        p.set_defaults(func=cmd_info)
 
-    add_info(sub)
+def _add_info(sub: SubParsers) -> None:
+    """``info`` (also ``system info``)."""
+    p = sub.add_parser("info", help="show the store, its counts and disk use, FUSE features and the host",
+                       description="Show the store (root, backing filesystem, containers, images, layers, blobs, "
+                       "build cache, disk used), the FUSE features (device, protocol, passthrough, live mounts) "
+                       "and the host (kernel, OS, architecture, CPUs, memory).")
+    p.add_argument("-f", "--format", help="'json': one JSON object")
+    p.set_defaults(func=cmd_info)
 
+
+def _add_system(sub: SubParsers) -> None:
+    """The ``system`` group: df, prune, info."""
     p = sub.add_parser("system", help="manage the store: df, prune, info",
                        description="Manage the store (docker's `system` verbs): df, prune, info.")
     p.set_defaults(func=_usage(p))
@@ -385,8 +393,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("-a", "--all", action="store_true", help="remove every image no container uses")
     q.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     q.set_defaults(func=cmd_system_prune)
-    add_info(verbs)
+    _add_info(verbs)
 
+
+def _add_groups(sub: SubParsers) -> None:
+    """The ``image`` and ``container`` groups (:data:`GROUPS`), with what docker's verbs add to ours: ``image
+    prune`` asks unless ``-f``; ``container ls -a`` is accepted; ``container export`` takes containers only."""
     image = _group(sub, "image", "manage images")
     prune = image["prune"]
     prune.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")

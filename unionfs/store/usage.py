@@ -48,7 +48,7 @@ class Usage:
 
     def row(self, kind: str) -> UsageRow:
         """The row of ``kind`` (KeyError when there is none)."""
-        return next(r for r in self.rows if r.kind == kind)
+        return {r.kind: r for r in self.rows}[kind]
 
 
 def tree_size(path: str | os.PathLike[str]) -> int:
@@ -92,19 +92,27 @@ def _container_objects(store: Store, c: Container) -> set[str]:
 
 def is_mounted(c: Container) -> bool:
     """True when container ``c``'s recorded mountpoint holds a mount (live, or dead with its daemon gone)."""
-    return bool(c.mountpoint) and mount_at(c.mountpoint) is not None  # type: ignore[arg-type]
+    if not c.mountpoint:
+        return False
+    return mount_at(c.mountpoint) is not None
 
 
-def disk_usage(store: Store, mounted_names: Collection[str] | None = None) -> Usage:
-    """The store's disk usage now (see the module docstring). ``mounted_names``: the names of the containers that
-    are mounted (default: those whose recorded mountpoint holds a mount, :func:`is_mounted`)."""
+def _object_sizes(store: Store) -> dict[str, int]:
+    """The bytes of every stored object: ``blob:<digest>`` and ``layer:<hex>``."""
     sizes: dict[str, int] = {}
     for d in store.blob_digests():
         with contextlib.suppress(OSError):
             sizes[f"blob:{d}"] = store.blob_path(d).stat().st_size
-    layer_dirs = [p for p in store.layers_dir.iterdir() if p.is_dir()]
-    for p in layer_dirs:
-        sizes[f"layer:{p.name}"] = tree_size(p)
+    for p in store.layers_dir.iterdir():
+        if p.is_dir():
+            sizes[f"layer:{p.name}"] = tree_size(p)
+    return sizes
+
+
+def disk_usage(store: Store, mounted_names: Collection[str] | None = None) -> Usage:
+    """The store's disk usage now (see the module docstring). ``mounted_names``: the names of the mounted
+    containers (default: those whose recorded mountpoint holds a mount, :func:`is_mounted`)."""
+    sizes = _object_sizes(store)
 
     def size_of(objects: set[str]) -> int:
         return sum(sizes.get(o, 0) for o in objects)
@@ -131,10 +139,11 @@ def disk_usage(store: Store, mounted_names: Collection[str] | None = None) -> Us
         UsageRow("Images", len(images), sum(str(i.id) in used_ids for i in images), size_of(image_objs),
                  size_of(image_objs - active_objs)),
         UsageRow("Containers", len(containers), len(mounted), sum(uppers.values()) + size_of(kept_by_ctr),
-                 sum(uppers[c.name] for c in containers if c not in mounted) + size_of(kept_by_ctr - kept_by_mounted)),
+                 sum(uppers[c.name] for c in containers if c not in mounted)
+                 + size_of(kept_by_ctr - kept_by_mounted)),
         UsageRow("Build Cache", len(cache), 0, size_of(cache_objs), size_of(cache_objs)),
-        UsageRow("Unreferenced", len(garbage & set(sizes)) + len(os.listdir(store.tmp_dir)), 0,
+        UsageRow("Unreferenced", len(garbage) + len(os.listdir(store.tmp_dir)), 0,
                  size_of(garbage) + tmp, size_of(garbage) + tmp),
     )
-    return Usage(rows, blobs=sum(o.startswith("blob:") for o in sizes), layers=len(layer_dirs),
-                 size=sum(r.size for r in rows))
+    blobs = sum(o.startswith("blob:") for o in sizes)
+    return Usage(rows, blobs=blobs, layers=len(sizes) - blobs, size=sum(r.size for r in rows))
