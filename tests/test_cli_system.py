@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from support.busybox import store_state
 from support.cli import run_cli
+from support.mount import private_tmpdir, skip_reason_fuse, skip_reason_root, unmounted_on_exit
 from support.tar import build, directory, docker_archive, file
 
 from unionfs.cli import main as cli_main
@@ -198,3 +199,34 @@ def test_top_level_help_lists_the_new_verbs(store_root: Path) -> None:
 def test_a_group_without_a_verb_shows_its_usage(group: str, store_root: Path) -> None:
     p = cli(store_root, group, check=False)
     assert p.returncode == 2 and p.stderr.startswith(f"usage: unionfs {group}")
+
+
+FUSE_SKIP = skip_reason_root("mounting a container") or skip_reason_fuse()
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+@pytest.mark.skipif(FUSE_SKIP is not None, reason=FUSE_SKIP or "")
+def test_a_mounted_container_is_active_and_kept_by_prune(tmp_path: Path) -> None:
+    """``system df`` counts a mounted container as active (its upper not reclaimable), ``info`` as mounted,
+    and ``system prune -a -f`` keeps it, its image and its layers, and removes the container that is not
+    mounted."""
+    with private_tmpdir("system") as d:
+        root, mnt = d / "store", d / "mnt"
+        mnt.mkdir()
+        run_cli("load", "-i", docker_archive(tmp_path / "a.tar", [(BASE, BASE), (TOP, TOP)], repo_tags=("app:1",)),
+                root=root)
+        Store(root).prepare_container("app:1", "idle")
+        with unmounted_on_exit(mnt):
+            run_cli("mount", "app:1", mnt, "--name", "web", root=root)
+            (mnt / "written").write_bytes(b"w" * 9000)
+            df = _df(root)
+            assert (df["Containers"]["TotalCount"], df["Containers"]["Active"]) == (2, 1)
+            assert df["Containers"]["Size"] - df["Containers"]["Reclaimable"] >= 9000
+            info = _info(root)
+            assert (info["ContainersMounted"], info["ContainersNotMounted"]) == (1, 1) and info["LiveMounts"] >= 1
+            out = run_cli("system", "prune", "-a", "-f", root=root).stdout
+            assert "Deleted Containers:\nidle\n" in out and "web" not in out
+            assert [c.name for c in Store(root).containers()] == ["web"]
+            assert Store(root).resolve("app:1") and (mnt / "etc/os").read_bytes() == b"base\n" * 1000
+            run_cli("umount", mnt, root=root)
