@@ -250,3 +250,12 @@ def test_save_of_a_missing_image_writes_nothing(loaded: Path) -> None:
 ])
 def test_help_says_where_the_archive_goes(command: str, words: str, store_root: Path) -> None:
     assert words in " ".join(run_cli(command, "--help", root=store_root).stdout.split())
+
+
+@pytest.mark.parametrize("data", [LAYER[:LAYER.index(b"hello") + 5], gz(LAYER)[:60], b"junk\n"],
+                         ids=["truncated", "truncated gzip", "junk"])
+def test_import_of_a_bad_stream_changes_nothing(data: bytes, loaded: Path) -> None:
+    before = store_state(loaded)
+    p = run_cli("import", "-", "bad:1", root=loaded, input=data, text=False, check=False)
+    assert p.returncode == 1 and len(p.stderr.decode().strip().splitlines()) == 1, p.stderr
+    assert store_state(loaded) == before
