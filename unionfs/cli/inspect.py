@@ -157,7 +157,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         write = ImageTree.open(store, args.image).export
     else:
         lowers = [str(store.layers_dir / name) for name in container.layers]
-        write = functools.partial(write_merged_tar, lowers, upper=container.upper)
+        write = functools.partial(write_merged_tar, lowers, upper=container.upper, owners=store.owners)
     with archive_output(args.output) as out:  # opened once the source is known to exist
         write(out)
     return 0
