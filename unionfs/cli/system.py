@@ -9,6 +9,7 @@ names) and drops the rest, so ``image ls`` takes exactly what ``images`` takes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -260,7 +261,7 @@ def _prune(args: argparse.Namespace, containers: bool) -> int:
     from unionfs.mount.daemon import detach_orphan
     from unionfs.store.usage import disk_usage
 
-    if not args.force and not confirm(_prune_warning(args.all, containers)):
+    if not getattr(args, "force", False) and not confirm(_prune_warning(args.all, containers)):
         return 0
     store = store_of(args)
     before = disk_usage(store).size
@@ -398,17 +399,20 @@ def _add_system(sub: SubParsers) -> None:
 
 def _add_groups(sub: SubParsers) -> None:
     """The ``image`` and ``container`` groups (:data:`GROUPS`), with what docker's verbs add to ours: ``image
-    prune`` asks unless ``-f``; ``container ls -a`` is accepted; ``container export`` takes containers only."""
+    prune`` asks unless ``-f``; ``container ls -a`` is accepted (when ``ps`` has no ``-a`` of its own);
+    ``container export`` takes containers only."""
     image = _group(sub, "image", "manage images")
     prune = image["prune"]
-    prune.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    with contextlib.suppress(argparse.ArgumentError):  # unless prune takes -f itself
+        prune.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     prune.description = ("Remove dangling images (with -a: every image no container uses), the build cache, "
                          "unreferenced blobs and layers, and temporary files. Asks first unless -f (as docker).")
     prune.set_defaults(func=cmd_image_prune)
 
     container = _group(sub, "container", "manage containers")
-    container["ls"].add_argument("-a", "--all", action="store_true",
-                                 help="accepted for docker's sake: every container is listed, mounted or not")
+    with contextlib.suppress(argparse.ArgumentError):  # unless ps takes -a itself
+        container["ls"].add_argument("-a", "--all", action="store_true",
+                                     help="accepted for docker's sake: every container is listed, mounted or not")
     container["export"].set_defaults(containers_only=True)
     container["export"].description = ("Write a container's merged root filesystem (its image's layers and its "
                                         "upper) as a tar archive, to -o FILE or to standard output (refused when "
