@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys  # noqa: F401  (unused here once save needs no terminal check; kept for the listing commands' merge)
+import sys
 from typing import TYPE_CHECKING, Any
 
 from unionfs.cli.common import (
