@@ -14,6 +14,7 @@ from unionfs.errors import UsageError, printable
 from unionfs.oci.reference import Reference
 
 if TYPE_CHECKING:
+    from unionfs.store.store import Container, Store
     from unionfs.union.view import Node
 
 
@@ -142,19 +143,40 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from unionfs.image.tree import export_image
+    """docker export: a container's merged tree (its image's layers and its upper); unionfs also takes an
+    image where no container has the name (``container export`` takes containers only)."""
+    import functools
 
-    if args.output:
-        export_image(store_of(args), args.image, args.output)
-        return 0
-    if sys.stdout.isatty():
-        raise UsageError("refusing to write a tar archive to a terminal; use -o FILE or redirect the output")
-    try:
-        _tree(args).export(sys.stdout.buffer)
-        sys.stdout.buffer.flush()
-    except BrokenPipeError:  # the reader went away (| head): not an error, and nothing more to flush
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    from unionfs.cli.streams import archive_output
+    from unionfs.image.pack import write_merged_tar
+    from unionfs.image.tree import ImageTree
+
+    store = store_of(args)
+    container = _export_container(store, args.image, containers_only=getattr(args, "containers_only", False))
+    if container is None:
+        write = ImageTree.open(store, args.image).export
+    else:
+        lowers = [str(store.layers_dir / name) for name in container.layers]
+        write = functools.partial(write_merged_tar, lowers, upper=container.upper, owners=store.owners)
+    with archive_output(args.output) as out:  # opened once the source is known to exist
+        write(out)
     return 0
+
+
+def _export_container(store: Store, name: str, containers_only: bool) -> Container | None:
+    """The container ``name`` (its layers checked), or None when there is none and an image may be meant."""
+    from unionfs.errors import ContainerError
+
+    try:
+        container = store.container(name)
+    except ContainerError:
+        if containers_only:
+            raise
+        return None
+    missing = [n for n in container.layers if not (store.layers_dir / n).is_dir()]
+    if missing:
+        raise ContainerError(f"container {name}: layer {missing[0][:12]} is missing from the store")
+    return container
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -227,9 +249,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-v", "--verbose", action="store_true", help="list the wasted files")
     p.set_defaults(func=cmd_layers)
 
-    p = sub.add_parser("export", help="write an image's flattened root filesystem as a tar archive",
-                       description="Write the merged root filesystem of an image as a tar archive "
-                       "(docker export).")
-    p.add_argument("image")
+    p = sub.add_parser("export", help="write a container's or an image's flattened root filesystem as a tar",
+                       description="Write the merged root filesystem of a container (its image's layers and its "
+                       "upper, as docker export) or, when no container has the name, of an image, as a tar "
+                       "archive: to -o FILE or to standard output (refused when it is a terminal).")
+    p.add_argument("image", metavar="CONTAINER|IMAGE")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     p.set_defaults(func=cmd_export)

@@ -28,11 +28,14 @@ if TYPE_CHECKING:
 
 # --- commands ---------------------------------------------------------------------------------
 def cmd_load(args: argparse.Namespace) -> int:
-    from unionfs.store.archive import load
+    from unionfs.store.archive import load, load_stream
 
-    if not args.input:
-        raise UsageError("load needs -i FILE (reading an archive from standard input is not supported)")
-    images = load(store_of(args), args.input, platform_of(args))
+    if args.input:
+        images = load(store_of(args), args.input, platform_of(args))
+    else:  # docker's: the archive on standard input, spooled into the store's tmp/ and loaded all or nothing
+        from unionfs.cli.streams import archive_input
+
+        images = load_stream(store_of(args), archive_input("load"), platform_of(args))
     if not args.quiet:
         for img in images:
             if img.tags:
@@ -47,9 +50,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     from unionfs.oci.mutate import apply_changes
     from unionfs.store.archive import import_rootfs
 
+    if "://" in args.file:
+        raise UsageError(f"import from a URL is not supported: download it first (curl -fsSL URL | "
+                         f"unionfs import - REF): {printable(args.file)}")
     ref = Reference.parse(args.reference) if args.reference else None
     changes = apply_changes({}, args.change or [])
-    image = import_rootfs(store_of(args), args.file, ref, args.message or "", changes)
+    stream = None
+    if args.file == "-":
+        from unionfs.cli.streams import archive_input
+
+        stream = archive_input("import -")
+    image = import_rootfs(store_of(args), args.file, ref, args.message or "", changes, fileobj=stream)
     print(image.id)
     return 0
 
@@ -306,13 +317,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
+    from unionfs.cli.streams import archive_output
     from unionfs.store.archive import save
 
-    if not args.output:
-        if sys.stdout.isatty():
-            raise UsageError("save needs -o FILE (refusing to write an archive to a terminal)")
-        raise UsageError("save needs -o FILE")
-    save(store_of(args), args.references, args.output, args.format)
+    store = store_of(args)
+    with archive_output(args.output) as out:
+        save(store, args.references, out, args.format)
     return 0
 
 
@@ -320,15 +330,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the store's subcommands."""
     p = sub.add_parser("load", help="load images from a docker-save archive, OCI archive or OCI layout",
                        description="Load images from a docker-save archive (any docker or skopeo layout), an "
-                       "OCI archive, or an OCI layout directory.")
-    p.add_argument("-i", "--input", required=True, help="archive file or OCI layout directory")
+                       "OCI archive, or an OCI layout directory; without -i, an archive read from standard "
+                       "input (as docker load; refused when it is a terminal). All or nothing: an archive "
+                       "that is truncated or does not verify changes nothing in the store.")
+    p.add_argument("-i", "--input", help="archive file or OCI layout directory (default: standard input)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     p.add_argument("--platform", help="os/arch[/variant] to pick from an index (default: this host)")
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("import", help="make a one-layer image from a rootfs tarball",
-                       description="Make a one-layer image from a plain rootfs tarball (tar, tar.gz or tar.zst).")
-    p.add_argument("file", help="rootfs tarball")
+                       description="Make a one-layer image from a plain rootfs tarball (tar, tar.gz or tar.zst); "
+                       "FILE - reads it from standard input (as docker import -). URLs are not fetched.")
+    p.add_argument("file", metavar="FILE|-", help="rootfs tarball, or - for standard input")
     p.add_argument("reference", nargs="?", help="name:tag for the new image")
     p.add_argument("-m", "--message", help="commit message for the history")
     p.add_argument("-c", "--change", action="append", metavar="INSTRUCTION",
@@ -390,8 +403,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("save", help="save images to an archive",
-                       description="Save images to a docker-save archive (default) or an OCI archive.")
+                       description="Save images to a docker-save archive (default) or an OCI archive, written "
+                       "to -o FILE or, as docker save, to standard output (refused when it is a terminal).")
     p.add_argument("references", nargs="+", metavar="IMAGE")
-    p.add_argument("-o", "--output", help="the archive file to write")
+    p.add_argument("-o", "--output", help="the archive file to write (default: standard output)")
     p.add_argument("--format", default="docker-archive", choices=["docker-archive", "oci-archive"])
     p.set_defaults(func=cmd_save)

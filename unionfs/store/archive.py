@@ -54,6 +54,7 @@ from unionfs.store.store import Image, Store, now_rfc3339
 log = logging.getLogger(__name__)
 
 _MAX_JSON = 16 << 20  # manifests, configs and indexes bigger than this are refused
+_SPOOL_CHUNK = 1 << 20  # bytes read from a stream at a time (load from standard input)
 #: Most members an outer archive (docker-save, oci-archive) may have; more is refused (a layout needs a handful
 #: per image: a few hundred images of a few hundred layers stay far below).
 MAX_ARCHIVE_MEMBERS = 100_000
@@ -99,11 +100,19 @@ class _Member:
 
 
 class _TarSource(_Source):
-    """An outer archive, walked once with bounds (``_walk``); members are then read by their offsets."""
+    """An outer archive, walked once with bounds (``_walk``); members are then read by their offsets.
 
-    def __init__(self, path: str) -> None:
+    ``path`` names the archive in messages; the archive is read from ``fileobj`` (seekable) when given, else
+    from the file at ``path``."""
+
+    def __init__(self, path: str, fileobj: BinaryIO | None = None) -> None:
         try:
-            self.tar = tarfile.open(path, "r:*", tarinfo=BoundedTarInfo)
+            if fileobj is not None:
+                self.tar = tarfile.open(fileobj=fileobj, mode="r:*", tarinfo=BoundedTarInfo)
+            else:
+                self.tar = tarfile.open(path, "r:*", tarinfo=BoundedTarInfo)
+        except tarfile.ReadError:  # every method failed: tarfile's message lists each, on several lines
+            raise ArchiveError(f"{path} is not a tar archive (plain, gzip, bzip2 or xz)") from None
         except (tarfile.TarError, OSError, EOFError, UnionfsError) as e:
             raise ArchiveError(f"{path} is not a readable tar archive: {printable(str(e))}") from None
         try:
@@ -223,12 +232,18 @@ def _parse_tag(text: str) -> Reference | None:
     return ref if ref.tag else None
 
 
-def load(store: Store, path: str, platform: Platform | None = None) -> list[Image]:
+#: what messages call an archive read from a stream (``load`` without ``-i``)
+STDIN = "standard input"
+
+
+def load(store: Store, path: str, platform: Platform | None = None, fileobj: BinaryIO | None = None) -> list[Image]:
     """Load every image of a docker-save archive, OCI archive or OCI layout directory into ``store``.
 
-    All or nothing: on any error, what this load added is removed and the error is raised.
+    With ``fileobj`` (a seekable file, e.g. from :func:`spool`) the archive is read from it and ``path`` only
+    names it in messages. All or nothing: on any error, what this load added is removed and the error is
+    raised.
     """
-    src = _open_source(path)
+    src = _TarSource(path, fileobj) if fileobj is not None else _open_source(path)
     try:
         with store.lock():
             if src.exists("manifest.json"):
@@ -239,6 +254,39 @@ def load(store: Store, path: str, platform: Platform | None = None) -> list[Imag
                                "(index.json)")
     finally:
         src.close()
+
+
+def load_stream(store: Store, stream: BinaryIO, platform: Platform | None = None) -> list[Image]:
+    """:func:`load` of an archive read from ``stream`` (a pipe: standard input), spooled first (:func:`spool`).
+
+    The same all-or-nothing guarantee as for a file: a truncated or hostile stream stores nothing.
+    """
+    with spool(store, stream) as f:
+        if not f.read(1):
+            raise ArchiveError(f"{STDIN} is empty: no archive to load")
+        f.seek(0)
+        return load(store, STDIN, platform, fileobj=f)
+
+
+@contextlib.contextmanager
+def spool(store: Store, stream: IO[bytes]) -> Iterator[BinaryIO]:
+    """``stream`` copied, 1 MiB at a time, into a nameless file in the store's ``tmp/`` (same filesystem,
+    mode 0600), yielded rewound: an archive read from a pipe gets the random access its members' offsets
+    need, and memory stays bounded whatever its size. Nothing is left behind, not even by a kill (the file
+    has no name; ``prune`` cannot delete it from under a running load either)."""
+    try:
+        f = tempfile.TemporaryFile(dir=store.tmp_dir, prefix="spool-")
+    except OSError as e:
+        raise ArchiveError(f"cannot spool {STDIN} into {store.tmp_dir}: {e.strerror or e}") from None
+    with f:
+        try:
+            while chunk := stream.read(_SPOOL_CHUNK):
+                f.write(chunk)
+            f.flush()
+            f.seek(0)
+        except OSError as e:
+            raise ArchiveError(f"cannot read {STDIN} into {store.tmp_dir}: {e.strerror or e}") from None
+        yield f  # type: ignore[misc]
 
 
 def _load_docker(store: Store, src: _Source) -> list[Image]:
@@ -318,20 +366,22 @@ def _read_verified(src: _Source, desc: Descriptor) -> bytes:
 
 # --- import -----------------------------------------------------------------------------------
 def import_rootfs(store: Store, path: str, ref: Reference | None, message: str = "",
-                  changes: dict[str, object] | None = None) -> Image:
+                  changes: dict[str, object] | None = None, fileobj: BinaryIO | None = None) -> Image:
     """Make a one-layer image from a plain rootfs tarball (plain, gzip or zstd), like ``docker import``.
 
-    The layer is stored gzip-compressed; its DiffID is the digest of the uncompressed tar.
+    The tarball is the file ``path``, or ``fileobj`` when given (read once, front to back: a pipe will do;
+    ``path`` then names it, ``-`` for standard input as docker writes it). The layer is stored
+    gzip-compressed; its DiffID is the digest of the uncompressed tar.
     """
     with store.lock():
         stage = Path(store.staging_dir("import-"))
         try:
             try:
-                src = open(path, "rb")
+                src = open(path, "rb") if fileobj is None else contextlib.nullcontext(fileobj)
             except OSError as e:
                 raise ArchiveError(f"{path}: {e.strerror}") from None
-            with src, open(stage / "layer", "wb") as out:
-                raw = open_decompressed(src, None)
+            with src as tarball, open(stage / "layer", "wb") as out:
+                raw = open_decompressed(tarball, None)
                 # the same streaming bound as ``load`` (the unpacker's): a bomb stops at the bound
                 hashing = LayerReader(raw, "sha256", max_layer_size())
                 compress_stream(hashing, out, "gzip")  # type: ignore[arg-type]
@@ -369,10 +419,10 @@ def _check_tar(gz_path: Path) -> None:
 
 # --- saving -----------------------------------------------------------------------------------
 class _TarWriter:
-    """Writes a tar archive with deterministic headers."""
+    """Writes a tar archive with deterministic headers, front to back (``fileobj`` may be a pipe)."""
 
     def __init__(self, fileobj: IO[bytes]) -> None:
-        self.tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT)
+        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)
         self.dirs: set[str] = set()
 
     def _dir(self, name: str) -> None:
@@ -398,7 +448,9 @@ class _TarWriter:
 
 
 @contextlib.contextmanager
-def _atomic_output(path: str) -> Iterator[IO[bytes]]:
+def atomic_output(path: str) -> Iterator[IO[bytes]]:
+    """A new file in ``path``'s directory that replaces ``path`` (fsynced, mode 0644) only when the block ends
+    without an error; on an error it is removed and ``path`` stays as it was."""
     out_dir = os.path.dirname(os.path.abspath(path)) or "."
     fd, tmp = tempfile.mkstemp(prefix=".unionfs-save-", dir=out_dir)
     try:
@@ -414,8 +466,12 @@ def _atomic_output(path: str) -> Iterator[IO[bytes]]:
         raise
 
 
-def save(store: Store, refs: list[str], output: str, fmt: str = "docker-archive") -> None:
-    """Write images to ``output`` as a docker-save archive (legacy layout) or an oci-archive."""
+def save(store: Store, refs: list[str], output: str | IO[bytes], fmt: str = "docker-archive") -> None:
+    """Write images to ``output`` as a docker-save archive (legacy layout) or an oci-archive.
+
+    ``output`` is a path (written atomically: :func:`atomic_output`) or a stream written front to back (a
+    pipe will do: standard output). Every reference is resolved before a byte is written.
+    """
     images: list[tuple[Image, list[Reference]]] = []
     for text in refs:
         image = store.resolve(text)
@@ -424,14 +480,11 @@ def save(store: Store, refs: list[str], output: str, fmt: str = "docker-archive"
         except ReferenceError_:
             tags = []
         images.append((image, tags or list(image.tags)))
-    if fmt == "docker-archive":
-        with _atomic_output(output) as f:
-            _save_docker(store, images, f)
-    elif fmt == "oci-archive":
-        with _atomic_output(output) as f:
-            _save_oci(store, images, f)
-    else:
+    writers = {"docker-archive": _save_docker, "oci-archive": _save_oci}
+    if fmt not in writers:
         raise UnionfsError(f"unknown archive format {fmt!r} (docker-archive or oci-archive)")
+    with atomic_output(output) if isinstance(output, str) else contextlib.nullcontext(output) as f:
+        writers[fmt](store, images, f)
 
 
 def _save_docker(store: Store, images: list[tuple[Image, list[Reference]]], f: IO[bytes]) -> None:

@@ -775,9 +775,13 @@ class Store:
         base = self.root / "cache"
         return sorted(d for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
 
+    def cache_entries(self) -> list[tuple[str, Descriptor]]:
+        """The kind and the manifest of every readable cache entry (unreadable ones are skipped)."""
+        hits = ((d.name, self.cached(d.name, p.stem)) for d in self._cache_kinds() for p in d.glob("*.json"))
+        return [(kind, hit[0]) for kind, hit in hits if hit is not None]
+
     def _cached_roots(self) -> list[Descriptor]:
-        hits = (self.cached(d.name, p.stem) for d in self._cache_kinds() for p in d.glob("*.json"))
-        return [hit[0] for hit in hits if hit is not None]
+        return [desc for _, desc in self.cache_entries()]
 
     def _drop_caches(self) -> list[str]:
         """Delete every cache entry; one line per kind that had entries ("Deleted build cache: 3 entries")."""
