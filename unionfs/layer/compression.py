@@ -28,6 +28,7 @@ import zlib
 from typing import BinaryIO
 
 import zstandard
+from isal import isal_zlib
 
 from unionfs.errors import LayerError
 
@@ -220,7 +221,7 @@ class _GzipReader(_Decoder):
 
     def __init__(self, src: _Prefixed) -> None:
         super().__init__(src)
-        self._d: "zlib._Decompress | None" = None
+        self._d: "isal_zlib._Decompress | None" = None
         self._pending = b""
         self._members = 0
 
@@ -241,7 +242,7 @@ class _GzipReader(_Decoder):
             buf += more
         if not buf.startswith(_GZIP_MAGIC):
             raise LayerError("corrupt gzip stream: garbage after the compressed data")
-        self._d = zlib.decompressobj(31)
+        self._d = isal_zlib.decompressobj(31)  # zlib's API, twice its speed (ISA-L)
         self._pending = buf
         self._members += 1
         return True
@@ -265,7 +266,7 @@ class _GzipReader(_Decoder):
                     self._d = None
                 if out:
                     return out
-        except zlib.error as e:
+        except (zlib.error, isal_zlib.error) as e:
             raise LayerError(f"corrupt gzip stream: {e}") from None
 
 
