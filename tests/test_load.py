@@ -292,3 +292,23 @@ def test_load_index_picks_platform(test_images: ImageSet, cli, store_root: Path,
     assert store.resolve("multi:1").manifest_desc.digest.hex == v3["digest"].split(":")[1]
     p = cli("load", "-i", layout, "--platform", "linux/s390x", check=False)
     assert p.returncode == 1 and "no manifest for platform linux/s390x" in p.stderr
+
+
+def test_a_new_blob_paired_with_a_stored_layer_is_checked(tmp_path: Path) -> None:
+    """An archive whose config gives a new layer blob the DiffID of a layer the store already holds (extracted
+    from another image) is refused, and leaves the store as it was: the store never keeps a blob under a DiffID
+    its content does not have (before: the layer was not unpacked again, so nothing compared them)."""
+    from support.busybox import store_state
+    from support.cli import run_cli
+    from support.tar import build, docker_archive, file, image_config, sha_of
+
+    honest, other = build([file("a", b"honest")]), build([file("a", b"something else")])
+    root = tmp_path / "store"
+    run_cli("load", "-i", docker_archive(tmp_path / "honest.tar", [(honest, honest)], repo_tags=("honest:1",)),
+            root=root)
+    before = store_state(root)
+    lying = docker_archive(tmp_path / "lying.tar", [(other, other)], repo_tags=("lying:1",),
+                           config=image_config([sha_of(honest)]))
+    r = run_cli("load", "-i", lying, root=root, check=False)
+    assert r.returncode != 0 and "digest mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert store_state(root) == before

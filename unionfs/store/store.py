@@ -514,7 +514,11 @@ class Store:
     def ensure_layers(self, image: Image) -> list[Path]:
         """Unpack every layer of ``image`` not yet extracted; returns the layer directories, base first.
 
-        Each is unpacked into ``tmp/`` with its DiffID verified, then renamed into ``layers/``.
+        Each is unpacked into ``tmp/`` with its DiffID verified, then renamed into ``layers/``. A layer already
+        extracted from another blob is not unpacked again, but a blob this command added is checked against
+        the DiffID the image gives it all the same (:meth:`_check_diff_id`): the store never keeps a blob under
+        a DiffID its content does not have (a hostile archive or registry pairing a new blob with a layer the
+        store holds).
         """
         paths = []
         with self.lock() as txn:
@@ -522,6 +526,8 @@ class Store:
                 dest = self.layer_path(diff_id)
                 paths.append(dest)
                 if dest.is_dir():
+                    if self.blob_path(desc.digest) in txn.blobs:
+                        self._check_diff_id(desc, diff_id)
                     continue
                 # the only place the store needs the unpacker: not imported when every layer is there (mount)
                 from unionfs.layer.unpack import unpack_layer
@@ -538,6 +544,16 @@ class Store:
                     remove_tree(stage)
                     raise
         return paths
+
+    def _check_diff_id(self, desc: Descriptor, diff_id: Digest) -> None:
+        """Raise DigestError unless the stored blob ``desc`` decompresses to content with digest ``diff_id``."""
+        from unionfs.layer.compression import open_decompressed
+
+        with self.open_blob(desc.digest) as blob:
+            reader = HashingReader(open_decompressed(blob, desc.media_type), diff_id.algorithm)
+            while reader.read(1 << 20):
+                pass
+        reader.verify(diff_id, None, f"layer {desc.digest}")
 
     # -- containers ------------------------------------------------------------------------------
     def _container_dir(self, name: str) -> Path:
