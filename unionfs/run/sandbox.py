@@ -5,25 +5,32 @@ makes new mount, PID, UTS, IPC and (unless ``network="host"``) network namespace
 ctypes), brings the new namespace's loopback up (``SIOCSIFFLAGS``), makes every mount private and forks PID 1
 of the new PID namespace, which, before anything of the image runs,
 
-* makes itself non-dumpable and closes every fd but 0-2 and the error pipe to the caller;
+* makes itself non-dumpable and closes every fd but 0-2, the error pipe to the caller and (``tty``) the
+  console socket;
 * binds the rootfs onto itself and remounts that bind ``nodev`` and never ``nosuid`` (set-uid binaries of
   the image work as in docker, whatever the host-side mount's flags), then mounts a fresh ``/proc`` with
   docker's default masks (``MASKED_PATHS`` covered by an empty read-only tmpfs or ``/dev/null``,
   ``READONLY_PATHS`` bound read-only), a ``nodev`` tmpfs ``/dev`` holding ``null zero full random urandom
   tty`` bind-mounted from the host (plus ``fd``/``stdin``/``stdout``/``stderr`` links, a ``nodev`` tmpfs
   ``/dev/shm``, a new devpts instance with ``ptmx``), a generated ``/etc/hosts``, a copy of the host's
-  ``/etc/resolv.conf`` and the caller's bind mounts (``Bind``), every target resolved inside the rootfs
-  (``rootpath``), never through the host's ``/``; then remounts every other mount under the rootfs
-  (volumes and their submounts) ``nodev`` too;
+  ``/etc/resolv.conf``, the caller's bind mounts (``Bind``) and tmpfs mounts (``Tmpfs``; a missing mount
+  point is created in the rootfs, as docker does), every target resolved inside the rootfs (``rootpath``),
+  never through the host's ``/``; then remounts every other mount under the rootfs (volumes and their
+  submounts) ``nodev`` too, and last, with ``read_only``, the rootfs bind read-only;
 * ``pivot_root``s into the rootfs and unmounts the old root (``MNT_DETACH``; ``pivot_root(".", ".")``
   creates no directory in the rootfs): from here on no host path is reachable by PID 1 or its children;
-* drops every capability but docker's default set (``DEFAULT_CAPABILITIES``): from the bounding set, the
-  ambient set (cleared), permitted and effective; the inheritable set is empty;
+* drops every capability but the command's (``capabilities``: docker's default set ``DEFAULT_CAPABILITIES``
+  unless ``--cap-add``/``--cap-drop`` changed it, ``capability_mask``): from the bounding set, the ambient
+  set (cleared), permitted and effective, where only CAP_SETUID and CAP_SETGID stay a little longer
+  (``USER_SWITCH_CAPS``, permitted and effective, not bounding); the inheritable set is empty;
 * forks the command, which resolves the user in the rootfs's ``/etc/passwd`` and ``/etc/group`` (name or
   uid, optional ``:group``/``:gid``; supplementary groups from ``/etc/group``), creates and enters the
-  working directory, drops to that user (a non-root user keeps no effective capability), sets no_new_privs
-  when asked, closes every fd but 0-2 and execs the command with the given environment (``PATH``, ``HOME``
-  and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
+  working directory; with ``tty`` opens a new pty of the container's devpts, hands its master to the caller
+  (SCM_RIGHTS over the console socket; the caller sets the window size, then lets it go on), closes the
+  master, ``setsid``s and makes the slave its controlling terminal and its 0-1-2 (``_take_console``, as
+  runc); drops to the user (a non-root user keeps no capability; root keeps exactly ``capabilities``), sets
+  no_new_privs when asked, closes every fd but 0-2 and execs the command with the given environment
+  (``PATH``, ``HOME`` and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
 * forwards the signals the helper forwards to it, reaps every orphan, and exits with the command's status.
 
 ``privileged`` skips the capability drops, the /proc masks and every ``nodev`` (the pivot, the namespaces
@@ -31,11 +38,15 @@ and the non-dumpable PID 1 stay).
 
 Contracts:
 
-* Isolation (docker's defaults; ``privileged`` and ``network="host"`` are explicit opt-ins): every process
-  of the container has the rootfs as ``/`` and its cwd inside it, holds no fd to the host but the caller's
-  stdin/stdout/stderr, and cannot open PID 1's ``/proc`` entries (non-dumpable, no CAP_SYS_PTRACE). Root in
-  the container has exactly CapBnd = CapPrm = CapEff = ``DEFAULT_CAP_MASK`` (0xa80425fb), no inheritable or
-  ambient capability; no_new_privs is not set unless asked (as docker). A device node the container makes
+* Isolation (docker's defaults; ``privileged``, ``network="host"``, capabilities added beyond the default
+  set and a tmpfs with ``dev`` (only with ``privileged``) are explicit opt-ins): every process of the
+  container has the rootfs as ``/`` and its cwd inside it, holds no fd to the host but the caller's
+  stdin/stdout/stderr (with ``tty`` not even those: the command's 0-2 are the container's pty, whose master
+  only the caller holds, and the helper and PID 1 have /dev/null as 0-2), and cannot open PID 1's ``/proc``
+  entries (non-dumpable, no CAP_SYS_PTRACE unless added). Root in the container has exactly CapBnd =
+  CapPrm = CapEff = ``capabilities`` (``DEFAULT_CAP_MASK``, 0xa80425fb, by default), no inheritable or
+  ambient capability; PID 1 holds the same bounding set, and CAP_SETUID/CAP_SETGID permitted besides;
+  no_new_privs is not set unless asked (as docker). A device node the container makes
   (CAP_MKNOD is kept) cannot be opened: every mount it can write to is ``nodev``; only the bound host nodes
   and devpts work. The network is a namespace of its own with only ``lo`` (up): ``none``; docker's
   ``bridge`` is not offered (``check_network`` refuses it).
@@ -52,8 +63,10 @@ Contracts:
   never written into the upper, i.e. never end up in a committed layer.
 * The exit status is the command's, or 128+N when a signal N killed it. SIGHUP, SIGINT, SIGQUIT, SIGTERM,
   SIGUSR1, SIGUSR2 and SIGWINCH sent to the caller (while ``run`` waits, in the main thread) reach the
-  command. A failure before the command runs raises ``SandboxError`` (exit 125) or ``ExecError`` (127 not
-  found, 126 not executable); a non-zero status raises ``CommandFailedError`` when ``check`` is set.
+  command (with ``tty`` SIGWINCH resizes the pty instead, and the kernel signals its foreground job). A
+  failure before the command runs raises ``SandboxError`` (exit 125), ``UnknownUserError`` (126: the user
+  or group is not in the image) or ``ExecError`` (127 not found, 126 not executable); a non-zero status
+  raises ``CommandFailedError`` when ``check`` is set.
 """
 
 from __future__ import annotations
@@ -1063,5 +1076,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Bind", "Process", "Completed", "run", "resolve_user", "make_init_layer", "hosts_file",
-           "check_network", "no_new_privileges", "DEFAULT_PATH", "DEFAULT_CAP_MASK", "NETWORK_MODES"]
+__all__ = ["Bind", "Process", "Tmpfs", "Completed", "run", "resolve_user", "make_init_layer", "hosts_file",
+           "check_network", "check_hostname", "check_process", "capability_mask", "helper_env", "no_new_privileges",
+           "DEFAULT_PATH", "DEFAULT_CAP_MASK", "CAPABILITIES", "NETWORK_MODES"]
