@@ -15,7 +15,7 @@ import sys
 import termios
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from support.busybox import leftovers
@@ -57,20 +57,20 @@ def test_help_lists_every_flag() -> None:
 @pytest.mark.parametrize("argv,words", [
     (("--bogus", "busybox:latest", "true"), ("unknown flag: --bogus",)),
     (("-x", "busybox:latest", "true"), ("unknown flag: -x",)),
-    (("busybox:latest", "-u"), None),  # after IMAGE everything is the command's: no error of run's parser
     (("-u",), ("-u/--user", "expected one argument")),
     ((), ("required", "IMAGE")),
 ])
-def test_usage_errors_exit_125_as_docker(argv: tuple[str, ...], words: tuple[str, ...] | None,
-                                         tmp_path: Path) -> None:
+def test_usage_errors_exit_125_as_docker(argv: tuple[str, ...], words: tuple[str, ...], tmp_path: Path) -> None:
     """An unknown flag of run exits 125 with docker's message, not 2 under the top-level usage line (before:
     "unionfs: error: unrecognized arguments", exit 2)."""
     p = run_cli("run", *argv, root=tmp_path / "store", check=False)
-    if words is None:
-        assert "unknown flag" not in p.stderr and "usage" not in p.stderr
-        return
     one_line_error(p, 125, *words)
     assert "See 'unionfs run --help'." in p.stderr and "usage:" not in p.stderr
+
+
+def test_flags_after_the_image_are_the_commands(store: Path) -> None:
+    p = run_cli("run", "--rm", "busybox:latest", "echo", "-u", "--bogus", "-it", root=store)
+    assert p.stdout == "-u --bogus -it\n"
 
 
 def test_helper_runs_this_checkout() -> None:
@@ -221,6 +221,20 @@ def test_cap_add_all(store: Path) -> None:
 # -t: a real terminal
 # ---------------------------------------------------------------------------------------------------------------
 
+def sleeping(arg: str) -> bool:
+    """Whether a ``sleep ARG`` runs on the machine (the container's processes show on the host too)."""
+    import psutil
+
+    return any(p.info["cmdline"] == ["sleep", arg] for p in psutil.process_iter(["cmdline"]))
+
+
+def wait_until(done: Callable[[], bool], timeout: float = 60, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.1)
+
+
 class Terminal:
     """``unionfs run ARGS`` with a new pty as its controlling terminal and 0-1-2 (as a shell in a terminal
     window starts it); the test types into the master and reads what it shows."""
@@ -244,18 +258,23 @@ class Terminal:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
-    def wait_for(self, text: str, timeout: float = 60) -> str:
-        """Read until ``text`` is shown (AssertionError after ``timeout`` s); everything shown so far."""
+    def shows(self, text: str, timeout: float) -> bool:
+        """Read until ``text`` is shown or ``timeout`` s have passed; whether it is."""
         deadline = time.monotonic() + timeout
         while text.encode() not in self.shown:
             left = deadline - time.monotonic()
-            assert left > 0, f"{text!r} not shown; shown: {self.shown!r}"
+            if left <= 0:
+                return False
             if select.select([self.master], [], [], min(left, 0.5))[0]:
                 try:
                     self.shown += os.read(self.master, 65536)
                 except OSError:
-                    break
-        return self.shown.decode(errors="replace")
+                    return False
+        return True
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        """Read until ``text`` is shown (AssertionError after ``timeout`` s)."""
+        assert self.shows(text, timeout), f"{text!r} not shown; shown: {self.shown!r}"
 
     def finish(self, timeout: float = 60) -> int:
         """Wait for the command to exit (reading what it shows meanwhile); its status."""
@@ -299,15 +318,19 @@ def test_it_gives_a_terminal(terminal: type[Terminal]) -> None:
     caller's terminal restored (before: -i and -t were unknown flags, and `tty` said "not a tty")."""
     t = terminal("run", "--rm", "-it", "busybox:latest", "sh")
     t.wait_for("# ")
-    t.type("busybox tty; busybox stty size; sleep 1000\r")
+    t.type("busybox tty; busybox stty size; sleep 1017\r")
     t.wait_for("33 101")
-    time.sleep(0.5)
+    wait_until(lambda: sleeping("1017"))
     t.type("\x03")  # raw mode on the caller's side: the byte reaches the container's pty, which signals
     t.type("echo interrupted $?\r")
-    shown = t.wait_for("interrupted 130")
+    t.wait_for("interrupted 130")
+    assert not sleeping("1017")
     t.resize(40, 120)  # SIGWINCH to the CLI, which resizes the container's pty
-    time.sleep(0.5)
-    t.type("busybox stty size; exit 3\r")
+    for _ in range(30):  # the CLI resizes on SIGWINCH: a moment after
+        t.type("busybox stty size\r")
+        if t.shows("40 120", 1):
+            break
+    t.type("exit 3\r")
     status = t.finish()
     shown = t.shown.decode(errors="replace")
     assert status == 3, shown
