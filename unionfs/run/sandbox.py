@@ -77,6 +77,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -209,8 +210,6 @@ class Tmpfs:
         """docker's ``PATH[:OPTIONS]``: OPTIONS a comma list of ``rw ro exec noexec suid nosuid dev nodev``
         (docker's defaults ``noexec,nosuid,nodev``, later words win) and ``size= nr_blocks= nr_inodes= mode=
         uid= gid=``. Raises SandboxError for anything else."""
-        import re
-
         path, _, opts = text.partition(":")
         if not path.startswith("/") or os.path.normpath(path) == "/":
             raise SandboxError(f"invalid tmpfs {text!r}: the mount point must be an absolute path other than /")
