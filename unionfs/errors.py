@@ -30,6 +30,8 @@ The tree::
     ├── BuildError                    a build step failed (names the Dockerfile line)
     │   └── DockerfileError           a Dockerfile does not parse or uses something unsupported
     ├── SandboxError                  a command cannot be run in a rootfs (namespaces, mounts; exit 125)
+    │   ├── RunError                  unionfs's own error in ``run`` (a flag, the image, a volume; exit 125)
+    │   ├── UnknownUserError          a user or group is not in the image's passwd/group (exit 126)
     │   ├── ExecError                 the command cannot be executed (exit 127 not found, 126 otherwise)
     │   └── CommandFailedError        the command exited non-zero (command, status, output)
     └── RegistryError                 a registry answered with an error or broke the protocol
@@ -208,6 +210,18 @@ class SandboxError(UnionfsError):
     """A command cannot be run in a rootfs: namespaces, mounts, user lookup or working directory failed."""
 
     exit_code = 125
+
+
+class RunError(SandboxError):
+    """``run`` cannot start the command for a reason of its own (a bad flag or value, a missing image that
+    cannot be pulled, a volume source that does not exist): exit status 125, as docker's and podman's."""
+
+
+class UnknownUserError(SandboxError):
+    """The user or group a command is to run as is not in the image's ``/etc/passwd`` or ``/etc/group``: the
+    command cannot be invoked, exit status 126 (as podman)."""
+
+    exit_code = 126
 
 
 class ExecError(SandboxError):

@@ -84,16 +84,22 @@ def sandbox_runner(rootfs: str, process: Process, output: Callable[[bytes], None
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """What to build: the context directory, the Dockerfile (default ``CONTEXT/Dockerfile``), tags, build
-    arguments, ``no_cache``, the target stage (default: the last), the platform of FROM images, host
-    directories bind-mounted into every RUN (``volumes``; not part of the image nor of the cache key), and the
-    RUN steps' ``network`` (``sandbox.NETWORK_MODES``; not part of the cache key)."""
+    """What to build: the context directory, the Dockerfile (default ``CONTEXT/Dockerfile``; its text as
+    ``dockerfile_text`` when it came from stdin), tags, build arguments, ``labels`` set on the final image
+    (docker's ``--label``: a last config step, cached like a LABEL), ``no_cache``, ``pull`` (pull FROM and
+    ``COPY --from`` images from their registry even when stored), the target stage (default: the last), the
+    platform of FROM images, host directories bind-mounted into every RUN (``volumes``; not part of the image
+    nor of the cache key), and the RUN steps' ``network`` (``sandbox.NETWORK_MODES``; not part of the cache
+    key). The Dockerfile is read wherever it is, whatever ``.dockerignore`` says (as docker)."""
 
     context: str
     dockerfile: str | None = None
+    dockerfile_text: str | None = None
     tags: Sequence[Reference] = ()
     build_args: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
     no_cache: bool = False
+    pull: bool = False
     target: str | None = None
     platform: Platform | None = None
     volumes: Sequence[Bind] = ()
@@ -143,18 +149,21 @@ class Builder:
         if not os.path.isdir(context):
             raise UsageError(f"build context {opts.context} is not a directory")
         dfpath = opts.dockerfile or os.path.join(context, "Dockerfile")
-        try:
-            with open(dfpath, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise UsageError(f"cannot read {dfpath}: {e.strerror}") from None
+        if opts.dockerfile_text is not None:
+            text = opts.dockerfile_text
+        else:
+            try:
+                with open(dfpath, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as e:
+                raise UsageError(f"cannot read {dfpath}: {e.strerror}") from None
         for k in opts.build_args:
             if not is_valid_arg_name(k):
                 raise UsageError(f"invalid build argument name {k!r}")
         self.opts = opts
         self.context = context
         self.df = parse(text, os.path.basename(dfpath))
-        self.ignore = IgnoreRules.load(context)
+        self.excluded = IgnoreRules.load(context).excludes(context)
         self.consumed: set[str] = set()
         self.platform = opts.platform or Platform.host()
         self.global_args = self._global_args()
@@ -173,7 +182,7 @@ class Builder:
                 for stage in self.df.stages:
                     if stage.index in needed:
                         self._results[stage.index] = self._build_stage(stage)
-                final = self._results[target.index]
+                final = self._labelled(self._results[target.index])
                 image = self.store.store_image(final.manifest, final.config.raw, list(opts.tags))
             except BaseException:
                 for p in self._recorded:
@@ -359,10 +368,43 @@ class Builder:
         return self._store_blobs([], ImageConfig.build(data))
 
     def _obtain(self, ref: str, platform: Platform) -> Image:
-        """An image of the store by reference or id, pulled when missing."""
+        """An image of the store by reference or id, pulled when missing; with ``pull``, a reference is pulled
+        even when stored (an image id is taken from the store)."""
         from unionfs.registry.transfer import obtain
 
-        return obtain(self.store, ref, platform, announce=lambda r: self._out(f"Pulling {r.familiar}"))
+        announce = (lambda r: self._out(f"Pulling {r.familiar}"))
+        if self.opts.pull and not self._is_image_id(ref):
+            from unionfs.registry.client import RegistryClient
+            from unionfs.registry.credentials import DockerConfig
+            from unionfs.registry.transfer import pull
+
+            r = Reference.parse(ref)
+            announce(r)
+            with RegistryClient(r.registry, credentials=DockerConfig().get(r.registry)) as client:
+                return pull(self.store, r, client, platform=platform).image
+        return obtain(self.store, ref, platform, announce=announce)
+
+    def _is_image_id(self, ref: str) -> bool:
+        """True when ``ref`` names a stored image by id or id prefix rather than by reference."""
+        hexpart = ref.removeprefix("sha256:")
+        if not (4 <= len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart)):
+            return False
+        return any(img.id.hex.startswith(hexpart) for img in self.store.images())
+
+    def _labelled(self, image: Image) -> Image:
+        """``image`` with the build's ``labels`` added to its config (a cached config step, no layer)."""
+        if not self.opts.labels:
+            return image
+        labels = dict(sorted(self.opts.labels.items()))
+        desc = "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in labels.items())
+
+        def add(cfg: dict[str, Any], _data: dict[str, Any]) -> None:
+            cfg["Labels"] = {**(cfg.get("Labels") or {}), **labels}
+
+        state = _State(self.df.stages[-1], image)
+        self._cached(state, desc, {}, lambda: self._config_image(image, add, f"/bin/sh -c #(nop) {desc}"),
+                     quiet=True)
+        return state.image
 
     def _config_image(self, parent: Image, mutate: Callable[[dict[str, Any], dict[str, Any]], None],
                       created_by: str) -> Image:
@@ -541,7 +583,7 @@ class Builder:
         else:
             matches = []
             for s in srcs:
-                found = match_sources(self.context, s, self.ignore.ignored)
+                found = match_sources(self.context, s, self.excluded)
                 if not found:
                     what = "no source files were specified" if has_glob(s) else (
                         f"file not found in build context or excluded by .dockerignore: {s}")
@@ -550,7 +592,7 @@ class Builder:
             if len(matches) > 1 and not dest.endswith("/"):
                 raise DockerfileError(f"{where}When using {kw} with more than one source file, the destination "
                                       "must be a directory and end with a /", ins.line)
-            extra["sources"] = digest_sources(self.context, matches, self.ignore.ignored)
+            extra["sources"] = digest_sources(self.context, matches, self.excluded)
 
         def work(mnt: str, ws: Path) -> None:
             owner: tuple[int, int] | None = None
@@ -559,7 +601,7 @@ class Builder:
                 owner = (uid, uid if ":" not in chown else gid)
             if src_image is None:
                 self._copy_sources(mnt, ws, self.context, matches, dest_path, dest_is_dir, owner or (0, 0),
-                                   chmod, self.ignore.ignored, add=kw == "ADD")
+                                   chmod, self.excluded, add=kw == "ADD")
                 return
             lowers = [str(p) for p in self.store.ensure_layers(src_image)]
             src_root = ws / "from"

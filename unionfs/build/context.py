@@ -1,9 +1,13 @@
 """The build context: ``.dockerignore`` rules, COPY/ADD source patterns, and a digest of sources.
 
-* ``IgnoreRules.parse(text)`` reads ``.dockerignore``: one pattern a line, ``#`` comments, ``!`` re-includes,
-  ``*`` and ``?`` within one path component, ``[...]`` classes, ``**`` for any number of components, a
-  leading ``/`` ignored; the last matching rule decides, and a rule that matches a directory also covers
-  everything below it.
+* ``IgnoreRules.parse(text)`` reads ``.dockerignore`` as docker (moby's ``patternmatcher``) does: one pattern
+  a line, ``#`` comments, ``!`` re-includes, ``*`` and ``?`` within one path component, ``[...]`` classes,
+  ``**`` for any number of components (``**/`` and an inner ``**`` match zero or more whole directories, a
+  final ``**`` anything), a leading ``/`` ignored; the last matching rule decides, and a rule that matches
+  a directory also covers everything below it. ``rules.excludes(context)`` is what COPY and ADD leave out:
+  an excluded directory below which a ``!`` exception re-includes something is walked into, and kept with
+  what is re-included (as docker). The Dockerfile and ``.dockerignore`` are read by the build whatever the
+  rules say; the rules only decide whether COPY sees them.
 * ``match_sources(root, pattern, ignored)`` expands one source (``*``, ``?``, ``[...]`` per component, as
   Go's ``filepath.Match``) to the sorted paths, relative to ``root``, that exist and are not ignored.
 * ``digest_sources(root, rels, ignored)`` hashes the contents and metadata (type, mode, owner, size,
@@ -37,10 +41,8 @@ def _translate(pattern: str) -> re.Pattern[str]:
             if pattern[i:i + 2] == "**":
                 i += 2
                 if pattern[i:i + 1] == "/":
-                    out.append("(?:.*/)?")
                     i += 1
-                else:
-                    out.append(".*")
+                out.append(".*" if i >= len(pattern) else "(?:.*/)?")  # moby: "**" at the end, else "(.*/)?"
                 continue
             out.append("[^/]*")
         elif c == "?":
@@ -66,9 +68,9 @@ def _translate(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class IgnoreRules:
-    """Parsed ``.dockerignore`` rules: (regex, exclude-or-include) in file order."""
+    """Parsed ``.dockerignore`` rules: (regex, is an exception (``!``), the cleaned pattern) in file order."""
 
-    rules: tuple[tuple[re.Pattern[str], bool], ...] = ()
+    rules: tuple[tuple[re.Pattern[str], bool, str], ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> "IgnoreRules":
@@ -83,7 +85,7 @@ class IgnoreRules:
             line = os.path.normpath(line).lstrip("/")
             if line in ("", "."):
                 continue
-            rules.append((_translate(line), include))
+            rules.append((_translate(line), include, line))
         return cls(tuple(rules))
 
     @classmethod
@@ -103,10 +105,50 @@ class IgnoreRules:
         parts = rel.split("/")
         prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
         result = False
-        for rx, include in self.rules:
+        for rx, include, _ in self.rules:
             if any(rx.match(p) for p in prefixes):
                 result = not include
         return result
+
+    def _may_reinclude_below(self, rel: str) -> bool:
+        """Whether a ``!`` exception may match something below the directory ``rel``: its literal beginning
+        (up to the first wildcard) and ``rel/`` agree (docker checks the exception's text begins with ``rel/``;
+        this also walks in for exceptions such as ``!**/keep``)."""
+        below = rel.strip("/") + "/"
+        for _, include, pattern in self.rules:
+            if include:
+                literal = re.split(r"[*?\[\\]", pattern, maxsplit=1)[0]
+                if below.startswith(literal) or literal.startswith(below):
+                    return True
+        return False
+
+    def excludes(self, context: str) -> Ignored:
+        """What COPY and ADD leave out of the context directory ``context``: a path ``ignored``, unless it is a
+        directory with something below it that a ``!`` exception re-includes (then the directory is walked
+        into and kept, with only what is not left out below it)."""
+        if not any(include for _, include, _ in self.rules):
+            return self.ignored
+        seen: dict[str, bool] = {}
+
+        def left_out(rel: str) -> bool:
+            if rel not in seen:
+                seen[rel] = self.ignored(rel) and not (self._may_reinclude_below(rel)
+                                                       and _keeps_below(context, rel, left_out))
+            return seen[rel]
+        return left_out
+
+
+def _keeps_below(context: str, rel: str, left_out: Ignored) -> bool:
+    """Whether ``rel`` is a directory of ``context`` (not followed when a symlink) with an entry below it that
+    is not ``left_out``."""
+    host = resolve_in_root(context, rel, follow_last=False)
+    try:
+        if not stat.S_ISDIR(os.lstat(host).st_mode):
+            return False
+        names = os.listdir(host)
+    except OSError:
+        return False
+    return any(not left_out(f"{rel}/{name}") for name in names)
 
 
 def has_glob(pattern: str) -> bool:

@@ -139,13 +139,21 @@ def _open_plain(path: str) -> Iterator[BinaryIO]:
             yield open_decompressed(f, None)
 
 
+def _read_up_to(stream: BinaryIO, n: int) -> bytes:
+    """``n`` bytes of ``stream``, fewer only at its end (a decompressing reader may return short reads)."""
+    data = b""
+    while len(data) < n and (chunk := stream.read(n - len(data))):
+        data += chunk
+    return data
+
+
 def is_archive(path: str) -> bool:
     """True when ``path`` is a regular file holding a tar archive (plain or compressed)."""
     if not os.path.isfile(path):
         return False
     try:
         with _open_plain(path) as f:
-            block = f.read(512)
+            block = _read_up_to(f, 512)
     except (OSError, LayerError, EOFError, lzma.LZMAError, ValueError):
         return False
     if len(block) < 512:

@@ -5,25 +5,32 @@ makes new mount, PID, UTS, IPC and (unless ``network="host"``) network namespace
 ctypes), brings the new namespace's loopback up (``SIOCSIFFLAGS``), makes every mount private and forks PID 1
 of the new PID namespace, which, before anything of the image runs,
 
-* makes itself non-dumpable and closes every fd but 0-2 and the error pipe to the caller;
+* makes itself non-dumpable and closes every fd but 0-2, the error pipe to the caller and (``tty``) the
+  console socket;
 * binds the rootfs onto itself and remounts that bind ``nodev`` and never ``nosuid`` (set-uid binaries of
   the image work as in docker, whatever the host-side mount's flags), then mounts a fresh ``/proc`` with
   docker's default masks (``MASKED_PATHS`` covered by an empty read-only tmpfs or ``/dev/null``,
   ``READONLY_PATHS`` bound read-only), a ``nodev`` tmpfs ``/dev`` holding ``null zero full random urandom
   tty`` bind-mounted from the host (plus ``fd``/``stdin``/``stdout``/``stderr`` links, a ``nodev`` tmpfs
   ``/dev/shm``, a new devpts instance with ``ptmx``), a generated ``/etc/hosts``, a copy of the host's
-  ``/etc/resolv.conf`` and the caller's bind mounts (``Bind``), every target resolved inside the rootfs
-  (``rootpath``), never through the host's ``/``; then remounts every other mount under the rootfs
-  (volumes and their submounts) ``nodev`` too;
+  ``/etc/resolv.conf``, the caller's bind mounts (``Bind``) and tmpfs mounts (``Tmpfs``; a missing mount
+  point is created in the rootfs, as docker does), every target resolved inside the rootfs (``rootpath``),
+  never through the host's ``/``; then remounts every other mount under the rootfs (volumes and their
+  submounts) ``nodev`` too, and last, with ``read_only``, the rootfs bind read-only;
 * ``pivot_root``s into the rootfs and unmounts the old root (``MNT_DETACH``; ``pivot_root(".", ".")``
   creates no directory in the rootfs): from here on no host path is reachable by PID 1 or its children;
-* drops every capability but docker's default set (``DEFAULT_CAPABILITIES``): from the bounding set, the
-  ambient set (cleared), permitted and effective; the inheritable set is empty;
+* drops every capability but the command's (``capabilities``: docker's default set ``DEFAULT_CAPABILITIES``
+  unless ``--cap-add``/``--cap-drop`` changed it, ``capability_mask``): from the bounding set, the ambient
+  set (cleared), permitted and effective, where only CAP_SETUID and CAP_SETGID stay a little longer
+  (``USER_SWITCH_CAPS``, permitted and effective, not bounding); the inheritable set is empty;
 * forks the command, which resolves the user in the rootfs's ``/etc/passwd`` and ``/etc/group`` (name or
   uid, optional ``:group``/``:gid``; supplementary groups from ``/etc/group``), creates and enters the
-  working directory, drops to that user (a non-root user keeps no effective capability), sets no_new_privs
-  when asked, closes every fd but 0-2 and execs the command with the given environment (``PATH``, ``HOME``
-  and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
+  working directory; with ``tty`` opens a new pty of the container's devpts, hands its master to the caller
+  (SCM_RIGHTS over the console socket; the caller sets the window size, then lets it go on), closes the
+  master, ``setsid``s and makes the slave its controlling terminal and its 0-1-2 (``_take_console``, as
+  runc); drops to the user (a non-root user keeps no capability; root keeps exactly ``capabilities``), sets
+  no_new_privs when asked, closes every fd but 0-2 and execs the command with the given environment
+  (``PATH``, ``HOME`` and ``HOSTNAME`` filled in when missing), searched in its ``PATH``;
 * forwards the signals the helper forwards to it, reaps every orphan, and exits with the command's status.
 
 ``privileged`` skips the capability drops, the /proc masks and every ``nodev`` (the pivot, the namespaces
@@ -31,11 +38,15 @@ and the non-dumpable PID 1 stay).
 
 Contracts:
 
-* Isolation (docker's defaults; ``privileged`` and ``network="host"`` are explicit opt-ins): every process
-  of the container has the rootfs as ``/`` and its cwd inside it, holds no fd to the host but the caller's
-  stdin/stdout/stderr, and cannot open PID 1's ``/proc`` entries (non-dumpable, no CAP_SYS_PTRACE). Root in
-  the container has exactly CapBnd = CapPrm = CapEff = ``DEFAULT_CAP_MASK`` (0xa80425fb), no inheritable or
-  ambient capability; no_new_privs is not set unless asked (as docker). A device node the container makes
+* Isolation (docker's defaults; ``privileged``, ``network="host"``, capabilities added beyond the default
+  set and a tmpfs with ``dev`` (only with ``privileged``) are explicit opt-ins): every process of the
+  container has the rootfs as ``/`` and its cwd inside it, holds no fd to the host but the caller's
+  stdin/stdout/stderr (with ``tty`` not even those: the command's 0-2 are the container's pty, whose master
+  only the caller holds, and the helper and PID 1 have /dev/null as 0-2), and cannot open PID 1's ``/proc``
+  entries (non-dumpable, no CAP_SYS_PTRACE unless added). Root in the container has exactly CapBnd =
+  CapPrm = CapEff = ``capabilities`` (``DEFAULT_CAP_MASK``, 0xa80425fb, by default), no inheritable or
+  ambient capability; PID 1 holds the same bounding set, and CAP_SETUID/CAP_SETGID permitted besides;
+  no_new_privs is not set unless asked (as docker). A device node the container makes
   (CAP_MKNOD is kept) cannot be opened: every mount it can write to is ``nodev``; only the bound host nodes
   and devpts work. The network is a namespace of its own with only ``lo`` (up): ``none``; docker's
   ``bridge`` is not offered (``check_network`` refuses it).
@@ -52,8 +63,10 @@ Contracts:
   never written into the upper, i.e. never end up in a committed layer.
 * The exit status is the command's, or 128+N when a signal N killed it. SIGHUP, SIGINT, SIGQUIT, SIGTERM,
   SIGUSR1, SIGUSR2 and SIGWINCH sent to the caller (while ``run`` waits, in the main thread) reach the
-  command. A failure before the command runs raises ``SandboxError`` (exit 125) or ``ExecError`` (127 not
-  found, 126 not executable); a non-zero status raises ``CommandFailedError`` when ``check`` is set.
+  command (with ``tty`` SIGWINCH resizes the pty instead, and the kernel signals its foreground job). A
+  failure before the command runs raises ``SandboxError`` (exit 125), ``UnknownUserError`` (126: the user
+  or group is not in the image) or ``ExecError`` (127 not found, 126 not executable); a non-zero status
+  raises ``CommandFailedError`` when ``check`` is set.
 """
 
 from __future__ import annotations
@@ -64,6 +77,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -72,11 +86,12 @@ import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterator, Sequence
 
-from unionfs.errors import CommandFailedError, ExecError, SandboxError, UnionfsError, UsageError
+from unionfs.errors import CommandFailedError, ExecError, SandboxError, UnionfsError, UnknownUserError, UsageError
 from unionfs.fsops import (
     MNT_DETACH,
     MS_BIND,
@@ -119,6 +134,14 @@ DEFAULT_CAPABILITIES = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4,
                         "SETUID": 7, "SETPCAP": 8, "NET_BIND_SERVICE": 10, "NET_RAW": 13, "SYS_CHROOT": 18,
                         "MKNOD": 27, "AUDIT_WRITE": 29, "SETFCAP": 31}
 DEFAULT_CAP_MASK = sum(1 << n for n in DEFAULT_CAPABILITIES.values())  # 0xa80425fb
+#: every capability by name and number (linux/capability.h), for ``--cap-add``/``--cap-drop``
+CAPABILITIES = {name: n for n, name in enumerate((
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
+    "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER",
+    "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE",
+    "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP",
+    "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF",
+    "CHECKPOINT_RESTORE"))}
 #: docker's default masked paths (an empty read-only tmpfs on a directory, /dev/null on a file)
 MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi")
@@ -165,6 +188,89 @@ class Bind:
         return cls(src, os.path.normpath(parts[1]), ro)
 
 
+#: ``--tmpfs`` options that are mount flags: (set, clear) per word; docker's defaults are noexec,nosuid,nodev
+_TMPFS_FLAGS = {"rw": (0, MS_RDONLY), "ro": (MS_RDONLY, 0), "exec": (0, MS_NOEXEC), "noexec": (MS_NOEXEC, 0),
+                "suid": (0, MS_NOSUID), "nosuid": (MS_NOSUID, 0), "dev": (0, MS_NODEV), "nodev": (MS_NODEV, 0)}
+#: ``--tmpfs`` options passed to tmpfs as data, with the values each takes
+_TMPFS_DATA = {"size": r"[0-9]+[kKmMgG%]?", "nr_blocks": r"[0-9]+[kKmMgG]?", "nr_inodes": r"[0-9]+[kKmMgG]?",
+               "mode": r"[0-7]{3,4}", "uid": r"[0-9]+", "gid": r"[0-9]+"}
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    """A fresh tmpfs mounted at ``target`` inside the rootfs (``--tmpfs``), with mount ``flags`` (``MS_*``)
+    and tmpfs ``data`` (``size=...,mode=...``)."""
+
+    target: str
+    flags: int = MS_NOEXEC | MS_NOSUID | MS_NODEV
+    data: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "Tmpfs":
+        """docker's ``PATH[:OPTIONS]``: OPTIONS a comma list of ``rw ro exec noexec suid nosuid dev nodev``
+        (docker's defaults ``noexec,nosuid,nodev``, later words win) and ``size= nr_blocks= nr_inodes= mode=
+        uid= gid=``. Raises SandboxError for anything else."""
+        path, _, opts = text.partition(":")
+        if not path.startswith("/") or os.path.normpath(path) == "/":
+            raise SandboxError(f"invalid tmpfs {text!r}: the mount point must be an absolute path other than /")
+        flags = cls.flags
+        data = []
+        for word in filter(None, opts.split(",")):
+            key, eq, value = word.partition("=")
+            if not eq and key in _TMPFS_FLAGS:
+                on, off = _TMPFS_FLAGS[key]
+                flags = (flags | on) & ~off
+            elif eq and key in _TMPFS_DATA and re.fullmatch(_TMPFS_DATA[key], value):
+                data.append(word)
+            else:
+                raise SandboxError(f"invalid tmpfs option {word!r} in {text!r}: expected rw, ro, [no]exec, "
+                                   "[no]suid, [no]dev, size=, nr_blocks=, nr_inodes=, mode=, uid= or gid=")
+        return cls(os.path.normpath(path), flags, ",".join(data))
+
+
+def capability_mask(add: Sequence[str] = (), drop: Sequence[str] = ()) -> int:
+    """The capabilities of a command, as docker's ``--cap-add``/``--cap-drop`` make them from its default set:
+    names with or without ``CAP_``, any case; ``ALL`` in ``add`` is every capability but those dropped, ``ALL``
+    in ``drop`` leaves only those added, otherwise the default set minus ``drop`` plus ``add``. Capabilities
+    the kernel lacks are left out. Raises SandboxError for an unknown name."""
+    def numbers(names: Sequence[str]) -> set[int | str]:
+        out: set[int | str] = set()
+        for name in names:
+            key = name.upper().removeprefix("CAP_")
+            if key == "ALL":
+                out.add("ALL")
+            elif key in CAPABILITIES:
+                out.add(CAPABILITIES[key])
+            else:
+                raise SandboxError(f"unknown capability {name!r}")
+        return out
+
+    adds, drops = numbers(add), numbers(drop)
+    every = set(range(_last_cap() + 1))
+    if "ALL" in adds:
+        caps = every - drops
+    elif "ALL" in drops:
+        caps = adds - {"ALL"}
+    else:
+        caps = (set(n for n in DEFAULT_CAPABILITIES.values()) - drops) | adds
+    return sum(1 << n for n in caps if isinstance(n, int) and n in every)
+
+
+def _last_cap() -> int:
+    """The kernel's highest capability number."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return max(CAPABILITIES.values())
+
+
+def check_hostname(name: str) -> None:
+    """Raise SandboxError unless ``name`` can be a hostname: 1 to 64 bytes, no NUL, no blank, no ``/``."""
+    if not name or len(name.encode()) > 64 or any(c in name for c in "\0/ \t\n"):
+        raise SandboxError(f"invalid hostname {name!r}: 1 to 64 characters, no blanks and no /")
+
+
 @dataclass(frozen=True)
 class Process:
     """The command and its settings: ``argv`` (searched in the environment's PATH), ``env`` (``K=V``
@@ -184,11 +290,21 @@ class Process:
     privileged: bool = False
     #: set no_new_privs for the command (``--security-opt no-new-privileges``)
     no_new_privileges: bool = False
+    #: the capabilities of root in the container unless ``privileged`` (``capability_mask``)
+    capabilities: int = DEFAULT_CAP_MASK
+    #: the rootfs mounted read-only (``/dev``, ``/dev/shm``, tmpfs mounts and volumes keep theirs)
+    read_only: bool = False
+    #: tmpfs mounts (``--tmpfs``); a missing mount point is created in the rootfs, as docker does
+    tmpfs: tuple[Tmpfs, ...] = ()
+    #: the command gets a new pty of the container's devpts as its 0-2 and controlling terminal; ``run``
+    #: relays between the caller's terminal and the pty's master (``terminal.relay``)
+    tty: bool = False
 
     def mount_targets(self) -> list[tuple[str, bool]]:
         """Paths inside the rootfs that get something mounted on them, with True for a directory."""
         out = [("/proc", True), ("/dev", True), ("/etc/hosts", False), ("/etc/resolv.conf", False)]
         out += [(b.target, os.path.isdir(b.source)) for b in self.binds]
+        out += [(t.target, True) for t in self.tmpfs]
         return out
 
 
@@ -238,8 +354,8 @@ def _db(root: str, name: str) -> list[list[str]]:
 def resolve_user(root: str, spec: str) -> tuple[int, int, list[int], str]:
     """``(uid, gid, supplementary gids, home)`` for ``spec`` in the rootfs ``root``'s passwd and group files.
 
-    ``""`` is root. A numeric uid missing from passwd gets gid 0 and home ``/``. Raises SandboxError for a
-    name that is not in the files.
+    ``""`` is root. A numeric uid missing from passwd gets gid 0 and home ``/``. Raises UnknownUserError (a
+    SandboxError) for a name that is not in the files.
     """
     user, _, group = (spec or "0").partition(":")
     passwd = _db(root, "passwd")
@@ -253,7 +369,7 @@ def resolve_user(root: str, spec: str) -> tuple[int, int, list[int], str]:
     elif user.isdigit():
         uid, gid, home, name = int(user), 0, "/", None
     else:
-        raise SandboxError(f"unable to find user {user}: no matching entries in passwd file")
+        raise UnknownUserError(f"unable to find user {user}: no matching entries in passwd file")
     groups_db = _db(root, "group")
     if group:
         if group.isdigit():
@@ -261,7 +377,7 @@ def resolve_user(root: str, spec: str) -> tuple[int, int, list[int], str]:
         else:
             found = [e for e in groups_db if len(e) >= 3 and e[0] == group]
             if not found:
-                raise SandboxError(f"unable to find group {group}: no matching entries in group file")
+                raise UnknownUserError(f"unable to find group {group}: no matching entries in group file")
             gid = int(found[0][2])
     extra = [gid]
     if name is not None and not group:
@@ -356,6 +472,30 @@ def _forwarding(target: list[int]) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def helper_env() -> dict[str, str]:
+    """The helper's environment: ``PATH``, and ``PYTHONPATH`` the directory holding this ``unionfs`` package,
+    so that the helper runs this code whatever else is installed."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../unionfs
+    return {"PATH": os.environ.get("PATH", DEFAULT_PATH), "PYTHONPATH": os.path.dirname(package)}
+
+
+def check_process(process: Process, *, captured: bool = False) -> None:
+    """Raise SandboxError for settings ``run`` cannot honour: no command, an unknown network mode, a bad
+    hostname, a ``--tmpfs`` without ``nodev`` unless ``privileged`` (every mount the container can write is
+    nodev), a ``tty`` whose output is to be ``captured``."""
+    if not process.argv:
+        raise SandboxError("no command to run")
+    check_network(process.network)
+    check_hostname(process.hostname)
+    if not process.privileged:
+        for t in process.tmpfs:
+            if not t.flags & MS_NODEV:
+                raise SandboxError(f"tmpfs {t.target}: option dev needs --privileged (every mount the container "
+                                   "can write is nodev)")
+    if process.tty and captured:
+        raise SandboxError("the output of a command with a terminal (tty) cannot be captured")
+
+
 def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subprocess.DEVNULL,
         stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None,
         output: Callable[[bytes], None] | None = None, check: bool = True) -> Completed:
@@ -363,18 +503,20 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
 
     ``stdin``/``stdout``/``stderr`` are passed on as to ``subprocess.Popen`` (None: inherited). With
     ``output``, stdout and stderr go together through a pipe: every chunk goes to ``output`` and the tail is
-    kept for the result and for errors. Raises SandboxError, ExecError, and CommandFailedError when ``check``
-    is set and the status is not 0.
+    kept for the result and for errors. With ``process.tty`` the command's 0-2 are a pty of the container:
+    what ``stdin`` gives (None: this process's fd 0; DEVNULL: nothing) is typed into it and what the command
+    writes goes to ``stdout`` (None: fd 1) through ``terminal.relay`` (raw mode, window size, restored after);
+    the pty's master never enters the container. Raises SandboxError (``check_process``, the sandbox),
+    UnknownUserError (126), ExecError, and CommandFailedError when ``check`` is set and the status is not 0.
     """
-    if not process.argv:
-        raise SandboxError("no command to run")
-    check_network(process.network)
+    check_process(process, captured=output is not None)
     rootfs = os.path.realpath(rootfs)  # as the mount table names it
     if not os.path.isdir(rootfs):
         raise SandboxError(f"rootfs {rootfs} is not a directory")
     if os.geteuid() != 0:
         raise SandboxError("running a command in a rootfs needs root (namespaces, chroot, mounts)")
     priv = tempfile.mkdtemp(prefix="unionfs-sandbox-")
+    console = socket.socketpair() if process.tty else None  # the caller's end, the container's end
     try:
         hosts = os.path.join(priv, "hosts")
         with open(hosts, "w") as f:
@@ -388,15 +530,22 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
         for p in (hosts, resolv):
             os.chmod(p, 0o644)
         r, w = os.pipe()
+        fds = (w,) if console is None else (w, console[1].fileno())
         spec = {"root": rootfs, "argv": list(process.argv), "env": list(process.env), "user": process.user,
                 "workdir": process.workdir or "/", "hostname": process.hostname, "errfd": w,
+                "consolefd": console[1].fileno() if console else -1,
                 "hosts": hosts, "resolv": resolv,
                 "binds": [[b.source, b.target, b.read_only] for b in process.binds],
+                "tmpfs": [[t.target, t.flags, t.data] for t in process.tmpfs],
                 "network": process.network, "privileged": process.privileged,
+                "capabilities": process.capabilities, "read_only": process.read_only,
                 "no_new_privileges": process.no_new_privileges, "setgroups_denied": setgroups_denied()}
-        env = {"PATH": os.environ.get("PATH", DEFAULT_PATH)}
-        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = pkg_root
+        env = helper_env()
+        if console is not None:  # the command's 0-2 are the pty: the helper and PID 1 hold no host terminal
+            streams: dict[str, Any] = dict.fromkeys(("stdin", "stdout", "stderr"), subprocess.DEVNULL)
+        else:
+            streams = {"stdin": stdin, "stdout": subprocess.PIPE if output else stdout,
+                       "stderr": subprocess.STDOUT if output else stderr}
         tail = bytearray()
         helper: list[int] = []
         try:
@@ -406,17 +555,19 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
                 mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
                 try:
                     proc = subprocess.Popen([sys.executable, "-m", "unionfs.run.sandbox", json.dumps(spec)],
-                                            pass_fds=(w,), start_new_session=True, stdin=stdin,
-                                            stdout=subprocess.PIPE if output else stdout,
-                                            stderr=subprocess.STDOUT if output else stderr, env=env, cwd="/")
+                                            pass_fds=fds, start_new_session=True, env=env, cwd="/", **streams)
                     helper.append(proc.pid)
                 except OSError as e:
                     raise SandboxError(f"cannot start the sandbox helper: {e.strerror}") from None
                 finally:
                     os.close(w)
+                    if console is not None:
+                        console[1].close()
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 try:
-                    if output is not None:
+                    if console is not None:
+                        _attach(console[0], stdin, stdout)
+                    elif output is not None:
                         assert proc.stdout is not None
                         fd = proc.stdout.fileno()
                         while chunk := os.read(fd, 65536):
@@ -437,12 +588,16 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
         finally:
             os.close(r)
     finally:
+        if console is not None:
+            console[0].close()
         with contextlib.suppress(OSError, UnionfsError):
             remove_tree(priv)
     text = tail.decode(errors="replace")
     if report.startswith(b"error:"):
-        _, code, msg = report.decode(errors="replace").split(":", 2)
+        _, code, kind, msg = report.decode(errors="replace").split(":", 3)
         msg = msg.strip().splitlines()[0] if msg.strip() else "failed"
+        if kind == "user":
+            raise UnknownUserError(msg)
         if int(code) in (126, 127):
             raise ExecError(msg, int(code))
         raise SandboxError(msg)
@@ -451,6 +606,35 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
         raise CommandFailedError(f"the command '{shown}' returned a non-zero code: {status}",
                                  list(process.argv), status, text)
     return Completed(status, text)
+
+
+def _attach(sock: socket.socket, stdin: int | IO[Any] | None, stdout: int | IO[Any] | None) -> None:
+    """Take the pty master the command sends over ``sock`` and relay between it and ``stdin``/``stdout``
+    (``terminal.relay``) until the container's last process holding the pty is gone. Returns at once when the
+    command failed before it had a pty (its error comes through the error pipe)."""
+    from unionfs.run import terminal
+
+    try:
+        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 4)
+    except OSError:
+        fds = []
+    if not fds:
+        return
+    master = fds[0]
+    for extra in fds[1:]:
+        os.close(extra)
+    try:
+        source = None if stdin == subprocess.DEVNULL else _fileno(stdin, 0)
+        terminal.relay(master, source, _fileno(stdout, 1), ready=lambda: sock.sendall(b"1"))
+    finally:
+        os.close(master)
+
+
+def _fileno(stream: int | IO[Any] | None, default: int) -> int:
+    """The fd of a ``run`` stream argument (None: ``default``)."""
+    if stream is None:
+        return default
+    return stream if isinstance(stream, int) else stream.fileno()
 
 
 # ---------------------------------------------------------------------------
@@ -476,9 +660,11 @@ def _status(wstatus: int) -> int:
     return os.WEXITSTATUS(wstatus)
 
 
-def _report(fd: int, code: int, message: str) -> None:
+def _report(fd: int, code: int, message: str, kind: str = "") -> None:
+    """Tell the caller, through the error pipe ``fd``, why the command does not run: ``code`` is the exit
+    status, ``kind`` ``user`` for an UnknownUserError."""
     with contextlib.suppress(OSError):
-        os.write(fd, f"error:{code}:{message}\n".encode())
+        os.write(fd, f"error:{code}:{kind}:{message}\n".encode())
 
 
 class _CapHeader(ctypes.Structure):
@@ -501,19 +687,40 @@ def _set_dumpable(on: bool) -> None:
     _prctl(PR_SET_DUMPABLE, int(on), "PR_SET_DUMPABLE")
 
 
-def _drop_capabilities(keep: int) -> None:
-    """Keep only the capabilities in the bit mask ``keep``: the others leave the bounding set, the ambient set
-    is cleared, permitted and effective become ``keep``, inheritable empty (as docker since 20.10.14)."""
+#: capabilities PID 1 keeps (permitted, not bounding) beyond the command's for the command's switch to its user
+#: (setgroups, setgid, setuid), dropped by the command itself right after (as runc: the user, then the caps)
+USER_SWITCH_CAPS = (1 << DEFAULT_CAPABILITIES["SETGID"]) | (1 << DEFAULT_CAPABILITIES["SETUID"])
+
+
+def _permitted() -> int:
+    """This process's permitted capabilities (capget)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    check(libc.capget(ctypes.byref(header), data), "capget")
+    return data[0].permitted | data[1].permitted << 32
+
+
+def _set_capabilities(caps: int) -> None:
+    """Permitted and effective become ``caps``, inheritable empty (capset)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        data[i].effective = data[i].permitted = (caps >> (32 * i)) & 0xFFFFFFFF
+        data[i].inheritable = 0
+    check(libc.capset(ctypes.byref(header), data), "capset")
+
+
+def _drop_capabilities(keep: int, extra: int = 0) -> None:
+    """Keep only the capabilities in the bit mask ``keep`` (those this process holds): the others leave the
+    bounding set, the ambient set is cleared, permitted and effective become ``keep`` plus ``extra`` (held a
+    little longer, see USER_SWITCH_CAPS), inheritable empty (as docker since 20.10.14)."""
+    held = _permitted()
+    keep &= held
     for cap in range(64):
         if not keep >> cap & 1:  # EINVAL: beyond the kernel's last capability
             _prctl(PR_CAPBSET_DROP, cap, f"drop capability {cap} from the bounding set", (errno.EINVAL,))
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "clear the ambient capabilities", (errno.EINVAL,))
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    for i in range(2):
-        data[i].effective = data[i].permitted = (keep >> (32 * i)) & 0xFFFFFFFF
-        data[i].inheritable = 0
-    check(libc.capset(ctypes.byref(header), data), "capset")
+    _set_capabilities(keep | (extra & held))
 
 
 def _loopback_up() -> None:
@@ -612,12 +819,22 @@ def _setup_mounts(spec: dict[str, Any]) -> None:
         _mount(source, t, None, MS_BIND | MS_REC)
         if ro:
             _mount(None, t, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    for path, flags, data in spec.get("tmpfs", ()):
+        host = resolve_in_root(root, path)
+        if not os.path.lexists(host):
+            os.makedirs(host, 0o755)  # as docker: in the container's upper (its parents resolved inside root)
+        t = target(path, True)
+        if t is None:
+            raise OSError(0, f"cannot mount a tmpfs on {path}: not a directory in the rootfs")
+        _mount("tmpfs", t, "tmpfs", flags, data or None)
     if not privileged:  # a volume, a submount: the container must not open a block device it makes there
         for m in mounts():
             mp = m.mountpoint
             if (mp.startswith(root + "/") and mp not in devices and mp != proc
                     and not mp.startswith(proc + "/") and "nodev" not in m.options):
                 _remount(mp, add=MS_NODEV)
+    if spec.get("read_only"):  # last: the mount points above may have been made in it
+        _remount(root, add=MS_RDONLY)
 
 
 def _pivot_root(root: str) -> None:
@@ -640,10 +857,40 @@ def _pivot_root(root: str) -> None:
     os.chdir("/")
 
 
-def _close_fds(keep: int) -> None:
-    """Close every fd but 0-2 and ``keep``."""
-    os.closerange(3, keep)
-    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+def _close_fds(*keep: int) -> None:
+    """Close every fd but 0-2 and ``keep`` (those of them that are not negative)."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 0):
+        os.closerange(low, fd)
+        low = max(low, fd + 1)
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def _take_console(sock_fd: int, uid: int, gid: int) -> None:
+    """Make a new pty of the container's devpts (``/dev/ptmx``, after the pivot) this process's terminal, as
+    runc does for ``-t``: send its master to the caller over the socket ``sock_fd`` (SCM_RIGHTS) and wait
+    until the caller has set the window size, close the master, then ``setsid`` and take the slave as
+    controlling terminal (TIOCSCTTY) and as 0-1-2, owned by the command's user. The master is held by the
+    caller only: no process of the container keeps it. (Runs after the pivot: nothing here may import.)"""
+    master, slave = os.openpty()
+    try:
+        try:
+            os.fchown(slave, uid, gid)
+        except OSError as e:  # EINVAL: not mapped in a user's namespace; the user switch then says so
+            if e.errno != errno.EINVAL:
+                raise
+        with socket.socket(fileno=os.dup(sock_fd)) as sock:
+            socket.send_fds(sock, [b"pty"], [master])
+            sock.recv(1)  # the caller's go-ahead (or EOF: it is gone, and so are we soon)
+    finally:
+        os.close(master)
+        os.close(sock_fd)
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
 
 
 def _exec_command(spec: dict[str, Any]) -> None:
@@ -664,15 +911,19 @@ def _exec_command(spec: dict[str, Any]) -> None:
         if not os.path.isdir(workdir):
             os.makedirs(workdir, 0o755, exist_ok=True)
         os.chdir(workdir)
+        if spec.get("consolefd", -1) >= 0:
+            _take_console(spec["consolefd"], uid, gid)
         _set_groups(groups, spec.get("setgroups_denied", False))
         try:
             os.setgid(gid)
-            os.setuid(uid)
+            os.setuid(uid)  # a user other than root loses every capability here
         except OSError as e:
             if e.errno != errno.EINVAL:
                 raise
             raise SandboxError(f"user {uid}:{gid} is not mapped in this user namespace (a user other than root "
                                "maps ids other than its own from its ranges in /etc/subuid and /etc/subgid)") from None
+        if uid == 0 and not spec.get("privileged"):
+            _set_capabilities(spec.get("capabilities", DEFAULT_CAP_MASK) & _permitted())
         os.umask(0o022)
         for s in (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(s, signal.SIG_DFL)
@@ -682,6 +933,9 @@ def _exec_command(spec: dict[str, Any]) -> None:
         _close_fds(errfd)
         os.set_inheritable(errfd, False)
         envmap = dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+    except UnknownUserError as e:  # 126, as podman
+        _report(errfd, e.exit_code, str(e), "user")
+        os._exit(e.exit_code)
     except SandboxError as e:
         _report(errfd, 125, str(e))
         os._exit(125)
@@ -716,6 +970,13 @@ def _set_groups(groups: list[int], denied: bool) -> None:
         os.setgroups(groups)
 
 
+def _close_console(spec: dict[str, Any]) -> None:
+    """Close this process's copy of the console socket: the caller then sees EOF when the command fails
+    before it sends a pty."""
+    if spec.get("consolefd", -1) >= 0:
+        os.close(spec["consolefd"])
+
+
 def _init(spec: dict[str, Any]) -> None:
     """PID 1 of the new PID namespace: mounts, pivot into the rootfs, drop capabilities, then run the
     command, forward signals, reap. Never returns."""
@@ -723,13 +984,13 @@ def _init(spec: dict[str, Any]) -> None:
     _die_with_parent()
     try:
         _set_dumpable(False)
-        _close_fds(errfd)
+        _close_fds(errfd, spec.get("consolefd", -1))
         name = spec["hostname"].encode()
         check(libc.sethostname(name, len(name)), "sethostname")
         _setup_mounts(spec)
         _pivot_root(spec["root"])
         if not spec.get("privileged"):
-            _drop_capabilities(DEFAULT_CAP_MASK)
+            _drop_capabilities(spec.get("capabilities", DEFAULT_CAP_MASK), USER_SWITCH_CAPS)
     except OSError as e:
         _report(errfd, 125, f"cannot set up the sandbox: {e.strerror or e}")
         os._exit(125)
@@ -750,6 +1011,7 @@ def _init(spec: dict[str, Any]) -> None:
         _exec_command(spec)
     child.append(pid)
     os.close(errfd)  # only the command reports from here on (its copy closes on exec)
+    _close_console(spec)
     for signum in pending:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
@@ -803,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(125)
     pid1.append(pid)
     os.close(errfd)
+    _close_console(spec)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     _, wstatus = os.waitpid(pid, 0)
     return _status(wstatus)
@@ -812,5 +1075,6 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Bind", "Process", "Completed", "run", "resolve_user", "make_init_layer", "hosts_file",
-           "check_network", "no_new_privileges", "DEFAULT_PATH", "DEFAULT_CAP_MASK", "NETWORK_MODES"]
+__all__ = ["Bind", "Process", "Tmpfs", "Completed", "run", "resolve_user", "make_init_layer", "hosts_file",
+           "check_network", "check_hostname", "check_process", "capability_mask", "helper_env", "no_new_privileges",
+           "DEFAULT_PATH", "DEFAULT_CAP_MASK", "CAPABILITIES", "NETWORK_MODES"]
