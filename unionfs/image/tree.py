@@ -373,27 +373,4 @@ def _layer_entry(layer: str, path: str) -> tuple[str | None, str]:
     return "present", "directory"
 
 
-def export_image(store: Store, ref: str, output: str) -> int:
-    """Write image ``ref``'s flattened rootfs to the file ``output`` (atomically); returns the entry count."""
-    import tempfile
-
-    tree = ImageTree.open(store, ref)
-    out_dir = os.path.dirname(os.path.abspath(output)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".unionfs-export-", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            n = tree.export(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return n
-
-
-__all__ = ["ImageTree", "LayerInfo", "LayerStats", "WhichHit", "kind_of", "export_image"]
+__all__ = ["ImageTree", "LayerInfo", "LayerStats", "WhichHit", "kind_of"]
