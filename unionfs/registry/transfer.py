@@ -14,8 +14,10 @@ Contracts:
   layer this pull added is removed and the tag is not written (the store is as before). A pull killed
   with SIGKILL leaves only temporary files in ``tmp/`` and verified, complete blobs; the next pull skips
   those blobs and completes.
-* An index is not stored: the platform manifest is, and the tag points at it (pushing the image back
-  pushes that manifest, byte for byte).
+* Through an index, the platform manifest is stored and the tag points at it (pushing the image back
+  pushes that manifest, byte for byte); the index is kept too, as a verified blob named by the digest
+  reference ``name@sha256:<index>`` that the tag's entry (or, pulled by digest, an entry of its own)
+  records (``Store.store_image``): that reference resolves afterwards, offline, and ``inspect`` lists it.
 * **push** sends the config and layer blobs the destination lacks (HEAD first; a cross-repository mount
   from another repository of the same registry that the store knows holds the blob; else an upload),
   then PUTs the stored raw manifest with its media type: the pushed image has the stored manifest digest.
@@ -34,7 +36,7 @@ from unionfs.errors import BlobNotFoundError, ImageNotFoundError, RegistryError,
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_FOREIGN_LAYER, OCI_LAYER_ND, Descriptor, Index, Manifest, Platform, is_index
 from unionfs.oci.reference import Reference
-from unionfs.registry.client import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_THRESHOLD, RegistryClient
+from unionfs.registry.client import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_THRESHOLD, FetchedManifest, RegistryClient
 from unionfs.store.store import Image, Store
 
 log = logging.getLogger(__name__)
@@ -133,19 +135,20 @@ def _run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int) -> 
 
 # --- pull ---------------------------------------------------------------------------------------
 def fetch_manifest(client: RegistryClient, ref: Reference, platform: Platform | None = None
-                   ) -> tuple[Manifest, Digest | None]:
-    """The image manifest ``ref`` names (through an index for ``platform``), and the index digest if any."""
+                   ) -> tuple[Manifest, FetchedManifest | None]:
+    """The image manifest ``ref`` names (through an index for ``platform``), and the index as fetched (raw
+    bytes verified against its digest by the client) if there was one."""
     fetched = client.get_manifest(ref.repository, str(ref.digest) if ref.digest else str(ref.tag))
-    index_digest = None
+    index_fetched = None
     if is_index(fetched.media_type, fetched.raw):
         index = Index.parse(fetched.raw, fetched.media_type)
         chosen = index.select(platform or Platform.host())
         log.debug("index %s: platform %s is %s", fetched.digest, platform or Platform.host(), chosen.digest)
-        index_digest = fetched.digest
+        index_fetched = fetched
         fetched = client.get_manifest(ref.repository, str(chosen.digest))
         if is_index(fetched.media_type, fetched.raw):
             raise RegistryError(f"{ref}: an index entry for {platform or Platform.host()} is another index")
-    return Manifest.parse(fetched.raw, fetched.media_type), index_digest
+    return Manifest.parse(fetched.raw, fetched.media_type), index_fetched
 
 
 def _start(cancel: threading.Event, progress: Progress, desc: Descriptor) -> tuple[str, Callable[[int], None]]:
@@ -169,7 +172,7 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
     ManifestError/PlatformError, LayerError; the store is unchanged then."""
     progress = progress or NoProgress()
     progress.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name}")
-    manifest, _ = fetch_manifest(client, ref, platform)
+    manifest, index = fetch_manifest(client, ref, platform)
     with store.lock():
         config_raw = client.fetch_blob(ref.repository, manifest.config.digest, manifest.config.size,
                                        limit=MAX_CONFIG_BYTES)
@@ -197,7 +200,8 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
         tags = [ref] if ref.tag and not ref.digest else []
         if missing:
             progress.line("Extracting layers")
-        image = store.store_image(manifest, config_raw, tags)
+        kept = (Reference(ref.registry, ref.repository, None, index.digest), index.raw) if index else None
+        image = store.store_image(manifest, config_raw, tags, kept)
     for d in missing:
         progress.end(d.digest.short, "Pull complete")
     return PullResult(ref, manifest.digest, image, len(missing), len(wanted) - len(missing))
