@@ -8,6 +8,7 @@ On disk (docs/design.md, "On-disk format")::
     ROOT/cache/<kind>/<key>.json                                 cache entries naming a manifest (GC roots)
     ROOT/resolved.json                                           what references resolved to (unionfs.store.mounting)
     ROOT/tmp/                                                    staging on the same filesystem
+    ROOT/tmp/partial-<algo>-<hex>                                a blob download in progress (``partial_path``)
     ROOT/lock                                                    flock(2) serialising commands that change the store
 
 Contracts:
@@ -32,6 +33,12 @@ Contracts:
   without an error (``gc`` writes it before deleting anything).
 * Crash safety: a layer or container is deleted by renaming it into ``tmp/`` first (``discard_tree``), so a
   kill -9 at any point leaves it whole or gone; ``tmp/`` holds only garbage, which ``prune`` removes.
+* **Partial downloads** (``partial_path``): a blob being downloaded is written to ``tmp/partial-<algo>-<hex>``,
+  kept when the download stops (a kill, a lost connection) so that the next run asks only for the missing
+  bytes. Its name is no promise: ``commit_partial`` hashes the whole file from byte 0 and renames it into
+  ``blobs/`` only when digest and size match; a mismatch discards it. One longer than the blob is discarded
+  when found; ``expire_partials`` removes those older than ``PARTIAL_MAX_AGE`` (a week), ``prune`` all of
+  them. Only a holder of ``lock()`` writes one (a pull downloads under the lock).
 * Nothing is deleted through a mount: ``remove_tree`` is the one recursive delete and refuses trees with a
   mount inside. ``prune`` detaches, through the caller's ``detach``, mounts a killed ``build`` left under
   ``tmp/``.
@@ -50,6 +57,8 @@ import functools
 import json
 import logging
 import os
+import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterator
@@ -90,6 +99,9 @@ from unionfs.union.plan import MountPlan
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+#: seconds a partial download is kept for a later run to resume (``expire_partials``): a week
+PARTIAL_MAX_AGE = 7 * 24 * 3600
+_PARTIAL_PREFIX = "partial-"
 #: the annotation of an ``index.json`` entry that came through an index: the digest reference
 #: ``name@sha256:<index>`` (see "Kept indexes" above)
 INDEX_REF_ANNOTATION = "io.unionfs.index.ref"
@@ -321,6 +333,87 @@ class Store:
         """Store bytes held in memory; see ``put_blob``."""
         import io
         return self.put_blob(io.BytesIO(data), expected, len(data) if expected else None)[0]
+
+    # -- partial downloads (see "Partial downloads" above) ---------------------------------------
+    def partial_path(self, digest: Digest) -> Path:
+        """Where the partial download of blob ``digest`` is kept: ``tmp/partial-<algo>-<hex>``."""
+        return self.tmp_dir / f"{_PARTIAL_PREFIX}{digest.algorithm}-{digest.hex}"
+
+    def partial_length(self, digest: Digest, size: int | None) -> int:
+        """Bytes held by the partial download of ``digest`` (0: none), to resume from. One longer than the
+        blob's ``size`` (or not a regular file) is discarded, with a warning, and counts as none. The bytes
+        are not trusted here: ``commit_partial`` hashes them all."""
+        path = self.partial_path(digest)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return 0
+        if not stat.S_ISREG(st.st_mode) or (size is not None and size >= 0 and st.st_size > size):
+            log.warning("blob %s: the partial download %s holds %d bytes, more than the blob's %s: discarded, "
+                        "fetching the blob again", digest.short, path, st.st_size, size)
+            self.discard_partial(digest)
+            return 0
+        return st.st_size
+
+    def append_partial(self, digest: Digest, start: int, stream: IO[bytes]) -> int:
+        """Write ``stream`` to its end into the partial download of ``digest`` from byte ``start`` on (what
+        the file held from ``start`` on is dropped, what it held before is kept); returns the file's length.
+        Written as it comes, not fsynced (``commit_partial`` does): a kill leaves a prefix to resume from."""
+        fd = os.open(self.partial_path(digest), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.ftruncate(fd, start)
+            f.seek(start)
+            while chunk := stream.read(_CHUNK):
+                f.write(chunk)
+            return f.tell()
+
+    def commit_partial(self, digest: Digest, size: int | None) -> Digest:
+        """Verify the partial download of ``digest`` by hashing the whole file, from byte 0 as it is on
+        disk, against ``digest`` and ``size``; then fsync it and rename it into ``blobs/`` (recorded in the
+        transaction, as ``put_blob`` does). DigestError when it does not match: the partial is discarded
+        (the next try starts over) and nothing is stored. BlobNotFoundError when there is no partial."""
+        path = self.partial_path(digest)
+        (self.root / "blobs" / digest.algorithm).mkdir(mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {digest}: no partial download to commit") from None
+        with os.fdopen(fd, "rb") as f:
+            reader = HashingReader(f, digest.algorithm)
+            reader.drain(_CHUNK)
+            try:
+                reader.verify(digest, size, "blob")
+            except DigestError:
+                self.discard_partial(digest)
+                raise
+            os.fsync(fd)
+        dest = self.blob_path(digest)
+        if dest.exists():
+            self.discard_partial(digest)
+            return digest
+        os.chmod(path, 0o644)
+        os.rename(path, dest)
+        fsync_dir(dest.parent)
+        self._track().blobs.append(dest)
+        return digest
+
+    def discard_partial(self, digest: Digest) -> None:
+        """Remove the partial download of ``digest`` (none: nothing to do)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.partial_path(digest))
+
+    def expire_partials(self, max_age: float = PARTIAL_MAX_AGE) -> list[str]:
+        """Remove partial downloads not written to for ``max_age`` seconds (a week); needs the lock. Returns
+        the paths removed."""
+        removed = []
+        cutoff = time.time() - max_age
+        for p in self.tmp_dir.glob(_PARTIAL_PREFIX + "*"):
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(p).st_mtime < cutoff:
+                    os.unlink(p)
+                    removed.append(str(p))
+                    log.info("removed the partial download %s (older than %d days)", p, max_age // 86400)
+        return removed
 
     def blob_digests(self) -> list[Digest]:
         """Every stored blob."""
