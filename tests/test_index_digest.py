@@ -187,3 +187,18 @@ def test_an_index_whose_bytes_do_not_match_changes_nothing(cli: CLI, store_root:
     with pytest.raises(DigestError):
         store.store_image(image.manifest, store.read_blob(image.id), [], (wrong, b'{"schemaVersion":2}'))
     assert ((store_root / "index.json").read_bytes(), _blobs(store_root)) == before
+
+
+def test_the_platform_pulled_last_is_what_the_index_digest_names(cli: CLI, store_root: Path,
+                                                                 multi: tuple[str, str, str]) -> None:
+    tagged, index, amd = multi
+    by_index = _by_digest(tagged, index)
+    cli("pull", "-q", by_index)
+    cli("pull", "-q", "--platform", "linux/arm64/v8", by_index)
+    store = Store(store_root)
+    image = store.resolve(by_index)
+    assert image.config.platform.architecture == "arm64" and str(image.manifest_desc.digest) != amd
+    entries = json.loads((store_root / "index.json").read_text())["manifests"]
+    assert [e["digest"] for e in entries] == [str(image.manifest_desc.digest)]
+    cli("rmi", by_index)
+    assert _blobs(store_root) == set()

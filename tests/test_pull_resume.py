@@ -217,21 +217,21 @@ def assert_whole(store_root: Path, pushed: Pushed, proxy: CountingProxy, test_im
 
 
 # --- the tests -----------------------------------------------------------------------------------
-def test_killed_pull_resumes_with_only_the_missing_bytes(store_root: Path, registry: Registry, pushed: Pushed,
-                                                         test_images: TestImages, tmp_path: Path) -> None:
-    size = pushed.layers[pushed.big]
-    half = size // 2
-    partial = partial_of(store_root, pushed.big)
+def kill_mid_blob(registry: Registry, store_root: Path, digest: str, k: int) -> list[BlobGet]:
+    """``unionfs pull -j 1`` of the test image through a proxy that stalls blob ``digest`` after ``k`` bytes of
+    its body, killed with SIGKILL once the partial file holds them (but for what a buffered writer may hold,
+    8 KiB); returns the blob GETs the proxy answered. Every process is stopped, also on failure."""
+    partial = partial_of(store_root, digest)
+    before = partial.stat().st_size if partial.exists() else 0
     proc = None
     with counting_proxy(registry.host) as proxy:
         try:
-            proxy.stall_blob[pushed.big] = half
+            proxy.stall_blob[digest] = k
             proc = subprocess.Popen(cli_argv("pull", "-q", "-j", "1", f"{proxy.host}/resume:v3", root=store_root),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            assert proxy.stalled.wait(timeout=120), "the pull never reached the big blob"
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            assert proxy.stalled.wait(timeout=120), "the pull never reached the blob"
             deadline = time.monotonic() + 60  # a bound against a hang, not a measurement
-            # all the proxy sent is in the file but for what a buffered writer may hold (8 KiB)
-            while not (partial.exists() and partial.stat().st_size >= half - 8192):
+            while not (partial.exists() and partial.stat().st_size >= before + k - 8192):
                 assert time.monotonic() < deadline and proc.poll() is None, "the partial file did not grow"
                 time.sleep(0.02)
             proc.send_signal(signal.SIGKILL)
@@ -240,11 +240,24 @@ def test_killed_pull_resumes_with_only_the_missing_bytes(store_root: Path, regis
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    kept = partial.stat().st_size
-    assert 0 < kept <= half
+        return list(proxy.gets)
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_killed_pull_resumes_with_only_the_missing_bytes(kills: int, store_root: Path, registry: Registry,
+                                                         pushed: Pushed, test_images: TestImages,
+                                                         tmp_path: Path) -> None:
+    size = pushed.layers[pushed.big]
+    partial = partial_of(store_root, pushed.big)
+    kept = 0
+    for n in range(kills):  # killed at a quarter (or at half), then killed again half-way through the rest
+        gets = kill_mid_blob(registry, store_root, pushed.big, (size - kept) // (2 if n or kills == 1 else 4))
+        assert [g.range for g in gets if g.digest == pushed.big] == [f"bytes={kept}-" if kept else None]
+        now = partial.stat().st_size
+        assert kept < now < size and pushed.big_bytes.startswith(partial.read_bytes())
+        kept = now
     store = Store(store_root)
     assert not store.has_blob(Digest.parse(pushed.big))
-    assert pushed.big_bytes.startswith(partial.read_bytes())
     missing = [d for d in pushed.layers if not store.has_blob(Digest.parse(d))]
     assert pushed.big in missing
 

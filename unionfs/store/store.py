@@ -516,13 +516,16 @@ class Store:
     def add_index_ref(self, index: Reference, manifest_desc: Descriptor) -> None:
         """Record the digest reference ``index`` (``name@sha256:<index>``, its blob stored) as naming the
         stored manifest ``manifest_desc``: an entry without a tag (a pull by index digest), unless an entry
-        already records it. A plain untagged entry for that manifest is replaced by it."""
+        already records it for that manifest. It replaces a plain untagged entry for that manifest and an
+        entry without a tag that recorded ``index`` for another manifest (another platform pulled last: the
+        reference now names that one, as a tag moved by a pull does)."""
         with self.lock():
             entries = self._read_index()
-            if any(self._index_ref(e) == index for e in entries):
+            if any(self._index_ref(e) == index and e.get("digest") == str(manifest_desc.digest) for e in entries):
                 return
-            entries = [e for e in entries if self._entry_ref(e) is not None or self._index_ref(e) is not None
-                       or e.get("digest") != str(manifest_desc.digest)]
+            entries = [e for e in entries if self._entry_ref(e) is not None or not (
+                self._index_ref(e) == index
+                or (self._index_ref(e) is None and e.get("digest") == str(manifest_desc.digest)))]
             entries.append(Descriptor(manifest_desc.media_type, manifest_desc.digest, manifest_desc.size,
                                       {INDEX_REF_ANNOTATION: str(index)}).to_json())
             self._write_index(entries)
@@ -619,8 +622,9 @@ class Store:
             raise ImageNotFoundError(f"no such image: {text}") from None
         if ref.digest is not None:  # a kept index's digest reference: the manifest its entry names
             kept = [e for e in entries if (i := self._index_ref(e)) is not None and i.digest == ref.digest]
-            for e in sorted(kept, key=lambda e: self._index_ref(e) != Reference(ref.registry, ref.repository,
-                                                                                   None, ref.digest)):
+            # the same name first, then the entry written last (the platform pulled last)
+            for e in sorted(reversed(kept), key=lambda e: self._index_ref(e) != Reference(
+                    ref.registry, ref.repository, None, ref.digest)):
                 eref = self._entry_ref(e)
                 return self.image_from_descriptor(Descriptor.from_json(e), (eref,) if eref else (), platform)
         for e in entries:
