@@ -186,13 +186,22 @@ def cmd_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def repo_digests(img: Image) -> list[str]:
+    """``inspect``'s RepoDigests, as docker's: ``name@sha256:<index>`` for each kept index the image was pulled
+    through, then ``name@<manifest digest>`` for each tag's name no such index names; each once."""
+    out = [d.familiar for d in img.digests]
+    names = {d.familiar_name for d in img.digests}
+    out += [f"{t.familiar_name}@{img.manifest_desc.digest}" for t in img.tags if t.familiar_name not in names]
+    return list(dict.fromkeys(out))
+
+
 def inspect_data(img: Image) -> dict[str, Any]:
     """The JSON ``inspect`` prints for one image."""
     cfg = img.config.data
     return {
         "Id": str(img.id),
         "RepoTags": [t.familiar for t in img.tags],
-        "RepoDigests": [f"{t.familiar_name}@{img.manifest_desc.digest}" for t in img.tags],
+        "RepoDigests": repo_digests(img),
         "ManifestDigest": str(img.manifest_desc.digest),
         "ManifestMediaType": img.manifest.media_type,
         "Created": cfg.get("created"),

@@ -9,6 +9,11 @@ Contracts:
   not resumed.
 * **Verification.** A blob reader hashes while it streams and raises ``DigestError`` at the end instead of a
   clean EOF when the content is wrong (``verify=False`` leaves that to a caller who hashes anyway).
+* **Starting in the middle.** ``start=N`` (a caller holding the first N bytes from an earlier run, with
+  ``verify=False``: only the caller can hash from byte 0) asks for ``Range: bytes=N-``. After construction
+  ``reader.start`` says where the body that ``read`` returns begins: N when the registry answered 206 with
+  that range, 0 when it ignored the range (200) or refused it (416, asked again without a range): then the
+  caller starts over. A 206 for another range is a RegistryError.
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ class BlobReader:
     """
 
     def __init__(self, client: BlobSource, repository: str, digest: Digest, size: int | None, *,
-                 verify: bool = True, urls: Sequence[str] = (), on_bytes: Callable[[int], None] | None = None
-                 ) -> None:
+                 verify: bool = True, urls: Sequence[str] = (), on_bytes: Callable[[int], None] | None = None,
+                 start: int = 0) -> None:
+        if start < 0 or (start and verify):
+            raise ValueError("a blob reader starting at byte N > 0 needs verify=False (the caller hashes)")
         self._client = client
         self._repo = repository
         self.digest = digest
@@ -55,7 +62,8 @@ class BlobReader:
         self._urls = list(urls)
         self._on_bytes = on_bytes
         self._hash = digest.hasher() if verify else None
-        self.offset = 0
+        self.offset = start
+        self.start = start
         self.resumes = 0
         self._buf = b""
         self._resp: httpx.Response | None = None
@@ -64,18 +72,19 @@ class BlobReader:
         self._done = False
         self._window_start = 0.0
         self._window_bytes = 0
-        self._open()
+        self._open(first=True)
 
     # the first request, and each resume
-    def _open(self) -> None:
+    def _open(self, first: bool = False) -> None:
         headers = {}
         if self.offset:
             headers["Range"] = f"bytes={self.offset}-"
         what = f"blob {self.digest}"
+        ok = (200, 206, 416) if first and self.offset else (200, 206)
         resp = None
         for url in list(self._urls):
             try:
-                resp = self._client.request("GET", url, what=what, headers=headers, ok=(200, 206), stream=True,
+                resp = self._client.request("GET", url, what=what, headers=headers, ok=ok, stream=True,
                                             credentials=False)
                 break
             except RegistryError as e:
@@ -83,14 +92,27 @@ class BlobReader:
                 self._urls.remove(url)
         if resp is None:
             resp = self._client.request("GET", f"/v2/{self._repo}/blobs/{self.digest}", what=what, headers=headers,
-                                        scopes=[repository_scope(self._repo, "pull")], ok=(200, 206), stream=True)
+                                        scopes=[repository_scope(self._repo, "pull")], ok=ok, stream=True)
         skip = 0
+        if self.offset and resp.status_code == 416:  # only asked for on the first request (``ok``)
+            resp.close()
+            log.warning("blob %s: the registry refused the range from byte %d (HTTP 416); downloading it from "
+                        "the start", self.digest.short, self.offset)
+            self.offset = self.start = 0
+            self._open(first=True)
+            return
+        if self.offset and resp.status_code != 206 and first:
+            log.info("blob %s: the registry ignored the range from byte %d (HTTP %d); downloading it from the "
+                     "start", self.digest.short, self.offset, resp.status_code)
+            self.offset = self.start = 0
         if self.offset:
             if resp.status_code == 206:
-                m = re.match(r"bytes (\d+)-", resp.headers.get("content-range", ""))
+                m = re.match(r"bytes (\d+)-\d*(?:/(\d+))?", resp.headers.get("content-range", ""))
                 if not m or int(m.group(1)) != self.offset:
                     resp.close()
                     raise RegistryError(f"{what}: the registry answered a range request with the wrong range")
+                if self.size is None and m.group(2):
+                    self.size = int(m.group(2))
             else:
                 skip = self.offset  # the range was ignored: read from the start, drop what we have
         else:

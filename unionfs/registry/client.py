@@ -507,10 +507,11 @@ class RegistryClient:
 
     def open_blob(self, repository: str, digest: Digest, size: int | None = None, *, verify: bool = True,
                   urls: Sequence[str] = (), follow_urls: bool = False,
-                  on_bytes: Callable[[int], None] | None = None) -> "BlobReader":
+                  on_bytes: Callable[[int], None] | None = None, start: int = 0) -> "BlobReader":
         """A reader of a blob's bytes, hashed while streaming; resumes with Range after a broken connection.
 
         ``urls`` (a foreign layer's) are tried first, without credentials, only when ``follow_urls``.
+        ``start``: the caller holds the first ``start`` bytes already (``verify=False``); see ``BlobReader``.
         Raises RegistryNotFoundError (BLOB_UNKNOWN); reading raises DigestError on wrong content.
         """
         sources: list[str] = []
@@ -518,7 +519,8 @@ class RegistryClient:
             sources = [u for u in urls if u.startswith(("https://", "http://"))]
         elif urls:
             log.debug("blob %s lists foreign urls; fetching it from %s instead", digest, self.registry)
-        return BlobReader(self, repository, digest, size, verify=verify, urls=sources, on_bytes=on_bytes)
+        return BlobReader(self, repository, digest, size, verify=verify, urls=sources, on_bytes=on_bytes,
+                          start=start)
 
     def fetch_blob(self, repository: str, digest: Digest, size: int | None = None, limit: int = 64 << 20) -> bytes:
         """A small blob (a config) in memory, verified."""

@@ -11,11 +11,21 @@ Contracts:
   written by ``Store.put_blob`` under a temporary name), then ``Store.store_image`` unpacks the layers and
   tags the image. The registry's raw manifest bytes are what is stored, so the stored image keeps the
   registry's manifest digest. All of it runs under the store lock: when anything fails, every blob and
-  layer this pull added is removed and the tag is not written (the store is as before). A pull killed
-  with SIGKILL leaves only temporary files in ``tmp/`` and verified, complete blobs; the next pull skips
-  those blobs and completes.
-* An index is not stored: the platform manifest is, and the tag points at it (pushing the image back
-  pushes that manifest, byte for byte).
+  layer this pull added is removed and the tag is not written (the store is as before, but for the partial
+  downloads below). A pull killed with SIGKILL leaves only temporary files in ``tmp/`` and verified,
+  complete blobs; the next pull skips those blobs and completes.
+* **Resume across runs.** A layer blob is downloaded into the store's partial file for its digest
+  (``Store.partial_path``), which outlives the run: the next pull asks for ``Range: bytes=N-`` from its
+  length N and appends (a registry that ignores the range or answers 416 sends it all again: the file is
+  started over). The complete file is hashed from byte 0 (``Store.commit_partial``) before it becomes the
+  blob; when a resumed file does not verify, it is discarded and the blob fetched once more from the
+  start, with a warning. A pull that fails on wrong content (DigestError) removes its partial files; one
+  that is interrupted (kill, lost connection, Ctrl-C) keeps them. Partial files older than a week are
+  removed when a pull starts, all of them by ``prune``.
+* Through an index, the platform manifest is stored and the tag points at it (pushing the image back
+  pushes that manifest, byte for byte); the index is kept too, as a verified blob named by the digest
+  reference ``name@sha256:<index>`` that the tag's entry (or, pulled by digest, an entry of its own)
+  records (``Store.store_image``): that reference resolves afterwards, offline, and ``inspect`` lists it.
 * **push** sends the config and layer blobs the destination lacks (HEAD first; a cross-repository mount
   from another repository of the same registry that the store knows holds the blob; else an upload),
   then PUTs the stored raw manifest with its media type: the pushed image has the stored manifest digest.
@@ -30,11 +40,11 @@ import threading
 from dataclasses import dataclass
 from typing import IO, Callable, Protocol, cast
 
-from unionfs.errors import BlobNotFoundError, ImageNotFoundError, RegistryError, UnionfsError
+from unionfs.errors import BlobNotFoundError, DigestError, ImageNotFoundError, RegistryError, UnionfsError
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_FOREIGN_LAYER, OCI_LAYER_ND, Descriptor, Index, Manifest, Platform, is_index
 from unionfs.oci.reference import Reference
-from unionfs.registry.client import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_THRESHOLD, RegistryClient
+from unionfs.registry.client import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_THRESHOLD, FetchedManifest, RegistryClient
 from unionfs.store.store import Image, Store
 
 log = logging.getLogger(__name__)
@@ -133,19 +143,20 @@ def _run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int) -> 
 
 # --- pull ---------------------------------------------------------------------------------------
 def fetch_manifest(client: RegistryClient, ref: Reference, platform: Platform | None = None
-                   ) -> tuple[Manifest, Digest | None]:
-    """The image manifest ``ref`` names (through an index for ``platform``), and the index digest if any."""
+                   ) -> tuple[Manifest, FetchedManifest | None]:
+    """The image manifest ``ref`` names (through an index for ``platform``), and the index as fetched (raw
+    bytes verified against its digest by the client) if there was one."""
     fetched = client.get_manifest(ref.repository, str(ref.digest) if ref.digest else str(ref.tag))
-    index_digest = None
+    index_fetched = None
     if is_index(fetched.media_type, fetched.raw):
         index = Index.parse(fetched.raw, fetched.media_type)
         chosen = index.select(platform or Platform.host())
         log.debug("index %s: platform %s is %s", fetched.digest, platform or Platform.host(), chosen.digest)
-        index_digest = fetched.digest
+        index_fetched = fetched
         fetched = client.get_manifest(ref.repository, str(chosen.digest))
         if is_index(fetched.media_type, fetched.raw):
             raise RegistryError(f"{ref}: an index entry for {platform or Platform.host()} is another index")
-    return Manifest.parse(fetched.raw, fetched.media_type), index_digest
+    return Manifest.parse(fetched.raw, fetched.media_type), index_fetched
 
 
 def _start(cancel: threading.Event, progress: Progress, desc: Descriptor) -> tuple[str, Callable[[int], None]]:
@@ -162,6 +173,35 @@ def _start(cancel: threading.Event, progress: Progress, desc: Descriptor) -> tup
     return key, on_bytes
 
 
+def download_blob(store: Store, client: RegistryClient, repository: str, desc: Descriptor, *,
+                  on_bytes: Callable[[int], None], follow_foreign_urls: bool = False) -> None:
+    """Download the blob ``desc`` of ``repository`` into ``store`` through its partial file, resuming from
+    what an earlier run left there (see "Resume across runs"); ``on_bytes`` is told of the bytes held
+    already and of each piece that arrives. Needs the store lock. Raises DigestError when the blob's
+    content is wrong (the partial file is gone then), RegistryError when the transfer fails (it is kept)."""
+    have = store.partial_length(desc.digest, desc.size)
+    while True:
+        kept = have > 0  # bytes from an earlier run are in play (not when the registry sends it all again)
+        try:
+            if have == 0 or have != desc.size:
+                with client.open_blob(repository, desc.digest, desc.size, verify=False, urls=desc.urls,
+                                      follow_urls=follow_foreign_urls, on_bytes=on_bytes, start=have) as reader:
+                    kept = reader.start > 0
+                    if kept:
+                        log.info("blob %s: resuming at byte %d of %d", desc.digest.short, reader.start, desc.size)
+                        on_bytes(reader.start)
+                    store.append_partial(desc.digest, reader.start, cast(IO[bytes], reader))
+            store.commit_partial(desc.digest, desc.size)
+            return
+        except DigestError as e:
+            store.discard_partial(desc.digest)
+            if not kept:
+                raise
+            log.warning("blob %s: the partial download kept from an earlier run did not verify (%s): discarded, "
+                        "fetching the blob again from the start", desc.digest.short, e)
+            have = 0
+
+
 def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Platform | None = None,
          jobs: int = DEFAULT_JOBS, progress: Progress | None = None, follow_foreign_urls: bool = False
          ) -> PullResult:
@@ -169,8 +209,9 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
     ManifestError/PlatformError, LayerError; the store is unchanged then."""
     progress = progress or NoProgress()
     progress.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name}")
-    manifest, _ = fetch_manifest(client, ref, platform)
+    manifest, index = fetch_manifest(client, ref, platform)
     with store.lock():
+        store.expire_partials()
         config_raw = client.fetch_blob(ref.repository, manifest.config.digest, manifest.config.size,
                                        limit=MAX_CONFIG_BYTES)
         wanted: dict[Digest, Descriptor] = {}
@@ -186,18 +227,22 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
                 key, on_bytes = _start(cancel, progress, desc)
 
                 progress.begin(key, desc.size, "Downloading")
-                # the store hashes while writing; the reader need not hash the same bytes again
-                with client.open_blob(ref.repository, desc.digest, desc.size, verify=False, urls=desc.urls,
-                                      follow_urls=follow_foreign_urls, on_bytes=on_bytes) as reader:
-                    store.put_blob(cast(IO[bytes], reader), desc.digest, desc.size)
+                download_blob(store, client, ref.repository, desc, on_bytes=on_bytes,
+                              follow_foreign_urls=follow_foreign_urls)
                 progress.end(key, "Download complete")
             return run
 
-        _run_parallel([task(d) for d in missing], jobs)
+        try:
+            _run_parallel([task(d) for d in missing], jobs)
+        except DigestError:  # wrong content: what the other downloads kept goes too (the store is as before)
+            for d in missing:
+                store.discard_partial(d.digest)
+            raise
         tags = [ref] if ref.tag and not ref.digest else []
         if missing:
             progress.line("Extracting layers")
-        image = store.store_image(manifest, config_raw, tags)
+        kept = (Reference(ref.registry, ref.repository, None, index.digest), index.raw) if index else None
+        image = store.store_image(manifest, config_raw, tags, kept)
     for d in missing:
         progress.end(d.digest.short, "Pull complete")
     return PullResult(ref, manifest.digest, image, len(missing), len(wanted) - len(missing))

@@ -8,6 +8,7 @@ On disk (docs/design.md, "On-disk format")::
     ROOT/cache/<kind>/<key>.json                                 cache entries naming a manifest (GC roots)
     ROOT/resolved.json                                           what references resolved to (unionfs.store.mounting)
     ROOT/tmp/                                                    staging on the same filesystem
+    ROOT/tmp/partial-<algo>-<hex>                                a blob download in progress (``partial_path``)
     ROOT/lock                                                    flock(2) serialising commands that change the store
 
 Contracts:
@@ -19,11 +20,25 @@ Contracts:
 * Each entry of ``index.json`` is one tag: a manifest descriptor whose ``org.opencontainers.image.ref.name``
   annotation holds the fully qualified reference (``docker.io/library/busybox:latest``). Entries without that
   annotation are untagged ("dangling") images.
+* **Kept indexes.** An image pulled through an index keeps the index: its raw bytes are a verified blob, and
+  the entry the pull wrote (a tag, or for a pull by digest an entry without a tag) carries the digest
+  reference ``name@sha256:<index>`` in the ``io.unionfs.index.ref`` annotation (``INDEX_REF_ANNOTATION``).
+  That annotation is what roots the index blob for garbage collection (the index's other platforms are not
+  stored and are not followed); ``resolve`` answers that reference with the entry's manifest, and the
+  image's ``digests`` list it. An entry with that annotation and no tag is a *digest reference*, not a
+  dangling image: ``prune`` keeps it, ``tag`` does not absorb it; removing the image's last tag (or the
+  image by id) removes it, and then the index goes with the image.
 * Commands that change the store hold ``lock()``; a failed command removes what it added (``Transaction``),
   and its tag changes are never written: ``index.json`` is written once, when the outermost locked block ends
   without an error (``gc`` writes it before deleting anything).
 * Crash safety: a layer or container is deleted by renaming it into ``tmp/`` first (``discard_tree``), so a
   kill -9 at any point leaves it whole or gone; ``tmp/`` holds only garbage, which ``prune`` removes.
+* **Partial downloads** (``partial_path``): a blob being downloaded is written to ``tmp/partial-<algo>-<hex>``,
+  kept when the download stops (a kill, a lost connection) so that the next run asks only for the missing
+  bytes. Its name is no promise: ``commit_partial`` hashes the whole file from byte 0 and renames it into
+  ``blobs/`` only when digest and size match; a mismatch discards it. One longer than the blob is discarded
+  when found; ``expire_partials`` removes those older than ``PARTIAL_MAX_AGE`` (a week), ``prune`` all of
+  them. Only a holder of ``lock()`` writes one (a pull downloads under the lock).
 * Nothing is deleted through a mount: ``remove_tree`` is the one recursive delete and refuses trees with a
   mount inside. ``prune`` detaches, through the caller's ``detach``, mounts a killed ``build`` left under
   ``tmp/``.
@@ -42,6 +57,8 @@ import functools
 import json
 import logging
 import os
+import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterator
@@ -82,6 +99,12 @@ from unionfs.union.plan import MountPlan
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+#: seconds a partial download is kept for a later run to resume (``expire_partials``): a week
+PARTIAL_MAX_AGE = 7 * 24 * 3600
+_PARTIAL_PREFIX = "partial-"
+#: the annotation of an ``index.json`` entry that came through an index: the digest reference
+#: ``name@sha256:<index>`` (see "Kept indexes" above)
+INDEX_REF_ANNOTATION = "io.unionfs.index.ref"
 _LOCK_TIMEOUT = float(os.environ.get("UNIONFS_LOCK_TIMEOUT", "300"))
 
 
@@ -133,12 +156,14 @@ def _name_base(image: Image) -> str:
 
 @dataclass(frozen=True)
 class Image:
-    """A resolved image: the manifest and config, with the index entries (tags) that name it."""
+    """A resolved image: the manifest and config, with the index entries (tags) that name it, and the digest
+    references of the kept indexes it was pulled through (``name@sha256:<index>``, see "Kept indexes")."""
 
     manifest_desc: Descriptor
     manifest: Manifest
     config: ImageConfig
     tags: tuple[Reference, ...] = ()
+    digests: tuple[Reference, ...] = ()
 
     @property
     def id(self) -> Digest:
@@ -309,6 +334,87 @@ class Store:
         import io
         return self.put_blob(io.BytesIO(data), expected, len(data) if expected else None)[0]
 
+    # -- partial downloads (see "Partial downloads" above) ---------------------------------------
+    def partial_path(self, digest: Digest) -> Path:
+        """Where the partial download of blob ``digest`` is kept: ``tmp/partial-<algo>-<hex>``."""
+        return self.tmp_dir / f"{_PARTIAL_PREFIX}{digest.algorithm}-{digest.hex}"
+
+    def partial_length(self, digest: Digest, size: int | None) -> int:
+        """Bytes held by the partial download of ``digest`` (0: none), to resume from. One longer than the
+        blob's ``size`` (or not a regular file) is discarded, with a warning, and counts as none. The bytes
+        are not trusted here: ``commit_partial`` hashes them all."""
+        path = self.partial_path(digest)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return 0
+        if not stat.S_ISREG(st.st_mode) or (size is not None and size >= 0 and st.st_size > size):
+            log.warning("blob %s: the partial download %s holds %d bytes, more than the blob's %s: discarded, "
+                        "fetching the blob again", digest.short, path, st.st_size, size)
+            self.discard_partial(digest)
+            return 0
+        return st.st_size
+
+    def append_partial(self, digest: Digest, start: int, stream: IO[bytes]) -> int:
+        """Write ``stream`` to its end into the partial download of ``digest`` from byte ``start`` on (what
+        the file held from ``start`` on is dropped, what it held before is kept); returns the file's length.
+        Written as it comes, not fsynced (``commit_partial`` does): a kill leaves a prefix to resume from."""
+        fd = os.open(self.partial_path(digest), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.ftruncate(fd, start)
+            f.seek(start)
+            while chunk := stream.read(_CHUNK):
+                f.write(chunk)
+            return f.tell()
+
+    def commit_partial(self, digest: Digest, size: int | None) -> Digest:
+        """Verify the partial download of ``digest`` by hashing the whole file, from byte 0 as it is on
+        disk, against ``digest`` and ``size``; then fsync it and rename it into ``blobs/`` (recorded in the
+        transaction, as ``put_blob`` does). DigestError when it does not match: the partial is discarded
+        (the next try starts over) and nothing is stored. BlobNotFoundError when there is no partial."""
+        path = self.partial_path(digest)
+        (self.root / "blobs" / digest.algorithm).mkdir(mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {digest}: no partial download to commit") from None
+        with os.fdopen(fd, "rb") as f:
+            reader = HashingReader(f, digest.algorithm)
+            reader.drain(_CHUNK)
+            try:
+                reader.verify(digest, size, "blob")
+            except DigestError:
+                self.discard_partial(digest)
+                raise
+            os.fsync(fd)
+        dest = self.blob_path(digest)
+        if dest.exists():
+            self.discard_partial(digest)
+            return digest
+        os.chmod(path, 0o644)
+        os.rename(path, dest)
+        fsync_dir(dest.parent)
+        self._track().blobs.append(dest)
+        return digest
+
+    def discard_partial(self, digest: Digest) -> None:
+        """Remove the partial download of ``digest`` (none: nothing to do)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.partial_path(digest))
+
+    def expire_partials(self, max_age: float = PARTIAL_MAX_AGE) -> list[str]:
+        """Remove partial downloads not written to for ``max_age`` seconds (a week); needs the lock. Returns
+        the paths removed."""
+        removed = []
+        cutoff = time.time() - max_age
+        for p in self.tmp_dir.glob(_PARTIAL_PREFIX + "*"):
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(p).st_mtime < cutoff:
+                    os.unlink(p)
+                    removed.append(str(p))
+                    log.info("removed the partial download %s (older than %d days)", p, max_age // 86400)
+        return removed
+
     def blob_digests(self) -> list[Digest]:
         """Every stored blob."""
         out = []
@@ -361,17 +467,39 @@ class Store:
         except ReferenceError_:
             return None
 
-    def tag(self, ref: Reference, manifest_desc: Descriptor) -> None:
-        """Point ``ref`` (a tagged reference) at a stored manifest, replacing any previous target."""
+    @staticmethod
+    def _index_ref(entry: dict[str, Any]) -> Reference | None:
+        """The digest reference ``name@sha256:<index>`` of the kept index ``entry`` came through (None: none,
+        or not a digest reference)."""
+        text = (entry.get("annotations") or {}).get(INDEX_REF_ANNOTATION)
+        if not text:
+            return None
+        try:
+            ref = Reference.parse(text)
+        except ReferenceError_:
+            return None
+        return ref if ref.digest is not None and not ref.tag else None
+
+    def _digest_refs(self, entries: list[dict[str, Any]], manifest: Digest) -> tuple[Reference, ...]:
+        """The digest references of kept indexes that ``entries`` record for ``manifest``, each once."""
+        refs = (self._index_ref(e) for e in entries if e.get("digest") == str(manifest))
+        return tuple(dict.fromkeys(r for r in refs if r is not None))
+
+    def tag(self, ref: Reference, manifest_desc: Descriptor, index: Reference | None = None) -> None:
+        """Point ``ref`` (a tagged reference) at a stored manifest, replacing any previous target. ``index``:
+        the digest reference of the kept index the manifest came through (its blob must be stored)."""
         if not ref.tag:
             raise ReferenceError_(f"cannot tag with a digest reference: {ref}")
         ref = Reference(ref.registry, ref.repository, ref.tag)
         with self.lock():
             entries = [e for e in self._read_index() if self._entry_ref(e) != ref]
-            # an untagged entry for the same manifest becomes this tag
-            entries = [e for e in entries if self._entry_ref(e) is not None or e.get("digest") != str(manifest_desc.digest)]
-            desc = Descriptor(manifest_desc.media_type, manifest_desc.digest, manifest_desc.size,
-                              {REF_NAME_ANNOTATION: str(ref), CONTAINERD_NAME_ANNOTATION: str(ref)},
+            # an untagged entry for the same manifest becomes this tag (a digest reference stays one)
+            entries = [e for e in entries if self._entry_ref(e) is not None or self._index_ref(e) is not None
+                       or e.get("digest") != str(manifest_desc.digest)]
+            annotations = {REF_NAME_ANNOTATION: str(ref), CONTAINERD_NAME_ANNOTATION: str(ref)}
+            if index is not None:
+                annotations[INDEX_REF_ANNOTATION] = str(index)
+            desc = Descriptor(manifest_desc.media_type, manifest_desc.digest, manifest_desc.size, annotations,
                               manifest_desc.platform)
             entries.append(desc.to_json())
             self._write_index(entries)
@@ -383,6 +511,23 @@ class Store:
             if any(e.get("digest") == str(manifest_desc.digest) for e in entries):
                 return
             entries.append(Descriptor(manifest_desc.media_type, manifest_desc.digest, manifest_desc.size).to_json())
+            self._write_index(entries)
+
+    def add_index_ref(self, index: Reference, manifest_desc: Descriptor) -> None:
+        """Record the digest reference ``index`` (``name@sha256:<index>``, its blob stored) as naming the
+        stored manifest ``manifest_desc``: an entry without a tag (a pull by index digest), unless an entry
+        already records it for that manifest. It replaces a plain untagged entry for that manifest and an
+        entry without a tag that recorded ``index`` for another manifest (another platform pulled last: the
+        reference now names that one, as a tag moved by a pull does)."""
+        with self.lock():
+            entries = self._read_index()
+            if any(self._index_ref(e) == index and e.get("digest") == str(manifest_desc.digest) for e in entries):
+                return
+            entries = [e for e in entries if self._entry_ref(e) is not None or not (
+                self._index_ref(e) == index
+                or (self._index_ref(e) is None and e.get("digest") == str(manifest_desc.digest)))]
+            entries.append(Descriptor(manifest_desc.media_type, manifest_desc.digest, manifest_desc.size,
+                                      {INDEX_REF_ANNOTATION: str(index)}).to_json())
             self._write_index(entries)
 
     def untag(self, ref: Reference) -> Descriptor:
@@ -429,11 +574,14 @@ class Store:
             if ref:
                 slot[1].append(ref)
         out = []
+        entries = self._read_index()
         for desc, refs in grouped.values():
             try:
-                out.append(self.image_from_descriptor(desc, tuple(refs)))
+                image = self.image_from_descriptor(desc, tuple(refs))
             except UnionfsError as err:
                 log.warning("skipping image %s: %s", desc.digest, err)
+                continue
+            out.append(dataclasses.replace(image, digests=self._digest_refs(entries, desc.digest)))
         return out
 
     def intermediate_images(self) -> list[Image]:
@@ -452,12 +600,18 @@ class Store:
         return out
 
     def resolve(self, text: str, platform: Platform | None = None) -> Image:
-        """Find an image by reference (tag or digest), by image id, or by a unique id prefix (>= 4 hex digits)."""
+        """Find an image by reference (tag or digest, a kept index's digest too), by image id, or by a unique
+        id prefix (>= 4 hex digits)."""
+        image = self._resolve(text, platform)
+        return dataclasses.replace(image, digests=self._digest_refs(self._read_index(), image.manifest_desc.digest))
+
+    def _resolve(self, text: str, platform: Platform | None = None) -> Image:
         entries = self._read_index()
         hexpart = text[len("sha256:"):] if text.startswith("sha256:") else text
         if 4 <= len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart):
             matches = {img.id: img for img in self.images()
-                       if img.id.hex.startswith(hexpart) or img.manifest_desc.digest.hex.startswith(hexpart)}
+                       if img.id.hex.startswith(hexpart) or img.manifest_desc.digest.hex.startswith(hexpart)
+                       or any(d.digest is not None and d.digest.hex.startswith(hexpart) for d in img.digests)}
             if len(matches) == 1:
                 return next(iter(matches.values()))
             if len(matches) > 1:
@@ -466,6 +620,13 @@ class Store:
             ref = Reference.parse(text)
         except ReferenceError_:
             raise ImageNotFoundError(f"no such image: {text}") from None
+        if ref.digest is not None:  # a kept index's digest reference: the manifest its entry names
+            kept = [e for e in entries if (i := self._index_ref(e)) is not None and i.digest == ref.digest]
+            # the same name first, then the entry written last (the platform pulled last)
+            for e in sorted(reversed(kept), key=lambda e: self._index_ref(e) != Reference(
+                    ref.registry, ref.repository, None, ref.digest)):
+                eref = self._entry_ref(e)
+                return self.image_from_descriptor(Descriptor.from_json(e), (eref,) if eref else (), platform)
         for e in entries:
             eref = self._entry_ref(e)
             if eref is None:
@@ -481,11 +642,15 @@ class Store:
                     return self.image_from_descriptor(Descriptor.from_json(e), (), platform)
         raise ImageNotFoundError(f"no such image: {ref.familiar}")
 
-    def store_image(self, manifest: Manifest, config_raw: bytes, tags: list[Reference]) -> Image:
+    def store_image(self, manifest: Manifest, config_raw: bytes, tags: list[Reference],
+                    index: tuple[Reference, bytes] | None = None) -> Image:
         """Store a manifest whose config and layers are already stored, unpack its layers, then tag it.
 
         Verifies that the config digest matches the manifest and that the layers count matches the diff_ids.
-        Tags are written last: an image is visible only when everything it needs is in place.
+        Tags are written last: an image is visible only when everything it needs is in place. ``index``: the
+        index the manifest was chosen from, as its digest reference (``name@sha256:<index>``) and raw bytes;
+        they are stored as a blob (verified against that digest, DigestError otherwise) and the entries
+        written carry the reference (see "Kept indexes"); without tags, the reference is recorded alone.
         """
         with self.lock():
             config = ImageConfig.parse(config_raw)
@@ -498,12 +663,22 @@ class Store:
                     raise BlobNotFoundError(f"layer blob {d.digest} is not in the store")
             desc = manifest.descriptor()
             self.put_blob_bytes(manifest.raw, desc.digest)
-            image = Image(desc, manifest, config, tuple(tags))
+            index_ref = None
+            if index is not None:
+                ref, raw = index
+                if ref.digest is None:
+                    raise ReferenceError_(f"an index needs its digest reference, not {ref}")
+                index_ref = Reference(ref.registry, ref.repository, None, ref.digest)
+                self.put_blob_bytes(raw, ref.digest)
+            image = Image(desc, manifest, config, tuple(tags), (index_ref,) if index_ref else ())
             self.ensure_layers(image)
             for ref in tags:
-                self.tag(ref, desc)
+                self.tag(ref, desc, index_ref)
             if not tags:
-                self.add_untagged(desc)
+                if index_ref is not None:
+                    self.add_index_ref(index_ref, desc)
+                else:
+                    self.add_untagged(desc)
             return image
 
     # -- extracted layers ------------------------------------------------------------------------
@@ -632,7 +807,9 @@ class Store:
 
         A tag reference removes that tag; the image's content goes once nothing names it. An id removes every
         tag of that image (with ``force``, or when it has one tag). An image a container uses is refused unless
-        ``force`` (then only its tags go; the container keeps its layers).
+        ``force`` (then only its tags go; the container keeps its layers). A kept index's digest reference
+        (``name@sha256:<index>``) removes that reference (and the index blob with it). When the image's last
+        tag goes, its digest references go too (as docker's do), and so does the image.
         """
         out: list[str] = []
         with self.lock():
@@ -640,7 +817,12 @@ class Store:
             users = [c.name for c in self.containers() if c.image_id == str(image.id)]
             by_ref = not _is_id_like(text)
             all_tags = [t for img in self.images() if img.id == image.id for t in img.tags]
-            if by_ref:
+            ref = Reference.parse(text) if by_ref else None
+            index_digest = ref.digest if ref is not None and ref.digest is not None and any(
+                d.digest == ref.digest for d in image.digests) else None
+            if index_digest is not None:
+                targets = []
+            elif by_ref:
                 targets = [Reference.parse(text)] if image.tags else []
             else:
                 if len(all_tags) > 1 and not force:
@@ -654,11 +836,35 @@ class Store:
             for t in targets:
                 self.untag(t)
                 out.append(f"Untagged: {t.familiar}")
-            if not targets:  # a dangling image named by id or digest
+            if index_digest is not None:
+                out.extend(self._drop_index_refs(image.manifest_desc.digest, lambda i: i.digest == index_digest))
+            others = [d for d in image.digests if d.digest != index_digest] if index_digest is not None else []
+            if not remaining and not others:  # what still names the image has no tag: digest refs, a dangling entry
+                out.extend(self._drop_index_refs(image.manifest_desc.digest, lambda i: True))
                 entries = [e for e in self._read_index() if e.get("digest") != str(image.manifest_desc.digest)]
                 self._write_index(entries)
-            if not remaining:
+            refs_left = self._digest_refs(self._read_index(), image.manifest_desc.digest)
+            if (not remaining and not others) or set(refs_left) != set(image.digests):  # a kept index may go
                 out.extend(f"Deleted: {d}" for d in self.gc())
+        return out
+
+    def _drop_index_refs(self, manifest: Digest, which: Callable[[Reference], bool]) -> list[str]:
+        """Remove the digest references of kept indexes that entries of ``manifest`` record and ``which``
+        selects: an entry without a tag goes, a tag's entry keeps its tag. Returns ``Untagged:`` lines."""
+        out: list[str] = []
+        entries: list[dict[str, Any]] = []
+        for e in self._read_index():
+            i = self._index_ref(e)
+            if i is None or e.get("digest") != str(manifest) or not which(i):
+                entries.append(e)
+                continue
+            line = f"Untagged: {i.familiar}"
+            if line not in out:
+                out.append(line)
+            if self._entry_ref(e) is not None:
+                entries.append({**e, "annotations": {k: v for k, v in e["annotations"].items()
+                                                     if k != INDEX_REF_ANNOTATION}})
+        self._write_index(entries)
         return out
 
     def gc(self) -> list[str]:
@@ -668,7 +874,10 @@ class Store:
             keep_blobs: set[str] = set()
             keep_layers: set[str] = set()
             self._flush_index()
-            roots = [Descriptor.from_json(e) for e in self._read_index()] + self._cached_roots()
+            entries = self._read_index()
+            roots = [Descriptor.from_json(e) for e in entries] + self._cached_roots()
+            # a kept index: its blob only (its other platforms are not stored, the one stored is a root)
+            keep_blobs.update(str(i.digest) for i in map(self._index_ref, entries) if i is not None)
             for c in self.containers():
                 keep_layers.update(c.layers)
                 if c.manifest:
@@ -719,10 +928,10 @@ class Store:
             used = {c.manifest for c in self.containers()}
             entries = self._read_index()
             keep = [e for e in entries if e.get("digest") in used
-                    or (self._entry_ref(e) is not None and not all_unused)]
+                    or ((self._entry_ref(e) or self._index_ref(e)) is not None and not all_unused)]
             for e in entries:
                 if e not in keep:
-                    ref = self._entry_ref(e)
+                    ref = self._entry_ref(e) or self._index_ref(e)
                     out.append(f"Untagged: {ref.familiar}" if ref else f"Deleted: {e.get('digest')}")
             self._write_index(keep)
             out.extend(self._drop_caches())
