@@ -253,6 +253,9 @@ def cmd_login(args: argparse.Namespace) -> int:
                 raise
             raise RegistryAuthError(f"login to {registry} failed: wrong username or password "
                                     f"({str(e).rsplit(': ', 1)[-1]})", e.code) from None
+    if config.helper_for(registry) is None:  # docker's warning, on standard error
+        print(f"WARNING! Your password will be stored unencrypted in {config.path} (configure a credential "
+              f"helper, credsStore or credHelpers, to keep it elsewhere).", file=sys.stderr)
     config.save(registry, creds)
     print("Login Succeeded")
     return 0
@@ -263,7 +266,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
     registry = normalize_server(args.server) if args.server else DEFAULT_REGISTRY
     config = DockerConfig()
-    if config.erase(registry):
+    if config.erase(registry):  # through the registry's credential helper too, when it has one
         print(f"Removing login credentials for {registry}")
     else:
         print(f"Not logged in to {registry}")
@@ -320,8 +323,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_tags)
 
     p = sub.add_parser("login", help="log in to a registry",
-                       description="Check credentials with the registry and keep them in the docker config "
-                                   "($DOCKER_CONFIG/config.json, default ~/.docker/config.json, mode 0600).")
+                       description="Check credentials with the registry and keep them as docker does: through the "
+                                   "credential helper the docker config names (credHelpers, credsStore), else in "
+                                   "the file itself ($DOCKER_CONFIG/config.json, default ~/.docker/config.json, "
+                                   "mode 0600).")
     p.add_argument("server", nargs="?", metavar="SERVER", help="registry host (default: Docker Hub)")
     p.add_argument("-u", "--username")
     p.add_argument("-p", "--password", help="password (insecure: prefer --password-stdin)")
@@ -330,6 +335,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_login)
 
     p = sub.add_parser("logout", help="forget a registry's credentials",
-                       description="Remove a registry's credentials from the docker config.")
+                       description="Remove a registry's credentials from the docker config and from its "
+                                   "credential helper.")
     p.add_argument("server", nargs="?", metavar="SERVER", help="registry host (default: Docker Hub)")
     p.set_defaults(func=cmd_logout)
