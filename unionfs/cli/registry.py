@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from unionfs.cli.common import human_size, platform_of, store_of, table
-from unionfs.errors import RegistryAuthError, UsageError
+from unionfs.errors import RegistriesConfError, RegistryAuthError, RegistryBlockedError, RegistryError, UsageError
 from unionfs.oci.reference import DEFAULT_REGISTRY, Reference
 
 if TYPE_CHECKING:  # the HTTP side is imported by the commands that use it, so other commands start fast
     from unionfs.registry.client import RegistryClient
+    from unionfs.registry.mirrors import MirroredClient
+    from unionfs.registry.registries_conf import RegistriesConf
     from unionfs.registry.search import SearchResult
     from unionfs.registry.transfer import Progress
+
+log = logging.getLogger(__name__)
 
 
 # --- progress reporters -------------------------------------------------------------------------
@@ -100,26 +105,63 @@ def _client(args: argparse.Namespace, registry: str) -> RegistryClient:
 
 # --- commands ---------------------------------------------------------------------------------
 def cmd_pull(args: argparse.Namespace) -> int:
-    from unionfs.registry.transfer import DEFAULT_JOBS, pull
+    """Pull through registries.conf and docker's registry-mirrors (registries_conf.py): a short name's
+    candidates in turn (the first that pulls wins), each from its mirrors, then its location."""
+    from unionfs.registry.registries_conf import load
 
-    ref = Reference.parse(args.reference)
+    if args.all_tags and ("@" in args.reference or ":" in args.reference.rsplit("/", 1)[-1]):
+        raise UsageError("pull --all-tags takes a repository name without a tag or digest")
+    conf = load()
+    candidates = conf.candidates(args.reference)
     store = store_of(args)
     progress = _progress(args)
-    with _client(args, ref.registry) as client:
-        refs = [ref]
-        if args.all_tags:
-            if ref.digest or ":" in args.reference.rsplit("/", 1)[-1]:
-                raise UsageError("pull --all-tags takes a repository name without a tag or digest")
+    failures: list[str] = []
+    for ref in candidates:
+        try:
+            _pull_candidate(args, conf, ref, store, progress)
+            return 0
+        except RegistryError as e:
+            if len(candidates) == 1 or isinstance(e, RegistriesConfError):
+                raise
+            log.info("%s: %s", ref, e)
+            failures.append(f"{ref.registry}: {e}")
+    raise RegistryError(f"{args.reference}: no search registry has it ({'; '.join(failures)})")
+
+
+def _pull_candidate(args: argparse.Namespace, conf: RegistriesConf, ref: Reference, store: Any,
+                    progress: Progress) -> None:
+    """Pull one fully qualified reference (every tag of it with ``--all-tags``) through its plan."""
+    from unionfs.registry.transfer import DEFAULT_JOBS, pull
+
+    refs = [ref]
+    if args.all_tags:
+        with _mirrored(args, conf, ref) as client:
             refs = [ref.with_tag(t) for t in client.tags(ref.repository)]
-        for r in refs:
-            result = pull(store, r, client, platform=platform_of(args), jobs=args.jobs or DEFAULT_JOBS, progress=progress,
+    for r in refs:
+        with _mirrored(args, conf, r) as client:
+            result = pull(store, r, cast("RegistryClient", client), platform=platform_of(args),
+                          jobs=args.jobs or DEFAULT_JOBS, progress=progress,
                           follow_foreign_urls=args.follow_foreign_urls)
-            if not args.quiet:
-                progress.line(f"Digest: {result.digest}")
-                status = "Downloaded newer image" if result.fetched else "Image is up to date"
-                progress.line(f"Status: {status} for {r.familiar}")
-            print(str(r))
-    return 0
+        if not args.quiet:
+            progress.line(f"Digest: {result.digest}")
+            status = "Downloaded newer image" if result.fetched else "Image is up to date"
+            progress.line(f"Status: {status} for {r.familiar}")
+        print(str(r))
+
+
+def _mirrored(args: argparse.Namespace, conf: RegistriesConf, ref: Reference) -> MirroredClient:
+    """A client reading ``ref`` through its plan (mirrors, then its location), with each endpoint's own
+    credentials. Raises RegistryBlockedError when registries.conf blocks it."""
+    from unionfs.registry.credentials import DockerConfig
+    from unionfs.registry.mirrors import MirroredClient, describe_plan
+
+    plan = conf.plan(ref, insecure=args.insecure)
+    if plan.blocked:
+        assert plan.rule is not None
+        raise RegistryBlockedError(f"pulling {ref} is blocked by {plan.rule.source} "
+                                   f"([[registry]] prefix {plan.rule.prefix!r})")
+    log.debug("pull %s from %s", ref, describe_plan(plan))
+    return MirroredClient(plan, credentials=DockerConfig().get)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -282,7 +324,9 @@ def _net(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add pull, push, search, tags, login and logout."""
     p = sub.add_parser("pull", help="pull an image from a registry",
-                       description="Pull an image (NAME[:TAG|@DIGEST], docker's reference rules) into the store.")
+                       description="Pull an image (NAME[:TAG|@DIGEST], docker's reference rules) into the store, "
+                                   "through the mirrors, locations, aliases and search registries of "
+                                   "registries.conf and docker's registry-mirrors (docs/cli.md).")
     p.add_argument("reference", metavar="NAME[:TAG|@DIGEST]")
     p.add_argument("-a", "--all-tags", action="store_true", help="pull every tag of the repository")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from an index (default: host)")
