@@ -21,11 +21,12 @@ from typing import Callable, Iterator
 import pytest
 from support.cli import run_cli
 from support.regimage import push_tiny_image, tiny_manifest
-from support.registry import FakeServer, FaultProxy, Registry, free_port, have_registry, running_registry
+from support.registry import USERS, FakeServer, FaultProxy, Registry, free_port, have_registry, running_registry
 
 from unionfs.errors import RegistriesConfError
 from unionfs.oci.reference import Reference
 from unionfs.registry.client import RegistryClient
+from unionfs.registry.credentials import DockerConfig
 from unionfs.registry.registries_conf import (
     Endpoint,
     RegistriesConf,
@@ -36,7 +37,7 @@ from unionfs.registry.registries_conf import (
     parse_registries_conf,
     prefix_match,
 )
-from unionfs.registry.transport import RetryPolicy
+from unionfs.registry.transport import Credentials, RetryPolicy
 from unionfs.store.store import Store
 
 FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05)
@@ -525,3 +526,23 @@ def test_no_config_at_all_changes_nothing(env: Env, origin: Images, monkeypatch:
     assert os.environ["CONTAINERS_REGISTRIES_CONF"] == ""
     p = env.pull(f"{origin.origin.host}/team/app:v1")
     assert "Pull complete" in p.stderr and not warnings(p.stderr)
+
+
+def test_a_mirror_never_gets_the_origins_credentials(env: Env, tmp_path: Path,
+                                                     servers: list[FakeServer | FaultProxy]) -> None:
+    """Logged in to an htpasswd origin, pulling through a mirror that forwards the origin's 401 challenge: the
+    mirror (another host) is sent nothing, is skipped with one warning, and the origin serves the pull."""
+    with running_registry(tmp_path / "basic", "htpasswd") as reg:
+        alice = Credentials("alice", USERS["alice"])
+        with RegistryClient(reg.host, credentials=alice, retry=FAST) as c:
+            digest = push_tiny_image(c, "private/app", "v1", "private")
+        DockerConfig().save(reg.host, alice)
+        mirror = FakeServer(forwarding(reg.host))
+        servers.append(mirror)
+        env.conf.write_text(f'[[registry]]\nlocation = "{reg.host}"\n'
+                            f'[[registry.mirror]]\nlocation = "127.0.0.1:{mirror.port}"\n')
+        p = env.pull("-q", f"{reg.host}/private/app:v1")
+        assert mirror.seen and not any("authorization" in s.headers for s in mirror.seen)
+        (line,) = warnings(p.stderr)
+        assert f"mirror 127.0.0.1:{mirror.port}" in line and "authentication required" in line and USERS["alice"] not in p.stderr
+        assert env.digest_of(f"{reg.host}/private/app:v1") == digest
