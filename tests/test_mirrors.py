@@ -110,11 +110,15 @@ location = "inner.example/app"
 prefix = "*.corp.example"
 insecure = true
 [[registry.mirror]]
-location = "corp-mirror.example/cache"
+location = "corp-mirror.example/cache/"
+[[registry]]
+prefix = "*.moved.example"
+location = "new.example/moved"
 ''')
     assert names(c, "example.com/team/app:1") == ["inner.example/app:1"]
     assert names(c, "example.com/team/other:1") == ["short.mirror/team/other:1 m", "example.com/team/other:1"]
     assert names(c, "a.b.corp.example/x/y:2") == ["corp-mirror.example/cache/x/y:2 m", "a.b.corp.example/x/y:2 i"]
+    assert names(c, "a.moved.example/x:3") == ["new.example/moved/x:3"]
 
 
 def test_mirrors_for_tags_and_digests() -> None:
@@ -201,8 +205,8 @@ def test_drop_ins_merge_and_version_1() -> None:
     ("registry = 3", "array of tables"),
     ("[[registry]]\nprefix = 'example.com'", "has no location"),
     ("[[registry]]\nlocation = 'https://example.com'", "no scheme"),
+    ("[[registry]]\nlocation = 'example.com'\npull-from-mirror = 'all'", "belongs in a [[registry.mirror]]"),
     ("[[registry]]\nlocation = 'example.com'\ninsecure = 'yes'", "true or false"),
-    ("[[registry]]\nprefix = '*.example.com'\nlocation = 'x.example'", "takes no location"),
     ("[[registry]]\nlocation = 'a.example'\n[[registry.mirror]]\nlocation = 'm.example'\npull-from-mirror = 'some'",
      "pull-from-mirror must be one of"),
     ("[[registry]]\nlocation = 'a.example'\nmirror-by-digest-only = true\n[[registry.mirror]]\n"

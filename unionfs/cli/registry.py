@@ -14,12 +14,11 @@ import threading
 from typing import TYPE_CHECKING, Any, cast
 
 from unionfs.cli.common import human_size, platform_of, store_of, table
-from unionfs.errors import RegistriesConfError, RegistryAuthError, RegistryBlockedError, RegistryError, UsageError
+from unionfs.errors import RegistriesConfError, RegistryAuthError, RegistryError, UsageError
 from unionfs.oci.reference import DEFAULT_REGISTRY, Reference
 
 if TYPE_CHECKING:  # the HTTP side is imported by the commands that use it, so other commands start fast
     from unionfs.registry.client import RegistryClient
-    from unionfs.registry.mirrors import MirroredClient
     from unionfs.registry.registries_conf import RegistriesConf
     from unionfs.registry.search import SearchResult
     from unionfs.registry.transfer import Progress
@@ -124,21 +123,22 @@ def cmd_pull(args: argparse.Namespace) -> int:
             if len(candidates) == 1 or isinstance(e, RegistriesConfError):
                 raise
             log.info("%s: %s", ref, e)
-            failures.append(f"{ref.registry}: {e}")
+            failures.append(str(e))
     raise RegistryError(f"{args.reference}: no search registry has it ({'; '.join(failures)})")
 
 
 def _pull_candidate(args: argparse.Namespace, conf: RegistriesConf, ref: Reference, store: Any,
                     progress: Progress) -> None:
     """Pull one fully qualified reference (every tag of it with ``--all-tags``) through its plan."""
+    from unionfs.registry.mirrors import client_for
     from unionfs.registry.transfer import DEFAULT_JOBS, pull
 
     refs = [ref]
     if args.all_tags:
-        with _mirrored(args, conf, ref) as client:
+        with client_for(ref, conf, insecure=args.insecure) as client:
             refs = [ref.with_tag(t) for t in client.tags(ref.repository)]
     for r in refs:
-        with _mirrored(args, conf, r) as client:
+        with client_for(r, conf, insecure=args.insecure) as client:
             result = pull(store, r, cast("RegistryClient", client), platform=platform_of(args),
                           jobs=args.jobs or DEFAULT_JOBS, progress=progress,
                           follow_foreign_urls=args.follow_foreign_urls)
@@ -147,21 +147,6 @@ def _pull_candidate(args: argparse.Namespace, conf: RegistriesConf, ref: Referen
             status = "Downloaded newer image" if result.fetched else "Image is up to date"
             progress.line(f"Status: {status} for {r.familiar}")
         print(str(r))
-
-
-def _mirrored(args: argparse.Namespace, conf: RegistriesConf, ref: Reference) -> MirroredClient:
-    """A client reading ``ref`` through its plan (mirrors, then its location), with each endpoint's own
-    credentials. Raises RegistryBlockedError when registries.conf blocks it."""
-    from unionfs.registry.credentials import DockerConfig
-    from unionfs.registry.mirrors import MirroredClient, describe_plan
-
-    plan = conf.plan(ref, insecure=args.insecure)
-    if plan.blocked:
-        assert plan.rule is not None
-        raise RegistryBlockedError(f"pulling {ref} is blocked by {plan.rule.source} "
-                                   f"([[registry]] prefix {plan.rule.prefix!r})")
-    log.debug("pull %s from %s", ref, describe_plan(plan))
-    return MirroredClient(plan, credentials=DockerConfig().get)
 
 
 def cmd_push(args: argparse.Namespace) -> int:

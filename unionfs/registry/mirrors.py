@@ -29,12 +29,14 @@ from typing import Any, Callable, Sequence, TypeVar
 from unionfs.errors import (
     CredentialsError,
     DigestError,
+    RegistryBlockedError,
     RegistryError,
     RegistryNotFoundError,
 )
 from unionfs.oci.digest import Digest
+from unionfs.oci.reference import Reference
 from unionfs.registry.client import FetchedManifest, RegistryClient
-from unionfs.registry.registries_conf import Endpoint, PullPlan
+from unionfs.registry.registries_conf import Endpoint, PullPlan, RegistriesConf, load
 from unionfs.registry.transport import Credentials, Deadlines, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,9 @@ class MirroredClient:
             return client
 
     def _skip(self, ep: Endpoint, why: str) -> None:
-        """Pass over a mirror for the rest of the pull (the caller holds the lock)."""
+        """Pass over a mirror for the rest of the pull, saying so once (the caller holds the lock)."""
+        if ep in self._skipped:
+            return
         self._skipped.add(ep)
         log.warning("mirror %s for %s skipped: %s", ep.host, self.plan.reference.name, why)
 
@@ -191,6 +195,21 @@ class _MirrorBlob:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reader, name)
+
+
+def client_for(ref: Reference, conf: RegistriesConf | None = None, *, insecure: bool = False) -> MirroredClient:
+    """A client that reads ``ref`` as registries.conf and daemon.json say (``conf``, default: ``load()``), with
+    the credentials the docker config keeps for each endpoint's host; ``insecure`` (``--insecure``) for its
+    location. Raises RegistryBlockedError when a ``blocked`` table matches ``ref``, RegistriesConfError."""
+    from unionfs.registry.credentials import DockerConfig
+
+    plan = (conf if conf is not None else load()).plan(ref, insecure=insecure)
+    if plan.blocked:
+        assert plan.rule is not None
+        raise RegistryBlockedError(f"pulling {ref} is blocked by {plan.rule.source} "
+                                   f"([[registry]] prefix {plan.rule.prefix!r})")
+    log.debug("pull %s from %s", ref, describe_plan(plan))
+    return MirroredClient(plan, credentials=DockerConfig().get)
 
 
 def describe_plan(plan: PullPlan) -> str:

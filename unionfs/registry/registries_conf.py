@@ -23,7 +23,7 @@ Semantics (containers-registries.conf(5)):
   reference starts with it and continues with ``/``, ``:`` or ``@`` (or ends); ``*.example.com`` matches any
   subdomain of example.com. docker.io's implied ``library/`` is part of the reference: a prefix for busybox is
   ``docker.io/library/busybox``.
-* **Rewriting.** The matched prefix is replaced by ``location`` (a wildcard prefix has no location: the
+* **Rewriting.** The matched prefix is replaced by ``location`` (a wildcard prefix may have none: the
   reference is used as it is), and by each mirror's ``location`` for that mirror. The image is always stored
   under the name the user gave.
 * **Order.** Mirrors first, in their order, then the location. ``mirror-by-digest-only = true`` on the
@@ -297,17 +297,15 @@ def _parse_v1(v1: dict[str, Any], source: str) -> _Layer:
 
 
 def _rule(t: dict[str, Any], what: str, source: str) -> RegistryRule:
-    location = _string(t.get("location", ""), f"{what} location", source)
-    prefix = _string(t.get("prefix", ""), f"{what} prefix", source) or location
+    location = _place(t.get("location", ""), f"{what} location", source)
+    prefix = _place(t.get("prefix", ""), f"{what} prefix", source) or location
     if not prefix:
         raise RegistriesConfError(f"{source}: {what} has neither a prefix nor a location")
-    if prefix.startswith("*."):
-        if location:
-            raise RegistriesConfError(f"{source}: {what}: a wildcard prefix ({prefix}) takes no location")
-    elif not location:
-        raise RegistriesConfError(f"{source}: {what} ({prefix}) has no location")
-    for name, value in (("prefix", prefix), ("location", location)):
-        _check_place(value, f"{what} {name}", source)
+    if not location and not prefix.startswith("*."):
+        raise RegistriesConfError(f"{source}: {what} ({prefix}) has no location (only a *.domain prefix may "
+                                  f"go without)")
+    if "pull-from-mirror" in t:
+        raise RegistriesConfError(f"{source}: {what}: pull-from-mirror belongs in a [[registry.mirror]] table")
     by_digest = _bool(t.get("mirror-by-digest-only", False), f"{what} mirror-by-digest-only", source)
     mirrors = []
     raw_mirrors = t.get("mirror", [])
@@ -316,10 +314,9 @@ def _rule(t: dict[str, Any], what: str, source: str) -> RegistryRule:
     for j, m in enumerate(raw_mirrors):
         mwhat = f"{what} mirror #{j + 1}"
         m = _table(m, mwhat, source)
-        mloc = _string(m.get("location", ""), f"{mwhat} location", source)
+        mloc = _place(m.get("location", ""), f"{mwhat} location", source)
         if not mloc:
             raise RegistriesConfError(f"{source}: {mwhat} has no location")
-        _check_place(mloc, f"{mwhat} location", source)
         pull_from = _string(m.get("pull-from-mirror", ""), f"{mwhat} pull-from-mirror", source)
         if pull_from and pull_from not in PULL_FROM_MIRROR:
             raise RegistriesConfError(f"{source}: {mwhat} pull-from-mirror must be one of "
@@ -332,11 +329,13 @@ def _rule(t: dict[str, Any], what: str, source: str) -> RegistryRule:
                         _bool(t.get("blocked", False), f"{what} blocked", source), by_digest, tuple(mirrors), source)
 
 
-def _check_place(value: str, what: str, source: str) -> None:
-    """A prefix or location: ``host[:port][/path...]`` (or ``*.domain``), no scheme, no spaces."""
-    if "://" in value or any(c.isspace() for c in value) or value.endswith("/"):
-        raise RegistriesConfError(f"{source}: {what} {shown(value)} is not host[:port][/namespace...] "
-                                  f"(no scheme, no trailing slash)")
+def _place(value: object, what: str, source: str) -> str:
+    """A prefix or location: ``host[:port][/path...]`` (or ``*.domain``), trailing slashes dropped; no scheme,
+    no spaces."""
+    text = _string(value, what, source).rstrip("/")
+    if "://" in text or any(c.isspace() for c in text):
+        raise RegistriesConfError(f"{source}: {what} {shown(text)} is not host[:port][/namespace...] (no scheme)")
+    return text
 
 
 def _alias(name: str, value: object, source: str) -> str:
