@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from unionfs.errors import ReferenceError_, RegistriesConfError, shown
+from unionfs.errors import ReferenceError_, RegistriesConfError, listed, shown
 from unionfs.oci.reference import DEFAULT_REGISTRY, Reference
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,12 @@ class RegistriesConf:
         if alias:
             return [_parse(alias + suffix, f"alias {name!r}", self.sources)]
         search = list(self.search or ()) or [DEFAULT_REGISTRY]
-        if self.short_name_mode == "enforcing" and len(search) > 1:
-            raise RegistriesConfError(f"short name {shown(text)} is ambiguous: it may come from any of "
-                                      f"{', '.join(search)} (short-name-mode is enforcing): give the full name, "
-                                      f"or an alias in registries.conf")
-        return [_parse(f"{reg}/{name}{suffix}", f"search registry {reg!r}", self.sources) for reg in search]
+        found = [_parse(f"{reg}/{name}{suffix}", f"search registry {reg!r}", self.sources) for reg in search]
+        if self.short_name_mode == "enforcing" and len(found) > 1:
+            raise RegistriesConfError(f"short name {shown(text)} is ambiguous (short-name-mode is enforcing and "
+                                      f"there are {len(found)} search registries): give the full name, one of "
+                                      f"{listed([str(r) for r in found])}, or an alias in registries.conf")
+        return found
 
     # -- pulls ----------------------------------------------------------------------------------------
     def rule_for(self, ref: Reference) -> RegistryRule | None:
