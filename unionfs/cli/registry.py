@@ -278,8 +278,10 @@ def cmd_login(args: argparse.Namespace) -> int:
         except RegistryAuthError as e:
             if e.code != "UNAUTHORIZED":  # not a refusal of the credentials (e.g. a token realm we refuse)
                 raise
-            raise RegistryAuthError(f"login to {registry} failed: wrong username or password "
-                                    f"({str(e).rsplit(': ', 1)[-1]})", e.code) from None
+            detail = str(e).rsplit(": ", 1)[-1]
+            detail = "" if detail == "wrong username or password" else f" ({detail})"
+            raise RegistryAuthError(f"login to {registry} failed: wrong username or password{detail}",
+                                    e.code) from None
     if config.helper_for(registry) is None:  # docker's warning, on standard error
         print(f"WARNING! Your password will be stored unencrypted in {config.path} (configure a credential "
               f"helper, credsStore or credHelpers, to keep it elsewhere).", file=sys.stderr)
