@@ -40,6 +40,8 @@ The tree::
         ├── RegistryDeniedError       DENIED: authenticated but not allowed
         ├── RegistryNotFoundError     MANIFEST_UNKNOWN, NAME_UNKNOWN, BLOB_UNKNOWN, any 404
         ├── RegistryRateLimitError    TOOMANYREQUESTS (HTTP 429) after the retries
+        ├── RegistryBlockedError      registries.conf blocks pulls of the reference
+        ├── RegistriesConfError       registries.conf or docker's daemon.json is malformed
         └── CredentialsError          the docker config (credentials file or helper) is unusable
 
 Code below the CLI raises these and never prints.
@@ -175,6 +177,14 @@ class RegistryNotFoundError(RegistryError):
 
 class RegistryRateLimitError(RegistryError):
     """The registry kept answering TOOMANYREQUESTS (HTTP 429)."""
+
+
+class RegistryBlockedError(RegistryError):
+    """A ``[[registry]]`` table of registries.conf with ``blocked = true`` matches the reference pulled."""
+
+
+class RegistriesConfError(RegistryError):
+    """registries.conf (or a drop-in) or docker's daemon.json cannot be read or does not parse."""
 
 
 class CredentialsError(RegistryError):

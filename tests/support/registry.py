@@ -155,6 +155,7 @@ class Registry:
     token_server: TokenServer | None = None
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default=Path("/dev/null"))
+    proxy_remote: str | None = None  # a pull-through cache of this URL (distribution's ``proxy: remoteurl:``)
 
     @property
     def host(self) -> str:
@@ -186,6 +187,8 @@ class Registry:
             self.token_server = TokenServer(self.workdir)
             lines += ["auth:", "  token:", f"    realm: {self.token_server.realm}", f"    service: {SERVICE}",
                       f"    issuer: {ISSUER}", f"    rootcertbundle: {self.token_server.cert_path}"]
+        if self.proxy_remote:
+            lines += ["proxy:", f"  remoteurl: {self.proxy_remote}"]
         template = "\n".join(lines) + "\n"
         self.log_path = self.workdir / "registry.log"
         for _ in range(5):  # a port taken between free_port() and the bind: try another
@@ -234,9 +237,10 @@ class Registry:
 
 
 @contextlib.contextmanager
-def running_registry(workdir: Path, auth: str = "none") -> Iterator[Registry]:
-    """A started Registry, stopped when the block ends (however it ends)."""
-    reg = Registry(workdir, auth)
+def running_registry(workdir: Path, auth: str = "none", proxy_remote: str | None = None) -> Iterator[Registry]:
+    """A started Registry (a pull-through cache of ``proxy_remote`` when given), stopped when the block ends
+    (however it ends)."""
+    reg = Registry(workdir, auth, proxy_remote=proxy_remote)
     try:
         reg.start()
         yield reg

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from unionfs.cli.common import human_size, platform_of, store_of, table
-from unionfs.errors import RegistryAuthError, UsageError
+from unionfs.errors import RegistriesConfError, RegistryAuthError, RegistryError, UsageError
 from unionfs.oci.reference import DEFAULT_REGISTRY, Reference
 
 if TYPE_CHECKING:  # the HTTP side is imported by the commands that use it, so other commands start fast
     from unionfs.registry.client import RegistryClient
+    from unionfs.registry.registries_conf import RegistriesConf
     from unionfs.registry.search import SearchResult
     from unionfs.registry.transfer import Progress
+
+log = logging.getLogger(__name__)
 
 
 # --- progress reporters -------------------------------------------------------------------------
@@ -100,26 +104,49 @@ def _client(args: argparse.Namespace, registry: str) -> RegistryClient:
 
 # --- commands ---------------------------------------------------------------------------------
 def cmd_pull(args: argparse.Namespace) -> int:
-    from unionfs.registry.transfer import DEFAULT_JOBS, pull
+    """Pull through registries.conf and docker's registry-mirrors (registries_conf.py): a short name's
+    candidates in turn (the first that pulls wins), each from its mirrors, then its location."""
+    from unionfs.registry.registries_conf import load
 
-    ref = Reference.parse(args.reference)
+    if args.all_tags and ("@" in args.reference or ":" in args.reference.rsplit("/", 1)[-1]):
+        raise UsageError("pull --all-tags takes a repository name without a tag or digest")
+    conf = load()
+    candidates = conf.candidates(args.reference)
     store = store_of(args)
     progress = _progress(args)
-    with _client(args, ref.registry) as client:
-        refs = [ref]
-        if args.all_tags:
-            if ref.digest or ":" in args.reference.rsplit("/", 1)[-1]:
-                raise UsageError("pull --all-tags takes a repository name without a tag or digest")
+    failures: list[str] = []
+    for ref in candidates:
+        try:
+            _pull_candidate(args, conf, ref, store, progress)
+            return 0
+        except RegistryError as e:
+            if len(candidates) == 1 or isinstance(e, RegistriesConfError):
+                raise
+            log.info("%s: %s", ref, e)
+            failures.append(str(e))
+    raise RegistryError(f"{args.reference}: no search registry has it ({'; '.join(failures)})")
+
+
+def _pull_candidate(args: argparse.Namespace, conf: RegistriesConf, ref: Reference, store: Any,
+                    progress: Progress) -> None:
+    """Pull one fully qualified reference (every tag of it with ``--all-tags``) through its plan."""
+    from unionfs.registry.mirrors import client_for
+    from unionfs.registry.transfer import DEFAULT_JOBS, pull
+
+    refs = [ref]
+    if args.all_tags:
+        with client_for(ref, conf, insecure=args.insecure) as client:
             refs = [ref.with_tag(t) for t in client.tags(ref.repository)]
-        for r in refs:
-            result = pull(store, r, client, platform=platform_of(args), jobs=args.jobs or DEFAULT_JOBS, progress=progress,
+    for r in refs:
+        with client_for(r, conf, insecure=args.insecure) as client:
+            result = pull(store, r, cast("RegistryClient", client), platform=platform_of(args),
+                          jobs=args.jobs or DEFAULT_JOBS, progress=progress,
                           follow_foreign_urls=args.follow_foreign_urls)
-            if not args.quiet:
-                progress.line(f"Digest: {result.digest}")
-                status = "Downloaded newer image" if result.fetched else "Image is up to date"
-                progress.line(f"Status: {status} for {r.familiar}")
-            print(str(r))
-    return 0
+        if not args.quiet:
+            progress.line(f"Digest: {result.digest}")
+            status = "Downloaded newer image" if result.fetched else "Image is up to date"
+            progress.line(f"Status: {status} for {r.familiar}")
+        print(str(r))
 
 
 def cmd_push(args: argparse.Namespace) -> int:
@@ -251,8 +278,13 @@ def cmd_login(args: argparse.Namespace) -> int:
         except RegistryAuthError as e:
             if e.code != "UNAUTHORIZED":  # not a refusal of the credentials (e.g. a token realm we refuse)
                 raise
-            raise RegistryAuthError(f"login to {registry} failed: wrong username or password "
-                                    f"({str(e).rsplit(': ', 1)[-1]})", e.code) from None
+            detail = str(e).rsplit(": ", 1)[-1]
+            detail = "" if detail == "wrong username or password" else f" ({detail})"
+            raise RegistryAuthError(f"login to {registry} failed: wrong username or password{detail}",
+                                    e.code) from None
+    if config.helper_for(registry) is None:  # docker's warning, on standard error
+        print(f"WARNING! Your password will be stored unencrypted in {config.path} (configure a credential "
+              f"helper, credsStore or credHelpers, to keep it elsewhere).", file=sys.stderr)
     config.save(registry, creds)
     print("Login Succeeded")
     return 0
@@ -263,7 +295,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
     registry = normalize_server(args.server) if args.server else DEFAULT_REGISTRY
     config = DockerConfig()
-    if config.erase(registry):
+    if config.erase(registry):  # through the registry's credential helper too, when it has one
         print(f"Removing login credentials for {registry}")
     else:
         print(f"Not logged in to {registry}")
@@ -279,7 +311,9 @@ def _net(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add pull, push, search, tags, login and logout."""
     p = sub.add_parser("pull", help="pull an image from a registry",
-                       description="Pull an image (NAME[:TAG|@DIGEST], docker's reference rules) into the store.")
+                       description="Pull an image (NAME[:TAG|@DIGEST], docker's reference rules) into the store, "
+                                   "through the mirrors, locations, aliases and search registries of "
+                                   "registries.conf and docker's registry-mirrors (docs/cli.md).")
     p.add_argument("reference", metavar="NAME[:TAG|@DIGEST]")
     p.add_argument("-a", "--all-tags", action="store_true", help="pull every tag of the repository")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from an index (default: host)")
@@ -320,8 +354,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_tags)
 
     p = sub.add_parser("login", help="log in to a registry",
-                       description="Check credentials with the registry and keep them in the docker config "
-                                   "($DOCKER_CONFIG/config.json, default ~/.docker/config.json, mode 0600).")
+                       description="Check credentials with the registry and keep them as docker does: through the "
+                                   "credential helper the docker config names (credHelpers, credsStore), else in "
+                                   "the file itself ($DOCKER_CONFIG/config.json, default ~/.docker/config.json, "
+                                   "mode 0600).")
     p.add_argument("server", nargs="?", metavar="SERVER", help="registry host (default: Docker Hub)")
     p.add_argument("-u", "--username")
     p.add_argument("-p", "--password", help="password (insecure: prefer --password-stdin)")
@@ -330,6 +366,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_login)
 
     p = sub.add_parser("logout", help="forget a registry's credentials",
-                       description="Remove a registry's credentials from the docker config.")
+                       description="Remove a registry's credentials from the docker config and from its "
+                                   "credential helper.")
     p.add_argument("server", nargs="?", metavar="SERVER", help="registry host (default: Docker Hub)")
     p.set_defaults(func=cmd_logout)

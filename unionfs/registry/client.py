@@ -172,17 +172,19 @@ class RegistryClient:
         time.sleep(delay)
         return True
 
-    def ping(self) -> None:
+    def ping(self, attempts: int | None = None) -> None:
         """``GET /v2/``: choose the scheme and learn the authentication challenge.
 
-        Raises RegistryConnectionError when the host cannot be reached by any allowed scheme within the
+        ``attempts`` rounds at most (default: the retry policy's; a mirror, which has a fallback, is given
+        one). Raises RegistryConnectionError when the host cannot be reached by any allowed scheme within the
         request deadline, RegistryError when what answers is no registry.
         """
         schemes = ["https"] + (["http"] if self.plain_http_allowed(self.host) else [])
         what = f"registry {self.registry}"
         deadline = Deadline.start(self.deadlines.request)
         last: Exception | None = None
-        for attempt in range(self.retry.attempts):
+        rounds = min(attempts or self.retry.attempts, self.retry.attempts)
+        for attempt in range(rounds):
             for i, scheme in enumerate(schemes):
                 url = f"{scheme}://{self.host}/v2/"
                 # HTTPS must leave time for the HTTP try: a plain-HTTP server may say nothing to a TLS hello
@@ -207,7 +209,7 @@ class RegistryClient:
                 if r.status_code == 401:
                     self._set_challenge(r)
                 return
-            if deadline.left() <= 0 or not self._wait(attempt, deadline):
+            if attempt + 1 >= rounds or deadline.left() <= 0 or not self._wait(attempt, deadline):
                 break
         if isinstance(last, RegistryError):
             raise last

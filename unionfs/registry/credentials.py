@@ -5,8 +5,12 @@ The file is ``$DOCKER_CONFIG/config.json`` (default ``~/.docker/config.json``). 
 * ``auths`` maps a server key to ``{"auth": base64("user:password")}`` (an ``identitytoken`` is honoured);
   Docker Hub's key is ``https://index.docker.io/v1/``; other registries are keyed by ``host[:port]`` (keys
   written as URLs, ``https://host/v2/``, are found too).
-* ``credHelpers[host]`` / ``credsStore`` name a ``docker-credential-NAME`` program; lookups ask it (``get``).
-  ``save``/``erase`` always use the file itself (``auths``).
+* ``credHelpers[host]`` / ``credsStore`` name a ``docker-credential-NAME`` program (credhelper.py). Lookups ask
+  ``credHelpers[host]``'s helper, then the file's ``auths``, then the ``credsStore`` helper.
+* ``save``/``erase`` go where docker's would: through ``credHelpers[host]``'s helper, else through the
+  ``credsStore`` helper, else into ``auths``. With a helper the secret never touches the file: ``auths`` keeps
+  an empty entry ``{}`` for the registry (what docker writes, and how ``docker logout`` knows the login), and
+  any ``auth`` that was there before is dropped. A helper that fails leaves the file as it was.
 * Writes keep every other key of the file, go through a temporary file and a rename, and leave the file
   mode 0600 (its directory 0700 when we create it).
 """
@@ -19,12 +23,12 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from unionfs.errors import CredentialsError
+from unionfs.registry.credhelper import CredentialHelper
 from unionfs.registry.transport import DOCKER_HUB, Credentials
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,7 @@ class DockerConfig:
         data = self.load()
         helper = _section(data, "credHelpers").get(reg)
         if isinstance(helper, str) and helper:
-            return _helper_get(helper, server_key(reg))
+            return CredentialHelper(helper).get(server_key(reg))
         auths = _section(data, "auths")
         for key, entry in auths.items():
             if normalize_server(key) == reg and isinstance(entry, dict):
@@ -89,30 +93,44 @@ class DockerConfig:
                     return creds
         store = data.get("credsStore")
         if isinstance(store, str) and store:
-            return _helper_get(store, server_key(reg))
+            return CredentialHelper(store).get(server_key(reg))
         return None
 
+    def helper_for(self, registry: str) -> CredentialHelper | None:
+        """The helper that ``save``/``erase`` use for a registry (``credHelpers[host]``, else ``credsStore``), or
+        None when credentials go into the file."""
+        return _helper_for(self.load(), normalize_server(registry))
+
     def save(self, registry: str, credentials: Credentials) -> None:
-        """Record credentials for a registry under ``auths`` (replacing any other key naming it)."""
+        """Record credentials for a registry: through its helper when one is configured, else under ``auths``
+        (see the module docstring; any other key naming the registry is replaced)."""
         reg = normalize_server(registry)
         data = self.load()
+        helper = _helper_for(data, reg)
+        entry: dict[str, str] = {}
+        if helper is not None:
+            helper.store(server_key(reg), credentials)
+        else:
+            raw = f"{credentials.username}:{credentials.password}".encode()
+            entry["auth"] = base64.b64encode(raw).decode()
+            if credentials.identity_token:
+                entry["identitytoken"] = credentials.identity_token
         auths = {k: v for k, v in _section(data, "auths").items() if normalize_server(k) != reg}
-        raw = f"{credentials.username}:{credentials.password}".encode()
-        entry: dict[str, str] = {"auth": base64.b64encode(raw).decode()}
-        if credentials.identity_token:
-            entry["identitytoken"] = credentials.identity_token
         auths[server_key(reg)] = entry
         data["auths"] = auths
         self._write(data)
 
     def erase(self, registry: str) -> bool:
-        """Forget a registry's credentials; True when there were some in the file."""
+        """Forget a registry's credentials, in its helper (when one is configured: first) and in the file;
+        True when there were some in either."""
         reg = normalize_server(registry)
         data = self.load()
+        helper = _helper_for(data, reg)
+        erased = helper.erase(server_key(reg)) if helper is not None else False
         auths = _section(data, "auths")
         keep = {k: v for k, v in auths.items() if normalize_server(k) != reg}
         if len(keep) == len(auths):
-            return False
+            return erased
         data["auths"] = keep
         self._write(data)
         return True
@@ -162,25 +180,8 @@ def _decode_entry(entry: dict[str, Any], key: str, path: Path) -> Credentials | 
     return None
 
 
-def _helper_get(helper: str, server: str) -> Credentials | None:
-    """Ask ``docker-credential-HELPER get`` for a server's credentials."""
-    program = f"docker-credential-{helper}"
-    try:
-        p = subprocess.run([program, "get"], input=server.encode(), capture_output=True, timeout=60)
-    except FileNotFoundError:
-        raise CredentialsError(f"credential helper {program} is configured but not installed") from None
-    except subprocess.TimeoutExpired:
-        raise CredentialsError(f"credential helper {program} did not answer") from None
-    if p.returncode != 0:
-        if b"not found" in p.stdout + p.stderr:
-            return None
-        msg = " ".join((p.stderr or p.stdout).decode(errors="replace").split())
-        raise CredentialsError(f"credential helper {program} failed: {msg}")
-    try:
-        out = json.loads(p.stdout)
-    except ValueError:
-        raise CredentialsError(f"credential helper {program} answered something that is not JSON") from None
-    user, secret = str(out.get("Username") or ""), str(out.get("Secret") or "")
-    if user == "<token>":
-        return Credentials(user, "", secret)
-    return Credentials(user, secret) if user else None
+def _helper_for(data: dict[str, Any], reg: str) -> CredentialHelper | None:
+    helper = _section(data, "credHelpers").get(reg)
+    if not (isinstance(helper, str) and helper):
+        helper = data.get("credsStore")
+    return CredentialHelper(helper) if isinstance(helper, str) and helper else None
