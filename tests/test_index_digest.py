@@ -91,6 +91,9 @@ def test_pull_by_index_digest_keeps_and_resolves_it(cli: CLI, store_root: Path, 
     assert "Downloading" not in cli("pull", by_index).stderr  # pulling it again fetches no blob
     entries = json.loads((store_root / "index.json").read_text())["manifests"]
     assert [e["annotations"][INDEX_REF_ANNOTATION] for e in entries] == [by_index]
+    from unionfs.store.usage import disk_usage  # the kept index is the image's, not unreferenced data
+
+    assert disk_usage(store).row("Unreferenced").total == 0
 
 
 def test_index_digest_resolves_offline(cli: CLI, store_root: Path, test_images: TestImages,

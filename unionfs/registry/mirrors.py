@@ -152,12 +152,13 @@ class MirroredClient:
 
     def open_blob(self, repository: str, digest: Digest, size: int | None = None, *, verify: bool = True,
                   urls: Sequence[str] = (), follow_urls: bool = False,
-                  on_bytes: Callable[[int], None] | None = None) -> Any:
+                  on_bytes: Callable[[int], None] | None = None, start: int = 0) -> Any:
         """A reader of a blob from the first endpoint that answers for it (``RegistryClient.open_blob``); a
-        mirror's is hashed as it streams whatever ``verify`` says, and its DigestError names the mirror."""
+        mirror's is hashed as it streams whatever ``verify`` says (but from a ``start`` past byte 0: then only
+        the caller, holding the first bytes, can hash it), and its DigestError names the mirror."""
         def op(client: RegistryClient, repo: str, ep: Endpoint) -> Any:
-            reader = client.open_blob(repo, digest, size, verify=verify or ep.mirror, urls=urls,
-                                      follow_urls=follow_urls, on_bytes=on_bytes)
+            reader = client.open_blob(repo, digest, size, verify=(verify or ep.mirror) and start == 0, urls=urls,
+                                      follow_urls=follow_urls, on_bytes=on_bytes, start=start)
             return _MirrorBlob(reader, ep.host) if ep.mirror else reader
         return self._each(repository, f"blob {digest}", op)
 

@@ -321,10 +321,12 @@ def images_of_repository(store: Store, name: Reference) -> list[Reference]:
 
 def obtain(store: Store, ref: str, platform: Platform | None = None, *,
            announce: Callable[[Reference], None] | None = None) -> Image:
-    """The image ``ref`` (a reference or an image id) from ``store``, pulled from its registry with the
-    credentials of the docker config when the store does not have it; ``announce`` is told before a pull.
-    ImageNotFoundError when ``ref`` is neither stored nor a valid reference; the pull's errors otherwise."""
-    from unionfs.registry.credentials import DockerConfig
+    """The image ``ref`` (a reference or an image id) from ``store``, pulled when the store does not have it,
+    as ``pull`` does: from the mirrors and the location registries.conf and docker's daemon.json give it
+    (:func:`unionfs.registry.mirrors.client_for`), with each endpoint's credentials of the docker config;
+    ``announce`` is told before a pull. ImageNotFoundError when ``ref`` is neither stored nor a valid
+    reference; the pull's errors otherwise."""
+    from unionfs.registry.mirrors import client_for
 
     try:
         return store.resolve(ref, platform)
@@ -332,5 +334,5 @@ def obtain(store: Store, ref: str, platform: Platform | None = None, *,
         r = Reference.parse(ref)
     if announce is not None:
         announce(r)
-    with RegistryClient(r.registry, credentials=DockerConfig().get(r.registry)) as client:
+    with client_for(r) as client:
         return pull(store, r, client, platform=platform).image

@@ -78,7 +78,8 @@ def tree_size(path: str | os.PathLike[str]) -> int:
 def _objects(image: Image) -> set[str]:
     """The objects an image keeps: ``blob:<digest>`` of its manifest, config and layers, ``layer:<hex>`` of its
     extracted layers."""
-    digests = [image.manifest_desc.digest, image.manifest.config.digest, *(d.digest for d in image.manifest.layers)]
+    digests = [image.manifest_desc.digest, image.manifest.config.digest, *(d.digest for d in image.manifest.layers),
+               *(r.digest for r in image.digests if r.digest is not None)]  # the kept indexes it was pulled by
     return {f"blob:{d}" for d in digests} | {f"layer:{d.hex}" for d in image.config.diff_ids}
 
 
