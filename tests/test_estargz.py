@@ -365,3 +365,18 @@ def test_convert_errors_leave_the_store_as_it_was(store: Path) -> None:
     r = run_cli("convert", "--estargz", "busybox:latest", digest, root=store, check=False)
     assert r.returncode == 2 and "needs a tag" in r.stderr
     assert store_state(store) == before
+
+
+def test_a_layer_that_cannot_be_converted_takes_the_others_back(store_root: Path, tmp_path: Path) -> None:
+    """The second layer fails (a non-UTF-8 name, which a TOC cannot hold) after the first was stored: the
+    store's transaction removes the first one's blob, and no tag is written."""
+    good = T.build([T.file("ok", b"fine\n")])
+    bad = T.build([T.file("caf\udce9", b"latin-1 name\n")])
+    archive = T.docker_archive(tmp_path / "two.tar", [(good, T.gz(good)), (bad, T.gz(bad))])
+    run_cli("load", "-i", archive, root=store_root)
+    before = store_state(store_root)
+    r = run_cli("convert", "--estargz", "trust:1", "trust:esgz", root=store_root, check=False)
+    assert r.returncode == 1 and "not UTF-8" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert store_state(store_root) == before
+    r = run_cli("convert", "--estargz", "--chunk-size", "0", "trust:1", "trust:esgz", root=store_root, check=False)
+    assert r.returncode == 2 and "invalid size" in r.stderr

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import math
 import os
@@ -426,8 +427,7 @@ def write_estargz(tar_stream: BinaryIO, out: BinaryIO, *, prioritized: Iterable[
 
 
 def _toc_json(toc: list[dict[str, Any]]) -> bytes:
-    import json
-
+    """The TOC's JSON bytes (fields in the estargz package's order, tab-indented as it writes them)."""
     ordered = [{k: e[k] for k in _FIELDS if k in e} for e in toc]
     return json.dumps({"version": 1, "entries": ordered}, indent="\t", ensure_ascii=False).encode("utf-8")
 
