@@ -191,6 +191,19 @@ def member_starts(blob: bytes) -> list[int]:
     return starts
 
 
+def test_converting_an_estargz_layer_again_gives_the_same_blob() -> None:
+    """Its TOC and landmark are dropped from the input and written anew: the same entries, the same bytes."""
+    blob, layer = convert()
+    again, layer2 = convert_stream(gzip.decompress(blob))
+    assert again == blob and layer2 == layer and layer2.source_diff_id == layer.diff_id
+
+
+def convert_stream(tar_bytes: bytes) -> tuple[bytes, EstargzLayer]:
+    out = io.BytesIO()
+    layer = write_estargz(io.BytesIO(tar_bytes), out, chunk_size=CHUNK)
+    return out.getvalue(), layer
+
+
 # ------------------------------------------------------------------------------------- the checks
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from unionfs.errors import DigestError, UsageError
+from unionfs.errors import DigestError, ManifestError, UsageError
 from unionfs.fsops import remove_tree
 from unionfs.layer.estargz import DEFAULT_CHUNK_SIZE, EstargzLayer, write_estargz
 from unionfs.oci.digest import Digest
@@ -40,7 +40,7 @@ class ConvertResult:
 def estargz_config(base: ImageConfig, diff_ids: Sequence[Digest]) -> ImageConfig:
     """``base`` with its layers' DiffIDs replaced by ``diff_ids`` (one per layer); everything else kept."""
     if len(diff_ids) != len(base.diff_ids):
-        raise UsageError(f"the image has {len(base.diff_ids)} layers, not {len(diff_ids)}")
+        raise ManifestError(f"the image config lists {len(base.diff_ids)} diff_ids, not {len(diff_ids)}")
     data = copy.deepcopy(base.data)
     data["rootfs"] = {**data["rootfs"], "type": "layers", "diff_ids": [str(d) for d in diff_ids]}
     return ImageConfig.build(data)
@@ -52,11 +52,14 @@ def convert_estargz(store: Store, src: str, dst: Reference, *, chunk_size: int =
 
     ``chunk_size``: the most bytes of a file in one gzip member; ``prioritized``: paths put first in each
     layer, before the prefetch landmark. Raises UsageError for a ``dst`` without a tag, DigestError when a
-    source layer does not match its DiffID, LayerError and subclasses for a layer that cannot be written.
+    source layer does not match its DiffID, ManifestError when the manifest and config disagree, LayerError and subclasses for a layer that cannot be written.
     """
     if not dst.tag:
         raise UsageError(f"convert needs a tag for the new image, not a digest: {dst}")
     image = store.resolve(src)
+    if len(image.manifest.layers) != len(image.config.diff_ids):
+        raise ManifestError(f"image {src} has {len(image.manifest.layers)} layers but its config lists "
+                            f"{len(image.config.diff_ids)} diff_ids")
     with store.lock():
         stage = Path(store.staging_dir("estargz-"))
         try:
