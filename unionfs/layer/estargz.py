@@ -53,7 +53,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, BinaryIO, Iterable
 
-from unionfs.errors import EstargzError, LayerError, LayerTooLargeError, ManifestError, UnionfsError, printable, shown
+from unionfs.errors import (
+    EstargzError,
+    LayerError,
+    LayerTooLargeError,
+    ManifestError,
+    UnionfsError,
+    UnsafeLayerError,
+    printable,
+    shown,
+)
 from unionfs.layer.compression import open_decompressed
 from unionfs.layer.unpack import MAX_LAYER_SIZE_ENV, BoundedTarInfo, LayerReader, max_layer_size
 from unionfs.layer.unpack import _split as split_name  # the unpacker's name rules, not a second copy of them
@@ -324,8 +333,8 @@ def _read_entries(tar_stream: BinaryIO, media_type: str | None, spool: BinaryIO,
 def _take(tf: tarfile.TarFile, ti: tarfile.TarInfo, spool: BinaryIO, limit: int) -> _Entry | None:
     """The entry of ``ti`` checked and normalised, its data spooled; None for an entry that is dropped."""
     raw = ti.name.encode("utf-8", "surrogateescape")
-    if not raw:
-        raise LayerError("entry '/': absolute name")
+    if not raw:  # tarfile strips the slashes of directories: this was "/"
+        raise UnsafeLayerError("entry '/': absolute name")
     parts = split_name(raw)  # UnsafeLayerError for absolute names, '..', NUL
     key = b"/".join(parts).decode("utf-8", "surrogateescape")
     if key in _RESERVED:
