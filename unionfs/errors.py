@@ -22,7 +22,8 @@ The tree::
     ├── DigestError                   content does not match its digest or size
     ├── LayerError                    a layer cannot be unpacked or packed
     │   ├── UnsafeLayerError          a hostile entry (escape, symlink traversal...)
-    │   └── LayerTooLargeError        decompressed size over the bound (gzip bomb)
+    │   ├── LayerTooLargeError        decompressed size over the bound (gzip bomb)
+    │   └── EstargzError              a blob breaks the eStargz spec (footer, TOC, chunk digests, offsets)
     ├── SymlinkLoopError              a path inside a rootfs meets a symlink loop (also an OSError ELOOP)
     ├── MountError                    a mount cannot be made or ended
     ├── CommitError                   an upper cannot be committed (a live mount that cannot be paused)
@@ -127,6 +128,11 @@ class UnsafeLayerError(LayerError):
 
 class LayerTooLargeError(LayerError):
     """A layer decompresses to more than the allowed bound."""
+
+
+class EstargzError(LayerError):
+    """A blob is not a valid eStargz layer (footer, TOC, TOC digest, a chunk's digest or offset, a gzip member
+    boundary), or a layer cannot be written as one (a name the TOC cannot hold)."""
 
 
 class SymlinkLoopError(UnionfsError, OSError):

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from unionfs.mount.process import Early
 
 #: modules (of this package) that add subcommands, in the order they appear in --help
-COMMAND_MODULES = ("store", "registry", "mount", "inspect", "build", "system")
+COMMAND_MODULES = ("store", "registry", "mount", "inspect", "build", "system", "convert")
 #: the module that registers each command and alias (tests/test_mount_startup.py checks it against the parser)
 COMMANDS = {
     **dict.fromkeys(("load", "import", "images", "inspect", "history", "tag", "rmi", "prune", "save"), "store"),
@@ -29,6 +29,7 @@ COMMANDS = {
     **dict.fromkeys(("commit", "diff", "ls", "cat", "find", "which", "layers", "export"), "inspect"),
     **dict.fromkeys(("build", "run"), "build"),
     **dict.fromkeys(("version", "info", "system", "image", "container"), "system"),
+    "convert": "convert",
 }
 #: commands that end as soon as their mount is live or gone: run as the program, they collect garbage rarely
 #: (:mod:`unionfs.mount.gcpace`; a daemon they fork restores the pace once its mount is live)

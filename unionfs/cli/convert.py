@@ -1,0 +1,50 @@
+"""``convert``: rewrite a stored image's layers in another layer format (eStargz, as ``nerdctl image convert
+--estargz``)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from unionfs.cli.common import store_of
+from unionfs.errors import UsageError
+from unionfs.oci.reference import Reference
+
+
+def _size(text: str) -> int:
+    """A byte count: ``4194304``, ``512K``, ``4M``, ``1G``."""
+    m = re.fullmatch(r"([0-9]+)([KMG]?)", text.strip(), re.IGNORECASE)
+    if not m or int(m[1]) == 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (a positive number of bytes, or with K, M, G)")
+    return int(m[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[m[2].upper()]
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    if not args.estargz:
+        raise UsageError("convert needs a target format: --estargz")
+    from unionfs.image.convert import convert_estargz
+
+    options = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+    result = convert_estargz(store_of(args), args.source, Reference.parse(args.target), **options)
+    if not args.quiet:
+        for n, layer in enumerate(result.layers):
+            print(f"layer {n}: {layer.digest} toc {layer.toc_digest} ({layer.entries} entries)")
+    print(result.image.id)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add convert."""
+    p = sub.add_parser("convert", help="convert an image's layers to eStargz (lazy pulling)",
+                       description="Write SOURCE (reference or id) as a new image TARGET whose layers are eStargz "
+                                   "(a gzip member per file, large files chunked, the TOC stargz.index.json, "
+                                   "the footer; manifest annotations with the TOC digest and uncompressed "
+                                   "size), as nerdctl image convert --estargz. Prints each layer and the new "
+                                   "image id.")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--estargz", action="store_true", help="convert to eStargz (the only format)")
+    p.add_argument("--chunk-size", type=_size, metavar="BYTES",
+                   help="most bytes of a file in one gzip member (default 4M)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the new image id")
+    p.set_defaults(func=cmd_convert)
