@@ -64,8 +64,13 @@ from unionfs.errors import (
     shown,
 )
 from unionfs.layer.compression import open_decompressed
-from unionfs.layer.unpack import MAX_LAYER_SIZE_ENV, BoundedTarInfo, LayerReader, max_layer_size
-from unionfs.layer.unpack import _split as split_name  # the unpacker's name rules, not a second copy of them
+from unionfs.layer.unpack import (
+    MAX_LAYER_SIZE_ENV,
+    BoundedTarInfo,
+    LayerReader,
+    max_layer_size,
+    split_name,  # the unpacker's name rules, not a second copy of them
+)
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import parse_json
 

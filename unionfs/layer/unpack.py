@@ -258,7 +258,7 @@ class BoundedTarInfo(tarfile.TarInfo):
         return self
 
 
-def _split(raw: bytes, what: str = "entry") -> list[bytes]:
+def split_name(raw: bytes, what: str = "entry") -> list[bytes]:
     """The components of a tar name (``.`` and empty ones dropped); UnsafeLayerError for escapes."""
     if b"\0" in raw:
         raise UnsafeLayerError(f"{what} {_show(raw)}: NUL byte in name")
@@ -391,7 +391,7 @@ class _Unpacker:
         self.entries += 1
         if not raw:  # tarfile strips the slashes of directories: this was "/" (or nothing at all)
             raise UnsafeLayerError("entry '/': absolute name")
-        parts = _split(raw)
+        parts = split_name(raw)
         if not parts:
             if not ti.isdir():
                 raise UnsafeLayerError(f"entry {_show(raw)}: the layer root can only be a directory")
@@ -513,7 +513,7 @@ class _Unpacker:
     def _hardlink(self, ti: tarfile.TarInfo, parent: list[bytes], name: bytes, key: bytes, raw: bytes) -> None:
         link = ti.linkname.encode("utf-8", "surrogateescape")
         try:
-            tparts = _split(link, "hardlink target")
+            tparts = split_name(link, "hardlink target")
         except UnsafeLayerError as e:
             raise UnsafeLayerError(f"entry {_show(raw)}: {e}") from None
         tkey = b"/".join(tparts)
