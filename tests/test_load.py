@@ -312,3 +312,23 @@ def test_a_new_blob_paired_with_a_stored_layer_is_checked(tmp_path: Path) -> Non
     r = run_cli("load", "-i", lying, root=root, check=False)
     assert r.returncode != 0 and "digest mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert store_state(root) == before
+
+
+def test_a_stored_blob_paired_with_another_stored_layer_is_checked(tmp_path: Path) -> None:
+    """The same with a blob the store holds already (another image's layer): its DiffID is noted when it is
+    verified, and a pairing with another DiffID is checked (before: neither was new, so nothing was)."""
+    from support.busybox import store_state
+    from support.cli import run_cli
+    from support.tar import build, docker_archive, file, image_config, sha_of
+
+    first, second = build([file("a", b"first")]), build([file("a", b"second")])
+    root = tmp_path / "store"
+    for name, layer in (("first", first), ("second", second)):
+        run_cli("load", "-i", docker_archive(tmp_path / f"{name}.tar", [(layer, layer)], repo_tags=(f"{name}:1",)),
+                root=root)
+    before = store_state(root)
+    lying = docker_archive(tmp_path / "lying.tar", [(first, first)], repo_tags=("lying:1",),
+                           config=image_config([sha_of(second)]))
+    r = run_cli("load", "-i", lying, root=root, check=False)
+    assert r.returncode != 0 and "digest mismatch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert store_state(root) == before

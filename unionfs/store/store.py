@@ -176,6 +176,11 @@ class Image:
         return self.manifest.config.size + sum(d.size for d in self.manifest.layers)
 
 
+#: the xattr on a blob that notes the DiffID its content was verified to decompress to (only the store writes
+#: blobs, so only the store writes it)
+DIFF_ID_XATTR = "user.unionfs.diff_id"
+
+
 @dataclass
 class Transaction:
     """What one command added to the store, so that a failure can take it all back.
@@ -690,10 +695,10 @@ class Store:
         """Unpack every layer of ``image`` not yet extracted; returns the layer directories, base first.
 
         Each is unpacked into ``tmp/`` with its DiffID verified, then renamed into ``layers/``. A layer already
-        extracted from another blob is not unpacked again, but a blob this command added is checked against
-        the DiffID the image gives it all the same (:meth:`_check_diff_id`): the store never keeps a blob under
-        a DiffID its content does not have (a hostile archive or registry pairing a new blob with a layer the
-        store holds).
+        extracted (maybe from another blob) is not unpacked again, but the blob is checked against the DiffID
+        the image gives it all the same, unless the blob is noted to have it (:meth:`_check_diff_id`): the store
+        never keeps an image whose blob's content is not its DiffID (a hostile archive or registry pairing a
+        blob with a layer the store holds).
         """
         paths = []
         with self.lock() as txn:
@@ -701,7 +706,7 @@ class Store:
                 dest = self.layer_path(diff_id)
                 paths.append(dest)
                 if dest.is_dir():
-                    if self.blob_path(desc.digest) in txn.blobs:
+                    if self._noted_diff_id(desc.digest) != diff_id:
                         self._check_diff_id(desc, diff_id)
                     continue
                 # the only place the store needs the unpacker: not imported when every layer is there (mount)
@@ -712,6 +717,7 @@ class Store:
                     with self.open_blob(desc.digest) as blob:
                         unpack_layer(blob, stage, media_type=desc.media_type, diff_id=diff_id,
                                      privileged=None if self.owners is None else False)
+                    self._note_diff_id(desc.digest, diff_id)
                     os.rename(stage, dest)
                     fsync_dir(self.layers_dir)
                     txn.layers.append(dest)
@@ -721,7 +727,8 @@ class Store:
         return paths
 
     def _check_diff_id(self, desc: Descriptor, diff_id: Digest) -> None:
-        """Raise DigestError unless the stored blob ``desc`` decompresses to content with digest ``diff_id``."""
+        """Raise DigestError unless the stored blob ``desc`` decompresses to content with digest ``diff_id``;
+        note it on the blob when it does."""
         from unionfs.layer.compression import open_decompressed
 
         with self.open_blob(desc.digest) as blob:
@@ -729,6 +736,22 @@ class Store:
             while reader.read(1 << 20):
                 pass
         reader.verify(diff_id, None, f"layer {desc.digest}")
+        self._note_diff_id(desc.digest, diff_id)
+
+    def _noted_diff_id(self, digest: Digest) -> Digest | None:
+        """The DiffID the blob ``digest`` was verified to have (:data:`DIFF_ID_XATTR`), or None."""
+        try:
+            return Digest.parse(os.getxattr(self.blob_path(digest), DIFF_ID_XATTR).decode("ascii"))
+        except (OSError, ValueError, UnionfsError):
+            return None
+
+    def _note_diff_id(self, digest: Digest, diff_id: Digest) -> None:
+        """Note on the blob ``digest`` that its content decompresses to ``diff_id`` (a fact of its bytes, true
+        as long as the blob exists; a filesystem without user xattrs keeps no note: the check is redone)."""
+        try:
+            os.setxattr(self.blob_path(digest), DIFF_ID_XATTR, str(diff_id).encode("ascii"))
+        except OSError as e:
+            log.debug("blob %s: DiffID not noted: %s", digest.short, e.strerror)
 
     # -- containers ------------------------------------------------------------------------------
     def _container_dir(self, name: str) -> Path:
