@@ -89,6 +89,12 @@ class HashingReader:
     def readable(self) -> bool:
         return True
 
+    def then(self, stream: BinaryIO) -> "HashingReader":
+        """Go on reading (and hashing, and counting) from ``stream``: the digest covers what was read before
+        and what is read from it. Returns this reader."""
+        self._stream = stream
+        return self
+
     def drain(self, chunk: int = 1 << 20) -> None:
         """Read (and hash) whatever is left in the stream."""
         while self.read(chunk):

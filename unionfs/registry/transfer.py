@@ -17,8 +17,8 @@ Contracts:
 * **Resume across runs.** A layer blob is downloaded into the store's partial file for its digest
   (``Store.partial_path``), which outlives the run: the next pull asks for ``Range: bytes=N-`` from its
   length N and appends (a registry that ignores the range or answers 416 sends it all again: the file is
-  started over). The complete file is hashed from byte 0 (``Store.commit_partial``) before it becomes the
-  blob; when a resumed file does not verify, it is discarded and the blob fetched once more from the
+  started over). The complete file is hashed from byte 0 before it becomes the blob (the kept bytes read back
+  from disk, the new ones as they are written: ``Store.append_partial``, ``Store.commit_partial``); when a resumed file does not verify, it is discarded and the blob fetched once more from the
   start, with a warning. A pull that fails on wrong content (DigestError) removes its partial files; one
   that is interrupted (kill, lost connection, Ctrl-C) keeps them. Partial files older than a week are
   removed when a pull starts, all of them by ``prune``.
@@ -182,6 +182,7 @@ def download_blob(store: Store, client: RegistryClient, repository: str, desc: D
     have = store.partial_length(desc.digest, desc.size)
     while True:
         kept = have > 0  # bytes from an earlier run are in play (not when the registry sends it all again)
+        hashed = None
         try:
             if have == 0 or have != desc.size:
                 with client.open_blob(repository, desc.digest, desc.size, verify=False, urls=desc.urls,
@@ -190,8 +191,8 @@ def download_blob(store: Store, client: RegistryClient, repository: str, desc: D
                     if kept:
                         log.info("blob %s: resuming at byte %d of %d", desc.digest.short, reader.start, desc.size)
                         on_bytes(reader.start)
-                    store.append_partial(desc.digest, reader.start, cast(IO[bytes], reader))
-            store.commit_partial(desc.digest, desc.size)
+                    hashed = store.append_partial(desc.digest, reader.start, cast(IO[bytes], reader))
+            store.commit_partial(desc.digest, desc.size, hashed)
             return
         except DigestError as e:
             store.discard_partial(desc.digest)

@@ -35,8 +35,9 @@ Contracts:
   kill -9 at any point leaves it whole or gone; ``tmp/`` holds only garbage, which ``prune`` removes.
 * **Partial downloads** (``partial_path``): a blob being downloaded is written to ``tmp/partial-<algo>-<hex>``,
   kept when the download stops (a kill, a lost connection) so that the next run asks only for the missing
-  bytes. Its name is no promise: ``commit_partial`` hashes the whole file from byte 0 and renames it into
-  ``blobs/`` only when digest and size match; a mismatch discards it. One longer than the blob is discarded
+  bytes. Its name is no promise: the whole file is hashed from byte 0 (the kept bytes as they are on disk,
+  while ``append_partial`` adds the rest) and ``commit_partial`` renames it into ``blobs/`` only when digest
+  and size match; a mismatch discards it. One longer than the blob is discarded
   when found; ``expire_partials`` removes those older than ``PARTIAL_MAX_AGE`` (a week), ``prune`` all of
   them. Only a holder of ``lock()`` writes one (a pull downloads under the lock).
 * Nothing is deleted through a mount: ``remove_tree`` is the one recursive delete and refuses trees with a
@@ -347,7 +348,7 @@ class Store:
     def partial_length(self, digest: Digest, size: int | None) -> int:
         """Bytes held by the partial download of ``digest`` (0: none), to resume from. One longer than the
         blob's ``size`` (or not a regular file) is discarded, with a warning, and counts as none. The bytes
-        are not trusted here: ``commit_partial`` hashes them all."""
+        are not trusted here: ``append_partial`` and ``commit_partial`` hash them all."""
         path = self.partial_path(digest)
         try:
             st = os.lstat(path)
@@ -360,23 +361,30 @@ class Store:
             return 0
         return st.st_size
 
-    def append_partial(self, digest: Digest, start: int, stream: IO[bytes]) -> int:
+    def append_partial(self, digest: Digest, start: int, stream: IO[bytes]) -> HashingReader:
         """Write ``stream`` to its end into the partial download of ``digest`` from byte ``start`` on (what
-        the file held from ``start`` on is dropped, what it held before is kept); returns the file's length.
-        Written as it comes, not fsynced (``commit_partial`` does): a kill leaves a prefix to resume from."""
-        fd = os.open(self.partial_path(digest), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as f:
+        the file held from ``start`` on is dropped, what it held before is kept). Returns the hash of the whole
+        file: its first ``start`` bytes as they are on disk, then what was written (for ``commit_partial``:
+        a download is read once). Written as it comes, not fsynced (``commit_partial`` does): a kill leaves a
+        prefix to resume from."""
+        path = self.partial_path(digest)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "r+b") as f:
             os.ftruncate(fd, start)
-            f.seek(start)
-            while chunk := stream.read(_CHUNK):
+            hashing = HashingReader(f, digest.algorithm)  # the kept prefix, from disk
+            hashing.drain(_CHUNK)
+            hashing.then(stream)
+            while chunk := hashing.read(_CHUNK):
                 f.write(chunk)
-            return f.tell()
+        return hashing
 
-    def commit_partial(self, digest: Digest, size: int | None) -> Digest:
-        """Verify the partial download of ``digest`` by hashing the whole file, from byte 0 as it is on
-        disk, against ``digest`` and ``size``; then fsync it and rename it into ``blobs/`` (recorded in the
-        transaction, as ``put_blob`` does). DigestError when it does not match: the partial is discarded
-        (the next try starts over) and nothing is stored. BlobNotFoundError when there is no partial."""
+    def commit_partial(self, digest: Digest, size: int | None, hashed: HashingReader | None = None) -> Digest:
+        """Verify the partial download of ``digest`` against ``digest`` and ``size``: by ``hashed``, what
+        ``append_partial`` returned for it, else by hashing the whole file from byte 0 as it is on disk; then
+        fsync it and rename it into ``blobs/`` (recorded in the transaction, as ``put_blob`` does). DigestError
+        when it does not match: the partial is discarded (the next try starts over) and nothing is stored.
+        BlobNotFoundError when there is no partial."""
+
         path = self.partial_path(digest)
         (self.root / "blobs" / digest.algorithm).mkdir(mode=0o700, exist_ok=True)
         try:
@@ -384,8 +392,10 @@ class Store:
         except FileNotFoundError:
             raise BlobNotFoundError(f"blob {digest}: no partial download to commit") from None
         with os.fdopen(fd, "rb") as f:
-            reader = HashingReader(f, digest.algorithm)
-            reader.drain(_CHUNK)
+            reader = hashed
+            if reader is None:
+                reader = HashingReader(f, digest.algorithm)
+                reader.drain(_CHUNK)
             try:
                 reader.verify(digest, size, "blob")
             except DigestError:
