@@ -15,11 +15,11 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 from support.images import run
-from support.registry import Registry, have_registry, running_registry
+from support.registry import Registry, docker_config_fixture, registry_fixture, running_registry  # noqa: F401 (fixtures)
 from test_pull_push import _make_index_layout, manifest_digest, skopeo_push
 
 from unionfs.errors import DigestError
@@ -31,22 +31,6 @@ if TYPE_CHECKING:
     from support.images import TestImages
 
 CLI = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(autouse=True)
-def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own docker config directory: ~/.docker is never read or written."""
-    d = tmp_path / "docker-config"
-    monkeypatch.setenv("DOCKER_CONFIG", str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    if have_registry():
-        pytest.skip(have_registry() or "")
-    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
 
 
 @pytest.fixture(scope="module")

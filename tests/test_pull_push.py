@@ -16,12 +16,19 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 from support.cli import cli_argv, run_cli
 from support.images import flatten_layers, run
-from support.registry import USERS, FaultProxy, Registry, have_registry, running_registry
+from support.registry import (  # noqa: F401 (fixtures)
+    USERS,
+    FaultProxy,
+    Registry,
+    docker_config_fixture,
+    registry_fixture,
+    running_registry,
+)
 from support.tree import ROOTFS, Snapshot, assert_same_tree, tree_snapshot
 
 from unionfs.oci.digest import Digest
@@ -36,22 +43,6 @@ if TYPE_CHECKING:
     from support.images import TestImages
 
 CLI = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(autouse=True)
-def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own docker config directory: ~/.docker is never read or written."""
-    d = tmp_path / "docker-config"
-    monkeypatch.setenv("DOCKER_CONFIG", str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    if have_registry():
-        pytest.skip(have_registry() or "")
-    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 from support.cli import cli_argv, run_cli
 from support.images import run
-from support.registry import Registry, have_registry, running_registry
+from support.registry import Registry, docker_config_fixture, registry_fixture, running_registry  # noqa: F401 (fixtures)
 from support.tree import ROOTFS, assert_same_tree, tree_snapshot
 from test_pull_push import flattened, skopeo_push
 
@@ -37,22 +37,6 @@ from unionfs.store.store import PARTIAL_MAX_AGE, Store
 
 if TYPE_CHECKING:
     from support.images import TestImages
-
-
-@pytest.fixture(autouse=True)
-def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own docker config directory: ~/.docker is never read or written."""
-    d = tmp_path / "docker-config"
-    monkeypatch.setenv("DOCKER_CONFIG", str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    if have_registry():
-        pytest.skip(have_registry() or "")
-    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import pytest
+
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 USERS = {"alice": "wonderland", "bob": "builder"}
 SERVICE = "unionfs-test-registry"
@@ -460,3 +462,23 @@ class FakeServer:
 def sha256(data: bytes) -> str:
     """``sha256:<hex>`` of bytes."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# --- fixtures the registry tests share: a test module imports ``docker_config_fixture`` and
+# ``registry_fixture``, and its tests ask for ``docker_config`` (autouse) and ``registry`` ---
+
+@pytest.fixture(autouse=True, name="docker_config")
+def docker_config_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own docker config directory: ~/.docker is never read or written."""
+    d = tmp_path / "docker-config"
+    monkeypatch.setenv("DOCKER_CONFIG", str(d))
+    return d
+
+
+@pytest.fixture(scope="module", name="registry")
+def registry_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A docker-registry on 127.0.0.1 for the test module (skipped, saying why, where there is none)."""
+    if have_registry():
+        pytest.skip(have_registry() or "")
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
