@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import subprocess
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,7 +19,16 @@ from typing import Callable, Iterator
 import pytest
 from support.cli import run_cli
 from support.regimage import push_tiny_image, tiny_manifest
-from support.registry import USERS, FakeServer, FaultProxy, Registry, free_port, have_registry, running_registry
+from support.registry import (
+    USERS,
+    FakeServer,
+    FaultProxy,
+    Registry,
+    free_port,
+    have_registry,
+    local_address,
+    running_registry,
+)
 
 from unionfs.errors import RegistriesConfError
 from unionfs.oci.reference import Reference
@@ -484,20 +492,9 @@ def test_docker_registry_mirrors(env: Env, origin: Images, servers: list[FakeSer
     assert p.returncode == 1 and p.stderr.startswith(f"unionfs: {env.daemon}: registry mirror 'mirror.example'")
 
 
-def _local_address() -> str | None:
-    """This machine's address on its default route (not loopback), or None."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
-            addr = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
-
-
 def test_insecure_mirror(env: Env, origin: Images, servers: list[FakeServer | FaultProxy]) -> None:
     """A plain-HTTP mirror on a non-loopback address is used only when its table says ``insecure = true``."""
-    addr = _local_address()
+    addr = local_address()
     if addr is None:
         pytest.skip("no non-loopback address on this machine")
     mirror = FakeServer(forwarding(origin.origin.host), bind=addr)

@@ -24,7 +24,6 @@ import base64
 import json
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,7 +31,7 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 from support.cli import run_cli
-from support.registry import Body, FakeServer, Sent, sha256
+from support.registry import Body, FakeServer, Sent, local_address, sha256
 
 from unionfs.errors import RegistryAuthError, RegistryConnectionError, RegistryError, RegistryNotFoundError
 from unionfs.oci.digest import Digest
@@ -173,21 +172,10 @@ def test_plain_http_realm_only_on_a_host_allowed_plain_http(registry: str, insec
     assert seen and not any(r.url.host == realm_host for r in seen)
 
 
-def _local_address() -> str | None:
-    """This machine's address on its default route (not loopback), or None."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
-            addr = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
-
-
 def test_login_refuses_a_plain_http_realm_on_another_host(serve: Callable[..., FakeServer]) -> None:
     """A loopback registry (plain HTTP allowed) names a plain-HTTP token realm on a real, non-loopback address:
     ``unionfs login`` fails naming the realm, and the realm received nothing."""
-    addr = _local_address()
+    addr = local_address()
     if addr is None:
         pytest.skip("no non-loopback address on this machine")
     trap = serve(lambda m, p, h: (200, {}, b'{"token": "t"}'), addr)

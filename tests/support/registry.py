@@ -49,6 +49,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_address() -> str | None:
+    """This machine's address on its default route (not loopback), or None: a registry bound there is not on
+    the loopback (what ``--insecure`` and ``insecure = true`` are about)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+
+
 def have_registry() -> str | None:
     """None when docker-registry can run here, else the reason to skip."""
     if not os.path.exists(REGISTRY_BIN):
