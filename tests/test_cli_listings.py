@@ -168,9 +168,10 @@ def test_inspect_format_nested_fields_and_functions(cli: Cli, images: dict[str, 
     assert config["Env"] is None and config["Entrypoint"] is None and config["User"] == ""  # docker's zero values
     assert f("{{index .RepoTags 0}}") == "busybox:latest\n"
     assert f("{{.RootFS.Layers}}") == "[" + " ".join(data["RootFS"]["Layers"]) + "]\n"
-    # (inspect by a tag shows that tag in RepoTags, as unionfs always did: docker shows every tag of the image)
-    assert f("{{range $i, $t := .RepoTags}}{{$i}}<{{$t}}>{{end}}") == "0<busybox:latest>\n"
-    assert f('{{join .RepoTags ","}}|{{join .RootFS.Layers ","}}') == f"busybox:latest|{data['RootFS']['Layers'][0]}\n"
+    # every tag of the image, whichever name it was asked by (as docker)
+    assert f("{{range $i, $t := .RepoTags}}{{$i}}<{{$t}}>{{end}}") == "0<busybox:latest>1<localhost:5000/x:2>\n"
+    assert f('{{join .RepoTags ","}}|{{join .RootFS.Layers ","}}') == \
+        f"busybox:latest,localhost:5000/x:2|{data['RootFS']['Layers'][0]}\n"
     assert f("{{.Config.Labels.a}} {{.Config.Labels.missing}} {{.Config.ExposedPorts}}") == "b <no value> map[80/tcp:{}]\n"
     assert f('{{printf "%.12s" .Id}} {{upper .Os}} {{len .RootFS.Layers}}') == f"{images['busybox'][:12]} LINUX 1\n"
     assert f("{{if .Config.Entrypoint}}e{{else}}no entrypoint{{end}}") == "no entrypoint\n"

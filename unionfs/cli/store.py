@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -258,7 +259,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     store = store_of(args)
     # "json" (as docker takes it) or none: the JSON; a template that does not parse fails before any lookup
     template = parse(args.format) if args.format and args.format.strip() != "json" else None
-    out = [inspect_data(store.resolve(r, platform_of(args))) for r in args.references]
+    images = [store.resolve(r, platform_of(args)) for r in args.references]
+    out = [inspect_data(dataclasses.replace(i, tags=store.tags_of(i.manifest_desc.digest))) for i in images]
     if template is None:
         print(json.dumps(out, indent=4))
         return 0

@@ -482,6 +482,12 @@ class Store:
         except ReferenceError_:
             return None
 
+    def tags_of(self, digest: Digest) -> tuple[Reference, ...]:
+        """Every tag of the manifest ``digest``, in index order (``inspect``'s RepoTags, as docker lists them
+        whichever name the image was asked by)."""
+        refs = (self._entry_ref(e) for e in self._read_index() if e.get("digest") == str(digest))
+        return tuple(r for r in refs if r is not None and r.tag)
+
     @staticmethod
     def _index_ref(entry: dict[str, Any]) -> Reference | None:
         """The digest reference ``name@sha256:<index>`` of the kept index ``entry`` came through (None: none,
