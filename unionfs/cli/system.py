@@ -70,14 +70,14 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 
 def _cap_sys_admin() -> bool:
     """True when this process has CAP_SYS_ADMIN in the initial user namespace (what FUSE passthrough needs)."""
+    from unionfs.layer.ownership import initial_user_namespace
+
     try:
         with open("/proc/self/status") as f:
             cap = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
-        with open("/proc/self/uid_map") as f:
-            initial = f.read().split() == ["0", "0", "4294967295"]
     except (OSError, StopIteration, ValueError, IndexError):
         return False
-    return initial and bool(cap & (1 << 21))
+    return initial_user_namespace() and bool(cap & (1 << 21))
 
 
 def passthrough_status() -> str:

@@ -32,7 +32,7 @@ import errno
 import functools
 import os
 import stat
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 #: the xattr written (and read first)
 XATTR = "user.containers.override_stat"
@@ -55,13 +55,29 @@ def privileged() -> bool:
 
 
 @functools.cache
-def initial_user_namespace() -> bool:
-    """True when this process runs in the initial user namespace (its uid map is the whole identity map)."""
+def uid_map() -> tuple[tuple[int, int, int], ...]:
+    """This process' uid map, (inside, outside, count) lines; () when it cannot be read. Read once: a process
+    that enters a user namespace of its own (:func:`unionfs.run.userns.enter`) clears the cache."""
     try:
         with open("/proc/self/uid_map", encoding="ascii") as f:
-            return f.read().split() == ["0", "0", "4294967295"]
-    except OSError:
-        return True
+            return tuple((int(a), int(b), int(c)) for a, b, c in (line.split() for line in f))
+    except (OSError, ValueError):
+        return ()
+
+
+def initial_user_namespace() -> bool:
+    """True when this process runs in the initial user namespace (its uid map is the whole identity map)."""
+    m = uid_map()
+    return not m or m == ((0, 0, 4294967295),)
+
+
+def host_uid(uid: int) -> int:
+    """The host's id of this process' user ``uid``: itself in the initial user namespace; in a user namespace
+    (:mod:`unionfs.run.userns`: its root is the user who made it), what its uid map says (-1 when unmapped)."""
+    m = uid_map()
+    if not m:
+        return uid
+    return next((outside + uid - inside for inside, outside, count in m if inside <= uid < inside + count), -1)
 
 
 class Override(NamedTuple):
@@ -112,19 +128,19 @@ def decode(value: bytes) -> Override:
     return Override(uid, gid, mode, rdev)
 
 
-def read(getxattr: Callable[[str], bytes]) -> Override | None:
-    """The override of one entry through ``getxattr(name)`` (raising OSError as os.getxattr does): None when
-    it has none, or none that parses, or cannot hold xattrs."""
-    for name in NAMES:
-        try:
-            return decode(getxattr(name))
-        except OSError as e:
-            if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
-                continue
-            raise
-        except ValueError:
+def read(path: str) -> Override | None:
+    """The override of the entry at host ``path`` (not followed): None when it has none, or none that parses,
+    or cannot hold xattrs. One listxattr when it has none (most entries), then one getxattr."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+        name = next((n for n in NAMES if n in names), None)
+        return None if name is None else decode(os.getxattr(path, name, follow_symlinks=False))
+    except OSError as e:
+        if e.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
             return None
-    return None
+        raise
+    except ValueError:
+        return None
 
 
 def apply(st: os.stat_result, ov: Override | None, uid: int = -1, gid: int = -1) -> os.stat_result:
@@ -165,7 +181,7 @@ class Owners:
         if stat.S_ISLNK(st.st_mode) or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             ov = None  # only regular files and directories hold user. xattrs
         else:
-            ov = read(lambda name: os.getxattr(path, name, follow_symlinks=False))
+            ov = read(path)
         return apply(st, ov, self.uid, self.gid)
 
     def __repr__(self) -> str:

@@ -28,6 +28,8 @@ import os
 import stat
 from typing import NamedTuple
 
+from unionfs.layer import ownership
+
 log = logging.getLogger(__name__)
 
 
@@ -45,23 +47,9 @@ class DaemonRecord(NamedTuple):
         return f"{self.pid}-{self.start}"
 
 
-def host_uid(uid: int) -> int:
-    """The host's id of this process' user ``uid``: itself in the initial user namespace; in a user namespace
-    (:mod:`unionfs.run.userns`: its root is the user who made it), what its uid map says (-1 when unmapped)."""
-    try:
-        with open("/proc/self/uid_map", encoding="ascii") as f:
-            for line in f:
-                inside, outside, count = (int(x) for x in line.split())
-                if inside <= uid < inside + count:
-                    return outside + uid - inside
-    except (OSError, ValueError):
-        return uid
-    return -1
-
-
 def run_dir() -> str:
     """The directory of the daemons' records for this user (see the module's docstring)."""
-    uid = host_uid(os.geteuid())
+    uid = ownership.host_uid(os.geteuid())
     if uid == 0:
         base = "/run/unionfs"
     elif os.environ.get("XDG_RUNTIME_DIR"):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 from unionfs.errors import (
     CredentialsError,
@@ -151,14 +151,14 @@ class MirroredClient:
         return self._each(repository, f"blob {digest}", lambda c, repo, _: c.fetch_blob(repo, digest, size, limit))
 
     def open_blob(self, repository: str, digest: Digest, size: int | None = None, *, verify: bool = True,
-                  urls: Sequence[str] = (), follow_urls: bool = False,
-                  on_bytes: Callable[[int], None] | None = None, start: int = 0) -> Any:
-        """A reader of a blob from the first endpoint that answers for it (``RegistryClient.open_blob``); a
-        mirror's is hashed as it streams whatever ``verify`` says (but from a ``start`` past byte 0: then only
-        the caller, holding the first bytes, can hash it), and its DigestError names the mirror."""
+                  start: int = 0, **options: Any) -> Any:
+        """A reader of a blob from the first endpoint that answers for it (``RegistryClient.open_blob``, whose
+        other options pass through as they are); a mirror's is hashed as it streams whatever ``verify`` says
+        (but from a ``start`` past byte 0: then only the caller, holding the first bytes, can hash it), and
+        its DigestError names the mirror."""
         def op(client: RegistryClient, repo: str, ep: Endpoint) -> Any:
-            reader = client.open_blob(repo, digest, size, verify=(verify or ep.mirror) and start == 0, urls=urls,
-                                      follow_urls=follow_urls, on_bytes=on_bytes, start=start)
+            reader = client.open_blob(repo, digest, size, verify=(verify or ep.mirror) and start == 0, start=start,
+                                      **options)
             return _MirrorBlob(reader, ep.host) if ep.mirror else reader
         return self._each(repository, f"blob {digest}", op)
 

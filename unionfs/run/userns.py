@@ -33,6 +33,7 @@ from typing import NoReturn
 
 from unionfs.errors import SandboxError
 from unionfs.fsops import MS_PRIVATE, MS_REC, check, libc
+from unionfs.layer import ownership
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ def _child(ready_w: int, go_r: int) -> None:
         raise SandboxError(answer.decode(errors="replace") or "the parent went away")
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    ownership.uid_map.cache_clear()  # read before: the host's map
     check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
 
 
