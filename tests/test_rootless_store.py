@@ -348,3 +348,24 @@ def ownership_range(name: str) -> int:
     found = subordinate_range("/etc/subuid", pwd.getpwnam(name).pw_uid)
     assert found is not None
     return found[0]
+
+
+def test_a_device_kept_as_a_file_keeps_its_number_through_chown_and_chmod(tmp_path: Path) -> None:
+    """A device an overlay keeps as a file (``xattr_permissions=2``): chown and chmod change its override and
+    keep its device number, also when it is the daemon's own (before: chown wrote rdev 0, and chmod of one
+    owned by the daemon's ids left the shown mode as it was)."""
+    me = (os.geteuid(), os.getegid())
+    lower, upper, work = tmp_path / "l", tmp_path / "u", tmp_path / "w"
+    for d in (lower, upper, work):
+        d.mkdir()
+    ov = Overlay([str(lower)], str(upper), str(work), owners=Owners())
+
+    def seen(path: str) -> tuple[int, int, int, int]:
+        st = ov.view.lookup(path).st
+        return st.st_uid, st.st_gid, st.st_mode, st.st_rdev
+
+    ov.mknod("/tty", stat.S_IFCHR | 0o620, os.makedev(4, 1), uid=me[0], gid=me[1])
+    ov.chmod("/tty", 0o600)
+    assert seen("/tty") == (*me, stat.S_IFCHR | 0o600, os.makedev(4, 1))
+    ov.chown("/tty", -1, 5)
+    assert seen("/tty") == (me[0], 5, stat.S_IFCHR | 0o600, os.makedev(4, 1))

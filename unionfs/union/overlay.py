@@ -712,11 +712,12 @@ class Overlay:
         st = os.lstat(real)
         return st if self.owners is None else self.owners.shown(st, real)
 
-    def _give(self, real: str, uid: int, gid: int, mode: int, *, fd: int | None = None) -> None:
-        """Make the entry at ``real`` (open at ``fd``, if given), of type and permissions ``mode``, show owner
-        ``uid``:``gid``: by chown; or, on an overlay that keeps owners in overrides (``owners``), in its
-        override, unless these are the daemon's own ids (a symlink or fifo, which cannot hold one, keeps the
-        daemon's). Only the daemon's own ids are then real owners: its user can read and remove everything."""
+    def _give(self, real: str, uid: int, gid: int, mode: int, *, rdev: int = 0, fd: int | None = None) -> None:
+        """Make the entry at ``real`` (open at ``fd``, if given), of type and permissions ``mode`` (a device:
+        number ``rdev``), show owner ``uid``:``gid``: by chown; or, on an overlay that keeps owners in
+        overrides (``owners``), in its override, unless these are the daemon's own ids and it is no device kept
+        as a file (a symlink or fifo, which cannot hold one, keeps the daemon's). Only the daemon's own ids are
+        then real owners: its user can read and remove everything."""
         if self.owners is None:
             if fd is not None:
                 os.fchown(fd, uid, gid)
@@ -736,7 +737,7 @@ class Overlay:
                 os.chmod(fd if fd is not None else real, stat.S_IMODE(mode))
             return
         if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            value = ownership.encode(uid, gid, mode, os.lstat(real).st_rdev if fd is None else 0)
+            value = ownership.encode(uid, gid, mode, rdev)
             if fd is not None:
                 os.setxattr(fd, ownership.XATTR, value)
             else:
@@ -792,14 +793,10 @@ class Overlay:
 
         def make(p: str) -> None:
             if device and self.owners is not None:  # a device its override shows (ownership)
-                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                try:
-                    os.setxattr(fd, ownership.XATTR, ownership.encode(uid, gid, mode, dev))
-                finally:
-                    os.close(fd)
+                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
             else:
                 os.mknod(p, mode, dev)
-                self._give(p, uid, gid, mode)
+            self._give(p, uid, gid, mode, rdev=dev)
             if stat.S_IMODE(os.lstat(p).st_mode) != stat.S_IMODE(mode):
                 os.chmod(p, stat.S_IMODE(mode))
 
@@ -1074,10 +1071,10 @@ class Overlay:
         if stat.S_ISLNK(node.st.st_mode):
             raise _e(errno.EOPNOTSUPP, path)
         os.chmod(node.real, stat.S_IMODE(mode))
-        if self.owners is not None:
+        if self.owners is not None and ownership.read(node.real) is not None:  # the override shows the mode
             shown = self._shown(node.real)
-            if (shown.st_uid, shown.st_gid) != (os.geteuid(), os.getegid()):
-                self._give(node.real, shown.st_uid, shown.st_gid, stat.S_IFMT(shown.st_mode) | stat.S_IMODE(mode))
+            self._give(node.real, shown.st_uid, shown.st_gid, stat.S_IFMT(shown.st_mode) | stat.S_IMODE(mode),
+                       rdev=shown.st_rdev)
 
     def chown(self, path: str, uid: int, gid: int) -> None:
         """Change the owner (-1: unchanged), as chown(2); on an overlay that keeps owners in overrides, in the
@@ -1091,7 +1088,8 @@ class Overlay:
         mode = shown.st_mode
         if stat.S_ISREG(mode):
             mode &= ~(stat.S_ISUID | (stat.S_ISGID if mode & stat.S_IXGRP else 0))
-        self._give(node.real, shown.st_uid if uid < 0 else uid, shown.st_gid if gid < 0 else gid, mode)
+        self._give(node.real, shown.st_uid if uid < 0 else uid, shown.st_gid if gid < 0 else gid, mode,
+                   rdev=shown.st_rdev)
 
     def utimens(self, path: str, times: Times | None) -> None:
         """Set atime/mtime; nanoseconds may be UTIME_NOW or UTIME_OMIT; None means now."""
