@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support.cli import run_cli
 
-from unionfs.image.optimize import by_layer, command_of, read_record
+from unionfs.image.optimize import by_layer, read_record
 from unionfs.layer.estargz import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
@@ -20,6 +20,7 @@ from unionfs.layer.estargz import (
     verify_estargz,
 )
 from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import container_command
 from unionfs.store.store import Store
 
 
@@ -119,4 +120,4 @@ def test_the_record_is_read_once_per_path_and_a_cut_line_is_skipped(tmp_path: Pa
 ])
 def test_the_command_is_made_as_docker_makes_it(config: dict, command: list[str], entrypoint: str | None,
                                                  argv: list[str]) -> None:
-    assert command_of(config, command, entrypoint) == argv
+    assert container_command(config, command, entrypoint) == argv

@@ -142,14 +142,15 @@ def record_opens(store: Store, image: str, command: Sequence[str] = (), *,
     import subprocess
     import tempfile
 
-    from unionfs.image.optimize import DEFAULT_TIMEOUT, command_of, read_record
+    from unionfs.image.optimize import DEFAULT_TIMEOUT, read_record
+    from unionfs.oci.manifest import container_command
     from unionfs.run import sandbox
 
     with tempfile.TemporaryDirectory(prefix="unionfs-optimize-") as tmp:
         record = os.path.join(tmp, "opens")
         with container(store, image, keep=False, options=[f"record={record}"]) as m:
             cfg = m.image.config.data.get("config") or {}
-            argv = command_of(cfg, command)
+            argv = container_command(cfg, command)
             if not argv:
                 raise RunError(f"no command given and {image} has no ENTRYPOINT or CMD")
             process = Process(tuple(argv), tuple(cfg.get("Env") or []), cfg.get("User") or "",

@@ -6,7 +6,7 @@ optimize`` and ``nerdctl image convert --estargz-record-in`` do), so that a lazy
 ``run`` runs it (no network), on a mount whose daemon writes down every file opened (``-o record=FILE``:
 :meth:`unionfs.mount.server.LowLevelFS._recording_open`), for at most a given time (a server is killed then),
 and reads the record with :func:`read_record`. :func:`by_layer` splits such a list of union paths by the layer
-each one is read from; :func:`command_of` is the command a container of an image runs.
+each one is read from.
 """
 
 from __future__ import annotations
@@ -14,21 +14,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from unionfs.union.view import Union
 
 #: seconds the command runs at most (``ctr-remote image optimize``'s default period)
 DEFAULT_TIMEOUT = 10.0
-
-
-def command_of(config: dict[str, Any], command: Sequence[str] = (), entrypoint: str | None = None) -> list[str]:
-    """The argv a container of an image with the config ``config`` (its ``config`` object) runs, as docker
-    makes it: ENTRYPOINT (``entrypoint`` replaces it; ``""`` clears it) followed by ``command``, or by CMD when
-    no command is given and the entrypoint is the image's."""
-    if entrypoint is not None:
-        return ([entrypoint] if entrypoint else []) + list(command)
-    return list(config.get("Entrypoint") or []) + (list(command) or list(config.get("Cmd") or []))
 
 
 def read_record(path: Path) -> list[str]:
@@ -65,4 +56,4 @@ def by_layer(layers: Sequence[str | os.PathLike[str]], paths: Sequence[str]) -> 
     return out
 
 
-__all__ = ["DEFAULT_TIMEOUT", "by_layer", "command_of", "read_record"]
+__all__ = ["DEFAULT_TIMEOUT", "by_layer", "read_record"]
