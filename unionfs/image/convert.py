@@ -52,9 +52,10 @@ def convert_estargz(store: Store, src: str, dst: Reference, *, chunk_size: int =
     """Store image ``src`` (reference or id) with eStargz layers as ``dst`` (a tagged reference).
 
     ``chunk_size``: the most bytes of a file in one gzip member; ``prioritized``: union paths of the image's
-    tree (what :func:`unionfs.image.optimize.record_opens` gives), each put first, in this order, in the layer
-    it is read from, before that layer's prefetch landmark. Raises UsageError for a ``dst`` without a tag, DigestError when a
-    source layer does not match its DiffID, ManifestError when the manifest and config disagree, LayerError and subclasses for a layer that cannot be written.
+    tree (what :func:`unionfs.api.record_opens` gives), each put first, in this order, in the layer it is read
+    from, before that layer's prefetch landmark. Raises UsageError for a ``dst`` without a tag, DigestError
+    when a source layer does not match its DiffID, ManifestError when the manifest and config disagree,
+    LayerError and subclasses for a layer that cannot be written.
     """
     if not dst.tag:
         raise UsageError(f"convert needs a tag for the new image, not a digest: {dst}")
