@@ -27,7 +27,17 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-re
 fi
 [ -e /dev/fuse ] || { modprobe fuse 2>/dev/null || true; }
 
-PY=${PYTHON:-python3}
+# The virtualenv's interpreter: Debian's python3 unless $PYTHON names another. Debian's package runs pure Python
+# code 1.3-1.6x faster than a Python built from source without --enable-optimizations (pyenv's default), and
+# the daemon's request handling is pure Python (docs/performance.md, "The interpreter"). A .venv made from
+# another interpreter is made again.
+PY=${PYTHON:-/usr/bin/python3}
+[ -x "$PY" ] || PY=python3
+base() { "$1" -c 'import sys; print(sys.base_prefix, sys.version)' 2>/dev/null || true; }
+if [ -x .venv/bin/python ] && [ "$(base .venv/bin/python)" != "$(base "$PY")" ]; then
+  echo "setup: .venv was made with another Python; making it again with $PY" >&2
+  rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

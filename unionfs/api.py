@@ -11,6 +11,9 @@ so the next ``mounted`` of the same image costs only the mount.
 layer (never in the upper), so that works for every image.
 
 ``container(...)`` is the context manager both build on (``unionfs run`` uses it too).
+
+``record_opens(store, image, command)`` runs an image's command once and lists the files it opens
+(``convert --optimize``: :mod:`unionfs.image.optimize`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from unionfs.errors import ContainerError, UnionfsError
+from unionfs.errors import ContainerError, RunError, UnionfsError
 from unionfs.fsops import remove_tree
 from unionfs.mount import daemon
 from unionfs.oci.manifest import Platform
@@ -129,4 +132,36 @@ def run(rootfs: str | os.PathLike[str], argv: Sequence[str], *, env: Sequence[st
     return sandbox.run(os.fspath(rootfs), process, check=check)
 
 
-__all__ = ["mounted", "run", "container", "obtain", "Mounted"]
+def record_opens(store: Store, image: str, command: Sequence[str] = (), *,
+                 timeout: float | None = None) -> list[str]:
+    """The union paths ("/usr/bin/python3") of the files the command of ``image`` (a reference or id in
+    ``store``; ``command`` replaces its CMD, as in ``run IMAGE CMD``) opens, in the order of their first open,
+    in one run in a throw-away container (as ``run --rm``: no network, the image's Env, User and WorkingDir)
+    of at most ``timeout`` seconds (None: :data:`unionfs.image.optimize.DEFAULT_TIMEOUT`), after which the
+    command is killed. Its status does not matter. Raises what ``run`` raises (RunError, SandboxError...)."""
+    import subprocess
+    import tempfile
+
+    from unionfs.image.optimize import DEFAULT_TIMEOUT, read_record
+    from unionfs.oci.manifest import container_command
+    from unionfs.run import sandbox
+
+    with tempfile.TemporaryDirectory(prefix="unionfs-optimize-") as tmp:
+        record = os.path.join(tmp, "opens")
+        with container(store, image, keep=False, options=[f"record={record}"]) as m:
+            cfg = m.image.config.data.get("config") or {}
+            argv = container_command(cfg, command)
+            if not argv:
+                raise RunError(f"no command given and {image} has no ENTRYPOINT or CMD")
+            process = Process(tuple(argv), tuple(cfg.get("Env") or []), cfg.get("User") or "",
+                              cfg.get("WorkingDir") or "/", "optimize")
+            try:
+                done = sandbox.run(str(m.rootfs), process, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           check=False, timeout=timeout or DEFAULT_TIMEOUT)
+                log.info("%s ran to its end (status %d)", " ".join(argv), done.status)
+            except subprocess.TimeoutExpired:
+                log.info("%s stopped after %g s", " ".join(argv), timeout or DEFAULT_TIMEOUT)
+            return read_record(Path(record))
+
+
+__all__ = ["mounted", "run", "container", "obtain", "record_opens", "Mounted"]

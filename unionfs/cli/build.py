@@ -232,6 +232,7 @@ def _run(args: argparse.Namespace) -> int:
     import subprocess
 
     from unionfs.api import container
+    from unionfs.oci.manifest import container_command
     from unionfs.registry.transfer import obtain
     from unionfs.run.sandbox import Bind, Process, Tmpfs, capability_mask, check_process, no_new_privileges, run
 
@@ -254,13 +255,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     with container(store, args.image, name=args.name, keep=not args.rm, binds=binds) as m:
         cfg = m.image.config.data.get("config") or {}
-        if args.entrypoint is not None:
-            entry = [args.entrypoint] if args.entrypoint else []
-            cmd = list(args.command)
-        else:
-            entry = list(cfg.get("Entrypoint") or [])
-            cmd = list(args.command) or list(cfg.get("Cmd") or [])
-        argv = entry + cmd
+        argv = container_command(cfg, args.command, args.entrypoint)
         if not argv:
             raise RunError(f"no command given and {args.image} has no ENTRYPOINT or CMD")
         env = list(cfg.get("Env") or [])

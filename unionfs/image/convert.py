@@ -20,6 +20,7 @@ from typing import Sequence
 
 from unionfs.errors import DigestError, ManifestError, UsageError
 from unionfs.fsops import remove_tree
+from unionfs.image.optimize import by_layer
 from unionfs.layer.estargz import DEFAULT_CHUNK_SIZE, EstargzLayer, write_estargz
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import OCI_CONFIG, OCI_LAYER_GZIP, Descriptor, ImageConfig, Manifest
@@ -50,9 +51,11 @@ def convert_estargz(store: Store, src: str, dst: Reference, *, chunk_size: int =
                     prioritized: Sequence[str] = ()) -> ConvertResult:
     """Store image ``src`` (reference or id) with eStargz layers as ``dst`` (a tagged reference).
 
-    ``chunk_size``: the most bytes of a file in one gzip member; ``prioritized``: paths put first in each
-    layer, before the prefetch landmark. Raises UsageError for a ``dst`` without a tag, DigestError when a
-    source layer does not match its DiffID, ManifestError when the manifest and config disagree, LayerError and subclasses for a layer that cannot be written.
+    ``chunk_size``: the most bytes of a file in one gzip member; ``prioritized``: union paths of the image's
+    tree (what :func:`unionfs.api.record_opens` gives), each put first, in this order, in the layer it is read
+    from, before that layer's prefetch landmark. Raises UsageError for a ``dst`` without a tag, DigestError
+    when a source layer does not match its DiffID, ManifestError when the manifest and config disagree,
+    LayerError and subclasses for a layer that cannot be written.
     """
     if not dst.tag:
         raise UsageError(f"convert needs a tag for the new image, not a digest: {dst}")
@@ -60,11 +63,12 @@ def convert_estargz(store: Store, src: str, dst: Reference, *, chunk_size: int =
     if len(image.manifest.layers) != len(image.config.diff_ids):
         raise ManifestError(f"image {src} has {len(image.manifest.layers)} layers but its config lists "
                             f"{len(image.config.diff_ids)} diff_ids")
+    first = by_layer(store.ensure_layers(image), prioritized) if prioritized else [[] for _ in image.config.diff_ids]
     with store.lock():
         stage = Path(store.staging_dir("estargz-"))
         try:
-            layers = [_convert_layer(store, stage, desc, diff_id, chunk_size, prioritized)
-                      for desc, diff_id in zip(image.manifest.layers, image.config.diff_ids)]
+            layers = [_convert_layer(store, stage, desc, diff_id, chunk_size, names)
+                      for desc, diff_id, names in zip(image.manifest.layers, image.config.diff_ids, first)]
         finally:
             remove_tree(stage)
         config = estargz_config(image.config, [layer.diff_id for layer in layers])

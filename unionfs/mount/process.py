@@ -53,7 +53,7 @@ FLAG_OPTIONS = {"suid": "nosuid", "dev": "nodev", "exec": "noexec", "ro": "rw"}
 OPTION_KEYS = frozenset({"fsname", "subtype", "allow_other", "default_permissions", "writeback", "nowriteback",
                          "volatile", "passthrough", "spin_us", "kernel_cache", "auto_cache", "static_nlink", "noacl",
                          "squash_to_root", "squash_to_uid", "squash_to_gid", "uidmapping", "gidmapping",
-                         "userxattr", "xattr_permissions", *FLAG_OPTIONS, *FLAG_OPTIONS.values()})
+                         "userxattr", "xattr_permissions", "record", *FLAG_OPTIONS, *FLAG_OPTIONS.values()})
 
 
 def unknown_options(options: list[str]) -> list[str]:
@@ -572,13 +572,30 @@ def _run(spec: dict, opts: dict[str, object], volatile: bool, ready: Callable[[]
                          static_nlink=bool(opts.pop("static_nlink", False)), noacl=bool(opts.pop("noacl", False)))
     for k in ("kernel_cache", "auto_cache"):
         opts.pop(k, None)
+    record = _record_file(opts.pop("record", None))
     if opts:
         log.warning("mount options ignored: %s", ", ".join(sorted(opts)))
     try:
         lowlevel.serve(ov, spec["mountpoint"], opts=mo, ready=ready, writeback=writeback, passthrough=passthrough,
-                       spin_us=spin_us, show=show)
+                       spin_us=spin_us, show=show, record=record)
     except OSError as e:
         raise MountError(f"cannot mount {spec['mountpoint']}: {e.strerror or e}") from None
+    finally:
+        if record >= 0:
+            os.close(record)
+
+
+def _record_file(path: object) -> int:
+    """The descriptor ``-o record=FILE`` appends opened paths to (created 0600, never through a symlink); -1
+    without the option. MountError when it cannot be opened."""
+    if path is None:
+        return -1
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise MountError("-o record needs an absolute path: record=/FILE")
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise MountError(f"cannot open the record file {path}: {e.strerror}") from None
 
 
 def _number(opts: dict[str, object], key: str, default: int, what: str = "a number") -> int:

@@ -320,7 +320,7 @@ class LowLevelFS:
     """The request handlers and the serving loop of one mount."""
 
     def __init__(self, overlay: Overlay, *, writeback: bool = False, passthrough: bool = True,
-                 mountpoint: str = "", spin_us: int = SPIN_US, show: Show | None = None) -> None:
+                 mountpoint: str = "", spin_us: int = SPIN_US, show: Show | None = None, record: int = -1) -> None:
         self.ov = overlay
         self.show = show or Show()
         self.spin_us = spin_us
@@ -357,6 +357,8 @@ class LowLevelFS:
             fp.CREATE: self.create, fp.FALLOCATE: self.fallocate, fp.LSEEK: self.lseek,
             fp.SYNCFS: self.syncfs, fp.DESTROY: self.destroy,
         }
+        if record >= 0:
+            self.ops[fp.OPEN] = self._recording_open(record)
 
     # ================================================================== node table
     def _nodeid(self, ino: int) -> int:
@@ -771,6 +773,26 @@ class LowLevelFS:
         if open_flags & fp.OPEN_KILL_SUIDGID and flags & os.O_TRUNC:
             self._kill_priv(fd)
         return fp.OPEN_OUT.pack(*self._opened(nid, fd, node, flags))
+
+    def _recording_open(self, fd: int) -> Callable[[int, memoryview], bytes]:
+        """:meth:`open` that also appends to ``fd`` the union path of each node opened for the first time, as a
+        JSON string per line, in the order of first opens (``-o record=FILE``, for ``convert --optimize``:
+        :mod:`unionfs.image.optimize`). A path is written before the reply: once the opener has its file, the
+        record holds it."""
+        import json
+
+        seen: set[int] = set()
+
+        def op(nid: int, body: memoryview) -> bytes:
+            reply = self.open(nid, body)
+            if nid not in seen:
+                seen.add(nid)
+                try:
+                    os.write(fd, json.dumps(self.path(nid)).encode() + b"\n")
+                except OSError as e:
+                    log.warning("cannot record an open: %s", e)
+            return reply
+        return op
 
     def create(self, parent: int, body: memoryview) -> bytes:
         flags, mode, _umask, _oflags = fp.CREATE_IN.unpack_from(body)
@@ -1190,12 +1212,14 @@ def _has_fsetid(pid: int) -> bool:
 
 
 def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Callable[[], None] | None,
-          writeback: bool = False, passthrough: bool = True, spin_us: int = SPIN_US, show: Show | None = None) -> None:
+          writeback: bool = False, passthrough: bool = True, spin_us: int = SPIN_US, show: Show | None = None,
+          record: int = -1) -> None:
     """Mount ``overlay`` at ``mountpoint`` and serve it in this process until it is unmounted. ``ready`` runs
-    once the kernel has spoken to us (INIT)."""
+    once the kernel has spoken to us (INIT). ``record``: a descriptor the paths of opened files are appended
+    to (:meth:`LowLevelFS._recording_open`; -1: none)."""
     mountpoint = os.path.realpath(mountpoint)
     fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough, mountpoint=mountpoint, spin_us=spin_us,
-                    show=show)
+                    show=show, record=record)
     fs.ready = ready
     dev = fp.open_session(mountpoint, opts)
     try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from unionfs.errors import ArchiveError, DigestError, ManifestError, PlatformError, listed, printable, shown
 from unionfs.oci.canonical import canonical_json
@@ -507,3 +507,13 @@ def parse_docker_archive_manifest(raw: bytes) -> list[ArchiveEntry]:
             raise ArchiveError(str(e)) from None
         out.append(ArchiveEntry(config, tuple(tags), layers))
     return out
+
+
+def container_command(config: dict[str, Any], command: Sequence[str] = (), entrypoint: str | None = None
+                      ) -> list[str]:
+    """The argv a container of an image with the config ``config`` (its ``config`` object) runs, as docker
+    makes it: ENTRYPOINT (``entrypoint`` replaces it; ``""`` clears it) followed by ``command``, or by CMD when
+    no command is given and the entrypoint is the image's."""
+    if entrypoint is not None:
+        return ([entrypoint] if entrypoint else []) + list(command)
+    return list(config.get("Entrypoint") or []) + (list(command) or list(config.get("Cmd") or []))

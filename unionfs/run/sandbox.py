@@ -498,8 +498,11 @@ def check_process(process: Process, *, captured: bool = False) -> None:
 
 def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subprocess.DEVNULL,
         stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None,
-        output: Callable[[bytes], None] | None = None, check: bool = True) -> Completed:
-    """Run ``process`` isolated in ``rootfs`` (see the module docstring) and wait for it.
+        output: Callable[[bytes], None] | None = None, check: bool = True, timeout: float | None = None
+        ) -> Completed:
+    """Run ``process`` isolated in ``rootfs`` (see the module docstring) and wait for it; with ``timeout``, at
+    most that many seconds: then the container is killed and ``subprocess.TimeoutExpired`` raised once it is
+    gone (not with ``output``, whose pipe is read to its end).
 
     ``stdin``/``stdout``/``stderr`` are passed on as to ``subprocess.Popen`` (None: inherited). With
     ``output``, stdout and stderr go together through a pipe: every chunk goes to ``output`` and the tail is
@@ -510,6 +513,8 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
     UnknownUserError (126), ExecError, and CommandFailedError when ``check`` is set and the status is not 0.
     """
     check_process(process, captured=output is not None)
+    if timeout is not None and (output is not None or process.tty):
+        raise ValueError("a timeout is for a command whose output is not relayed")
     rootfs = os.path.realpath(rootfs)  # as the mount table names it
     if not os.path.isdir(rootfs):
         raise SandboxError(f"rootfs {rootfs} is not a directory")
@@ -576,7 +581,7 @@ def run(rootfs: str, process: Process, *, stdin: int | IO[Any] | None = subproce
                             if len(tail) > OUTPUT_TAIL:
                                 del tail[:-OUTPUT_TAIL]
                         proc.stdout.close()
-                    status = proc.wait()
+                    status = proc.wait(timeout)
                 except BaseException:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()  # PID 1 of the namespace dies with the helper's kill below
