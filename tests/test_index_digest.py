@@ -72,6 +72,8 @@ def test_pull_by_index_digest_keeps_and_resolves_it(cli: CLI, store_root: Path, 
     data = _inspect(cli, by_index)
     assert data["RepoDigests"] == [by_index] and data["RepoTags"] == []
     assert data["ManifestDigest"] == amd
+    # as docker lists an image pulled by digest: its repository, the tag <none>
+    assert cli("images", "--format", "{{.Repository}} {{.Tag}}").stdout == f"{by_index.split('@')[0]} <none>\n"
     assert "Downloading" not in cli("pull", by_index).stderr  # pulling it again fetches no blob
     entries = json.loads((store_root / "index.json").read_text())["manifests"]
     assert [e["annotations"][INDEX_REF_ANNOTATION] for e in entries] == [by_index]

@@ -80,21 +80,25 @@ IMAGE_FILTERS = ("dangling", "reference", "before", "since", "label")
 
 def _image_rows(images: list[Image], no_trunc: bool = False, users: dict[str, int] | None = None,
                 tags: dict[str, list[Reference]] | None = None) -> list[Struct]:
-    """One row (docker's image context, its fields in name order) per tag of each image, one ``<none>`` row
-    for an untagged image. ``tags``: the tags to list per manifest digest (default: all of the image's); ``users``:
-    containers per image id."""
+    """One row (docker's image context, its fields in name order) per tag of each image; for an image with no
+    tag, one row per repository of its digest references (``name@sha256:...``: the repository with the tag
+    ``<none>``, as docker shows an image pulled by digest), else one ``<none>`` row. ``tags``: the tags to list
+    per manifest digest (default: all of the image's); ``users``: containers per image id."""
     from unionfs.cli.gotemplate import Struct
 
     rows = []
     for img in images:
-        for t in (tags or {}).get(str(img.manifest_desc.digest), list(img.tags)) or [None]:
+        chosen = (tags or {}).get(str(img.manifest_desc.digest), list(img.tags))
+        names = [(t.familiar_name, t.tag or "<none>") for t in chosen] or \
+            [(name, "<none>") for name in dict.fromkeys(d.familiar_name for d in img.digests)] or [("<none>", "<none>")]
+        for repository, tag in names:
             rows.append(Struct("image row", {
                 "Containers": str((users or {}).get(str(img.id), 0)),
                 "CreatedAt": docker_time(img.config.created), "CreatedSince": human_age(img.config.created),
                 "Digest": str(img.manifest_desc.digest), "FullID": str(img.id),
                 "ID": str(img.id) if no_trunc else img.id.short,
-                "Repository": t.familiar_name if t else "<none>", "SharedSize": "N/A", "Size": human_size(img.size),
-                "SizeBytes": img.size, "Tag": (t.tag if t else None) or "<none>", "UniqueSize": "N/A",
+                "Repository": repository, "SharedSize": "N/A", "Size": human_size(img.size),
+                "SizeBytes": img.size, "Tag": tag, "UniqueSize": "N/A",
                 "VirtualSize": human_size(img.size)}))
     return rows
 
