@@ -103,7 +103,8 @@ def test_index_digest_resolves_offline(cli: CLI, store_root: Path, test_images: 
 def test_pull_by_tag_through_index_records_it(cli: CLI, store_root: Path, multi: tuple[str, str, str]) -> None:
     tagged, index, amd = multi
     by_index = _by_digest(tagged, index)
-    cli("pull", "-q", tagged)
+    # as docker: the digest printed is what the tag names, the index (not the platform's manifest)
+    assert f"Digest: {index}\n" in cli("pull", tagged).stderr
     data = _inspect(cli, tagged)
     assert data["RepoTags"] == [Reference.parse(tagged).familiar] and data["RepoDigests"] == [by_index]
     assert str(Store(store_root).resolve(by_index).manifest_desc.digest) == amd

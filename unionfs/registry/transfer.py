@@ -91,7 +91,9 @@ class _Cancelled(Exception):
 
 @dataclass(frozen=True)
 class PullResult:
-    """What a pull did: the image stored, and how many blobs came over the network or were present."""
+    """What a pull did: the digest the reference resolved to (the index's when the registry answered with one,
+    as docker prints it; else the manifest's), the image stored, and how many blobs came over the network or
+    were present."""
 
     reference: Reference
     digest: Digest
@@ -246,7 +248,7 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
         image = store.store_image(manifest, config_raw, tags, kept)
     for d in missing:
         progress.end(d.digest.short, "Pull complete")
-    return PullResult(ref, manifest.digest, image, len(missing), len(wanted) - len(missing))
+    return PullResult(ref, index.digest if index else manifest.digest, image, len(missing), len(wanted) - len(missing))
 
 
 # --- push ---------------------------------------------------------------------------------------
