@@ -306,6 +306,10 @@ def test_a_user_runs_and_builds_in_a_user_namespace_of_its_own() -> None:
                                             "RUN touch /home/user/made\n")
             os.chmod(ctx / "Dockerfile", 0o644)
             user.cli("build", "-t", "built:1", ctx, root=store)
+            # convert --optimize runs the image's command as run does
+            out = user.cli("convert", "--estargz", "--optimize", "busybox:latest", "bb:opt", "cat", "/etc/group",
+                           root=store).stdout
+            assert out.startswith("optimize: 3 files opened by the command go first\n")
             headers = _tar_headers(user.cli("export", "built:1", root=store, text=False).stdout)
             assert ("b", tarfile.REGTYPE, 0o644, 1000, 1000, 0, 0, "") in headers
             assert ("home/user/made", tarfile.REGTYPE, 0o644, 1000, 1000, 0, 0, "") in headers

@@ -156,8 +156,8 @@ def record_opens(store: Store, image: str, command: Sequence[str] = (), *,
             process = Process(tuple(argv), tuple(cfg.get("Env") or []), cfg.get("User") or "",
                               cfg.get("WorkingDir") or "/", "optimize")
             try:
-                done = sandbox.run(str(m.rootfs), process, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           check=False, timeout=timeout or DEFAULT_TIMEOUT)
+                done = sandbox.run(str(m.rootfs), process, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, check=False, timeout=timeout or DEFAULT_TIMEOUT)
                 log.info("%s ran to its end (status %d)", " ".join(argv), done.status)
             except subprocess.TimeoutExpired:
                 log.info("%s stopped after %g s", " ".join(argv), timeout or DEFAULT_TIMEOUT)

@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any, Iterator, NoReturn
 
-from unionfs.cli.common import store_of
+from unionfs.cli.common import own_user_namespace, store_of
 from unionfs.errors import BuildError, RunError, SandboxError, UnionfsError, UsageError, printable
 
 
@@ -123,14 +123,6 @@ def _pairs(items: list[str], what: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def _own_user_namespace() -> None:
-    """For a user other than root: go on in a user namespace of one's own (:mod:`unionfs.run.userns`)."""
-    from unionfs.run import userns
-
-    if userns.needed():
-        userns.enter()
-
-
 def _interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -142,7 +134,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from unionfs.run.sandbox import Bind, check_network
 
     check_network(args.network)
-    _own_user_namespace()
+    own_user_namespace()
     build_args = {k: v for k, v in _pairs(args.build_args, "--build-arg") if v is not None}
     labels = _labels(args.labels)
     store = store_of(args)
@@ -246,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
                 "tmpfs": tuple(Tmpfs.parse(t) for t in args.tmpfs), "tty": args.tty}
     given_env = _env_file_pairs(args.env_files) + _pairs(args.env, "--env")
     check_process(Process(("-",), hostname=args.hostname or "unionfs", **settings))  # before any mount
-    _own_user_namespace()
+    own_user_namespace()
     store = store_of(args)
     try:
         obtain(store, args.image)  # pulled when missing; then container() finds it stored

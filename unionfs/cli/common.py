@@ -39,6 +39,15 @@ def platform_of(args: argparse.Namespace) -> Platform | None:
     return Platform.parse(args.platform) if getattr(args, "platform", None) else None
 
 
+def own_user_namespace() -> None:
+    """For a user other than root: go on in a user namespace of one's own (:mod:`unionfs.run.userns`), as
+    ``run``, ``build`` and ``convert --optimize`` do before they touch the store."""
+    from unionfs.run import userns
+
+    if userns.needed():
+        userns.enter()
+
+
 def human_size(n: float) -> str:
     """Sizes as docker prints them (decimal units)."""
     for unit in ("B", "kB", "MB", "GB", "TB"):

@@ -7,7 +7,7 @@ import argparse
 import re
 from typing import Any
 
-from unionfs.cli.common import store_of
+from unionfs.cli.common import own_user_namespace, store_of
 from unionfs.errors import UsageError
 from unionfs.oci.reference import Reference
 
@@ -40,8 +40,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError("a command after TARGET is for --optimize")
     if args.optimize_timeout is not None and not args.optimize:
         raise UsageError("--optimize-timeout is for --optimize")
-    store = store_of(args)
     target = Reference.parse(args.target)
+    if args.optimize:
+        own_user_namespace()  # the command runs as run runs it
+    store = store_of(args)
     options: dict[str, Any] = {"chunk_size": args.chunk_size} if args.chunk_size else {}
     if args.optimize:
         from unionfs.api import record_opens
