@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--work", metavar="DIR", help="work directory on the upper's filesystem")
     p.add_argument("--name", help="container name (image form; default: generated)")
     p.add_argument("--read-only", action="store_true", help="mount without an upper")
+    p.add_argument("--lazy", action="store_true",
+                   help="IMAGE is a registry reference: mount it without pulling it, its eStargz layers' files "
+                   "fetched by range when first read (other layers are pulled whole); root only")
     p.add_argument("--foreground", "-f", action="store_true", help="serve in the foreground until unmounted")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT",
                    help="FUSE mount option (repeatable, comma-separated)")
@@ -81,6 +84,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
                          "unionfs mount --lower DIR... [--upper DIR --work DIR] MOUNTPOINT")
     elif args.upper or args.work:
         raise UsageError("--upper/--work only go with --lower")
+    if args.lazy and args.lower:
+        raise UsageError("--lazy mounts an image, not --lower directories")
     if args.foreground:
         return _mount(args, None)
     # the daemon loads its code while this process works out the mount (the store's part): forked by main()
@@ -104,7 +109,7 @@ def _mount(args: argparse.Namespace, early: process.Early | None) -> int:
     from unionfs.store import mounting  # here: mount --lower needs no store (nor json)
 
     image, mountpoint = args.target
-    plan = _prepare(args, image)
+    plan = _prepare_lazy(args, image) if args.lazy else _prepare(args, image)
     if args.read_only:
         plan = MountPlan(plan.lowers, None, None, plan.name)
     mp = os.path.abspath(mountpoint)
@@ -145,6 +150,21 @@ def _prepare(args: argparse.Namespace, image: str) -> MountPlan:
     store = store_of(args)
     _resume_pauses(store)
     return store.prepare_container(image, args.name)
+
+
+def _prepare_lazy(args: argparse.Namespace, image: str) -> MountPlan:
+    """The plan of ``mount --lazy IMAGE``: the image's layers made lazy at its registry
+    (:func:`unionfs.lazy.prepare.prepare_lazy`), through the client ``pull`` uses."""
+    from unionfs.lazy.prepare import prepare_lazy
+    from unionfs.oci.reference import Reference
+    from unionfs.registry.mirrors import client_for
+
+    if os.geteuid() != 0:
+        raise UsageError("mount --lazy needs root (a lazy layer's marks are trusted.* xattrs)")
+    ref = Reference.parse(image)
+    store = store_of(args)
+    with client_for(ref) as client:
+        return prepare_lazy(store, ref, client, name=args.name).plan
 
 
 def _resume_pauses(store: Store) -> None:

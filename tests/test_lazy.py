@@ -1,0 +1,210 @@
+"""Lazy mounts of eStargz images (issue 18, points 2 and 3): ``unionfs mount --lazy REF MNT`` against a real
+registry (Debian's docker-registry) behind a counting, lying proxy (``FaultProxy``), served by a real FUSE
+mount.
+
+What is checked: the tree is the one a normal pull mounts (every entry's content and metadata); before any
+read only the footer and the TOC of an eStargz blob are fetched; a read fetches its file's chunks by range; a
+chunk the registry alters gives EIO and never other bytes, and the next read retries; a registry that is down
+gives EIO, and a read once it is back succeeds; filled files survive an unmount and are used by the next lazy
+mount without a fetch; a layer that is not eStargz is pulled whole; a killed fill leaves the file a
+placeholder. Root only (the marks are trusted.* xattrs).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from support import tar as T
+from support.cli import run_cli
+from support.mount import require, skip_reason_fuse, skip_reason_root, unmounted_on_exit
+from support.registry import FaultProxy, have_registry, running_registry
+from support.tree import ROOTFS, assert_same_tree, tree_snapshot
+
+from unionfs.layer import placeholder
+from unionfs.layer.estargz import FOOTER_SIZE, TOC_DIGEST_ANNOTATION
+from unionfs.store.store import Store
+
+CHUNK = "64K"
+BIG = hashlib.sha256(b"seed").digest() * 8192  # 256 KiB: four chunks of 64 KiB
+MEDIUM = os.urandom(100_000)
+CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"  # cap_net_bind_service
+
+
+def base_layer() -> list[T.Entry]:
+    return [
+        T.directory("bin"), T.directory("etc"), T.directory("data", mode=0o750, uid=7, gid=8),
+        T.file("bin/tool", BIG, mode=0o4755, xattrs={"security.capability": CAP}),
+        T.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", xattrs={"user.note": b"\xff\x00bin"}),
+        T.file("data/medium", MEDIUM, mode=0o640, uid=1000, gid=1000),
+        T.file("data/empty"),
+        T.hardlink("data/medium-link", "data/medium"),
+        T.symlink("etc/link", "/etc/passwd"),
+        T.fifo("data/pipe"),
+        T.chardev("data/null", 1, 3),
+        T.file("gone", b"deleted above\n"),
+        T.directory("old"), T.file("old/a", b"hidden by the opaque dir\n"),
+    ]
+
+
+def top_layer() -> list[T.Entry]:
+    return [T.whiteout("gone"), T.directory("old"), T.opaque("old"), T.file("old/b", b"only this one\n"),
+            T.file("etc/motd", b"hello from the top layer\n")]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:  # type: ignore[type-arg]
+    """A registry behind a FaultProxy holding ``lz/img:esgz`` (two eStargz layers) and ``lz/img:plain`` (the
+    same, plain gzip), pushed from a source store."""
+    require(skip_reason_root(), skip_reason_fuse(), have_registry())
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    src = tmp_path / "src"
+    base, top = T.build(base_layer()), T.build(top_layer())
+    archive = T.docker_archive(tmp_path / "two.tar", [(base, T.gz(base)), (top, T.gz(top))])
+    run_cli("load", "-i", archive, root=src)
+    run_cli("convert", "--estargz", "--chunk-size", CHUNK, "trust:1", "trust:esgz", root=src)
+    with running_registry(tmp_path / "registry") as reg:
+        proxy = FaultProxy(reg.host)
+        try:
+            esgz, plain = f"{proxy.host}/lz/img:esgz", f"{proxy.host}/lz/img:plain"
+            run_cli("push", "-q", "trust:esgz", esgz, root=src)
+            run_cli("push", "-q", "trust:1", plain, root=src)
+            layers = Store(src).resolve("trust:esgz").manifest.layers
+            proxy.log.clear()
+            yield {"proxy": proxy, "registry": reg, "esgz": esgz, "plain": plain, "layers": layers,
+                   "tmp": tmp_path}
+        finally:
+            proxy.close()
+
+
+def blob_requests(proxy: FaultProxy, digest: object) -> list[str | None]:
+    """The Range headers of the GETs of blob ``digest`` the proxy saw (None: a whole-blob GET)."""
+    return [rng for method, path, rng in proxy.log if method == "GET" and path.endswith(f"/blobs/{digest}")]
+
+
+def lazy_mount(store: Path, ref: str, mnt: Path, *extra: str) -> str:
+    mnt.mkdir(exist_ok=True)
+    return run_cli("mount", "--lazy", ref, mnt, *extra, root=store).stdout.strip()
+
+
+def test_a_lazy_mount_fetches_the_tocs_only_and_shows_the_pulled_tree(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    lazy_store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        name = lazy_mount(lazy_store, setup["esgz"], mnt)
+        assert name.startswith("img-")
+        assert all(TOC_DIGEST_ANNOTATION in d.annotations for d in setup["layers"])
+        for desc in setup["layers"]:  # the footer, then the TOC member up to it: nothing else of the blob
+            ranges = blob_requests(proxy, desc.digest)
+            assert len(ranges) == 2 and ranges[0] == f"bytes={desc.size - FOOTER_SIZE}-{desc.size - 1}"
+            assert ranges[1] is not None and ranges[1].endswith(f"-{desc.size - FOOTER_SIZE - 1}")
+        assert not (lazy_store / "layers").exists() or not any((lazy_store / "layers").iterdir())
+        # metadata is right before any read
+        st = os.stat(mnt / "data/medium")
+        assert (st.st_size, st.st_mode & 0o7777, st.st_uid) == (len(MEDIUM), 0o640, 1000)
+        assert len(blob_requests(proxy, setup["layers"][0].digest)) == 2
+        assert (mnt / "etc/passwd").read_bytes() == b"root:x:0:0:root:/root:/bin/sh\n"
+        assert len(blob_requests(proxy, setup["layers"][0].digest)) == 3  # one chunk
+        # the whole tree, against a normal pull's mount
+        plain_store, plain_mnt = tmp / "plain", tmp / "plain-mnt"
+        plain_mnt.mkdir()
+        run_cli("pull", "-q", setup["esgz"], root=plain_store)
+        with unmounted_on_exit(plain_mnt):
+            run_cli("mount", setup["esgz"], plain_mnt, root=plain_store)
+            assert_same_tree(tree_snapshot(plain_mnt, contents=True, **ROOTFS),
+                             tree_snapshot(mnt, contents=True, **ROOTFS), ("pulled", "lazy"))
+            run_cli("umount", plain_mnt, root=plain_store)
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        assert os.getxattr(mnt / "bin/tool", "security.capability") == CAP
+        assert placeholder.MARK not in os.listxattr(mnt / "bin/tool")
+        run_cli("umount", mnt, root=lazy_store)
+    # the filled files are whole in the lazy layer, the mark gone; the others still placeholders
+    trees = {p.name: p / "tree" for p in (lazy_store / "lazy").iterdir()}
+    assert len(trees) == 2
+    filled = [t for t in trees.values() if (t / "bin/tool").exists()]
+    assert len(filled) == 1 and placeholder.placeholder_of(str(filled[0] / "bin/tool")) is None
+    assert (filled[0] / "bin/tool").read_bytes() == BIG
+
+
+def test_a_remount_uses_the_filled_files(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = setup["layers"][0].digest
+    with unmounted_on_exit(mnt):
+        name = lazy_mount(store, setup["esgz"], mnt)
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        run_cli("umount", mnt, root=store)
+        fetched = len(blob_requests(proxy, base))
+        lazy_mount(store, setup["esgz"], mnt, "--name", name)
+        assert len(blob_requests(proxy, base)) == fetched  # the layer was there: not even its TOC again
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        assert (mnt / "data/medium-link").read_bytes() == MEDIUM
+        assert len(blob_requests(proxy, base)) == fetched
+        assert (mnt / "bin/tool").read_bytes() == BIG  # not read before: fetched now
+        assert len(blob_requests(proxy, base)) == fetched + 4
+        run_cli("umount", mnt, root=store)
+
+
+def read_errno(path: Path) -> int | None:
+    try:
+        path.read_bytes()
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def test_a_corrupt_chunk_gives_eio_and_the_next_read_retries(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = str(setup["layers"][0].digest)
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        proxy.corrupt_blob.add(base)  # every answer with its first byte flipped
+        assert read_errno(mnt / "bin/tool") == errno.EIO
+        assert read_errno(mnt / "bin/tool") == errno.EIO  # retried, and refused again
+        assert (mnt / "etc/motd").read_bytes() == b"hello from the top layer\n"  # the mount is up
+        proxy.corrupt_blob.discard(base)
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        run_cli("umount", mnt, root=store)
+
+
+def test_a_registry_that_goes_away_gives_eio_then_the_read_succeeds(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = str(setup["layers"][0].digest)
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        proxy.fail_blob[base] = 1000  # 503 for every read of the blob
+        assert read_errno(mnt / "data/medium") == errno.EIO
+        setup["registry"].stop()  # and the registry itself gone
+        proxy.fail_blob.clear()
+        assert read_errno(mnt / "data/medium") == errno.EIO
+        assert os.stat(mnt / "data/medium").st_size == len(MEDIUM)
+        setup["registry"].start()  # on another port: the proxy forwards there
+        proxy.upstream = setup["registry"].host
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        run_cli("umount", mnt, root=store)
+
+
+def test_a_layer_that_is_not_estargz_is_pulled_whole(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["plain"], mnt)
+        gets = [(path, rng) for method, path, rng in proxy.log if method == "GET" and "/blobs/" in path]
+        assert gets and all(rng is None for _, rng in gets)  # whole blobs only
+        assert not (store / "lazy").exists() or not [p for p in (store / "lazy").iterdir()
+                                                       if not p.name.startswith(".")]
+        assert len(list((store / "layers").iterdir())) == 2
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        run_cli("umount", mnt, root=store)
+
+
+def test_lazy_needs_an_image_reference_and_refuses_lower_dirs(tmp_path: Path) -> None:
+    r = run_cli("mount", "--lazy", "--lower", tmp_path, tmp_path, root=tmp_path / "s", check=False)
+    assert r.returncode == 2 and "--lazy" in r.stderr
+
