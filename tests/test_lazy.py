@@ -13,15 +13,17 @@ placeholder. Root only (the marks are trusted.* xattrs).
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from support import tar as T
 from support.cli import run_cli
-from support.mount import require, skip_reason_fuse, skip_reason_root, unmounted_on_exit
+from support.mount import daemon_pids, kill_pids, require, skip_reason_fuse, skip_reason_root, unmounted_on_exit
 from support.registry import FaultProxy, have_registry, running_registry
 from support.tree import ROOTFS, assert_same_tree, tree_snapshot
 
@@ -169,6 +171,64 @@ def test_a_corrupt_chunk_gives_eio_and_the_next_read_retries(setup: dict) -> Non
         assert (mnt / "etc/motd").read_bytes() == b"hello from the top layer\n"  # the mount is up
         proxy.corrupt_blob.discard(base)
         assert (mnt / "bin/tool").read_bytes() == BIG
+        run_cli("umount", mnt, root=store)
+
+
+def test_a_registry_that_sends_other_valid_data_gives_eio(setup: dict) -> None:  # type: ignore[type-arg]
+    """The registry answers each range with a well-formed gzip member of other bytes (of the asked length): only
+    the chunk's digest can tell; the read gets EIO, the layer's file stays a placeholder."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = str(setup["layers"][0].digest)
+
+    def lie(data: bytes) -> bytes:
+        member = gzip.compress(b"A" * len(BIG))
+        assert len(member) < len(data)
+        return member + b"\0" * (len(data) - len(member))
+
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        proxy.rewrite_blob[base] = lie
+        assert read_errno(mnt / "data/medium") == errno.EIO
+        assert read_errno(mnt / "bin/tool") == errno.EIO
+        (tree,) = [p / "tree" for p in (store / "lazy").iterdir() if (p / "tree/data/medium").exists()]
+        assert placeholder.placeholder_of(str(tree / "data/medium")) is not None
+        del proxy.rewrite_blob[base]
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        assert placeholder.placeholder_of(str(tree / "data/medium")) is None
+        run_cli("umount", mnt, root=store)
+
+
+def test_a_killed_daemon_leaves_a_placeholder_that_the_next_mount_fills(setup: dict) -> None:  # type: ignore[type-arg]
+    """The daemon is killed while it fills a file of four chunks, two of them written: the file keeps its mark
+    (its half data is never trusted), and the next mount fills it whole."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = str(setup["layers"][0].digest)
+    with unmounted_on_exit(mnt):
+        name = lazy_mount(store, setup["esgz"], mnt)
+        proxy.stall_range[base] = 3
+        failed: list[int | None] = []
+        reader = threading.Thread(target=lambda: failed.append(read_errno(mnt / "bin/tool")))
+        reader.start()
+        try:
+            assert proxy.stalled.wait(60)
+            pids = daemon_pids(mnt)
+            assert pids
+            kill_pids(pids)
+        finally:
+            proxy.release.set()
+            reader.join(60)
+        assert failed and failed[0] is not None
+        (tree,) = [p / "tree" for p in (store / "lazy").iterdir() if (p / "tree/bin/tool").exists()]
+        tool = tree / "bin/tool"
+        assert placeholder.placeholder_of(str(tool)) is not None
+        assert tool.read_bytes()[:2 * 65536] == BIG[:2 * 65536]  # half written, and still marked
+        run_cli("umount", mnt, root=store)
+        proxy.release.clear()
+        lazy_mount(store, setup["esgz"], mnt, "--name", name)
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        assert placeholder.placeholder_of(str(tool)) is None
         run_cli("umount", mnt, root=store)
 
 
