@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -68,7 +69,8 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:  #
     base, top = T.build(base_layer()), T.build(top_layer())
     archive = T.docker_archive(tmp_path / "two.tar", [(base, T.gz(base)), (top, T.gz(top))])
     run_cli("load", "-i", archive, root=src)
-    run_cli("convert", "--estargz", "--chunk-size", CHUNK, "trust:1", "trust:esgz", root=src)
+    run_cli("convert", "--estargz", "--chunk-size", CHUNK, "--prioritize", "/etc/passwd", "trust:1", "trust:esgz",
+            root=src)
     with running_registry(tmp_path / "registry") as reg:
         proxy = FaultProxy(reg.host)
         try:
@@ -88,9 +90,11 @@ def blob_requests(proxy: FaultProxy, digest: object) -> list[str | None]:
     return [rng for method, path, rng in proxy.log if method == "GET" and path.endswith(f"/blobs/{digest}")]
 
 
-def lazy_mount(store: Path, ref: str, mnt: Path, *extra: str) -> str:
+def lazy_mount(store: Path, ref: str, mnt: Path, *extra: str, prefetch: bool = False) -> str:
+    """``mount --lazy REF MNT``, by default with ``--no-prefetch`` (only what is read is fetched)."""
     mnt.mkdir(exist_ok=True)
-    return run_cli("mount", "--lazy", ref, mnt, *extra, root=store).stdout.strip()
+    flags = () if prefetch else ("--no-prefetch",)
+    return run_cli("mount", "--lazy", *flags, ref, mnt, *extra, root=store).stdout.strip()
 
 
 def test_a_lazy_mount_fetches_the_tocs_only_and_shows_the_pulled_tree(setup: dict) -> None:  # type: ignore[type-arg]
@@ -248,6 +252,47 @@ def test_a_registry_that_goes_away_gives_eio_then_the_read_succeeds(setup: dict)
         proxy.upstream = setup["registry"].host
         assert (mnt / "data/medium").read_bytes() == MEDIUM
         run_cli("umount", mnt, root=store)
+
+
+def wait_for(what: str, check, bound: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``check()`` until it is true; fail after ``bound`` seconds (a bound on a hang, not a timing)."""
+    deadline = time.monotonic() + bound
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {bound} s")
+        time.sleep(0.1)
+
+
+def test_the_rest_is_pulled_in_the_background_and_the_image_is_then_complete(setup: dict) -> None:  # type: ignore[type-arg]
+    """Without --no-prefetch: the prioritized files are filled first, the blobs are downloaded whole (verified)
+    and the image stored as a pull stores it: ``images`` lists it, its layers are extracted, a plain mount
+    uses them; the live lazy mount then reads its chunks from the downloaded blob, not the registry."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = setup["layers"][0].digest
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt, prefetch=True)
+        wait_for("the image in the store", lambda: run_cli("images", "-q", root=store).stdout.strip() != "")
+        listed = run_cli("images", "--format", "{{.Repository}}:{{.Tag}}", root=store).stdout.split()
+        assert listed == [setup["esgz"]]
+        assert sorted(p.name for p in (store / "layers").iterdir()) == \
+            sorted(d.hex for d in Store(store).resolve(setup["esgz"]).config.diff_ids)
+        (tree,) = [p / "tree" for p in (store / "lazy").iterdir() if (p / "tree/etc/passwd").exists()]
+        assert placeholder.placeholder_of(str(tree / "etc/passwd")) is None  # prefetched (prioritized)
+        assert placeholder.placeholder_of(str(tree / "data/medium")) is not None  # not read: still a placeholder
+        ranges = [r for r in blob_requests(proxy, base) if r is not None]
+        assert None in blob_requests(proxy, base)  # the whole blob, once
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        assert [r for r in blob_requests(proxy, base) if r is not None] == ranges  # from the local blob
+        run_cli("umount", mnt, root=store)
+    assert "failed" not in (store / "lazy/complete.log").read_text()
+    plain = tmp / "plain-mnt"
+    plain.mkdir()
+    with unmounted_on_exit(plain):
+        run_cli("mount", setup["esgz"], plain, root=store)
+        assert (plain / "data/medium").read_bytes() == MEDIUM
+        assert (plain / "bin/tool").read_bytes() == BIG
+        run_cli("umount", plain, root=store)
 
 
 def test_a_layer_that_is_not_estargz_is_pulled_whole(setup: dict) -> None:  # type: ignore[type-arg]

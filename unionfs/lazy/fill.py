@@ -33,7 +33,7 @@ from typing import Any
 from unionfs.errors import LazyLayerError, UnionfsError
 from unionfs.layer import placeholder
 from unionfs.lazy import layout
-from unionfs.lazy.fetch import Chunk, check_file, plan_chunks, read_chunk
+from unionfs.lazy.fetch import Chunk, LocalBlob, RangeSource, check_file, plan_chunks, read_chunk
 from unionfs.lazy.materialize import CAPABILITY, read_capability
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import parse_json
@@ -147,10 +147,12 @@ def _write(fd: int, layer: _Layer, ent: dict[str, Any], chunks: list[Chunk]) -> 
     if not stat.S_ISREG(st.st_mode) or st.st_size != ent.get("size"):
         raise LazyLayerError(f"the placeholder is not a regular file of {ent.get('size')} bytes")
     assert layer.digest is not None
+    local = layout.blob_file(os.path.dirname(os.path.dirname(layer.dir)), layer.digest)
+    source: RangeSource = LocalBlob(local) if os.path.exists(local) else layer.client
     cap = read_capability(fd)
     whole = Digest.parse(ent["digest"]).hasher() if "digest" in ent else None
     for chunk in chunks:
-        data = read_chunk(layer.client, layer.repository, layer.digest, chunk)
+        data = read_chunk(source, layer.repository, layer.digest, chunk)
         if whole is not None:
             whole.update(data)
         view = memoryview(data)

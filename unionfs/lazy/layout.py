@@ -5,6 +5,8 @@
     ROOT/lazy/<diffid-hex>/toc.json      the TOC's raw bytes, as verified against the manifest's annotation
     ROOT/lazy/<diffid-hex>/tree/         the layer's directory: every entry of the TOC, regular files with
                                           data as placeholders (:mod:`unionfs.layer.placeholder`)
+    ROOT/lazy/blobs/<blob-hex>           a layer blob downloaded whole and verified (:mod:`unionfs.lazy.complete`);
+                                          the daemon reads chunks from it rather than from the registry
 
 A lazy layer is staged whole under ``ROOT/lazy/.stage-*`` and renamed into place: it is there complete or not
 at all (a killed command leaves only a stage, which the next preparation removes). After that only the
@@ -26,6 +28,7 @@ SOURCE = "source.json"
 TOC = "toc.json"
 TREE = "tree"
 STAGE_PREFIX = ".stage-"
+BLOBS = "blobs"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ def layer_dir(root: str, diff_hex: str) -> str:
 def tree_of(layer: str) -> str:
     """The tree (the lower directory a mount uses) of the lazy layer directory ``layer``."""
     return os.path.join(layer, TREE)
+
+
+def blob_file(root: str, digest: Digest) -> str:
+    """``ROOT/lazy/blobs/<hex>``: the blob ``digest`` downloaded whole and verified, once it is there."""
+    return os.path.join(root, DIR, BLOBS, digest.hex)
 
 
 def read_layer(layer: str) -> tuple[Source, bytes]:

@@ -46,10 +46,12 @@ log = logging.getLogger(__name__)
 class LazyPlan:
     """What :func:`prepare_lazy` made: the mount plan, and per layer (base first) how it is held: ``stored``
     (extracted already), ``lazy`` (a lazy layer made now), ``reused`` (a lazy layer made before), ``pulled``
-    (not eStargz: pulled whole)."""
+    (not eStargz: pulled whole); the manifest (stored) and the reference it was resolved from."""
 
     plan: MountPlan
     layers: tuple[str, ...]
+    manifest: Descriptor
+    ref: Reference
 
 
 def is_estargz(desc: Descriptor) -> bool:
@@ -84,7 +86,7 @@ def prepare_lazy(store: Store, ref: Reference, client: Any, *, name: str | None 
             how.append(kind)
         plan = _container(root, ref, name, manifest, config, lowers)
     log.info("lazy mount of %s: layers %s", ref, ", ".join(how))
-    return LazyPlan(plan, tuple(how))
+    return LazyPlan(plan, tuple(how), manifest.descriptor(), ref)
 
 
 def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config: ImageConfig, desc: Descriptor,
