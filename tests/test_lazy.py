@@ -90,11 +90,13 @@ def blob_requests(proxy: FaultProxy, digest: object) -> list[str | None]:
     return [rng for method, path, rng in proxy.log if method == "GET" and path.endswith(f"/blobs/{digest}")]
 
 
-def lazy_mount(store: Path, ref: str, mnt: Path, *extra: str, prefetch: bool = False) -> str:
-    """``mount --lazy REF MNT``, by default with ``--no-prefetch`` (only what is read is fetched)."""
+def lazy_mount(store: Path, ref: str, mnt: Path, *extra: str, prefetch: bool = False, log: Path | None = None) -> str:
+    """``mount --lazy REF MNT``, by default with ``--no-prefetch`` (only what is read is fetched); ``log``: the
+    daemon's log file."""
     mnt.mkdir(exist_ok=True)
     flags = () if prefetch else ("--no-prefetch",)
-    return run_cli("mount", "--lazy", *flags, ref, mnt, *extra, root=store).stdout.strip()
+    env = {**os.environ, "UNIONFS_DAEMON_LOG": str(log)} if log is not None else None
+    return run_cli("mount", "--lazy", *flags, ref, mnt, *extra, root=store, env=env).stdout.strip()
 
 
 def test_a_lazy_mount_fetches_the_tocs_only_and_shows_the_pulled_tree(setup: dict) -> None:  # type: ignore[type-arg]
@@ -136,6 +138,22 @@ def test_a_lazy_mount_fetches_the_tocs_only_and_shows_the_pulled_tree(setup: dic
     assert (filled[0] / "bin/tool").read_bytes() == BIG
 
 
+def test_copy_ups_of_lazy_files_carry_their_data(setup: dict) -> None:  # type: ignore[type-arg]
+    """A chmod (a metadata-only copy-up of a big file: its data stays the lower placeholder's) and a write (a
+    copy-up with data) of files not read yet: both fill the lower file first."""
+    tmp = setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        os.chmod(mnt / "bin/tool", 0o700)
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        with open(mnt / "data/medium", "ab") as f:
+            f.write(b"more")
+        assert (mnt / "data/medium").read_bytes() == MEDIUM + b"more"
+        assert (mnt / "data/medium-link").read_bytes() == MEDIUM + b"more"
+        run_cli("umount", mnt, root=store)
+
+
 def test_a_remount_uses_the_filled_files(setup: dict) -> None:  # type: ignore[type-arg]
     proxy, tmp = setup["proxy"], setup["tmp"]
     store, mnt = tmp / "lazy", tmp / "mnt"
@@ -167,12 +185,15 @@ def test_a_corrupt_chunk_gives_eio_and_the_next_read_retries(setup: dict) -> Non
     proxy, tmp = setup["proxy"], setup["tmp"]
     store, mnt = tmp / "lazy", tmp / "mnt"
     base = str(setup["layers"][0].digest)
+    log = tmp / "daemon.log"
     with unmounted_on_exit(mnt):
-        lazy_mount(store, setup["esgz"], mnt)
+        lazy_mount(store, setup["esgz"], mnt, log=log)
         proxy.corrupt_blob.add(base)  # every answer with its first byte flipped
         assert read_errno(mnt / "bin/tool") == errno.EIO
         assert read_errno(mnt / "bin/tool") == errno.EIO  # retried, and refused again
         assert (mnt / "etc/motd").read_bytes() == b"hello from the top layer\n"  # the mount is up
+        errors = [line for line in log.read_text().splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and "bin/tool" in errors[0] and "lazy layer " in errors[0]
         proxy.corrupt_blob.discard(base)
         assert (mnt / "bin/tool").read_bytes() == BIG
         run_cli("umount", mnt, root=store)
@@ -196,6 +217,9 @@ def test_a_registry_that_sends_other_valid_data_gives_eio(setup: dict) -> None: 
         assert read_errno(mnt / "data/medium") == errno.EIO
         assert read_errno(mnt / "bin/tool") == errno.EIO
         (tree,) = [p / "tree" for p in (store / "lazy").iterdir() if (p / "tree/data/medium").exists()]
+        assert placeholder.placeholder_of(str(tree / "data/medium")) is not None
+        proxy.rewrite_blob[base] = lambda data: data[:len(data) // 2]  # a truncated answer
+        assert read_errno(mnt / "data/medium") == errno.EIO
         assert placeholder.placeholder_of(str(tree / "data/medium")) is not None
         del proxy.rewrite_blob[base]
         assert (mnt / "data/medium").read_bytes() == MEDIUM
