@@ -18,6 +18,7 @@ import hashlib
 import os
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -30,6 +31,7 @@ from support.tree import ROOTFS, assert_same_tree, tree_snapshot
 
 from unionfs.layer import placeholder
 from unionfs.layer.estargz import FOOTER_SIZE, TOC_DIGEST_ANNOTATION
+from unionfs.lazy.fetch import member_bound
 from unionfs.store.store import Store
 
 CHUNK = "64K"
@@ -287,7 +289,7 @@ def wait_for(what: str, check, bound: float = 120.0) -> None:  # type: ignore[no
         time.sleep(0.1)
 
 
-def test_the_rest_is_pulled_in_the_background_and_the_image_is_then_complete(setup: dict) -> None:  # type: ignore[type-arg]
+def test_the_rest_is_pulled_in_the_background_and_the_image_is_complete(setup: dict) -> None:  # type: ignore[type-arg]
     """Without --no-prefetch: the prioritized files are filled first, the blobs are downloaded whole (verified)
     and the image stored as a pull stores it: ``images`` lists it, its layers are extracted, a plain mount
     uses them; the live lazy mount then reads its chunks from the downloaded blob, not the registry."""
@@ -337,3 +339,32 @@ def test_lazy_needs_an_image_reference_and_refuses_lower_dirs(tmp_path: Path) ->
     r = run_cli("mount", "--lazy", "--lower", tmp_path, tmp_path, root=tmp_path / "s", check=False)
     assert r.returncode == 2 and "--lazy" in r.stderr
 
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 65536, 1 << 20, (4 << 20) + 3])
+def test_a_chunk_read_asks_for_no_less_than_its_member_takes(size: int) -> None:
+    """The range of a chunk read (:func:`member_bound`) holds the whole gzip member of incompressible data of
+    any size (what the writer makes: zlib with the gzip wrapper, any level)."""
+    data = os.urandom(size)
+    for level in (1, 6, 9):
+        z = zlib.compressobj(level, zlib.DEFLATED, 31)
+        assert len(z.compress(data) + z.flush()) <= member_bound(size)
+
+
+def test_a_layer_with_chunks_too_big_for_a_lazy_read_is_pulled_whole(setup: dict,  # type: ignore[type-arg]
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk over MAX_CHUNK (here lowered below the base layer's 64 KiB chunks): that layer is pulled whole, the
+    other one stays lazy."""
+    from unionfs.lazy import fetch, prepare
+    from unionfs.oci.reference import Reference
+    from unionfs.registry.mirrors import client_for
+
+    monkeypatch.setattr(fetch, "MAX_CHUNK", 1000)
+    monkeypatch.setattr(prepare, "MAX_CHUNK", 1000)
+    ref = Reference.parse(setup["esgz"])
+    store = Store(setup["tmp"] / "lazy")
+    with client_for(ref) as client:
+        result = prepare.prepare_lazy(store, ref, client)
+    assert result.layers == ("pulled", "lazy")
+    assert Path(result.plan.lowers[0]).parent.name == "layers" and Path(result.plan.lowers[1]).name == "tree"
+    assert None in blob_requests(setup["proxy"], setup["layers"][0].digest)
+    assert None not in blob_requests(setup["proxy"], setup["layers"][1].digest)

@@ -28,6 +28,7 @@ import logging
 import os
 import subprocess
 import sys
+from typing import Any
 
 from unionfs.errors import UnionfsError
 from unionfs.fsops import fsync_dir
@@ -66,7 +67,7 @@ def prefetch(mountpoint: str, names: list[str]) -> None:
             log.debug("prefetch of %s: %s", name, e)
 
 
-def download(client: object, ref: Reference, desc: Descriptor, dest: str) -> None:
+def download(client: Any, ref: Reference, desc: Descriptor, dest: str) -> None:
     """Download the blob ``desc`` of ``ref``'s repository to ``dest``, whole and verified (see the module
     docstring), unless it is there; waits for another process downloading it."""
     os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
@@ -76,7 +77,7 @@ def download(client: object, ref: Reference, desc: Descriptor, dest: str) -> Non
         if os.path.exists(dest):
             return
         tmp = dest + ".partial"
-        with client.open_blob(ref.repository, desc.digest, desc.size) as reader, open(tmp, "wb") as out:  # type: ignore[attr-defined]
+        with client.open_blob(ref.repository, desc.digest, desc.size) as reader, open(tmp, "wb") as out:
             while chunk := reader.read(_READ):  # b"" only at the verified end: DigestError otherwise
                 out.write(chunk)
             out.flush()

@@ -14,6 +14,18 @@ from unionfs.errors import EstargzError, LazyLayerError, shown
 from unionfs.layer.estargz import FOOTER_SIZE, MAX_TOC_SIZE, check_toc, parse_footer, toc_of_member
 from unionfs.oci.digest import Digest
 
+#: the most bytes of one chunk a lazy read takes (a layer with a bigger chunk is pulled whole instead): the chunk
+#: is held in memory, and the mount waits for it
+MAX_CHUNK = 64 << 20
+#: room for a gzip header's optional fields (a name, a comment, an extra field) in a chunk's range
+_HEADER_SLACK = 4096
+
+
+def member_bound(length: int) -> int:
+    """The most bytes a gzip member holding ``length`` bytes can take (zlib's ``deflateBound`` with the gzip
+    wrapper, plus room for optional header fields): the range a chunk's read asks for at most."""
+    return length + (length >> 12) + (length >> 14) + (length >> 25) + 13 - 6 + 18 + _HEADER_SLACK
+
 
 class RangeSource(Protocol):
     """What a lazy read needs of a registry client (``RegistryClient``, ``MirroredClient``)."""
@@ -39,8 +51,8 @@ class LocalBlob:
 @dataclass(frozen=True)
 class Chunk:
     """One chunk of a file: its bytes ``file_offset`` to ``file_offset + length`` of the file are the start of
-    the gzip member at blob offset ``member``, which ends at most at ``end`` (the next data's member, or the
-    TOC); ``digest`` is the TOC's ``chunkDigest``."""
+    the gzip member at blob offset ``member``, read up to ``end`` (the next data's member, or the TOC, or the
+    most such a member can take: :func:`member_bound`); ``digest`` is the TOC's ``chunkDigest``."""
 
     file_offset: int
     length: int
@@ -86,16 +98,24 @@ def plan_chunks(toc: dict[str, Any], toc_offset: int) -> dict[int, list[Chunk]]:
         elif kind != "chunk":
             continue
         d = data[k]
-        out[current].append(Chunk(ent.get("chunkOffset", 0), d.length, d.offset, bounds[k], d.digest))
+        end = min(bounds[k], d.offset + member_bound(d.length))
+        out[current].append(Chunk(ent.get("chunkOffset", 0), d.length, d.offset, end, d.digest))
         k += 1
     assert k == len(data)
     return out
+
+
+def oversized(chunks: dict[int, list[Chunk]]) -> Chunk | None:
+    """A chunk bigger than :data:`MAX_CHUNK` (its layer is not read lazily), or None."""
+    return next((c for cs in chunks.values() for c in cs if c.length > MAX_CHUNK), None)
 
 
 def read_chunk(client: RangeSource, repository: str, digest: Digest, chunk: Chunk) -> bytes:
     """The bytes of ``chunk`` of the blob ``digest``: its gzip member fetched by range, decompressed, and
     checked against the chunk's digest. LazyLayerError for bytes that do not decompress to a member holding
     the chunk whole or do not match (a corrupt or truncated answer); RegistryError when the read fails."""
+    if chunk.length > MAX_CHUNK:
+        raise LazyLayerError(f"chunk at offset {chunk.member}: {chunk.length} bytes, more than a lazy read takes")
     packed = client.fetch_range(repository, digest, chunk.member, chunk.end)
     d = zlib.decompressobj(31)
     try:

@@ -22,10 +22,10 @@ import tempfile
 from datetime import datetime
 from typing import Any
 
-from unionfs.errors import EstargzError, LazyLayerError, shown
+from unionfs.errors import EstargzError, LayerTooLargeError, LazyLayerError, shown
 from unionfs.layer import placeholder
 from unionfs.layer.estargz import TOC_NAME, check_toc, clean_name
-from unionfs.layer.unpack import unpack_layer
+from unionfs.layer.unpack import MAX_LAYER_SIZE_ENV, max_layer_size, unpack_layer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,10 @@ def materialize(toc: dict[str, Any], raw_toc: bytes, toc_offset: int, dest: str,
     placeholders. EstargzError for a TOC the spec does not allow; the unpacker's LayerError subclasses for
     entries a layer may not hold."""
     files, _, _ = check_toc(toc, toc_offset)
+    total = sum(ent.get("size", 0) for ent in files if ent["type"] == "reg")
+    if total > max_layer_size():
+        raise LayerTooLargeError(f"the TOC's files hold {total} bytes, more than the bound of {max_layer_size()} "
+                                 f"(set by {MAX_LAYER_SIZE_ENV})")
     index = {id(ent): i for i, ent in enumerate(toc["entries"])}
     with tempfile.TemporaryFile(prefix="lazy-tar-") as spool:
         with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",

@@ -29,7 +29,7 @@ from unionfs.errors import ContainerError, LazyLayerError, ManifestError
 from unionfs.fsops import atomic_write, fsync_dir, remove_tree, temp_dir
 from unionfs.layer.estargz import TOC_DIGEST_ANNOTATION
 from unionfs.lazy import layout
-from unionfs.lazy.fetch import fetch_toc
+from unionfs.lazy.fetch import MAX_CHUNK, fetch_toc, oversized, plan_chunks
 from unionfs.lazy.materialize import materialize
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_LAYER, OCI_LAYER_GZIP, Descriptor, ImageConfig, Manifest
@@ -52,6 +52,10 @@ class LazyPlan:
     layers: tuple[str, ...]
     manifest: Descriptor
     ref: Reference
+
+
+class _NotLazy(Exception):
+    """An eStargz layer that is not read lazily (pulled whole instead): why."""
 
 
 def is_estargz(desc: Descriptor) -> bool:
@@ -109,7 +113,10 @@ def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config
             log.warning("lazy layer %s holds another blob's tree: layer %s is pulled whole", diff_id.short,
                         desc.digest.short)
         else:
-            return layout.tree_of(_make_lazy(root, client, ref, desc, diff_id, toc_digest, insecure)), "lazy"
+            try:
+                return layout.tree_of(_make_lazy(root, client, ref, desc, diff_id, toc_digest, insecure)), "lazy"
+            except _NotLazy as e:
+                log.warning("layer %s is pulled whole: %s", desc.digest.short, e)
     download_blob(store, client, ref.repository, desc, on_bytes=lambda n: None)
     one = Image(manifest.descriptor(), Manifest.build(manifest.config, [desc]),
                 ImageConfig.build({**config.data, "rootfs": {"type": "layers", "diff_ids": [str(diff_id)]}}))
@@ -121,6 +128,9 @@ def _make_lazy(root: str, client: Any, ref: Reference, desc: Descriptor, diff_id
     """Fetch the TOC of the eStargz layer ``desc`` and make its lazy layer (staged, then renamed into place);
     its directory."""
     toc, raw, toc_offset = fetch_toc(client, ref.repository, desc.digest, desc.size, toc_digest)
+    big = oversized(plan_chunks(toc, toc_offset))
+    if big is not None:
+        raise _NotLazy(f"a chunk of {big.length} bytes (a lazy read takes at most {MAX_CHUNK})")
     stage = temp_dir(layout.lazy_root(root), layout.STAGE_PREFIX)
     try:
         tree = layout.tree_of(stage)
