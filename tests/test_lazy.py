@@ -368,3 +368,21 @@ def test_a_layer_with_chunks_too_big_for_a_lazy_read_is_pulled_whole(setup: dict
     assert Path(result.plan.lowers[0]).parent.name == "layers" and Path(result.plan.lowers[1]).name == "tree"
     assert None in blob_requests(setup["proxy"], setup["layers"][0].digest)
     assert None not in blob_requests(setup["proxy"], setup["layers"][1].digest)
+
+
+def test_run_lazy_runs_a_command_of_an_image_at_its_registry(setup: dict, store: Path) -> None:  # type: ignore[type-arg]
+    """``run --lazy --no-prefetch``: busybox converted to eStargz and pushed; run from a store that never had it,
+    only the files the command opens fetched (by range: never the whole blob)."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    run_cli("convert", "--estargz", "--chunk-size", "256K", "busybox:latest", "busybox:esgz", root=store)
+    ref = f"{proxy.host}/lz/busybox:esgz"
+    run_cli("push", "-q", "busybox:esgz", ref, root=store)
+    (desc,) = Store(store).resolve("busybox:esgz").manifest.layers
+    proxy.log.clear()
+    fresh = tmp / "fresh"
+    r = run_cli("run", "--lazy", "--no-prefetch", "--rm", ref, "cat", "/etc/passwd", root=fresh)
+    assert r.stdout.startswith("root:x:0:0:")
+    ranges = blob_requests(proxy, desc.digest)
+    assert ranges and None not in ranges  # ranges only: the footer, the TOC, busybox's chunks, /etc/passwd
+    assert Store(fresh).containers() == []  # --rm
+    assert run_cli("images", "-q", root=fresh).stdout == ""

@@ -165,17 +165,10 @@ def _prepare(args: argparse.Namespace, image: str) -> MountPlan:
 
 def _prepare_lazy(args: argparse.Namespace, image: str) -> LazyPlan:
     """The plan of ``mount --lazy IMAGE``: the image's layers made lazy at its registry
-    (:func:`unionfs.lazy.prepare.prepare_lazy`), through the client ``pull`` uses."""
-    from unionfs.lazy.prepare import prepare_lazy
-    from unionfs.oci.reference import Reference
-    from unionfs.registry.mirrors import client_for
+    (:func:`unionfs.lazy.prepare.prepare_lazy_ref`)."""
+    from unionfs.lazy.prepare import prepare_lazy_ref
 
-    if os.geteuid() != 0:
-        raise UsageError("mount --lazy needs root (a lazy layer's marks are trusted.* xattrs)")
-    ref = Reference.parse(image)
-    store = store_of(args)
-    with client_for(ref) as client:
-        return prepare_lazy(store, ref, client, name=args.name)
+    return prepare_lazy_ref(store_of(args), image, args.name)
 
 
 def _resume_pauses(store: Store) -> None:

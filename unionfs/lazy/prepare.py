@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from unionfs.errors import ContainerError, LazyLayerError, ManifestError
+from unionfs.errors import ContainerError, LazyLayerError, ManifestError, UsageError
 from unionfs.fsops import atomic_write, fsync_dir, remove_tree, temp_dir
 from unionfs.layer.estargz import TOC_DIGEST_ANNOTATION
 from unionfs.lazy import layout
@@ -46,12 +46,13 @@ log = logging.getLogger(__name__)
 class LazyPlan:
     """What :func:`prepare_lazy` made: the mount plan, and per layer (base first) how it is held: ``stored``
     (extracted already), ``lazy`` (a lazy layer made now), ``reused`` (a lazy layer made before), ``pulled``
-    (not eStargz: pulled whole); the manifest (stored) and the reference it was resolved from."""
+    (not eStargz: pulled whole); the manifest (stored), the reference it was resolved from, and the image."""
 
     plan: MountPlan
     layers: tuple[str, ...]
     manifest: Descriptor
     ref: Reference
+    image: Image
 
 
 class _NotLazy(Exception):
@@ -90,7 +91,21 @@ def prepare_lazy(store: Store, ref: Reference, client: Any, *, name: str | None 
             how.append(kind)
         plan = _container(root, ref, name, manifest, config, lowers)
     log.info("lazy mount of %s: layers %s", ref, ", ".join(how))
-    return LazyPlan(plan, tuple(how), manifest.descriptor(), ref)
+    return LazyPlan(plan, tuple(how), manifest.descriptor(), ref, Image(manifest.descriptor(), manifest, config))
+
+
+def prepare_lazy_ref(store: Store, text: str, name: str | None = None) -> LazyPlan:
+    """:func:`prepare_lazy` of the reference ``text``, read through the client ``pull`` uses (mirrors,
+    registries.conf, the docker config's credentials). UsageError unless this process is root (of the initial
+    user namespace: the marks are ``trusted.`` xattrs)."""
+    from unionfs.layer.ownership import privileged
+    from unionfs.registry.mirrors import client_for
+
+    if not privileged():
+        raise UsageError("a lazy mount needs root (the marks of a lazy layer are trusted.* xattrs)")
+    ref = Reference.parse(text)
+    with client_for(ref) as client:
+        return prepare_lazy(store, ref, client, name=name)
 
 
 def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config: ImageConfig, desc: Descriptor,
