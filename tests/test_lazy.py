@@ -386,3 +386,26 @@ def test_run_lazy_runs_a_command_of_an_image_at_its_registry(setup: dict, store:
     assert ranges and None not in ranges  # ranges only: the footer, the TOC, busybox's chunks, /etc/passwd
     assert Store(fresh).containers() == []  # --rm
     assert run_cli("images", "-q", root=fresh).stdout == ""
+
+
+def test_the_daemon_reads_with_the_credentials_of_the_docker_config(tmp_path: Path, store: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry that wants a login (htpasswd): after ``unionfs login``, the mount's daemon fetches the
+    chunks with the same credentials (the docker config, as ``pull``)."""
+    require(skip_reason_root(), skip_reason_fuse(), have_registry())
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    run_cli("convert", "--estargz", "busybox:latest", "busybox:esgz", root=store)
+    mnt = tmp_path / "mnt"
+    with running_registry(tmp_path / "registry", auth="htpasswd") as reg:
+        run_cli("login", reg.host, "-u", "alice", "--password-stdin", input="wonderland\n")
+        ref = f"{reg.host}/auth/busybox:esgz"
+        run_cli("push", "-q", "busybox:esgz", ref, root=store)
+        with unmounted_on_exit(mnt):
+            lazy_mount(tmp_path / "lazy", ref, mnt)
+            assert (mnt / "etc/passwd").read_text().startswith("root:x:0:0:")
+            run_cli("umount", mnt, root=tmp_path / "lazy")
+        with unmounted_on_exit(mnt):  # logged out while mounted: the next fetch has no credentials, EIO
+            lazy_mount(tmp_path / "lazy2", ref, mnt)
+            run_cli("logout", reg.host)
+            assert read_errno(mnt / "etc/passwd") == errno.EIO
+            run_cli("umount", mnt, root=tmp_path / "lazy2")
