@@ -370,7 +370,7 @@ def test_a_layer_with_chunks_too_big_for_a_lazy_read_is_pulled_whole(setup: dict
     assert None not in blob_requests(setup["proxy"], setup["layers"][1].digest)
 
 
-def test_run_lazy_runs_a_command_of_an_image_at_its_registry(setup: dict, store: Path) -> None:  # type: ignore[type-arg]
+def test_run_lazy_runs_an_image_at_its_registry(setup: dict, store: Path) -> None:  # type: ignore[type-arg]
     """``run --lazy --no-prefetch``: busybox converted to eStargz and pushed; run from a store that never had it,
     only the files the command opens fetched (by range: never the whole blob)."""
     proxy, tmp = setup["proxy"], setup["tmp"]
@@ -409,3 +409,22 @@ def test_the_daemon_reads_with_the_credentials_of_the_docker_config(tmp_path: Pa
             run_cli("logout", reg.host)
             assert read_errno(mnt / "etc/passwd") == errno.EIO
             run_cli("umount", mnt, root=tmp_path / "lazy2")
+
+
+def test_prune_removes_the_lazy_layers_no_container_needs(setup: dict) -> None:  # type: ignore[type-arg]
+    tmp = setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        name = lazy_mount(store, setup["esgz"], mnt)
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        assert "lazy" not in run_cli("prune", root=store).stdout  # mounted: its container keeps them
+        run_cli("umount", mnt, root=store)
+    (store / "lazy/.stage-left-by-a-kill").mkdir()
+    out = run_cli("prune", root=store).stdout
+    assert "lazy" not in out and len([p for p in (store / "lazy").iterdir() if not p.name.startswith(".")]) == 2
+    assert not (store / "lazy/.stage-left-by-a-kill").exists()
+    run_cli("rm", name, root=store)
+    out = run_cli("prune", root=store).stdout
+    assert out.count("Deleted: lazy layer ") == 2
+    assert [p.name for p in (store / "lazy").iterdir()] == []
+    assert list((store / "tmp").iterdir()) == []

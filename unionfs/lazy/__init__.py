@@ -6,7 +6,10 @@ first read.
 * :mod:`unionfs.lazy.materialize`: the tree of a layer made from its TOC, regular files as placeholders;
 * :mod:`unionfs.lazy.fill`: the mount daemon's side: a placeholder made whole before its data is opened;
 * :mod:`unionfs.lazy.prepare`: the mounting command's side: an image's layers made lazy (or pulled whole) and
-  a container of them.
+  a container of them;
+* :mod:`unionfs.lazy.complete`: the background completion: the image pulled whole and stored, without the
+  store's lock while it downloads;
+* :mod:`unionfs.lazy.prune`: what no container needs any more removed (``prune``).
 
 Only ``fill`` runs in the mount daemon; it never reads the store. Root-only for now (the marks are ``trusted.``
 xattrs).
