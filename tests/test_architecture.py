@@ -20,20 +20,24 @@ ALLOWED: dict[str, set[str]] = {
     "layer": {"oci"},
     "union": {"oci", "layer"},
     "store": {"oci", "layer", "union"},
-    "mount": {"oci", "layer", "union"},
+    "mount": {"oci", "layer", "union", "lazy"},
     "run": {"oci", "layer", "union"},
     "image": {"oci", "layer", "union", "store"},
     "registry": {"oci", "layer", "union", "store"},
-    "build": {"oci", "layer", "union", "store", "mount", "run", "image", "registry"},
-    "api": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "build"},
-    "pytest_plugin": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "build", "api"},
-    "cli": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "build", "api"},
+    "lazy": {"oci", "layer", "union", "store", "registry"},
+    "build": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "lazy"},
+    "api": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "build", "lazy"},
+    "pytest_plugin": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "build", "api", "lazy"},
+    "cli": {"oci", "layer", "union", "store", "mount", "run", "image", "registry", "build", "api", "lazy"},
     "__main__": {"cli"},
     "__init__": {"api"},  # the package exposes ``unionfs.mounted`` lazily
 }
 
 #: modules of an area that may import a neighbour the rest of the area may not
 ONLY: dict[str, str] = {"store": "registry.transfer"}  # of the registry, only transfer knows the store
+#: modules of an area that may import another area only for one module of it: the daemon (``mount.server``)
+#: loads the lazy layers' filler (``lazy.fill``), and nothing else of the lazy code
+ONLY_TARGET: dict[str, tuple[str, str]] = {"mount": ("mount.server", "lazy.fill")}
 
 
 def module_name(path: Path) -> str:
@@ -94,6 +98,9 @@ def test_imports_follow_the_rule(module: str) -> None:
             bad.append(target)
         elif theirs in ONLY and mine == area(ONLY[theirs]) and module != ONLY[theirs]:
             bad.append(target)
+        elif mine in ONLY_TARGET and area(ONLY_TARGET[mine][1]) == theirs and \
+                (module, target) != ONLY_TARGET[mine]:
+            bad.append(target)
     assert not bad, f"unionfs.{module} imports {bad}, which the import rule of docs/design.md forbids"
 
 
@@ -131,3 +138,18 @@ def test_the_rule_reads_imports() -> None:
     """The checker itself sees lazy imports and ``from package import module``."""
     assert "union.view" in GRAPH["run.sandbox"]  # imported inside a function
     assert "layer.whiteout" in GRAPH["union.view"]
+
+
+def test_the_daemon_never_reaches_the_store() -> None:
+    """The mount daemon loads the lazy layers' filler; nothing it imports, at any depth, is the store's (the
+    daemon never reads the store: docs/design.md) or the CLI's."""
+    seen: set[str] = set()
+    todo = ["mount.server"]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(d for d in GRAPH[m] if not d.endswith("__init__"))
+    assert "lazy.fill" in seen
+    assert not sorted(m for m in seen if area(m) in ("store", "cli", "image", "build"))

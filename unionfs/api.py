@@ -59,13 +59,17 @@ def obtain(store: Store, ref: str, platform: Platform | None = None) -> Image:
 
 @contextlib.contextmanager
 def container(store: Store, image: str, *, name: str | None = None, keep: bool = True,
-              binds: Sequence[Bind] = (), options: Sequence[str] = ()) -> Iterator[Mounted]:
+              binds: Sequence[Bind] = (), options: Sequence[str] = (), lazy: bool = False,
+              prefetch: bool = True) -> Iterator[Mounted]:
     """Mount container ``name`` of ``image`` (a new one when ``name`` is None or unknown) at
     ``ROOT/containers/NAME/merged``; unmount on exit and delete the container unless ``keep``.
 
     An existing container must belong to the same image and must not be mounted already (ContainerError).
+    ``lazy``: ``image`` is a reference read at its registry, its eStargz layers mounted lazily
+    (:mod:`unionfs.lazy.prepare`; root only), the rest of the image pulled in the background unless not
+    ``prefetch`` (:mod:`unionfs.lazy.complete`).
     """
-    img = obtain(store, image)
+    img = None if lazy else obtain(store, image)
     existed = False
     if name is not None:
         try:
@@ -75,8 +79,15 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
             mp = None
         if mp and daemon.is_mounted(mp):
             raise ContainerError(f"container {name} is mounted at {mp}")
-    plan = store.prepare_container(image, name)
-    assert plan.name is not None and plan.upper is not None
+    lazy_plan = None
+    if lazy:
+        from unionfs.lazy.prepare import prepare_lazy_ref
+
+        lazy_plan = prepare_lazy_ref(store, image, name)
+        img, plan = lazy_plan.image, lazy_plan.plan
+    else:
+        plan = store.prepare_container(image, name)
+    assert plan.name is not None and plan.upper is not None and img is not None
     cdir = Path(plan.upper).parent
     mnt, init = cdir / "merged", cdir / "init"
     mounted = False
@@ -93,6 +104,10 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
                      options=["allow_other", *mounting.mount_options(str(store.root)), *options])
         mounted = True
         store.set_container_mount(plan.name, str(mnt))
+        if lazy_plan is not None and prefetch:
+            from unionfs.lazy.complete import start
+
+            start(str(store.root), lazy_plan.ref, lazy_plan.manifest, str(mnt))
         yield Mounted(store, img, plan.name, mnt)
     finally:
         try:

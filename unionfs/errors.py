@@ -23,7 +23,8 @@ The tree::
     ├── LayerError                    a layer cannot be unpacked or packed
     │   ├── UnsafeLayerError          a hostile entry (escape, symlink traversal...)
     │   ├── LayerTooLargeError        decompressed size over the bound (gzip bomb)
-    │   └── EstargzError              a blob breaks the eStargz spec (footer, TOC, chunk digests, offsets)
+    │   ├── EstargzError              a blob breaks the eStargz spec (footer, TOC, chunk digests, offsets)
+    │   └── LazyLayerError            a lazy layer's file cannot be filled (a chunk that does not verify, ...)
     ├── SymlinkLoopError              a path inside a rootfs meets a symlink loop (also an OSError ELOOP)
     ├── MountError                    a mount cannot be made or ended
     ├── CommitError                   an upper cannot be committed (a live mount that cannot be paused)
@@ -133,6 +134,12 @@ class LayerTooLargeError(LayerError):
 class EstargzError(LayerError):
     """A blob is not a valid eStargz layer (footer, TOC, TOC digest, a chunk's digest or offset, a gzip member
     boundary), or a layer cannot be written as one (a name the TOC cannot hold)."""
+
+
+class LazyLayerError(LayerError):
+    """A file of a lazy (eStargz) layer cannot be filled: a chunk whose digest does not match the TOC, a
+    truncated or wrong range answer, a registry that cannot be reached; or a lazy layer's own records are
+    unusable. The mount answers EIO to that open and tries again at the next one."""
 
 
 class SymlinkLoopError(UnionfsError, OSError):

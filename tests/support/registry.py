@@ -272,7 +272,10 @@ class FaultProxy:
     * ``fail_blob[digest] = n``: answer the next n GETs of that blob with 503;
     * ``cut_blob[digest] = k``: send the first k bytes of the next full GET of that blob, then drop the connection;
     * ``corrupt_blob.add(digest)``: flip one byte of that blob's body in every answer;
-    * ``stall_blob[digest] = k``: send k bytes, set ``stalled`` and hold the connection until ``release`` is set.
+    * ``stall_blob[digest] = k``: send k bytes, set ``stalled`` and hold the connection until ``release`` is set;
+    * ``stall_range[digest] = n``: the same, with no byte of the body sent, for the n-th range answer (206) of
+      that blob from now;
+    * ``rewrite_blob[digest] = f``: answer every GET of that blob (whole or range) with ``f(body)`` instead.
     ``log`` records (method, path, Range header) of every request.
     """
 
@@ -282,6 +285,8 @@ class FaultProxy:
         self.cut_blob: dict[str, int] = {}
         self.corrupt_blob: set[str] = set()
         self.stall_blob: dict[str, int] = {}
+        self.stall_range: dict[str, int] = {}
+        self.rewrite_blob: dict[str, Callable[[bytes], bytes]] = {}
         self.stalled = threading.Event()
         self.release = threading.Event()
         self.log: list[tuple[str, str, str | None]] = []
@@ -314,6 +319,14 @@ class FaultProxy:
                 if digest and resp.status in (200, 206):
                     if digest in proxy.corrupt_blob and data:
                         data = bytes([data[0] ^ 0xFF]) + data[1:]
+                    if digest in proxy.rewrite_blob:
+                        data = proxy.rewrite_blob[digest](data)
+                    if resp.status == 206 and digest in proxy.stall_range:
+                        proxy.stall_range[digest] -= 1
+                        if not proxy.stall_range[digest]:
+                            del proxy.stall_range[digest]
+                            self._send_partial(resp.status, out_headers, data, 0, stall=True)
+                            return
                     if resp.status == 200 and digest in proxy.cut_blob:
                         k = proxy.cut_blob.pop(digest)
                         self._send_partial(resp.status, out_headers, data, k)

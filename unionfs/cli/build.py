@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.__class__ = _RunParser  # argparse makes subparsers of one class; run's exits 125 on a usage error
     p.add_argument("--help", action="help", help="show this help message and exit")
     p.add_argument("--rm", action="store_true", help="delete the container (its upper) afterwards")
+    p.add_argument("--lazy", action="store_true",
+                   help="IMAGE is a registry reference: run it without pulling it first, its eStargz layers' files "
+                   "fetched when read, the rest pulled in the background (mount --lazy); root only")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="with --lazy: fetch only what is read (no prefetch, no pull in the background)")
     p.add_argument("--name", help="container name (an existing container of the image is reused)")
     p.add_argument("-i", "--interactive", action="store_true",
                    help="pass stdin to the command (without it stdin is /dev/null)")
@@ -240,12 +245,16 @@ def _run(args: argparse.Namespace) -> int:
     check_process(Process(("-",), hostname=args.hostname or "unionfs", **settings))  # before any mount
     own_user_namespace()
     store = store_of(args)
-    try:
-        obtain(store, args.image)  # pulled when missing; then container() finds it stored
-    except UnionfsError as e:
-        raise RunError(f"image {args.image} is not in the store and cannot be pulled: {e}") from e
+    if args.no_prefetch and not args.lazy:
+        raise RunError("--no-prefetch goes with --lazy")
+    if not args.lazy:
+        try:
+            obtain(store, args.image)  # pulled when missing; then container() finds it stored
+        except UnionfsError as e:
+            raise RunError(f"image {args.image} is not in the store and cannot be pulled: {e}") from e
     signal.signal(signal.SIGTERM, _interrupt)
-    with container(store, args.image, name=args.name, keep=not args.rm, binds=binds) as m:
+    with container(store, args.image, name=args.name, keep=not args.rm, binds=binds, lazy=args.lazy,
+                   prefetch=not args.no_prefetch) as m:
         cfg = m.image.config.data.get("config") or {}
         argv = container_command(cfg, args.command, args.entrypoint)
         if not argv:

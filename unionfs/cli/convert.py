@@ -45,12 +45,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
         own_user_namespace()  # the command runs as run runs it
     store = store_of(args)
     options: dict[str, Any] = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+    if args.prioritize:
+        options["prioritized"] = list(args.prioritize)
     if args.optimize:
         from unionfs.api import record_opens
 
-        options["prioritized"] = record_opens(store, args.source, args.command, timeout=args.optimize_timeout)
+        recorded = record_opens(store, args.source, args.command, timeout=args.optimize_timeout)
+        options["prioritized"] = [*args.prioritize, *recorded]
         if not args.quiet:
-            print(f"optimize: {len(options['prioritized'])} files opened by the command go first")
+            print(f"optimize: {len(recorded)} files opened by the command go first")
     result = convert_estargz(store, args.source, target, **options)
     if not args.quiet:
         for n, layer in enumerate(result.layers):
@@ -78,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "first in each layer, with the prefetch landmark (as ctr-remote image optimize)")
     p.add_argument("--optimize-timeout", type=_seconds, metavar="SECONDS",
                    help="how long the command of --optimize runs at most before it is killed (default 10)")
+    p.add_argument("--prioritize", action="append", default=[], metavar="PATH",
+                   help="a file put first in each layer holding it, before the prefetch landmark (repeatable, "
+                   "in this order): what a lazy mount fetches first")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the new image id")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND",
                    help="with --optimize: the command to run instead of the image's CMD")

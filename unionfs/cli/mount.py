@@ -20,6 +20,7 @@ from unionfs.mount import daemon, process
 
 if TYPE_CHECKING:
     from unionfs.cli.gotemplate import Struct
+    from unionfs.lazy.prepare import LazyPlan
     from unionfs.store.store import Container, Store
     from unionfs.union.plan import MountPlan
 
@@ -36,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--work", metavar="DIR", help="work directory on the upper's filesystem")
     p.add_argument("--name", help="container name (image form; default: generated)")
     p.add_argument("--read-only", action="store_true", help="mount without an upper")
+    p.add_argument("--lazy", action="store_true",
+                   help="IMAGE is a registry reference: mount it without pulling it, its eStargz layers' files "
+                   "fetched by range when first read (other layers are pulled whole), the rest pulled in the "
+                   "background; root only")
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="with --lazy: fetch only what is read (no prefetch, no pull in the background)")
     p.add_argument("--foreground", "-f", action="store_true", help="serve in the foreground until unmounted")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT",
                    help="FUSE mount option (repeatable, comma-separated)")
@@ -81,6 +88,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
                          "unionfs mount --lower DIR... [--upper DIR --work DIR] MOUNTPOINT")
     elif args.upper or args.work:
         raise UsageError("--upper/--work only go with --lower")
+    if args.lazy and args.lower:
+        raise UsageError("--lazy mounts an image, not --lower directories")
+    if args.no_prefetch and not args.lazy:
+        raise UsageError("--no-prefetch goes with --lazy")
     if args.foreground:
         return _mount(args, None)
     # the daemon loads its code while this process works out the mount (the store's part): forked by main()
@@ -104,7 +115,8 @@ def _mount(args: argparse.Namespace, early: process.Early | None) -> int:
     from unionfs.store import mounting  # here: mount --lower needs no store (nor json)
 
     image, mountpoint = args.target
-    plan = _prepare(args, image)
+    lazy = _prepare_lazy(args, image) if args.lazy else None
+    plan = lazy.plan if lazy is not None else _prepare(args, image)
     if args.read_only:
         plan = MountPlan(plan.lowers, None, None, plan.name)
     mp = os.path.abspath(mountpoint)
@@ -127,6 +139,10 @@ def _mount(args: argparse.Namespace, early: process.Early | None) -> int:
     if args.foreground:
         mounting.set_mountpoint(root, name, None)
         return 0
+    if lazy is not None and not args.no_prefetch:
+        from unionfs.lazy.complete import start
+
+        start(root, lazy.ref, lazy.manifest, mp)
     print(name)
     return 0
 
@@ -145,6 +161,14 @@ def _prepare(args: argparse.Namespace, image: str) -> MountPlan:
     store = store_of(args)
     _resume_pauses(store)
     return store.prepare_container(image, args.name)
+
+
+def _prepare_lazy(args: argparse.Namespace, image: str) -> LazyPlan:
+    """The plan of ``mount --lazy IMAGE``: the image's layers made lazy at its registry
+    (:func:`unionfs.lazy.prepare.prepare_lazy_ref`)."""
+    from unionfs.lazy.prepare import prepare_lazy_ref
+
+    return prepare_lazy_ref(store_of(args), image, args.name)
 
 
 def _resume_pauses(store: Store) -> None:

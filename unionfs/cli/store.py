@@ -321,9 +321,12 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    from unionfs.lazy.prune import prune_lazy
     from unionfs.mount.daemon import detach_orphan
 
-    lines = store_of(args).prune(all_unused=args.all, detach=detach_orphan)
+    store = store_of(args)
+    lines = store.prune(all_unused=args.all, detach=detach_orphan)
+    lines += prune_lazy(store)
     for line in lines:
         print(line)
     if not lines:

@@ -274,6 +274,9 @@ def _prune(args: argparse.Namespace, containers: bool) -> int:
                     store.remove_container(c.name)
                     removed.append(c.name)
         lines = store.prune(all_unused=args.all, detach=detach_orphan)
+        from unionfs.lazy.prune import prune_lazy
+
+        lines += prune_lazy(store)
     if removed:
         print("Deleted Containers:\n" + "\n".join(removed) + "\n")
     if lines:

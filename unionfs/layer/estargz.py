@@ -522,6 +522,15 @@ def read_toc(blob: BinaryIO) -> tuple[dict[str, Any], Digest, int]:
         packed = blob.read(end - toc_offset)
     except OSError as e:
         raise EstargzError(f"cannot read the blob: {e.strerror or e}") from None
+    toc, digest, _ = toc_of_member(packed, toc_offset)
+    return toc, digest, toc_offset
+
+
+def toc_of_member(packed: bytes, toc_offset: int) -> tuple[dict[str, Any], Digest, bytes]:
+    """The TOC held by ``packed``, the blob's bytes from the TOC member at ``toc_offset`` up to the footer
+    (what a lazy reader fetches by range): the parsed JSON, its digest and its raw bytes. The same checks as
+    :func:`read_toc` (one gzip member, the tar entry ``stargz.index.json``, zero blocks after it, a JSON
+    object); EstargzError otherwise."""
     d = zlib.decompressobj(31)
     try:
         data = d.decompress(packed, MAX_TOC_SIZE + 1)
@@ -550,7 +559,24 @@ def read_toc(blob: BinaryIO) -> tuple[dict[str, Any], Digest, int]:
         raise EstargzError(str(e)) from None
     if not isinstance(toc, dict):
         raise EstargzError("eStargz TOC is not a JSON object")
-    return toc, Digest.of_bytes(raw), toc_offset
+    return toc, Digest.of_bytes(raw), bytes(raw)
+
+
+#: a TOC entry holding file data (see :func:`check_toc`)
+TocData = _Data
+
+
+def check_toc(toc: dict[str, Any], toc_offset: int) -> tuple[list[dict[str, Any]], list[_Data], tuple[str, ...]]:
+    """The entries of ``toc`` (the TOC of a blob whose TOC member is at ``toc_offset``) checked as
+    :func:`verify_estargz` checks them without the blob: the file entries (no chunks) in order, the data
+    entries (:data:`TocData`: each chunk's member offset, length and digest) in blob order, and the names
+    before the prefetch landmark. EstargzError for a TOC the spec does not allow."""
+    return _check_toc(toc, toc_offset)
+
+
+def clean_name(name: str) -> str:
+    """A TOC name as its readers clean it: relative to the root, no ``.``, ``..`` or double slashes."""
+    return _clean(name)
 
 
 def _int(ent: dict[str, Any], key: str, what: str) -> int:
@@ -820,6 +846,7 @@ def _same_entry(tf: tarfile.TarFile, ti: tarfile.TarInfo, ent: dict[str, Any], f
             raise EstargzError(f"{what}: content digest {got}, the TOC says {ent['digest']}")
 
 
-__all__ = ["EstargzLayer", "write_estargz", "verify_estargz", "read_toc", "footer", "parse_footer", "TOC_NAME",
+__all__ = ["EstargzLayer", "write_estargz", "verify_estargz", "read_toc", "toc_of_member", "check_toc", "clean_name",
+           "TocData", "footer", "parse_footer", "TOC_NAME",
            "PREFETCH_LANDMARK", "NO_PREFETCH_LANDMARK", "LANDMARK_CONTENT", "TOC_DIGEST_ANNOTATION",
            "UNCOMPRESSED_SIZE_ANNOTATION", "FOOTER_SIZE", "DEFAULT_CHUNK_SIZE", "MAX_TOC_SIZE"]

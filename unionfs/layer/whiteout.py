@@ -20,7 +20,7 @@ import errno
 import os
 import stat
 
-from unionfs.layer import ownership
+from unionfs.layer import ownership, placeholder
 
 WH_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -62,8 +62,8 @@ def opaque_xattr() -> str:
 def is_private_xattr(name: str) -> bool:
     """True for the overlay's own xattrs, which are never shown through a mount nor copied up, and for the
     owners a rootless store keeps (:mod:`unionfs.layer.ownership`: never shown, never taken from a layer's tar,
-    copied up with their file)."""
-    return name.startswith(OVERLAY_PREFIXES) or name in ownership.NAMES
+    copied up with their file), and for the marks of a lazy layer (:mod:`unionfs.layer.placeholder`)."""
+    return name.startswith(OVERLAY_PREFIXES) or name in ownership.NAMES or name in placeholder.NAMES
 
 
 # ---------------------------------------------------------------------------

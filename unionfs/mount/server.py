@@ -1218,6 +1218,7 @@ def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Ca
     once the kernel has spoken to us (INIT). ``record``: a descriptor the paths of opened files are appended
     to (:meth:`LowLevelFS._recording_open`; -1: none)."""
     mountpoint = os.path.realpath(mountpoint)
+    _fill_lazy_layers(overlay)
     fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough, mountpoint=mountpoint, spin_us=spin_us,
                     show=show, record=record)
     fs.ready = ready
@@ -1226,3 +1227,16 @@ def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Ca
         fs.serve(dev)
     finally:
         os.close(dev)
+
+
+def _fill_lazy_layers(overlay: Overlay) -> None:
+    """Give ``overlay`` the filler of its lazy layers (:mod:`unionfs.lazy.fill`) when a lower directory is one
+    (its root carries the mark of :mod:`unionfs.layer.placeholder`); the lazy code, which speaks to
+    registries, is loaded only then."""
+    from unionfs.layer.placeholder import lazy_layer_of
+
+    lazy = [(path, layer) for path in overlay.view.lowers if (layer := lazy_layer_of(path)) is not None]
+    if lazy:
+        from unionfs.lazy.fill import Filler
+
+        overlay.filler = Filler(lazy)

@@ -39,6 +39,7 @@ import base64
 import functools
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -535,6 +536,26 @@ class RegistryClient:
                 if len(data) > limit:
                     raise RegistryError(f"blob {digest} is larger than {limit} bytes")
         return data
+
+    def fetch_range(self, repository: str, digest: Digest, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (exclusive) of a blob, by one ``Range`` request (lazy reads of eStargz
+        layers). Nothing here is verified against the blob's digest (only the whole blob could be): the caller
+        checks what it reads (a TOC's digest, a chunk's). Raises RegistryError unless the registry answers 206
+        with exactly that range and that many bytes (a registry that ignores the range, answers another one,
+        or sends more or fewer bytes)."""
+        if not 0 <= start < end:
+            raise ValueError(f"empty or negative range {start}-{end}")
+        what = f"blob {digest} bytes {start}-{end - 1}"
+        r = self.request("GET", f"/v2/{repository}/blobs/{digest}", what=what,
+                         headers={"Range": f"bytes={start}-{end - 1}"}, scopes=[repository_scope(repository, "pull")],
+                         ok=(206,), max_body=end - start)
+        m = re.match(r"bytes (\d+)-(\d+)(?:/(\d+|\*))?$", r.headers.get("content-range", "").strip())
+        if not m or (int(m.group(1)), int(m.group(2))) != (start, end - 1):
+            raise RegistryError(f"{what}: the registry answered with another range "
+                                f"({r.headers.get('content-range', 'none')!r})")
+        if len(r.content) != end - start:
+            raise RegistryError(f"{what}: the registry sent {len(r.content)} bytes, not {end - start}")
+        return r.content
 
     def _start_upload(self, repository: str, mount: Digest | None = None, source: str | None = None
                       ) -> tuple[bool, str]:

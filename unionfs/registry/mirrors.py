@@ -162,6 +162,11 @@ class MirroredClient:
             return _MirrorBlob(reader, ep.host) if ep.mirror else reader
         return self._each(repository, f"blob {digest}", op)
 
+    def fetch_range(self, repository: str, digest: Digest, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` of a blob (``RegistryClient.fetch_range``) from the first endpoint that
+        answers for it; unverified: the caller checks them."""
+        return self._each(repository, f"blob {digest}", lambda c, repo, _: c.fetch_range(repo, digest, start, end))
+
     def tags(self, repository: str, page: int | None = None) -> list[str]:
         """The repository's tags from the first endpoint that lists them."""
         return self._each(repository, "the tag list", lambda c, repo, _: c.tags(repo, page))
@@ -198,10 +203,12 @@ class _MirrorBlob:
         return getattr(self._reader, name)
 
 
-def client_for(ref: Reference, conf: RegistriesConf | None = None, *, insecure: bool = False) -> MirroredClient:
+def client_for(ref: Reference, conf: RegistriesConf | None = None, *, insecure: bool = False,
+               retry: RetryPolicy | None = None, deadlines: Deadlines | None = None) -> MirroredClient:
     """A client that reads ``ref`` as registries.conf and daemon.json say (``conf``, default: ``load()``), with
     the credentials the docker config keeps for each endpoint's host; ``insecure`` (``--insecure``) for its
-    location. Raises RegistryBlockedError when a ``blocked`` table matches ``ref``, RegistriesConfError."""
+    location; ``retry`` and ``deadlines`` for every endpoint (default: the client's). Raises
+    RegistryBlockedError when a ``blocked`` table matches ``ref``, RegistriesConfError."""
     from unionfs.registry.credentials import DockerConfig
 
     plan = (conf if conf is not None else load()).plan(ref, insecure=insecure)
@@ -210,7 +217,7 @@ def client_for(ref: Reference, conf: RegistriesConf | None = None, *, insecure: 
         raise RegistryBlockedError(f"pulling {ref} is blocked by {plan.rule.source} "
                                    f"([[registry]] prefix {plan.rule.prefix!r})")
     log.debug("pull %s from %s", ref, describe_plan(plan))
-    return MirroredClient(plan, credentials=DockerConfig().get)
+    return MirroredClient(plan, credentials=DockerConfig().get, retry=retry, deadlines=deadlines)
 
 
 def describe_plan(plan: PullPlan) -> str:

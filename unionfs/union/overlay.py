@@ -235,7 +235,15 @@ class Overlay:
 
     ``owners``: what the view shows as owners (:class:`unionfs.union.view.Union`); a mount's
     ``xattr_permissions=2``.
+
+    ``filler``: called with the host path of a lower regular file before its data is first opened (a read, a
+    copy-up, a metacopy file's data): a lazy layer's (:mod:`unionfs.layer.placeholder`) makes a placeholder
+    whole there, or raises OSError (EIO), which the open or copy-up then fails with. None (the default): lower
+    files hold their data.
     """
+
+    #: see the class docstring; set by whoever serves a union with lazy layers (the mount daemon)
+    filler: Callable[[str], None] | None = None
 
     def __init__(self, lowers: list[str] | tuple[str, ...], upper: str | None = None,
                  work: str | None = None, *, cache: bool = True, volatile: bool = False,
@@ -442,6 +450,8 @@ class Overlay:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             if data is not None and st.st_size:
+                if self.filler is not None:
+                    self.filler(data)
                 sfd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW)
                 try:
                     copy_data(sfd, fd, st.st_size)
@@ -507,6 +517,8 @@ class Overlay:
             except OSError:
                 cap = None
             if data:
+                if self.filler is not None:
+                    self.filler(node.data.real)
                 sfd = node.data.open(os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
                     copy_data(sfd, fd, ust.st_size)
@@ -1060,10 +1072,15 @@ class Overlay:
             raise
         return fd, node
 
-    @staticmethod
-    def open_read(node: Node, flags: int) -> int:
+    def open_read(self, node: Node, flags: int) -> int:
         """Open the data of the resolved ``node`` for a read-only open with ``flags`` (:func:`reads_only`): no
-        copy-up. FileNotFoundError when the resolution is stale."""
+        copy-up; a lower file goes through :attr:`filler` first. FileNotFoundError when the resolution is
+        stale."""
+        if self.filler is not None and stat.S_ISREG(node.st.st_mode):
+            if node.data is not None:
+                self.filler(node.data.real)
+            elif not node.indexed and (node.layer > 0 or self.read_only):
+                self.filler(node.real)
         return node.open_data(_real_flags(flags) & ~os.O_ACCMODE | os.O_RDONLY)
 
     def chmod(self, path: str, mode: int) -> None:

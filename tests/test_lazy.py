@@ -1,0 +1,430 @@
+"""Lazy mounts of eStargz images (issue 18, points 2 and 3): ``unionfs mount --lazy REF MNT`` against a real
+registry (Debian's docker-registry) behind a counting, lying proxy (``FaultProxy``), served by a real FUSE
+mount.
+
+What is checked: the tree is the one a normal pull mounts (every entry's content and metadata); before any
+read only the footer and the TOC of an eStargz blob are fetched; a read fetches its file's chunks by range; a
+chunk the registry alters gives EIO and never other bytes, and the next read retries; a registry that is down
+gives EIO, and a read once it is back succeeds; filled files survive an unmount and are used by the next lazy
+mount without a fetch; a layer that is not eStargz is pulled whole; a killed fill leaves the file a
+placeholder. Root only (the marks are trusted.* xattrs).
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import os
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from support import tar as T
+from support.cli import run_cli
+from support.mount import daemon_pids, kill_pids, require, skip_reason_fuse, skip_reason_root, unmounted_on_exit
+from support.registry import FaultProxy, have_registry, running_registry
+from support.tree import ROOTFS, assert_same_tree, tree_snapshot
+
+from unionfs.layer import placeholder
+from unionfs.layer.estargz import FOOTER_SIZE, TOC_DIGEST_ANNOTATION
+from unionfs.lazy.fetch import member_bound
+from unionfs.store.store import Store
+
+CHUNK = "64K"
+BIG = hashlib.sha256(b"seed").digest() * 8192  # 256 KiB: four chunks of 64 KiB
+MEDIUM = os.urandom(100_000)
+CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"  # cap_net_bind_service
+
+
+def base_layer() -> list[T.Entry]:
+    return [
+        T.directory("bin"), T.directory("etc"), T.directory("data", mode=0o750, uid=7, gid=8),
+        T.file("bin/tool", BIG, mode=0o4755, xattrs={"security.capability": CAP}),
+        T.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", xattrs={"user.note": b"\xff\x00bin"}),
+        T.file("data/medium", MEDIUM, mode=0o640, uid=1000, gid=1000),
+        T.file("data/empty"),
+        T.hardlink("data/medium-link", "data/medium"),
+        T.symlink("etc/link", "/etc/passwd"),
+        T.fifo("data/pipe"),
+        T.chardev("data/null", 1, 3),
+        T.file("gone", b"deleted above\n"),
+        T.directory("old"), T.file("old/a", b"hidden by the opaque dir\n"),
+    ]
+
+
+def top_layer() -> list[T.Entry]:
+    return [T.whiteout("gone"), T.directory("old"), T.opaque("old"), T.file("old/b", b"only this one\n"),
+            T.file("etc/motd", b"hello from the top layer\n")]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:  # type: ignore[type-arg]
+    """A registry behind a FaultProxy holding ``lz/img:esgz`` (two eStargz layers) and ``lz/img:plain`` (the
+    same, plain gzip), pushed from a source store."""
+    require(skip_reason_root(), skip_reason_fuse(), have_registry())
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    src = tmp_path / "src"
+    base, top = T.build(base_layer()), T.build(top_layer())
+    archive = T.docker_archive(tmp_path / "two.tar", [(base, T.gz(base)), (top, T.gz(top))])
+    run_cli("load", "-i", archive, root=src)
+    run_cli("convert", "--estargz", "--chunk-size", CHUNK, "--prioritize", "/etc/passwd", "trust:1", "trust:esgz",
+            root=src)
+    with running_registry(tmp_path / "registry") as reg:
+        proxy = FaultProxy(reg.host)
+        try:
+            esgz, plain = f"{proxy.host}/lz/img:esgz", f"{proxy.host}/lz/img:plain"
+            run_cli("push", "-q", "trust:esgz", esgz, root=src)
+            run_cli("push", "-q", "trust:1", plain, root=src)
+            layers = Store(src).resolve("trust:esgz").manifest.layers
+            proxy.log.clear()
+            yield {"proxy": proxy, "registry": reg, "esgz": esgz, "plain": plain, "layers": layers,
+                   "tmp": tmp_path}
+        finally:
+            proxy.close()
+
+
+def blob_requests(proxy: FaultProxy, digest: object) -> list[str | None]:
+    """The Range headers of the GETs of blob ``digest`` the proxy saw (None: a whole-blob GET)."""
+    return [rng for method, path, rng in proxy.log if method == "GET" and path.endswith(f"/blobs/{digest}")]
+
+
+def lazy_mount(store: Path, ref: str, mnt: Path, *extra: str, prefetch: bool = False, log: Path | None = None) -> str:
+    """``mount --lazy REF MNT``, by default with ``--no-prefetch`` (only what is read is fetched); ``log``: the
+    daemon's log file."""
+    mnt.mkdir(exist_ok=True)
+    flags = () if prefetch else ("--no-prefetch",)
+    env = {**os.environ, "UNIONFS_DAEMON_LOG": str(log)} if log is not None else None
+    return run_cli("mount", "--lazy", *flags, ref, mnt, *extra, root=store, env=env).stdout.strip()
+
+
+def test_a_lazy_mount_fetches_the_tocs_only_and_shows_the_pulled_tree(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    lazy_store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        name = lazy_mount(lazy_store, setup["esgz"], mnt)
+        assert name.startswith("img-")
+        assert all(TOC_DIGEST_ANNOTATION in d.annotations for d in setup["layers"])
+        for desc in setup["layers"]:  # the footer, then the TOC member up to it: nothing else of the blob
+            ranges = blob_requests(proxy, desc.digest)
+            assert len(ranges) == 2 and ranges[0] == f"bytes={desc.size - FOOTER_SIZE}-{desc.size - 1}"
+            assert ranges[1] is not None and ranges[1].endswith(f"-{desc.size - FOOTER_SIZE - 1}")
+        assert not (lazy_store / "layers").exists() or not any((lazy_store / "layers").iterdir())
+        # metadata is right before any read
+        st = os.stat(mnt / "data/medium")
+        assert (st.st_size, st.st_mode & 0o7777, st.st_uid) == (len(MEDIUM), 0o640, 1000)
+        assert len(blob_requests(proxy, setup["layers"][0].digest)) == 2
+        assert (mnt / "etc/passwd").read_bytes() == b"root:x:0:0:root:/root:/bin/sh\n"
+        assert len(blob_requests(proxy, setup["layers"][0].digest)) == 3  # one chunk
+        # the whole tree, against a normal pull's mount
+        plain_store, plain_mnt = tmp / "plain", tmp / "plain-mnt"
+        plain_mnt.mkdir()
+        run_cli("pull", "-q", setup["esgz"], root=plain_store)
+        with unmounted_on_exit(plain_mnt):
+            run_cli("mount", setup["esgz"], plain_mnt, root=plain_store)
+            assert_same_tree(tree_snapshot(plain_mnt, contents=True, **ROOTFS),
+                             tree_snapshot(mnt, contents=True, **ROOTFS), ("pulled", "lazy"))
+            run_cli("umount", plain_mnt, root=plain_store)
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        assert os.getxattr(mnt / "bin/tool", "security.capability") == CAP
+        assert placeholder.MARK not in os.listxattr(mnt / "bin/tool")
+        run_cli("umount", mnt, root=lazy_store)
+    # the filled files are whole in the lazy layer, the mark gone; the others still placeholders
+    trees = {p.name: p / "tree" for p in (lazy_store / "lazy").iterdir()}
+    assert len(trees) == 2
+    filled = [t for t in trees.values() if (t / "bin/tool").exists()]
+    assert len(filled) == 1 and placeholder.placeholder_of(str(filled[0] / "bin/tool")) is None
+    assert (filled[0] / "bin/tool").read_bytes() == BIG
+
+
+def test_copy_ups_of_lazy_files_carry_their_data(setup: dict) -> None:  # type: ignore[type-arg]
+    """A chmod (a metadata-only copy-up of a big file: its data stays the lower placeholder's) and a write (a
+    copy-up with data) of files not read yet: both fill the lower file first."""
+    tmp = setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        os.chmod(mnt / "bin/tool", 0o700)
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        with open(mnt / "data/medium", "ab") as f:
+            f.write(b"more")
+        assert (mnt / "data/medium").read_bytes() == MEDIUM + b"more"
+        assert (mnt / "data/medium-link").read_bytes() == MEDIUM + b"more"
+        run_cli("umount", mnt, root=store)
+
+
+def test_a_remount_uses_the_filled_files(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = setup["layers"][0].digest
+    with unmounted_on_exit(mnt):
+        name = lazy_mount(store, setup["esgz"], mnt)
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        run_cli("umount", mnt, root=store)
+        fetched = len(blob_requests(proxy, base))
+        lazy_mount(store, setup["esgz"], mnt, "--name", name)
+        assert len(blob_requests(proxy, base)) == fetched  # the layer was there: not even its TOC again
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        assert (mnt / "data/medium-link").read_bytes() == MEDIUM
+        assert len(blob_requests(proxy, base)) == fetched
+        assert (mnt / "bin/tool").read_bytes() == BIG  # not read before: fetched now
+        assert len(blob_requests(proxy, base)) == fetched + 4
+        run_cli("umount", mnt, root=store)
+
+
+def read_errno(path: Path) -> int | None:
+    try:
+        path.read_bytes()
+    except OSError as e:
+        return e.errno
+    return None
+
+
+def test_a_corrupt_chunk_gives_eio_and_the_next_read_retries(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = str(setup["layers"][0].digest)
+    log = tmp / "daemon.log"
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt, log=log)
+        proxy.corrupt_blob.add(base)  # every answer with its first byte flipped
+        assert read_errno(mnt / "bin/tool") == errno.EIO
+        assert read_errno(mnt / "bin/tool") == errno.EIO  # retried, and refused again
+        assert (mnt / "etc/motd").read_bytes() == b"hello from the top layer\n"  # the mount is up
+        errors = [line for line in log.read_text().splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and "bin/tool" in errors[0] and "lazy layer " in errors[0]
+        proxy.corrupt_blob.discard(base)
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        run_cli("umount", mnt, root=store)
+
+
+def test_a_registry_that_sends_other_valid_data_gives_eio(setup: dict) -> None:  # type: ignore[type-arg]
+    """The registry answers each range with a well-formed gzip member of other bytes (of the asked length): only
+    the chunk's digest can tell; the read gets EIO, the layer's file stays a placeholder."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = str(setup["layers"][0].digest)
+
+    def lie(data: bytes) -> bytes:
+        member = gzip.compress(b"A" * len(BIG))
+        assert len(member) < len(data)
+        return member + b"\0" * (len(data) - len(member))
+
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        proxy.rewrite_blob[base] = lie
+        assert read_errno(mnt / "data/medium") == errno.EIO
+        assert read_errno(mnt / "bin/tool") == errno.EIO
+        (tree,) = [p / "tree" for p in (store / "lazy").iterdir() if (p / "tree/data/medium").exists()]
+        assert placeholder.placeholder_of(str(tree / "data/medium")) is not None
+        proxy.rewrite_blob[base] = lambda data: data[:len(data) // 2]  # a truncated answer
+        assert read_errno(mnt / "data/medium") == errno.EIO
+        assert placeholder.placeholder_of(str(tree / "data/medium")) is not None
+        del proxy.rewrite_blob[base]
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        assert placeholder.placeholder_of(str(tree / "data/medium")) is None
+        run_cli("umount", mnt, root=store)
+
+
+def test_a_killed_daemon_leaves_a_placeholder_that_the_next_mount_fills(setup: dict) -> None:  # type: ignore[type-arg]
+    """The daemon is killed while it fills a file of four chunks, two of them written: the file keeps its mark
+    (its half data is never trusted), and the next mount fills it whole."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = str(setup["layers"][0].digest)
+    with unmounted_on_exit(mnt):
+        name = lazy_mount(store, setup["esgz"], mnt)
+        proxy.stall_range[base] = 3
+        failed: list[int | None] = []
+        reader = threading.Thread(target=lambda: failed.append(read_errno(mnt / "bin/tool")))
+        reader.start()
+        try:
+            assert proxy.stalled.wait(60)
+            pids = daemon_pids(mnt)
+            assert pids
+            kill_pids(pids)
+        finally:
+            proxy.release.set()
+            reader.join(60)
+        assert failed and failed[0] is not None
+        (tree,) = [p / "tree" for p in (store / "lazy").iterdir() if (p / "tree/bin/tool").exists()]
+        tool = tree / "bin/tool"
+        assert placeholder.placeholder_of(str(tool)) is not None
+        assert tool.read_bytes()[:2 * 65536] == BIG[:2 * 65536]  # half written, and still marked
+        run_cli("umount", mnt, root=store)
+        proxy.release.clear()
+        lazy_mount(store, setup["esgz"], mnt, "--name", name)
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        assert placeholder.placeholder_of(str(tool)) is None
+        run_cli("umount", mnt, root=store)
+
+
+def test_a_registry_that_goes_away_gives_eio_then_the_read_succeeds(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = str(setup["layers"][0].digest)
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        proxy.fail_blob[base] = 1000  # 503 for every read of the blob
+        assert read_errno(mnt / "data/medium") == errno.EIO
+        setup["registry"].stop()  # and the registry itself gone
+        proxy.fail_blob.clear()
+        assert read_errno(mnt / "data/medium") == errno.EIO
+        assert os.stat(mnt / "data/medium").st_size == len(MEDIUM)
+        setup["registry"].start()  # on another port: the proxy forwards there
+        proxy.upstream = setup["registry"].host
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        run_cli("umount", mnt, root=store)
+
+
+def wait_for(what: str, check, bound: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``check()`` until it is true; fail after ``bound`` seconds (a bound on a hang, not a timing)."""
+    deadline = time.monotonic() + bound
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {bound} s")
+        time.sleep(0.1)
+
+
+def test_the_rest_is_pulled_in_the_background_and_the_image_is_complete(setup: dict) -> None:  # type: ignore[type-arg]
+    """Without --no-prefetch: the prioritized files are filled first, the blobs are downloaded whole (verified)
+    and the image stored as a pull stores it: ``images`` lists it, its layers are extracted, a plain mount
+    uses them; the live lazy mount then reads its chunks from the downloaded blob, not the registry."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = setup["layers"][0].digest
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt, prefetch=True)
+        wait_for("the image in the store", lambda: run_cli("images", "-q", root=store).stdout.strip() != "")
+        listed = run_cli("images", "--format", "{{.Repository}}:{{.Tag}}", root=store).stdout.split()
+        assert listed == [setup["esgz"]]
+        assert sorted(p.name for p in (store / "layers").iterdir()) == \
+            sorted(d.hex for d in Store(store).resolve(setup["esgz"]).config.diff_ids)
+        (tree,) = [p / "tree" for p in (store / "lazy").iterdir() if (p / "tree/etc/passwd").exists()]
+        assert placeholder.placeholder_of(str(tree / "etc/passwd")) is None  # prefetched (prioritized)
+        assert placeholder.placeholder_of(str(tree / "data/medium")) is not None  # not read: still a placeholder
+        ranges = [r for r in blob_requests(proxy, base) if r is not None]
+        assert None in blob_requests(proxy, base)  # the whole blob, once
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        assert [r for r in blob_requests(proxy, base) if r is not None] == ranges  # from the local blob
+        run_cli("umount", mnt, root=store)
+    assert "failed" not in (store / "lazy/complete.log").read_text()
+    plain = tmp / "plain-mnt"
+    plain.mkdir()
+    with unmounted_on_exit(plain):
+        run_cli("mount", setup["esgz"], plain, root=store)
+        assert (plain / "data/medium").read_bytes() == MEDIUM
+        assert (plain / "bin/tool").read_bytes() == BIG
+        run_cli("umount", plain, root=store)
+
+
+def test_a_layer_that_is_not_estargz_is_pulled_whole(setup: dict) -> None:  # type: ignore[type-arg]
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["plain"], mnt)
+        gets = [(path, rng) for method, path, rng in proxy.log if method == "GET" and "/blobs/" in path]
+        assert gets and all(rng is None for _, rng in gets)  # whole blobs only
+        assert not (store / "lazy").exists() or not [p for p in (store / "lazy").iterdir()
+                                                       if not p.name.startswith(".")]
+        assert len(list((store / "layers").iterdir())) == 2
+        assert (mnt / "bin/tool").read_bytes() == BIG
+        run_cli("umount", mnt, root=store)
+
+
+def test_lazy_needs_an_image_reference_and_refuses_lower_dirs(tmp_path: Path) -> None:
+    r = run_cli("mount", "--lazy", "--lower", tmp_path, tmp_path, root=tmp_path / "s", check=False)
+    assert r.returncode == 2 and "--lazy" in r.stderr
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, 65536, 1 << 20, (4 << 20) + 3])
+def test_a_chunk_read_asks_for_no_less_than_its_member_takes(size: int) -> None:
+    """The range of a chunk read (:func:`member_bound`) holds the whole gzip member of incompressible data of
+    any size (what the writer makes: zlib with the gzip wrapper, any level)."""
+    data = os.urandom(size)
+    for level in (1, 6, 9):
+        z = zlib.compressobj(level, zlib.DEFLATED, 31)
+        assert len(z.compress(data) + z.flush()) <= member_bound(size)
+
+
+def test_a_layer_with_chunks_too_big_for_a_lazy_read_is_pulled_whole(setup: dict,  # type: ignore[type-arg]
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk over MAX_CHUNK (here lowered below the base layer's 64 KiB chunks): that layer is pulled whole, the
+    other one stays lazy."""
+    from unionfs.lazy import fetch, prepare
+    from unionfs.oci.reference import Reference
+    from unionfs.registry.mirrors import client_for
+
+    monkeypatch.setattr(fetch, "MAX_CHUNK", 1000)
+    monkeypatch.setattr(prepare, "MAX_CHUNK", 1000)
+    ref = Reference.parse(setup["esgz"])
+    store = Store(setup["tmp"] / "lazy")
+    with client_for(ref) as client:
+        result = prepare.prepare_lazy(store, ref, client)
+    assert result.layers == ("pulled", "lazy")
+    assert Path(result.plan.lowers[0]).parent.name == "layers" and Path(result.plan.lowers[1]).name == "tree"
+    assert None in blob_requests(setup["proxy"], setup["layers"][0].digest)
+    assert None not in blob_requests(setup["proxy"], setup["layers"][1].digest)
+
+
+def test_run_lazy_runs_an_image_at_its_registry(setup: dict, store: Path) -> None:  # type: ignore[type-arg]
+    """``run --lazy --no-prefetch``: busybox converted to eStargz and pushed; run from a store that never had it,
+    only the files the command opens fetched (by range: never the whole blob)."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    run_cli("convert", "--estargz", "--chunk-size", "256K", "busybox:latest", "busybox:esgz", root=store)
+    ref = f"{proxy.host}/lz/busybox:esgz"
+    run_cli("push", "-q", "busybox:esgz", ref, root=store)
+    (desc,) = Store(store).resolve("busybox:esgz").manifest.layers
+    proxy.log.clear()
+    fresh = tmp / "fresh"
+    r = run_cli("run", "--lazy", "--no-prefetch", "--rm", ref, "cat", "/etc/passwd", root=fresh)
+    assert r.stdout.startswith("root:x:0:0:")
+    ranges = blob_requests(proxy, desc.digest)
+    assert ranges and None not in ranges  # ranges only: the footer, the TOC, busybox's chunks, /etc/passwd
+    assert Store(fresh).containers() == []  # --rm
+    assert run_cli("images", "-q", root=fresh).stdout == ""
+
+
+def test_the_daemon_reads_with_the_credentials_of_the_docker_config(tmp_path: Path, store: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry that wants a login (htpasswd): after ``unionfs login``, the mount's daemon fetches the
+    chunks with the same credentials (the docker config, as ``pull``)."""
+    require(skip_reason_root(), skip_reason_fuse(), have_registry())
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    run_cli("convert", "--estargz", "busybox:latest", "busybox:esgz", root=store)
+    mnt = tmp_path / "mnt"
+    with running_registry(tmp_path / "registry", auth="htpasswd") as reg:
+        run_cli("login", reg.host, "-u", "alice", "--password-stdin", input="wonderland\n")
+        ref = f"{reg.host}/auth/busybox:esgz"
+        run_cli("push", "-q", "busybox:esgz", ref, root=store)
+        with unmounted_on_exit(mnt):
+            lazy_mount(tmp_path / "lazy", ref, mnt)
+            assert (mnt / "etc/passwd").read_text().startswith("root:x:0:0:")
+            run_cli("umount", mnt, root=tmp_path / "lazy")
+        with unmounted_on_exit(mnt):  # logged out while mounted: the next fetch has no credentials, EIO
+            lazy_mount(tmp_path / "lazy2", ref, mnt)
+            run_cli("logout", reg.host)
+            assert read_errno(mnt / "etc/passwd") == errno.EIO
+            run_cli("umount", mnt, root=tmp_path / "lazy2")
+
+
+def test_prune_removes_the_lazy_layers_no_container_needs(setup: dict) -> None:  # type: ignore[type-arg]
+    tmp = setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        name = lazy_mount(store, setup["esgz"], mnt)
+        assert (mnt / "data/medium").read_bytes() == MEDIUM
+        assert "lazy" not in run_cli("prune", root=store).stdout  # mounted: its container keeps them
+        run_cli("umount", mnt, root=store)
+    (store / "lazy/.stage-left-by-a-kill").mkdir()
+    out = run_cli("prune", root=store).stdout
+    assert "lazy" not in out and len([p for p in (store / "lazy").iterdir() if not p.name.startswith(".")]) == 2
+    assert not (store / "lazy/.stage-left-by-a-kill").exists()
+    run_cli("rm", name, root=store)
+    out = run_cli("prune", root=store).stdout
+    assert out.count("Deleted: lazy layer ") == 2
+    assert [p.name for p in (store / "lazy").iterdir()] == []
+    assert list((store / "tmp").iterdir()) == []

@@ -1,0 +1,145 @@
+"""The background completion of a lazy mount: the image pulled whole, as ``pull`` would, without holding the
+store's lock while it downloads; after it the image's layers are normal extracted layers (a later plain mount
+uses them) and the image is tagged (``images`` lists it).
+
+``mount --lazy`` starts it (:func:`start`) once its mount is live, as a process of its own
+(``python -m unionfs.lazy.complete ROOT REF MANIFEST-DIGEST MEDIA-TYPE``) that outlives the command. It:
+
+1. reads the files before each eStargz layer's prefetch landmark through the mount (``prefetch``), so that the
+   daemon fills them first (:mod:`unionfs.lazy.fill`);
+2. downloads every layer blob the store lacks into ``ROOT/lazy/blobs/<hex>``: streamed, hashed, fsynced and
+   renamed into place only once its digest matched (a blob is there whole and verified, or not at all; one
+   process at a time per blob, by ``flock`` on ``<hex>.lock``). The daemon reads the chunks of a blob that is
+   there from that file instead of the registry (each still checked against its digest);
+3. under the store's lock: stores each blob (verified again by ``Store.put_blob``), then the image
+   (``Store.store_image``: each layer unpacked with its DiffID checked, then the tag written). The tree a lazy
+   layer shows was made from its TOC, which only the DiffID check of a full unpack ties to the layer's content:
+   that is why the store's layers come from the blob, never from a lazy tree;
+4. replaces each downloaded file by a hard link to the store's blob (no second copy of the bytes).
+
+A completion that fails (a registry down, a blob that does not verify) logs why to ``ROOT/lazy/complete.log``
+and ends; the store is as before (its transaction) and the next ``mount --lazy`` starts another.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+from unionfs.errors import UnionfsError
+from unionfs.fsops import fsync_dir
+from unionfs.lazy import layout
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import Descriptor, Manifest
+from unionfs.oci.reference import Reference
+
+log = logging.getLogger(__name__)
+
+LOG = "complete.log"
+_READ = 1 << 20
+
+
+def start(root: str, ref: Reference, manifest: Descriptor, mountpoint: str) -> None:
+    """Start the completion of the image ``manifest`` (stored already) of ``ref`` in a process of its own,
+    its messages going to ``ROOT/lazy/complete.log``; ``mountpoint`` is the live lazy mount its prefetch reads
+    through."""
+    env = dict(os.environ)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(os.path.join(layout.lazy_root(root), LOG), "ab") as logf:
+        subprocess.Popen([sys.executable, "-m", "unionfs.lazy.complete", root, str(ref), str(manifest.digest),
+                          manifest.media_type, mountpoint], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=logf, env=env, cwd="/", start_new_session=True)
+
+
+def prefetch(mountpoint: str, names: list[str]) -> None:
+    """Read each of ``names`` (paths in the image) through the mount at ``mountpoint`` once: the daemon fills
+    them. Failures are only logged (the file may be hidden by a higher layer, or the mount gone)."""
+    for name in names:
+        try:
+            with open(os.path.join(mountpoint, name), "rb") as f:
+                f.read(1)
+        except OSError as e:
+            log.debug("prefetch of %s: %s", name, e)
+
+
+def download(client: Any, ref: Reference, desc: Descriptor, dest: str) -> None:
+    """Download the blob ``desc`` of ``ref``'s repository to ``dest``, whole and verified (see the module
+    docstring), unless it is there; waits for another process downloading it."""
+    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+    lock = os.open(dest + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(dest):
+            return
+        tmp = dest + ".partial"
+        with client.open_blob(ref.repository, desc.digest, desc.size) as reader, open(tmp, "wb") as out:
+            while chunk := reader.read(_READ):  # b"" only at the verified end: DigestError otherwise
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, dest)
+        fsync_dir(os.path.dirname(dest))
+    finally:
+        os.close(lock)
+
+
+def complete(root: str, ref: Reference, manifest_digest: Digest, media_type: str, mountpoint: str | None) -> None:
+    """The completion (see the module docstring) of the image whose manifest the store holds."""
+    from unionfs.layer.estargz import PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, check_toc
+    from unionfs.oci.manifest import ImageConfig, parse_json
+    from unionfs.registry.mirrors import client_for
+    from unionfs.store.store import Store
+
+    store = Store(root)
+    manifest = Manifest.parse(store.read_blob(manifest_digest), media_type)
+    config_raw = store.read_blob(manifest.config.digest)
+    config = ImageConfig.parse(config_raw)
+    if mountpoint:
+        for desc, diff_id in zip(manifest.layers, config.diff_ids):
+            there = layout.layer_dir(root, diff_id.hex)
+            if TOC_DIGEST_ANNOTATION in desc.annotations and os.path.isdir(there):
+                source, raw = layout.read_layer(there)
+                _, _, first = check_toc(parse_json(raw, "eStargz TOC"), source.toc_offset)
+                prefetch(mountpoint, [n for n in first if n != PREFETCH_LANDMARK])
+    missing = list({d.digest: d for d in manifest.layers if not store.has_blob(d.digest)}.values())
+    with client_for(ref) as client:
+        for desc in missing:
+            download(client, ref, desc, layout.blob_file(root, desc.digest))
+            log.info("blob %s downloaded", desc.digest.short)
+    with store.lock():
+        for desc in missing:
+            with open(layout.blob_file(root, desc.digest), "rb") as f:
+                store.put_blob(f, desc.digest, desc.size)
+        tags = [ref] if ref.tag and not ref.digest else []
+        store.store_image(manifest, config_raw, tags)
+    for desc in missing:  # one copy of the bytes: the local file becomes a link to the store's blob
+        local = layout.blob_file(root, desc.digest)
+        try:
+            os.link(store.blob_path(desc.digest), local + ".link")
+            os.rename(local + ".link", local)
+        except OSError as e:
+            log.debug("blob %s: kept as a copy: %s", desc.digest.short, e)
+    log.info("%s is complete in the store", ref)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m unionfs.lazy.complete ROOT REF MANIFEST-DIGEST MEDIA-TYPE [MOUNTPOINT]``."""
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s unionfs-complete[%(process)d]: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    root, ref, digest, media_type = args[:4]
+    try:
+        complete(root, Reference.parse(ref), Digest.parse(digest), media_type, args[4] if len(args) > 4 else None)
+    except (UnionfsError, OSError) as e:
+        log.error("completing %s failed: %s", ref, e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

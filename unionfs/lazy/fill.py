@@ -1,0 +1,170 @@
+"""The mount daemon's side of lazy layers: a placeholder made whole before its data is first opened.
+
+:class:`Filler` is the :attr:`unionfs.union.overlay.Overlay.filler` of a union with lazy lowers
+(``unionfs.mount.server`` installs it). Called with a lower regular file's host path, it reads the file's mark
+(:mod:`unionfs.layer.placeholder`; none: the file is whole, nothing to do) and fills it in place:
+
+1. each chunk is fetched by one range read through the registry client code (the docker config's credentials
+   and registries.conf, as ``pull``), decompressed, and checked against its ``chunkDigest``; the whole file
+   against the TOC's ``digest``;
+2. the bytes are written into the placeholder, its mode, ``security.capability`` and times put back (a write
+   drops them), and fsynced;
+3. only then the mark goes.
+
+A failure (a chunk that does not verify, a truncated or wrong answer, a registry that is down or too slow)
+raises OSError EIO, which the open (or copy-up) that asked fails with; it is logged once per file until the
+file is filled, and the mark stays: the next open tries again. A daemon killed at any point leaves the mark
+on a file whose data is not known whole and fsynced: nothing half-written is ever trusted. The TOC is read
+from the layer's ``toc.json`` and checked against its recorded digest (:func:`unionfs.lazy.layout.read_layer`)
+when the first file of the layer is filled.
+
+Fills run in the daemon's request loop (one at a time): while a file is fetched, the mount answers nothing else.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+from typing import Any
+
+from unionfs.errors import LazyLayerError, UnionfsError
+from unionfs.layer import placeholder
+from unionfs.lazy import layout
+from unionfs.lazy.fetch import Chunk, LocalBlob, RangeSource, check_file, plan_chunks, read_chunk
+from unionfs.lazy.materialize import CAPABILITY, read_capability
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import parse_json
+from unionfs.oci.reference import Reference
+
+log = logging.getLogger(__name__)
+
+#: how a lazy read retries: few and short tries (the mount waits meanwhile); the next open tries again
+LAZY_ATTEMPTS = 2
+#: seconds a range read may take at most, retries included (``UNIONFS_HTTP_TIMEOUT`` lowers it)
+LAZY_TIMEOUT = 30.0
+
+
+class _Layer:
+    """One lazy layer as the daemon knows it: its source, its TOC's entries and chunks, and its client (made
+    at the first fill)."""
+
+    def __init__(self, tree: str, diff_hex: str) -> None:
+        self.tree = tree
+        self.hex = diff_hex
+        self.dir = os.path.dirname(tree)
+        self.loaded = False
+        self.entries: list[dict[str, Any]] = []
+        self.chunks: dict[int, list[Chunk]] = {}
+        self.client: Any = None
+        self.repository = ""
+        self.digest: Digest | None = None
+
+    def load(self) -> None:
+        """Read the source and the TOC (checked against its digest) and make the client."""
+        if self.loaded:
+            return
+        source, raw = layout.read_layer(self.dir)
+        if os.path.basename(self.dir) != self.hex or Digest.parse(source.diff_id).hex != self.hex:
+            raise LazyLayerError(f"lazy layer {self.dir}: its records are another layer's ({source.diff_id})")
+        toc = parse_json(raw, "eStargz TOC")
+        self.chunks = plan_chunks(toc, source.toc_offset)
+        self.entries = toc["entries"]
+        self.digest = Digest.parse(source.digest)
+        ref = Reference.parse(source.ref)
+        self.repository = ref.repository
+        self.client = _client(ref, source.insecure)
+        self.loaded = True
+
+
+def _client(ref: Reference, insecure: bool) -> Any:
+    """A registry client for lazy reads of ``ref``'s repository (the pull's code: mirrors, credentials)."""
+    from unionfs.registry.mirrors import client_for
+    from unionfs.registry.transport import Deadlines, RetryPolicy
+
+    base = Deadlines.from_env()
+    deadlines = Deadlines(min(base.request, LAZY_TIMEOUT), base.speed_limit, min(base.speed_time, LAZY_TIMEOUT))
+    return client_for(ref, insecure=insecure, retry=RetryPolicy(attempts=LAZY_ATTEMPTS, backoff=0.2, max_backoff=1.0),
+                      deadlines=deadlines)
+
+
+class Filler:
+    """Fills the placeholders of the lazy layers ``layers`` ((tree path, DiffID hex) pairs); see the module
+    docstring. Thread-safe (one fill at a time)."""
+
+    def __init__(self, layers: list[tuple[str, str]]) -> None:
+        self.layers = {h: _Layer(tree, h) for tree, h in layers}
+        self._lock = threading.Lock()
+        self._logged: set[tuple[str, int]] = set()
+
+    def __call__(self, path: str) -> None:
+        """Make the file at the host path ``path`` whole if it is a placeholder; OSError EIO when that fails."""
+        try:
+            mark = placeholder.placeholder_of(path)
+        except ValueError as e:
+            log.error("%s: %s", path, e)
+            raise OSError(errno.EIO, "malformed lazy mark") from None
+        if mark is None:
+            return
+        with self._lock:
+            self._fill(path, *mark)
+
+    def _fill(self, path: str, diff_hex: str, index: int) -> None:
+        layer = self.layers.get(diff_hex)
+        name = "?"
+        try:
+            if layer is None:
+                raise LazyLayerError(f"a placeholder of layer {diff_hex[:12]}, which this mount does not hold")
+            layer.load()
+            if not 0 <= index < len(layer.entries) or index not in layer.chunks:
+                raise LazyLayerError(f"a placeholder naming TOC entry {index}, which holds no file data")
+            ent = layer.entries[index]
+            name = str(ent.get("name"))
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                if placeholder.placeholder_of(fd) is None:  # filled meanwhile
+                    return
+                _write(fd, layer, ent, layer.chunks[index])
+            finally:
+                os.close(fd)
+        except (UnionfsError, OSError, ValueError) as e:
+            key = (diff_hex, index)
+            if key not in self._logged:
+                self._logged.add(key)
+                log.error("lazy layer %s: %s: %s (the read gets EIO; the next one tries again)", diff_hex[:12],
+                          name, e)
+            raise OSError(errno.EIO, os.strerror(errno.EIO)) from None
+        self._logged.discard((diff_hex, index))
+        log.debug("lazy layer %s: %s filled", diff_hex[:12], name)
+
+
+def _write(fd: int, layer: _Layer, ent: dict[str, Any], chunks: list[Chunk]) -> None:
+    """Write the file's chunks (each verified, then the whole file) into the placeholder open at ``fd``, put
+    back what the write drops, fsync, and drop the mark."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != ent.get("size"):
+        raise LazyLayerError(f"the placeholder is not a regular file of {ent.get('size')} bytes")
+    assert layer.digest is not None
+    local = layout.blob_file(os.path.dirname(os.path.dirname(layer.dir)), layer.digest)
+    source: RangeSource = LocalBlob(local) if os.path.exists(local) else layer.client
+    cap = read_capability(fd)
+    whole = Digest.parse(ent["digest"]).hasher() if "digest" in ent else None
+    for chunk in chunks:
+        data = read_chunk(source, layer.repository, layer.digest, chunk)
+        if whole is not None:
+            whole.update(data)
+        view = memoryview(data)
+        at = chunk.file_offset
+        while view:
+            n = os.pwrite(fd, view, at)
+            view, at = view[n:], at + n
+    if whole is not None:
+        check_file(ent, f"{Digest.parse(ent['digest']).algorithm}:{whole.hexdigest()}")
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    if cap is not None:
+        os.setxattr(fd, CAPABILITY, cap)
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.fsync(fd)
+    placeholder.unmark(fd)

@@ -1,0 +1,193 @@
+"""The mounting command's side of ``mount --lazy``: an image's layers made ready for a lazy mount, and a
+container of them.
+
+:func:`prepare_lazy` resolves a reference at its registry (manifest and config, both verified against their
+digests), stores those two blobs, and for each layer, base first:
+
+* an extracted layer the store holds already: used as it is;
+* an eStargz layer (a gzip layer whose descriptor carries the TOC digest annotation): its footer and TOC are
+  fetched by range (nothing else of the blob), the TOC checked against the annotation, and its tree made
+  (:mod:`unionfs.lazy.materialize`) in ``ROOT/lazy/<diffid-hex>`` (:mod:`unionfs.lazy.layout`), staged and
+  renamed into place; a lazy layer already there for the same blob and TOC is used again (with the files
+  filled so far);
+* any other layer: pulled whole (:func:`unionfs.registry.transfer.download_blob`) and extracted by the store,
+  its DiffID checked, as ``pull`` does: correct, just not lazy.
+
+Then the container is made (or an existing one of the same image reused) with the layers' DiffIDs and the
+manifest as its state, which keeps them from garbage collection. The image itself is not tagged: its layers
+are not all in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from unionfs.errors import ContainerError, LazyLayerError, ManifestError, UsageError
+from unionfs.fsops import atomic_write, fsync_dir, remove_tree, temp_dir
+from unionfs.layer.estargz import TOC_DIGEST_ANNOTATION
+from unionfs.lazy import layout
+from unionfs.lazy.fetch import MAX_CHUNK, fetch_toc, oversized, plan_chunks
+from unionfs.lazy.materialize import materialize
+from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import DOCKER_LAYER, OCI_LAYER_GZIP, Descriptor, ImageConfig, Manifest
+from unionfs.oci.reference import Reference
+from unionfs.registry.transfer import MAX_CONFIG_BYTES, download_blob, fetch_manifest
+from unionfs.store import mounting
+from unionfs.store.store import Image, Store
+from unionfs.union.plan import MountPlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LazyPlan:
+    """What :func:`prepare_lazy` made: the mount plan, and per layer (base first) how it is held: ``stored``
+    (extracted already), ``lazy`` (a lazy layer made now), ``reused`` (a lazy layer made before), ``pulled``
+    (not eStargz: pulled whole); the manifest (stored), the reference it was resolved from, and the image."""
+
+    plan: MountPlan
+    layers: tuple[str, ...]
+    manifest: Descriptor
+    ref: Reference
+    image: Image
+
+
+class _NotLazy(Exception):
+    """An eStargz layer that is not read lazily (pulled whole instead): why."""
+
+
+def is_estargz(desc: Descriptor) -> bool:
+    """True when the layer descriptor ``desc`` announces an eStargz blob (a gzip layer with a TOC digest)."""
+    return desc.media_type in (OCI_LAYER_GZIP, DOCKER_LAYER) and TOC_DIGEST_ANNOTATION in desc.annotations
+
+
+def prepare_lazy(store: Store, ref: Reference, client: Any, *, name: str | None = None,
+                 insecure: bool = False) -> LazyPlan:
+    """Make the layers of the image ``ref`` at its registry (``client``: a ``MirroredClient`` or
+    ``RegistryClient``) ready for a lazy mount and a container of them (see the module docstring).
+    ``insecure`` is recorded for the daemon's reads. Raises RegistryError, DigestError, ManifestError,
+    EstargzError, LayerError, ContainerError."""
+    manifest, _ = fetch_manifest(client, ref)
+    config_raw = client.fetch_blob(ref.repository, manifest.config.digest, manifest.config.size,
+                                   limit=MAX_CONFIG_BYTES)
+    config = ImageConfig.parse(config_raw)
+    if len(config.diff_ids) != len(manifest.layers):
+        raise ManifestError(f"image has {len(manifest.layers)} layers but its config lists "
+                            f"{len(config.diff_ids)} diff_ids")
+    root = str(store.root)
+    with store.lock():
+        store.put_blob_bytes(config_raw, manifest.config.digest)
+        store.put_blob_bytes(manifest.raw, manifest.descriptor().digest)
+        os.makedirs(layout.lazy_root(root), mode=0o700, exist_ok=True)
+        _clean_stages(root)
+        lowers: list[str] = []
+        how: list[str] = []
+        for desc, diff_id in zip(manifest.layers, config.diff_ids):
+            path, kind = _layer(store, client, ref, manifest, config, desc, diff_id, insecure)
+            lowers.append(path)
+            how.append(kind)
+        plan = _container(root, ref, name, manifest, config, lowers)
+    log.info("lazy mount of %s: layers %s", ref, ", ".join(how))
+    return LazyPlan(plan, tuple(how), manifest.descriptor(), ref, Image(manifest.descriptor(), manifest, config))
+
+
+def prepare_lazy_ref(store: Store, text: str, name: str | None = None) -> LazyPlan:
+    """:func:`prepare_lazy` of the reference ``text``, read through the client ``pull`` uses (mirrors,
+    registries.conf, the docker config's credentials). UsageError unless this process is root (of the initial
+    user namespace: the marks are ``trusted.`` xattrs)."""
+    from unionfs.layer.ownership import privileged
+    from unionfs.registry.mirrors import client_for
+
+    if not privileged():
+        raise UsageError("a lazy mount needs root (the marks of a lazy layer are trusted.* xattrs)")
+    ref = Reference.parse(text)
+    with client_for(ref) as client:
+        return prepare_lazy(store, ref, client, name=name)
+
+
+def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config: ImageConfig, desc: Descriptor,
+           diff_id: Digest, insecure: bool) -> tuple[str, str]:
+    """The lower directory of one layer, and how it is held (see :class:`LazyPlan`)."""
+    root = str(store.root)
+    stored = store.layer_path(diff_id)
+    if stored.is_dir():
+        return str(stored), "stored"
+    if is_estargz(desc):
+        toc_digest = Digest.parse(desc.annotations[TOC_DIGEST_ANNOTATION])
+        there = layout.layer_dir(root, diff_id.hex)
+        if os.path.isdir(there):
+            try:
+                source, _ = layout.read_layer(there)
+                if source.digest == str(desc.digest) and source.toc_digest == str(toc_digest):
+                    return layout.tree_of(there), "reused"
+            except LazyLayerError as e:
+                log.warning("%s", e)
+            log.warning("lazy layer %s holds another blob's tree: layer %s is pulled whole", diff_id.short,
+                        desc.digest.short)
+        else:
+            try:
+                return layout.tree_of(_make_lazy(root, client, ref, desc, diff_id, toc_digest, insecure)), "lazy"
+            except _NotLazy as e:
+                log.warning("layer %s is pulled whole: %s", desc.digest.short, e)
+    download_blob(store, client, ref.repository, desc, on_bytes=lambda n: None)
+    one = Image(manifest.descriptor(), Manifest.build(manifest.config, [desc]),
+                ImageConfig.build({**config.data, "rootfs": {"type": "layers", "diff_ids": [str(diff_id)]}}))
+    return str(store.ensure_layers(one)[0]), "pulled"
+
+
+def _make_lazy(root: str, client: Any, ref: Reference, desc: Descriptor, diff_id: Digest, toc_digest: Digest,
+               insecure: bool) -> str:
+    """Fetch the TOC of the eStargz layer ``desc`` and make its lazy layer (staged, then renamed into place);
+    its directory."""
+    toc, raw, toc_offset = fetch_toc(client, ref.repository, desc.digest, desc.size, toc_digest)
+    big = oversized(plan_chunks(toc, toc_offset))
+    if big is not None:
+        raise _NotLazy(f"a chunk of {big.length} bytes (a lazy read takes at most {MAX_CHUNK})")
+    stage = temp_dir(layout.lazy_root(root), layout.STAGE_PREFIX)
+    try:
+        tree = layout.tree_of(stage)
+        os.mkdir(tree, 0o755)
+        count = materialize(toc, raw, toc_offset, tree, diff_id.hex)
+        source = layout.Source(ref=str(Reference(ref.registry, ref.repository, None, desc.digest)),
+                               digest=str(desc.digest), size=desc.size, toc_digest=str(toc_digest),
+                               toc_offset=toc_offset, diff_id=str(diff_id), insecure=insecure)
+        atomic_write(os.path.join(stage, layout.TOC), raw, 0o600)
+        atomic_write(os.path.join(stage, layout.SOURCE), source.to_json(), 0o600)
+        os.chmod(stage, 0o700)
+        dest = layout.layer_dir(root, diff_id.hex)
+        os.rename(stage, dest)
+    except BaseException:
+        remove_tree(stage)
+        raise
+    fsync_dir(layout.lazy_root(root))
+    log.info("lazy layer %s: %d files to fetch when read", diff_id.short, count)
+    return dest
+
+
+def _clean_stages(root: str) -> None:
+    """Remove the stages killed preparations left (needs the store lock)."""
+    base = layout.lazy_root(root)
+    for name in os.listdir(base):
+        if name.startswith(layout.STAGE_PREFIX):
+            remove_tree(os.path.join(base, name))
+
+
+def _container(root: str, ref: Reference, name: str | None, manifest: Manifest, config: ImageConfig,
+               lowers: list[str]) -> MountPlan:
+    """The plan of container ``name`` (new: a generated name) of the image, over ``lowers``; an existing one
+    must be of the same image. Needs the store lock."""
+    name = name or mounting.new_name(ref.repository.rsplit("/", 1)[-1])
+    cdir = mounting.container_dir(root, name)
+    if os.path.exists(os.path.join(cdir, "state.json")):
+        old = mounting.read_state(cdir, name)
+        if old["image_id"] != str(config.digest):
+            raise ContainerError(f"container {name} exists for another image ({old['ref']})")
+    else:
+        mounting.new_container(root, name, {
+            "name": name, "ref": str(ref), "image_id": str(config.digest),
+            "manifest": str(manifest.descriptor().digest), "created": mounting.now_rfc3339(),
+            "layers": tuple(d.hex for d in config.diff_ids), "mountpoint": None, "paused": None})
+    return MountPlan(tuple(lowers), os.path.join(cdir, "upper"), os.path.join(cdir, "work"), name)
