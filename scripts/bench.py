@@ -47,6 +47,7 @@ The other benchmarks, against the tools of their field, are reached through the 
   .venv/bin/python scripts/bench.py pull|push|both [ARGS]   # against skopeo copy (scripts/bench_registry.py)
   .venv/bin/python scripts/bench.py build [ARGS]   # cold and cached builds against buildah (scripts/bench_build.py)
   .venv/bin/python scripts/bench.py podman [ARGS]  # podman run with unionfs vs fuse-overlayfs as mount_program
+  .venv/bin/python scripts/bench.py lazy [ARGS]    # run --lazy against pull + run over a slow link
 
 Every mount the script makes is unmounted on exit, also on an error or Ctrl-C.
 

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # commands as a user other than root (tests/support/cli.py, USER_PYTHON)
 APT_PACKAGES=(fuse3 attr umoci skopeo busybox-static docker-registry fuse-overlayfs fio stress-ng buildah
               podman runc uidmap python3-venv gcc python3-dev util-linux kmod python3-zstandard python3-psutil
-              python3-httpx python3-tqdm)
+              python3-httpx python3-tqdm debootstrap)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -56,7 +56,8 @@ DEFAULT_CACHE = REPO / ".bench-cache" / "mount-v1"
 #: first arguments that select another benchmark script: name -> (script, keep the word as its argument)
 OTHER_BENCHMARKS = {"load": ("bench_unpack.py", False), "pull": ("bench_registry.py", True),
                     "push": ("bench_registry.py", True), "both": ("bench_registry.py", True),
-                    "build": ("bench_build.py", False), "podman": ("bench_podman.py", False)}
+                    "build": ("bench_build.py", False), "podman": ("bench_podman.py", False),
+                    "lazy": ("bench_lazy.py", False)}
 
 
 def check_environment(impls: Sequence[str]) -> None:

@@ -276,7 +276,9 @@ class FaultProxy:
     * ``stall_range[digest] = n``: the same, with no byte of the body sent, for the n-th range answer (206) of
       that blob from now;
     * ``rewrite_blob[digest] = f``: answer every GET of that blob (whole or range) with ``f(body)`` instead.
-    ``log`` records (method, path, Range header) of every request.
+    ``log`` records (method, path, Range header) of every request; ``sent`` counts the body bytes answered.
+    ``rate`` (bytes per second, None: unlimited) makes every answer's body share one link of that bandwidth
+    (a slow network in front of the registry, for benchmarks).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -290,10 +292,17 @@ class FaultProxy:
         self.stalled = threading.Event()
         self.release = threading.Event()
         self.log: list[tuple[str, str, str | None]] = []
+        self.sent = 0
+        self.rate: float | None = None
+        self._link = threading.Lock()
+        self._link_free = 0.0  # when the link has sent what it was given (time.monotonic())
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # the headers and the body are two writes: with Nagle's algorithm the body waits for the client's
+            # delayed ACK (40 ms an answer); registries (Go's net/http) set TCP_NODELAY too
+            disable_nagle_algorithm = True
 
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -346,7 +355,7 @@ class FaultProxy:
                                  else str(len(data)))
                 self.end_headers()
                 if not head:
-                    self.wfile.write(data)
+                    proxy._write(self.wfile, data)
 
             def _send_partial(self, status: int, headers: dict[str, str], data: bytes, k: int,
                               stall: bool = False) -> None:
@@ -356,7 +365,7 @@ class FaultProxy:
                         self.send_header(key, v)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data[:k])
+                proxy._write(self.wfile, data[:k])
                 self.wfile.flush()
                 if stall:
                     proxy.stalled.set()
@@ -376,6 +385,20 @@ class FaultProxy:
         self.host = f"127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
+
+    def _write(self, out: Any, data: bytes, piece: int = 65536) -> None:
+        """Send ``data`` on ``out``, counted, at :attr:`rate` (each piece takes its turn on the one link)."""
+        view = memoryview(data)
+        for at in range(0, len(view), piece):
+            chunk = view[at:at + piece]
+            with self._link:
+                self.sent += len(chunk)
+                done = 0.0
+                if self.rate:
+                    self._link_free = max(time.monotonic(), self._link_free) + len(chunk) / self.rate
+                    done = self._link_free
+            time.sleep(max(0.0, done - time.monotonic()))
+            out.write(chunk)
 
     def close(self) -> None:
         self.release.set()
