@@ -9,7 +9,8 @@ Contracts:
 * **pull** resolves a reference to a manifest (an index picks ``platform``, the host's by default), fetches
   the config and every layer blob the store lacks (``jobs`` at a time, each verified while it streams and
   written by ``Store.put_blob`` under a temporary name), then ``Store.store_image`` unpacks the layers and
-  tags the image. The registry's raw manifest bytes are what is stored, so the stored image keeps the
+  tags the image (with ``unpack=False`` it records the image only: the layers are extracted, and checked
+  against the config's DiffIDs, when first needed; ``Store.ensure_layers``). The registry's raw manifest bytes are what is stored, so the stored image keeps the
   registry's manifest digest. All of it runs under the store lock: when anything fails, every blob and
   layer this pull added is removed and the tag is not written (the store is as before, but for the partial
   downloads below). A pull killed with SIGKILL leaves only temporary files in ``tmp/`` and verified,
@@ -206,10 +207,11 @@ def download_blob(store: Store, client: RegistryClient, repository: str, desc: D
 
 
 def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Platform | None = None,
-         jobs: int = DEFAULT_JOBS, progress: Progress | None = None, follow_foreign_urls: bool = False
-         ) -> PullResult:
-    """Pull ``ref`` into ``store`` (see the module docstring). Raises RegistryError, DigestError,
-    ManifestError/PlatformError, LayerError; the store is unchanged then."""
+         jobs: int = DEFAULT_JOBS, progress: Progress | None = None, follow_foreign_urls: bool = False,
+         unpack: bool = True) -> PullResult:
+    """Pull ``ref`` into ``store`` (see the module docstring); ``unpack=False`` leaves the layers to be
+    extracted on first use. Raises RegistryError, DigestError, ManifestError/PlatformError, LayerError; the
+    store is unchanged then."""
     progress = progress or NoProgress()
     progress.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name}")
     manifest, index = fetch_manifest(client, ref, platform)
@@ -242,10 +244,10 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
                 store.discard_partial(d.digest)
             raise
         tags = [ref] if ref.tag and not ref.digest else []
-        if missing:
+        if missing and unpack:
             progress.line("Extracting layers")
         kept = (Reference(ref.registry, ref.repository, None, index.digest), index.raw) if index else None
-        image = store.store_image(manifest, config_raw, tags, kept)
+        image = store.store_image(manifest, config_raw, tags, kept, unpack=unpack)
     for d in missing:
         progress.end(d.digest.short, "Pull complete")
     return PullResult(ref, index.digest if index else manifest.digest, image, len(missing), len(wanted) - len(missing))

@@ -664,7 +664,7 @@ class Store:
         raise ImageNotFoundError(f"no such image: {ref.familiar}")
 
     def store_image(self, manifest: Manifest, config_raw: bytes, tags: list[Reference],
-                    index: tuple[Reference, bytes] | None = None) -> Image:
+                    index: tuple[Reference, bytes] | None = None, *, unpack: bool = True) -> Image:
         """Store a manifest whose config and layers are already stored, unpack its layers, then tag it.
 
         Verifies that the config digest matches the manifest and that the layers count matches the diff_ids.
@@ -672,6 +672,10 @@ class Store:
         index the manifest was chosen from, as its digest reference (``name@sha256:<index>``) and raw bytes;
         they are stored as a blob (verified against that digest, DigestError otherwise) and the entries
         written carry the reference (see "Kept indexes"); without tags, the reference is recorded alone.
+
+        ``unpack=False`` (``pull --no-unpack``) records the image without extracting its layers: the first
+        command that needs them extracts them (``ensure_layers``), with the same checks; until then the blobs'
+        content is verified against their digests only, not yet against the config's DiffIDs.
         """
         with self.lock():
             config = ImageConfig.parse(config_raw)
@@ -692,7 +696,8 @@ class Store:
                 index_ref = Reference(ref.registry, ref.repository, None, ref.digest)
                 self.put_blob_bytes(raw, ref.digest)
             image = Image(desc, manifest, config, tuple(tags), (index_ref,) if index_ref else ())
-            self.ensure_layers(image)
+            if unpack:
+                self.ensure_layers(image)
             for ref in tags:
                 self.tag(ref, desc, index_ref)
             if not tags:
@@ -710,6 +715,10 @@ class Store:
     def ensure_layers(self, image: Image) -> list[Path]:
         """Unpack every layer of ``image`` not yet extracted; returns the layer directories, base first.
 
+        The one way to an image's layer directories: whatever needs them (mount, run, build, commit, diff,
+        ``ls``/``cat``/``export``...) asks here, so an image recorded without its layers (``store_image(...,
+        unpack=False)``, ``pull --no-unpack``) has them extracted on first use, under the lock, exactly as a
+        pull that unpacks would have (and fails the same way when a blob does not decompress to its DiffID).
         Each is unpacked into ``tmp/`` with its DiffID verified, then renamed into ``layers/``. A layer already
         extracted (maybe from another blob) is not unpacked again, but the blob is checked against the DiffID
         the image gives it all the same, unless the blob is noted to have it (:meth:`_check_diff_id`): the store
