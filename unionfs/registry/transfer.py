@@ -35,7 +35,6 @@ Contracts:
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 from dataclasses import dataclass
@@ -116,11 +115,20 @@ class PushResult:
 
 
 def _run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int) -> None:
-    """Run tasks on ``jobs`` threads; the first failure cancels the rest and is raised (after all stopped)."""
+    """Run tasks on ``jobs`` threads; the first failure cancels the rest and is raised (after all stopped).
+    A single task runs on the calling thread (no pool is started, nor its module loaded)."""
     cancel = threading.Event()
     errors: list[BaseException] = []
     if not tasks:
         return
+    if len(tasks) == 1:
+        try:
+            tasks[0](cancel)
+        except _Cancelled:
+            pass
+        return
+    import concurrent.futures
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="xfer") as pool:
         futures = [pool.submit(t, cancel) for t in tasks]
         try:
