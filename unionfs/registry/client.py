@@ -131,6 +131,7 @@ class RegistryClient:
         self._challenge: Challenge | None = None
         self._tokens: dict[frozenset[str], str] = {}
         self._lock = threading.Lock()
+        self._ping_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the connections."""
@@ -145,9 +146,12 @@ class RegistryClient:
     # -- discovery and authentication ------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        """``https://host`` or ``http://host``, found by pinging ``/v2/`` once."""
+        """``https://host`` or ``http://host``, found by pinging ``/v2/`` once: parallel transfers that ask
+        first wait for one ping instead of each sending their own (and each trying HTTPS first)."""
         if self._base is None:
-            self.ping()
+            with self._ping_lock:
+                if self._base is None:
+                    self.ping()
         assert self._base is not None
         return self._base
 
