@@ -76,7 +76,7 @@ from unionfs.errors import (
     StoreError,
     UnionfsError,
 )
-from unionfs.fsops import atomic_write, discard_tree, fsync_dir, remove_tree, temp_dir, temp_file
+from unionfs.fsops import atomic_write, discard_tree, fsync_dir, remove_tree, start_writeback, temp_dir, temp_file
 from unionfs.layer.ownership import Owners
 from unionfs.mountinfo import Mount, mount_at, mounts
 from unionfs.oci.digest import Digest, HashingReader
@@ -100,6 +100,8 @@ from unionfs.union.plan import MountPlan
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+#: bytes of a download written between two requests to start their writeback (``fsops.start_writeback``)
+_WRITEBACK = 8 << 20
 #: seconds a partial download is kept for a later run to resume (``expire_partials``): a week
 PARTIAL_MAX_AGE = 7 * 24 * 3600
 _PARTIAL_PREFIX = "partial-"
@@ -366,7 +368,8 @@ class Store:
         the file held from ``start`` on is dropped, what it held before is kept). Returns the hash of the whole
         file: its first ``start`` bytes as they are on disk, then what was written (for ``commit_partial``:
         a download is read once). Written as it comes, not fsynced (``commit_partial`` does): a kill leaves a
-        prefix to resume from."""
+        prefix to resume from; the writeback of every ``_WRITEBACK`` bytes is started as they are written,
+        so that the fsync finds little left to write."""
         path = self.partial_path(digest)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "r+b") as f:
@@ -374,8 +377,14 @@ class Store:
             hashing = HashingReader(f, digest.algorithm)  # the kept prefix, from disk
             hashing.drain(_CHUNK)
             hashing.then(stream)
+            written = kicked = start
             while chunk := hashing.read(_CHUNK):
                 f.write(chunk)
+                written += len(chunk)
+                if written - kicked >= _WRITEBACK:  # the disk works while the download goes on
+                    f.flush()
+                    start_writeback(fd, kicked, written - kicked)
+                    kicked = written
         return hashing
 
     def commit_partial(self, digest: Digest, size: int | None, hashed: HashingReader | None = None) -> Digest:
