@@ -218,6 +218,23 @@ def test_push_chunked_uploads(store_root: Path, pushed: str, tmp_path: Path, tes
                          tree_snapshot(tmp_path / "bundle" / "rootfs", **ROOTFS))
 
 
+def test_parallel_uploads_ping_the_registry_once(store_root: Path, pushed: str, tmp_path: Path) -> None:
+    """The first requests of parallel transfers wait for one ``GET /v2/`` instead of each sending theirs."""
+    ref = Reference.parse(pushed)
+    store = Store(store_root)
+    with RegistryClient(ref.registry) as client:
+        pull(store, ref, client)
+    with running_registry(tmp_path / "reg4") as other:
+        proxy = FaultProxy(other.host)
+        try:
+            with RegistryClient(proxy.host) as client:
+                result = push(store, pushed, Reference(proxy.host, "once", "v3"), client, jobs=5)
+            assert result.uploaded == 5
+            assert [e for e in proxy.log if e[:2] == ("GET", "/v2/")] == [("GET", "/v2/", None)]
+        finally:
+            proxy.close()
+
+
 def test_push_needs_a_destination_for_an_id(cli: CLI, pushed: str, store_root: Path) -> None:
     cli("pull", "-q", pushed)
     image_id = Store(store_root).resolve(pushed).id.hex[:12]

@@ -191,3 +191,30 @@ def test_a_resolution_against_an_uncommitted_index_is_not_recorded(store_root: P
             raise RuntimeError("rolled back")
     assert mounting.prepare(str(store_root), "one:1", "b") is None
     assert Store(store_root).resolve("one:1").id != two.id
+
+
+def test_a_download_starts_its_writeback_as_it_goes(store_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``append_partial`` asks the kernel to write back each 8 MiB as written (the final fsync then has little
+    left to wait for); the file and its hash are the stream's, also when resuming from a kept prefix."""
+    import unionfs.store.store as store_mod
+    from unionfs.fsops import start_writeback
+
+    calls: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, length: int) -> None:
+        calls.append((offset, length))
+        start_writeback(fd, offset, length)  # the real call, on a real file: no error
+
+    monkeypatch.setattr(store_mod, "start_writeback", record)
+    s = Store(store_root)
+    data = os.urandom(3 << 20) * 7  # 21 MiB
+    d = Digest.of_bytes(data)
+    s.partial_path(d).write_bytes(data[:1000])  # a kept prefix: resumed from byte 1000
+    hashed = s.append_partial(d, 1000, io.BytesIO(data[1000:]))
+    mib8 = 8 << 20
+    assert calls == [(1000, mib8), (1000 + mib8, mib8)]  # the last 5 MiB are left to the fsync
+    with s.lock():
+        s.commit_partial(d, len(data), hashed)
+    assert s.blob_path(d).read_bytes() == data
+    with open(os.devnull, "wb") as null:
+        start_writeback(null.fileno(), 0, 1)  # not a regular file: ignored, as on a filesystem without it

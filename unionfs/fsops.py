@@ -2,7 +2,7 @@
 
 Python's ``os`` module covers most system calls; the few it lacks (mount(2), umount2(2), pivot_root(2),
 prctl(2), capset(2), renameat2(2), utimensat(2) on a symlink, futimens(2), fallocate(2), syncfs(2),
-statfs(2)) go through :data:`libc`. Every module uses this one handle, so a prototype is declared once.
+statfs(2), sync_file_range(2)) go through :data:`libc`. Every module uses this one handle, so a prototype is declared once.
 
 ``atomic_write`` (temporary name, fsync, rename, fsync of the directory), ``remove_tree`` (the one recursive
 delete: never through a mount) and ``discard_tree`` (rename into a trash directory first, so a kill leaves a
@@ -67,6 +67,7 @@ def _load_c() -> None:
         "fallocate": [c_int, c_int, c_long, c_long],
         "syncfs": [c_int],
         "statfs": [c_str, ctypes.c_void_p],
+        "sync_file_range": [c_int, ctypes.c_int64, ctypes.c_int64, c_uint],
     }.items():
         getattr(lib, name).argtypes = args
     Timespec.__qualname__ = "Timespec"
@@ -82,6 +83,20 @@ def check(ret: int, what: str, path: str | None = None) -> None:
         if path is None:
             raise OSError(err, f"{what}: {os.strerror(err)}")
         raise OSError(err, os.strerror(err), path)
+
+
+#: sync_file_range(2): start writing the range back, do not wait
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes of ``fd`` from ``offset`` to disk, without waiting
+    (sync_file_range(2) ``SYNC_FILE_RANGE_WRITE``), so that the fsync that makes the file durable later has
+    less left to wait for: the disk works while the writer goes on (a download, its hash). No promise of
+    durability (only fsync gives one) and best effort: a filesystem that does not support it is ignored."""
+    if "libc" not in globals():
+        _load_c()
+    globals()["libc"].sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_dir(path: str | Path) -> None:

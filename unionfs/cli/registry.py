@@ -141,7 +141,7 @@ def _pull_candidate(args: argparse.Namespace, conf: RegistriesConf, ref: Referen
         with client_for(r, conf, insecure=args.insecure) as client:
             result = pull(store, r, cast("RegistryClient", client), platform=platform_of(args),
                           jobs=args.jobs or DEFAULT_JOBS, progress=progress,
-                          follow_foreign_urls=args.follow_foreign_urls)
+                          follow_foreign_urls=args.follow_foreign_urls, unpack=not args.no_unpack)
         if not args.quiet:
             progress.line(f"Digest: {result.digest}")
             status = "Downloaded newer image" if result.fetched else "Image is up to date"
@@ -321,6 +321,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-j", "--jobs", type=int, help="parallel downloads (default 3)")
     p.add_argument("--follow-foreign-urls", action="store_true",
                    help="fetch foreign (non-distributable) layers from the URLs their manifest lists")
+    p.add_argument("--no-unpack", action="store_true",
+                   help="store and verify the blobs only; the layers are extracted when first used")
     _net(p)
     p.set_defaults(func=cmd_pull)
 

@@ -11,7 +11,8 @@ Contracts:
 
 * **Transport.** HTTPS with certificate verification by default. ``insecure=True`` (or a registry on the
   loopback: ``localhost``, ``127.0.0.0/8``, ``::1``) allows plain HTTP: HTTPS is tried first, then HTTP, as
-  docker does; ``insecure`` also skips certificate verification.
+  docker does (on the loopback, a host that does not complete a bare TLS handshake is spoken to in HTTP
+  without the HTTPS try, which would fail: tls.py); ``insecure`` also skips certificate verification.
 * **Authentication.** The first request learns the registry's challenge (``GET /v2/``). ``Bearer``
   challenges are answered with a token from the realm for the scopes the operation needs
   (``repository:NAME:pull``, ``repository:NAME:pull,push``, both repositories for a cross-repository mount,
@@ -57,6 +58,7 @@ from unionfs.errors import (
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from unionfs.registry.blob import BlobReader
+from unionfs.registry.tls import LazyTrustContext, speaks_tls
 from unionfs.registry.transport import (
     MAX_ERROR_BODY,
     MAX_LIST_BYTES,
@@ -123,7 +125,9 @@ class RegistryClient:
         self.insecure = insecure
         self.retry = retry or RetryPolicy()
         self.deadlines = deadlines or Deadlines.from_env()
-        self._http = httpx.Client(verify=not insecure, transport=transport, follow_redirects=False,
+        self._own_transport = transport is None
+        verify: bool | LazyTrustContext = False if insecure else LazyTrustContext.create()
+        self._http = httpx.Client(verify=verify, transport=transport, follow_redirects=False,
                                   timeout=self.deadlines.timeout(None),
                                   headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
                                   limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
@@ -131,6 +135,7 @@ class RegistryClient:
         self._challenge: Challenge | None = None
         self._tokens: dict[frozenset[str], str] = {}
         self._lock = threading.Lock()
+        self._ping_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the connections."""
@@ -145,9 +150,12 @@ class RegistryClient:
     # -- discovery and authentication ------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        """``https://host`` or ``http://host``, found by pinging ``/v2/`` once."""
+        """``https://host`` or ``http://host``, found by pinging ``/v2/`` once: parallel transfers that ask
+        first wait for one ping instead of each sending their own (and each trying HTTPS first)."""
         if self._base is None:
-            self.ping()
+            with self._ping_lock:
+                if self._base is None:
+                    self.ping()
         assert self._base is not None
         return self._base
 
@@ -183,6 +191,13 @@ class RegistryClient:
         schemes = ["https"] + (["http"] if self.plain_http_allowed(self.host) else [])
         what = f"registry {self.registry}"
         deadline = Deadline.start(self.deadlines.request)
+        if len(schemes) == 2 and is_loopback(self.host) and self._own_transport:
+            # on the loopback a bare TLS handshake costs nothing: a host that answers it with something else
+            # would fail the HTTPS try anyway, and skipping that try spares loading the trust store (tls.py)
+            url = httpx.URL(f"https://{self.host}/")
+            if speaks_tls(url.host, url.port or 443, max(deadline.left(), 0.001) / 2) is False:
+                log.debug("ping %s: no TLS spoken there; plain HTTP", self.host)
+                schemes = ["http"]
         last: Exception | None = None
         rounds = min(attempts or self.retry.attempts, self.retry.attempts)
         for attempt in range(rounds):

@@ -7,9 +7,11 @@ which is the only place that prints).
 Contracts:
 
 * **pull** resolves a reference to a manifest (an index picks ``platform``, the host's by default), fetches
-  the config and every layer blob the store lacks (``jobs`` at a time, each verified while it streams and
-  written by ``Store.put_blob`` under a temporary name), then ``Store.store_image`` unpacks the layers and
-  tags the image. The registry's raw manifest bytes are what is stored, so the stored image keeps the
+  the config and every layer blob the store lacks (``jobs`` at a time, the config among them, each verified
+  while it streams and written by ``Store.put_blob`` under a temporary name), then ``Store.store_image``
+  unpacks the layers and tags the image (with ``unpack=False`` it records the image only: the layers are
+  extracted, and checked against the config's DiffIDs, when first needed; ``Store.ensure_layers``). The
+  registry's raw manifest bytes are what is stored, so the stored image keeps the
   registry's manifest digest. All of it runs under the store lock: when anything fails, every blob and
   layer this pull added is removed and the tag is not written (the store is as before, but for the partial
   downloads below). A pull killed with SIGKILL leaves only temporary files in ``tmp/`` and verified,
@@ -34,7 +36,6 @@ Contracts:
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import threading
 from dataclasses import dataclass
@@ -115,11 +116,20 @@ class PushResult:
 
 
 def _run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int) -> None:
-    """Run tasks on ``jobs`` threads; the first failure cancels the rest and is raised (after all stopped)."""
+    """Run tasks on ``jobs`` threads; the first failure cancels the rest and is raised (after all stopped).
+    A single task runs on the calling thread (no pool is started, nor its module loaded)."""
     cancel = threading.Event()
     errors: list[BaseException] = []
     if not tasks:
         return
+    if len(tasks) == 1:
+        try:
+            tasks[0](cancel)
+        except _Cancelled:
+            pass
+        return
+    import concurrent.futures
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="xfer") as pool:
         futures = [pool.submit(t, cancel) for t in tasks]
         try:
@@ -206,17 +216,24 @@ def download_blob(store: Store, client: RegistryClient, repository: str, desc: D
 
 
 def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Platform | None = None,
-         jobs: int = DEFAULT_JOBS, progress: Progress | None = None, follow_foreign_urls: bool = False
-         ) -> PullResult:
-    """Pull ``ref`` into ``store`` (see the module docstring). Raises RegistryError, DigestError,
-    ManifestError/PlatformError, LayerError; the store is unchanged then."""
+         jobs: int = DEFAULT_JOBS, progress: Progress | None = None, follow_foreign_urls: bool = False,
+         unpack: bool = True) -> PullResult:
+    """Pull ``ref`` into ``store`` (see the module docstring); ``unpack=False`` leaves the layers to be
+    extracted on first use. Raises RegistryError, DigestError, ManifestError/PlatformError, LayerError; the
+    store is unchanged then."""
     progress = progress or NoProgress()
     progress.line(f"{ref.tag or ref.digest}: Pulling from {ref.familiar_name}")
     manifest, index = fetch_manifest(client, ref, platform)
     with store.lock():
         store.expire_partials()
-        config_raw = client.fetch_blob(ref.repository, manifest.config.digest, manifest.config.size,
-                                       limit=MAX_CONFIG_BYTES)
+        config: list[bytes] = []
+
+        def fetch_config(cancel: threading.Event) -> None:  # alongside the layers: one round trip less first
+            if cancel.is_set():
+                raise _Cancelled()
+            config.append(client.fetch_blob(ref.repository, manifest.config.digest, manifest.config.size,
+                                            limit=MAX_CONFIG_BYTES))
+
         wanted: dict[Digest, Descriptor] = {}
         for d in manifest.layers:
             wanted.setdefault(d.digest, d)
@@ -236,16 +253,16 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
             return run
 
         try:
-            _run_parallel([task(d) for d in missing], jobs)
+            _run_parallel([fetch_config] + [task(d) for d in missing], jobs)
         except DigestError:  # wrong content: what the other downloads kept goes too (the store is as before)
             for d in missing:
                 store.discard_partial(d.digest)
             raise
         tags = [ref] if ref.tag and not ref.digest else []
-        if missing:
+        if missing and unpack:
             progress.line("Extracting layers")
         kept = (Reference(ref.registry, ref.repository, None, index.digest), index.raw) if index else None
-        image = store.store_image(manifest, config_raw, tags, kept)
+        image = store.store_image(manifest, config[0], tags, kept, unpack=unpack)
     for d in missing:
         progress.end(d.digest.short, "Pull complete")
     return PullResult(ref, index.digest if index else manifest.digest, image, len(missing), len(wanted) - len(missing))

@@ -76,7 +76,7 @@ from unionfs.errors import (
     StoreError,
     UnionfsError,
 )
-from unionfs.fsops import atomic_write, discard_tree, fsync_dir, remove_tree, temp_dir, temp_file
+from unionfs.fsops import atomic_write, discard_tree, fsync_dir, remove_tree, start_writeback, temp_dir, temp_file
 from unionfs.layer.ownership import Owners
 from unionfs.mountinfo import Mount, mount_at, mounts
 from unionfs.oci.digest import Digest, HashingReader
@@ -100,6 +100,8 @@ from unionfs.union.plan import MountPlan
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+#: bytes of a download written between two requests to start their writeback (``fsops.start_writeback``)
+_WRITEBACK = 8 << 20
 #: seconds a partial download is kept for a later run to resume (``expire_partials``): a week
 PARTIAL_MAX_AGE = 7 * 24 * 3600
 _PARTIAL_PREFIX = "partial-"
@@ -366,7 +368,8 @@ class Store:
         the file held from ``start`` on is dropped, what it held before is kept). Returns the hash of the whole
         file: its first ``start`` bytes as they are on disk, then what was written (for ``commit_partial``:
         a download is read once). Written as it comes, not fsynced (``commit_partial`` does): a kill leaves a
-        prefix to resume from."""
+        prefix to resume from; the writeback of every ``_WRITEBACK`` bytes is started as they are written,
+        so that the fsync finds little left to write."""
         path = self.partial_path(digest)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "r+b") as f:
@@ -374,8 +377,14 @@ class Store:
             hashing = HashingReader(f, digest.algorithm)  # the kept prefix, from disk
             hashing.drain(_CHUNK)
             hashing.then(stream)
+            written = kicked = start
             while chunk := hashing.read(_CHUNK):
                 f.write(chunk)
+                written += len(chunk)
+                if written - kicked >= _WRITEBACK:  # the disk works while the download goes on
+                    f.flush()
+                    start_writeback(fd, kicked, written - kicked)
+                    kicked = written
         return hashing
 
     def commit_partial(self, digest: Digest, size: int | None, hashed: HashingReader | None = None) -> Digest:
@@ -664,7 +673,7 @@ class Store:
         raise ImageNotFoundError(f"no such image: {ref.familiar}")
 
     def store_image(self, manifest: Manifest, config_raw: bytes, tags: list[Reference],
-                    index: tuple[Reference, bytes] | None = None) -> Image:
+                    index: tuple[Reference, bytes] | None = None, *, unpack: bool = True) -> Image:
         """Store a manifest whose config and layers are already stored, unpack its layers, then tag it.
 
         Verifies that the config digest matches the manifest and that the layers count matches the diff_ids.
@@ -672,6 +681,10 @@ class Store:
         index the manifest was chosen from, as its digest reference (``name@sha256:<index>``) and raw bytes;
         they are stored as a blob (verified against that digest, DigestError otherwise) and the entries
         written carry the reference (see "Kept indexes"); without tags, the reference is recorded alone.
+
+        ``unpack=False`` (``pull --no-unpack``) records the image without extracting its layers: the first
+        command that needs them extracts them (``ensure_layers``), with the same checks; until then the blobs'
+        content is verified against their digests only, not yet against the config's DiffIDs.
         """
         with self.lock():
             config = ImageConfig.parse(config_raw)
@@ -692,7 +705,8 @@ class Store:
                 index_ref = Reference(ref.registry, ref.repository, None, ref.digest)
                 self.put_blob_bytes(raw, ref.digest)
             image = Image(desc, manifest, config, tuple(tags), (index_ref,) if index_ref else ())
-            self.ensure_layers(image)
+            if unpack:
+                self.ensure_layers(image)
             for ref in tags:
                 self.tag(ref, desc, index_ref)
             if not tags:
@@ -710,6 +724,10 @@ class Store:
     def ensure_layers(self, image: Image) -> list[Path]:
         """Unpack every layer of ``image`` not yet extracted; returns the layer directories, base first.
 
+        The one way to an image's layer directories: whatever needs them (mount, run, build, commit, diff,
+        ``ls``/``cat``/``export``...) asks here, so an image recorded without its layers (``store_image(...,
+        unpack=False)``, ``pull --no-unpack``) has them extracted on first use, under the lock, exactly as a
+        pull that unpacks would have (and fails the same way when a blob does not decompress to its DiffID).
         Each is unpacked into ``tmp/`` with its DiffID verified, then renamed into ``layers/``. A layer already
         extracted (maybe from another blob) is not unpacked again, but the blob is checked against the DiffID
         the image gives it all the same, unless the blob is noted to have it (:meth:`_check_diff_id`): the store
