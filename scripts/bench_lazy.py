@@ -139,6 +139,7 @@ def main() -> int:
         print("bench_lazy: needs root (debootstrap, run --lazy)", file=sys.stderr)
         return 2
     tree = rootfs(args.cache)
+    proc.compile_package(REPO)
     work = Path(tempfile.mkdtemp(prefix="bench-lazy-"))
     try:
         archive = work / "debian.tar.gz"

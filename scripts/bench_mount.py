@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from benchlib import REPO  # first: puts the repository and tests/ on sys.path
+from benchlib import REPO, proc  # first: puts the repository and tests/ on sys.path
 from support.mount import unmounted_on_exit
 from support.tar import build, directory, docker_archive, file, whiteout
 
@@ -69,8 +69,7 @@ def make_store(work: Path, python: str, env: dict[str, str]) -> Path:
 
 def tree_env(tree: Path) -> dict[str, str]:
     """The environment that runs checkout ``tree``'s package, with bytecode (compiled once here)."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "unionfs")], check=True,
-                   capture_output=True)
+    proc.compile_package(tree)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
     env["PYTHONPATH"] = str(tree)
     return env

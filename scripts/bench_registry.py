@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--mb", type=int, default=50)
     args = ap.parse_args()
-    sh(sys.executable, "-m", "compileall", "-q", REPO / "unionfs")
+    proc.compile_package(REPO)
     work = Path(tempfile.mkdtemp(prefix="bench-registry-"))
     try:
         layout = build_image(work, args.mb)
