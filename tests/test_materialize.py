@@ -16,6 +16,7 @@ import pytest
 
 from unionfs.errors import LayerError, UnsafeLayerError
 from unionfs.layer import placeholder
+from unionfs.lazy.fetch import checked_toc
 from unionfs.lazy.materialize import materialize
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the marks are trusted.* xattrs)")
@@ -41,8 +42,7 @@ def toc_of(*entries: dict[str, Any]) -> dict[str, Any]:
 def make(tmp_path: Path, toc: dict[str, Any]) -> tuple[Path, int]:
     dest = tmp_path / "tree"
     dest.mkdir()
-    raw = json.dumps(toc).encode()
-    return dest, materialize(toc, raw, TOC_OFFSET, str(dest), LAYER)
+    return dest, materialize(checked_toc(json.dumps(toc).encode(), TOC_OFFSET), str(dest), LAYER)
 
 
 def test_placeholders_carry_the_tocs_metadata_and_their_marks(tmp_path: Path) -> None:

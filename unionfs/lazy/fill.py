@@ -33,10 +33,9 @@ from typing import Any
 from unionfs.errors import LazyLayerError, UnionfsError
 from unionfs.layer import placeholder
 from unionfs.lazy import layout
-from unionfs.lazy.fetch import Chunk, LocalBlob, RangeSource, check_file, plan_chunks, read_chunk
+from unionfs.lazy.fetch import Chunk, LocalBlob, RangeSource, check_file, checked_toc, plan_chunks, read_chunk
 from unionfs.lazy.materialize import CAPABILITY, read_capability
 from unionfs.oci.digest import Digest
-from unionfs.oci.manifest import parse_json
 from unionfs.oci.reference import Reference
 
 log = logging.getLogger(__name__)
@@ -69,9 +68,9 @@ class _Layer:
         source, raw = layout.read_layer(self.dir)
         if os.path.basename(self.dir) != self.hex or Digest.parse(source.diff_id).hex != self.hex:
             raise LazyLayerError(f"lazy layer {self.dir}: its records are another layer's ({source.diff_id})")
-        toc = parse_json(raw, "eStargz TOC")
-        self.chunks = plan_chunks(toc, source.toc_offset)
-        self.entries = toc["entries"]
+        toc = checked_toc(raw, source.toc_offset)
+        self.chunks = plan_chunks(toc)
+        self.entries = toc.entries
         self.digest = Digest.parse(source.digest)
         ref = Reference.parse(source.ref)
         self.repository = ref.repository

@@ -24,8 +24,9 @@ from typing import Any
 
 from unionfs.errors import EstargzError, shown
 from unionfs.layer import placeholder
-from unionfs.layer.estargz import TOC_NAME, check_toc, clean_name
+from unionfs.layer.estargz import TOC_NAME, clean_name
 from unionfs.layer.unpack import Writer, unpack_entries
+from unionfs.lazy.fetch import Toc
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _mtime(ent: dict[str, Any]) -> int:
 
 
 def _tarinfo(ent: dict[str, Any]) -> tarfile.TarInfo:
-    """The data-less tar header of the TOC entry ``ent`` (checked by :func:`check_toc`)."""
+    """The data-less tar header of the TOC entry ``ent`` (of a checked :class:`~unionfs.lazy.fetch.Toc`)."""
     ti = tarfile.TarInfo(ent["name"])
     ti.type = _TYPES[ent["type"]]
     ti.mode = ent.get("mode", 0) & 0o7777
@@ -65,17 +66,15 @@ def _tarinfo(ent: dict[str, Any]) -> tarfile.TarInfo:
     return ti
 
 
-def materialize(toc: dict[str, Any], raw_toc: bytes, toc_offset: int, dest: str, layer: str) -> int:
-    """Make the tree of lazy layer ``layer`` (DiffID hex) in the existing empty directory ``dest`` from its TOC
-    (parsed ``toc``, its ``raw_toc`` bytes, the TOC member's ``toc_offset``). Returns the number of
-    placeholders. EstargzError for a TOC the spec does not allow; the unpacker's LayerError subclasses for
-    entries a layer may not hold (LayerTooLargeError for files over the layer-size bound, which counts the
+def materialize(toc: Toc, dest: str, layer: str) -> int:
+    """Make the tree of lazy layer ``layer`` (DiffID hex) in the existing empty directory ``dest`` from its
+    checked TOC. Returns the number of placeholders. EstargzError for a TOC entry whose fields cannot be made a
+    header (a modtime, an xattr value); the unpacker's LayerError subclasses for entries a layer may not hold (LayerTooLargeError for files over the layer-size bound, which counts the
     placeholders at their full size)."""
-    files, _, _ = check_toc(toc, toc_offset)
-    index = {id(ent): i for i, ent in enumerate(toc["entries"])}
+    index = {id(ent): i for i, ent in enumerate(toc.entries)}
     entries: list[tuple[tarfile.TarInfo, Writer | None]] = []
     last: dict[str, int] = {}  # the last entry of a name is the one in the tree (tar semantics)
-    for ent in files:  # every header made (and its fields checked) before anything is created
+    for ent in toc.files:  # every header made (and its fields checked) before anything is created
         ti = _tarinfo(ent)
         name = clean_name(ent["name"])
         if ent["type"] == "reg" and ent.get("size"):
@@ -86,8 +85,8 @@ def materialize(toc: dict[str, Any], raw_toc: bytes, toc_offset: int, dest: str,
             entries.append((ti, None))
             last.pop(name, None)
     ti = tarfile.TarInfo(TOC_NAME)
-    ti.type, ti.size, ti.mode, ti.mtime, ti.uname, ti.gname = tarfile.REGTYPE, len(raw_toc), 0o644, 0, "", ""
-    entries.append((ti, functools.partial(_write_all, raw_toc)))
+    ti.type, ti.size, ti.mode, ti.mtime, ti.uname, ti.gname = tarfile.REGTYPE, len(toc.raw), 0o644, 0, "", ""
+    entries.append((ti, functools.partial(_write_all, toc.raw)))
     last.pop(TOC_NAME, None)
     unpack_entries(entries, dest)
     root = os.open(dest, _DIR_FLAGS)

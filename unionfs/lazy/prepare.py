@@ -142,19 +142,19 @@ def _make_lazy(root: str, client: Any, ref: Reference, desc: Descriptor, diff_id
                insecure: bool) -> str:
     """Fetch the TOC of the eStargz layer ``desc`` and make its lazy layer (staged, then renamed into place);
     its directory."""
-    toc, raw, toc_offset = fetch_toc(client, ref.repository, desc.digest, desc.size, toc_digest)
-    big = oversized(plan_chunks(toc, toc_offset))
+    toc = fetch_toc(client, ref.repository, desc.digest, desc.size, toc_digest)
+    big = oversized(plan_chunks(toc))
     if big is not None:
         raise _NotLazy(f"a chunk of {big.length} bytes (a lazy read takes at most {MAX_CHUNK})")
     stage = temp_dir(layout.lazy_root(root), layout.STAGE_PREFIX)
     try:
         tree = layout.tree_of(stage)
         os.mkdir(tree, 0o755)
-        count = materialize(toc, raw, toc_offset, tree, diff_id.hex)
+        count = materialize(toc, tree, diff_id.hex)
         source = layout.Source(ref=str(Reference(ref.registry, ref.repository, None, desc.digest)),
                                digest=str(desc.digest), size=desc.size, toc_digest=str(toc_digest),
-                               toc_offset=toc_offset, diff_id=str(diff_id), insecure=insecure)
-        atomic_write(os.path.join(stage, layout.TOC), raw, 0o600)
+                               toc_offset=toc.offset, diff_id=str(diff_id), insecure=insecure)
+        atomic_write(os.path.join(stage, layout.TOC), toc.raw, 0o600)
         atomic_write(os.path.join(stage, layout.SOURCE), source.to_json(), 0o600)
         os.chmod(stage, 0o700)
         dest = layout.layer_dir(root, diff_id.hex)
