@@ -175,6 +175,36 @@ def test_a_remount_uses_the_filled_files(setup: dict) -> None:  # type: ignore[t
         run_cli("umount", mnt, root=store)
 
 
+def test_warming_loads_the_layers_without_the_network_and_a_failure_waits_for_the_fill(setup: dict,  # type: ignore[type-arg]
+                                                                                      caplog) -> None:
+    """``Filler.warm`` (which the daemon runs once its mount is live): each layer loaded, nothing fetched; a
+    layer that cannot be loaded is only logged, and its first fill fails with EIO as without warming."""
+    from unionfs.lazy.fill import Filler
+
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        run_cli("umount", mnt, root=store)
+    layers = [(str(d / "tree"), d.name) for d in (store / "lazy").iterdir() if (d / "tree").is_dir()]
+    requests = len(proxy.log)
+    filler = Filler(layers)
+    filler.warm_in_background().join()
+    assert all(layer.loaded and layer.client is not None for layer in filler.layers.values())
+    assert len(proxy.log) == requests
+    broken_tree, broken = layers[0]
+    toc = Path(broken_tree).parent / "toc.json"
+    toc.write_bytes(toc.read_bytes() + b" ")  # no longer the recorded digest
+    filler = Filler(layers)
+    filler.warm()
+    assert not filler.layers[broken].loaded and all(layer.loaded for h, layer in filler.layers.items() if h != broken)
+    tool = next(p for p in Path(broken_tree).rglob("*") if p.is_file() and placeholder.placeholder_of(str(p)))
+    with pytest.raises(OSError) as e:
+        filler(str(tool))
+    assert e.value.errno == errno.EIO and "does not match the digest" in caplog.text
+    assert len(proxy.log) == requests
+
+
 def read_errno(path: Path) -> int | None:
     try:
         path.read_bytes()

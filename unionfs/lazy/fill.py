@@ -16,7 +16,8 @@ raises OSError EIO, which the open (or copy-up) that asked fails with; it is log
 file is filled, and the mark stays: the next open tries again. A daemon killed at any point leaves the mark
 on a file whose data is not known whole and fsynced: nothing half-written is ever trusted. The TOC is read
 from the layer's ``toc.json`` and checked against its recorded digest (:func:`unionfs.lazy.layout.read_layer`)
-when the first file of the layer is filled.
+when the first file of the layer is filled, or before, by :meth:`Filler.warm` (the mount daemon runs it in the
+background once its mount is live, so that the first fill finds its layer loaded).
 
 Fills run in the daemon's request loop (one at a time): while a file is fetched, the mount answers nothing else.
 """
@@ -97,6 +98,23 @@ class Filler:
         self.layers = {h: _Layer(tree, h) for tree, h in layers}
         self._lock = threading.Lock()
         self._logged: set[tuple[str, int]] = set()
+
+    def warm(self) -> None:
+        """Load each layer ahead of its first fill (its source and TOC read and checked, its chunks planned, its
+        client made: no network), one at a time under the fill lock. A failure is only logged: the first fill
+        of that layer loads it again, and reports."""
+        for diff_hex, layer in self.layers.items():
+            with self._lock:
+                try:
+                    layer.load()
+                except (UnionfsError, OSError, ValueError) as e:
+                    log.debug("lazy layer %s: not loaded ahead: %s", diff_hex[:12], e)
+
+    def warm_in_background(self) -> threading.Thread:
+        """Run :meth:`warm` in a daemon thread (started; returned)."""
+        thread = threading.Thread(target=self.warm, name="unionfs-lazy-warm", daemon=True)
+        thread.start()
+        return thread
 
     def __call__(self, path: str) -> None:
         """Make the file at the host path ``path`` whole if it is a placeholder; OSError EIO when that fails."""
