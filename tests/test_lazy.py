@@ -458,3 +458,46 @@ def test_prune_removes_the_lazy_layers_no_container_needs(setup: dict) -> None: 
     assert out.count("Deleted: lazy layer ") == 2
     assert [p.name for p in (store / "lazy").iterdir()] == []
     assert list((store / "tmp").iterdir()) == []
+
+
+class _LyingChunks:
+    """A client whose range reads of file data (every read of a blob after its footer and TOC) come back with
+    their first byte flipped when the blob is in ``lie``."""
+
+    def __init__(self, client, lie: set[str]) -> None:  # type: ignore[no-untyped-def]
+        self.client, self.lie, self.seen = client, lie, {}  # type: dict[str, int]
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.client, name)
+
+    def fetch_range(self, repository: str, digest, start: int, end: int) -> bytes:  # type: ignore[no-untyped-def]
+        data = self.client.fetch_range(repository, digest, start, end)
+        self.seen[str(digest)] = n = self.seen.get(str(digest), 0) + 1
+        return bytes([data[0] ^ 1]) + data[1:] if n > 2 and str(digest) in self.lie else data
+
+
+@pytest.mark.parametrize("lie", [False, True], ids=["verified", "altered"])
+def test_the_first_files_are_filled_while_the_tree_is_made(setup: dict, lie: bool) -> None:  # type: ignore[type-arg]
+    """``early`` (mount and run --lazy with their prefetch): the files before a layer's prefetch landmark are
+    fetched while its tree is made and written whole, verified, without their mark; the others stay
+    placeholders. A chunk that does not verify leaves its file a placeholder: the preparation goes on."""
+    from unionfs.lazy.prepare import prepare_lazy
+    from unionfs.oci.reference import Reference
+    from unionfs.registry.mirrors import client_for
+
+    proxy, base = setup["proxy"], setup["layers"][0].digest
+    ref = Reference.parse(setup["esgz"])
+    with client_for(ref) as client:
+        result = prepare_lazy(Store(setup["tmp"] / "lazy"), ref, _LyingChunks(client, {str(base)} if lie else set()),
+                              early=True)
+    assert result.layers == ("lazy", "lazy")
+    tree = Path(result.plan.lowers[0])
+    passwd = tree / "etc/passwd"
+    assert len(blob_requests(proxy, base)) == 3  # the footer, the TOC, the one chunk of etc/passwd
+    assert placeholder.placeholder_of(str(tree / "data/medium")) is not None
+    assert os.getxattr(passwd, "user.note") == b"\xff\x00bin"
+    if lie:
+        assert placeholder.placeholder_of(str(passwd)) is not None and passwd.read_bytes() == bytes(30)  # nothing written
+    else:
+        assert placeholder.placeholder_of(str(passwd)) is None
+        assert passwd.read_bytes() == b"root:x:0:0:root:/root:/bin/sh\n"

@@ -29,7 +29,7 @@ import logging
 import os
 import stat
 import threading
-from typing import Any
+from typing import Any, Iterable
 
 from unionfs.errors import LazyLayerError, UnionfsError
 from unionfs.layer import placeholder
@@ -158,22 +158,29 @@ class Filler:
 
 
 def _write(fd: int, layer: _Layer, ent: dict[str, Any], chunks: list[Chunk]) -> None:
-    """Write the file's chunks (each verified, then the whole file) into the placeholder open at ``fd``, put
-    back what the write drops, fsync, and drop the mark."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != ent.get("size"):
-        raise LazyLayerError(f"the placeholder is not a regular file of {ent.get('size')} bytes")
+    """Write the file's chunks (each fetched and verified as it comes) into the placeholder open at ``fd``:
+    :func:`write_placeholder`."""
     assert layer.digest is not None
     local = layout.blob_file(os.path.dirname(os.path.dirname(layer.dir)), layer.digest)
     source: RangeSource = LocalBlob(local) if os.path.exists(local) else layer.client
+    digest = layer.digest
+    write_placeholder(fd, ent, ((c.file_offset, read_chunk(source, layer.repository, digest, c)) for c in chunks))
+
+
+def write_placeholder(fd: int, ent: dict[str, Any], pieces: Iterable[tuple[int, bytes]]) -> None:
+    """Write ``pieces`` ((file offset, verified chunk bytes), in file order, covering the file) into the
+    placeholder of TOC entry ``ent`` open at ``fd``, check the whole file against the entry's ``digest``, put
+    back what the write drops (mode, ``security.capability``, times), fsync, and only then drop the mark.
+    LazyLayerError when the placeholder is not the entry's size or the file does not match."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != ent.get("size"):
+        raise LazyLayerError(f"the placeholder is not a regular file of {ent.get('size')} bytes")
     cap = read_capability(fd)
     whole = Digest.parse(ent["digest"]).hasher() if "digest" in ent else None
-    for chunk in chunks:
-        data = read_chunk(source, layer.repository, layer.digest, chunk)
+    for at, data in pieces:
         if whole is not None:
             whole.update(data)
         view = memoryview(data)
-        at = chunk.file_offset
         while view:
             n = os.pwrite(fd, view, at)
             view, at = view[n:], at + n
