@@ -151,13 +151,14 @@ def _make_lazy(root: str, client: Any, ref: Reference, desc: Descriptor, diff_id
     if big is not None:
         raise _NotLazy(f"a chunk of {big.length} bytes (a lazy read takes at most {MAX_CHUNK})")
     stage = temp_dir(layout.lazy_root(root), layout.STAGE_PREFIX)
-    first = EarlyFetch(client, ref.repository, desc.digest, toc, chunks) if early else None
+    first: EarlyFetch | None = None
     try:
+        if early:
+            first = EarlyFetch(client, ref.repository, desc.digest, toc, chunks)
         tree = layout.tree_of(stage)
         os.mkdir(tree, 0o755)
         count = materialize(toc, tree, diff_id.hex)
-        if first is not None:
-            log.debug("lazy layer %s: %d files filled early", diff_id.short, first.fill(tree, diff_id.hex))
+        filled = first.fill(tree, diff_id.hex) if first is not None else 0
         source = layout.Source(ref=str(Reference(ref.registry, ref.repository, None, desc.digest)),
                                digest=str(desc.digest), size=desc.size, toc_digest=str(toc_digest),
                                toc_offset=toc.offset, diff_id=str(diff_id), insecure=insecure)
@@ -172,7 +173,7 @@ def _make_lazy(root: str, client: Any, ref: Reference, desc: Descriptor, diff_id
         remove_tree(stage)
         raise
     fsync_dir(layout.lazy_root(root))
-    log.info("lazy layer %s: %d files to fetch when read", diff_id.short, count)
+    log.info("lazy layer %s: %d files to fetch when read (%d fetched already)", diff_id.short, count - filled, filled)
     return dest
 
 
