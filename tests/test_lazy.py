@@ -175,6 +175,36 @@ def test_a_remount_uses_the_filled_files(setup: dict) -> None:  # type: ignore[t
         run_cli("umount", mnt, root=store)
 
 
+def test_warming_loads_the_layers_without_the_network_and_a_failure_waits_for_the_fill(setup: dict,  # type: ignore[type-arg]
+                                                                                      caplog) -> None:
+    """``Filler.warm`` (which the daemon runs once its mount is live): each layer loaded, nothing fetched; a
+    layer that cannot be loaded is only logged, and its first fill fails with EIO as without warming."""
+    from unionfs.lazy.fill import Filler
+
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        run_cli("umount", mnt, root=store)
+    layers = [(str(d / "tree"), d.name) for d in (store / "lazy").iterdir() if (d / "tree").is_dir()]
+    requests = len(proxy.log)
+    filler = Filler(layers)
+    filler.warm_in_background().join()
+    assert all(layer.loaded and layer.client is not None for layer in filler.layers.values())
+    assert len(proxy.log) == requests
+    broken_tree, broken = layers[0]
+    toc = Path(broken_tree).parent / "toc.json"
+    toc.write_bytes(toc.read_bytes() + b" ")  # no longer the recorded digest
+    filler = Filler(layers)
+    filler.warm()
+    assert not filler.layers[broken].loaded and all(layer.loaded for h, layer in filler.layers.items() if h != broken)
+    tool = next(p for p in Path(broken_tree).rglob("*") if p.is_file() and placeholder.placeholder_of(str(p)))
+    with pytest.raises(OSError) as e:
+        filler(str(tool))
+    assert e.value.errno == errno.EIO and "does not match the digest" in caplog.text
+    assert len(proxy.log) == requests
+
+
 def read_errno(path: Path) -> int | None:
     try:
         path.read_bytes()
@@ -428,3 +458,46 @@ def test_prune_removes_the_lazy_layers_no_container_needs(setup: dict) -> None: 
     assert out.count("Deleted: lazy layer ") == 2
     assert [p.name for p in (store / "lazy").iterdir()] == []
     assert list((store / "tmp").iterdir()) == []
+
+
+class _LyingChunks:
+    """A client whose range reads of file data (every read of a blob after its footer and TOC) come back with
+    their first byte flipped when the blob is in ``lie``."""
+
+    def __init__(self, client, lie: set[str]) -> None:  # type: ignore[no-untyped-def]
+        self.client, self.lie, self.seen = client, lie, {}  # type: dict[str, int]
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.client, name)
+
+    def fetch_range(self, repository: str, digest, start: int, end: int) -> bytes:  # type: ignore[no-untyped-def]
+        data = self.client.fetch_range(repository, digest, start, end)
+        self.seen[str(digest)] = n = self.seen.get(str(digest), 0) + 1
+        return bytes([data[0] ^ 1]) + data[1:] if n > 2 and str(digest) in self.lie else data
+
+
+@pytest.mark.parametrize("lie", [False, True], ids=["verified", "altered"])
+def test_the_first_files_are_filled_while_the_tree_is_made(setup: dict, lie: bool) -> None:  # type: ignore[type-arg]
+    """``early`` (mount and run --lazy with their prefetch): the files before a layer's prefetch landmark are
+    fetched while its tree is made and written whole, verified, without their mark; the others stay
+    placeholders. A chunk that does not verify leaves its file a placeholder: the preparation goes on."""
+    from unionfs.lazy.prepare import prepare_lazy
+    from unionfs.oci.reference import Reference
+    from unionfs.registry.mirrors import client_for
+
+    proxy, base = setup["proxy"], setup["layers"][0].digest
+    ref = Reference.parse(setup["esgz"])
+    with client_for(ref) as client:
+        result = prepare_lazy(Store(setup["tmp"] / "lazy"), ref, _LyingChunks(client, {str(base)} if lie else set()),
+                              early=True)
+    assert result.layers == ("lazy", "lazy")
+    tree = Path(result.plan.lowers[0])
+    passwd = tree / "etc/passwd"
+    assert len(blob_requests(proxy, base)) == 3  # the footer, the TOC, the one chunk of etc/passwd
+    assert placeholder.placeholder_of(str(tree / "data/medium")) is not None
+    assert os.getxattr(passwd, "user.note") == b"\xff\x00bin"
+    if lie:
+        assert placeholder.placeholder_of(str(passwd)) is not None and passwd.read_bytes() == bytes(30)  # nothing written
+    else:
+        assert placeholder.placeholder_of(str(passwd)) is None
+        assert passwd.read_bytes() == b"root:x:0:0:root:/root:/bin/sh\n"

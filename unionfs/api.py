@@ -83,7 +83,7 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
     if lazy:
         from unionfs.lazy.prepare import prepare_lazy_ref
 
-        lazy_plan = prepare_lazy_ref(store, image, name)
+        lazy_plan = prepare_lazy_ref(store, image, name, early=prefetch)  # the first files while the tree is made
         img, plan = lazy_plan.image, lazy_plan.plan
     else:
         plan = store.prepare_container(image, name)

@@ -165,10 +165,11 @@ def _prepare(args: argparse.Namespace, image: str) -> MountPlan:
 
 def _prepare_lazy(args: argparse.Namespace, image: str) -> LazyPlan:
     """The plan of ``mount --lazy IMAGE``: the image's layers made lazy at its registry
-    (:func:`unionfs.lazy.prepare.prepare_lazy_ref`)."""
+    (:func:`unionfs.lazy.prepare.prepare_lazy_ref`; with the prefetch, the first files fetched while the trees
+    are made)."""
     from unionfs.lazy.prepare import prepare_lazy_ref
 
-    return prepare_lazy_ref(store_of(args), image, args.name)
+    return prepare_lazy_ref(store_of(args), image, args.name, early=not args.no_prefetch)
 
 
 def _resume_pauses(store: Store) -> None:

@@ -2,7 +2,8 @@
 
 ``unpack_layer(blob, dest, media_type=..., diff_id=...)`` decompresses ``blob`` (see ``compression``),
 hashes the whole uncompressed tar stream (to its very end, padding included) and creates every entry
-under ``dest``, which must be an existing empty directory.
+under ``dest``, which must be an existing empty directory. ``unpack_entries(entries, dest)`` creates entries
+given as headers (``TarInfo``) and data writers, with the same rules, for a caller that has no tar stream.
 
 Safety contract: nothing is ever created, changed or followed outside ``dest``. Headers are read with
 ``tarfile`` (stream mode; its extraction is never used). Every entry is created by us relative to a
@@ -36,6 +37,8 @@ Format (OCI image spec, "Whiteouts"; docs/design.md, "On-disk format"):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
@@ -45,7 +48,7 @@ import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from unionfs.errors import DigestError, LayerError, LayerTooLargeError, UnionfsError, UnsafeLayerError, printable
 from unionfs.fsops import remove_at
@@ -75,6 +78,9 @@ _XATTR_PREFIX = "SCHILY.xattr."
 # digit runs (CVE-2024-6232); there we refuse such runs before tarfile sees them.
 _PAX_REDOS = sys.version_info < (3, 11, 10) or (3, 12) <= sys.version_info < (3, 12, 6)
 _LONG_DIGITS = re.compile(rb"[0-9]{65}")
+
+#: what writes a regular file's data for :func:`unpack_entries`: called with the new file's descriptor
+Writer = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -128,9 +134,41 @@ def unpack_layer(blob: BinaryIO, dest: str, *, media_type: str | None, diff_id: 
     return UnpackResult(got, reader.count, unpacker.entries)
 
 
+def unpack_entries(entries: Iterable[tuple[tarfile.TarInfo, Writer | None]], dest: str, *,
+                   max_size: int | None = None, privileged: bool | None = None) -> int:
+    """Create ``entries`` in ``dest`` (an existing empty directory) exactly as :func:`unpack_layer` creates the
+    entries of a tar stream holding these headers in this order: every rule of the module docstring holds
+    (names, links, whiteouts and opaque directories, devices, owners, modes, xattrs from ``pax_headers``,
+    times, directories' metadata last), and the same errors are raised. For a caller that has the headers
+    but no tar stream (a lazy layer made from its TOC: :mod:`unionfs.lazy.materialize`); no DiffID (there is
+    no stream to hash).
+
+    Each entry is a ``TarInfo`` (its ``sparse`` and ``offset_data`` are not used) and, for a regular file, a
+    writer (None: no data) called with the descriptor of the file just created (empty, open for writing),
+    before its owner, mode, xattrs and times are set; the file must then hold ``ti.size`` bytes (LayerError
+    otherwise). The regular files' sizes count into the bound ``max_size`` (default: ``max_layer_size()``).
+    Returns the number of entries. Raises only UnionfsError subclasses.
+    """
+    limit = max_layer_size() if max_size is None else max_size
+    try:
+        root_fd = os.open(dest, _DIRFLAGS)
+    except OSError as e:
+        raise LayerError(f"cannot open layer directory {dest}: {e.strerror}") from None
+    unpacker = _Unpacker(root_fd, limit, ownership.privileged() if privileged is None else privileged)
+    try:
+        unpacker.run_entries(entries)
+    finally:
+        unpacker.close()
+    return unpacker.entries
+
+
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
+
+def _no_data(fd: int) -> None:
+    """The writer of an entry that has no data."""
+
 
 def _show(name: bytes | str) -> str:
     """A one-line, quoted rendering of an entry name (non-UTF-8 bytes escaped)."""
@@ -330,7 +368,7 @@ class _Unpacker:
     def run(self, reader: LayerReader) -> None:
         """Read every header and create its entry; then check the end marker and drain the stream."""
         self.reader = reader
-        try:
+        with self._errors():
             tf = tarfile.open(fileobj=reader, mode="r|", encoding="utf-8", errors="surrogateescape",  # type: ignore[call-overload]
                               tarinfo=BoundedTarInfo, bufsize=_TAR_BUFSIZE)
             ti = tf.firstmember
@@ -338,9 +376,27 @@ class _Unpacker:
             if ti is None:
                 self._finish(tf)
             while ti is not None:
-                self._one(tf, ti)
+                self._one(ti, ti.offset_data + reader.holes, functools.partial(self._data, tf, ti))
                 ti = self._next(tf)
             self._apply_dir_meta()
+
+    def run_entries(self, entries: Iterable[tuple[tarfile.TarInfo, Writer | None]]) -> None:
+        """Create each of ``entries`` as :meth:`run` creates a header's entry (see :func:`unpack_entries`)."""
+        used = 0
+        with self._errors():
+            for ti, write in entries:
+                if ti.isreg():
+                    self._one(ti, used, functools.partial(self._written, ti, write))
+                    used += ti.size
+                else:
+                    self._one(ti, used, _no_data)
+            self._apply_dir_meta()
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn what an entry raises into a one-line UnionfsError naming the entry (see the module docstring)."""
+        try:
+            yield
         except UnionfsError as e:
             msg = str(e)
             if self._entry and not msg.startswith("entry "):
@@ -385,7 +441,9 @@ class _Unpacker:
 
     # -- one entry ------------------------------------------------------------------------------
 
-    def _one(self, tf: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
+    def _one(self, ti: tarfile.TarInfo, used: int, write: Callable[[int], None]) -> None:
+        """Create the entry ``ti``; ``used``: the layer's bytes before it (its bound), ``write(fd)`` writes a
+        regular file's data."""
         raw = ti.name.encode("utf-8", "surrogateescape")
         self._entry = raw
         self.entries += 1
@@ -413,12 +471,12 @@ class _Unpacker:
             if ti.size < 0:
                 raise LayerError(f"entry {_show(raw)}: negative size")
             # Refused from the header alone: the layer would be over the bound once this member is written.
-            if ti.offset_data + ti.size + self.reader.holes > self.limit:
+            if used + ti.size > self.limit:
                 raise LayerTooLargeError(f"entry {_show(raw)}: member of {ti.size} bytes takes the layer over "
                                          f"the bound of {self.limit} bytes (sparse files count at their full "
                                          f"size; set by {MAX_LAYER_SIZE_ENV})")
             pfd = self._dir(parent)
-            self._regular(tf, ti, pfd, name, key, raw)
+            self._regular(ti, pfd, name, key, raw, write)
         elif ti.isdir():
             pfd = self._dir(parent)
             self._directory(ti, pfd, name, key, raw)
@@ -436,18 +494,15 @@ class _Unpacker:
         else:
             raise LayerError(f"entry {_show(raw)}: unsupported tar entry type {ti.type!r}")
 
-    def _regular(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, pfd: int, name: bytes, key: bytes,
-                 raw: bytes) -> None:
+    def _regular(self, ti: tarfile.TarInfo, pfd: int, name: bytes, key: bytes, raw: bytes,
+                 write: Callable[[int], None]) -> None:
         try:
             fd = os.open(name, _FILEFLAGS, 0o600, dir_fd=pfd)
         except FileExistsError:
             self._make_room(pfd, name, key)
             fd = os.open(name, _FILEFLAGS, 0o600, dir_fd=pfd)
         try:
-            if ti.sparse is not None:
-                self._sparse(tf, ti, fd, raw)
-            else:
-                self._copy(tf, fd, ti.size, raw)
+            write(fd)
             self._owner(fd, ti, stat.S_IFREG)
             os.fchmod(fd, ti.mode & 0o7777)
             for xname, value in _xattrs(ti, raw):
@@ -456,6 +511,23 @@ class _Unpacker:
             os.utime(fd, ns=(atime, _time_ns(ti, "mtime")))
         finally:
             os.close(fd)
+
+    def _data(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, fd: int) -> None:
+        """Write the data of the tar member ``ti`` (sparse or not) to the new file open at ``fd``."""
+        raw = ti.name.encode("utf-8", "surrogateescape")
+        if ti.sparse is not None:
+            self._sparse(tf, ti, fd, raw)
+        else:
+            self._copy(tf, fd, ti.size, raw)
+
+    @staticmethod
+    def _written(ti: tarfile.TarInfo, write: Writer | None, fd: int) -> None:
+        """Run the writer of a given entry (:func:`unpack_entries`) and check that it left ``ti.size`` bytes."""
+        if write is not None:
+            write(fd)
+        size = os.fstat(fd).st_size
+        if size != ti.size:
+            raise LayerError(f"{size} bytes written, the entry has {ti.size}")
 
     @staticmethod
     def _copy(tf: tarfile.TarFile, fd: int, size: int, raw: bytes) -> None:

@@ -90,8 +90,9 @@ def download(client: Any, ref: Reference, desc: Descriptor, dest: str) -> None:
 
 def complete(root: str, ref: Reference, manifest_digest: Digest, media_type: str, mountpoint: str | None) -> None:
     """The completion (see the module docstring) of the image whose manifest the store holds."""
-    from unionfs.layer.estargz import PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION, check_toc
-    from unionfs.oci.manifest import ImageConfig, parse_json
+    from unionfs.layer.estargz import PREFETCH_LANDMARK, TOC_DIGEST_ANNOTATION
+    from unionfs.lazy.fetch import checked_toc
+    from unionfs.oci.manifest import ImageConfig
     from unionfs.registry.mirrors import client_for
     from unionfs.store.store import Store
 
@@ -104,7 +105,7 @@ def complete(root: str, ref: Reference, manifest_digest: Digest, media_type: str
             there = layout.layer_dir(root, diff_id.hex)
             if TOC_DIGEST_ANNOTATION in desc.annotations and os.path.isdir(there):
                 source, raw = layout.read_layer(there)
-                _, _, first = check_toc(parse_json(raw, "eStargz TOC"), source.toc_offset)
+                first = checked_toc(raw, source.toc_offset).prefetch
                 prefetch(mountpoint, [n for n in first if n != PREFETCH_LANDMARK])
     missing = list({d.digest: d for d in manifest.layers if not store.has_blob(d.digest)}.values())
     with client_for(ref) as client:

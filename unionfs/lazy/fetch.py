@@ -10,9 +10,17 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from unionfs.errors import EstargzError, LazyLayerError, shown
-from unionfs.layer.estargz import FOOTER_SIZE, MAX_TOC_SIZE, check_toc, parse_footer, toc_of_member
+from unionfs.errors import EstargzError, LazyLayerError, ManifestError, shown
+from unionfs.layer.estargz import (
+    FOOTER_SIZE,
+    MAX_TOC_SIZE,
+    TocData,
+    check_toc,
+    parse_footer,
+    toc_of_member,
+)
 from unionfs.oci.digest import Digest
+from unionfs.oci.manifest import parse_json
 
 #: the most bytes of one chunk a lazy read takes (a layer with a bigger chunk is pulled whole instead): the chunk
 #: is held in memory, and the mount waits for it
@@ -61,12 +69,49 @@ class Chunk:
     digest: Digest
 
 
-def fetch_toc(client: RangeSource, repository: str, digest: Digest, size: int, toc_digest: Digest
-              ) -> tuple[dict[str, Any], bytes, int]:
+@dataclass(frozen=True)
+class Toc:
+    """A TOC checked against the spec (:func:`unionfs.layer.estargz.check_toc`) for a blob whose TOC member is
+    at ``offset``: the parsed JSON ``toc``, its ``raw`` bytes, and what the check found: the file entries
+    (``files``, no chunks, in order), the data entries in blob order (``data``) and the names before the
+    prefetch landmark (``prefetch``). Made only by :func:`fetch_toc` and :func:`checked_toc`, so that one
+    process checks a TOC once; nothing may change ``toc`` after."""
+
+    toc: dict[str, Any]
+    raw: bytes
+    offset: int
+    files: list[dict[str, Any]]
+    data: list[TocData]
+    prefetch: tuple[str, ...]
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """All the TOC's entries (chunks included): a placeholder's mark and a chunk plan index them."""
+        return self.toc["entries"]  # type: ignore[no-any-return]
+
+
+def checked_toc(raw: bytes, offset: int) -> Toc:
+    """The TOC ``raw`` (bytes whose digest the caller checked) of a blob whose TOC member is at ``offset``,
+    parsed and checked; EstargzError for one the spec does not allow."""
+    try:
+        toc = parse_json(raw, "eStargz TOC")
+    except ManifestError as e:
+        raise EstargzError(str(e)) from None
+    if not isinstance(toc, dict):
+        raise EstargzError("eStargz TOC is not a JSON object")
+    return _checked(toc, raw, offset)
+
+
+def _checked(toc: dict[str, Any], raw: bytes, offset: int) -> Toc:
+    files, data, prefetch = check_toc(toc, offset)
+    return Toc(toc, raw, offset, files, data, prefetch)
+
+
+def fetch_toc(client: RangeSource, repository: str, digest: Digest, size: int, toc_digest: Digest) -> Toc:
     """The TOC of the eStargz blob ``digest`` (``size`` bytes) of ``repository``, by two range reads (the
-    footer, then the TOC member up to it): (the parsed TOC, its raw bytes, the TOC member's offset). The TOC's
-    digest must be ``toc_digest`` (the manifest's annotation) and its entries must follow the spec
-    (:func:`unionfs.layer.estargz.check_toc`): EstargzError otherwise; RegistryError when the reads fail."""
+    footer, then the TOC member up to it). The TOC's digest must be ``toc_digest`` (the manifest's annotation)
+    and its entries must follow the spec (:func:`unionfs.layer.estargz.check_toc`): EstargzError otherwise;
+    RegistryError when the reads fail."""
     if size <= FOOTER_SIZE:
         raise EstargzError(f"blob {digest.short}: {size} bytes is too small for an eStargz layer")
     toc_offset = parse_footer(client.fetch_range(repository, digest, size - FOOTER_SIZE, size))
@@ -78,19 +123,17 @@ def fetch_toc(client: RangeSource, repository: str, digest: Digest, size: int, t
     toc, got, raw = toc_of_member(client.fetch_range(repository, digest, toc_offset, end), toc_offset)
     if got != toc_digest:
         raise EstargzError(f"TOC digest mismatch: the annotation says {toc_digest}, the TOC is {got}")
-    check_toc(toc, toc_offset)
-    return toc, raw, toc_offset
+    return _checked(toc, raw, toc_offset)
 
 
-def plan_chunks(toc: dict[str, Any], toc_offset: int) -> dict[int, list[Chunk]]:
-    """For each regular file with data, by its index in the TOC's entries, its chunks in file order (the TOC
-    checked first: EstargzError)."""
-    _, data, _ = check_toc(toc, toc_offset)
-    bounds = [d.offset for d in data[1:]] + [toc_offset]  # data are in blob order: a member ends before the next
+def plan_chunks(toc: Toc) -> dict[int, list[Chunk]]:
+    """For each regular file with data, by its index in the TOC's entries, its chunks in file order."""
+    data = toc.data
+    bounds = [d.offset for d in data[1:]] + [toc.offset]  # data are in blob order: a member ends before the next
     out: dict[int, list[Chunk]] = {}
     k = 0
     current = -1
-    for i, ent in enumerate(toc["entries"]):
+    for i, ent in enumerate(toc.entries):
         kind = ent.get("type")
         if kind == "reg" and ent.get("size"):
             current = i

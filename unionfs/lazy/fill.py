@@ -16,7 +16,8 @@ raises OSError EIO, which the open (or copy-up) that asked fails with; it is log
 file is filled, and the mark stays: the next open tries again. A daemon killed at any point leaves the mark
 on a file whose data is not known whole and fsynced: nothing half-written is ever trusted. The TOC is read
 from the layer's ``toc.json`` and checked against its recorded digest (:func:`unionfs.lazy.layout.read_layer`)
-when the first file of the layer is filled.
+when the first file of the layer is filled, or before, by :meth:`Filler.warm` (the mount daemon runs it in the
+background once its mount is live, so that the first fill finds its layer loaded).
 
 Fills run in the daemon's request loop (one at a time): while a file is fetched, the mount answers nothing else.
 """
@@ -28,15 +29,14 @@ import logging
 import os
 import stat
 import threading
-from typing import Any
+from typing import Any, Iterable
 
 from unionfs.errors import LazyLayerError, UnionfsError
 from unionfs.layer import placeholder
 from unionfs.lazy import layout
-from unionfs.lazy.fetch import Chunk, LocalBlob, RangeSource, check_file, plan_chunks, read_chunk
+from unionfs.lazy.fetch import Chunk, LocalBlob, RangeSource, check_file, checked_toc, plan_chunks, read_chunk
 from unionfs.lazy.materialize import CAPABILITY, read_capability
 from unionfs.oci.digest import Digest
-from unionfs.oci.manifest import parse_json
 from unionfs.oci.reference import Reference
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,9 @@ class _Layer:
         source, raw = layout.read_layer(self.dir)
         if os.path.basename(self.dir) != self.hex or Digest.parse(source.diff_id).hex != self.hex:
             raise LazyLayerError(f"lazy layer {self.dir}: its records are another layer's ({source.diff_id})")
-        toc = parse_json(raw, "eStargz TOC")
-        self.chunks = plan_chunks(toc, source.toc_offset)
-        self.entries = toc["entries"]
+        toc = checked_toc(raw, source.toc_offset)
+        self.chunks = plan_chunks(toc)
+        self.entries = toc.entries
         self.digest = Digest.parse(source.digest)
         ref = Reference.parse(source.ref)
         self.repository = ref.repository
@@ -98,6 +98,23 @@ class Filler:
         self.layers = {h: _Layer(tree, h) for tree, h in layers}
         self._lock = threading.Lock()
         self._logged: set[tuple[str, int]] = set()
+
+    def warm(self) -> None:
+        """Load each layer ahead of its first fill (its source and TOC read and checked, its chunks planned, its
+        client made: no network), one at a time under the fill lock. A failure is only logged: the first fill
+        of that layer loads it again, and reports."""
+        for diff_hex, layer in self.layers.items():
+            with self._lock:
+                try:
+                    layer.load()
+                except (UnionfsError, OSError, ValueError) as e:
+                    log.debug("lazy layer %s: not loaded ahead: %s", diff_hex[:12], e)
+
+    def warm_in_background(self) -> threading.Thread:
+        """Run :meth:`warm` in a daemon thread (started; returned)."""
+        thread = threading.Thread(target=self.warm, name="unionfs-lazy-warm", daemon=True)
+        thread.start()
+        return thread
 
     def __call__(self, path: str) -> None:
         """Make the file at the host path ``path`` whole if it is a placeholder; OSError EIO when that fails."""
@@ -141,22 +158,29 @@ class Filler:
 
 
 def _write(fd: int, layer: _Layer, ent: dict[str, Any], chunks: list[Chunk]) -> None:
-    """Write the file's chunks (each verified, then the whole file) into the placeholder open at ``fd``, put
-    back what the write drops, fsync, and drop the mark."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != ent.get("size"):
-        raise LazyLayerError(f"the placeholder is not a regular file of {ent.get('size')} bytes")
+    """Write the file's chunks (each fetched and verified as it comes) into the placeholder open at ``fd``:
+    :func:`write_placeholder`."""
     assert layer.digest is not None
     local = layout.blob_file(os.path.dirname(os.path.dirname(layer.dir)), layer.digest)
     source: RangeSource = LocalBlob(local) if os.path.exists(local) else layer.client
+    digest = layer.digest
+    write_placeholder(fd, ent, ((c.file_offset, read_chunk(source, layer.repository, digest, c)) for c in chunks))
+
+
+def write_placeholder(fd: int, ent: dict[str, Any], pieces: Iterable[tuple[int, bytes]]) -> None:
+    """Write ``pieces`` ((file offset, verified chunk bytes), in file order, covering the file) into the
+    placeholder of TOC entry ``ent`` open at ``fd``, check the whole file against the entry's ``digest``, put
+    back what the write drops (mode, ``security.capability``, times), fsync, and only then drop the mark.
+    LazyLayerError when the placeholder is not the entry's size or the file does not match."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != ent.get("size"):
+        raise LazyLayerError(f"the placeholder is not a regular file of {ent.get('size')} bytes")
     cap = read_capability(fd)
     whole = Digest.parse(ent["digest"]).hasher() if "digest" in ent else None
-    for chunk in chunks:
-        data = read_chunk(source, layer.repository, layer.digest, chunk)
+    for at, data in pieces:
         if whole is not None:
             whole.update(data)
         view = memoryview(data)
-        at = chunk.file_offset
         while view:
             n = os.pwrite(fd, view, at)
             view, at = view[n:], at + n

@@ -1,11 +1,13 @@
 """The tree of a lazy layer, made from its TOC alone (no network, no store).
 
-The TOC's entries are written as a tar stream with no file data and unpacked by the store's own unpacker
-(:func:`unionfs.layer.unpack.unpack_layer`): every rule of a normal unpack holds (names that leave the layer,
-entries below symlinks, hardlinks, whiteouts and opaque directories, owners, modes, devices, xattrs and their
-private names, mtimes, directories last). Then each regular file with data becomes a placeholder: truncated
-(sparse) to its size, its mtime put back, marked with its TOC entry (:mod:`unionfs.layer.placeholder`); the
-layer's root gets the layer's mark. The TOC itself is written as ``stargz.index.json`` at the root, as an
+The TOC's entries become tar headers, created by the store's own unpacker
+(:func:`unionfs.layer.unpack.unpack_entries`, which runs the rules of a tar stream's unpack on headers given
+without a stream): every rule of a normal unpack holds (names that leave the layer, entries below symlinks,
+hardlinks, whiteouts and opaque directories, owners, modes, devices, xattrs and their private names, mtimes,
+directories last, the layer-size bound). Each regular file with data is made a placeholder as it is created:
+truncated (sparse) to its size and marked with its TOC entry (:mod:`unionfs.layer.placeholder`) before the
+unpacker gives it its owner, mode, xattrs and times; a file that a later entry replaces goes with its mark.
+The layer's root gets the layer's mark last. The TOC itself is written as ``stargz.index.json`` at the root, as an
 eStargz-agnostic unpack of the blob has it (with its header's metadata as :func:`write_estargz` writes it).
 """
 
@@ -13,19 +15,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
+import functools
 import logging
 import os
-import stat
 import tarfile
-import tempfile
 from datetime import datetime
 from typing import Any
 
-from unionfs.errors import EstargzError, LayerTooLargeError, LazyLayerError, shown
+from unionfs.errors import EstargzError, shown
 from unionfs.layer import placeholder
-from unionfs.layer.estargz import TOC_NAME, check_toc, clean_name
-from unionfs.layer.unpack import MAX_LAYER_SIZE_ENV, max_layer_size, unpack_layer
+from unionfs.layer.estargz import TOC_NAME, clean_name
+from unionfs.layer.unpack import Writer, unpack_entries
+from unionfs.lazy.fetch import Toc
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _mtime(ent: dict[str, Any]) -> int:
 
 
 def _tarinfo(ent: dict[str, Any]) -> tarfile.TarInfo:
-    """The data-less tar header of the TOC entry ``ent`` (checked by :func:`check_toc`)."""
+    """The data-less tar header of the TOC entry ``ent`` (of a checked :class:`~unionfs.lazy.fetch.Toc`)."""
     ti = tarfile.TarInfo(ent["name"])
     ti.type = _TYPES[ent["type"]]
     ti.mode = ent.get("mode", 0) & 0o7777
@@ -65,43 +66,50 @@ def _tarinfo(ent: dict[str, Any]) -> tarfile.TarInfo:
     return ti
 
 
-def materialize(toc: dict[str, Any], raw_toc: bytes, toc_offset: int, dest: str, layer: str) -> int:
-    """Make the tree of lazy layer ``layer`` (DiffID hex) in the existing empty directory ``dest`` from its TOC
-    (parsed ``toc``, its ``raw_toc`` bytes, the TOC member's ``toc_offset``). Returns the number of
-    placeholders. EstargzError for a TOC the spec does not allow; the unpacker's LayerError subclasses for
-    entries a layer may not hold."""
-    files, _, _ = check_toc(toc, toc_offset)
-    total = sum(ent.get("size", 0) for ent in files if ent["type"] == "reg")
-    if total > max_layer_size():
-        raise LayerTooLargeError(f"the TOC's files hold {total} bytes, more than the bound of {max_layer_size()} "
-                                 f"(set by {MAX_LAYER_SIZE_ENV})")
-    index = {id(ent): i for i, ent in enumerate(toc["entries"])}
-    with tempfile.TemporaryFile(prefix="lazy-tar-") as spool:
-        with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
-                          errors="surrogateescape") as tf:
-            for ent in files:
-                tf.addfile(_tarinfo(ent))
-            ti = tarfile.TarInfo(TOC_NAME)
-            ti.type, ti.size, ti.mode, ti.mtime, ti.uname, ti.gname = tarfile.REGTYPE, len(raw_toc), 0o644, 0, "", ""
-            tf.addfile(ti, io.BytesIO(raw_toc))
-        spool.seek(0)
-        unpack_layer(spool, dest, media_type="application/vnd.oci.image.layer.v1.tar")
-    # the last entry of a name is the one in the tree (tar semantics)
-    last: dict[str, tuple[int, dict[str, Any]]] = {}
-    for ent in files:
+def materialize(toc: Toc, dest: str, layer: str) -> int:
+    """Make the tree of lazy layer ``layer`` (DiffID hex) in the existing empty directory ``dest`` from its
+    checked TOC. Returns the number of placeholders. EstargzError for a TOC entry whose fields cannot be made a
+    header (a modtime, an xattr value); the unpacker's LayerError subclasses for entries a layer may not hold (LayerTooLargeError for files over the layer-size bound, which counts the
+    placeholders at their full size)."""
+    index = {id(ent): i for i, ent in enumerate(toc.entries)}
+    entries: list[tuple[tarfile.TarInfo, Writer | None]] = []
+    last: dict[str, int] = {}  # the last entry of a name is the one in the tree (tar semantics)
+    for ent in toc.files:  # every header made (and its fields checked) before anything is created
+        ti = _tarinfo(ent)
+        name = clean_name(ent["name"])
         if ent["type"] == "reg" and ent.get("size"):
-            last[clean_name(ent["name"])] = (index[id(ent)], ent)
+            ti.size = ent["size"]
+            entries.append((ti, functools.partial(_placeholder, layer, index[id(ent)], ti.size)))
+            last[name] = index[id(ent)]
         else:
-            last.pop(clean_name(ent["name"]), None)
+            entries.append((ti, None))
+            last.pop(name, None)
+    ti = tarfile.TarInfo(TOC_NAME)
+    ti.type, ti.size, ti.mode, ti.mtime, ti.uname, ti.gname = tarfile.REGTYPE, len(toc.raw), 0o644, 0, "", ""
+    entries.append((ti, functools.partial(_write_all, toc.raw)))
     last.pop(TOC_NAME, None)
+    unpack_entries(entries, dest)
     root = os.open(dest, _DIR_FLAGS)
     try:
-        for name, (i, ent) in last.items():
-            _make_placeholder(root, name, ent["size"], layer, i)
         placeholder.mark_layer(root, layer)
     finally:
         os.close(root)
     return len(last)
+
+
+def _placeholder(layer: str, index: int, size: int, fd: int) -> None:
+    """The data of a placeholder (the writer :func:`unionfs.layer.unpack.unpack_entries` calls on the new empty
+    file): truncated (sparse) to ``size`` and marked as the placeholder of TOC entry ``index``. The unpacker
+    sets the owner, mode, xattrs (``security.capability`` included) and times after it; it drops the TOC's
+    xattrs that would be the mark's."""
+    os.ftruncate(fd, size)
+    placeholder.mark_placeholder(fd, layer, index)
+
+
+def _write_all(data: bytes, fd: int) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def read_capability(fd: int) -> bytes | None:
@@ -110,33 +118,3 @@ def read_capability(fd: int) -> bytes | None:
         return os.getxattr(fd, CAPABILITY)
     except OSError:
         return None
-
-
-def _make_placeholder(root: int, name: str, size: int, layer: str, index: int) -> None:
-    """Truncate the empty regular file ``name`` (relative to ``root``, no symlink followed) to ``size`` and mark
-    it as the placeholder of TOC entry ``index``, its times kept."""
-    parts = name.split("/")
-    fds: list[int] = []
-    try:
-        at = root
-        for part in parts[:-1]:
-            at = os.open(part, _DIR_FLAGS, dir_fd=at)
-            fds.append(at)
-        fd = os.open(parts[-1], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at)
-    except OSError as e:
-        raise LazyLayerError(f"TOC entry {shown(name)}: cannot make its placeholder: {e.strerror or e}") from None
-    finally:
-        for f in fds:
-            os.close(f)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size:
-            raise LazyLayerError(f"TOC entry {shown(name)}: not the empty regular file its placeholder starts as")
-        cap = read_capability(fd)
-        os.ftruncate(fd, size)  # drops security.capability, even for root
-        if cap is not None:
-            os.setxattr(fd, CAPABILITY, cap)
-        placeholder.mark_placeholder(fd, layer, index)
-        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-    finally:
-        os.close(fd)

@@ -9,7 +9,8 @@ digests), stores those two blobs, and for each layer, base first:
   fetched by range (nothing else of the blob), the TOC checked against the annotation, and its tree made
   (:mod:`unionfs.lazy.materialize`) in ``ROOT/lazy/<diffid-hex>`` (:mod:`unionfs.lazy.layout`), staged and
   renamed into place; a lazy layer already there for the same blob and TOC is used again (with the files
-  filled so far);
+  filled so far). With ``early`` (a mount that prefetches), the files before the layer's prefetch landmark are
+  fetched while its tree is made and filled in the stage (:mod:`unionfs.lazy.early`);
 * any other layer: pulled whole (:func:`unionfs.registry.transfer.download_blob`) and extracted by the store,
   its DiffID checked, as ``pull`` does: correct, just not lazy.
 
@@ -29,6 +30,7 @@ from unionfs.errors import ContainerError, LazyLayerError, ManifestError, UsageE
 from unionfs.fsops import atomic_write, fsync_dir, remove_tree, temp_dir
 from unionfs.layer.estargz import TOC_DIGEST_ANNOTATION
 from unionfs.lazy import layout
+from unionfs.lazy.early import EarlyFetch
 from unionfs.lazy.fetch import MAX_CHUNK, fetch_toc, oversized, plan_chunks
 from unionfs.lazy.materialize import materialize
 from unionfs.oci.digest import Digest
@@ -65,11 +67,12 @@ def is_estargz(desc: Descriptor) -> bool:
 
 
 def prepare_lazy(store: Store, ref: Reference, client: Any, *, name: str | None = None,
-                 insecure: bool = False) -> LazyPlan:
+                 insecure: bool = False, early: bool = False) -> LazyPlan:
     """Make the layers of the image ``ref`` at its registry (``client``: a ``MirroredClient`` or
     ``RegistryClient``) ready for a lazy mount and a container of them (see the module docstring).
-    ``insecure`` is recorded for the daemon's reads. Raises RegistryError, DigestError, ManifestError,
-    EstargzError, LayerError, ContainerError."""
+    ``insecure`` is recorded for the daemon's reads. ``early``: a lazy layer made now gets the files before its
+    prefetch landmark fetched while its tree is made (:mod:`unionfs.lazy.early`; for a mount that prefetches
+    them anyway). Raises RegistryError, DigestError, ManifestError, EstargzError, LayerError, ContainerError."""
     manifest, _ = fetch_manifest(client, ref)
     config_raw = client.fetch_blob(ref.repository, manifest.config.digest, manifest.config.size,
                                    limit=MAX_CONFIG_BYTES)
@@ -86,7 +89,7 @@ def prepare_lazy(store: Store, ref: Reference, client: Any, *, name: str | None 
         lowers: list[str] = []
         how: list[str] = []
         for desc, diff_id in zip(manifest.layers, config.diff_ids):
-            path, kind = _layer(store, client, ref, manifest, config, desc, diff_id, insecure)
+            path, kind = _layer(store, client, ref, manifest, config, desc, diff_id, insecure, early)
             lowers.append(path)
             how.append(kind)
         plan = _container(root, ref, name, manifest, config, lowers)
@@ -94,7 +97,7 @@ def prepare_lazy(store: Store, ref: Reference, client: Any, *, name: str | None 
     return LazyPlan(plan, tuple(how), manifest.descriptor(), ref, Image(manifest.descriptor(), manifest, config))
 
 
-def prepare_lazy_ref(store: Store, text: str, name: str | None = None) -> LazyPlan:
+def prepare_lazy_ref(store: Store, text: str, name: str | None = None, *, early: bool = False) -> LazyPlan:
     """:func:`prepare_lazy` of the reference ``text``, read through the client ``pull`` uses (mirrors,
     registries.conf, the docker config's credentials). UsageError unless this process is root (of the initial
     user namespace: the marks are ``trusted.`` xattrs)."""
@@ -105,11 +108,11 @@ def prepare_lazy_ref(store: Store, text: str, name: str | None = None) -> LazyPl
         raise UsageError("a lazy mount needs root (the marks of a lazy layer are trusted.* xattrs)")
     ref = Reference.parse(text)
     with client_for(ref) as client:
-        return prepare_lazy(store, ref, client, name=name)
+        return prepare_lazy(store, ref, client, name=name, early=early)
 
 
 def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config: ImageConfig, desc: Descriptor,
-           diff_id: Digest, insecure: bool) -> tuple[str, str]:
+           diff_id: Digest, insecure: bool, early: bool) -> tuple[str, str]:
     """The lower directory of one layer, and how it is held (see :class:`LazyPlan`)."""
     root = str(store.root)
     stored = store.layer_path(diff_id)
@@ -129,7 +132,7 @@ def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config
                         desc.digest.short)
         else:
             try:
-                return layout.tree_of(_make_lazy(root, client, ref, desc, diff_id, toc_digest, insecure)), "lazy"
+                return layout.tree_of(_make_lazy(root, client, ref, desc, diff_id, toc_digest, insecure, early)), "lazy"
             except _NotLazy as e:
                 log.warning("layer %s is pulled whole: %s", desc.digest.short, e)
     download_blob(store, client, ref.repository, desc, on_bytes=lambda n: None)
@@ -139,31 +142,38 @@ def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config
 
 
 def _make_lazy(root: str, client: Any, ref: Reference, desc: Descriptor, diff_id: Digest, toc_digest: Digest,
-               insecure: bool) -> str:
-    """Fetch the TOC of the eStargz layer ``desc`` and make its lazy layer (staged, then renamed into place);
-    its directory."""
-    toc, raw, toc_offset = fetch_toc(client, ref.repository, desc.digest, desc.size, toc_digest)
-    big = oversized(plan_chunks(toc, toc_offset))
+               insecure: bool, early: bool) -> str:
+    """Fetch the TOC of the eStargz layer ``desc`` and make its lazy layer (staged, then renamed into place;
+    ``early``: its first files fetched meanwhile); its directory."""
+    toc = fetch_toc(client, ref.repository, desc.digest, desc.size, toc_digest)
+    chunks = plan_chunks(toc)
+    big = oversized(chunks)
     if big is not None:
         raise _NotLazy(f"a chunk of {big.length} bytes (a lazy read takes at most {MAX_CHUNK})")
     stage = temp_dir(layout.lazy_root(root), layout.STAGE_PREFIX)
+    first: EarlyFetch | None = None
     try:
+        if early:
+            first = EarlyFetch(client, ref.repository, desc.digest, toc, chunks)
         tree = layout.tree_of(stage)
         os.mkdir(tree, 0o755)
-        count = materialize(toc, raw, toc_offset, tree, diff_id.hex)
+        count = materialize(toc, tree, diff_id.hex)
+        filled = first.fill(tree, diff_id.hex) if first is not None else 0
         source = layout.Source(ref=str(Reference(ref.registry, ref.repository, None, desc.digest)),
                                digest=str(desc.digest), size=desc.size, toc_digest=str(toc_digest),
-                               toc_offset=toc_offset, diff_id=str(diff_id), insecure=insecure)
-        atomic_write(os.path.join(stage, layout.TOC), raw, 0o600)
+                               toc_offset=toc.offset, diff_id=str(diff_id), insecure=insecure)
+        atomic_write(os.path.join(stage, layout.TOC), toc.raw, 0o600)
         atomic_write(os.path.join(stage, layout.SOURCE), source.to_json(), 0o600)
         os.chmod(stage, 0o700)
         dest = layout.layer_dir(root, diff_id.hex)
         os.rename(stage, dest)
     except BaseException:
+        if first is not None:
+            first.cancel()
         remove_tree(stage)
         raise
     fsync_dir(layout.lazy_root(root))
-    log.info("lazy layer %s: %d files to fetch when read", diff_id.short, count)
+    log.info("lazy layer %s: %d files to fetch when read (%d fetched already)", diff_id.short, count - filled, filled)
     return dest
 
 

@@ -1218,10 +1218,17 @@ def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Ca
     once the kernel has spoken to us (INIT). ``record``: a descriptor the paths of opened files are appended
     to (:meth:`LowLevelFS._recording_open`; -1: none)."""
     mountpoint = os.path.realpath(mountpoint)
-    _fill_lazy_layers(overlay)
+    warm = _fill_lazy_layers(overlay)
     fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough, mountpoint=mountpoint, spin_us=spin_us,
                     show=show, record=record)
-    fs.ready = ready
+
+    def live() -> None:
+        if ready is not None:
+            ready()
+        if warm is not None:
+            warm()  # after the answer: the command goes on meanwhile
+
+    fs.ready = live
     dev = fp.open_session(mountpoint, opts)
     try:
         fs.serve(dev)
@@ -1229,14 +1236,18 @@ def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Ca
         os.close(dev)
 
 
-def _fill_lazy_layers(overlay: Overlay) -> None:
+def _fill_lazy_layers(overlay: Overlay) -> Callable[[], object] | None:
     """Give ``overlay`` the filler of its lazy layers (:mod:`unionfs.lazy.fill`) when a lower directory is one
     (its root carries the mark of :mod:`unionfs.layer.placeholder`); the lazy code, which speaks to
-    registries, is loaded only then."""
+    registries, is loaded only then. Returns what loads those layers in the background
+    (:meth:`~unionfs.lazy.fill.Filler.warm_in_background`), to start once the mount is live; None without
+    lazy layers."""
     from unionfs.layer.placeholder import lazy_layer_of
 
     lazy = [(path, layer) for path in overlay.view.lowers if (layer := lazy_layer_of(path)) is not None]
     if lazy:
         from unionfs.lazy.fill import Filler
 
-        overlay.filler = Filler(lazy)
+        overlay.filler = filler = Filler(lazy)
+        return filler.warm_in_background
+    return None
