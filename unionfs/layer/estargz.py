@@ -553,13 +553,19 @@ def toc_of_member(packed: bytes, toc_offset: int) -> tuple[dict[str, Any], Diges
         raise EstargzError("TOC tar entry is cut short")
     if data[start + ti.size:].count(0) != len(data) - start - ti.size:
         raise EstargzError("TOC member holds data after the TOC (only padding and the end of the archive belong there)")
+    return parse_toc(raw), Digest.of_bytes(raw), bytes(raw)
+
+
+def parse_toc(raw: bytes) -> dict[str, Any]:
+    """The TOC JSON ``raw`` parsed (as the registry code parses JSON: duplicate keys refused...); EstargzError
+    when it is not a JSON object. Its entries are checked by :func:`check_toc`."""
     try:
         toc = parse_json(raw, "eStargz TOC")
     except ManifestError as e:
         raise EstargzError(str(e)) from None
     if not isinstance(toc, dict):
         raise EstargzError("eStargz TOC is not a JSON object")
-    return toc, Digest.of_bytes(raw), bytes(raw)
+    return toc
 
 
 #: a TOC entry holding file data (see :func:`check_toc`)

@@ -118,11 +118,7 @@ def unpack_layer(blob: BinaryIO, dest: str, *, media_type: str | None, diff_id: 
     """
     limit = max_layer_size() if max_size is None else max_size
     algorithm = diff_id.algorithm if diff_id is not None else "sha256"
-    try:
-        root_fd = os.open(dest, _DIRFLAGS)
-    except OSError as e:
-        raise LayerError(f"cannot open layer directory {dest}: {e.strerror}") from None
-    unpacker = _Unpacker(root_fd, limit, ownership.privileged() if privileged is None else privileged)
+    unpacker = _unpacker(dest, limit, privileged)
     try:
         reader = LayerReader(open_decompressed(blob, media_type), algorithm, limit)
         unpacker.run(reader)
@@ -149,12 +145,7 @@ def unpack_entries(entries: Iterable[tuple[tarfile.TarInfo, Writer | None]], des
     otherwise). The regular files' sizes count into the bound ``max_size`` (default: ``max_layer_size()``).
     Returns the number of entries. Raises only UnionfsError subclasses.
     """
-    limit = max_layer_size() if max_size is None else max_size
-    try:
-        root_fd = os.open(dest, _DIRFLAGS)
-    except OSError as e:
-        raise LayerError(f"cannot open layer directory {dest}: {e.strerror}") from None
-    unpacker = _Unpacker(root_fd, limit, ownership.privileged() if privileged is None else privileged)
+    unpacker = _unpacker(dest, max_layer_size() if max_size is None else max_size, privileged)
     try:
         unpacker.run_entries(entries)
     finally:
@@ -165,6 +156,16 @@ def unpack_entries(entries: Iterable[tuple[tarfile.TarInfo, Writer | None]], des
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
+
+def _unpacker(dest: str, limit: int, privileged: bool | None) -> _Unpacker:
+    """An unpacker into the directory ``dest`` (LayerError when it cannot be opened); ``privileged`` as
+    :func:`unpack_layer` takes it."""
+    try:
+        root_fd = os.open(dest, _DIRFLAGS)
+    except OSError as e:
+        raise LayerError(f"cannot open layer directory {dest}: {e.strerror}") from None
+    return _Unpacker(root_fd, limit, ownership.privileged() if privileged is None else privileged)
+
 
 def _no_data(fd: int) -> None:
     """The writer of an entry that has no data."""

@@ -10,17 +10,17 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from unionfs.errors import EstargzError, LazyLayerError, ManifestError, shown
+from unionfs.errors import EstargzError, LazyLayerError, shown
 from unionfs.layer.estargz import (
     FOOTER_SIZE,
     MAX_TOC_SIZE,
     TocData,
     check_toc,
     parse_footer,
+    parse_toc,
     toc_of_member,
 )
 from unionfs.oci.digest import Digest
-from unionfs.oci.manifest import parse_json
 
 #: the most bytes of one chunk a lazy read takes (a layer with a bigger chunk is pulled whole instead): the chunk
 #: is held in memory, and the mount waits for it
@@ -93,13 +93,7 @@ class Toc:
 def checked_toc(raw: bytes, offset: int) -> Toc:
     """The TOC ``raw`` (bytes whose digest the caller checked) of a blob whose TOC member is at ``offset``,
     parsed and checked; EstargzError for one the spec does not allow."""
-    try:
-        toc = parse_json(raw, "eStargz TOC")
-    except ManifestError as e:
-        raise EstargzError(str(e)) from None
-    if not isinstance(toc, dict):
-        raise EstargzError("eStargz TOC is not a JSON object")
-    return _checked(toc, raw, offset)
+    return _checked(parse_toc(raw), raw, offset)
 
 
 def _checked(toc: dict[str, Any], raw: bytes, offset: int) -> Toc:
