@@ -501,3 +501,39 @@ def test_the_first_files_are_filled_while_the_tree_is_made(setup: dict, lie: boo
     else:
         assert placeholder.placeholder_of(str(passwd)) is None
         assert passwd.read_bytes() == b"root:x:0:0:root:/root:/bin/sh\n"
+
+
+def test_the_prefetch_opens_nothing_outside_the_mount_nor_a_fifo(tmp_path: Path) -> None:
+    """The background completion reads the landmark files through the mount as the host's root, while the
+    container's processes may plant symlinks and fifos in it: a name through a symlink (on the way or last)
+    or naming a fifo is not opened (before: the host's fifo was opened, and the prefetch blocked on it)."""
+    from unionfs.lazy.complete import prefetch
+
+    outside, mnt = tmp_path / "outside", tmp_path / "mnt"
+    outside.mkdir()
+    (mnt / "etc").mkdir(parents=True)
+    os.mkfifo(outside / "fifo")
+    os.mkfifo(mnt / "etc/fifo")
+    os.symlink(outside / "fifo", mnt / "etc/pipe")
+    os.symlink(outside, mnt / "lib")
+    (mnt / "etc/ok").write_text("x")
+    done = threading.Thread(target=prefetch, args=(str(mnt), ["etc/pipe", "lib/fifo", "etc/fifo", "etc/ok"]),
+                            daemon=True)
+    done.start()
+    opened = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and (done.is_alive() or not opened):
+        for fifo in (outside / "fifo", mnt / "etc/fifo"):
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # succeeds only while a reader has it open
+            except OSError as e:
+                assert e.errno == errno.ENXIO
+                continue
+            opened.append(fifo.name)
+            os.write(fd, b"x")  # let the reader go on
+            os.close(fd)
+        if not done.is_alive():
+            break
+        time.sleep(0.01)
+    done.join(timeout=5)
+    assert not opened and not done.is_alive()

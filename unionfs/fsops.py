@@ -99,6 +99,36 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     globals()["libc"].sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
+_DIR_BENEATH = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_file_beneath(root: int, name: str, flags: int) -> int:
+    """The regular file ``name`` (relative, ``/``-separated, no ``..``: a cleaned path) below the directory
+    open at ``root``, opened with ``flags``: every directory on the way opened without following a symlink,
+    the file itself too, and only when it is a regular file (OSError ELOOP/ENOTDIR for a symlink on the way,
+    EINVAL for anything but a regular file: never a fifo or a device, whose mere open may block or act).
+    Opened ``O_NONBLOCK`` and checked again once open, for a tree someone else may change meanwhile: nothing
+    outside ``root`` is ever opened."""
+    parts = name.split("/")
+    if not name or ".." in parts or "" in parts:
+        raise OSError(errno.EINVAL, f"not a cleaned relative path: {name!r}")
+    at, fds = root, []
+    try:
+        for part in parts[:-1]:
+            at = os.open(part, _DIR_BENEATH, dir_fd=at)
+            fds.append(at)
+        if not stat.S_ISREG(os.stat(parts[-1], dir_fd=at, follow_symlinks=False).st_mode):
+            raise OSError(errno.EINVAL, f"{name!r} is not a regular file")
+        fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=at)
+    finally:
+        for d in fds:
+            os.close(d)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{name!r} is not a regular file")
+    return fd
+
+
 def fsync_dir(path: str | Path) -> None:
     """fsync a directory so that a rename inside it is durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -31,7 +31,7 @@ import sys
 from typing import Any
 
 from unionfs.errors import UnionfsError
-from unionfs.fsops import fsync_dir
+from unionfs.fsops import fsync_dir, open_file_beneath
 from unionfs.lazy import layout
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import Descriptor, Manifest
@@ -58,13 +58,28 @@ def start(root: str, ref: Reference, manifest: Descriptor, mountpoint: str) -> N
 
 def prefetch(mountpoint: str, names: list[str]) -> None:
     """Read each of ``names`` (paths in the image) through the mount at ``mountpoint`` once: the daemon fills
-    them. Failures are only logged (the file may be hidden by a higher layer, or the mount gone)."""
-    for name in names:
-        try:
-            with open(os.path.join(mountpoint, name), "rb") as f:
-                f.read(1)
-        except OSError as e:
-            log.debug("prefetch of %s: %s", name, e)
+    them. Only regular files below the mount are opened, never through a symlink (the container's processes
+    may change its tree meanwhile; this process is the host's root): :func:`unionfs.fsops.open_file_beneath`.
+    Failures are only logged (the file may be hidden by a higher layer, or the mount gone)."""
+    from unionfs.layer.estargz import clean_name
+
+    try:
+        root = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        log.debug("prefetch through %s: %s", mountpoint, e)
+        return
+    try:
+        for name in names:
+            try:
+                fd = open_file_beneath(root, clean_name(name), os.O_RDONLY)
+                try:
+                    os.read(fd, 1)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                log.debug("prefetch of %s: %s", name, e)
+    finally:
+        os.close(root)
 
 
 def download(client: Any, ref: Reference, desc: Descriptor, dest: str) -> None:

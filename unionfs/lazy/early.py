@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import threading
 from typing import Any
 
-from unionfs.errors import LazyLayerError, UnionfsError, shown
+from unionfs.errors import UnionfsError, shown
+from unionfs.fsops import open_file_beneath
 from unionfs.layer import placeholder
 from unionfs.layer.estargz import PREFETCH_LANDMARK, clean_name
 from unionfs.lazy.fetch import Chunk, Toc, read_chunk
@@ -89,7 +89,7 @@ class EarlyFetch:
             for i, pieces in self.fetched.items():
                 ent = self.toc.entries[i]
                 try:
-                    fd = _open_below(root, clean_name(ent["name"]))
+                    fd = open_file_beneath(root, clean_name(ent["name"]), os.O_WRONLY)
                     try:
                         if placeholder.placeholder_of(fd) == (layer, i):
                             write_placeholder(fd, ent, pieces)
@@ -103,19 +103,3 @@ class EarlyFetch:
         self.fetched.clear()
         return done
 
-
-def _open_below(root: int, name: str) -> int:
-    """The regular file ``name`` below the directory open at ``root`` (a stage no one else writes), opened for
-    writing one component at a time, never through a symlink, and never a device or a fifo (LazyLayerError)."""
-    parts = name.split("/")
-    at, fds = root, []
-    try:
-        for part in parts[:-1]:
-            at = os.open(part, _DIR_FLAGS, dir_fd=at)
-            fds.append(at)
-        if not stat.S_ISREG(os.stat(parts[-1], dir_fd=at, follow_symlinks=False).st_mode):
-            raise LazyLayerError("no longer a regular file")
-        return os.open(parts[-1], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=at)
-    finally:
-        for fd in fds:
-            os.close(fd)

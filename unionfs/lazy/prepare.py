@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from unionfs.errors import ContainerError, LazyLayerError, ManifestError, UsageError
+from unionfs.errors import LazyLayerError, ManifestError, UsageError
 from unionfs.fsops import atomic_write, fsync_dir, remove_tree, temp_dir
 from unionfs.layer.estargz import TOC_DIGEST_ANNOTATION
 from unionfs.lazy import layout
@@ -188,16 +188,7 @@ def _clean_stages(root: str) -> None:
 def _container(root: str, ref: Reference, name: str | None, manifest: Manifest, config: ImageConfig,
                lowers: list[str]) -> MountPlan:
     """The plan of container ``name`` (new: a generated name) of the image, over ``lowers``; an existing one
-    must be of the same image. Needs the store lock."""
-    name = name or mounting.new_name(ref.repository.rsplit("/", 1)[-1])
-    cdir = mounting.container_dir(root, name)
-    if os.path.exists(os.path.join(cdir, "state.json")):
-        old = mounting.read_state(cdir, name)
-        if old["image_id"] != str(config.digest):
-            raise ContainerError(f"container {name} exists for another image ({old['ref']})")
-    else:
-        mounting.new_container(root, name, {
-            "name": name, "ref": str(ref), "image_id": str(config.digest),
-            "manifest": str(manifest.descriptor().digest), "created": mounting.now_rfc3339(),
-            "layers": tuple(d.hex for d in config.diff_ids), "mountpoint": None, "paused": None})
-    return MountPlan(tuple(lowers), os.path.join(cdir, "upper"), os.path.join(cdir, "work"), name)
+    must be of the same image (:func:`unionfs.store.mounting.container_plan`). Needs the store lock."""
+    image = {"image_id": str(config.digest), "manifest": str(manifest.descriptor().digest),
+             "layers": [d.hex for d in config.diff_ids], "base": ref.repository.rsplit("/", 1)[-1]}
+    return mounting.container_plan(root, str(ref), name, image, lowers)

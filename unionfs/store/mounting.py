@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from unionfs.errors import ContainerError, StoreLockedError
 from unionfs.fsops import atomic_write, remove_tree, temp_dir
@@ -222,11 +222,13 @@ def new_container(root: str, name: str, fields: dict[str, Any]) -> str:
     return cdir
 
 
-def container_plan(root: str, text: str, name: str | None, image: dict[str, Any]) -> MountPlan:
+def container_plan(root: str, text: str, name: str | None, image: dict[str, Any],
+                   lowers: Sequence[str] | None = None) -> MountPlan:
     """The mount plan of container ``name`` (None: a new name) of the image resolved from ``text`` as
     ``image`` says (``image_id``, ``manifest``, ``layers``: DiffID hexes base first, ``base``: of a new name),
     creating the container if it is new; an existing one must belong to that image. Needs the store's lock,
-    and every layer extracted."""
+    and every layer extracted; ``lowers``: the layers' directories when they are not the store's extracted
+    layers (a lazy mount's: :mod:`unionfs.lazy.prepare`)."""
     from unionfs.union.plan import MountPlan
 
     name = name or new_name(image["base"])
@@ -239,9 +241,9 @@ def container_plan(root: str, text: str, name: str | None, image: dict[str, Any]
         new_container(root, name, {"name": name, "ref": text, "image_id": image["image_id"],
                                    "manifest": image["manifest"], "created": now_rfc3339(),
                                    "layers": tuple(image["layers"]), "mountpoint": None, "paused": None})
-    layers = os.path.join(root, "layers")
-    return MountPlan(tuple(os.path.join(layers, h) for h in image["layers"]), os.path.join(cdir, "upper"),
-                     os.path.join(cdir, "work"), name)
+    if lowers is None:
+        lowers = [os.path.join(root, "layers", h) for h in image["layers"]]
+    return MountPlan(tuple(lowers), os.path.join(cdir, "upper"), os.path.join(cdir, "work"), name)
 
 
 # -- the record of resolutions ----------------------------------------------------------------------------
