@@ -2,10 +2,10 @@
 files are still placeholders (pure: names and reads, no network).
 
 A lazy layer's root directory carries the mark (:func:`mark_name`) with the value ``layer <diffid-hex>``.
-Each regular file whose data is not there yet is a *placeholder*: an empty (sparse) file of the right size, mode, owner, times
-and xattrs that carries the mark with the value ``file <diffid-hex> <toc-entry-index>``. The mark goes
-only once the file's data is written, verified and fsynced; a file without it holds its final data. The mark
-is private: never shown through a mount, never copied up, never taken from a layer's tar
+Each regular file whose data is not there yet is a *placeholder*: an empty (sparse) file of the right size,
+mode, owner, times and xattrs that carries the mark with the value ``file <diffid-hex> <toc-entry-index>``.
+The mark goes only once the file's data is written, verified and fsynced; a file without it holds its final
+data. The mark is private: never shown through a mount, never copied up, never taken from a layer's tar
 (:func:`unionfs.layer.whiteout.is_private_xattr`).
 
 The mark's namespace is the process' (:func:`mark_name`): ``trusted.`` for root of the initial user namespace,

@@ -9,8 +9,8 @@ truncated (sparse) to its size and marked with its TOC entry (:mod:`unionfs.laye
 unpacker gives it its owner, mode, xattrs and times; a file that a later entry replaces goes with its mark.
 Without privilege (a user's store), a placeholder of a read-only file is left writable by its owner, its mode
 kept in its override (a fill must write it, and drop its ``user.`` mark). The layer's root gets the layer's
-mark last. The TOC itself is written as ``stargz.index.json`` at the root, as an
-eStargz-agnostic unpack of the blob has it (with its header's metadata as :func:`write_estargz` writes it).
+mark last. The TOC itself is written as ``stargz.index.json`` at the root, as an eStargz-agnostic unpack of the
+blob has it (with its header's metadata as :func:`write_estargz` writes it).
 """
 
 from __future__ import annotations
@@ -73,9 +73,10 @@ def _tarinfo(ent: dict[str, Any]) -> tarfile.TarInfo:
 def materialize(toc: Toc, dest: str, layer: str, *, privileged: bool | None = None) -> int:
     """Make the tree of lazy layer ``layer`` (DiffID hex) in the existing empty directory ``dest`` from its
     checked TOC, with owners and devices given (``privileged``) or kept in overrides, as
-    :func:`unionfs.layer.unpack.unpack_entries` takes it. Returns the number of placeholders. EstargzError for a TOC entry whose fields cannot be made a
-    header (a modtime, an xattr value); the unpacker's LayerError subclasses for entries a layer may not hold (LayerTooLargeError for files over the layer-size bound, which counts the
-    placeholders at their full size)."""
+    :func:`unionfs.layer.unpack.unpack_entries` takes it. Returns the number of placeholders. EstargzError for a
+    TOC entry whose fields cannot be made a header (a modtime, an xattr value); the unpacker's LayerError
+    subclasses for entries a layer may not hold (LayerTooLargeError for files over the layer-size bound, which
+    counts the placeholders at their full size)."""
     index = {id(ent): i for i, ent in enumerate(toc.entries)}
     entries: list[tuple[tarfile.TarInfo, Writer | None]] = []
     last: dict[str, int] = {}  # the last entry of a name is the one in the tree (tar semantics)
