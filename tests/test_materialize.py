@@ -74,11 +74,13 @@ def test_a_hardlink_keeps_the_placeholder_of_the_file_it_links_to(tmp_path: Path
     assert placeholder.placeholder_of(str(dest / "a")) == (LAYER, 2) and os.lstat(dest / "a").st_size == 20
 
 
-def test_a_toc_cannot_forge_a_mark(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", placeholder.NAMES)
+def test_a_toc_cannot_forge_a_mark(tmp_path: Path, name: str) -> None:
     forged = base64.b64encode(b"file " + LAYER.encode() + b" 0").decode()
-    dest, _ = make(tmp_path, toc_of({"name": "f", "type": "reg", "mode": 0o644, "xattrs": {placeholder.MARK: forged}},
-                                    {"name": "g", "type": "reg", "size": 5, "xattrs": {placeholder.MARK: forged}}))
-    assert placeholder.placeholder_of(str(dest / "f")) is None
+    dest, _ = make(tmp_path, toc_of({"name": "f", "type": "reg", "mode": 0o644, "xattrs": {name: forged}},
+                                    {"name": "g", "type": "reg", "size": 5, "xattrs": {name: forged}}))
+    for mark in placeholder.NAMES:
+        assert placeholder.placeholder_of(str(dest / "f"), mark) is None
     assert placeholder.placeholder_of(str(dest / "g")) == (LAYER, 1)
 
 
@@ -96,3 +98,17 @@ def test_a_hostile_toc_is_refused_and_nothing_leaves_the_tree(tmp_path: Path, en
     with pytest.raises(error):
         make(tmp_path, toc_of(*entries))
     assert os.listdir(tmp_path / "sentinel") == [] and sorted(os.listdir(tmp_path)) == ["sentinel", "tree"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root's daemon is the one that must not trust user. marks")
+def test_root_trusts_no_user_mark(tmp_path: Path) -> None:
+    """Anyone may set ``user.`` xattrs on their own files: a root process (a root mount's daemon) never takes a
+    ``user.unionfs.lazy`` mark for a placeholder or a lazy layer, so a user's directory mounted by root cannot
+    make it fetch and write where the file says."""
+    assert placeholder.mark_name() == placeholder.TRUSTED_MARK
+    f = tmp_path / "f"
+    f.write_bytes(b"")
+    os.setxattr(f, placeholder.USER_MARK, b"file " + LAYER.encode() + b" 0")
+    os.setxattr(tmp_path, placeholder.USER_MARK, b"layer " + LAYER.encode())
+    assert placeholder.placeholder_of(str(f)) is None and placeholder.lazy_layer_of(str(tmp_path)) is None
+    assert placeholder.placeholder_of(str(f), placeholder.USER_MARK) == (LAYER, 0)

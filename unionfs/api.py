@@ -66,7 +66,7 @@ def container(store: Store, image: str, *, name: str | None = None, keep: bool =
 
     An existing container must belong to the same image and must not be mounted already (ContainerError).
     ``lazy``: ``image`` is a reference read at its registry, its eStargz layers mounted lazily
-    (:mod:`unionfs.lazy.prepare`; root only), the rest of the image pulled in the background unless not
+    (:mod:`unionfs.lazy.prepare`), the rest of the image pulled in the background unless not
     ``prefetch`` (:mod:`unionfs.lazy.complete`).
     """
     img = None if lazy else obtain(store, image)

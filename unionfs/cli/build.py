@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--rm", action="store_true", help="delete the container (its upper) afterwards")
     p.add_argument("--lazy", action="store_true",
                    help="IMAGE is a registry reference: run it without pulling it first, its eStargz layers' files "
-                   "fetched when read, the rest pulled in the background (mount --lazy); root only")
+                   "fetched when read, the rest pulled in the background (mount --lazy)")
     p.add_argument("--no-prefetch", action="store_true",
                    help="with --lazy: fetch only what is read (no prefetch, no pull in the background)")
     p.add_argument("--name", help="container name (an existing container of the image is reused)")

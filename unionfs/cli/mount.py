@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--lazy", action="store_true",
                    help="IMAGE is a registry reference: mount it without pulling it, its eStargz layers' files "
                    "fetched by range when first read (other layers are pulled whole), the rest pulled in the "
-                   "background; root only")
+                   "background")
     p.add_argument("--no-prefetch", action="store_true",
                    help="with --lazy: fetch only what is read (no prefetch, no pull in the background)")
     p.add_argument("--foreground", "-f", action="store_true", help="serve in the foreground until unmounted")

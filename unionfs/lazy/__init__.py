@@ -11,6 +11,6 @@ first read.
   store's lock while it downloads;
 * :mod:`unionfs.lazy.prune`: what no container needs any more removed (``prune``).
 
-Only ``fill`` runs in the mount daemon; it never reads the store. Root-only for now (the marks are ``trusted.``
-xattrs).
+Only ``fill`` runs in the mount daemon; it never reads the store. Root's lazy layers carry ``trusted.`` marks,
+everyone else's ``user.`` marks (:mod:`unionfs.layer.placeholder`).
 """

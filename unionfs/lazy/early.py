@@ -22,10 +22,9 @@ from typing import Any
 
 from unionfs.errors import UnionfsError, shown
 from unionfs.fsops import open_file_beneath
-from unionfs.layer import placeholder
 from unionfs.layer.estargz import PREFETCH_LANDMARK, clean_name
 from unionfs.lazy.fetch import Chunk, Toc, read_chunk
-from unionfs.lazy.fill import write_placeholder
+from unionfs.lazy.fill import fill_open
 from unionfs.oci.digest import Digest
 
 log = logging.getLogger(__name__)
@@ -89,11 +88,9 @@ class EarlyFetch:
             for i, pieces in self.fetched.items():
                 ent = self.toc.entries[i]
                 try:
-                    fd = open_file_beneath(root, clean_name(ent["name"]), os.O_WRONLY)
+                    fd = open_file_beneath(root, clean_name(ent["name"]), os.O_PATH)
                     try:
-                        if placeholder.placeholder_of(fd) == (layer, i):
-                            write_placeholder(fd, ent, pieces)
-                            done += 1
+                        done += fill_open(fd, (layer, i), ent, lambda: pieces)
                     finally:
                         os.close(fd)
                 except (UnionfsError, OSError, ValueError) as e:

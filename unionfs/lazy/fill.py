@@ -29,7 +29,7 @@ import logging
 import os
 import stat
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from unionfs.errors import LazyLayerError, UnionfsError
 from unionfs.layer import placeholder
@@ -96,6 +96,8 @@ class Filler:
 
     def __init__(self, layers: list[tuple[str, str]]) -> None:
         self.layers = {h: _Layer(tree, h) for tree, h in layers}
+        #: the mark this daemon trusts (:func:`unionfs.layer.placeholder.mark_name`), read once
+        self.mark = placeholder.mark_name()
         self._lock = threading.Lock()
         self._logged: set[tuple[str, int]] = set()
 
@@ -119,7 +121,7 @@ class Filler:
     def __call__(self, path: str) -> None:
         """Make the file at the host path ``path`` whole if it is a placeholder; OSError EIO when that fails."""
         try:
-            mark = placeholder.placeholder_of(path)
+            mark = placeholder.placeholder_of(path, self.mark)
         except ValueError as e:
             log.error("%s: %s", path, e)
             raise OSError(errno.EIO, "malformed lazy mark") from None
@@ -139,11 +141,9 @@ class Filler:
                 raise LazyLayerError(f"a placeholder naming TOC entry {index}, which holds no file data")
             ent = layer.entries[index]
             name = str(ent.get("name"))
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                if placeholder.placeholder_of(fd) is None:  # filled meanwhile
-                    return
-                _write(fd, layer, ent, layer.chunks[index])
+            fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:  # not a placeholder any more: filled meanwhile (by another mount's daemon)
+                fill_open(fd, (diff_hex, index), ent, lambda: _pieces(layer, layer.chunks[index]))
             finally:
                 os.close(fd)
         except (UnionfsError, OSError, ValueError) as e:
@@ -157,14 +157,32 @@ class Filler:
         log.debug("lazy layer %s: %s filled", diff_hex[:12], name)
 
 
-def _write(fd: int, layer: _Layer, ent: dict[str, Any], chunks: list[Chunk]) -> None:
-    """Write the file's chunks (each fetched and verified as it comes) into the placeholder open at ``fd``:
-    :func:`write_placeholder`."""
+def _pieces(layer: _Layer, chunks: list[Chunk]) -> Iterator[tuple[int, bytes]]:
+    """The file's chunks, each fetched (from the blob downloaded whole when it is there, else by a range read)
+    and verified as it comes: the ``pieces`` of :func:`write_placeholder`."""
     assert layer.digest is not None
     local = layout.blob_file(os.path.dirname(os.path.dirname(layer.dir)), layer.digest)
     source: RangeSource = LocalBlob(local) if os.path.exists(local) else layer.client
     digest = layer.digest
-    write_placeholder(fd, ent, ((c.file_offset, read_chunk(source, layer.repository, digest, c)) for c in chunks))
+    return ((c.file_offset, read_chunk(source, layer.repository, digest, c)) for c in chunks)
+
+
+def fill_open(fd: int, expect: tuple[str, int], ent: dict[str, Any],
+              pieces: Callable[[], Iterable[tuple[int, bytes]]]) -> bool:
+    """Fill the regular file open at ``fd`` (any descriptor, ``O_PATH`` too: it is opened again for writing
+    through ``/proc/self/fd``) with ``pieces()`` (:func:`write_placeholder`) if it is still the placeholder
+    ``expect`` ((layer DiffID hex, TOC entry index), its mark this process'
+    :func:`~unionfs.layer.placeholder.mark_name`); False when it is not (nothing written)."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise LazyLayerError("the placeholder is not a regular file")
+    wfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if placeholder.placeholder_of(wfd) != expect:
+            return False
+        write_placeholder(wfd, ent, pieces())
+        return True
+    finally:
+        os.close(wfd)
 
 
 def write_placeholder(fd: int, ent: dict[str, Any], pieces: Iterable[tuple[int, bytes]]) -> None:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from unionfs.errors import DigestError, LazyLayerError
+from unionfs.layer import placeholder
 from unionfs.oci.digest import Digest
 
 DIR = "lazy"
@@ -98,3 +99,17 @@ def read_layer(layer: str) -> tuple[Source, bytes]:
     if Digest.of_bytes(toc) != Digest.parse(source.toc_digest):
         raise LazyLayerError(f"lazy layer {layer}: its TOC does not match the digest {source.toc_digest}")
     return source, toc
+
+
+def check_marks(lowers: list[str]) -> None:
+    """LazyLayerError when one of the lower directories ``lowers`` is the tree of a lazy layer (``<dir>/tree``
+    beside its ``source.json``) whose root lacks the mark this process trusts
+    (:func:`unionfs.layer.placeholder.mark_name`): a layer made by a process of the other privilege (root's
+    ``trusted.`` marks are invisible to a user; a user's ``user.`` marks are not trusted by root), whose
+    placeholders a mount would serve as zeros."""
+    for lower in lowers:
+        if os.path.basename(lower) == TREE and os.path.exists(os.path.join(os.path.dirname(lower), SOURCE)) \
+                and placeholder.lazy_layer_of(lower) is None:
+            other = "root" if placeholder.mark_name() == placeholder.USER_MARK else "a user other than root"
+            raise LazyLayerError(f"lazy layer {os.path.dirname(lower)} was made by {other}: only the same kind "
+                                 "of process may mount it")

@@ -7,8 +7,10 @@ hardlinks, whiteouts and opaque directories, owners, modes, devices, xattrs and 
 directories last, the layer-size bound). Each regular file with data is made a placeholder as it is created:
 truncated (sparse) to its size and marked with its TOC entry (:mod:`unionfs.layer.placeholder`) before the
 unpacker gives it its owner, mode, xattrs and times; a file that a later entry replaces goes with its mark.
-The layer's root gets the layer's mark last. The TOC itself is written as ``stargz.index.json`` at the root, as an
-eStargz-agnostic unpack of the blob has it (with its header's metadata as :func:`write_estargz` writes it).
+Without privilege (a user's store), a placeholder of a read-only file is left writable by its owner, its mode
+kept in its override (a fill must write it, and drop its ``user.`` mark). The layer's root gets the layer's
+mark last. The TOC itself is written as ``stargz.index.json`` at the root, as an eStargz-agnostic unpack of the
+blob has it (with its header's metadata as :func:`write_estargz` writes it).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import binascii
 import functools
 import logging
 import os
+import stat
 import tarfile
 from datetime import datetime
 from typing import Any
 
 from unionfs.errors import EstargzError, shown
-from unionfs.layer import placeholder
+from unionfs.fsops import open_file_beneath
+from unionfs.layer import ownership, placeholder
 from unionfs.layer.estargz import TOC_NAME, clean_name
 from unionfs.layer.unpack import Writer, unpack_entries
 from unionfs.lazy.fetch import Toc
@@ -66,11 +70,13 @@ def _tarinfo(ent: dict[str, Any]) -> tarfile.TarInfo:
     return ti
 
 
-def materialize(toc: Toc, dest: str, layer: str) -> int:
+def materialize(toc: Toc, dest: str, layer: str, *, privileged: bool | None = None) -> int:
     """Make the tree of lazy layer ``layer`` (DiffID hex) in the existing empty directory ``dest`` from its
-    checked TOC. Returns the number of placeholders. EstargzError for a TOC entry whose fields cannot be made a
-    header (a modtime, an xattr value); the unpacker's LayerError subclasses for entries a layer may not hold (LayerTooLargeError for files over the layer-size bound, which counts the
-    placeholders at their full size)."""
+    checked TOC, with owners and devices given (``privileged``) or kept in overrides, as
+    :func:`unionfs.layer.unpack.unpack_entries` takes it. Returns the number of placeholders. EstargzError for a
+    TOC entry whose fields cannot be made a header (a modtime, an xattr value); the unpacker's LayerError
+    subclasses for entries a layer may not hold (LayerTooLargeError for files over the layer-size bound, which
+    counts the placeholders at their full size)."""
     index = {id(ent): i for i, ent in enumerate(toc.entries)}
     entries: list[tuple[tarfile.TarInfo, Writer | None]] = []
     last: dict[str, int] = {}  # the last entry of a name is the one in the tree (tar semantics)
@@ -88,13 +94,34 @@ def materialize(toc: Toc, dest: str, layer: str) -> int:
     ti.type, ti.size, ti.mode, ti.mtime, ti.uname, ti.gname = tarfile.REGTYPE, len(toc.raw), 0o644, 0, "", ""
     entries.append((ti, functools.partial(_write_all, toc.raw)))
     last.pop(TOC_NAME, None)
-    unpack_entries(entries, dest)
+    unpack_entries(entries, dest, privileged=privileged)
     root = os.open(dest, _DIR_FLAGS)
     try:
+        if not (ownership.privileged() if privileged is None else privileged):
+            _writable_placeholders(root, {name: toc.entries[i] for name, i in last.items()})
         placeholder.mark_layer(root, layer)
     finally:
         os.close(root)
     return len(last)
+
+
+def _writable_placeholders(root: int, placeholders: dict[str, dict[str, Any]]) -> None:
+    """Without privilege (a user's store): make each placeholder (name below the tree open at ``root`` -> its TOC
+    entry) that its owner may not write (a read-only file) writable, its mode kept in its override
+    (:mod:`unionfs.layer.ownership`, as a rootless store keeps owners; a mount shows that mode). Its fill must
+    write its data and then drop its ``user.`` mark, which only who may write the file can."""
+    for name, ent in placeholders.items():
+        mode = ent.get("mode", 0) & 0o7777
+        if mode & stat.S_IWUSR:
+            continue
+        fd = open_file_beneath(root, name, os.O_PATH)
+        try:
+            proc = f"/proc/self/fd/{fd}"
+            os.chmod(proc, mode | stat.S_IWUSR)
+            if ownership.XATTR not in os.listxattr(proc):  # one with its owner has its mode already
+                os.setxattr(proc, ownership.XATTR, ownership.encode(0, 0, stat.S_IFREG | mode))
+        finally:
+            os.close(fd)
 
 
 def _placeholder(layer: str, index: int, size: int, fd: int) -> None:

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from unionfs.errors import LazyLayerError, ManifestError, UsageError
+from unionfs.errors import LazyLayerError, ManifestError
 from unionfs.fsops import atomic_write, fsync_dir, remove_tree, temp_dir
 from unionfs.layer.estargz import TOC_DIGEST_ANNOTATION
 from unionfs.lazy import layout
@@ -99,13 +99,9 @@ def prepare_lazy(store: Store, ref: Reference, client: Any, *, name: str | None 
 
 def prepare_lazy_ref(store: Store, text: str, name: str | None = None, *, early: bool = False) -> LazyPlan:
     """:func:`prepare_lazy` of the reference ``text``, read through the client ``pull`` uses (mirrors,
-    registries.conf, the docker config's credentials). UsageError unless this process is root (of the initial
-    user namespace: the marks are ``trusted.`` xattrs)."""
-    from unionfs.layer.ownership import privileged
+    registries.conf, the docker config's credentials)."""
     from unionfs.registry.mirrors import client_for
 
-    if not privileged():
-        raise UsageError("a lazy mount needs root (the marks of a lazy layer are trusted.* xattrs)")
     ref = Reference.parse(text)
     with client_for(ref) as client:
         return prepare_lazy(store, ref, client, name=name, early=early)
@@ -132,7 +128,9 @@ def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config
                         desc.digest.short)
         else:
             try:
-                return layout.tree_of(_make_lazy(root, client, ref, desc, diff_id, toc_digest, insecure, early)), "lazy"
+                made = _make_lazy(root, client, ref, desc, diff_id, toc_digest, insecure, early,
+                                  None if store.owners is None else False)
+                return layout.tree_of(made), "lazy"
             except _NotLazy as e:
                 log.warning("layer %s is pulled whole: %s", desc.digest.short, e)
     download_blob(store, client, ref.repository, desc, on_bytes=lambda n: None)
@@ -142,9 +140,10 @@ def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config
 
 
 def _make_lazy(root: str, client: Any, ref: Reference, desc: Descriptor, diff_id: Digest, toc_digest: Digest,
-               insecure: bool, early: bool) -> str:
+               insecure: bool, early: bool, privileged: bool | None) -> str:
     """Fetch the TOC of the eStargz layer ``desc`` and make its lazy layer (staged, then renamed into place;
-    ``early``: its first files fetched meanwhile); its directory."""
+    ``early``: its first files fetched meanwhile; ``privileged``: as the store's unpacks, see
+    :func:`unionfs.lazy.materialize.materialize`); its directory."""
     toc = fetch_toc(client, ref.repository, desc.digest, desc.size, toc_digest)
     chunks = plan_chunks(toc)
     big = oversized(chunks)
@@ -157,7 +156,7 @@ def _make_lazy(root: str, client: Any, ref: Reference, desc: Descriptor, diff_id
             first = EarlyFetch(client, ref.repository, desc.digest, toc, chunks)
         tree = layout.tree_of(stage)
         os.mkdir(tree, 0o755)
-        count = materialize(toc, tree, diff_id.hex)
+        count = materialize(toc, tree, diff_id.hex, privileged=privileged)
         filled = first.fill(tree, diff_id.hex) if first is not None else 0
         source = layout.Source(ref=str(Reference(ref.registry, ref.repository, None, desc.digest)),
                                digest=str(desc.digest), size=desc.size, toc_digest=str(toc_digest),
