@@ -32,6 +32,7 @@ from support.tree import ROOTFS, assert_same_tree, tree_snapshot
 from unionfs.layer import placeholder
 from unionfs.layer.estargz import FOOTER_SIZE, TOC_DIGEST_ANNOTATION
 from unionfs.lazy.fetch import member_bound
+from unionfs.oci.manifest import Descriptor
 from unionfs.store.store import Store
 
 CHUNK = "64K"
@@ -63,10 +64,11 @@ def top_layer() -> list[T.Entry]:
             T.file("etc/motd", b"hello from the top layer\n")]
 
 
-@pytest.fixture
+@pytest.fixture(name="setup")
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:  # type: ignore[type-arg]
     """A registry behind a FaultProxy holding ``lz/img:esgz`` (two eStargz layers) and ``lz/img:plain`` (the
-    same, plain gzip), pushed from a source store."""
+    same, plain gzip), pushed from a source store. Named, so that another module can import it under another
+    name (``from test_lazy import setup as lazy_setup``) and still ask for ``setup``."""
     require(skip_reason_root(), skip_reason_fuse(), have_registry())
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
     src = tmp_path / "src"
@@ -323,14 +325,16 @@ def wait_for(what: str, check, bound: float = 120.0) -> None:  # type: ignore[no
 
 def test_the_rest_is_pulled_in_the_background_and_the_image_is_complete(setup: dict) -> None:  # type: ignore[type-arg]
     """Without --no-prefetch: the prioritized files are filled first, the blobs are downloaded whole (verified)
-    and the image stored as a pull stores it: ``images`` lists it, its layers are extracted, a plain mount
-    uses them; the live lazy mount then reads its chunks from the downloaded blob, not the registry."""
+    and the image, listed as partial from the start, is made whole as a pull stores it: ``images`` no longer
+    marks it partial, its layers are extracted, a plain mount uses them; the live lazy mount then reads its
+    chunks from the downloaded blob, not the registry."""
     proxy, tmp = setup["proxy"], setup["tmp"]
     store, mnt = tmp / "lazy", tmp / "mnt"
     base = setup["layers"][0].digest
     with unmounted_on_exit(mnt):
         lazy_mount(store, setup["esgz"], mnt, prefetch=True)
-        wait_for("the image in the store", lambda: run_cli("images", "-q", root=store).stdout.strip() != "")
+        wait_for("the image whole in the store", lambda: run_cli("images", "--format", "{{.Partial}}",
+                                                                 root=store).stdout == "false\n")
         listed = run_cli("images", "--format", "{{.Repository}}:{{.Tag}}", root=store).stdout.split()
         assert listed == [setup["esgz"]]
         assert sorted(p.name for p in (store / "layers").iterdir()) == \
@@ -402,22 +406,32 @@ def test_a_layer_with_chunks_too_big_for_a_lazy_read_is_pulled_whole(setup: dict
     assert None not in blob_requests(setup["proxy"], setup["layers"][1].digest)
 
 
-def test_run_lazy_runs_an_image_at_its_registry(setup: dict, store: Path) -> None:  # type: ignore[type-arg]
-    """``run --lazy --no-prefetch``: busybox converted to eStargz and pushed; run from a store that never had it,
-    only the files the command opens fetched (by range: never the whole blob)."""
-    proxy, tmp = setup["proxy"], setup["tmp"]
+def push_busybox_esgz(setup: dict, store: Path) -> tuple[str, Descriptor]:  # type: ignore[type-arg]
+    """busybox (of the ``store`` fixture) converted to eStargz and pushed behind ``setup``'s proxy (its log
+    cleared then): the reference, and the descriptor of its one layer."""
+    proxy = setup["proxy"]
     run_cli("convert", "--estargz", "--chunk-size", "256K", "busybox:latest", "busybox:esgz", root=store)
     ref = f"{proxy.host}/lz/busybox:esgz"
     run_cli("push", "-q", "busybox:esgz", ref, root=store)
     (desc,) = Store(store).resolve("busybox:esgz").manifest.layers
     proxy.log.clear()
+    return ref, desc
+
+
+def test_run_lazy_runs_an_image_at_its_registry(setup: dict, store: Path) -> None:  # type: ignore[type-arg]
+    """``run --lazy --no-prefetch``: busybox converted to eStargz and pushed; run from a store that never had it,
+    only the files the command opens fetched (by range: never the whole blob)."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    ref, desc = push_busybox_esgz(setup, store)
     fresh = tmp / "fresh"
     r = run_cli("run", "--lazy", "--no-prefetch", "--rm", ref, "cat", "/etc/passwd", root=fresh)
     assert r.stdout.startswith("root:x:0:0:")
     ranges = blob_requests(proxy, desc.digest)
     assert ranges and None not in ranges  # ranges only: the footer, the TOC, busybox's chunks, /etc/passwd
     assert Store(fresh).containers() == []  # --rm
-    assert run_cli("images", "-q", root=fresh).stdout == ""
+    # the image stays listed (as docker keeps an image after run --rm), partial: only its TOC was fetched
+    assert run_cli("images", "--format", "{{.Repository}}:{{.Tag}} {{.Partial}}", root=fresh).stdout == \
+        f"{ref} true\n"
 
 
 def test_the_daemon_reads_with_the_credentials_of_the_docker_config(tmp_path: Path, store: Path,
@@ -456,6 +470,7 @@ def test_prune_removes_the_lazy_layers_no_container_needs(setup: dict) -> None: 
     assert "lazy" not in out and len([p for p in (store / "lazy").iterdir() if not p.name.startswith(".")]) == 2
     assert not (store / "lazy/.stage-left-by-a-kill").exists()
     run_cli("rm", name, root=store)
+    run_cli("rmi", setup["esgz"], root=store)  # the partial image lists them too (tests/test_lazy_images.py)
     out = run_cli("prune", root=store).stdout
     assert out.count("Deleted: lazy layer ") == 2
     assert [p.name for p in (store / "lazy").iterdir()] == []

@@ -5,7 +5,7 @@ tests/test_lazy.py.
 What is checked: the user's lazy layers carry ``user.`` marks (never ``trusted.``, which a user may not set);
 the merged tree (owners, modes, sizes, contents) equals the one a plain pull into the same user's store mounts;
 a read-only file of the image is filled (its owner may not write it: the fill gives it ``u+w`` meanwhile) and
-keeps its mode; before any read only footers and TOCs are fetched; ``run --lazy`` runs the image; the
+keeps its mode; before any read only footers and TOCs are fetched; ``run --lazy`` runs the image, which ``images`` lists as partial; the
 background completion makes the image whole in the user's store; and root refuses to mount the user's lazy
 layers (root never trusts ``user.`` marks) rather than showing their placeholders as zeros.
 """
@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import test_lazy
 from support.cli import AsUser, fuse_open_to_all, run_cli
 from support.mount import unmounted_on_exit
-from test_lazy import READONLY, blob_requests, wait_for
+from test_lazy import READONLY, blob_requests, push_busybox_esgz, wait_for
+from test_lazy import setup as lazy_setup  # noqa: F401 (the fixture ``setup``)
 
 from unionfs.layer import ownership, placeholder
-
-setup = test_lazy.setup  # the registry, its proxy and the eStargz image, as tests/test_lazy.py has them
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run commands as another user")
 
@@ -109,10 +107,7 @@ def test_a_user_runs_an_image_lazily_and_it_is_completed_in_the_background(setup
                                                                           user_base: Path) -> None:
     """``run --lazy`` as the user (in a user namespace of its own: no subordinate ids), then a lazy mount with
     the background completion: the image ends up whole in the user's store, its layers the user's."""
-    proxy = setup["proxy"]
-    run_cli("convert", "--estargz", "--chunk-size", "256K", "busybox:latest", "busybox:esgz", root=store)
-    ref = f"{proxy.host}/lz/busybox:esgz"
-    run_cli("push", "-q", "busybox:esgz", ref, root=store)
+    ref, _ = push_busybox_esgz(setup, store)
     nobody = AsUser(user_base)
     ustore, mnt = user_base / "store", user_base / "mnt"
     with fuse_open_to_all():
@@ -120,6 +115,8 @@ def test_a_user_runs_an_image_lazily_and_it_is_completed_in_the_background(setup
                          root=ustore).stdout
         assert out.startswith("0\nroot:x:0:0:")
         assert not (ustore / "layers").exists() or not any((ustore / "layers").iterdir())
+        partial = ["images", "--format", "{{.Repository}}:{{.Tag}} {{.Partial}}"]
+        assert nobody.cli(*partial, root=ustore).stdout == f"{ref} true\n"
         with unmounted_on_exit(mnt):
             nobody.cli("mount", "--lazy", ref, mnt, root=ustore)  # with the completion
             log = ustore / "lazy/complete.log"
@@ -127,5 +124,6 @@ def test_a_user_runs_an_image_lazily_and_it_is_completed_in_the_background(setup
             assert "failed" not in log.read_text()
             assert nobody.run("cat", f"{mnt}/etc/passwd").stdout.startswith("root:x:0:0:")
             nobody.cli("umount", mnt)
+        assert nobody.cli(*partial, root=ustore).stdout == f"{ref} false\n"
     (layer,) = (ustore / "layers").iterdir()
     assert os.stat(layer).st_uid == 65534

@@ -12,6 +12,7 @@ The tree::
     │   ├── StoreLockedError          another command holds the store lock
     │   ├── ImageNotFoundError        no image answers to a reference
     │   ├── BlobNotFoundError         a blob is missing from the store
+    │   │   └── PartialImageError     an image is only partly in the store (a lazy mount's, not pulled whole)
     │   ├── ImageInUseError           rmi of an image a container uses
     │   ├── ContainerError            container state (missing, exists, busy)
     │   └── MountedTreeError          a delete refused: something is mounted inside the tree
@@ -85,6 +86,12 @@ class ImageNotFoundError(StoreError):
 
 class BlobNotFoundError(StoreError):
     """A blob the image needs is not in the store."""
+
+
+class PartialImageError(BlobNotFoundError):
+    """An image is recorded in the store with layers that are neither extracted nor stored as blobs (a lazy
+    mount's image not yet pulled whole): what needs its layers or blobs (a plain mount, ``run``, ``save``,
+    ``push``...) refuses it, before changing anything; a pull completes it."""
 
 
 class ImageInUseError(StoreError):

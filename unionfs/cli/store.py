@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Collection
 
 from unionfs.cli.common import (
     docker_time,
@@ -24,6 +24,7 @@ from unionfs.oci.reference import Reference
 
 if TYPE_CHECKING:
     from unionfs.cli.gotemplate import Struct
+    from unionfs.oci.manifest import Descriptor
     from unionfs.store.store import Image, Store
 
 
@@ -66,12 +67,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-#: docker's default ``images`` table, and the one with ``--digests``
-IMAGES_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
-IMAGES_DIGESTS_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+#: what the default tables add to a partial image's SIZE cell (`` (partial)``): true in an image's row only,
+#: where ``.Partial`` is a bool (in the header row it is the column's title, which ``json`` passes through)
+_PARTIAL_NOTE = '{{if eq (json .Partial) "true"}} (partial){{end}}'
+#: docker's default ``images`` table, and the one with ``--digests`` (a partial image's size marked so)
+IMAGES_TABLE = "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}" + _PARTIAL_NOTE
+IMAGES_DIGESTS_TABLE = ("table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}"
+                        + _PARTIAL_NOTE)
 #: the column title of each field of an ``images`` row (a ``table`` format's header)
 IMAGE_HEADERS = {"Containers": "CONTAINERS", "CreatedAt": "CREATED AT", "CreatedSince": "CREATED",
-                 "Digest": "DIGEST", "FullID": "IMAGE ID", "ID": "IMAGE ID", "Repository": "REPOSITORY",
+                 "Digest": "DIGEST", "FullID": "IMAGE ID", "ID": "IMAGE ID", "Partial": "PARTIAL",
+                 "Repository": "REPOSITORY",
                  "SharedSize": "SHARED SIZE", "Size": "SIZE", "SizeBytes": "SIZE", "Tag": "TAG",
                  "UniqueSize": "UNIQUE SIZE", "VirtualSize": "VIRTUAL SIZE"}
 #: the ``--filter`` keys ``images`` takes
@@ -79,11 +85,13 @@ IMAGE_FILTERS = ("dangling", "reference", "before", "since", "label")
 
 
 def _image_rows(images: list[Image], no_trunc: bool = False, users: dict[str, int] | None = None,
-                tags: dict[str, list[Reference]] | None = None) -> list[Struct]:
-    """One row (docker's image context, its fields in name order) per tag of each image; for an image with no
-    tag, one row per repository of its digest references (``name@sha256:...``: the repository with the tag
-    ``<none>``, as docker shows an image pulled by digest), else one ``<none>`` row. ``tags``: the tags to list
-    per manifest digest (default: all of the image's); ``users``: containers per image id."""
+                tags: dict[str, list[Reference]] | None = None, partial: Collection[str] = ()) -> list[Struct]:
+    """One row (docker's image context, its fields in name order, and unionfs' ``Partial``) per tag of each
+    image; for an image with no tag, one row per repository of its digest references (``name@sha256:...``: the
+    repository with the tag ``<none>``, as docker shows an image pulled by digest), else one ``<none>`` row.
+    ``tags``: the tags to list per manifest digest (default: all of the image's); ``users``: containers per
+    image id; ``partial``: the manifest digests of the images only partly in the store
+    (``Store.missing_layers``)."""
     from unionfs.cli.gotemplate import Struct
 
     rows = []
@@ -97,8 +105,8 @@ def _image_rows(images: list[Image], no_trunc: bool = False, users: dict[str, in
                 "CreatedAt": docker_time(img.config.created), "CreatedSince": human_age(img.config.created),
                 "Digest": str(img.manifest_desc.digest), "FullID": str(img.id),
                 "ID": str(img.id) if no_trunc else img.id.short,
-                "Repository": repository, "SharedSize": "N/A", "Size": human_size(img.size),
-                "SizeBytes": img.size, "Tag": tag, "UniqueSize": "N/A",
+                "Partial": str(img.manifest_desc.digest) in partial, "Repository": repository,
+                "SharedSize": "N/A", "Size": human_size(img.size), "SizeBytes": img.size, "Tag": tag, "UniqueSize": "N/A",
                 "VirtualSize": human_size(img.size)}))
     return rows
 
@@ -181,7 +189,8 @@ def cmd_images(args: argparse.Namespace) -> int:
     users: dict[str, int] = {}
     for c in store.containers():
         users[c.image_id] = users.get(c.image_id, 0) + 1
-    rows = _image_rows(images, args.no_trunc, users, tags)
+    partial = {str(i.manifest_desc.digest) for i in images if store.missing_layers(i)}
+    rows = _image_rows(images, args.no_trunc, users, tags, partial)
     if args.quiet:
         ids = list(dict.fromkeys(r["ID"] for r in rows))  # one line per image, as docker
         sys.stdout.write("".join(i + "\n" for i in ids))
@@ -200,9 +209,11 @@ def repo_digests(img: Image) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def inspect_data(img: Image) -> dict[str, Any]:
-    """The JSON ``inspect`` prints for one image."""
+def inspect_data(img: Image, missing: Collection[Descriptor]) -> dict[str, Any]:
+    """The JSON ``inspect`` prints for one image; ``missing``: its layers the store holds neither extracted nor
+    as a blob (``Store.missing_layers``): then it is ``Partial`` and those layers are not ``Present``."""
     cfg = img.config.data
+    absent = {d.digest for d in missing}
     return {
         "Id": str(img.id),
         "RepoTags": [t.familiar for t in img.tags],
@@ -215,9 +226,11 @@ def inspect_data(img: Image) -> dict[str, Any]:
         "Variant": cfg.get("variant"),
         "Os": cfg.get("os"),
         "Size": img.size,
+        "Partial": bool(absent),
         "Config": cfg.get("config") or {},
         "RootFS": {"Type": "layers", "Layers": [str(d) for d in img.config.diff_ids]},
-        "Layers": [{"MediaType": d.media_type, "Digest": str(d.digest), "Size": d.size, "DiffID": str(diff)}
+        "Layers": [{"MediaType": d.media_type, "Digest": str(d.digest), "Size": d.size, "DiffID": str(diff),
+                    "Present": d.digest not in absent}
                    for d, diff in zip(img.manifest.layers, img.config.diff_ids)],
         "History": img.config.history,
     }
@@ -251,6 +264,7 @@ def template_data(data: dict[str, Any]) -> Struct:
     top.update(Parent="", Comment="", Created=data["Created"] or "", DockerVersion="", Author=data["Author"] or "",
                Config=Struct("container.Config", config), Architecture=data["Architecture"] or "",
                Variant=data["Variant"] or "", Os=data["Os"] or "", OsVersion="", Size=data["Size"],
+               Partial=data["Partial"],
                RootFS=Struct("image.RootFS", data["RootFS"]),
                ManifestDigest=data["ManifestDigest"], ManifestMediaType=data["ManifestMediaType"],
                Layers=[Struct("layer", layer) for layer in data["Layers"]], History=data["History"])
@@ -264,7 +278,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     # "json" (as docker takes it) or none: the JSON; a template that does not parse fails before any lookup
     template = parse(args.format) if args.format and args.format.strip() != "json" else None
     images = [store.resolve(r, platform_of(args)) for r in args.references]
-    out = [inspect_data(dataclasses.replace(i, tags=store.tags_of(i.manifest_desc.digest))) for i in images]
+    out = [inspect_data(dataclasses.replace(i, tags=store.tags_of(i.manifest_desc.digest)), store.missing_layers(i))
+           for i in images]
     if template is None:
         print(json.dumps(out, indent=4))
         return 0
@@ -370,7 +385,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("images", help="list images",
                        description="List images in the store, newest first, as `docker images` does.",
                        epilog="Format fields: .Repository .Tag .ID .Digest .CreatedSince .CreatedAt .Size "
-                       ".Containers .SharedSize .UniqueSize .VirtualSize, and unionfs' .FullID .SizeBytes. "
+                       ".Containers .SharedSize .UniqueSize .VirtualSize, and unionfs' .FullID .SizeBytes "
+                       ".Partial (true: a lazy mount's image, not pulled whole; the default table marks its "
+                       "size '(partial)'). "
                        "Filters: dangling=true|false, reference=PATTERN (path glob), before=IMAGE, since=IMAGE, "
                        "label=KEY[=VALUE].")
     p.add_argument("reference", nargs="?", metavar="REPOSITORY[:TAG]",

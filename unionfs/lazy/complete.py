@@ -1,6 +1,7 @@
 """The background completion of a lazy mount: the image pulled whole, as ``pull`` would, without holding the
 store's lock while it downloads; after it the image's layers are normal extracted layers (a later plain mount
-uses them) and the image is tagged (``images`` lists it).
+uses them) and the image, which ``mount --lazy`` recorded as *partial* (:mod:`unionfs.lazy.prepare`), is whole
+(``images`` no longer marks it partial).
 
 ``mount --lazy`` starts it (:func:`start`) once its mount is live, as a process of its own
 (``python -m unionfs.lazy.complete ROOT REF MANIFEST-DIGEST MEDIA-TYPE``) that outlives the command. It:
@@ -11,10 +12,12 @@ uses them) and the image is tagged (``images`` lists it).
    renamed into place only once its digest matched (a blob is there whole and verified, or not at all; one
    process at a time per blob, by ``flock`` on ``<hex>.lock``). The daemon reads the chunks of a blob that is
    there from that file instead of the registry (each still checked against its digest);
-3. under the store's lock: stores each blob (verified again by ``Store.put_blob``), then the image
-   (``Store.store_image``: each layer unpacked with its DiffID checked, then the tag written). The tree a lazy
-   layer shows was made from its TOC, which only the DiffID check of a full unpack ties to the layer's content:
-   that is why the store's layers come from the blob, never from a lazy tree;
+3. under the store's lock: stores each blob (verified again by ``Store.put_blob``), then unpacks the image's
+   layers (``Store.ensure_layers``: each with its DiffID checked). The index entries are the ones ``mount
+   --lazy`` wrote (its tag, a kept index's digest reference): they are not written again, so an ``rmi`` or a
+   tag moved meanwhile stays as it is (the layers of an image removed meanwhile are then garbage, for the next
+   ``prune``). The tree a lazy layer shows was made from its TOC, which only the DiffID check of a full unpack
+   ties to the layer's content: that is why the store's layers come from the blob, never from a lazy tree;
 4. replaces each downloaded file by a hard link to the store's blob (no second copy of the bytes).
 
 A completion that fails (a registry down, a blob that does not verify) logs why to ``ROOT/lazy/complete.log``
@@ -109,7 +112,7 @@ def complete(root: str, ref: Reference, manifest_digest: Digest, media_type: str
     from unionfs.lazy.fetch import checked_toc
     from unionfs.oci.manifest import ImageConfig
     from unionfs.registry.mirrors import client_for
-    from unionfs.store.store import Store
+    from unionfs.store.store import Image, Store
 
     store = Store(root)
     manifest = Manifest.parse(store.read_blob(manifest_digest), media_type)
@@ -131,8 +134,7 @@ def complete(root: str, ref: Reference, manifest_digest: Digest, media_type: str
         for desc in missing:
             with open(layout.blob_file(root, desc.digest), "rb") as f:
                 store.put_blob(f, desc.digest, desc.size)
-        tags = [ref] if ref.tag and not ref.digest else []
-        store.store_image(manifest, config_raw, tags)
+        store.ensure_layers(Image(manifest.descriptor(), manifest, config))
     for desc in missing:  # one copy of the bytes: the local file becomes a link to the store's blob
         local = layout.blob_file(root, desc.digest)
         try:

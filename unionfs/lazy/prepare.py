@@ -14,9 +14,14 @@ digests), stores those two blobs, and for each layer, base first:
 * any other layer: pulled whole (:func:`unionfs.registry.transfer.download_blob`) and extracted by the store,
   its DiffID checked, as ``pull`` does: correct, just not lazy.
 
-Then the container is made (or an existing one of the same image reused) with the layers' DiffIDs and the
-manifest as its state, which keeps them from garbage collection. The image itself is not tagged: its layers
-are not all in the store.
+Then the image is recorded in the store's index as a pull records it (the tag, a kept index's digest
+reference, else an untagged entry: :func:`unionfs.registry.transfer.index_entries`), though its lazy layers are
+neither extracted nor stored as blobs: ``Store.store_image(..., lazy=True)``. It is a *partial* image
+(``Store.missing_layers``): ``images`` and ``inspect`` say so, what needs its layers (a plain mount, ``run``
+without ``--lazy``, ``save``, ``push``...) refuses it or pulls it, and the background completion
+(:mod:`unionfs.lazy.complete`) or a ``pull`` makes it whole. Last, the container is made (or an existing one of
+the same image reused) with the layers' DiffIDs and the manifest as its state; the lazy layers are kept while
+that container or the partial image lists them (:mod:`unionfs.lazy.prune`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from unionfs.lazy.materialize import materialize
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_LAYER, OCI_LAYER_GZIP, Descriptor, ImageConfig, Manifest
 from unionfs.oci.reference import Reference
-from unionfs.registry.transfer import MAX_CONFIG_BYTES, download_blob, fetch_manifest
+from unionfs.registry.transfer import MAX_CONFIG_BYTES, download_blob, fetch_manifest, index_entries
 from unionfs.store import mounting
 from unionfs.store.store import Image, Store
 from unionfs.union.plan import MountPlan
@@ -72,8 +77,9 @@ def prepare_lazy(store: Store, ref: Reference, client: Any, *, name: str | None 
     ``RegistryClient``) ready for a lazy mount and a container of them (see the module docstring).
     ``insecure`` is recorded for the daemon's reads. ``early``: a lazy layer made now gets the files before its
     prefetch landmark fetched while its tree is made (:mod:`unionfs.lazy.early`; for a mount that prefetches
-    them anyway). Raises RegistryError, DigestError, ManifestError, EstargzError, LayerError, ContainerError."""
-    manifest, _ = fetch_manifest(client, ref)
+    them anyway). Raises RegistryError, DigestError, ManifestError, EstargzError, LayerError, ContainerError;
+    the store's index and blobs are as before then (the lazy layers made are kept, for ``prune``)."""
+    manifest, index = fetch_manifest(client, ref)
     config_raw = client.fetch_blob(ref.repository, manifest.config.digest, manifest.config.size,
                                    limit=MAX_CONFIG_BYTES)
     config = ImageConfig.parse(config_raw)
@@ -92,9 +98,10 @@ def prepare_lazy(store: Store, ref: Reference, client: Any, *, name: str | None 
             path, kind = _layer(store, client, ref, manifest, config, desc, diff_id, insecure, early)
             lowers.append(path)
             how.append(kind)
+        image = store.store_image(manifest, config_raw, *index_entries(ref, index), lazy=True)
         plan = _container(root, ref, name, manifest, config, lowers)
     log.info("lazy mount of %s: layers %s", ref, ", ".join(how))
-    return LazyPlan(plan, tuple(how), manifest.descriptor(), ref, Image(manifest.descriptor(), manifest, config))
+    return LazyPlan(plan, tuple(how), manifest.descriptor(), ref, image)
 
 
 def prepare_lazy_ref(store: Store, text: str, name: str | None = None, *, early: bool = False) -> LazyPlan:

@@ -171,6 +171,16 @@ def fetch_manifest(client: RegistryClient, ref: Reference, platform: Platform | 
     return Manifest.parse(fetched.raw, fetched.media_type), index_fetched
 
 
+def index_entries(ref: Reference, index: FetchedManifest | None
+                  ) -> tuple[list[Reference], tuple[Reference, bytes] | None]:
+    """What a pull of ``ref`` records in the store's index (``Store.store_image``'s ``tags`` and ``index``):
+    the tag when ``ref`` has one and no digest; the index it came through (``fetch_manifest``'s), as its
+    digest reference and raw bytes, when there was one."""
+    tags = [ref] if ref.tag and not ref.digest else []
+    kept = (Reference(ref.registry, ref.repository, None, index.digest), index.raw) if index else None
+    return tags, kept
+
+
 def _start(cancel: threading.Event, progress: Progress, desc: Descriptor) -> tuple[str, Callable[[int], None]]:
     """Begin one blob transfer in a worker: raise _Cancelled when the run was cancelled; returns the blob's
     progress key and a byte callback that reports progress and stops the transfer on cancellation."""
@@ -258,10 +268,9 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
             for d in missing:
                 store.discard_partial(d.digest)
             raise
-        tags = [ref] if ref.tag and not ref.digest else []
+        tags, kept = index_entries(ref, index)
         if missing and unpack:
             progress.line("Extracting layers")
-        kept = (Reference(ref.registry, ref.repository, None, index.digest), index.raw) if index else None
         image = store.store_image(manifest, config[0], tags, kept, unpack=unpack)
     for d in missing:
         progress.end(d.digest.short, "Pull complete")
@@ -294,6 +303,7 @@ def push(store: Store, source: str, dest: Reference, client: RegistryClient, *, 
     """Push the stored image ``source`` (reference or id) to ``dest`` (see the module docstring)."""
     progress = progress or NoProgress()
     image = store.resolve(source)
+    store.check_whole(image)  # a partial image (a lazy mount's): refused before anything is sent
     progress.line(f"The push refers to repository [{dest.name}]")
     blobs: dict[Digest, Descriptor] = {}
     for d in (image.manifest.config, *image.manifest.layers):
@@ -341,18 +351,43 @@ def images_of_repository(store: Store, name: Reference) -> list[Reference]:
 
 def obtain(store: Store, ref: str, platform: Platform | None = None, *,
            announce: Callable[[Reference], None] | None = None) -> Image:
-    """The image ``ref`` (a reference or an image id) from ``store``, pulled when the store does not have it,
-    as ``pull`` does: from the mirrors and the location registries.conf and docker's daemon.json give it
-    (:func:`unionfs.registry.mirrors.client_for`), with each endpoint's credentials of the docker config;
-    ``announce`` is told before a pull. ImageNotFoundError when ``ref`` is neither stored nor a valid
-    reference; the pull's errors otherwise."""
+    """The image ``ref`` (a reference or an image id) from ``store``, pulled when the store does not have it
+    or has it only partly (``Store.missing_layers``: a lazy mount's image), as ``pull`` does: from the mirrors
+    and the location registries.conf and docker's daemon.json give it (:func:`unionfs.registry.mirrors.client_for`),
+    with each endpoint's credentials of the docker config; ``announce`` is told before a pull. A partial image
+    is pulled by its manifest digest (under the name ``ref`` gives, else one of its own), so that the pull
+    completes that very image; one with no name at all is answered as it is (``ensure_layers`` then says what
+    it lacks). ImageNotFoundError when ``ref`` is neither stored nor a valid reference; the pull's errors
+    otherwise."""
     from unionfs.registry.mirrors import client_for
 
     try:
-        return store.resolve(ref, platform)
+        image = store.resolve(ref, platform)
     except ImageNotFoundError:
         r = Reference.parse(ref)
+    else:
+        if not store.missing_layers(image):
+            return image
+        named = _named_by(image, ref)
+        if named is None:
+            return image
+        r = Reference(named.registry, named.repository, None, image.manifest_desc.digest)
     if announce is not None:
         announce(r)
     with client_for(r) as client:
         return pull(store, r, client, platform=platform).image
+
+
+def _named_by(image: Image, text: str) -> Reference | None:
+    """A reference naming ``image`` whose repository a pull of it takes: ``text`` when it is one of the
+    image's tags or digest references (or its manifest digest under a name), else the image's first tag or
+    digest reference (``text`` is an id); None when the image has no name."""
+    names = (*image.tags, *image.digests)
+    try:
+        asked = Reference.parse(text)
+    except UnionfsError:
+        asked = None
+    if asked is not None and (asked in image.tags or asked.digest in (image.manifest_desc.digest,
+                                                                         *(d.digest for d in image.digests))):
+        return asked
+    return names[0] if names else None

@@ -470,11 +470,13 @@ def save(store: Store, refs: list[str], output: str | IO[bytes], fmt: str = "doc
     """Write images to ``output`` as a docker-save archive (legacy layout) or an oci-archive.
 
     ``output`` is a path (written atomically: :func:`atomic_output`) or a stream written front to back (a
-    pipe will do: standard output). Every reference is resolved before a byte is written.
+    pipe will do: standard output). Every reference is resolved, and refused when its image is only partly in
+    the store (PartialImageError: a lazy mount's), before a byte is written.
     """
     images: list[tuple[Image, list[Reference]]] = []
     for text in refs:
         image = store.resolve(text)
+        store.check_whole(image)
         try:
             tags = [Reference.parse(text)] if not text.startswith("sha256:") and Reference.parse(text).tag else []
         except ReferenceError_:

@@ -28,6 +28,13 @@ Contracts:
   image's ``digests`` list it. An entry with that annotation and no tag is a *digest reference*, not a
   dangling image: ``prune`` keeps it, ``tag`` does not absorb it; removing the image's last tag (or the
   image by id) removes it, and then the index goes with the image.
+* **Partial images.** ``mount --lazy`` records the image it mounts (``store_image(..., lazy=True)``: the same
+  entries a pull writes) while some of its layers are neither extracted nor stored as blobs (they are read
+  lazily, :mod:`unionfs.lazy`): such an image is *partial* (``missing_layers``). ``images`` and ``inspect``
+  say so; ``ensure_layers`` (so a plain mount, ``run``, ``commit``, ``export``...), ``save`` and ``push``
+  refuse it (PartialImageError) before changing anything; a pull of it, or the lazy mount's background
+  completion, stores what it lacks and so makes it whole. ``rmi``, ``gc`` and ``prune`` take it as any image
+  (a blob it lacks is nothing to keep).
 * Commands that change the store hold ``lock()``; a failed command removes what it added (``Transaction``),
   and its tag changes are never written: ``index.json`` is written once, when the outermost locked block ends
   without an error (``gc`` writes it before deleting anything).
@@ -72,6 +79,7 @@ from unionfs.errors import (
     ImageNotFoundError,
     ManifestError,
     MountedTreeError,
+    PartialImageError,
     ReferenceError_,
     StoreError,
     UnionfsError,
@@ -673,7 +681,8 @@ class Store:
         raise ImageNotFoundError(f"no such image: {ref.familiar}")
 
     def store_image(self, manifest: Manifest, config_raw: bytes, tags: list[Reference],
-                    index: tuple[Reference, bytes] | None = None, *, unpack: bool = True) -> Image:
+                    index: tuple[Reference, bytes] | None = None, *, unpack: bool = True,
+                    lazy: bool = False) -> Image:
         """Store a manifest whose config and layers are already stored, unpack its layers, then tag it.
 
         Verifies that the config digest matches the manifest and that the layers count matches the diff_ids.
@@ -685,6 +694,11 @@ class Store:
         ``unpack=False`` (``pull --no-unpack``) records the image without extracting its layers: the first
         command that needs them extracts them (``ensure_layers``), with the same checks; until then the blobs'
         content is verified against their digests only, not yet against the config's DiffIDs.
+
+        ``lazy=True`` (``mount --lazy``, :mod:`unionfs.lazy.prepare`) records a *partial* image: its layers may
+        be neither extracted nor stored (``missing_layers``), and nothing is unpacked. The same entries are
+        written as for a whole image; ``ensure_layers`` refuses it (PartialImageError) until a pull (or the
+        lazy mount's background completion) has stored what it lacks.
         """
         with self.lock():
             config = ImageConfig.parse(config_raw)
@@ -693,7 +707,7 @@ class Store:
                 raise ManifestError(f"image has {len(manifest.layers)} layers but its config lists "
                                     f"{len(config.diff_ids)} diff_ids")
             for d in manifest.layers:
-                if not self.has_blob(d.digest):
+                if not lazy and not self.has_blob(d.digest):
                     raise BlobNotFoundError(f"layer blob {d.digest} is not in the store")
             desc = manifest.descriptor()
             self.put_blob_bytes(manifest.raw, desc.digest)
@@ -705,7 +719,7 @@ class Store:
                 index_ref = Reference(ref.registry, ref.repository, None, ref.digest)
                 self.put_blob_bytes(raw, ref.digest)
             image = Image(desc, manifest, config, tuple(tags), (index_ref,) if index_ref else ())
-            if unpack:
+            if unpack and not lazy:
                 self.ensure_layers(image)
             for ref in tags:
                 self.tag(ref, desc, index_ref)
@@ -721,6 +735,23 @@ class Store:
         """The directory of the extracted layer with this DiffID."""
         return self.layers_dir / diff_id.hex
 
+    def missing_layers(self, image: Image) -> list[Descriptor]:
+        """The layers of ``image`` (base first) that are neither extracted in ``layers/`` nor stored as a blob:
+        none for an image the store holds whole, some for a *partial* one (``store_image(..., lazy=True)``).
+        Stats only."""
+        return [desc for desc, diff_id in zip(image.manifest.layers, image.config.diff_ids)
+                if not self.layer_path(diff_id).is_dir() and not self.has_blob(desc.digest)]
+
+    def check_whole(self, image: Image) -> None:
+        """Raise PartialImageError when ``image`` is partial (:meth:`missing_layers`), naming it and the pull
+        that completes it."""
+        if not self.missing_layers(image):
+            return
+        name = next((r.familiar for r in (*image.tags, *image.digests)), None)
+        pull = f"'unionfs pull {name}'" if name is not None else "a pull of its reference"
+        raise PartialImageError(f"image {name or image.id.short} is only partly in the store (a lazy mount's "
+                                f"image not yet pulled whole): {pull} completes it, --lazy mounts it as it is")
+
     def ensure_layers(self, image: Image) -> list[Path]:
         """Unpack every layer of ``image`` not yet extracted; returns the layer directories, base first.
 
@@ -733,9 +764,14 @@ class Store:
         the image gives it all the same, unless the blob is noted to have it (:meth:`_check_diff_id`): the store
         never keeps an image whose blob's content is not its DiffID (a hostile archive or registry pairing a
         blob with a layer the store holds).
+
+        A partial image (:meth:`missing_layers`) is refused with PartialImageError before anything is touched:
+        the directories answered are only ever ``layers/``'s, never a lazy mount's tree (``ROOT/lazy``), whose
+        files are placeholders only a mount's daemon fills.
         """
         paths = []
         with self.lock() as txn:
+            self.check_whole(image)
             for desc, diff_id in zip(image.manifest.layers, image.config.diff_ids):
                 dest = self.layer_path(diff_id)
                 paths.append(dest)
