@@ -12,7 +12,7 @@ The mark's namespace is the process' (:func:`mark_name`): ``trusted.`` for root 
 ``user.`` for anyone else (a user's rootless store, a user namespace's root), both for what it writes and for
 what it trusts. A root daemon never takes a ``user.`` mark for one: anyone may set those on files they own, and
 a root daemon that trusted them would fetch and write where such a file says. A lazy layer made by the other
-kind of process is refused by the daemon (:func:`unionfs.lazy.layout.check_marks`), never served as zeros.
+kind of process is refused (:func:`unionfs.lazy.layout.check_mark`), never served as zeros.
 """
 
 from __future__ import annotations

@@ -101,15 +101,11 @@ def read_layer(layer: str) -> tuple[Source, bytes]:
     return source, toc
 
 
-def check_marks(lowers: list[str]) -> None:
-    """LazyLayerError when one of the lower directories ``lowers`` is the tree of a lazy layer (``<dir>/tree``
-    beside its ``source.json``) whose root lacks the mark this process trusts
-    (:func:`unionfs.layer.placeholder.mark_name`): a layer made by a process of the other privilege (root's
-    ``trusted.`` marks are invisible to a user; a user's ``user.`` marks are not trusted by root), whose
-    placeholders a mount would serve as zeros."""
-    for lower in lowers:
-        if os.path.basename(lower) == TREE and os.path.exists(os.path.join(os.path.dirname(lower), SOURCE)) \
-                and placeholder.lazy_layer_of(lower) is None:
-            other = "root" if placeholder.mark_name() == placeholder.USER_MARK else "a user other than root"
-            raise LazyLayerError(f"lazy layer {os.path.dirname(lower)} was made by {other}: only the same kind "
-                                 "of process may mount it")
+def check_mark(layer: str) -> None:
+    """LazyLayerError unless the tree of the lazy layer directory ``layer`` carries the mark this process
+    trusts (:func:`unionfs.layer.placeholder.mark_name`). A layer made by a process of the other privilege
+    lacks it (root's ``trusted.`` marks are invisible to a user; a user's ``user.`` marks are not trusted by
+    root): a mount of it would serve its placeholders as zeros."""
+    if placeholder.lazy_layer_of(tree_of(layer)) is None:
+        other = "root" if placeholder.mark_name() == placeholder.USER_MARK else "a user other than root"
+        raise LazyLayerError(f"lazy layer {layer} was made by {other}: only the same kind of process may mount it")

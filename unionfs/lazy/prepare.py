@@ -9,7 +9,8 @@ digests), stores those two blobs, and for each layer, base first:
   fetched by range (nothing else of the blob), the TOC checked against the annotation, and its tree made
   (:mod:`unionfs.lazy.materialize`) in ``ROOT/lazy/<diffid-hex>`` (:mod:`unionfs.lazy.layout`), staged and
   renamed into place; a lazy layer already there for the same blob and TOC is used again (with the files
-  filled so far). With ``early`` (a mount that prefetches), the files before the layer's prefetch landmark are
+  filled so far), unless a process of the other privilege made it (LazyLayerError:
+  :func:`unionfs.lazy.layout.check_mark`). With ``early`` (a mount that prefetches), the files before the layer's prefetch landmark are
   fetched while its tree is made and filled in the stage (:mod:`unionfs.lazy.early`);
 * any other layer: pulled whole (:func:`unionfs.registry.transfer.download_blob`) and extracted by the store,
   its DiffID checked, as ``pull`` does: correct, just not lazy.
@@ -127,10 +128,12 @@ def _layer(store: Store, client: Any, ref: Reference, manifest: Manifest, config
         if os.path.isdir(there):
             try:
                 source, _ = layout.read_layer(there)
-                if source.digest == str(desc.digest) and source.toc_digest == str(toc_digest):
-                    return layout.tree_of(there), "reused"
             except LazyLayerError as e:
                 log.warning("%s", e)
+            else:
+                if source.digest == str(desc.digest) and source.toc_digest == str(toc_digest):
+                    layout.check_mark(there)  # made by this kind of process (its marks trusted here)
+                    return layout.tree_of(there), "reused"
             log.warning("lazy layer %s holds another blob's tree: layer %s is pulled whole", diff_id.short,
                         desc.digest.short)
         else:

@@ -108,9 +108,6 @@ def check_plan(plan: MountPlan, mountpoint: str, *, userxattr: bool = False) -> 
     for d in plan.lowers:
         if not os.path.isdir(d):
             raise MountError(f"lower directory {d} does not exist")
-    from unionfs.lazy.layout import check_marks
-
-    check_marks(list(plan.lowers))
     if plan.upper is not None and plan.work is not None:
         for what, d in (("upper", plan.upper), ("work", plan.work)):
             if not os.path.isdir(d):
