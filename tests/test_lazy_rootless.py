@@ -3,11 +3,12 @@ and runs an eStargz image lazily from its own store, against the same real regis
 tests/test_lazy.py.
 
 What is checked: the user's lazy layers carry ``user.`` marks (never ``trusted.``, which a user may not set);
-the merged tree (owners, modes, sizes, contents) equals the one a plain pull into the same user's store mounts;
-a read-only file of the image is filled (its owner may not write it: the fill gives it ``u+w`` meanwhile) and
-keeps its mode; before any read only footers and TOCs are fetched; ``run --lazy`` runs the image, which ``images`` lists as partial; the
-background completion makes the image whole in the user's store; and root refuses to mount the user's lazy
-layers (root never trusts ``user.`` marks) rather than showing their placeholders as zeros.
+before any read only footers and TOCs are fetched; the merged tree (modes, sizes, contents; owners but for one
+file, see the test) equals the one a plain pull into the same user's store mounts; a read-only file of the image
+is filled (its placeholder stays writable on disk, its mode 0444 kept in its override) and shows its mode;
+``run --lazy`` runs the image, which ``images`` lists as partial until the background completion makes it whole
+in the user's store; and root refuses the user's lazy layers (root never trusts ``user.`` marks) rather than
+showing their placeholders as zeros.
 """
 
 from __future__ import annotations

@@ -106,8 +106,8 @@ def _image_rows(images: list[Image], no_trunc: bool = False, users: dict[str, in
                 "Digest": str(img.manifest_desc.digest), "FullID": str(img.id),
                 "ID": str(img.id) if no_trunc else img.id.short,
                 "Partial": str(img.manifest_desc.digest) in partial, "Repository": repository,
-                "SharedSize": "N/A", "Size": human_size(img.size), "SizeBytes": img.size, "Tag": tag, "UniqueSize": "N/A",
-                "VirtualSize": human_size(img.size)}))
+                "SharedSize": "N/A", "Size": human_size(img.size), "SizeBytes": img.size, "Tag": tag,
+                "UniqueSize": "N/A", "VirtualSize": human_size(img.size)}))
     return rows
 
 

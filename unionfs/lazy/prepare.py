@@ -5,13 +5,13 @@ container of them.
 digests), stores those two blobs, and for each layer, base first:
 
 * an extracted layer the store holds already: used as it is;
-* an eStargz layer (a gzip layer whose descriptor carries the TOC digest annotation): its footer and TOC are
-  fetched by range (nothing else of the blob), the TOC checked against the annotation, and its tree made
-  (:mod:`unionfs.lazy.materialize`) in ``ROOT/lazy/<diffid-hex>`` (:mod:`unionfs.lazy.layout`), staged and
-  renamed into place; a lazy layer already there for the same blob and TOC is used again (with the files
-  filled so far), unless a process of the other privilege made it (LazyLayerError:
-  :func:`unionfs.lazy.layout.check_mark`). With ``early`` (a mount that prefetches), the files before the layer's prefetch landmark are
-  fetched while its tree is made and filled in the stage (:mod:`unionfs.lazy.early`);
+* an eStargz layer (a gzip layer whose descriptor carries the TOC digest annotation): its footer and TOC are fetched
+  by range (nothing else of the blob), the TOC checked against the annotation, and its tree made
+  (:mod:`unionfs.lazy.materialize`) in ``ROOT/lazy/<diffid-hex>`` (:mod:`unionfs.lazy.layout`), staged and renamed
+  into place; a lazy layer already there for the same blob and TOC is used again (with the files filled so far),
+  unless a process of the other privilege made it (LazyLayerError: :func:`unionfs.lazy.layout.check_mark`). With
+  ``early`` (a mount that prefetches), the files before the layer's prefetch landmark are fetched while its tree is
+  made and filled in the stage (:mod:`unionfs.lazy.early`);
 * any other layer: pulled whole (:func:`unionfs.registry.transfer.download_blob`) and extracted by the store,
   its DiffID checked, as ``pull`` does: correct, just not lazy.
 
