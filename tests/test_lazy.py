@@ -314,6 +314,45 @@ def test_a_registry_that_goes_away_gives_eio_then_the_read_succeeds(setup: dict)
         run_cli("umount", mnt, root=store)
 
 
+def test_a_fill_that_waits_for_the_registry_holds_up_no_other_request(setup: dict) -> None:  # type: ignore[type-arg]
+    """A file whose fill hangs (the registry holds its range answer): the mount meanwhile lists, stats and reads
+    other files (another file of another layer filled too); a second reader of the hanging file waits for the
+    same fill (its chunks fetched once); both get the file once the registry answers. Before, a fill ran in the
+    daemon's one request loop and everything waited for it."""
+    proxy, tmp = setup["proxy"], setup["tmp"]
+    store, mnt = tmp / "lazy", tmp / "mnt"
+    base = str(setup["layers"][0].digest)
+    got: dict[str, bytes] = {}
+
+    def read(name: str, key: str) -> None:
+        got[key] = (mnt / name).read_bytes()
+
+    with unmounted_on_exit(mnt):
+        lazy_mount(store, setup["esgz"], mnt)
+        before = len(blob_requests(proxy, base))
+        proxy.hold_range[base] = 1  # the next range answer of the base layer's blob: held until released
+        readers = [threading.Thread(target=read, args=("data/medium", k), daemon=True) for k in ("a", "b")]
+        try:
+            readers[0].start()
+            assert proxy.stalled.wait(60)
+            readers[1].start()
+            others = threading.Thread(target=lambda: got.update(
+                names=str(sorted(os.listdir(mnt))).encode(), motd=(mnt / "etc/motd").read_bytes(),
+                size=str(os.stat(mnt / "bin/tool").st_size).encode()), daemon=True)
+            others.start()
+            others.join(20)  # a bound on a hang (below the 30 s a range read may take), not a timing
+            assert not others.is_alive() and not proxy.release.is_set()
+            assert got["motd"] == b"hello from the top layer\n" and got["size"] == str(len(BIG)).encode()
+            assert "data" in got["names"].decode() and "a" not in got
+        finally:
+            proxy.release.set()
+            for t in readers:
+                t.join(60)
+        assert got["a"] == got["b"] == MEDIUM
+        assert len(blob_requests(proxy, base)) - before == len(range(0, len(MEDIUM), 1 << 16))  # fetched once
+        run_cli("umount", mnt, root=store)
+
+
 def wait_for(what: str, check, bound: float = 120.0) -> None:  # type: ignore[no-untyped-def]
     """Poll ``check()`` until it is true; fail after ``bound`` seconds (a bound on a hang, not a timing)."""
     deadline = time.monotonic() + bound

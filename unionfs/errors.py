@@ -47,11 +47,15 @@ The tree::
         ├── RegistriesConfError       registries.conf or docker's daemon.json is malformed
         └── CredentialsError          the docker config (credentials file or helper) is unusable
 
+Outside the tree, never shown to a user: ``FillPending`` (an OSError EAGAIN), a lazy mount's daemon telling its
+request loop that the file a request needs is being fetched by a worker thread.
+
 Code below the CLI raises these and never prints.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -300,3 +304,14 @@ def listed(items: list[str], limit: int = SHOWN_ITEMS) -> str:
 def printable(text: str) -> str:
     """``text`` with its control characters (newline, tab, ESC, DEL, C1) escaped, for one table cell or line."""
     return re.sub(_CONTROL, lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class FillPending(OSError):
+    """Not an error: a lazy mount's daemon fills the file the request needs in a worker thread
+    (:class:`unionfs.lazy.fill.Filler`); ``job`` is the :class:`~unionfs.lazy.fill.FillJob` the request waits
+    for, to run again once the file is whole. An OSError (EAGAIN), so that whatever the request had begun (a
+    copy-up's staging file) is undone as for any failure before it is set aside."""
+
+    def __init__(self, job: object) -> None:
+        super().__init__(errno.EAGAIN, "a lazy file is being fetched")
+        self.job = job

@@ -275,6 +275,8 @@ class FaultProxy:
     * ``stall_blob[digest] = k``: send k bytes, set ``stalled`` and hold the connection until ``release`` is set;
     * ``stall_range[digest] = n``: the same, with no byte of the body sent, for the n-th range answer (206) of
       that blob from now;
+    * ``hold_range[digest] = n``: the n-th range answer of that blob from now waits (``stalled`` set) until
+      ``release`` is set, and is then sent whole (a slow registry);
     * ``rewrite_blob[digest] = f``: answer every GET of that blob (whole or range) with ``f(body)`` instead.
     ``log`` records (method, path, Range header) of every request; ``sent`` counts the body bytes answered.
     ``rate`` (bytes per second, None: unlimited) makes every answer's body share one link of that bandwidth
@@ -288,6 +290,7 @@ class FaultProxy:
         self.corrupt_blob: set[str] = set()
         self.stall_blob: dict[str, int] = {}
         self.stall_range: dict[str, int] = {}
+        self.hold_range: dict[str, int] = {}
         self.rewrite_blob: dict[str, Callable[[bytes], bytes]] = {}
         self.stalled = threading.Event()
         self.release = threading.Event()
@@ -330,6 +333,12 @@ class FaultProxy:
                         data = bytes([data[0] ^ 0xFF]) + data[1:]
                     if digest in proxy.rewrite_blob:
                         data = proxy.rewrite_blob[digest](data)
+                    if resp.status == 206 and digest in proxy.hold_range:
+                        proxy.hold_range[digest] -= 1
+                        if not proxy.hold_range[digest]:
+                            del proxy.hold_range[digest]
+                            proxy.stalled.set()
+                            proxy.release.wait(timeout=120)
                     if resp.status == 206 and digest in proxy.stall_range:
                         proxy.stall_range[digest] -= 1
                         if not proxy.stall_range[digest]:

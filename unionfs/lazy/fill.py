@@ -19,7 +19,11 @@ from the layer's ``toc.json`` and checked against its recorded digest (:func:`un
 when the first file of the layer is filled, or before, by :meth:`Filler.warm` (the mount daemon runs it in the
 background once its mount is live, so that the first fill finds its layer loaded).
 
-Fills run in the daemon's request loop (one at a time): while a file is fetched, the mount answers nothing else.
+Where the daemon gives a ``resume`` callback (``unionfs.mount.server``), fills run in worker threads
+(at most :data:`WORKERS` at once, one per file however many requests want it): the hook raises
+:class:`~unionfs.errors.FillPending` with the file's :class:`FillJob`, the daemon sets the request aside on it
+and answers others meanwhile, and once the fill ends ``resume`` gets the waiting requests back, to run again
+(the file is whole now) or to answer with EIO. Without it (a direct caller) a fill runs in the calling thread.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import stat
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
-from unionfs.errors import LazyLayerError, UnionfsError
+from unionfs.errors import FillPending, LazyLayerError, UnionfsError
 from unionfs.layer import placeholder
 from unionfs.lazy import layout
 from unionfs.lazy.fetch import Chunk, LocalBlob, RangeSource, check_file, checked_toc, plan_chunks, read_chunk
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 LAZY_ATTEMPTS = 2
 #: seconds a range read may take at most, retries included (``UNIONFS_HTTP_TIMEOUT`` lowers it)
 LAZY_TIMEOUT = 30.0
+#: fills that run at once in the background mode (each fetches its file's chunks, one after the other)
+WORKERS = 4
 
 
 class _Layer:
@@ -90,20 +96,54 @@ def _client(ref: Reference, insecure: bool) -> Any:
                       deadlines=deadlines)
 
 
+class FillJob:
+    """A placeholder being filled by a worker thread, and the requests waiting for it (opaque to this module:
+    the daemon's raw FUSE requests)."""
+
+    __slots__ = ("_lock", "_waiting", "_ended")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: list[bytes] = []
+        self._ended = False
+
+    def wait(self, request: bytes) -> bool:
+        """Set ``request`` aside until the fill ends (then it goes to the filler's ``resume``); False when the
+        fill has ended already: run it again now."""
+        with self._lock:
+            if self._ended:
+                return False
+            self._waiting.append(request)
+            return True
+
+    def end(self) -> list[bytes]:
+        """Mark the fill ended; the requests that waited for it."""
+        with self._lock:
+            self._ended = True
+            waiting, self._waiting = self._waiting, []
+            return waiting
+
+
 class Filler:
     """Fills the placeholders of the lazy layers ``layers`` ((tree path, DiffID hex) pairs); see the module
-    docstring. Thread-safe (one fill at a time)."""
+    docstring. ``resume(requests, ok)``: the background mode, called from a worker thread with the requests
+    that waited for a fill and whether it succeeded. Thread-safe."""
 
-    def __init__(self, layers: list[tuple[str, str]]) -> None:
+    def __init__(self, layers: list[tuple[str, str]],
+                 resume: Callable[[list[bytes], bool], None] | None = None) -> None:
         self.layers = {h: _Layer(tree, h) for tree, h in layers}
         #: the mark this daemon trusts (:func:`unionfs.layer.placeholder.mark_name`), read once
         self.mark = placeholder.mark_name()
-        self._lock = threading.Lock()
+        self.resume = resume
+        self._lock = threading.Lock()  # a layer's loading
         self._logged: set[tuple[str, int]] = set()
+        self._jobs: dict[tuple[str, int], FillJob] = {}
+        self._jobs_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(WORKERS)
 
     def warm(self) -> None:
         """Load each layer ahead of its first fill (its source and TOC read and checked, its chunks planned, its
-        client made: no network), one at a time under the fill lock. A failure is only logged: the first fill
+        client made: no network), one at a time under the loading lock. A failure is only logged: the first fill
         of that layer loads it again, and reports."""
         for diff_hex, layer in self.layers.items():
             with self._lock:
@@ -119,7 +159,9 @@ class Filler:
         return thread
 
     def __call__(self, path: str) -> None:
-        """Make the file at the host path ``path`` whole if it is a placeholder; OSError EIO when that fails."""
+        """Make the file at the host path ``path`` whole if it is a placeholder; OSError EIO when that fails. In
+        the background mode, a placeholder's fill is started (or joined) in a worker thread instead, and
+        FillPending raised with its job."""
         try:
             mark = placeholder.placeholder_of(path, self.mark)
         except ValueError as e:
@@ -127,8 +169,31 @@ class Filler:
             raise OSError(errno.EIO, "malformed lazy mark") from None
         if mark is None:
             return
-        with self._lock:
+        if self.resume is None:
             self._fill(path, *mark)
+            return
+        with self._jobs_lock:
+            job = self._jobs.get(mark)
+            if job is None:
+                job = self._jobs[mark] = FillJob()
+                threading.Thread(target=self._work, args=(job, path, mark), name="unionfs-lazy-fill",
+                                 daemon=True).start()
+        raise FillPending(job)
+
+    def _work(self, job: FillJob, path: str, mark: tuple[str, int]) -> None:
+        """A worker: fill, then hand the waiting requests back (a new request for the file starts anew)."""
+        ok = False
+        try:
+            with self._slots:
+                self._fill(path, *mark)
+            ok = True
+        except OSError:
+            pass  # logged by _fill
+        finally:
+            with self._jobs_lock:
+                del self._jobs[mark]
+            assert self.resume is not None
+            self.resume(job.end(), ok)
 
     def _fill(self, path: str, diff_hex: str, index: int) -> None:
         layer = self.layers.get(diff_hex)
@@ -136,7 +201,8 @@ class Filler:
         try:
             if layer is None:
                 raise LazyLayerError(f"a placeholder of layer {diff_hex[:12]}, which this mount does not hold")
-            layer.load()
+            with self._lock:
+                layer.load()
             if not 0 <= index < len(layer.entries) or index not in layer.chunks:
                 raise LazyLayerError(f"a placeholder naming TOC entry {index}, which holds no file data")
             ent = layer.entries[index]

@@ -23,6 +23,7 @@ Speed (docs/design.md, "Speed settings"):
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -36,6 +37,7 @@ from sys import intern
 from typing import Any, Callable
 
 from unionfs import mountinfo
+from unionfs.errors import FillPending
 from unionfs.mount import protocol as fp
 from unionfs.union.overlay import (
     UTIME_NOW,
@@ -344,6 +346,10 @@ class LowLevelFS:
         self._prefetch = -1
         self._uid = self._gid = self._pid = self._unique = 0
         self.readers: Readers | None = None
+        #: requests set aside while a lazy file was filled, to run again before the next read of the device
+        #: (:meth:`resume`), and the pipe that wakes the loop for them (-1: none, no lazy layer)
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._wake = -1
         self.ready: Callable[[], None] | None = None
         self.ops: dict[int, Callable[[int, memoryview], bytes | None]] = {
             fp.LOOKUP: self.lookup, fp.GETATTR: self.getattr, fp.SETATTR: self.setattr,
@@ -1018,16 +1024,44 @@ class LowLevelFS:
         spin = self.spin_us * 1000
         poller = select.poll()
         poller.register(dev, select.POLLIN)
+        woken = -1
+        if self.ov.filler is not None:  # lazy layers: fills end in worker threads, which wake the loop
+            woken, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            poller.register(woken, select.POLLIN)
         self.readers = Readers(dev, READ_THREADS) if READ_THREADS else None
         restore = self._catch_signals()
         try:
-            self._loop(dev, spin, poller)
+            self._loop(dev, spin, poller, woken)
         finally:
             for sig, old in restore.items():
                 signal.signal(sig, old)
             if self.readers is not None:
                 self.readers.close()
                 self.readers = None
+            if woken >= 0:
+                os.close(woken)
+                os.close(self._wake)
+                self._wake = -1
+
+    def resume(self, requests: list[bytes], ok: bool) -> None:
+        """The lazy filler's callback (:class:`unionfs.lazy.fill.Filler`, from a worker thread): ``requests``
+        (raw, as read from the device) waited for a fill that ended. When it succeeded they run again (the loop
+        takes them before its next read of the device; the file is whole now), else each is answered EIO here,
+        as a failed fill is answered in the loop."""
+        if ok:
+            self._pending.extend(requests)
+            try:
+                os.write(self._wake, b"\0")
+            except OSError:  # a full pipe: the loop is woken already; closed: the mount is gone
+                pass
+            return
+        out = fp.OUT_HEADER
+        for raw in requests:
+            unique = fp.IN_HEADER.unpack_from(raw)[2]
+            try:
+                os.writev(self.dev, [out.pack(out.size, -errno.EIO, unique)])
+            except OSError as e:  # ENOENT: interrupted meanwhile; ENODEV: unmounted
+                log.debug("reply %d not delivered: %s", unique, e)
 
     def _catch_signals(self) -> dict[int, Any]:
         """SIGTERM, SIGINT and SIGHUP unmount the mount lazily (as libfuse's daemons do) instead of killing the
@@ -1048,7 +1082,9 @@ class LowLevelFS:
 
         return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
-    def _loop(self, dev: int, spin: int, poller: select.poll) -> None:
+    def _loop(self, dev: int, spin: int, poller: select.poll, woken: int) -> None:
+        """Read and answer requests until the mount ends. ``woken``: the read end of the pipe :meth:`resume`
+        writes to (-1: none): the device is then read without blocking, so that the loop waits in ``poll``."""
         buf = bytearray(fp.BUFFER_SIZE)
         view = memoryview(buf)
         hdr = fp.IN_HEADER
@@ -1056,28 +1092,36 @@ class LowLevelFS:
         ops = self.ops
         write = os.writev
         readv = os.readv
-        if spin:
+        pending = self._pending
+        if spin or woken >= 0:
             os.set_blocking(dev, False)
         idle = 0
         clock = time.perf_counter_ns
         mapped = self.show.uids is not None or self.show.gids is not None
         while True:
-            try:
-                n = readv(dev, [buf])
-            except BlockingIOError:
-                now = clock()
-                if not idle:
-                    idle = now
-                elif now - idle > spin:
-                    poller.poll()
-                    idle = 0
-                continue
-            except OSError as e:
-                if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+            if pending:  # a request set aside while its lazy file was filled: the file is whole now
+                raw = pending.popleft()
+                n = len(raw)
+                buf[:n] = raw
+            else:
+                try:
+                    n = readv(dev, [buf])
+                except BlockingIOError:
+                    now = clock()
+                    if not idle:
+                        idle = now
+                    elif now - idle > spin:
+                        poller.poll()
+                        if woken >= 0:
+                            _drain(woken)
+                        idle = 0
                     continue
-                if e.errno == errno.ENODEV:
-                    return
-                raise
+                except OSError as e:
+                    if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                        continue
+                    if e.errno == errno.ENODEV:
+                        return
+                    raise
             idle = 0
             if n < hdr.size:
                 continue
@@ -1107,6 +1151,11 @@ class LowLevelFS:
                     if answer is DEFERRED:  # a reader thread replies
                         continue
                     data = answer or b""
+                except FillPending as e:  # its lazy file is being filled: run it again after (resume)
+                    raw = bytes(view[:n])
+                    if not e.job.wait(raw):  # filled meanwhile
+                        pending.append(raw)
+                    continue
                 except OSError as e:
                     err = e.errno or errno.EIO
                 except Exception:  # a bug here must not take the mount down
@@ -1156,6 +1205,15 @@ def _times(valid: int, atime: int, atimens: int, mtime: int, mtimens: int) -> tu
         return (sec, nsec) if valid & set_ else (0, UTIME_OMIT)
     return (one(fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, atime, atimens),
             one(fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, mtime, mtimens))
+
+
+def _drain(fd: int) -> None:
+    """Empty the non-blocking pipe open at ``fd`` (its bytes only wake a ``poll``)."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _willneed(fd: int) -> None:
@@ -1218,9 +1276,9 @@ def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Ca
     once the kernel has spoken to us (INIT). ``record``: a descriptor the paths of opened files are appended
     to (:meth:`LowLevelFS._recording_open`; -1: none)."""
     mountpoint = os.path.realpath(mountpoint)
-    warm = _fill_lazy_layers(overlay)
     fs = LowLevelFS(overlay, writeback=writeback, passthrough=passthrough, mountpoint=mountpoint, spin_us=spin_us,
                     show=show, record=record)
+    warm = _fill_lazy_layers(overlay, fs.resume)
 
     def live() -> None:
         if ready is not None:
@@ -1236,18 +1294,18 @@ def serve(overlay: Overlay, mountpoint: str, *, opts: fp.MountOptions, ready: Ca
         os.close(dev)
 
 
-def _fill_lazy_layers(overlay: Overlay) -> Callable[[], object] | None:
-    """Give ``overlay`` the filler of its lazy layers (:mod:`unionfs.lazy.fill`) when a lower directory is one
-    (its root carries the mark of :mod:`unionfs.layer.placeholder`); the lazy code, which speaks to
-    registries, is loaded only then. Returns what loads those layers in the background
-    (:meth:`~unionfs.lazy.fill.Filler.warm_in_background`), to start once the mount is live; None without
-    lazy layers."""
+def _fill_lazy_layers(overlay: Overlay, resume: Callable[[list[bytes], bool], None]) -> Callable[[], object] | None:
+    """Give ``overlay`` the filler of its lazy layers (:mod:`unionfs.lazy.fill`, filling in worker threads that
+    hand the waiting requests to ``resume``) when a lower directory is one (its root carries the mark of
+    :mod:`unionfs.layer.placeholder`); the lazy code, which speaks to registries, is loaded only then. Returns
+    what loads those layers in the background (:meth:`~unionfs.lazy.fill.Filler.warm_in_background`), to start
+    once the mount is live; None without lazy layers."""
     from unionfs.layer.placeholder import lazy_layer_of
 
     lazy = [(path, layer) for path in overlay.view.lowers if (layer := lazy_layer_of(path)) is not None]
     if lazy:
         from unionfs.lazy.fill import Filler
 
-        overlay.filler = filler = Filler(lazy)
+        overlay.filler = filler = Filler(lazy, resume)
         return filler.warm_in_background
     return None
