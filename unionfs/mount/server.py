@@ -350,6 +350,10 @@ class LowLevelFS:
         #: (:meth:`resume`), and the pipe that wakes the loop for them (-1: none, no lazy layer)
         self._pending: collections.deque[bytes] = collections.deque()
         self._wake = -1
+        #: held while :meth:`resume` writes (from a worker): once the loop has ended it writes nothing (the
+        #: descriptors may be closed, their numbers another file's)
+        self._resume_lock = threading.Lock()
+        self._serving = False
         self.ready: Callable[[], None] | None = None
         self.ops: dict[int, Callable[[int, memoryview], bytes | None]] = {
             fp.LOOKUP: self.lookup, fp.GETATTR: self.getattr, fp.SETATTR: self.setattr,
@@ -1030,9 +1034,12 @@ class LowLevelFS:
             poller.register(woken, select.POLLIN)
         self.readers = Readers(dev, READ_THREADS) if READ_THREADS else None
         restore = self._catch_signals()
+        self._serving = True
         try:
             self._loop(dev, spin, poller, woken)
         finally:
+            with self._resume_lock:
+                self._serving = False
             for sig, old in restore.items():
                 signal.signal(sig, old)
             if self.readers is not None:
@@ -1047,21 +1054,24 @@ class LowLevelFS:
         """The lazy filler's callback (:class:`unionfs.lazy.fill.Filler`, from a worker thread): ``requests``
         (raw, as read from the device) waited for a fill that ended. When it succeeded they run again (the loop
         takes them before its next read of the device; the file is whole now), else each is answered EIO here,
-        as a failed fill is answered in the loop."""
-        if ok:
-            self._pending.extend(requests)
-            try:
-                os.write(self._wake, b"\0")
-            except OSError:  # a full pipe: the loop is woken already; closed: the mount is gone
-                pass
-            return
-        out = fp.OUT_HEADER
-        for raw in requests:
-            unique = fp.IN_HEADER.unpack_from(raw)[2]
-            try:
-                os.writev(self.dev, [out.pack(out.size, -errno.EIO, unique)])
-            except OSError as e:  # ENOENT: interrupted meanwhile; ENODEV: unmounted
-                log.debug("reply %d not delivered: %s", unique, e)
+        as a failed fill is answered in the loop. Nothing once the loop has ended."""
+        with self._resume_lock:
+            if not self._serving:
+                return
+            if ok:
+                self._pending.extend(requests)
+                try:
+                    os.write(self._wake, b"\0")
+                except BlockingIOError:  # a full pipe: the loop is woken already
+                    pass
+                return
+            out = fp.OUT_HEADER
+            for raw in requests:
+                unique = fp.IN_HEADER.unpack_from(raw)[2]
+                try:
+                    os.writev(self.dev, [out.pack(out.size, -errno.EIO, unique)])
+                except OSError as e:  # ENOENT: interrupted meanwhile; ENODEV: unmounted
+                    log.debug("reply %d not delivered: %s", unique, e)
 
     def _catch_signals(self) -> dict[int, Any]:
         """SIGTERM, SIGINT and SIGHUP unmount the mount lazily (as libfuse's daemons do) instead of killing the
