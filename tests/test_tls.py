@@ -98,6 +98,16 @@ def test_trust_is_loaded_on_the_first_handshake_and_still_verifies(tls_server: t
     _handshake(LazyTrustContext.create(), port)
 
 
+def test_the_context_checks_what_the_default_context_checks() -> None:
+    """The same verification as ``ssl.create_default_context()`` on this interpreter (httpx's): from Python 3.13
+    on that includes VERIFY_X509_STRICT and VERIFY_X509_PARTIAL_CHAIN, which a bare PROTOCOL_TLS_CLIENT context
+    lacks."""
+    ours, default = LazyTrustContext.create(), ssl.create_default_context()
+    for attr in ("verify_flags", "options", "verify_mode", "check_hostname", "minimum_version", "maximum_version",
+                 "post_handshake_auth"):
+        assert getattr(ours, attr) == getattr(default, attr), attr
+
+
 def test_speaks_tls(tls_server: tuple[int, Path], registry: Registry) -> None:
     assert speaks_tls("127.0.0.1", tls_server[0], 10) is True
     assert speaks_tls("127.0.0.1", registry.port, 10) is False  # docker-registry in plain HTTP

@@ -3,8 +3,9 @@ probe that tells whether a host speaks TLS at all.
 
 Contracts:
 
-* ``LazyTrustContext`` verifies exactly as httpx's default context does: certificates and host names
-  checked against ``$SSL_CERT_FILE``, else ``$SSL_CERT_DIR``, else certifi's bundle (``httpx`` reads the
+* ``LazyTrustContext`` verifies exactly as httpx's default context (``ssl.create_default_context``) does on
+  this interpreter (the same verify flags, options and protocol bounds): certificates and host names checked
+  against ``$SSL_CERT_FILE``, else ``$SSL_CERT_DIR``, else certifi's bundle (``httpx`` reads the
   same variables). Only the moment differs: the trust store is loaded (once, under a lock) when the first TLS
   connection starts, not when the context is made. Parsing certifi's bundle costs ~16 ms, which a command
   that speaks only plain HTTP (a registry on the loopback) never pays.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import sys
 import threading
 
 
@@ -34,6 +36,8 @@ class LazyTrustContext(ssl.SSLContext):
     def create(cls) -> "LazyTrustContext":
         """A new context, nothing loaded yet."""
         ctx = cls(ssl.PROTOCOL_TLS_CLIENT)
+        if sys.version_info >= (3, 13):  # what ssl.create_default_context adds from 3.13 on
+            ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN | ssl.VERIFY_X509_STRICT
         ctx._loaded = False
         ctx._load_lock = threading.Lock()
         keylog = os.environ.get("SSLKEYLOGFILE")  # as ssl.create_default_context does
