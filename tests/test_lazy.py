@@ -593,3 +593,31 @@ def test_the_prefetch_opens_nothing_outside_the_mount_nor_a_fifo(tmp_path: Path)
         time.sleep(0.01)
     done.join(timeout=5)
     assert not opened and not done.is_alive()
+
+
+def test_a_fill_that_ends_after_the_loop_answers_nothing(tmp_path: Path) -> None:
+    """A worker whose fill ends once the daemon's loop has ended (unmounted) writes no reply: the device's
+    descriptor may be closed by then, its number another file's. While the loop serves, a failed fill's waiting
+    request is answered EIO on the device (here a pipe standing for it)."""
+    from unionfs.mount import protocol as fp
+    from unionfs.mount.server import LowLevelFS
+    from unionfs.union.overlay import Overlay
+
+    for n in ("lower", "upper", "work"):
+        (tmp_path / n).mkdir()
+    fs = LowLevelFS(Overlay([str(tmp_path / "lower")], str(tmp_path / "upper"), str(tmp_path / "work")),
+                    passthrough=False)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    fs.dev = w
+    request = fp.IN_HEADER.pack(fp.IN_HEADER.size, fp.OPEN, 77, 1, 0, 0, 0, 0, 0)
+    try:
+        fs.resume([request], False)  # not serving (ended, or not begun): nothing written
+        with pytest.raises(BlockingIOError):
+            os.read(r, 100)
+        fs._serving = True
+        fs.resume([request], False)
+        assert os.read(r, 100) == fp.OUT_HEADER.pack(fp.OUT_HEADER.size, -errno.EIO, 77)
+    finally:
+        os.close(r)
+        os.close(w)

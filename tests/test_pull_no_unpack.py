@@ -28,6 +28,7 @@ from support.registry import (  # noqa: F401 (fixtures)
 )
 from support.tar import build, file, gz, image_config, sha_of
 from support.tree import ROOTFS, assert_same_tree, tree_snapshot
+from test_pull_push import skopeo_push
 
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
@@ -44,7 +45,7 @@ CLI = Callable[..., subprocess.CompletedProcess[str]]
 def pushed(registry: Registry, test_images: TestImages) -> str:
     """The umoci test image pushed by skopeo as ``HOST/lazy:v3``."""
     ref = f"{registry.host}/lazy:v3"
-    run("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{test_images.layout}:v3", f"docker://{ref}")
+    skopeo_push(f"oci:{test_images.layout}:v3", ref)
     return ref
 
 
