@@ -17,7 +17,6 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import pytest
 from support.cli import run_cli
 from support.images import flatten_layers, run
 from support.registry import (  # noqa: F401 (fixtures)
@@ -28,7 +27,7 @@ from support.registry import (  # noqa: F401 (fixtures)
 )
 from support.tar import build, file, gz, image_config, sha_of
 from support.tree import ROOTFS, assert_same_tree, tree_snapshot
-from test_pull_push import skopeo_push
+from test_pull_push import pushed as umoci_image_pushed  # noqa: F401 (the fixture ``pushed``)
 
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
@@ -39,14 +38,6 @@ if TYPE_CHECKING:
     from support.images import TestImages
 
 CLI = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="module")
-def pushed(registry: Registry, test_images: TestImages) -> str:
-    """The umoci test image pushed by skopeo as ``HOST/lazy:v3``."""
-    ref = f"{registry.host}/lazy:v3"
-    skopeo_push(f"oci:{test_images.layout}:v3", ref)
-    return ref
 
 
 def layer_dirs(root: Path) -> list[str]:

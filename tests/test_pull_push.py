@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 CLI = Callable[..., subprocess.CompletedProcess[str]]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", name="pushed")  # named: test_pull_no_unpack imports it under another name
 def pushed(registry: Registry, test_images: TestImages) -> str:
     """The umoci test image pushed by skopeo as ``HOST/test:v3`` (OCI manifest, gzip layers)."""
     ref = f"{registry.host}/test:v3"
