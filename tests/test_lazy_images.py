@@ -118,7 +118,7 @@ def test_the_entries_are_those_a_pull_writes(setup: dict, how: str) -> None:  # 
 
 
 def test_what_needs_the_layers_refuses_a_partial_image_and_changes_nothing(setup: dict) -> None:  # type: ignore[type-arg]
-    """A plain mount, ``cat``, ``save`` and ``push`` (and ``Store.ensure_layers``, the one way to an image's
+    """A plain mount, ``cat``, ``save``, ``push`` and ``convert`` (and ``Store.ensure_layers``, the one way to an image's
     layer directories: never a lazy tree) fail with one line naming the pull that completes the image,
     before they change anything: in the store, at the registry, in the output file."""
     tmp, proxy = setup["tmp"], setup["proxy"]
@@ -129,7 +129,8 @@ def test_what_needs_the_layers_refuses_a_partial_image_and_changes_nothing(setup
     mnt.mkdir()
     with unmounted_on_exit(mnt):
         for argv in (("mount", setup["esgz"], mnt), ("cat", setup["esgz"], "/etc/motd"),
-                     ("save", setup["esgz"], "-o", out), ("push", setup["esgz"], f"{proxy.host}/lz/other:1")):
+                     ("save", setup["esgz"], "-o", out), ("push", setup["esgz"], f"{proxy.host}/lz/other:1"),
+                     ("convert", "--estargz", setup["esgz"], "lz/converted:1")):
             r = run_cli(*argv, root=store, check=False)
             assert r.returncode == 1, argv
             assert r.stderr == (f"unionfs: image {setup['esgz']} is {PARTIAL}: 'unionfs pull {setup['esgz']}' "

@@ -55,11 +55,13 @@ def convert_estargz(store: Store, src: str, dst: Reference, *, chunk_size: int =
     tree (what :func:`unionfs.api.record_opens` gives), each put first, in this order, in the layer it is read
     from, before that layer's prefetch landmark. Raises UsageError for a ``dst`` without a tag, DigestError
     when a source layer does not match its DiffID, ManifestError when the manifest and config disagree,
-    LayerError and subclasses for a layer that cannot be written.
+    PartialImageError for a partial image (a lazy mount's, before anything is written), LayerError and
+    subclasses for a layer that cannot be written.
     """
     if not dst.tag:
         raise UsageError(f"convert needs a tag for the new image, not a digest: {dst}")
     image = store.resolve(src)
+    store.check_whole(image)  # a lazy mount's partial image: its blobs are not all here
     if len(image.manifest.layers) != len(image.config.diff_ids):
         raise ManifestError(f"image {src} has {len(image.manifest.layers)} layers but its config lists "
                             f"{len(image.config.diff_ids)} diff_ids")
