@@ -69,10 +69,13 @@ CAP_FSETID = 4  #: capability(7) number
 #: :data:`READ_THREADS` helper threads, so that the disk works on one while another's reply crosses over
 THREADED_READ = 128 << 10
 READ_THREADS = 2
-#: microseconds the loop keeps asking for the next request (non-blocking) after it ran out, before it sleeps:
-#: a request from a process on the other CPU then finds the daemon awake (a GETXATTR round trip across CPUs
-#: 53 us -> 21 us, measured; on the same CPU the woken client preempts the spin: 12.9 us either way)
-SPIN_US = 30
+#: the most microseconds the loop keeps asking for the next request (non-blocking) after it ran out, before it
+#: sleeps: a request from a process on the other CPU then finds the daemon awake (a GETXATTR round trip across
+#: CPUs 53 us -> 21 us, measured; on the same CPU the woken client preempts the spin: 12.9 us either way). It
+#: spins that long only while requests come within that time of each other (a client that reads a cold file
+#: between two requests: ~70 us); after a longer gap, :data:`SPIN_SHORT_US` (see :func:`spin_budget`)
+SPIN_US = 400
+SPIN_SHORT_US = 30
 
 
 class _Deferred(bytes):
@@ -1105,7 +1108,8 @@ class LowLevelFS:
         pending = self._pending
         if spin or woken >= 0:
             os.set_blocking(dev, False)
-        idle = 0
+        idle = 0  # when the loop last ran out of requests (ns), 0 while it has some
+        budget = spin
         clock = time.perf_counter_ns
         mapped = self.show.uids is not None or self.show.gids is not None
         while True:
@@ -1120,11 +1124,10 @@ class LowLevelFS:
                     now = clock()
                     if not idle:
                         idle = now
-                    elif now - idle > spin:
+                    elif now - idle > budget:
                         poller.poll()
                         if woken >= 0:
                             _drain(woken)
-                        idle = 0
                     continue
                 except OSError as e:
                     if e.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
@@ -1132,7 +1135,9 @@ class LowLevelFS:
                     if e.errno == errno.ENODEV:
                         return
                     raise
-            idle = 0
+            if idle:  # the loop had run out of requests: the gap sets how long it spins the next time
+                budget = spin_budget(clock() - idle, spin)
+                idle = 0
             if n < hdr.size:
                 continue
             _len, opcode, unique, nid, uid, gid, pid, _ext, _ = hdr.unpack_from(buf)
@@ -1215,6 +1220,13 @@ def _times(valid: int, atime: int, atimens: int, mtime: int, mtimens: int) -> tu
         return (sec, nsec) if valid & set_ else (0, UTIME_OMIT)
     return (one(fp.FATTR_ATIME, fp.FATTR_ATIME_NOW, atime, atimens),
             one(fp.FATTR_MTIME, fp.FATTR_MTIME_NOW, mtime, mtimens))
+
+
+def spin_budget(gap: int, spin: int) -> int:
+    """Nanoseconds to spin the next time the loop runs out of requests, after a gap of ``gap`` ns between the
+    last time it ran out and the request that came: all of ``spin`` when the request came within it (a burst: the
+    next one will too), else :data:`SPIN_SHORT_US` (at most ``spin``), so that sparse requests cost little CPU."""
+    return spin if gap <= spin else min(spin, SPIN_SHORT_US * 1000)
 
 
 def _drain(fd: int) -> None:
