@@ -18,6 +18,7 @@ from support.layers import Dir, File, Symlink, build_layers
 
 from unionfs.mount import protocol as fp
 from unionfs.mount.server import Inode, LowLevelFS
+from unionfs.union import view
 from unionfs.union.overlay import Overlay
 from unionfs.union.view import Entry
 
@@ -136,3 +137,33 @@ def test_records_follow_renames_links_and_unlinks(daemon: Daemon, monkeypatch: p
     assert daemon.read(f) == b"top" and daemon.fs.path(f) == "/d/h"
     no_paths(daemon, monkeypatch)
     assert daemon.attr(f)[0] == ino and daemon.read(f) == b"top"
+
+
+def test_records_taken_out_of_the_tree_give_their_room_in_the_cache_back(daemon: Daemon, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path cache holds at most CACHE_MAX nodes. The nodes of records that leave the tree (a node the kernel
+    forgets, as after `echo 2 > /proc/sys/vm/drop_caches`; a cached name unlinked, or replaced by a rename) leave
+    the count: before, the cache stayed "full" of nothing, and every later OPEN resolved its path from the root."""
+    monkeypatch.setattr(view, "CACHE_MAX", 12)
+    monkeypatch.setattr(view, "CACHE_MAX_DIRS", 12)
+    many = tmp_path / "upper" / "many"
+    many.mkdir()
+    for i in range(40):
+        (many / f"f{i}").write_bytes(b"x")
+    fs = daemon.fs
+    m = daemon.lookup(fp.ROOT_ID, "many")
+    cached = lambda nid: fs.view.cached(fs.nodes[nid]) is not None  # noqa: E731
+    for round_ in range(3):  # each round fills the cache, then the kernel forgets those nodes
+        nids = [daemon.lookup(m, f"f{round_ * 10 + i}") for i in range(10)]
+        assert all(cached(n) for n in nids), round_
+        for n in nids:
+            fs._forget(n, 1)
+    # names the cache resolved on its own (the overlay's lookups), then unlinked and renamed over
+    for i in range(30, 38):
+        fs.view.lookup(f"/many/f{i}")
+    for i in range(30, 34):
+        daemon.unlink(m, f"f{i}")
+    for i in range(34, 38):
+        daemon.rename(m, f"f{i - 30}", m, f"f{i}")
+    late = [daemon.lookup(m, f"f{i}") for i in range(34, 40)]
+    assert all(cached(n) for n in late)

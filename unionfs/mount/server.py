@@ -450,9 +450,11 @@ class LowLevelFS:
             return
         if isinstance(old, Inode):
             old.drop_name(pnode, name)
-        elif (old is not None and inode.node is None and inode.kids is None
-              and (old.node is None or old.node.ino == inode.ino)):
-            inode.node, inode.kids = old.node, old.kids  # the cache's record of this name becomes the node's
+        elif old is not None:
+            if inode.node is None and inode.kids is None and (old.node is None or old.node.ino == inode.ino):
+                inode.node, inode.kids = old.node, old.kids  # the cache's record of this name becomes the node's
+            else:
+                self.view.uncache(old)
         kids[name] = inode
         inode.add_name(pnode, name)
 
@@ -461,6 +463,8 @@ class LowLevelFS:
         pnode = self.nodes.get(parent)
         inode = pnode.kids.pop(name, None) if pnode is not None and pnode.kids else None
         if not isinstance(inode, Inode):
+            if inode is not None:  # the cache's own record of the name
+                self.view.uncache(inode)
             return None
         inode.drop_name(pnode, name)  # type: ignore[arg-type]
         return inode
@@ -480,6 +484,7 @@ class LowLevelFS:
             for pnode, name in node.names():
                 if pnode.kids is not None and pnode.kids.get(name) is node:
                     del pnode.kids[name]
+            self.view.uncache(node)  # its node and what is cached below it leave the cache's count
             del self.nodes[nid]
             self.dir_version.pop(nid, None)
 

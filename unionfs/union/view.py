@@ -673,6 +673,7 @@ class Union:
             return
         if not keep_children and not kid.pinned:
             del ent.kids[name]  # type: ignore[union-attr]
+            self.uncache(kid)
             return
         stack = [kid]
         while stack:
@@ -687,6 +688,21 @@ class Union:
                     stack.append(k)
                 else:
                     del e.kids[n]
+                    self.uncache(k)
+
+    def uncache(self, ent: Entry) -> None:
+        """Clear the node of the record ``ent`` and of every record below it: for a record taken out of the
+        tree (by the cache, or by its user: a node the kernel forgot). The count of the nodes the cache holds
+        follows; a record dropped without this would keep its place in :data:`CACHE_MAX` for good, until the
+        cache, full of nothing, cached no node at all."""
+        stack = [ent]
+        while stack:
+            e = stack.pop()
+            if self.cached(e) is not None:
+                self._cached -= 1
+            e.node = None
+            if e.kids:
+                stack.extend(e.kids.values())
 
     def adopt(self, ent: Entry, children: Sequence[Node]) -> None:
         """Cache the just listed ``children`` of the directory whose record is ``ent`` (a readdir answers every
