@@ -10,7 +10,9 @@ daemon loop warms them while it has no request to answer: :mod:`unionfs.mount.se
   (names that are not opened, such as subdirectories, may lie between: up to :data:`SKIP`).
 * Then the next :data:`WINDOW` names after the one opened, and again when the opens come within half a window
   of the end of what was warmed; each name once. An open out of order stops it until a new streak.
-* At most :data:`DIRS` directories are followed (the least recently opened one is dropped).
+* Memory is bounded: at most :data:`DIRS` directories are followed (the least recently opened one is dropped),
+  their names kept only while there is something left to warm, at most :data:`NAMES` of them in all; a
+  directory of more than :data:`MAX_NAMES` names is not read ahead.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ STREAK = 3
 #: names between two opens that still count as the next one (subdirectories, files not opened)
 SKIP = 3
 #: directories followed at once
-DIRS = 64
+DIRS = 256
+#: names kept for all of them (each ~60-80 bytes)
+NAMES = 50_000
+#: a directory with more names is not read ahead
+MAX_NAMES = 10_000
 
 
 class _Seq:
@@ -47,6 +53,11 @@ class DirAhead:
     def __init__(self, window: int = WINDOW, streak: int = STREAK, dirs: int = DIRS) -> None:
         self.window, self.streak, self.dirs = window, streak, dirs
         self._seqs: OrderedDict[int, _Seq] = OrderedDict()
+        self._kept = 0  # names held by all of them
+
+    def _set_names(self, seq: _Seq, names: list[str] | None) -> None:
+        self._kept += len(names or ()) - len(seq.names or ())
+        seq.names = names
 
     def opened(self, key: int, name: str) -> tuple[bool, list[str]]:
         """Note that ``name`` of directory ``key`` was opened for reading. Returns (whether the directory's
@@ -57,7 +68,7 @@ class DirAhead:
             seq = seqs[key] = _Seq()
             seq.last = name
             if len(seqs) > self.dirs:
-                seqs.popitem(last=False)
+                self._set_names(seqs.popitem(last=False)[1], None)
             return False, []
         seqs.move_to_end(key)
         names = seq.names
@@ -69,14 +80,9 @@ class DirAhead:
         prev = bisect.bisect_left(names, seq.last)
         seq.streak = seq.streak + 1 if prev < i <= prev + 1 + SKIP else 1
         seq.last = name
-        if seq.streak < self.streak or i >= len(names) or names[i] != name:
+        if max(seq.ahead, i + 1) - i > self.window // 2:  # still well ahead
             return False, []
-        start = max(seq.ahead, i + 1)
-        if start - i > self.window // 2:  # still well ahead
-            return False, []
-        end = min(len(names), i + 1 + self.window)
-        seq.ahead = end
-        return False, names[start:end]
+        return False, self._next(seq, i)
 
     def listed(self, key: int, names: list[str]) -> list[str]:
         """The names of directory ``key`` (any order) are known: keep them sorted. Returns the names to warm
@@ -84,16 +90,30 @@ class DirAhead:
         seq = self._seqs.get(key)
         if seq is None:
             return []
-        seq.names = sorted(names)
-        if seq.streak < self.streak:
+        self._set_names(seq, sorted(names) if len(names) <= MAX_NAMES else [])
+        for other in list(self._seqs):  # the least recently opened go first
+            if self._kept <= NAMES:
+                break
+            if other != key:
+                self._set_names(self._seqs.pop(other), None)
+        return self._next(seq, bisect.bisect_left(seq.names, seq.last))  # type: ignore[arg-type]
+
+    def _next(self, seq: _Seq, i: int) -> list[str]:
+        """The names to warm after the one at index ``i`` of ``seq``'s names (the last opened), if the streak
+        is on: up to a window past it, from where the last warm-up stopped. A directory warmed to its end
+        lets its names go."""
+        names: list[str] = seq.names  # type: ignore[assignment]
+        if seq.streak < self.streak or i >= len(names) or names[i] != seq.last:
             return []
-        i = bisect.bisect_left(seq.names, seq.last)
-        if i >= len(seq.names) or seq.names[i] != seq.last:
-            return []
-        end = min(len(seq.names), i + 1 + self.window)
+        end = min(len(names), i + 1 + self.window)
+        out = names[max(seq.ahead, i + 1):end]
         seq.ahead = end
-        return seq.names[i + 1:end]
+        if end == len(names):
+            self._set_names(seq, [])
+        return out
 
     def forget(self, key: int) -> None:
         """The directory ``key`` changed or is gone: its names are no longer known."""
-        self._seqs.pop(key, None)
+        seq = self._seqs.pop(key, None)
+        if seq is not None:
+            self._set_names(seq, None)
