@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import logging
 import os
 import queue
@@ -39,6 +40,7 @@ from typing import Any, Callable
 from unionfs import mountinfo
 from unionfs.errors import FillPending
 from unionfs.mount import protocol as fp
+from unionfs.mount.dirahead import DirAhead
 from unionfs.union.overlay import (
     UTIME_NOW,
     UTIME_OMIT,
@@ -63,6 +65,10 @@ NO_ENTRY = fp.ENTRY_OUT_HEAD.pack(0, 0, 0, 0, 0, 0) + bytes(fp.ATTR.size)
 READ_AHEAD_KB = 1024
 #: bytes of a file served here that an OPEN asks the disk for right away
 PREFETCH = 1 << 20
+#: the largest file the read-ahead across a directory's files asks the disk for (:mod:`unionfs.mount.dirahead`)
+WARM_MAX = 256 << 10
+#: the most pieces of that read-ahead waiting for the loop to be idle
+IDLE_MAX = 256
 CAP_XATTR = "security.capability"
 CAP_FSETID = 4  #: capability(7) number
 #: READs of at least this many bytes (the kernel's readahead of a big file served here) are answered by
@@ -347,6 +353,11 @@ class LowLevelFS:
         self._next_dh = 1
         #: a descriptor just opened for reading, whose head the loop asks the disk for once the reply is out
         self._prefetch = -1
+        #: the read-ahead across a directory's files (:mod:`unionfs.mount.dirahead`) and what it asks for, done
+        #: while the loop has no request (so only when it spins: it then reads the device without blocking);
+        #: none on lazy layers, where a warm-up would fetch from the registry
+        self.ahead = DirAhead() if spin_us and overlay.filler is None else None
+        self._idle: collections.deque[Callable[[], None]] = collections.deque()
         self._uid = self._gid = self._pid = self._unique = 0
         self.readers: Readers | None = None
         #: requests set aside while a lazy file was filled, to run again before the next read of the device
@@ -862,9 +873,52 @@ class LowLevelFS:
             # after the reply is sent: the I/O then runs while the caller gets the reply and asks for its first
             # read, and its submission (~25 us) is not part of the OPEN's round trip (docs/performance.md)
             self._prefetch = fd
+            if self.ahead is not None and inode.parent is not None and inode.name is not None:
+                self._read_ahead(inode.parent, inode.name)
         if use_pt:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
         return fd, fp.FOPEN_KEEP_CACHE, 0
+
+    def _read_ahead(self, parent: Inode, name: str) -> None:
+        """Tell the directory read-ahead of a read-only open of ``name`` in ``parent``; queue what it asks for
+        (at most :data:`IDLE_MAX` items wait)."""
+        listing, names = self.ahead.opened(parent.nodeid, name)  # type: ignore[union-attr]
+        idle = self._idle
+        if listing:
+            idle.append(functools.partial(self._list_ahead, parent))
+        for n in names[:max(0, IDLE_MAX - len(idle))]:
+            idle.append(functools.partial(self._warm, parent, n))
+
+    def _list_ahead(self, parent: Inode) -> None:
+        """Give the read-ahead the names of the directory ``parent`` (a guess: errors leave it without)."""
+        if self.nodes.get(parent.nodeid) is not parent:
+            return
+        try:
+            names = self.view.names_of(self._resolved(parent.nodeid))
+        except OSError:
+            return
+        idle = self._idle
+        for n in self.ahead.listed(parent.nodeid, names)[:max(0, IDLE_MAX - len(idle))]:  # type: ignore[union-attr]
+            idle.append(functools.partial(self._warm, parent, n))
+
+    def _warm(self, parent: Inode, name: str) -> None:
+        """Ask the disk for the file ``name`` of the directory ``parent`` when it is a regular file of at most
+        :data:`WARM_MAX` bytes (a guess: every error is ignored, nothing is held)."""
+        if self.nodes.get(parent.nodeid) is not parent:
+            return
+        try:  # resolved as a LOOKUP resolves it, so that the LOOKUP to come finds it in the path cache
+            node = self.view.lookup_in(parent, self._resolved(parent.nodeid), name)
+            if not stat.S_ISREG(node.st.st_mode) or node.st.st_size > WARM_MAX:
+                return
+            fd = node.open_data(os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, 0, node.st.st_size, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _follow_copy_up(inode: Inode, node: Node) -> None:
@@ -984,6 +1038,8 @@ class LowLevelFS:
     def _dir_changed(self, *nids: int) -> None:
         for nid in nids:
             self.dir_version[nid] = self.dir_version.get(nid, 0) + 1
+            if self.ahead is not None:
+                self.ahead.forget(nid)
 
     def _parent_ino(self, nid: int) -> int:
         node = self.nodes.get(nid)
@@ -1111,6 +1167,7 @@ class LowLevelFS:
         write = os.writev
         readv = os.readv
         pending = self._pending
+        idle_work = self._idle
         if spin or woken >= 0:
             os.set_blocking(dev, False)
         idle = 0  # when the loop last ran out of requests (ns), 0 while it has some
@@ -1126,6 +1183,9 @@ class LowLevelFS:
                 try:
                     n = readv(dev, [buf])
                 except BlockingIOError:
+                    if idle_work:  # no request: a piece of the read-ahead meanwhile
+                        idle_work.popleft()()
+                        continue
                     now = clock()
                     if not idle:
                         idle = now

@@ -866,6 +866,16 @@ class Union:
         return self.child(parent, name, start=1) is not None
 
     # ------------------------------------------------------------------ listing
+    def names_of(self, node: Node) -> list[str]:
+        """The names in the layers of the directory ``node``, each once, whiteouts left out but not applied: a
+        name here may be hidden (whited out, under an opaque layer). For guesses only (the mount's read-ahead
+        across a directory's files), never for answers (:meth:`listdir` gives the entries). Raises OSError."""
+        self._cut(node)
+        out: set[str] = set()
+        for d in node.dirs:
+            out.update(n for n, _ in _scan(d) if not wh.is_hidden_name(n))
+        return list(out)
+
     def listdir(self, node: Node, *, lazy: bool = False) -> list[Node]:
         """The visible entries of directory ``node`` (no ``.``/``..``, no whiteouts, never a ``.wh.`` name).
 

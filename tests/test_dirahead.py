@@ -1,0 +1,133 @@
+"""The read-ahead across a directory's files (unionfs.mount.dirahead; docs/design.md): its policy as a unit, and
+through real mounts, that files opened in the order of their names get the next ones asked of the disk before
+they are opened (the lower files' pages are in memory, as fincore(1) shows), read-only and writable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from support.mount import require, skip_reason_fuse, skip_reason_tool, skip_reason_unionfs, unionfs_mount
+
+from unionfs.mount import dirahead
+from unionfs.mount.dirahead import STREAK, WINDOW, DirAhead
+
+NAMES = [f"f{i:02d}" for i in range(80)]
+
+
+def test_nothing_is_warmed_before_a_streak_and_the_listing() -> None:
+    ahead = DirAhead()
+    assert ahead.opened(1, "f00") == (False, [])
+    assert ahead.opened(1, "f01") == (False, [])
+    assert ahead.opened(1, "f02") == (True, [])  # the third in a row: the names are wanted, once
+    assert ahead.opened(1, "f03") == (False, [])
+    assert ahead.listed(1, list(reversed(NAMES))) == NAMES[4:4 + WINDOW]  # any order: sorted here
+
+
+def test_the_window_is_refilled_at_its_half_and_each_name_warmed_once() -> None:
+    ahead = DirAhead()
+    for n in NAMES[:STREAK]:
+        ahead.opened(1, n)
+    warmed = ahead.listed(1, NAMES)
+    assert warmed == NAMES[STREAK:STREAK + WINDOW]
+    for i in range(STREAK, 60):
+        warmed += ahead.opened(1, NAMES[i])[1]
+    assert warmed == NAMES[STREAK:]  # every name after the streak, none twice, in order
+
+
+def test_an_open_out_of_order_stops_it_until_a_new_streak() -> None:
+    ahead = DirAhead()
+    for n in NAMES[:STREAK]:
+        ahead.opened(1, n)
+    ahead.listed(1, NAMES)
+    assert ahead.opened(1, "f50") == (False, [])  # a jump
+    assert ahead.opened(1, "f51") == (False, [])
+    assert ahead.opened(1, "f52")[1] == NAMES[53:53 + WINDOW]  # a streak again, from there
+    assert ahead.opened(1, "f10") == (False, [])  # backwards
+
+
+def test_names_not_opened_may_lie_between() -> None:
+    ahead = DirAhead(window=4)
+    for n in NAMES[:3]:
+        ahead.opened(1, n)
+    assert ahead.listed(1, NAMES) == NAMES[3:7]
+    assert ahead.opened(1, "f05") == (False, NAMES[7:10])  # two skipped (subdirectories, say): still in order
+    assert ahead.opened(1, "f15") == (False, [])  # too far: a new start
+    assert ahead.opened(1, "f16") == (False, [])
+
+
+def test_a_changed_directory_and_the_bound_on_directories() -> None:
+    ahead = DirAhead(dirs=2)
+    for n in NAMES[:STREAK]:
+        ahead.opened(1, n)
+    ahead.forget(1)
+    assert ahead.listed(1, NAMES) == []  # forgotten: its names are not taken
+    ahead.opened(2, "a")
+    ahead.opened(3, "a")
+    ahead.opened(4, "a")  # three directories: the least recently opened (2) is dropped
+    assert ahead.opened(2, "b") == (False, [])  # a new start
+    assert ahead.listed(9, NAMES) == []  # never opened
+
+
+def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dirahead, "MAX_NAMES", 50)
+    monkeypatch.setattr(dirahead, "NAMES", 100)
+    ahead = DirAhead()
+    for key in (1, 2, 3):
+        for n in NAMES[:STREAK]:
+            ahead.opened(key, n)
+    assert ahead.listed(1, NAMES) == []  # 80 names: more than MAX_NAMES, not read ahead
+    assert ahead._kept == 0
+    assert ahead.listed(2, NAMES[:50]) == NAMES[STREAK:STREAK + WINDOW]
+    assert ahead.listed(3, NAMES[:50]) == NAMES[STREAK:STREAK + WINDOW]
+    assert ahead._kept == 100
+    ahead.opened(4, "a")
+    assert ahead.listed(4, NAMES[:50]) == []  # over NAMES in all: the least recently opened lets its go
+    assert ahead._kept == 100 and ahead.opened(2, "f03") == (False, [])  # 2 starts over
+    warmed = []
+    for n in NAMES[STREAK:50]:
+        warmed += ahead.opened(3, n)[1]
+    assert warmed == NAMES[STREAK + WINDOW:50]
+    assert ahead._kept == 50  # 3 was warmed to its end: its names went
+
+
+def _resident(paths: list[Path]) -> list[int]:
+    """Bytes of each file in memory (fincore(1), which reads without touching the files)."""
+    out = subprocess.run(["fincore", "-n", "-b", "-o", "RES", *map(str, paths)], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return [int(x) for x in out]
+
+
+@pytest.mark.parametrize("writable", [False, True], ids=["read-only", "writable"])
+def test_files_opened_in_name_order_get_the_next_ones_read_ahead(tmp_path: Path, writable: bool) -> None:
+    require(skip_reason_fuse(), skip_reason_unionfs(), skip_reason_tool("fincore", "util-linux"))
+    lower, mnt = tmp_path / "lower", tmp_path / "mnt"
+    (lower / "d").mkdir(parents=True)
+    mnt.mkdir()
+    files = [lower / "d" / n for n in NAMES[:40]]
+    for f in files:
+        f.write_bytes(os.urandom(8192))
+    for f in files:  # out of memory (written, synced, dropped): what a cold disk holds
+        fd = os.open(f, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    if any(_resident(files)):
+        pytest.skip(f"the page cache of {tmp_path} cannot be dropped per file (tmpfs?)")
+    upper = work = None
+    if writable:
+        upper, work = tmp_path / "upper", tmp_path / "work"
+        upper.mkdir()
+        work.mkdir()
+    with unionfs_mount([lower], upper, work, mnt):
+        for n in NAMES[:STREAK]:
+            assert (mnt / "d" / n).read_bytes() == (lower / "d" / n).read_bytes()
+        later = files[STREAK + 1:STREAK + WINDOW]
+        deadline = time.monotonic() + 10
+        while not all(_resident(later)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_resident(later)), "the next files were not read ahead"
+        assert not any(_resident(files[STREAK + WINDOW:])), "read ahead past the window"
