@@ -72,6 +72,20 @@ def test_a_changed_directory_and_the_bound_on_directories() -> None:
     assert ahead.listed(9, NAMES) == []  # never opened
 
 
+def test_files_in_memory_are_not_read_ahead_and_a_directory_read_to_its_end_starts_afresh() -> None:
+    ahead = DirAhead(window=8)
+    names = NAMES[:12]
+    for n in names[:STREAK]:
+        ahead.opened(1, n, cold=False)
+    assert ahead.listed(1, names) == []  # in memory: nothing to warm
+    assert ahead.opened(1, names[STREAK], cold=False) == (False, [])
+    assert ahead.opened(1, names[STREAK + 1], cold=True) == (False, names[STREAK + 2:12])  # cold: to the end
+    # warmed to its end, the directory is forgotten: the next pass lists it again and warms what is cold
+    for n in names[:STREAK]:
+        assert ahead.opened(1, n)[1] == []
+    assert ahead.listed(1, names) == names[STREAK:STREAK + 8]
+
+
 def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dirahead, "MAX_NAMES", 50)
     monkeypatch.setattr(dirahead, "NAMES", 100)

@@ -13,6 +13,8 @@ daemon loop warms them while it has no request to answer: :mod:`unionfs.mount.se
 * Memory is bounded: at most :data:`DIRS` directories are followed (the least recently opened one is dropped),
   their names kept only while there is something left to warm, at most :data:`NAMES` of them in all; a
   directory of more than :data:`MAX_NAMES` names is not read ahead.
+* Nothing is warmed after an open whose file was in memory already (the daemon tells, :meth:`DirAhead.opened`'s
+  ``cold``): a directory read again while its files are still in memory costs no read-ahead.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ MAX_NAMES = 10_000
 class _Seq:
     """What is known of the opens in one directory."""
 
-    __slots__ = ("names", "last", "streak", "ahead")
+    __slots__ = ("names", "last", "streak", "ahead", "cold")
 
     def __init__(self) -> None:
         self.names: list[str] | None = None  # sorted, once listed
         self.last = ""  # the name opened last
         self.streak = 1  # opens in order so far, that one included
         self.ahead = 0  # names before this index are warmed (or were not wanted)
+        self.cold = True  # the last file opened was not in memory
 
 
 class DirAhead:
@@ -59,9 +62,11 @@ class DirAhead:
         self._kept += len(names or ()) - len(seq.names or ())
         seq.names = names
 
-    def opened(self, key: int, name: str) -> tuple[bool, list[str]]:
-        """Note that ``name`` of directory ``key`` was opened for reading. Returns (whether the directory's
-        names are wanted: :meth:`listed` then, once; the names to warm now, in order)."""
+    def opened(self, key: int, name: str, cold: bool = True) -> tuple[bool, list[str]]:
+        """Note that ``name`` of directory ``key`` was opened for reading; ``cold``: its data was not in memory
+        (a directory whose files are in memory already needs no read-ahead: nothing is warmed after such an
+        open). Returns (whether the directory's names are wanted: :meth:`listed` then, once; the names to warm
+        now, in order)."""
         seqs = self._seqs
         seq = seqs.get(key)
         if seq is None:
@@ -71,6 +76,7 @@ class DirAhead:
                 self._set_names(seqs.popitem(last=False)[1], None)
             return False, []
         seqs.move_to_end(key)
+        seq.cold = cold
         names = seq.names
         if names is None:  # the listing is on its way: keep count by name order alone
             seq.streak = seq.streak + 1 if name > seq.last else 1
@@ -82,7 +88,7 @@ class DirAhead:
         seq.last = name
         if max(seq.ahead, i + 1) - i > self.window // 2:  # still well ahead
             return False, []
-        return False, self._next(seq, i)
+        return False, self._next(key, seq, i)
 
     def listed(self, key: int, names: list[str]) -> list[str]:
         """The names of directory ``key`` (any order) are known: keep them sorted. Returns the names to warm
@@ -96,20 +102,20 @@ class DirAhead:
                 break
             if other != key:
                 self._set_names(self._seqs.pop(other), None)
-        return self._next(seq, bisect.bisect_left(seq.names, seq.last))  # type: ignore[arg-type]
+        return self._next(key, seq, bisect.bisect_left(seq.names, seq.last))  # type: ignore[arg-type]
 
-    def _next(self, seq: _Seq, i: int) -> list[str]:
-        """The names to warm after the one at index ``i`` of ``seq``'s names (the last opened), if the streak
-        is on: up to a window past it, from where the last warm-up stopped. A directory warmed to its end
-        lets its names go."""
+    def _next(self, key: int, seq: _Seq, i: int) -> list[str]:
+        """The names to warm after the one at index ``i`` of the names of directory ``key`` (the last opened),
+        if the streak is on: up to a window past it, from where the last warm-up stopped. A directory warmed
+        to its end is forgotten: the next streak in it starts afresh (its files may have left memory by then)."""
         names: list[str] = seq.names  # type: ignore[assignment]
-        if seq.streak < self.streak or i >= len(names) or names[i] != seq.last:
+        if not seq.cold or seq.streak < self.streak or i >= len(names) or names[i] != seq.last:
             return []
         end = min(len(names), i + 1 + self.window)
         out = names[max(seq.ahead, i + 1):end]
         seq.ahead = end
         if end == len(names):
-            self._set_names(seq, [])
+            self.forget(key)
         return out
 
     def forget(self, key: int) -> None:

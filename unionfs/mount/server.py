@@ -874,15 +874,15 @@ class LowLevelFS:
             # read, and its submission (~25 us) is not part of the OPEN's round trip (docs/performance.md)
             self._prefetch = fd
             if self.ahead is not None and inode.parent is not None and inode.name is not None:
-                self._read_ahead(inode.parent, inode.name)
+                self._read_ahead(inode.parent, inode.name, _cold(fd))
         if use_pt:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
         return fd, fp.FOPEN_KEEP_CACHE, 0
 
-    def _read_ahead(self, parent: Inode, name: str) -> None:
-        """Tell the directory read-ahead of a read-only open of ``name`` in ``parent``; queue what it asks for
-        (at most :data:`IDLE_MAX` items wait)."""
-        listing, names = self.ahead.opened(parent.nodeid, name)  # type: ignore[union-attr]
+    def _read_ahead(self, parent: Inode, name: str, cold: bool) -> None:
+        """Tell the directory read-ahead of a read-only open of ``name`` in ``parent`` (``cold``: its data was
+        not in memory); queue what it asks for (at most :data:`IDLE_MAX` items wait)."""
+        listing, names = self.ahead.opened(parent.nodeid, name, cold)  # type: ignore[union-attr]
         idle = self._idle
         if listing:
             idle.append(functools.partial(self._list_ahead, parent))
@@ -1309,6 +1309,22 @@ def _willneed(fd: int) -> None:
         os.posix_fadvise(fd, 0, PREFETCH, os.POSIX_FADV_WILLNEED)
     except OSError:
         pass
+
+
+_PROBE = bytearray(1)
+
+
+def _cold(fd: int) -> bool:
+    """True when the first byte of the file open at ``fd`` is not in memory: a read of it that may not wait
+    fails (and starts the disk on it, as the open's prefetch would). A filesystem that cannot tell counts as
+    cold."""
+    try:
+        os.preadv(fd, [_PROBE], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True
+    return False
 
 
 def _sized(value: bytes, size: int) -> bytes:
