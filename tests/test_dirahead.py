@@ -145,3 +145,19 @@ def test_files_opened_in_name_order_get_the_next_ones_read_ahead(tmp_path: Path,
             time.sleep(0.05)
         assert all(_resident(later)), "the next files were not read ahead"
         assert not any(_resident(files[STREAK + WINDOW:])), "read ahead past the window"
+
+
+def test_a_failing_piece_of_idle_work_is_logged_and_the_loop_goes_on(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The read-ahead's work runs in the daemon loop between requests: an error there (a bug) is logged, never
+    raised into the loop, which would end the mount."""
+    from unionfs.mount.server import LowLevelFS
+    from unionfs.union.overlay import Overlay
+
+    (tmp_path / "lower").mkdir()
+    fs = LowLevelFS(Overlay([str(tmp_path / "lower")], None, None))
+    done: list[int] = []
+    fs._idle.extend([lambda: 1 // 0, lambda: done.append(1)])
+    fs._idle_step()
+    fs._idle_step()
+    assert done == [1] and "read-ahead" in caplog.text and "ZeroDivisionError" in caplog.text

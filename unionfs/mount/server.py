@@ -879,10 +879,23 @@ class LowLevelFS:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
         return fd, fp.FOPEN_KEEP_CACHE, 0
 
+    def _idle_step(self) -> None:
+        """Do the next piece of work kept for the loop's idle time. A bug in it is logged: it must not take
+        the mount down."""
+        try:
+            self._idle.popleft()()
+        except Exception:
+            log.exception("read-ahead")
+
     def _read_ahead(self, parent: Inode, name: str, cold: bool) -> None:
         """Tell the directory read-ahead of a read-only open of ``name`` in ``parent`` (``cold``: its data was
-        not in memory); queue what it asks for (at most :data:`IDLE_MAX` items wait)."""
-        listing, names = self.ahead.opened(parent.nodeid, name, cold)  # type: ignore[union-attr]
+        not in memory); queue what it asks for (at most :data:`IDLE_MAX` items wait). A guess: a bug here is
+        logged, never the open's failure."""
+        try:
+            listing, names = self.ahead.opened(parent.nodeid, name, cold)  # type: ignore[union-attr]
+        except Exception:
+            log.exception("read-ahead")
+            return
         idle = self._idle
         if listing:
             idle.append(functools.partial(self._list_ahead, parent))
@@ -1184,7 +1197,7 @@ class LowLevelFS:
                     n = readv(dev, [buf])
                 except BlockingIOError:
                     if idle_work:  # no request: a piece of the read-ahead meanwhile
-                        idle_work.popleft()()
+                        self._idle_step()
                         continue
                     now = clock()
                     if not idle:
