@@ -678,9 +678,7 @@ class Union:
         stack = [kid]
         while stack:
             e = stack.pop()
-            if self.cached(e) is not None:
-                self._cached -= 1
-            e.node = None
+            self._clear(e)
             if keep_children or not e.kids:
                 continue
             for n, k in list(e.kids.items()):
@@ -698,11 +696,15 @@ class Union:
         stack = [ent]
         while stack:
             e = stack.pop()
-            if self.cached(e) is not None:
-                self._cached -= 1
-            e.node = None
+            self._clear(e)
             if e.kids:
                 stack.extend(e.kids.values())
+
+    def _clear(self, ent: Entry) -> None:
+        """Drop the node the record ``ent`` holds, and its place in the count of cached nodes."""
+        if self.cached(ent) is not None:
+            self._cached -= 1
+        ent.node = None
 
     def adopt(self, ent: Entry, children: Sequence[Node]) -> None:
         """Cache the just listed ``children`` of the directory whose record is ``ent`` (a readdir answers every
