@@ -358,6 +358,8 @@ class LowLevelFS:
         #: none on lazy layers, where a warm-up would fetch from the registry
         self.ahead = DirAhead() if spin_us and overlay.filler is None else None
         self._idle: collections.deque[Callable[[], None]] = collections.deque()
+        #: the directory and name of the file :attr:`_prefetch` holds, for the read-ahead
+        self._opened_in: tuple[Inode, str] | None = None
         self._uid = self._gid = self._pid = self._unique = 0
         self.readers: Readers | None = None
         #: requests set aside while a lazy file was filled, to run again before the next read of the device
@@ -874,7 +876,7 @@ class LowLevelFS:
             # read, and its submission (~25 us) is not part of the OPEN's round trip (docs/performance.md)
             self._prefetch = fd
             if self.ahead is not None and inode.parent is not None and inode.name is not None:
-                self._read_ahead(inode.parent, inode.name, _cold(fd))
+                self._opened_in = (inode.parent, inode.name)  # told to the read-ahead after the reply, too
         if use_pt:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
         return fd, fp.FOPEN_KEEP_CACHE, 0
@@ -1265,6 +1267,9 @@ class LowLevelFS:
                 if e.errno != errno.ENOENT:  # ENOENT: the request was interrupted meanwhile
                     raise
             if self._prefetch >= 0:  # the handler's file stays open until a later request (RELEASE) closes it
+                if self._opened_in is not None:  # (whether it is in memory: before the prefetch asks for it)
+                    self._read_ahead(*self._opened_in, _cold(self._prefetch))
+                    self._opened_in = None
                 _willneed(self._prefetch)
                 self._prefetch = -1
             self.view.trim()  # between two requests: directory descriptors beyond the budget close
@@ -1333,9 +1338,7 @@ def _cold(fd: int) -> bool:
     cold."""
     try:
         os.preadv(fd, [_PROBE], 0, os.RWF_NOWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
+    except OSError:  # EAGAIN: not in memory
         return True
     return False
 
