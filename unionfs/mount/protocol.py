@@ -100,6 +100,8 @@ STATFS_OUT = struct.Struct("<QQQQQIIII" + "I" * 6)  # blocks bfree bavail files 
 FALLOCATE_IN = struct.Struct("<QQQII")             # fh offset length mode padding
 LSEEK_IN = struct.Struct("<QQII")                  # fh offset whence padding
 LSEEK_OUT = struct.Struct("<Q")
+NOTIFY_STORE = 4                                   # fuse_notify_code: data into the kernel's page cache
+NOTIFY_STORE_OUT = struct.Struct("<QQII")           # nodeid offset size padding
 DIRENT = struct.Struct("<QQII")                    # ino off namelen type
 BACKING_MAP = struct.Struct("<iIQ")                # fd flags padding
 

@@ -65,6 +65,8 @@ NO_ENTRY = fp.ENTRY_OUT_HEAD.pack(0, 0, 0, 0, 0, 0) + bytes(fp.ATTR.size)
 READ_AHEAD_KB = 1024
 #: bytes of a file served here that an OPEN asks the disk for right away
 PREFETCH = 1 << 20
+#: the largest file served here (not by passthrough) whose data an OPEN puts into the kernel's cache
+STORE_MAX = 64 << 10
 #: the largest file the read-ahead across a directory's files asks the disk for (:mod:`unionfs.mount.dirahead`)
 WARM_MAX = 256 << 10
 #: the most pieces of that read-ahead waiting for the loop to be idle
@@ -879,7 +881,28 @@ class LowLevelFS:
                 self._opened_in = (inode.parent, inode.name)  # told to the read-ahead after the reply, too
         if use_pt:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
+        if not writing and len(inode.handles) == 1:
+            self._store(nid, fd)
         return fd, fp.FOPEN_KEEP_CACHE, 0
+
+    def _store(self, nid: int, fd: int) -> None:
+        """Put the small file open at ``fd`` into the kernel's cache of node ``nid`` when its data is in memory
+        here, before the OPEN's reply (FUSE_NOTIFY_STORE): the caller's first read then needs no READ. Only for
+        the one handle of the node (no writer can change the file meanwhile: it would need a handle), and
+        never waiting for the disk (a read that may not wait)."""
+        try:
+            st = os.fstat(fd)  # (a cached node's attributes may lack the size)
+            size = st.st_size
+            if not stat.S_ISREG(st.st_mode) or not 0 < size <= STORE_MAX:
+                return
+            buf = bytearray(size)
+            if os.preadv(fd, [buf], 0, os.RWF_NOWAIT) != size:
+                return
+            os.writev(self.dev, [fp.OUT_HEADER.pack(fp.OUT_HEADER.size + fp.NOTIFY_STORE_OUT.size + size,
+                                                    fp.NOTIFY_STORE, 0),
+                                 fp.NOTIFY_STORE_OUT.pack(nid, 0, size, 0), buf])
+        except OSError as e:  # EAGAIN: not in memory; ENOENT: the kernel has no such node
+            log.debug("no store of node %d: %s", nid, e)
 
     def _idle_step(self) -> None:
         """Do the next piece of work kept for the loop's idle time. A bug in it is logged: it must not take
