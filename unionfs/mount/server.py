@@ -881,8 +881,8 @@ class LowLevelFS:
                 self._opened_in = (inode.parent, inode.name)  # told to the read-ahead after the reply, too
         if use_pt:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
-        if not writing and len(inode.handles) == 1:
-            self._store(nid, fd)
+        if not writing and len(inode.handles) == 1 and not self.writeback:  # (writeback: the kernel may hold
+            self._store(nid, fd)                                             # newer data than the disk)
         return fd, fp.FOPEN_KEEP_CACHE, 0
 
     def _store(self, nid: int, fd: int) -> None:
