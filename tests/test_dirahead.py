@@ -161,3 +161,25 @@ def test_a_failing_piece_of_idle_work_is_logged_and_the_loop_goes_on(tmp_path: P
     fs._idle_step()
     fs._idle_step()
     assert done == [1] and "read-ahead" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["plain", "lazy"])
+def test_no_read_ahead_on_lazy_layers(tmp_path: Path, lazy: bool) -> None:
+    """The daemon's filler of lazy layers is given after the daemon is made (unionfs.mount.server.serve): the
+    read-ahead is decided when serving starts, and is off when there is a filler (a warm-up would open lazy
+    placeholders). Served here on a /dev/fuse descriptor of no mount, whose first read ends the loop."""
+    require(skip_reason_fuse())
+    from unionfs.mount.server import LowLevelFS
+    from unionfs.union.overlay import Overlay
+
+    (tmp_path / "lower").mkdir()
+    fs = LowLevelFS(Overlay([str(tmp_path / "lower")], None, None))
+    if lazy:
+        fs.ov.filler = lambda path: None
+    dev = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        with pytest.raises(PermissionError):  # reading the device of no mount: EPERM
+            fs.serve(dev)
+    finally:
+        os.close(dev)
+    assert (fs.ahead is None) == lazy

@@ -99,7 +99,8 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     globals()["libc"].sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
-_DIR_BENEATH = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: open(2) flags of a directory on a way below a root: never through a symlink
+DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def open_file_beneath(root: int, name: str, flags: int) -> int:
@@ -115,7 +116,7 @@ def open_file_beneath(root: int, name: str, flags: int) -> int:
     at, fds = root, []
     try:
         for part in parts[:-1]:
-            at = os.open(part, _DIR_BENEATH, dir_fd=at)
+            at = os.open(part, DIR_NOFOLLOW, dir_fd=at)
             fds.append(at)
         if not stat.S_ISREG(os.stat(parts[-1], dir_fd=at, follow_symlinks=False).st_mode):
             raise OSError(errno.EINVAL, f"{name!r} is not a regular file")

@@ -442,7 +442,7 @@ class _Unpacker:
 
     # -- one entry ------------------------------------------------------------------------------
 
-    def _one(self, ti: tarfile.TarInfo, used: int, write: Callable[[int], None]) -> None:
+    def _one(self, ti: tarfile.TarInfo, used: int, write: Writer) -> None:
         """Create the entry ``ti``; ``used``: the layer's bytes before it (its bound), ``write(fd)`` writes a
         regular file's data."""
         raw = ti.name.encode("utf-8", "surrogateescape")
@@ -496,7 +496,7 @@ class _Unpacker:
             raise LayerError(f"entry {_show(raw)}: unsupported tar entry type {ti.type!r}")
 
     def _regular(self, ti: tarfile.TarInfo, pfd: int, name: bytes, key: bytes, raw: bytes,
-                 write: Callable[[int], None]) -> None:
+                 write: Writer) -> None:
         try:
             fd = os.open(name, _FILEFLAGS, 0o600, dir_fd=pfd)
         except FileExistsError:

@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 from unionfs.errors import UnionfsError, shown
-from unionfs.fsops import open_file_beneath
+from unionfs.fsops import DIR_NOFOLLOW, open_file_beneath
 from unionfs.layer.estargz import PREFETCH_LANDMARK, clean_name
 from unionfs.lazy.fetch import Chunk, Toc, read_chunk
 from unionfs.lazy.fill import fill_open
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 #: the most bytes (uncompressed) of a layer's first files held in memory until its tree is made
 EARLY_BUDGET = 64 << 20
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def first_files(toc: Toc, chunks: dict[int, list[Chunk]]) -> list[int]:
@@ -83,7 +82,7 @@ class EarlyFetch:
         layer ``layer``, DiffID hex); the number written."""
         self._thread.join()
         done = 0
-        root = os.open(tree, _DIR_FLAGS)
+        root = os.open(tree, DIR_NOFOLLOW)
         try:
             for i, pieces in self.fetched.items():
                 ent = self.toc.entries[i]
@@ -99,4 +98,3 @@ class EarlyFetch:
             os.close(root)
         self.fetched.clear()
         return done
-

@@ -132,8 +132,6 @@ class Filler:
     def __init__(self, layers: list[tuple[str, str]],
                  resume: Callable[[list[bytes], bool], None] | None = None) -> None:
         self.layers = {h: _Layer(tree, h) for tree, h in layers}
-        #: the mark this daemon trusts (:func:`unionfs.layer.placeholder.mark_name`), read once
-        self.mark = placeholder.mark_name()
         self.resume = resume
         self._lock = threading.Lock()  # a layer's loading
         self._logged: set[tuple[str, int]] = set()
@@ -163,7 +161,7 @@ class Filler:
         the background mode, a placeholder's fill is started (or joined) in a worker thread instead, and
         FillPending raised with its job."""
         try:
-            mark = placeholder.placeholder_of(path, self.mark)
+            mark = placeholder.placeholder_of(path)
         except ValueError as e:
             log.error("%s: %s", path, e)
             raise OSError(errno.EIO, "malformed lazy mark") from None

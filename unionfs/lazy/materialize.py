@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from unionfs.errors import EstargzError, shown
-from unionfs.fsops import open_file_beneath
+from unionfs.fsops import DIR_NOFOLLOW, open_file_beneath
 from unionfs.layer import ownership, placeholder
 from unionfs.layer.estargz import TOC_NAME, clean_name
 from unionfs.layer.unpack import Writer, unpack_entries
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 _TYPES = {"dir": tarfile.DIRTYPE, "reg": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
           "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE}
 CAPABILITY = "security.capability"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _mtime(ent: dict[str, Any]) -> int:
@@ -95,7 +94,7 @@ def materialize(toc: Toc, dest: str, layer: str, *, privileged: bool | None = No
     entries.append((ti, functools.partial(_write_all, toc.raw)))
     last.pop(TOC_NAME, None)
     unpack_entries(entries, dest, privileged=privileged)
-    root = os.open(dest, _DIR_FLAGS)
+    root = os.open(dest, DIR_NOFOLLOW)
     try:
         if not (ownership.privileged() if privileged is None else privileged):
             _writable_placeholders(root, {name: toc.entries[i] for name, i in last.items()})

@@ -357,8 +357,9 @@ class LowLevelFS:
         self._prefetch = -1
         #: the read-ahead across a directory's files (:mod:`unionfs.mount.dirahead`) and what it asks for, done
         #: while the loop has no request (so only when it spins: it then reads the device without blocking);
-        #: none on lazy layers, where a warm-up would fetch from the registry
-        self.ahead = DirAhead() if spin_us and overlay.filler is None else None
+        #: none on lazy layers, where a warm-up would open placeholders. Set by :meth:`serve`, once the overlay
+        #: has its filler (:func:`serve` gives it after this daemon is made)
+        self.ahead: DirAhead | None = None
         self._idle: collections.deque[Callable[[], None]] = collections.deque()
         #: the directory and name of the file :attr:`_prefetch` holds, for the read-ahead
         self._opened_in: tuple[Inode, str] | None = None
@@ -921,11 +922,9 @@ class LowLevelFS:
         except Exception:
             log.exception("read-ahead")
             return
-        idle = self._idle
         if listing:
-            idle.append(functools.partial(self._list_ahead, parent))
-        for n in names[:max(0, IDLE_MAX - len(idle))]:
-            idle.append(functools.partial(self._warm, parent, n))
+            self._idle.append(functools.partial(self._list_ahead, parent))
+        self._queue_warm(parent, names)
 
     def _list_ahead(self, parent: Inode) -> None:
         """Give the read-ahead the names of the directory ``parent`` (a guess: errors leave it without)."""
@@ -935,8 +934,13 @@ class LowLevelFS:
             names = self.view.names_of(self._resolved(parent.nodeid))
         except OSError:
             return
+        self._queue_warm(parent, self.ahead.listed(parent.nodeid, names))  # type: ignore[union-attr]
+
+    def _queue_warm(self, parent: Inode, names: list[str]) -> None:
+        """Queue a warm-up of each of ``names`` of ``parent`` for the loop's idle time, up to :data:`IDLE_MAX`
+        waiting items in all (the rest are dropped: a guess)."""
         idle = self._idle
-        for n in self.ahead.listed(parent.nodeid, names)[:max(0, IDLE_MAX - len(idle))]:  # type: ignore[union-attr]
+        for n in names[:max(0, IDLE_MAX - len(idle))]:
             idle.append(functools.partial(self._warm, parent, n))
 
     def _warm(self, parent: Inode, name: str) -> None:
@@ -1135,6 +1139,7 @@ class LowLevelFS:
             woken, self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             poller.register(woken, select.POLLIN)
         self.readers = Readers(dev, READ_THREADS) if READ_THREADS else None
+        self.ahead = DirAhead() if self.spin_us and self.ov.filler is None else None
         restore = self._catch_signals()
         self._serving = True
         try:
