@@ -1,4 +1,4 @@
-"""TLS of the registry client (unionfs/registry/curl.py, tls.py), against a real ``docker-registry`` in HTTPS
+"""TLS of the registry client (unionfs/registry/curl.py), against a real ``docker-registry`` in HTTPS
 with a self-signed certificate: verification refuses it, ``$SSL_CERT_FILE`` trusts it, ``--insecure`` skips
 the check; the TLS probe; a loopback plain-HTTP registry reached without an HTTPS try (no trust store read)."""
 
@@ -27,7 +27,6 @@ from unionfs.errors import RegistryError
 from unionfs.oci.digest import Digest
 from unionfs.registry import curl
 from unionfs.registry.client import RegistryClient
-from unionfs.registry.tls import speaks_tls
 from unionfs.registry.transport import RetryPolicy
 
 FAST = RetryPolicy(attempts=2, backoff=0.01, max_backoff=0.02)
@@ -118,9 +117,9 @@ def test_a_refused_certificate_is_named(https_registry: tuple[Registry, Path],
 
 
 def test_speaks_tls(tls_server: tuple[int, Path], registry: Registry) -> None:
-    assert speaks_tls("127.0.0.1", tls_server[0], 10) is True
-    assert speaks_tls("127.0.0.1", registry.port, 10) is False  # docker-registry in plain HTTP
-    assert speaks_tls("127.0.0.1", free_port(), 10) is None  # nothing listens
+    assert curl.speaks_tls("127.0.0.1", tls_server[0], 10) is True
+    assert curl.speaks_tls("127.0.0.1", registry.port, 10) is False  # docker-registry in plain HTTP
+    assert curl.speaks_tls("127.0.0.1", free_port(), 10) is None  # nothing listens
 
 
 def _count_trust_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:

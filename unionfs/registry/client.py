@@ -11,8 +11,9 @@ Contracts:
 
 * **Transport.** HTTPS with certificate verification by default. ``insecure=True`` (or a registry on the
   loopback: ``localhost``, ``127.0.0.0/8``, ``::1``) allows plain HTTP: HTTPS is tried first, then HTTP, as
-  docker does (on the loopback, a host that does not complete a bare TLS handshake is spoken to in HTTP
-  without the HTTPS try, which would fail: tls.py); ``insecure`` also skips certificate verification.
+  docker does (on the loopback, a host that does not complete a bare TLS handshake, ``curl.speaks_tls``, is
+  spoken to in HTTP without the HTTPS try, which would fail); ``insecure`` also skips certificate
+  verification.
 * **Authentication.** The first request learns the registry's challenge (``GET /v2/``). ``Bearer``
   challenges are answered with a token from the realm for the scopes the operation needs
   (``repository:NAME:pull``, ``repository:NAME:pull,push``, both repositories for a cross-repository mount,
@@ -66,8 +67,8 @@ from unionfs.registry.curl import (
     Timeout,
     TimeoutException,
     TransportError,
+    speaks_tls,
 )
-from unionfs.registry.tls import speaks_tls
 from unionfs.registry.transport import (
     MAX_ERROR_BODY,
     MAX_LIST_BYTES,
@@ -199,7 +200,7 @@ class RegistryClient:
         deadline = Deadline.start(self.deadlines.request)
         if len(schemes) == 2 and is_loopback(self.host) and self._own_transport:
             # on the loopback a bare TLS handshake costs nothing: a host that answers it with something else
-            # would fail the HTTPS try anyway, and skipping that try spares loading the trust store (tls.py)
+            # would fail the HTTPS try anyway, and skipping that try spares loading the trust store
             url = URL.parse(f"https://{self.host}/")
             if speaks_tls(url.host, url.port or 443, max(deadline.left(), 0.001) / 2) is False:
                 log.debug("ping %s: no TLS spoken there; plain HTTP", self.host)

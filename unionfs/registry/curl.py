@@ -20,6 +20,11 @@ Contracts:
   body iterable while it is sent propagates unchanged.
 * **Threads.** A ``Client`` may be shared: each transfer takes a free connection cache ("lane": a libcurl multi
   handle and its easy handle) and gives it back when its response is closed.
+* **The TLS probe.** ``speaks_tls`` answers whether a TLS handshake with ``host:port`` completes, checking no
+  certificate and loading no trust store (it only learns whether TLS is spoken; nothing is sent after the
+  handshake): True when it completes, False when the server answered something that is not TLS (or a TLS
+  libcurl cannot speak), None when nothing could be learned (refused, reset, timed out). A verifying handshake
+  with a host for which it gives False would fail too.
 * **Tests** may pass ``transport``, a function from ``Request`` to a buffered ``Response``, instead of the
   network.
 """
@@ -186,6 +191,25 @@ class Response:
 
 
 # --- the client ----------------------------------------------------------------------------------
+def speaks_tls(host: str, port: int, timeout: float) -> bool | None:
+    """Whether ``host:port`` completes a TLS handshake within ``timeout`` seconds (see the module docstring)."""
+    easy = pycurl.Curl()
+    try:
+        easy.setopt(pycurl.URL, f"https://[{host}]:{port}/" if ":" in host else f"https://{host}:{port}/")
+        easy.setopt(pycurl.CONNECT_ONLY, 1)
+        easy.setopt(pycurl.NOSIGNAL, 1)
+        easy.setopt(pycurl.NOPROXY, "*")
+        easy.setopt(pycurl.SSL_VERIFYPEER, 0)
+        easy.setopt(pycurl.SSL_VERIFYHOST, 0)
+        easy.setopt(pycurl.TIMEOUT_MS, max(1, int(timeout * 1000)))
+        easy.perform()
+        return True
+    except pycurl.error as e:
+        return False if e.args[0] == pycurl.E_SSL_CONNECT_ERROR else None
+    finally:
+        easy.close()
+
+
 def _trust_options() -> list[tuple[int, str]]:
     """The trust store a verified TLS connection uses (see the module docstring)."""
     if os.environ.get("SSL_CERT_FILE"):
