@@ -7,7 +7,6 @@ Results go to standard output.
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import sys
 import threading
@@ -268,6 +267,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     if not password:
         if not interactive:
             raise UsageError("login needs --password-stdin (or --password) when standard input is not a terminal")
+        import getpass  # here: only an interactive login asks (startup time of the other commands)
+
         password = getpass.getpass("Password: ")
     if not username or not password:
         raise UsageError("login needs a username and a password")
