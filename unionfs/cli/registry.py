@@ -325,7 +325,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-unpack", action="store_true",
                    help="store and verify the blobs only; the layers are extracted when first used")
     _net(p)
-    p.set_defaults(func=cmd_pull)
+    p.set_defaults(func=cmd_pull, fast_exit=True)
 
     p = sub.add_parser("push", help="push an image to a registry",
                        description="Push a stored image (reference or id) to a registry: to DEST when given, "
@@ -336,7 +336,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
     p.add_argument("-j", "--jobs", type=int, help="parallel uploads (default 3)")
     _net(p)
-    p.set_defaults(func=cmd_push)
+    p.set_defaults(func=cmd_push, fast_exit=True)
 
     p = sub.add_parser("search", help="search a registry for repositories",
                        description="Search Docker Hub (its search API), or another registry's catalog "
