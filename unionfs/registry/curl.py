@@ -311,6 +311,7 @@ class _Transfer:
         self._request = request
         self._timeout = timeout
         self._lane: _Lane | None = client._take()
+        self._added = False
         self._status = 0
         self._reason = ""
         self._headers: list[tuple[str, str]] = []
@@ -321,7 +322,11 @@ class _Transfer:
         self._callback_error: BaseException | None = None
         self._progress = time.monotonic()
         self._body = self._reader(content)
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
 
     # -- libcurl's side
     def _setup(self) -> None:
@@ -356,9 +361,12 @@ class _Transfer:
         easy.setopt(pycurl.WRITEFUNCTION, self._on_write)
 
     def _reader(self, content: bytes | Iterable[bytes] | None) -> Iterator[bytes] | None:
-        """The body as pieces for libcurl's reads (None: no body; a method other than GET/HEAD sends one)."""
+        """The body as pieces for libcurl's reads (None: no body; a method other than GET/HEAD sends one, an
+        empty one when it has none)."""
         if content is None:
-            return None if self._request.method in ("GET", "HEAD") else iter(())
+            if self._request.method in ("GET", "HEAD"):
+                return None
+            content = b""
         if isinstance(content, bytes):
             if "content-length" not in (k.lower() for k in self._request.headers):
                 self._request.headers["Content-Length"] = str(len(content))
@@ -405,6 +413,7 @@ class _Transfer:
     def start(self) -> Response:
         assert self._lane is not None
         self._lane.multi.add_handle(self._lane.easy)
+        self._added = True
         try:
             self._pump(lambda: self._headers_done)
             if not self._headers_done:
@@ -464,6 +473,7 @@ class _Transfer:
         lane, self._lane = self._lane, None
         if lane is None:
             return
-        lane.multi.remove_handle(lane.easy)
+        if self._added:
+            lane.multi.remove_handle(lane.easy)
         self._finished = True
         self._client._give(lane)
