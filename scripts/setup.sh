@@ -4,11 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# python3-zstandard, -psutil, -httpx, -tqdm: the dependencies for Debian's python3, which runs the tests'
+# python3-zstandard, -psutil, -pycurl, -certifi, -tqdm: the dependencies for Debian's python3, which runs the tests'
 # commands as a user other than root (tests/support/cli.py, USER_PYTHON)
 APT_PACKAGES=(fuse3 attr umoci skopeo busybox-static docker-registry fuse-overlayfs fio stress-ng buildah
               podman runc uidmap python3-venv gcc python3-dev util-linux kmod python3-zstandard python3-psutil
-              python3-httpx python3-tqdm debootstrap)
+              python3-pycurl python3-certifi python3-tqdm debootstrap)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

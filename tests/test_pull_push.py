@@ -386,3 +386,37 @@ def test_pull_all_tags(cli: CLI, store_root: Path, registry: Registry, test_imag
     assert store.resolve(f"{registry.host}/alltags:a1").id == store.resolve(f"{registry.host}/alltags:a2").id
     bad = cli("pull", "-a", f"{registry.host}/alltags:a1", check=False)
     assert bad.returncode == 2 and "without a tag" in bad.stderr
+
+
+def test_parallel_transfers_stop_at_the_first_failure() -> None:
+    """``_run_parallel``: the transfers run on ``jobs`` threads; the first failure cancels the others (a
+    running one sees the cancellation, one not started never starts) and is raised once all have stopped,
+    a UnionfsError before any other error."""
+    import threading
+    import time
+
+    from unionfs.errors import RegistryError
+    from unionfs.registry.transfer import _Cancelled, _run_parallel
+
+    started: list[str] = []
+    stopped: list[str] = []
+
+    def task(name: str, error: BaseException | None = None) -> Callable[[threading.Event], None]:
+        def run(cancel: threading.Event) -> None:
+            started.append(f"{name} on {threading.current_thread().name}")
+            if error is not None:
+                time.sleep(0.05)
+                raise error
+            if not cancel.wait(10):
+                raise AssertionError("not cancelled")
+            stopped.append(name)
+            raise _Cancelled()
+        return run
+
+    with pytest.raises(RegistryError, match="gone"):
+        _run_parallel([task("a"), task("b", ValueError("bad")), task("c", RegistryError("gone")), task("d")], 3)
+    assert sorted(started) == ["a on xfer_0", "b on xfer_1", "c on xfer_2"]
+    assert stopped == ["a"]
+    ran: list[int] = []
+    _run_parallel([lambda cancel, i=i: ran.append(i) for i in range(5)], 2)
+    assert sorted(ran) == list(range(5))

@@ -14,7 +14,6 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 from support.registry import USERS, FakeServer, FaultProxy, Registry, have_registry, running_registry, sha256
 
@@ -29,6 +28,7 @@ from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from unionfs.registry.client import RegistryClient
 from unionfs.registry.credentials import DOCKER_HUB_KEY, DockerConfig, normalize_server
+from unionfs.registry.curl import Request, Response, TransportError
 from unionfs.registry.search import hub_search
 from unionfs.registry.transport import (
     Credentials,
@@ -111,28 +111,28 @@ def test_loopback_detection() -> None:
 
 def test_error_mapping_is_one_line() -> None:
     body = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest\nunknown", "detail": {"Tag": "x"}}]}
-    r = httpx.Response(404, json=body)
+    r = Response(404, content=json.dumps(body).encode())
     err = error_from_response(r, "r/x:y")
     assert isinstance(err, RegistryNotFoundError)
     assert str(err) == "r/x:y: manifest unknown (MANIFEST_UNKNOWN)" and err.code == "MANIFEST_UNKNOWN"
-    assert "\n" not in str(error_from_response(httpx.Response(502, text="<html>\nbad gateway</html>"), "w"))
+    assert "\n" not in str(error_from_response(Response(502, content=b"<html>\nbad gateway</html>"), "w"))
 
 
 def test_remote_host_is_https_only_by_default() -> None:
-    """Without --insecure a non-loopback registry is never spoken to in plain HTTP (checked with a mock
+    """Without --insecure a non-loopback registry is never spoken to in plain HTTP (checked with a stand-in
     transport: no packet leaves the machine)."""
     seen: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Request) -> Response:
         seen.append(str(request.url))
-        raise httpx.ConnectError("refused", request=request)
+        raise TransportError("refused")
 
-    with RegistryClient("registry.example.com", transport=httpx.MockTransport(handler), retry=FAST) as c:
+    with RegistryClient("registry.example.com", transport=handler, retry=FAST) as c:
         with pytest.raises(RegistryConnectionError, match="--insecure"):
             c.ping()
     assert seen and all(u.startswith("https://") for u in seen)
     seen.clear()
-    with RegistryClient("registry.example.com", transport=httpx.MockTransport(handler), retry=FAST,
+    with RegistryClient("registry.example.com", transport=handler, retry=FAST,
                         insecure=True) as c:
         with pytest.raises(RegistryConnectionError):
             c.ping()

@@ -1,10 +1,10 @@
-"""unionfs/registry/tls.py: the trust store loaded on the first TLS connection (and verification unchanged),
-the TLS probe, and a loopback plain-HTTP registry reached without loading the trust store at all."""
+"""TLS of the registry client (unionfs/registry/curl.py), against a real ``docker-registry`` in HTTPS
+with a self-signed certificate: verification refuses it, ``$SSL_CERT_FILE`` trusts it, ``--insecure`` skips
+the check; the TLS probe; a loopback plain-HTTP registry reached without an HTTPS try (no trust store read)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import io
 import socket
 import ssl
 import threading
@@ -16,36 +16,27 @@ from support.registry import (  # noqa: F401 (fixtures)
     Registry,
     docker_config_fixture,
     free_port,
+    have_registry,
     registry_fixture,
+    running_registry,
+    self_signed_certificate,
+    sha256,
 )
 
 from unionfs.errors import RegistryError
+from unionfs.oci.digest import Digest
+from unionfs.registry import curl
 from unionfs.registry.client import RegistryClient
-from unionfs.registry.tls import LazyTrustContext, speaks_tls
+from unionfs.registry.transport import RetryPolicy
+
+FAST = RetryPolicy(attempts=2, backoff=0.01, max_backoff=0.02)
 
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """A TLS server on 127.0.0.1 with a self-signed certificate for 127.0.0.1 (its port and the certificate's
     PEM file): completes handshakes and closes."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    cert_pem, key_pem = self_signed_certificate(tmp_path)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert_pem, key_pem)
     listener = socket.create_server(("127.0.0.1", 0))
@@ -77,48 +68,76 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         t.join(timeout=5)
 
 
-def _handshake(ctx: ssl.SSLContext, port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        with ctx.wrap_socket(sock, server_hostname="127.0.0.1"):
-            pass
+@pytest.fixture
+def https_registry(tmp_path: Path) -> Iterator[tuple[Registry, Path]]:
+    """A docker-registry in HTTPS on 127.0.0.1 with a self-signed certificate, and the certificate's file."""
+    if have_registry():
+        pytest.skip(have_registry() or "")
+    cert, key = self_signed_certificate(tmp_path)
+    with running_registry(tmp_path / "reg", tls=(cert, key)) as reg:
+        yield reg, cert
 
 
-def test_trust_is_loaded_on_the_first_handshake_and_still_verifies(tls_server: tuple[int, Path],
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    port, cert = tls_server
+def test_https_registry_verified_trusted_or_insecure(https_registry: tuple[Registry, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    reg, cert = https_registry
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    ctx = LazyTrustContext.create()
-    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
-    assert ctx.cert_store_stats()["x509_ca"] == 0  # nothing loaded yet
-    with pytest.raises(ssl.SSLCertVerificationError):  # a self-signed certificate: refused, as httpx's default
-        _handshake(ctx, port)
-    assert ctx.cert_store_stats()["x509_ca"] > 0  # certifi's bundle
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted through the variable httpx reads
-    _handshake(LazyTrustContext.create(), port)
+    with RegistryClient(reg.host, retry=FAST) as c:  # certifi's bundle does not know the certificate
+        with pytest.raises(RegistryError):
+            c.ping(attempts=1)
+        assert c._base is None
+    blob = b"over TLS" * 1000
+    digest = Digest.parse(sha256(blob))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with RegistryClient(reg.host, retry=FAST) as c:
+        assert c.base_url == f"https://{reg.host}"
+        assert c.push_blob("tls/x", digest, len(blob), lambda: io.BytesIO(blob)) == "uploaded"
+        assert c.fetch_blob("tls/x", digest, len(blob)) == blob
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setenv("SSL_CERT_DIR", str(cert.parent / "nothing-here"))
+    with RegistryClient(reg.host, retry=FAST) as c:  # a directory without the certificate: refused
+        with pytest.raises(RegistryError):
+            c.ping(attempts=1)
+    with RegistryClient(reg.host, retry=FAST, insecure=True) as c:  # --insecure: TLS without the check
+        assert c.base_url == f"https://{reg.host}"
+        assert c.fetch_blob("tls/x", digest, len(blob)) == blob
 
 
-def test_the_context_checks_what_the_default_context_checks() -> None:
-    """The same verification as ``ssl.create_default_context()`` on this interpreter (httpx's): from Python 3.13
-    on that includes VERIFY_X509_STRICT and VERIFY_X509_PARTIAL_CHAIN, which a bare PROTOCOL_TLS_CLIENT context
-    lacks."""
-    ours, default = LazyTrustContext.create(), ssl.create_default_context()
-    for attr in ("verify_flags", "options", "verify_mode", "check_hostname", "minimum_version", "maximum_version",
-                 "post_handshake_auth"):
-        assert getattr(ours, attr) == getattr(default, attr), attr
+def test_a_refused_certificate_is_named(https_registry: tuple[Registry, Path],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transport's error says what TLS refused (the registry client's message carries it)."""
+    reg, _ = https_registry
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    client = curl.Client()
+    with pytest.raises(curl.TransportError, match="(?i)certificate"):
+        client.send("GET", f"https://{reg.host}/v2/", timeout=curl.Timeout(5, 5))
+    client.close()
 
 
 def test_speaks_tls(tls_server: tuple[int, Path], registry: Registry) -> None:
-    assert speaks_tls("127.0.0.1", tls_server[0], 10) is True
-    assert speaks_tls("127.0.0.1", registry.port, 10) is False  # docker-registry in plain HTTP
-    assert speaks_tls("127.0.0.1", free_port(), 10) is None  # nothing listens
+    assert curl.speaks_tls("127.0.0.1", tls_server[0], 10) is True
+    assert curl.speaks_tls("127.0.0.1", registry.port, 10) is False  # docker-registry in plain HTTP
+    assert curl.speaks_tls("127.0.0.1", free_port(), 10) is None  # nothing listens
 
 
-def test_a_loopback_http_registry_loads_no_trust_store(registry: Registry) -> None:
+def _count_trust_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    loads: list[int] = []
+    real = curl._trust_options
+
+    def counted() -> list[tuple[int, str]]:
+        loads.append(1)
+        return real()
+    monkeypatch.setattr(curl, "_trust_options", counted)
+    return loads
+
+
+def test_a_loopback_http_registry_loads_no_trust_store(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads = _count_trust_loads(monkeypatch)
     with RegistryClient(registry.host) as client:
         assert client.base_url == f"http://{registry.host}"
-        ctx = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
-        assert isinstance(ctx, LazyTrustContext) and ctx.cert_store_stats()["x509_ca"] == 0
+    assert loads == []
 
 
 def test_a_loopback_tls_server_is_still_tried_in_https(tls_server: tuple[int, Path],
@@ -128,8 +147,8 @@ def test_a_loopback_tls_server_is_still_tried_in_https(tls_server: tuple[int, Pa
     port, _ = tls_server
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    loads = _count_trust_loads(monkeypatch)
     with RegistryClient(f"127.0.0.1:{port}") as client:
         with pytest.raises(RegistryError):
             client.ping(attempts=1)
-        ctx = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
-        assert ctx.cert_store_stats()["x509_ca"] > 0
+    assert loads

@@ -2,8 +2,8 @@
 
 Real HTTP servers on the loopback (``support.registry.FakeServer``: scripted, slow, huge or silent answers), a
 second loopback address (127.0.0.2) standing for "another host", and the machine's own non-loopback address
-where a test needs a host that is not allowed plain HTTP. One unit test uses httpx's mock transport to name
-hosts that do not exist (no packet leaves the machine).
+where a test needs a host that is not allowed plain HTTP. One unit test uses a stand-in transport (the
+``transport`` of ``curl.Client``) to name hosts that do not exist (no packet leaves the machine).
 
 * credentials go only to the registry they were stored for and to the token realm *its own* challenge names:
   a redirect target (blob storage) that answers 401 with a challenge of its own gets nothing, nor does its realm;
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-import httpx
 import pytest
 from support.cli import run_cli
 from support.registry import Body, FakeServer, Sent, local_address, sha256
@@ -36,6 +35,7 @@ from support.registry import Body, FakeServer, Sent, local_address, sha256
 from unionfs.errors import RegistryAuthError, RegistryConnectionError, RegistryError, RegistryNotFoundError
 from unionfs.oci.digest import Digest
 from unionfs.registry.client import RegistryClient
+from unionfs.registry.curl import URL, Request, Response
 from unionfs.registry.transport import Credentials, RetryPolicy
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05)
@@ -150,16 +150,16 @@ def test_token_realm_redirect_is_not_followed(serve: Callable[..., FakeServer]) 
 ])
 def test_plain_http_realm_only_on_a_host_allowed_plain_http(registry: str, insecure: bool, realm: str,
                                                             allowed: bool) -> None:
-    seen: list[httpx.Request] = []
+    seen: list[Request] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: Request) -> Response:
         seen.append(request)
         if request.url.path == "/token":
-            return httpx.Response(200, json={"token": "t"})
-        return httpx.Response(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'})
+            return Response(200, content=b'{"token": "t"}')
+        return Response(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="reg"'})
 
-    realm_host = httpx.URL(realm).host
-    with RegistryClient(registry, credentials=CREDS, insecure=insecure, transport=httpx.MockTransport(handler),
+    realm_host = URL.parse(realm).host
+    with RegistryClient(registry, credentials=CREDS, insecure=insecure, transport=handler,
                         retry=FAST) as c:
         if allowed:
             c.login()
@@ -379,7 +379,7 @@ def test_compressed_answer_is_decoded_within_the_cap(serve: Callable[..., FakeSe
 
 def test_credentials_never_in_logs_or_errors(serve: Callable[..., FakeServer],
                                             caplog: pytest.LogCaptureFixture) -> None:
-    """A full Basic flow and a refused one, logged at DEBUG (httpx's and httpcore's loggers too)."""
+    """A full Basic flow and a refused one, logged at DEBUG."""
     caplog.set_level(logging.DEBUG)
 
     def handler(method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:

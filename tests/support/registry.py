@@ -19,11 +19,13 @@ import datetime
 import hashlib
 import http.client
 import http.server
+import ipaddress
 import json
 import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -158,6 +160,29 @@ class TokenServer:
         self._thread.join(timeout=10)
 
 
+def self_signed_certificate(workdir: Path, address: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed CA certificate for ``address`` and its key, as PEM files in ``workdir``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_pem, key_pem = workdir / "cert.pem", workdir / "key.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return cert_pem, key_pem
+
+
 # --- the registry -------------------------------------------------------------------------------
 @dataclass
 class Registry:
@@ -170,6 +195,7 @@ class Registry:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(default=Path("/dev/null"))
     proxy_remote: str | None = None  # a pull-through cache of this URL (distribution's ``proxy: remoteurl:``)
+    tls: tuple[Path, Path] | None = None  # (certificate, key) PEM files: HTTPS instead of HTTP
 
     @property
     def host(self) -> str:
@@ -201,6 +227,8 @@ class Registry:
             self.token_server = TokenServer(self.workdir)
             lines += ["auth:", "  token:", f"    realm: {self.token_server.realm}", f"    service: {SERVICE}",
                       f"    issuer: {ISSUER}", f"    rootcertbundle: {self.token_server.cert_path}"]
+        if self.tls:
+            lines += ["  tls:", f"    certificate: {self.tls[0]}", f"    key: {self.tls[1]}"]
         if self.proxy_remote:
             lines += ["proxy:", f"  remoteurl: {self.proxy_remote}"]
         template = "\n".join(lines) + "\n"
@@ -226,7 +254,11 @@ class Registry:
             if self.proc.poll() is not None:
                 return False
             try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2)
+                if self.tls:
+                    unverified = ssl._create_unverified_context()
+                    urllib.request.urlopen(f"https://{self.host}/v2/", timeout=2, context=unverified)
+                else:
+                    urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2)
                 return True
             except urllib.error.HTTPError as e:
                 if e.code == 401:
@@ -251,10 +283,11 @@ class Registry:
 
 
 @contextlib.contextmanager
-def running_registry(workdir: Path, auth: str = "none", proxy_remote: str | None = None) -> Iterator[Registry]:
-    """A started Registry (a pull-through cache of ``proxy_remote`` when given), stopped when the block ends
-    (however it ends)."""
-    reg = Registry(workdir, auth, proxy_remote=proxy_remote)
+def running_registry(workdir: Path, auth: str = "none", proxy_remote: str | None = None,
+                     tls: tuple[Path, Path] | None = None) -> Iterator[Registry]:
+    """A started Registry (a pull-through cache of ``proxy_remote`` when given, in HTTPS with ``tls``), stopped
+    when the block ends (however it ends)."""
+    reg = Registry(workdir, auth, proxy_remote=proxy_remote, tls=tls)
     try:
         reg.start()
         yield reg

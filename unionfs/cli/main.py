@@ -31,9 +31,9 @@ COMMANDS = {
     **dict.fromkeys(("version", "info", "system", "image", "container"), "system"),
     "convert": "convert",
 }
-#: commands that end as soon as their mount is live or gone: run as the program, they collect garbage rarely
-#: (:mod:`unionfs.mount.gcpace`; a daemon they fork restores the pace once its mount is live)
-QUICK_COMMANDS = ("mount", "umount", "unmount")
+#: commands whose start is most of their time (a mount's, or a 50 MB pull's, is ~0.1 s): run as the program, they
+#: collect garbage rarely (:mod:`unionfs.mount.gcpace`; a daemon they fork restores the pace once its mount is live)
+QUICK_COMMANDS = ("mount", "umount", "unmount", "pull", "push")
 
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
@@ -68,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``mount`` forks its daemon before the parser is built (:func:`_early_daemon`). Run as the program (``argv``
     None: the ``unionfs`` script, ``python -m unionfs``), :data:`QUICK_COMMANDS` start with the garbage
     collector's passes made rare (:func:`unionfs.mount.gcpace.collect_rarely`), and a command that leaves
-    nothing to the interpreter's shutdown (its parser sets ``fast_exit``: ``mount``, ``umount``) ends the
-    process here once its output is flushed (:func:`unionfs.mount.process.exit_now`).
+    nothing to the interpreter's shutdown (its parser sets ``fast_exit``: ``mount``, ``umount``, ``pull``,
+    ``push``) ends the process here once its output is flushed (:func:`unionfs.mount.process.exit_now`).
     """
     args_in = sys.argv[1:] if argv is None else list(argv)
     if argv is None and command_of(args_in) in QUICK_COMMANDS:

@@ -7,7 +7,6 @@ Results go to standard output.
 from __future__ import annotations
 
 import argparse
-import getpass
 import logging
 import sys
 import threading
@@ -268,6 +267,8 @@ def cmd_login(args: argparse.Namespace) -> int:
     if not password:
         if not interactive:
             raise UsageError("login needs --password-stdin (or --password) when standard input is not a terminal")
+        import getpass  # here: only an interactive login asks (startup time of the other commands)
+
         password = getpass.getpass("Password: ")
     if not username or not password:
         raise UsageError("login needs a username and a password")
@@ -324,7 +325,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-unpack", action="store_true",
                    help="store and verify the blobs only; the layers are extracted when first used")
     _net(p)
-    p.set_defaults(func=cmd_pull)
+    p.set_defaults(func=cmd_pull, fast_exit=True)
 
     p = sub.add_parser("push", help="push an image to a registry",
                        description="Push a stored image (reference or id) to a registry: to DEST when given, "
@@ -335,7 +336,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
     p.add_argument("-j", "--jobs", type=int, help="parallel uploads (default 3)")
     _net(p)
-    p.set_defaults(func=cmd_push)
+    p.set_defaults(func=cmd_push, fast_exit=True)
 
     p = sub.add_parser("search", help="search a registry for repositories",
                        description="Search Docker Hub (its search API), or another registry's catalog "

@@ -149,7 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m unionfs.lazy.complete ROOT REF MANIFEST-DIGEST MEDIA-TYPE [MOUNTPOINT]``."""
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s unionfs-complete[%(process)d]: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     root, ref, digest, media_type = args[:4]
     try:
         complete(root, Reference.parse(ref), Digest.parse(digest), media_type, args[4] if len(args) > 4 else None)

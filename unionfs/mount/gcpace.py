@@ -1,13 +1,12 @@
-"""The pace of Python's cyclic garbage collector while a command that mounts or unmounts starts.
+"""The pace of Python's cyclic garbage collector while a quick command starts.
 
-Such a command (``unionfs mount``, ``umount``, ``mount.fuse.unionfs``) and the daemon it forks spend most of
-their time importing: tens of thousands of new objects (modules, classes, functions), none of them garbage,
-which the collector's default pace (a pass over the young objects every 700 new ones, and over more of them
-every tenth pass) scans again and again, about a tenth of the start-up. :func:`collect_rarely` makes the
-passes rare, :func:`collect_as_usual` restores the pace the process had; a daemon restores it once its mount is
-live (:func:`unionfs.mount.process.serve`). Cycles are still collected meanwhile, only less often. Imports
-nothing but :mod:`gc`, so that it can be set before the command's imports.
-"""
+Such a command (``unionfs mount``, ``umount``, ``mount.fuse.unionfs``, ``pull``, ``push``) and the daemon a
+mount forks spend most of their time importing: tens of thousands of new objects (modules, classes, functions),
+none of them garbage, which the collector's default pace (a pass over the young objects every 700 new ones, and
+over more of them every tenth pass) scans again and again, about a tenth of the start-up. :func:`collect_rarely`
+makes the passes rare, :func:`collect_as_usual` restores the pace the process had; a daemon restores it once
+its mount is live (:func:`unionfs.mount.process.serve`). Cycles are still collected meanwhile, only less often.
+Imports nothing but :mod:`gc`, so that it can be set before the command's imports."""
 
 from __future__ import annotations
 

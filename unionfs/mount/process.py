@@ -640,8 +640,9 @@ def _idmap(opts: dict[str, object], key: str) -> "IdMap | None":
 def exit_now(rc: int) -> NoReturn:
     """End the process with status ``rc`` after flushing standard output, standard error and the log handlers,
     without the interpreter's shutdown (tearing down every loaded module takes longer than the mount itself).
-    For the commands that mount or unmount (``unionfs mount``, ``umount``, ``mount.fuse.unionfs``): only a
-    process that runs no other thread that must finish and leaves nothing to ``atexit`` or finalizers."""
+    For the commands whose start is most of their time (``unionfs mount``, ``umount``, ``mount.fuse.unionfs``,
+    ``pull``, ``push``): only a process that runs no other thread that must finish and leaves nothing to
+    ``atexit`` or finalizers."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

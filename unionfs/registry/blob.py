@@ -23,10 +23,9 @@ import re
 import time
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
-import httpx
-
 from unionfs.errors import DigestError, RegistryConnectionError, RegistryError
 from unionfs.oci.digest import Digest
+from unionfs.registry.curl import Response, TimeoutException, TransportError
 from unionfs.registry.transport import READ_CHUNK, Deadlines, RetryPolicy, describe, repository_scope
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class BlobSource(Protocol):
 
     def request(self, method: str, path: str, *, scopes: Iterable[str] = (), what: str,
                 headers: dict[str, str] | None = None, ok: Sequence[int] = (200,), stream: bool = False,
-                credentials: bool = True) -> httpx.Response: ...
+                credentials: bool = True) -> Response: ...
 
 
 class BlobReader:
@@ -66,7 +65,7 @@ class BlobReader:
         self.start = start
         self.resumes = 0
         self._buf = b""
-        self._resp: httpx.Response | None = None
+        self._resp: Response | None = None
         self._iter: Iterator[bytes] | None = None
         self._range_ok = False
         self._done = False
@@ -140,7 +139,7 @@ class BlobReader:
         limits = self._client.deadlines
         try:
             chunk = next(self._iter, b"")
-        except httpx.TimeoutException:
+        except TimeoutException:
             self._close_response()
             raise RegistryConnectionError(
                 f"blob {self.digest}: transfer too slow: the server stopped sending at byte {self.offset} "
@@ -162,7 +161,7 @@ class BlobReader:
         while True:
             try:
                 return self._next()
-            except httpx.TransportError as e:
+            except TransportError as e:
                 self._close_response()
                 if self.size is not None and self.offset >= self.size:
                     return b""

@@ -11,8 +11,9 @@ Contracts:
 
 * **Transport.** HTTPS with certificate verification by default. ``insecure=True`` (or a registry on the
   loopback: ``localhost``, ``127.0.0.0/8``, ``::1``) allows plain HTTP: HTTPS is tried first, then HTTP, as
-  docker does (on the loopback, a host that does not complete a bare TLS handshake is spoken to in HTTP
-  without the HTTPS try, which would fail: tls.py); ``insecure`` also skips certificate verification.
+  docker does (on the loopback, a host that does not complete a bare TLS handshake, ``curl.speaks_tls``, is
+  spoken to in HTTP without the HTTPS try, which would fail); ``insecure`` also skips certificate
+  verification.
 * **Authentication.** The first request learns the registry's challenge (``GET /v2/``). ``Bearer``
   challenges are answered with a token from the realm for the scopes the operation needs
   (``repository:NAME:pull``, ``repository:NAME:pull,push``, both repositories for a cross-repository mount,
@@ -45,8 +46,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import IO, Callable, Iterable, Iterator, Sequence
-
-import httpx
+from urllib.parse import urlencode
 
 from unionfs.errors import (
     DigestError,
@@ -58,7 +58,17 @@ from unionfs.errors import (
 from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from unionfs.registry.blob import BlobReader
-from unionfs.registry.tls import LazyTrustContext, speaks_tls
+from unionfs.registry.curl import (
+    URL,
+    Client,
+    InvalidURL,
+    Request,
+    Response,
+    Timeout,
+    TimeoutException,
+    TransportError,
+    speaks_tls,
+)
 from unionfs.registry.transport import (
     MAX_ERROR_BODY,
     MAX_LIST_BYTES,
@@ -111,13 +121,13 @@ class FetchedManifest:
 class RegistryClient:
     """The v2 API of one registry host. Thread-safe: parallel downloads share one client.
 
-    ``registry`` is a reference's registry (``docker.io``, ``localhost:5000``). ``transport`` replaces httpx's
-    network transport (tests). ``deadlines`` default to ``Deadlines.from_env()``. Use as a context manager or
-    call ``close()``.
+    ``registry`` is a reference's registry (``docker.io``, ``localhost:5000``). ``transport`` answers requests
+    instead of the network (tests; see ``curl.Client``). ``deadlines`` default to ``Deadlines.from_env()``. Use
+    as a context manager or call ``close()``.
     """
 
     def __init__(self, registry: str, *, credentials: Credentials | None = None, insecure: bool = False,
-                 retry: RetryPolicy | None = None, transport: httpx.BaseTransport | None = None,
+                 retry: RetryPolicy | None = None, transport: Callable[[Request], Response] | None = None,
                  deadlines: Deadlines | None = None) -> None:
         self.registry = registry
         self.host = api_host(registry)
@@ -126,11 +136,8 @@ class RegistryClient:
         self.retry = retry or RetryPolicy()
         self.deadlines = deadlines or Deadlines.from_env()
         self._own_transport = transport is None
-        verify: bool | LazyTrustContext = False if insecure else LazyTrustContext.create()
-        self._http = httpx.Client(verify=verify, transport=transport, follow_redirects=False,
-                                  timeout=self.deadlines.timeout(None),
-                                  headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-                                  limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+        self._http = Client(verify=not insecure, transport=transport, timeout=self.deadlines.timeout(None),
+                            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
         self._base: str | None = None
         self._challenge: Challenge | None = None
         self._tokens: dict[frozenset[str], str] = {}
@@ -161,7 +168,7 @@ class RegistryClient:
 
     def _home(self) -> tuple[str, str, int | None]:
         """The registry's own origin: the only one that sees its credentials or may challenge for them."""
-        return origin(httpx.URL(self.base_url))
+        return origin(URL.parse(self.base_url))
 
     def plain_http_allowed(self, host: str) -> bool:
         """True when ``host`` (``name[:port]``, or a bare name or address) may be spoken to in plain HTTP: the
@@ -193,8 +200,8 @@ class RegistryClient:
         deadline = Deadline.start(self.deadlines.request)
         if len(schemes) == 2 and is_loopback(self.host) and self._own_transport:
             # on the loopback a bare TLS handshake costs nothing: a host that answers it with something else
-            # would fail the HTTPS try anyway, and skipping that try spares loading the trust store (tls.py)
-            url = httpx.URL(f"https://{self.host}/")
+            # would fail the HTTPS try anyway, and skipping that try spares loading the trust store
+            url = URL.parse(f"https://{self.host}/")
             if speaks_tls(url.host, url.port or 443, max(deadline.left(), 0.001) / 2) is False:
                 log.debug("ping %s: no TLS spoken there; plain HTTP", self.host)
                 schemes = ["http"]
@@ -206,9 +213,8 @@ class RegistryClient:
                 # HTTPS must leave time for the HTTP try: a plain-HTTP server may say nothing to a TLS hello
                 share = Deadline.start(max(deadline.left(), 0) / (len(schemes) - i))
                 try:
-                    req = self._http.build_request("GET", url, timeout=self.deadlines.timeout(share))
-                    r = self._http.send(req, stream=True)
-                except httpx.TransportError as e:
+                    r = self._http.send("GET", url, timeout=self.deadlines.timeout(share))
+                except TransportError as e:
                     log.debug("ping %s: %s", url, e)
                     last = e
                     if deadline.left() <= 0:
@@ -229,13 +235,13 @@ class RegistryClient:
                 break
         if isinstance(last, RegistryError):
             raise last
-        if isinstance(last, httpx.TimeoutException) or deadline.left() <= 0:
+        if isinstance(last, TimeoutException) or deadline.left() <= 0:
             raise RegistryConnectionError(f"cannot reach registry {self.registry}: no answer within "
                                           f"{deadline.seconds:g} s (UNIONFS_HTTP_TIMEOUT)")
         hint = "" if "http" in schemes else " (use --insecure for a registry without TLS)"
         raise RegistryConnectionError(f"cannot reach registry {self.registry}: {describe(last)}{hint}")
 
-    def _set_challenge(self, response: httpx.Response) -> None:
+    def _set_challenge(self, response: Response) -> None:
         """Learn the challenge of a 401 from the registry's own origin (any other origin decides nothing)."""
         if self._base is None or origin(response.request.url) != self._home():
             log.debug("ignoring a challenge from %s", response.request.url.host)
@@ -276,14 +282,14 @@ class RegistryClient:
             return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
         return {}
 
-    def _realm(self, ch: Challenge) -> httpx.URL:
+    def _realm(self, ch: Challenge) -> URL:
         """The challenge's token realm, checked before anything is sent there (see the module docstring)."""
         realm = " ".join((ch.params.get("realm") or "").split())
         if not realm:
             raise RegistryAuthError(f"registry {self.registry} sent a Bearer challenge without a realm")
         try:
-            url = httpx.URL(realm)
-        except httpx.InvalidURL:
+            url = URL.parse(realm)
+        except InvalidURL:
             url = None
         if url is None or url.scheme not in ("https", "http") or not url.host:
             raise RegistryAuthError(f"registry {self.registry} names a token realm that is no HTTP(S) URL: {realm}")
@@ -301,7 +307,7 @@ class RegistryClient:
         ch = self._challenge
         assert ch is not None and ch.scheme == "bearer"
         realm_url = self._realm(ch)
-        params: list[tuple[str, str | int | float | bool | None]] = []
+        params: list[tuple[str, str]] = []
         if ch.params.get("service"):
             params.append(("service", ch.params["service"]))
         params.extend(("scope", s) for s in sorted(scopes))
@@ -312,10 +318,12 @@ class RegistryClient:
         for attempt in range(self.retry.attempts):
             try:
                 if creds and creds.identity_token:
-                    form = {k: str(v) for k, v in params if k != "scope"}
+                    form = {k: v for k, v in params if k != "scope"}
                     form.update(grant_type="refresh_token", refresh_token=creds.identity_token,
                                 client_id="unionfs", scope=" ".join(sorted(scopes)))
-                    req = self._http.build_request("POST", realm_url, data=form, timeout=timeout(deadline))
+                    r = self._http.send("POST", realm_url, content=urlencode(form).encode(),
+                                        headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                        timeout=timeout(deadline))
                 else:
                     headers: dict[str, str] = {}
                     params_acc = params
@@ -323,10 +331,9 @@ class RegistryClient:
                         raw = f"{creds.username}:{creds.password}".encode()
                         headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
                         params_acc = params + [("account", creds.username)]
-                    req = self._http.build_request("GET", realm_url, params=params_acc, headers=headers,
-                                                   timeout=timeout(deadline))
-                r = self._http.send(req, stream=True)
-            except httpx.TransportError as e:
+                    r = self._http.send("GET", realm_url.with_params(params_acc), headers=headers,
+                                        timeout=timeout(deadline))
+            except TransportError as e:
                 if deadline.left() <= 0:
                     raise deadline.error(what, f"token server {realm_url.host}", False) from None
                 if self._wait(attempt, deadline):
@@ -363,7 +370,7 @@ class RegistryClient:
     def request(self, method: str, path: str, *, scopes: Iterable[str] = (), what: str,
                 headers: dict[str, str] | None = None, content: bytes | Callable[[], Iterable[bytes]] | None = None,
                 params: dict[str, str] | None = None, ok: Sequence[int] = (200,), stream: bool = False,
-                retry: bool = True, credentials: bool = True, max_body: int = MAX_SMALL_BODY) -> httpx.Response:
+                retry: bool = True, credentials: bool = True, max_body: int = MAX_SMALL_BODY) -> Response:
         """Send one API request with authentication, redirects, retries and error mapping.
 
         ``content`` is bytes or a callable returning a fresh iterable of bytes (so that a retry can send the
@@ -384,7 +391,7 @@ class RegistryClient:
             try:
                 r = self._send(method, self._url(path), {**(headers or {})}, auth, content, params,
                                self.deadlines.timeout(deadline, stream))
-            except httpx.TransportError as e:
+            except TransportError as e:
                 if deadline is not None and deadline.left() <= 0:
                     raise deadline.error(what, self.registry, False) from None
                 if attempt + 1 < attempts and self._wait(attempt, deadline):
@@ -422,7 +429,7 @@ class RegistryClient:
                 return r
             return with_body(r, read_body(r, max_body, what, deadline=deadline, host=self.registry))
 
-    def _auth_error(self, r: httpx.Response, what: str, body: bytes) -> RegistryError:
+    def _auth_error(self, r: Response, what: str, body: bytes) -> RegistryError:
         err = error_from_response(r, what, body)
         if self.credentials is None:
             return RegistryAuthError(f"{err} (log in with: unionfs login {self.registry})", err.code)
@@ -430,19 +437,18 @@ class RegistryClient:
 
     def _send(self, method: str, url: str, headers: dict[str, str], auth: dict[str, str],
               content: bytes | Callable[[], Iterable[bytes]] | None, params: dict[str, str] | None,
-              timeout: httpx.Timeout) -> httpx.Response:
+              timeout: Timeout) -> Response:
         """Send and follow redirects by hand; Authorization only while on the API's own origin."""
-        target = httpx.URL(url)
+        target = URL.parse(url)
         if params:
-            target = target.copy_merge_params(params)
+            target = target.with_params(params)
         home = self._home()
         for _ in range(_MAX_REDIRECTS + 1):
             h = dict(headers)
             if origin(target) == home:
                 h.update(auth)
             body = content() if callable(content) else content
-            req = self._http.build_request(method, target, headers=h, content=body, timeout=timeout)
-            r = self._http.send(req, stream=True)
+            r = self._http.send(method, target, headers=h, content=body, timeout=timeout)
             if r.status_code in (301, 302, 303, 307, 308) and "location" in r.headers:
                 r.close()
                 nxt = target.join(r.headers["location"])
@@ -587,7 +593,7 @@ class RegistryClient:
             return True, location or ""
         if not location:
             raise RegistryError(f"push {self.registry}/{repository}: upload started without a Location")
-        return False, str(httpx.URL(self.base_url + "/").join(location))
+        return False, str(URL.parse(self.base_url + "/").join(location))
 
     def push_blob(self, repository: str, digest: Digest, size: int, opener: Callable[[], IO[bytes]], *,
                   mount_from: Sequence[str] = (), chunk_threshold: int = DEFAULT_CHUNK_THRESHOLD,
@@ -650,14 +656,14 @@ class RegistryClient:
             body = functools.partial(stream_file, opener, offset, n, on_bytes)
             r = self._upload_request("PATCH", location, scopes, None, body, n, f"{offset}-{offset + n - 1}",
                                      (202,), f"push blob {digest.short}")
-            location = str(httpx.URL(location).join(r.headers.get("location") or location))
+            location = str(URL.parse(location).join(r.headers.get("location") or location))
             offset += n
         self._upload_request("PUT", location, scopes, {"digest": str(digest)}, b"", 0, None, (201,),
                              f"push blob {digest.short}")
 
     def _upload_request(self, method: str, location: str, scopes: list[str], params: dict[str, str] | None,
                         content: bytes | Callable[[], Iterable[bytes]], length: int, content_range: str | None,
-                        ok: tuple[int, ...], what: str) -> httpx.Response:
+                        ok: tuple[int, ...], what: str) -> Response:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
         if content_range:
             headers["Content-Range"] = content_range
@@ -671,12 +677,12 @@ class RegistryClient:
         while url:
             r = self.request("GET", url, scopes=scopes, what=what, params=params, max_body=MAX_LIST_BYTES)
             try:
-                items = r.json().get(key) or []
+                items = json.loads(r.content).get(key) or []
             except (ValueError, AttributeError, RecursionError):
                 raise RegistryError(f"{what}: the registry's answer is not JSON") from None
             yield from (str(x) for x in items)
             nxt = parse_link_next(r.headers.get("link"))
-            url = str(httpx.URL(self.base_url + "/").join(nxt)) if nxt else None
+            url = str(URL.parse(self.base_url + "/").join(nxt)) if nxt else None
             params = None
 
     def catalog(self, page: int | None = 100) -> Iterator[str]:

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +135,8 @@ class DockerConfig:
         return True
 
     def _write(self, data: dict[str, Any]) -> None:
+        import tempfile  # here: only login and logout write (tempfile loads shutil and its compressors: startup time)
+
         directory = self.path.parent
         try:
             if not directory.exists():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from typing import Any
 
 from unionfs.errors import CredentialsError
@@ -87,6 +86,8 @@ class CredentialHelper:
     def _run(self, action: str, data: bytes, secrets: tuple[str, ...], allow_missing: bool = False) -> bytes | None:
         """Run ``PROGRAM ACTION`` with ``data`` on its stdin; its stdout. None when ``allow_missing`` and the
         helper says it has no credentials for the server."""
+        import subprocess  # here: a pull or push without a helper does not load it (startup time)
+
         log.debug("credential helper %s %s", self.program, action)
         try:
             p = subprocess.run([self.program, action], input=data, capture_output=True, timeout=HELPER_TIMEOUT)

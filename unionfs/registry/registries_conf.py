@@ -48,7 +48,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -253,6 +252,8 @@ class _Layer:
 
 def parse_registries_conf(text: str, source: str = "registries.conf") -> _Layer:
     """One registries.conf file's settings. Raises RegistriesConfError (one line naming ``source``)."""
+    import tomllib  # here: a host without a registries.conf never loads it (startup time of pull)
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-
-import httpx
+from typing import Callable
 
 from unionfs.errors import RegistryConnectionError, RegistryError
+from unionfs.registry.curl import URL, Client, Request, Response, TransportError
 from unionfs.registry.transport import (
     MAX_ERROR_BODY,
     MAX_LIST_BYTES,
@@ -37,7 +37,7 @@ class SearchResult:
 
 
 def hub_search(term: str, limit: int = 25, *, url: str = DOCKER_HUB_SEARCH_URL,
-               transport: httpx.BaseTransport | None = None, retry: RetryPolicy | None = None,
+               transport: Callable[[Request], Response] | None = None, retry: RetryPolicy | None = None,
                deadlines: Deadlines | None = None) -> list[SearchResult]:
     """Docker Hub's search API (``/v1/search?q=TERM&n=LIMIT``); ``url`` and ``transport`` are for tests.
 
@@ -48,21 +48,19 @@ def hub_search(term: str, limit: int = 25, *, url: str = DOCKER_HUB_SEARCH_URL,
     limits = deadlines or Deadlines.from_env()
     deadline = Deadline.start(limits.request)
     what = f"search {term!r}"
-    host = httpx.URL(url).host
-    with httpx.Client(transport=transport, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-                      follow_redirects=True) as http:
+    target = URL.parse(url).with_params({"q": term, "n": str(limit)})
+    with Client(transport=transport, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+                follow_redirects=True) as http:
         for attempt in range(policy.attempts):
             try:
-                req = http.build_request("GET", url, params={"q": term, "n": str(limit)},
-                                         timeout=limits.timeout(deadline))
-                r = http.send(req, stream=True)
-            except httpx.TransportError as e:
+                r = http.send("GET", target, timeout=limits.timeout(deadline))
+            except TransportError as e:
                 if deadline.left() <= 0:
-                    raise deadline.error(what, host, False) from None
+                    raise deadline.error(what, target.host, False) from None
                 if attempt + 1 < policy.attempts and deadline.allows(delay := policy.delay(attempt)):
                     time.sleep(delay)
                     continue
-                raise RegistryConnectionError(f"{what}: cannot reach {host}: {describe(e)}") from None
+                raise RegistryConnectionError(f"{what}: cannot reach {target.host}: {describe(e)}") from None
             if r.status_code != 200:
                 body = read_body(r, MAX_ERROR_BODY, what, deadline=deadline, truncate=True)
                 delay = policy.delay(attempt, r.headers.get("retry-after"))
@@ -70,7 +68,7 @@ def hub_search(term: str, limit: int = 25, *, url: str = DOCKER_HUB_SEARCH_URL,
                     time.sleep(delay)
                     continue
                 raise error_from_response(r, what, body)
-            body = read_body(r, MAX_LIST_BYTES, what, deadline=deadline, host=host)
+            body = read_body(r, MAX_LIST_BYTES, what, deadline=deadline, host=target.host)
             break
     try:
         results = json.loads(body).get("results") or []

@@ -117,7 +117,8 @@ class PushResult:
 
 def _run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int) -> None:
     """Run tasks on ``jobs`` threads; the first failure cancels the rest and is raised (after all stopped).
-    A single task runs on the calling thread (no pool is started, nor its module loaded)."""
+    A single task runs on the calling thread. The threads are plain ones taking tasks in order: a pool of
+    :mod:`concurrent.futures` would add ~1.5 ms of imports to every pull and push."""
     cancel = threading.Event()
     errors: list[BaseException] = []
     if not tasks:
@@ -128,26 +129,34 @@ def _run_parallel(tasks: list[Callable[[threading.Event], None]], jobs: int) -> 
         except _Cancelled:
             pass
         return
-    import concurrent.futures
+    pending = iter(tasks)
+    lock = threading.Lock()
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="xfer") as pool:
-        futures = [pool.submit(t, cancel) for t in tasks]
-        try:
-            for fut in concurrent.futures.as_completed(futures):
-                try:
-                    fut.result()
-                except _Cancelled:
-                    pass
-                except BaseException as e:  # noqa: BLE001 - collected and re-raised below
-                    errors.append(e)
-                    cancel.set()
-                    for f in futures:
-                        f.cancel()
-        except BaseException:
-            cancel.set()
-            for f in futures:
-                f.cancel()
-            raise
+    def worker() -> None:
+        while not cancel.is_set():
+            with lock:
+                task = next(pending, None)
+            if task is None:
+                return
+            try:
+                task(cancel)
+            except _Cancelled:
+                pass
+            except BaseException as e:  # noqa: BLE001 - collected and re-raised below
+                errors.append(e)
+                cancel.set()
+
+    threads = [threading.Thread(target=worker, name=f"xfer_{i}") for i in range(min(max(1, jobs), len(tasks)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:  # interrupted: the running tasks stop at their next piece of data
+        cancel.set()
+        for t in threads:
+            t.join()
+        raise
     if errors:
         first = next((e for e in errors if isinstance(e, UnionfsError)), errors[0])
         raise first

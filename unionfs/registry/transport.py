@@ -35,8 +35,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import IO, Callable, Iterable, Iterator
 
-import httpx
-
 from unionfs import __version__
 from unionfs.errors import (
     RegistryAuthError,
@@ -47,6 +45,7 @@ from unionfs.errors import (
     RegistryRateLimitError,
     UsageError,
 )
+from unionfs.registry.curl import URL, Headers, Response, ResponseNotRead, Timeout, TransportError
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -132,16 +131,15 @@ class Deadlines:
                    _env_seconds("UNIONFS_SPEED_LIMIT", DEFAULT_SPEED_LIMIT),
                    _env_seconds("UNIONFS_SPEED_TIME", DEFAULT_SPEED_TIME))
 
-    def timeout(self, deadline: "Deadline | None", stream: bool = False) -> httpx.Timeout:
-        """httpx timeouts for one attempt: within what is left of ``deadline``; a stream's reads (a blob's
-        headers and every piece of its body) also within ``speed_time``. Without a deadline (uploads) the
-        idle timeouts only."""
+    def timeout(self, deadline: "Deadline | None", stream: bool = False) -> Timeout:
+        """The timeouts of one attempt: within what is left of ``deadline``; a stream's waits (for a blob's
+        headers and for every piece of its body) also within ``speed_time``. Without a deadline (uploads) the
+        idle timeout only."""
         if deadline is None:
             idle = max(self.request, self.speed_time)
-            return httpx.Timeout(idle, connect=min(_CONNECT_TIMEOUT, idle))
+            return Timeout(min(_CONNECT_TIMEOUT, idle), idle)
         left = max(deadline.left(), 0.001)
-        read = min(left, self.speed_time) if stream else left
-        return httpx.Timeout(left, connect=min(_CONNECT_TIMEOUT, left), read=read)
+        return Timeout(min(_CONNECT_TIMEOUT, left), min(left, self.speed_time) if stream else left)
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -255,7 +253,7 @@ def repository_scope(repository: str, *actions: str) -> str:
     return f"repository:{repository}:{','.join(actions)}"
 
 
-def error_from_response(response: httpx.Response, what: str, body: bytes | None = None) -> RegistryError:
+def error_from_response(response: Response, what: str, body: bytes | None = None) -> RegistryError:
     """A typed one-line error from a failed response: from ``body`` (a capped prefix, see ``read_body``), else
     from the response's content (which must have been read then)."""
     code = message = None
@@ -267,7 +265,7 @@ def error_from_response(response: httpx.Response, what: str, body: bytes | None 
             message = str(errors[0].get("message") or "") or None
         elif isinstance(body, dict) and body.get("details"):  # token servers
             message = str(body["details"])
-    except (ValueError, UnicodeDecodeError, RecursionError, httpx.ResponseNotRead):
+    except (ValueError, UnicodeDecodeError, RecursionError, ResponseNotRead):
         pass
     cls, fallback = _STATUS_ERRORS.get(response.status_code, (RegistryError, f"HTTP {response.status_code}"))
     if code in _CODE_ERRORS:
@@ -282,11 +280,11 @@ def error_from_response(response: httpx.Response, what: str, body: bytes | None 
     return cls(f"{what}: {text}", code, response.status_code)
 
 
-def origin(url: httpx.URL) -> tuple[str, str, int | None]:
+def origin(url: URL) -> tuple[str, str, int | None]:
     return (url.scheme, url.host, url.port)
 
 
-def host_port(url: httpx.URL) -> str:
+def host_port(url: URL) -> str:
     return f"{url.host}:{url.port}" if url.port else url.host
 
 
@@ -304,7 +302,7 @@ def _decoder(encoding: str) -> Callable[[bytes, int], bytes] | None:
     return lambda data, room: z.decompress(data, max(room, 1))
 
 
-def read_body(response: httpx.Response, cap: int, what: str, *, deadline: Deadline | None = None,
+def read_body(response: Response, cap: int, what: str, *, deadline: Deadline | None = None,
               host: str = "", truncate: bool = False) -> bytes:
     """Read a streamed response's body as it arrives, at most ``cap`` bytes (after decoding), and close it.
 
@@ -329,7 +327,7 @@ def read_body(response: httpx.Response, cap: int, what: str, *, deadline: Deadli
         try:
             pieces: Iterable[bytes] = [response.content]  # already read (a transport that buffers)
             decode = _decoder("")
-        except httpx.ResponseNotRead:
+        except ResponseNotRead:
             pieces = response.iter_raw()
         for chunk in pieces:
             try:
@@ -345,7 +343,7 @@ def read_body(response: httpx.Response, cap: int, what: str, *, deadline: Deadli
             if deadline is not None and deadline.left() < 0:
                 raise deadline.error(what, host or response.request.url.host, True)
         return bytes(out)
-    except httpx.TransportError as e:
+    except TransportError as e:
         if deadline is not None and deadline.left() < 0:
             raise deadline.error(what, host or response.request.url.host, True) from None
         raise RegistryConnectionError(f"{what}: connection lost: {describe(e)}") from None
@@ -353,11 +351,12 @@ def read_body(response: httpx.Response, cap: int, what: str, *, deadline: Deadli
         response.close()
 
 
-def with_body(response: httpx.Response, body: bytes) -> httpx.Response:
+def with_body(response: Response, body: bytes) -> Response:
     """A closed response carrying ``body`` as its (decoded) content, with the original status and headers."""
-    headers = [(k, v) for k, v in response.headers.multi_items()
+    headers = [(k, v) for k, v in response.headers.items()
                if k.lower() not in ("content-encoding", "transfer-encoding")]
-    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
+    return Response(response.status_code, headers=Headers(headers), content=body, request=response.request,
+                    reason_phrase=response.reason_phrase)
 
 
 def describe(e: BaseException | None) -> str:

@@ -69,7 +69,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 from unionfs.errors import (
     BlobNotFoundError,
@@ -103,7 +103,9 @@ from unionfs.oci.manifest import (
 from unionfs.oci.reference import Reference
 from unionfs.store import mounting
 from unionfs.store.mounting import default_root, now_rfc3339  # noqa: F401 (the store's API: also from here)
-from unionfs.union.plan import MountPlan
+
+if TYPE_CHECKING:  # the store only hands plans on: a pull or push need not load them
+    from unionfs.union.plan import MountPlan
 
 log = logging.getLogger(__name__)
 
