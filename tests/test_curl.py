@@ -9,7 +9,7 @@ import time
 from typing import Iterator
 
 import pytest
-from support.registry import FakeServer
+from support.registry import FakeServer, local_address
 
 from unionfs.registry import curl
 
@@ -119,6 +119,30 @@ def test_a_silent_server_times_out_and_a_refused_one_is_a_transport_error() -> N
     with curl.Client() as client, pytest.raises(curl.TransportError) as err:
         client.send("GET", f"http://127.0.0.1:{port}/", timeout=QUICK)
     assert "\n" not in str(err.value) and not isinstance(err.value, curl.TimeoutException)
+
+
+def test_proxies_from_the_environment_but_never_for_this_machine(echo: FakeServer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``http_proxy`` set, a loopback registry is still reached directly (as docker and skopeo do: a
+    proxy elsewhere could not reach it), another host through the proxy."""
+    proxy = FakeServer(lambda m, p, h: (200, {}, b"via proxy"))
+    try:
+        for name in ("http_proxy", "HTTPS_PROXY", "ALL_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        with curl.Client() as client:
+            for host in ("127.0.0.1", "localhost"):
+                assert _read(client.send("GET", f"http://{host}:{echo.port}/x", timeout=QUICK)) == b"GET /x"
+            assert proxy.seen == []
+            addr = local_address()
+            if addr is None:
+                pytest.skip("no non-loopback address on this machine: the proxied half is not tried")
+            remote = f"http://{addr}:{echo.port}/y"
+            assert _read(client.send("GET", remote, timeout=QUICK)) == b"via proxy"
+            assert [s.path for s in proxy.seen] == [remote]
+    finally:
+        proxy.close()
 
 
 @pytest.mark.parametrize("text", ["/relative", "ftp://host/x", "http://host/a b", "http://host/a\r\nX: y",

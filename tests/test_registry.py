@@ -28,13 +28,12 @@ from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from unionfs.registry.client import RegistryClient
 from unionfs.registry.credentials import DOCKER_HUB_KEY, DockerConfig, normalize_server
-from unionfs.registry.curl import Request, Response, TransportError
+from unionfs.registry.curl import Request, Response, TransportError, is_loopback
 from unionfs.registry.search import hub_search
 from unionfs.registry.transport import (
     Credentials,
     RetryPolicy,
     error_from_response,
-    is_loopback,
     parse_link_next,
     parse_www_authenticate,
 )

@@ -67,6 +67,8 @@ from unionfs.registry.curl import (
     Timeout,
     TimeoutException,
     TransportError,
+    host_name,
+    is_loopback,
     speaks_tls,
 )
 from unionfs.registry.transport import (
@@ -85,9 +87,7 @@ from unionfs.registry.transport import (
     api_host,
     describe,
     error_from_response,
-    host_name,
     host_port,
-    is_loopback,
     origin,
     parse_link_next,
     parse_www_authenticate,

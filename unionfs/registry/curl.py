@@ -8,7 +8,8 @@ Contracts:
   client's default headers): no redirect is followed unless the client was made with ``follow_redirects``, no
   body is decoded (the caller asks for ``identity`` and decodes what it accepts), no ``Expect: 100-continue``
   round trip. Only ``http`` and ``https`` are spoken. Proxies come from the environment as libcurl reads it
-  (``http_proxy`` in lower case only, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``).
+  (``http_proxy`` in lower case only, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), never for a loopback host
+  (``localhost``, ``127.0.0.0/8``, ``::1``: as Go's clients, docker and skopeo, decide).
 * **TLS** is verified unless ``verify=False``: against ``$SSL_CERT_FILE``, else ``$SSL_CERT_DIR``, else
   certifi's bundle, read when a TLS connection is made (a plain-HTTP request loads no trust store).
 * **Streaming.** ``send`` returns once the final response's headers are in; the body is read as it arrives
@@ -32,6 +33,7 @@ Contracts:
 from __future__ import annotations
 
 import collections
+import ipaddress
 import os
 import threading
 import time
@@ -105,6 +107,27 @@ class URL:
 
     def __str__(self) -> str:
         return self.text
+
+
+def host_name(host: str) -> str:
+    """The name or address in ``host[:port]`` (``[::1]:5000`` -> ``::1``), lower case."""
+    name = host
+    if name.startswith("["):
+        name = name[1:name.index("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.split(":")[0]
+    return name.lower()
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, ``*.localhost`` and loopback addresses, with or without a port."""
+    name = host_name(host)
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 # --- requests and responses ----------------------------------------------------------------------
@@ -340,6 +363,8 @@ class _Transfer:
         easy.setopt(pycurl.NOSIGNAL, 1)
         easy.setopt(pycurl.BUFFERSIZE, _BUFFER)
         easy.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, int(self._timeout.connect * 1000)))
+        if is_loopback(req.url.host):
+            easy.setopt(pycurl.NOPROXY, "*")  # this machine: never through a proxy, as docker and skopeo
         if req.url.scheme == "https":
             if self._client.verify:
                 for option, value in _trust_options():

@@ -24,7 +24,6 @@ Contracts:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
@@ -189,27 +188,6 @@ class Challenge:
 def api_host(registry: str) -> str:
     """The host that serves the API for a reference's registry (``docker.io`` -> ``registry-1.docker.io``)."""
     return DOCKER_HUB_API if registry == DOCKER_HUB else registry
-
-
-def host_name(host: str) -> str:
-    """The name or address in ``host[:port]`` (``[::1]:5000`` -> ``::1``), lower case."""
-    name = host
-    if name.startswith("["):
-        name = name[1:name.index("]")] if "]" in name else name
-    elif name.count(":") == 1:
-        name = name.split(":")[0]
-    return name.lower()
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, ``*.localhost`` and loopback addresses, with or without a port."""
-    name = host_name(host)
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_www_authenticate(header: str) -> list[Challenge]:
