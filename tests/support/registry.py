@@ -255,8 +255,8 @@ class Registry:
                 return False
             try:
                 if self.tls:
-                    unverified = ssl._create_unverified_context()
-                    urllib.request.urlopen(f"https://{self.host}/v2/", timeout=2, context=unverified)
+                    trusting = ssl.create_default_context(cafile=str(self.tls[0]))
+                    urllib.request.urlopen(f"https://{self.host}/v2/", timeout=2, context=trusting)
                 else:
                     urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2)
                 return True

@@ -235,6 +235,18 @@ def speaks_tls(host: str, port: int, timeout: float) -> bool | None:
         easy.close()
 
 
+def _body_of(method: str, content: bytes | Iterable[bytes] | None) -> tuple[Iterator[bytes] | None, int | None]:
+    """The body as pieces for libcurl's reads, and its length when known here: no body for GET and HEAD without
+    content; any other method sends one (empty when it has no content: ``Content-Length: 0``, never chunked)."""
+    if content is None:
+        if method in ("GET", "HEAD"):
+            return None, None
+        content = b""
+    if isinstance(content, bytes):
+        return iter((content,)), len(content)
+    return iter(content), None
+
+
 def _trust_options() -> list[tuple[int, str]]:
     """The trust store a verified TLS connection uses (see the module docstring)."""
     if os.environ.get("SSL_CERT_FILE"):
@@ -346,7 +358,8 @@ class _Transfer:
         self._error: BaseException | None = None
         self._callback_error: BaseException | None = None
         self._progress = time.monotonic()
-        self._body = self._reader(content)
+        self._body, self._length = _body_of(request.method, content)
+        self._pending = memoryview(b"")  # what libcurl has not yet taken of the body's current piece
         try:
             self._setup()
         except BaseException:
@@ -378,29 +391,17 @@ class _Transfer:
         elif self._body is not None:
             easy.setopt(pycurl.UPLOAD, 1)
             easy.setopt(pycurl.READFUNCTION, self._on_read)
-            length = next((v for k, v in req.headers.items() if k.lower() == "content-length"), None)
-            if length is not None and length.isdigit():
-                easy.setopt(pycurl.INFILESIZE_LARGE, int(length))
+            length = self._length
+            if length is None:  # a body in pieces: the length the caller gives, else chunked
+                given = next((v for k, v in req.headers.items() if k.lower() == "content-length"), "")
+                length = int(given) if given.isdigit() else None
+            if length is not None:
+                easy.setopt(pycurl.INFILESIZE_LARGE, length)
         if req.method not in ("GET", "HEAD") and not (req.method == "PUT" and self._body is not None):
             easy.setopt(pycurl.CUSTOMREQUEST, req.method)
         easy.setopt(pycurl.HTTPHEADER, headers)
         easy.setopt(pycurl.HEADERFUNCTION, self._on_header)
         easy.setopt(pycurl.WRITEFUNCTION, self._on_write)
-
-    def _reader(self, content: bytes | Iterable[bytes] | None) -> Iterator[bytes] | None:
-        """The body as pieces for libcurl's reads (None: no body; a method other than GET/HEAD sends one, an
-        empty one when it has none)."""
-        if content is None:
-            if self._request.method in ("GET", "HEAD"):
-                return None
-            content = b""
-        if isinstance(content, bytes):
-            if "content-length" not in (k.lower() for k in self._request.headers):
-                self._request.headers["Content-Length"] = str(len(content))
-            return iter((content,))
-        return iter(content)
-
-    _pending = memoryview(b"")
 
     def _on_read(self, size: int) -> bytes | int:
         try:
