@@ -13,6 +13,7 @@ import pytest
 from support.mount import require, skip_reason_fuse, skip_reason_tool, skip_reason_unionfs, unionfs_mount
 
 from unionfs.mount import dirahead
+from unionfs.mount import protocol as fp
 from unionfs.mount.dirahead import STREAK, WINDOW, DirAhead
 
 NAMES = [f"f{i:02d}" for i in range(80)]
@@ -145,6 +146,47 @@ def test_files_opened_in_name_order_get_the_next_ones_read_ahead(tmp_path: Path,
             time.sleep(0.05)
         assert all(_resident(later)), "the next files were not read ahead"
         assert not any(_resident(files[STREAK + WINDOW:])), "read ahead past the window"
+
+
+def test_a_writable_mount_counts_cold_files_cold_though_their_store_read_starts_the_disk(tmp_path: Path) -> None:
+    """On a writable mount a small file's OPEN reads it without waiting (the kernel-cache store), which starts
+    the disk on a cold file: by the time the reply is out its data may be in memory. The read-ahead must
+    still count that open as cold (here the data surely arrived before the after-reply step) and warm the next
+    files. The daemon's handlers called directly, no mount."""
+    require(skip_reason_tool("fincore", "util-linux"))
+    from unionfs.mount.server import LowLevelFS
+    from unionfs.union.overlay import Overlay
+
+    for n in ("lower/d", "upper", "work"):
+        (tmp_path / n).mkdir(parents=True)
+    files = [tmp_path / "lower" / "d" / n for n in NAMES[:12]]
+    for f in files:
+        f.write_bytes(os.urandom(8192))
+        fd = os.open(f, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    if any(_resident(files)):
+        pytest.skip(f"the page cache of {tmp_path} cannot be dropped per file (tmpfs?)")
+    fs = LowLevelFS(Overlay([str(tmp_path / "lower")], str(tmp_path / "upper"), str(tmp_path / "work")),
+                    passthrough=False)
+    fs.ahead = DirAhead()
+    d = fp.ENTRY_OUT_HEAD.unpack_from(fs.lookup(fp.ROOT_ID, memoryview(b"d\0")))[0]
+    for f in files[:STREAK]:
+        nid = fp.ENTRY_OUT_HEAD.unpack_from(fs.lookup(d, memoryview(f.name.encode() + b"\0")))[0]
+        fh = fp.OPEN_OUT.unpack(fs.open(nid, memoryview(fp.OPEN_IN.pack(os.O_RDONLY, 0))))[0]
+        deadline = time.monotonic() + 5
+        while not all(_resident([f])) and time.monotonic() < deadline:  # the store's read landed
+            time.sleep(0.01)
+        fs._after_open()
+        fs.release(nid, memoryview(fp.RELEASE_IN.pack(fh, 0, 0, 0)))
+    while fs._idle:  # the loop's idle time
+        fs._idle_step()
+    later = files[STREAK + 1:]
+    deadline = time.monotonic() + 10
+    while not all(_resident(later)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(_resident(later)), "the next files were not read ahead"
 
 
 def test_a_failing_piece_of_idle_work_is_logged_and_the_loop_goes_on(tmp_path: Path,

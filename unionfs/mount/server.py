@@ -361,8 +361,9 @@ class LowLevelFS:
         #: has its filler (:func:`serve` gives it after this daemon is made)
         self.ahead: DirAhead | None = None
         self._idle: collections.deque[Callable[[], None]] = collections.deque()
-        #: the directory and name of the file :attr:`_prefetch` holds, for the read-ahead
-        self._opened_in: tuple[Inode, str] | None = None
+        #: the directory and name of the file :attr:`_prefetch` holds, for the read-ahead, and whether its data
+        #: was found out of memory at the OPEN (None: not looked at yet; it is after the reply)
+        self._opened_in: tuple[Inode, str, bool | None] | None = None
         self._uid = self._gid = self._pid = self._unique = 0
         self.readers: Readers | None = None
         #: requests set aside while a lazy file was filled, to run again before the next read of the device
@@ -879,31 +880,49 @@ class LowLevelFS:
             # read, and its submission (~25 us) is not part of the OPEN's round trip (docs/performance.md)
             self._prefetch = fd
             if self.ahead is not None and inode.parent is not None and inode.name is not None:
-                self._opened_in = (inode.parent, inode.name)  # told to the read-ahead after the reply, too
+                self._opened_in = (inode.parent, inode.name, None)  # told to the read-ahead after the reply
         if use_pt:
             return fd, fp.FOPEN_PASSTHROUGH, inode.backing or 0  # the kernel allows no other flags with it
         if not writing and len(inode.handles) == 1 and not self.writeback:  # (writeback: the kernel may hold
-            self._store(nid, fd)                                             # newer data than the disk)
+            in_memory = self._store(nid, fd)                                 # newer data than the disk)
+            if in_memory is not None and self._opened_in is not None:  # its read started the disk: looked at
+                self._opened_in = (*self._opened_in[:2], not in_memory)  # now, the data would be in memory then
         return fd, fp.FOPEN_KEEP_CACHE, 0
 
-    def _store(self, nid: int, fd: int) -> None:
+    def _after_open(self) -> None:
+        """After an OPEN's reply is out: tell the read-ahead of it, and ask the disk for the head of the file (it
+        stays open until a later request, its RELEASE, closes it)."""
+        if self._opened_in is not None:  # (whether it is in memory: before the prefetch asks for it)
+            parent, name, cold = self._opened_in
+            self._read_ahead(parent, name, _cold(self._prefetch) if cold is None else cold)
+            self._opened_in = None
+        _willneed(self._prefetch)
+        self._prefetch = -1
+
+    def _store(self, nid: int, fd: int) -> bool | None:
         """Put the small file open at ``fd`` into the kernel's cache of node ``nid`` when its data is in memory
         here, before the OPEN's reply (FUSE_NOTIFY_STORE): the caller's first read then needs no READ. Only for
         the one handle of the node (no writer can change the file meanwhile: it would need a handle), and
-        never waiting for the disk (a read that may not wait)."""
+        never waiting for the disk (a read that may not wait, which starts the disk on what it lacks). Whether
+        the data was in memory; None when it was not read (no small regular file)."""
         try:
             st = os.fstat(fd)  # (a cached node's attributes may lack the size)
             size = st.st_size
             if not stat.S_ISREG(st.st_mode) or not 0 < size <= STORE_MAX:
-                return
+                return None
             buf = bytearray(size)
-            if os.preadv(fd, [buf], 0, os.RWF_NOWAIT) != size:
-                return
+            try:
+                if os.preadv(fd, [buf], 0, os.RWF_NOWAIT) != size:
+                    return None
+            except BlockingIOError:
+                return False
             os.writev(self.dev, [fp.OUT_HEADER.pack(fp.OUT_HEADER.size + fp.NOTIFY_STORE_OUT.size + size,
                                                     fp.NOTIFY_STORE, 0),
                                  fp.NOTIFY_STORE_OUT.pack(nid, 0, size, 0), buf])
-        except OSError as e:  # EAGAIN: not in memory; ENOENT: the kernel has no such node
+        except OSError as e:  # ENOENT: the kernel has no such node
             log.debug("no store of node %d: %s", nid, e)
+            return None
+        return True
 
     def _idle_step(self) -> None:
         """Do the next piece of work kept for the loop's idle time. A bug in it is logged: it must not take
@@ -1294,12 +1313,8 @@ class LowLevelFS:
                     return
                 if e.errno != errno.ENOENT:  # ENOENT: the request was interrupted meanwhile
                     raise
-            if self._prefetch >= 0:  # the handler's file stays open until a later request (RELEASE) closes it
-                if self._opened_in is not None:  # (whether it is in memory: before the prefetch asks for it)
-                    self._read_ahead(*self._opened_in, _cold(self._prefetch))
-                    self._opened_in = None
-                _willneed(self._prefetch)
-                self._prefetch = -1
+            if self._prefetch >= 0:
+                self._after_open()
             self.view.trim()  # between two requests: directory descriptors beyond the budget close
             if opcode == fp.DESTROY:
                 return
