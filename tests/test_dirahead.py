@@ -116,22 +116,27 @@ def _resident(paths: list[Path]) -> list[int]:
     return [int(x) for x in out]
 
 
+def _cold_files(files: list[Path]) -> list[Path]:
+    """``files`` written with 8 KiB each and out of memory (synced, dropped): what a cold disk holds. Skips the
+    test where the page cache cannot be dropped per file (tmpfs)."""
+    for f in files:
+        f.write_bytes(os.urandom(8192))
+        fd = os.open(f, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    if any(_resident(files)):
+        pytest.skip(f"the page cache of {files[0].parent} cannot be dropped per file (tmpfs?)")
+    return files
+
+
 @pytest.mark.parametrize("writable", [False, True], ids=["read-only", "writable"])
 def test_files_opened_in_name_order_get_the_next_ones_read_ahead(tmp_path: Path, writable: bool) -> None:
     require(skip_reason_fuse(), skip_reason_unionfs(), skip_reason_tool("fincore", "util-linux"))
     lower, mnt = tmp_path / "lower", tmp_path / "mnt"
     (lower / "d").mkdir(parents=True)
     mnt.mkdir()
-    files = [lower / "d" / n for n in NAMES[:40]]
-    for f in files:
-        f.write_bytes(os.urandom(8192))
-    for f in files:  # out of memory (written, synced, dropped): what a cold disk holds
-        fd = os.open(f, os.O_RDONLY)
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-    if any(_resident(files)):
-        pytest.skip(f"the page cache of {tmp_path} cannot be dropped per file (tmpfs?)")
+    files = _cold_files([lower / "d" / n for n in NAMES[:40]])
     upper = work = None
     if writable:
         upper, work = tmp_path / "upper", tmp_path / "work"
@@ -159,15 +164,7 @@ def test_a_writable_mount_counts_cold_files_cold_though_their_store_read_starts_
 
     for n in ("lower/d", "upper", "work"):
         (tmp_path / n).mkdir(parents=True)
-    files = [tmp_path / "lower" / "d" / n for n in NAMES[:12]]
-    for f in files:
-        f.write_bytes(os.urandom(8192))
-        fd = os.open(f, os.O_RDONLY)
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-    if any(_resident(files)):
-        pytest.skip(f"the page cache of {tmp_path} cannot be dropped per file (tmpfs?)")
+    files = _cold_files([tmp_path / "lower" / "d" / n for n in NAMES[:12]])
     fs = LowLevelFS(Overlay([str(tmp_path / "lower")], str(tmp_path / "upper"), str(tmp_path / "work")),
                     passthrough=False)
     fs.ahead = DirAhead()
