@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from typing import IO, Callable, Protocol, cast
+from typing import IO, Callable, NamedTuple, Protocol, cast
 
 from unionfs.errors import BlobNotFoundError, DigestError, ImageNotFoundError, RegistryError, UnionfsError
 from unionfs.oci.digest import Digest
@@ -90,8 +89,7 @@ class _Cancelled(Exception):
     """Raised inside a worker when another transfer failed (or the user interrupted)."""
 
 
-@dataclass(frozen=True)
-class PullResult:
+class PullResult(NamedTuple):
     """What a pull did: the digest the reference resolved to (the index's when the registry answered with one,
     as docker prints it; else the manifest's), the image stored, and how many blobs came over the network or
     were present."""
@@ -103,8 +101,7 @@ class PullResult:
     present: int
 
 
-@dataclass(frozen=True)
-class PushResult:
+class PushResult(NamedTuple):
     """What a push did: the manifest digest and size at the destination, and what happened to the blobs."""
 
     reference: Reference

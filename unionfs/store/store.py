@@ -60,16 +60,14 @@ The store never mounts anything: ``prepare_container`` answers with a MountPlan.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
 import os
 import stat
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NamedTuple
 
 from unionfs.errors import (
     BlobNotFoundError,
@@ -121,8 +119,7 @@ INDEX_REF_ANNOTATION = "io.unionfs.index.ref"
 _LOCK_TIMEOUT = float(os.environ.get("UNIONFS_LOCK_TIMEOUT", "300"))
 
 
-@dataclass(frozen=True)
-class Container:
+class Container(NamedTuple):
     """A container's state (``containers/<name>/state.json``): the image it was made from and where it is mounted.
 
     ``paused`` is the marker a ``commit`` records while it holds the mount read-only (its pid, start time and
@@ -167,8 +164,7 @@ def _name_base(image: Image) -> str:
     return image.tags[0].repository.rsplit("/", 1)[-1] if image.tags else "c"
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     """A resolved image: the manifest and config, with the index entries (tags) that name it, and the digest
     references of the kept indexes it was pulled through (``name@sha256:<index>``, see "Kept indexes")."""
 
@@ -194,7 +190,6 @@ class Image:
 DIFF_ID_XATTR = "user.unionfs.diff_id"
 
 
-@dataclass
 class Transaction:
     """What one command added to the store, so that a failure can take it all back.
 
@@ -202,10 +197,11 @@ class Transaction:
     outermost ``lock()`` block ends without an error, so a failed command never leaves a changed tag behind.
     """
 
-    tmp_dir: Path
-    blobs: list[Path] = field(default_factory=list)
-    layers: list[Path] = field(default_factory=list)
-    index: list[dict[str, Any]] | None = None
+    def __init__(self, tmp_dir: Path) -> None:
+        self.tmp_dir = tmp_dir
+        self.blobs: list[Path] = []
+        self.layers: list[Path] = []
+        self.index: list[dict[str, Any]] | None = None
 
     def rollback(self) -> None:
         """Remove every object this transaction created; forget its index changes."""
@@ -621,7 +617,7 @@ class Store:
             except UnionfsError as err:
                 log.warning("skipping image %s: %s", desc.digest, err)
                 continue
-            out.append(dataclasses.replace(image, digests=self._digest_refs(entries, desc.digest)))
+            out.append(image._replace(digests=self._digest_refs(entries, desc.digest)))
         return out
 
     def intermediate_images(self) -> list[Image]:
@@ -643,7 +639,7 @@ class Store:
         """Find an image by reference (tag or digest, a kept index's digest too), by image id, or by a unique
         id prefix (>= 4 hex digits)."""
         image = self._resolve(text, platform)
-        return dataclasses.replace(image, digests=self._digest_refs(self._read_index(), image.manifest_desc.digest))
+        return image._replace(digests=self._digest_refs(self._read_index(), image.manifest_desc.digest))
 
     def _resolve(self, text: str, platform: Platform | None = None) -> Image:
         entries = self._read_index()
@@ -861,7 +857,7 @@ class Store:
 
     def set_container_mount(self, name: str, mountpoint: str | None) -> None:
         """Record where container ``name`` is mounted (None: not mounted)."""
-        self._update_container(name, lambda c: dataclasses.replace(c, mountpoint=mountpoint))
+        self._update_container(name, lambda c: c._replace(mountpoint=mountpoint))
 
     def _update_container(self, name: str, change: Callable[[Container], Container]) -> None:
         """Under the lock: read container ``name``'s state, let ``change`` make the new one, and write it back
@@ -878,7 +874,7 @@ class Store:
         def change(c: Container) -> Container:
             if if_current is not None and c.paused != if_current:
                 return c
-            return dataclasses.replace(c, paused=marker)
+            return c._replace(paused=marker)
 
         self._update_container(name, change)
 
