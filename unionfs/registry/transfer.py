@@ -286,14 +286,19 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
 # --- push ---------------------------------------------------------------------------------------
 def mount_sources(store: Store, dest: Reference) -> dict[Digest, list[str]]:
     """For each blob the store's images hold, the repositories on ``dest``'s registry that hold it too
-    (other than ``dest``'s own), as known from the store's tags."""
+    (other than ``dest``'s own), as known from the store's tags. Reads the manifests of those images only: a
+    push does not open every image of the store."""
     out: dict[Digest, list[str]] = {}
-    for img in store.images():
-        repos = sorted({t.repository for t in img.tags if t.registry == dest.registry
-                        and t.repository != dest.repository})
+    for desc, tags in store.tagged():
+        repos = sorted({t.repository for t in tags if t.registry == dest.registry and t.repository != dest.repository})
         if not repos:
             continue
-        for d in (img.manifest.config, *img.manifest.layers):
+        try:
+            manifest = store.load_manifest(desc)[1]
+        except UnionfsError as e:  # an unreadable image offers nothing to mount; the push goes on
+            log.debug("no mounts from %s: %s", desc.digest, e)
+            continue
+        for d in (manifest.config, *manifest.layers):
             have = out.setdefault(d.digest, [])
             have.extend(r for r in repos if r not in have)
     return out

@@ -597,8 +597,9 @@ class Store:
         config = ImageConfig.parse(self.read_blob(manifest.config.digest), strict=False)
         return Image(mdesc, manifest, config, tags)
 
-    def images(self) -> list[Image]:
-        """Every image in the index, tags grouped per manifest, in index order."""
+    def tagged(self) -> list[tuple[Descriptor, tuple[Reference, ...]]]:
+        """Every manifest (or index) descriptor in the index with the references naming it, in index order,
+        read from the index alone: no blob is opened (what :meth:`images` loads, for the ones asked for)."""
         grouped: dict[str, tuple[Descriptor, list[Reference]]] = {}
         for e in self._read_index():
             try:
@@ -609,11 +610,15 @@ class Store:
             ref = self._entry_ref(e)
             if ref:
                 slot[1].append(ref)
+        return [(desc, tuple(refs)) for desc, refs in grouped.values()]
+
+    def images(self) -> list[Image]:
+        """Every image in the index, tags grouped per manifest, in index order."""
         out = []
         entries = self._read_index()
-        for desc, refs in grouped.values():
+        for desc, refs in self.tagged():
             try:
-                image = self.image_from_descriptor(desc, tuple(refs))
+                image = self.image_from_descriptor(desc, refs)
             except UnionfsError as err:
                 log.warning("skipping image %s: %s", desc.digest, err)
                 continue
