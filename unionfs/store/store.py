@@ -214,6 +214,47 @@ class Transaction:
                 os.unlink(p)
 
 
+def kept_length(path: str | os.PathLike[str], size: int | None, digest: Digest) -> int:
+    """Bytes held by the partial download of blob ``digest`` at ``path`` (0: none), to resume from. One longer
+    than the blob's ``size`` (or not a regular file) is removed, with a warning, and counts as none. The bytes
+    are not trusted here: whoever resumes hashes them all (:func:`append_hashed`)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(st.st_mode) or (size is not None and size >= 0 and st.st_size > size):
+        log.warning("blob %s: the partial download %s holds %d bytes, more than the blob's %s: discarded, "
+                    "fetching the blob again", digest.short, path, st.st_size, size)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return 0
+    return st.st_size
+
+
+def append_hashed(path: str | os.PathLike[str], start: int, stream: IO[bytes], algorithm: str) -> HashingReader:
+    """Write ``stream`` to its end into the partial download at ``path`` (made, mode 0600, when missing) from
+    byte ``start`` on: what the file held from ``start`` on is dropped, what it held before is kept. Returns
+    the hash of the whole file: its first ``start`` bytes as they are on disk, then what was written (a
+    download is read once). Written as it comes, not fsynced (the caller does, before it renames the file into
+    place): a kill leaves a prefix to resume from; the writeback of every ``_WRITEBACK`` bytes is started as
+    they are written, so that the fsync finds little left to write."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "r+b") as f:
+        os.ftruncate(fd, start)
+        hashing = HashingReader(f, algorithm)  # the kept prefix, from disk
+        hashing.drain(_CHUNK)
+        hashing.then(stream)
+        written = kicked = start
+        while chunk := hashing.read(_CHUNK):
+            f.write(chunk)
+            written += len(chunk)
+            if written - kicked >= _WRITEBACK:  # the disk works while the download goes on
+                f.flush()
+                start_writeback(fd, kicked, written - kicked)
+                kicked = written
+    return hashing
+
+
 class Store:
     """A store rooted at one directory (created, mode 0700, on first use)."""
 
@@ -354,44 +395,14 @@ class Store:
         return self.tmp_dir / f"{_PARTIAL_PREFIX}{digest.algorithm}-{digest.hex}"
 
     def partial_length(self, digest: Digest, size: int | None) -> int:
-        """Bytes held by the partial download of ``digest`` (0: none), to resume from. One longer than the
-        blob's ``size`` (or not a regular file) is discarded, with a warning, and counts as none. The bytes
-        are not trusted here: ``append_partial`` and ``commit_partial`` hash them all."""
-        path = self.partial_path(digest)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return 0
-        if not stat.S_ISREG(st.st_mode) or (size is not None and size >= 0 and st.st_size > size):
-            log.warning("blob %s: the partial download %s holds %d bytes, more than the blob's %s: discarded, "
-                        "fetching the blob again", digest.short, path, st.st_size, size)
-            self.discard_partial(digest)
-            return 0
-        return st.st_size
+        """Bytes held by the partial download of ``digest`` (0: none), to resume from (see
+        :func:`kept_length`; ``append_partial`` and ``commit_partial`` hash them all)."""
+        return kept_length(self.partial_path(digest), size, digest)
 
     def append_partial(self, digest: Digest, start: int, stream: IO[bytes]) -> HashingReader:
-        """Write ``stream`` to its end into the partial download of ``digest`` from byte ``start`` on (what
-        the file held from ``start`` on is dropped, what it held before is kept). Returns the hash of the whole
-        file: its first ``start`` bytes as they are on disk, then what was written (for ``commit_partial``:
-        a download is read once). Written as it comes, not fsynced (``commit_partial`` does): a kill leaves a
-        prefix to resume from; the writeback of every ``_WRITEBACK`` bytes is started as they are written,
-        so that the fsync finds little left to write."""
-        path = self.partial_path(digest)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "r+b") as f:
-            os.ftruncate(fd, start)
-            hashing = HashingReader(f, digest.algorithm)  # the kept prefix, from disk
-            hashing.drain(_CHUNK)
-            hashing.then(stream)
-            written = kicked = start
-            while chunk := hashing.read(_CHUNK):
-                f.write(chunk)
-                written += len(chunk)
-                if written - kicked >= _WRITEBACK:  # the disk works while the download goes on
-                    f.flush()
-                    start_writeback(fd, kicked, written - kicked)
-                    kicked = written
-        return hashing
+        """Write ``stream`` into the partial download of ``digest`` from byte ``start`` on and return the hash
+        of the whole file (see :func:`append_hashed`), for ``commit_partial``, which fsyncs it."""
+        return append_hashed(self.partial_path(digest), start, stream, digest.algorithm)
 
     def commit_partial(self, digest: Digest, size: int | None, hashed: HashingReader | None = None) -> Digest:
         """Verify the partial download of ``digest`` against ``digest`` and ``size``: by ``hashed``, what
