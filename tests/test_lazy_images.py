@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from test_lazy import setup as lazy_setup  # noqa: F401 (the fixture ``setup``)
 from unionfs import errors
 from unionfs.lazy import layout
 from unionfs.lazy.complete import download
+from unionfs.oci.digest import Digest
 from unionfs.oci.manifest import OCI_INDEX, Platform, canonical_json
 from unionfs.oci.reference import Reference
 from unionfs.registry.client import RegistryClient
@@ -180,6 +184,53 @@ def test_run_pulls_a_partial_image(setup: dict, store: Path, by: str) -> None:  
     assert None in blob_requests(proxy, desc.digest)  # pulled whole
     assert partial_column(fresh) == ["esgz false"]
     assert [p.name for p in (fresh / "layers").iterdir()] == [Store(fresh).resolve(ref).config.diff_ids[0].hex]
+
+
+def test_a_killed_completion_download_is_resumed(setup: dict) -> None:  # type: ignore[type-arg]
+    """The background completion's download of a blob, killed midway, leaves its partial file; the next one
+    asks only for the rest (a Range request from the partial's length), hashes the kept bytes again with it,
+    and the blob is whole and verified. A partial file whose bytes are wrong is found out by that hash: the
+    blob is downloaded again from the start."""
+    tmp, proxy = setup["tmp"], setup["proxy"]
+    store = tmp / "lazy"
+    ref = Reference.parse(setup["esgz"])
+    top = max(setup["layers"], key=lambda d: d.size)
+    dest = layout.blob_file(str(store), top.digest)
+    code = ("import json, sys\nfrom unionfs.lazy.complete import download\n"
+            "from unionfs.oci.manifest import Descriptor\nfrom unionfs.oci.reference import Reference\n"
+            "from unionfs.registry.mirrors import client_for\nref = Reference.parse(sys.argv[1])\n"
+            "with client_for(ref) as client:\n"
+            "    download(client, ref, Descriptor.from_json(json.loads(sys.argv[2])), sys.argv[3])\n")
+    proxy.stall_blob[str(top.digest)] = top.size // 2
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ref), json.dumps(top.to_json()), dest])
+    try:
+        assert proxy.stalled.wait(60), "the download never reached the middle of the blob"
+        partial, seen, deadline = Path(dest + ".partial"), -1, time.monotonic() + 30
+        while time.monotonic() < deadline:  # until what arrived is on disk (the size holds still)
+            size = partial.stat().st_size if partial.exists() else 0
+            if size and size == seen:
+                break
+            seen = size
+            time.sleep(0.3)
+    finally:
+        proc.kill()
+        proc.wait()
+        proxy.release.set()
+    kept = os.path.getsize(dest + ".partial")
+    assert 0 < kept <= top.size // 2
+    proxy.log.clear()
+    with client_for(ref) as client:
+        download(client, ref, top, dest)
+    assert blob_requests(proxy, top.digest) == [f"bytes={kept}-"]
+    assert Digest.of_bytes(Path(dest).read_bytes()) == top.digest and not os.path.exists(dest + ".partial")
+
+    os.unlink(dest)
+    Path(dest + ".partial").write_bytes(b"\0" * kept)  # the right length, the wrong bytes
+    proxy.log.clear()
+    with client_for(ref) as client:
+        download(client, ref, top, dest)
+    assert blob_requests(proxy, top.digest) == [f"bytes={kept}-", None]
+    assert Digest.of_bytes(Path(dest).read_bytes()) == top.digest and not os.path.exists(dest + ".partial")
 
 
 @pytest.mark.parametrize("then", ["rmi", "pull"])

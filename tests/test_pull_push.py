@@ -32,7 +32,7 @@ from support.registry import (  # noqa: F401 (fixtures)
 from support.tree import ROOTFS, Snapshot, assert_same_tree, tree_snapshot
 
 from unionfs.oci.digest import Digest
-from unionfs.oci.manifest import Platform
+from unionfs.oci.manifest import OCI_CONFIG, Descriptor, Manifest, Platform
 from unionfs.oci.reference import Reference
 from unionfs.registry.client import RegistryClient
 from unionfs.registry.transfer import pull, push
@@ -192,6 +192,25 @@ def test_push_mounts_across_repositories(cli: CLI, pushed: str, registry: Regist
     p = cli("push", pushed, dest)
     assert p.stderr.count("Mounted from test") == 5  # config and four layers
     assert manifest_digest(dest) == manifest_digest(pushed)
+
+
+def test_push_opens_only_the_images_it_may_mount_from(cli: CLI, pushed: str, registry: Registry,
+                                                     store_root: Path) -> None:
+    """A push reads the manifests of the store's images tagged on its registry only (to mount blobs from their
+    repositories), not every image of the store: one elsewhere whose manifest is unreadable (a store a killed
+    command left) changes nothing and is not reported."""
+    cli("pull", "-q", pushed)
+    store = Store(store_root)
+    base = store.resolve(pushed)
+    with store.lock():
+        raw = json.dumps({**base.config.data, "created": "2020-01-01T00:00:00Z"}).encode()
+        config = Descriptor(OCI_CONFIG, store.put_blob_bytes(raw), len(raw))
+        other = store.store_image(Manifest.build(config, list(base.manifest.layers)), raw,
+                                  [Reference.parse("other.example/app:v1")], unpack=False)
+    os.unlink(store.blob_path(other.manifest_desc.digest))
+    p = cli("push", pushed, f"{registry.host}/elsewhere/again:v1")
+    assert p.stderr.count("Mounted from test") == 5
+    assert "skipping" not in p.stderr and "WARNING" not in p.stderr
 
 
 def test_push_chunked_uploads(store_root: Path, pushed: str, tmp_path: Path, test_images: TestImages) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from typing import TYPE_CHECKING, Any, Collection
@@ -278,7 +277,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     # "json" (as docker takes it) or none: the JSON; a template that does not parse fails before any lookup
     template = parse(args.format) if args.format and args.format.strip() != "json" else None
     images = [store.resolve(r, platform_of(args)) for r in args.references]
-    out = [inspect_data(dataclasses.replace(i, tags=store.tags_of(i.manifest_desc.digest)), store.missing_layers(i))
+    out = [inspect_data(i._replace(tags=store.tags_of(i.manifest_desc.digest)), store.missing_layers(i))
            for i in images]
     if template is None:
         print(json.dumps(out, indent=4))

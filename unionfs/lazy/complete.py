@@ -10,8 +10,10 @@ uses them) and the image, which ``mount --lazy`` recorded as *partial* (:mod:`un
    daemon fills them first (:mod:`unionfs.lazy.fill`);
 2. downloads every layer blob the store lacks into ``ROOT/lazy/blobs/<hex>``: streamed, hashed, fsynced and
    renamed into place only once its digest matched (a blob is there whole and verified, or not at all; one
-   process at a time per blob, by ``flock`` on ``<hex>.lock``). The daemon reads the chunks of a blob that is
-   there from that file instead of the registry (each still checked against its digest);
+   process at a time per blob, by ``flock`` on ``<hex>.lock``). A killed completion leaves ``<hex>.partial``:
+   the next one resumes it with a Range request and hashes its bytes again from byte 0 (:func:`download`). The
+   daemon reads the chunks of a blob that is there from that file instead of the registry (each still checked
+   against its digest);
 3. under the store's lock: stores each blob (verified again by ``Store.put_blob``), then unpacks the image's
    layers (``Store.ensure_layers``: each with its DiffID checked). The index entries are the ones ``mount
    --lazy`` wrote (its tag, a kept index's digest reference): they are not written again, so an ``rmi`` or a
@@ -26,6 +28,7 @@ and ends; the store is as before (its transaction) and the next ``mount --lazy``
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -33,7 +36,7 @@ import subprocess
 import sys
 from typing import Any
 
-from unionfs.errors import UnionfsError
+from unionfs.errors import DigestError, UnionfsError
 from unionfs.fsops import fsync_dir, open_file_beneath
 from unionfs.lazy import layout
 from unionfs.oci.digest import Digest
@@ -43,7 +46,6 @@ from unionfs.oci.reference import Reference
 log = logging.getLogger(__name__)
 
 LOG = "complete.log"
-_READ = 1 << 20
 
 
 def start(root: str, ref: Reference, manifest: Descriptor, mountpoint: str) -> None:
@@ -87,7 +89,14 @@ def prefetch(mountpoint: str, names: list[str]) -> None:
 
 def download(client: Any, ref: Reference, desc: Descriptor, dest: str) -> None:
     """Download the blob ``desc`` of ``ref``'s repository to ``dest``, whole and verified (see the module
-    docstring), unless it is there; waits for another process downloading it."""
+    docstring), unless it is there; waits for another process downloading it.
+
+    What a killed download left in ``dest.partial`` is resumed (a Range request from its length), its bytes
+    hashed again from byte 0 with the rest; when the whole does not verify and kept bytes were in play, the blob
+    is downloaded again from the start. Raises DigestError when a download from byte 0 does not verify (the
+    partial file is gone then), RegistryError when the transfer fails (it is kept, for the next completion)."""
+    from unionfs.store.store import append_hashed, kept_length
+
     os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
     lock = os.open(dest + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -95,11 +104,25 @@ def download(client: Any, ref: Reference, desc: Descriptor, dest: str) -> None:
         if os.path.exists(dest):
             return
         tmp = dest + ".partial"
-        with client.open_blob(ref.repository, desc.digest, desc.size) as reader, open(tmp, "wb") as out:
-            while chunk := reader.read(_READ):  # b"" only at the verified end: DigestError otherwise
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        have = kept_length(tmp, desc.size, desc.digest)
+        while True:
+            try:
+                with client.open_blob(ref.repository, desc.digest, desc.size, verify=False, start=have) as reader:
+                    have = reader.start  # 0 when the registry sends the whole blob again
+                    if have:
+                        log.info("blob %s: resuming at byte %d of %d", desc.digest.short, have, desc.size)
+                    append_hashed(tmp, have, reader, desc.digest.algorithm).verify(desc.digest, desc.size, "blob")
+                break
+            except DigestError as e:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                if not have:
+                    raise
+                log.warning("blob %s: the partial download kept from an earlier completion did not verify (%s): "
+                            "discarded, downloading the blob again from the start", desc.digest.short, e)
+                have = 0
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.rename(tmp, dest)
         fsync_dir(os.path.dirname(dest))
     finally:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from unionfs.errors import DigestError, shown
 
@@ -16,8 +15,7 @@ _ALGORITHMS = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-f0-9]+)", re.ASCII)  # used with fullmatch
 
 
-@dataclass(frozen=True, order=True)
-class Digest:
+class Digest(NamedTuple):
     """A validated ``algorithm:hex`` digest; ``str()`` gives it back unchanged."""
 
     algorithm: str

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from unionfs.errors import ArchiveError, DigestError, ManifestError, PlatformError, listed, printable, shown
 from unionfs.oci.canonical import canonical_json
@@ -130,8 +130,7 @@ _ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l
                  "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(NamedTuple):
     """``os/architecture[/variant]``."""
 
     os: str
@@ -182,16 +181,33 @@ def _platform_json(value: Any, what: str) -> dict[str, Any] | None:
 
 
 # --- descriptors -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Descriptor:
-    """A content descriptor: media type, digest, size, and the optional extras kept verbatim."""
+#: a descriptor's annotations when it has none: empty, and read-only (the one object all such descriptors share)
+_NONE: Mapping[str, str] = MappingProxyType({})
+
+
+class Descriptor(NamedTuple):
+    """A content descriptor: media type, digest, size, and the optional extras kept verbatim.
+
+    Equal (and hashed) by media type, digest and size only: the extras do not tell two contents apart.
+    """
 
     media_type: str
     digest: Digest
     size: int
-    annotations: dict[str, str] = field(default_factory=dict, compare=False)
-    platform: dict[str, Any] | None = field(default=None, compare=False)
-    urls: tuple[str, ...] = field(default=(), compare=False)
+    annotations: Mapping[str, str] = _NONE
+    platform: dict[str, Any] | None = None
+    urls: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Descriptor):
+            return NotImplemented
+        return self[:3] == other[:3]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self[:3])
 
     @classmethod
     def from_json(cls, obj: Any, what: str = "descriptor") -> "Descriptor":
@@ -226,8 +242,7 @@ class Descriptor:
 
 
 # --- manifests ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(NamedTuple):
     """An image manifest (OCI or Docker schema2) with its raw bytes."""
 
     raw: bytes
@@ -278,8 +293,7 @@ class Manifest:
         return Manifest.parse(canonical_json(obj))
 
 
-@dataclass(frozen=True)
-class Index:
+class Index(NamedTuple):
     """An image index (OCI) or manifest list (Docker), with its raw bytes."""
 
     raw: bytes
@@ -398,8 +412,7 @@ def _check_config(data: dict[str, Any], strict: bool) -> list[str]:
     return problems
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(NamedTuple):
     """An image configuration (OCI and Docker share the shape) with its raw bytes.
 
     ``data`` is well typed (see ``_check_config``): the fields we read have the JSON type they must have,
@@ -466,8 +479,7 @@ class ImageConfig:
 MAX_ARCHIVE_PATH = 4096
 
 
-@dataclass(frozen=True)
-class ArchiveEntry:
+class ArchiveEntry(NamedTuple):
     """One image of a docker-save ``manifest.json``: the config's path, the tags, the layers' paths."""
 
     config: str

@@ -8,7 +8,7 @@ a repository and a digest. A first component is a registry when it holds a ``.``
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from unionfs.errors import DigestError, ReferenceError_, shown
 from unionfs.oci.digest import Digest
@@ -27,8 +27,7 @@ _DOMAIN = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0
 MAX_REFERENCE = 1024
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
     """A parsed image reference. ``tag`` and ``digest`` may both be set; at least one is."""
 
     registry: str
@@ -100,7 +99,7 @@ class Reference:
 
     def with_tag(self, tag: str) -> "Reference":
         """The same repository with another tag and no digest."""
-        return replace(self, tag=tag, digest=None)
+        return self._replace(tag=tag, digest=None)
 
     def _suffix(self, base: str) -> str:
         out = base

@@ -44,8 +44,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
-from typing import IO, Callable, Iterable, Iterator, Sequence
+from typing import IO, Callable, Iterable, Iterator, NamedTuple, Sequence
 from urllib.parse import urlencode
 
 from unionfs.errors import (
@@ -108,8 +107,7 @@ _MAX_REDIRECTS = 5
 CATALOG_SCOPE = "registry:catalog:*"
 
 
-@dataclass(frozen=True)
-class FetchedManifest:
+class FetchedManifest(NamedTuple):
     """A manifest or index as the registry sent it: raw bytes, media type, and the digest of the bytes."""
 
     raw: bytes

@@ -37,8 +37,7 @@ import ipaddress
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import pycurl
@@ -65,8 +64,7 @@ class ResponseNotRead(Exception):
 
 
 # --- URLs ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class URL:
+class URL(NamedTuple):
     """An absolute URL: its text and its origin's parts (``port`` None for the scheme's default port)."""
 
     text: str
@@ -161,18 +159,16 @@ class Headers:
         return list(self._items)
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """What was sent: ``content`` is the body when it was bytes (None for a streamed one)."""
 
     method: str
     url: URL
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str]
     content: bytes | None = None
 
 
-@dataclass(frozen=True)
-class Timeout:
+class Timeout(NamedTuple):
     """Seconds to connect, and seconds without progress after that (see the module docstring)."""
 
     connect: float
@@ -187,7 +183,7 @@ class Response:
                  stream: "_Transfer | None" = None) -> None:
         self.status_code = status_code
         self.headers = Headers.of(headers)
-        self.request = request if request is not None else Request("GET", URL.parse("http://unset/"))
+        self.request = request if request is not None else Request("GET", URL.parse("http://unset/"), {})
         self.reason_phrase = reason_phrase
         self._content = None if stream is not None else content
         self._stream = stream

@@ -176,7 +176,7 @@ class RegistriesConf:
                          for m in rule.mirrors if _serves(rule, m, ref.digest is not None)]
             origin = Endpoint(rewrite(ref, rule.prefix, rule.location, rule.source), insecure or rule.insecure)
         if ref.registry == DEFAULT_REGISTRY:
-            endpoints += [Endpoint(replace(ref, registry=m.location), m.insecure, True) for m in self.docker_mirrors]
+            endpoints += [Endpoint(ref._replace(registry=m.location), m.insecure, True) for m in self.docker_mirrors]
         return PullPlan(ref, (*endpoints, origin), False, rule)
 
 

@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from typing import IO, Callable, Protocol, cast
+from typing import IO, Callable, NamedTuple, Protocol, cast
 
 from unionfs.errors import BlobNotFoundError, DigestError, ImageNotFoundError, RegistryError, UnionfsError
 from unionfs.oci.digest import Digest
@@ -90,8 +89,7 @@ class _Cancelled(Exception):
     """Raised inside a worker when another transfer failed (or the user interrupted)."""
 
 
-@dataclass(frozen=True)
-class PullResult:
+class PullResult(NamedTuple):
     """What a pull did: the digest the reference resolved to (the index's when the registry answered with one,
     as docker prints it; else the manifest's), the image stored, and how many blobs came over the network or
     were present."""
@@ -103,8 +101,7 @@ class PullResult:
     present: int
 
 
-@dataclass(frozen=True)
-class PushResult:
+class PushResult(NamedTuple):
     """What a push did: the manifest digest and size at the destination, and what happened to the blobs."""
 
     reference: Reference
@@ -289,14 +286,19 @@ def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Plat
 # --- push ---------------------------------------------------------------------------------------
 def mount_sources(store: Store, dest: Reference) -> dict[Digest, list[str]]:
     """For each blob the store's images hold, the repositories on ``dest``'s registry that hold it too
-    (other than ``dest``'s own), as known from the store's tags."""
+    (other than ``dest``'s own), as known from the store's tags. Reads the manifests of those images only: a
+    push does not open every image of the store."""
     out: dict[Digest, list[str]] = {}
-    for img in store.images():
-        repos = sorted({t.repository for t in img.tags if t.registry == dest.registry
-                        and t.repository != dest.repository})
+    for desc, tags in store.tagged():
+        repos = sorted({t.repository for t in tags if t.registry == dest.registry and t.repository != dest.repository})
         if not repos:
             continue
-        for d in (img.manifest.config, *img.manifest.layers):
+        try:
+            manifest = store.load_manifest(desc)[1]
+        except UnionfsError as e:  # an unreadable image offers nothing to mount; the push goes on
+            log.debug("no mounts from %s: %s", desc.digest, e)
+            continue
+        for d in (manifest.config, *manifest.layers):
             have = out.setdefault(d.digest, [])
             have.extend(r for r in repos if r not in have)
     return out

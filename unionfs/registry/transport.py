@@ -31,8 +31,7 @@ import random
 import re
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import IO, Callable, Iterable, Iterator
+from typing import IO, Callable, Iterable, Iterator, NamedTuple
 
 from unionfs import __version__
 from unionfs.errors import (
@@ -79,8 +78,7 @@ _STATUS_ERRORS: dict[int, tuple[type[RegistryError], str]] = {
 
 
 # --- small values -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     """A username and password (or an identity token, docker's OAuth refresh token)."""
 
     username: str
@@ -91,8 +89,7 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password=***)"
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """How often and how patiently to retry: ``attempts`` tries in all, the n-th wait ``backoff * 2**n``
     seconds (with jitter) capped at ``max_backoff``."""
 
@@ -108,8 +105,7 @@ class RetryPolicy:
         return base * (0.75 + random.random() / 2)
 
 
-@dataclass(frozen=True)
-class Deadlines:
+class Deadlines(NamedTuple):
     """How long a slow or silent server may hold a request (see the module docstring).
 
     ``request``: seconds for a whole request with a small answer, retries included. ``speed_limit`` bytes per
@@ -154,8 +150,7 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
-@dataclass(frozen=True)
-class Deadline:
+class Deadline(NamedTuple):
     """The monotonic time by which one request (all its attempts) must be done."""
 
     seconds: float
@@ -177,12 +172,11 @@ class Deadline:
         return RegistryConnectionError(f"{what}: {got} from {host} within {self.seconds:g} s (UNIONFS_HTTP_TIMEOUT)")
 
 
-@dataclass(frozen=True)
-class Challenge:
+class Challenge(NamedTuple):
     """One ``WWW-Authenticate`` challenge: the scheme (lower case) and its parameters."""
 
     scheme: str
-    params: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str]
 
 
 def api_host(registry: str) -> str:

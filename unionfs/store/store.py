@@ -60,16 +60,14 @@ The store never mounts anything: ``prepare_container`` answers with a MountPlan.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
 import os
 import stat
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, NamedTuple
 
 from unionfs.errors import (
     BlobNotFoundError,
@@ -121,8 +119,7 @@ INDEX_REF_ANNOTATION = "io.unionfs.index.ref"
 _LOCK_TIMEOUT = float(os.environ.get("UNIONFS_LOCK_TIMEOUT", "300"))
 
 
-@dataclass(frozen=True)
-class Container:
+class Container(NamedTuple):
     """A container's state (``containers/<name>/state.json``): the image it was made from and where it is mounted.
 
     ``paused`` is the marker a ``commit`` records while it holds the mount read-only (its pid, start time and
@@ -167,8 +164,7 @@ def _name_base(image: Image) -> str:
     return image.tags[0].repository.rsplit("/", 1)[-1] if image.tags else "c"
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     """A resolved image: the manifest and config, with the index entries (tags) that name it, and the digest
     references of the kept indexes it was pulled through (``name@sha256:<index>``, see "Kept indexes")."""
 
@@ -194,7 +190,6 @@ class Image:
 DIFF_ID_XATTR = "user.unionfs.diff_id"
 
 
-@dataclass
 class Transaction:
     """What one command added to the store, so that a failure can take it all back.
 
@@ -202,10 +197,11 @@ class Transaction:
     outermost ``lock()`` block ends without an error, so a failed command never leaves a changed tag behind.
     """
 
-    tmp_dir: Path
-    blobs: list[Path] = field(default_factory=list)
-    layers: list[Path] = field(default_factory=list)
-    index: list[dict[str, Any]] | None = None
+    def __init__(self, tmp_dir: Path) -> None:
+        self.tmp_dir = tmp_dir
+        self.blobs: list[Path] = []
+        self.layers: list[Path] = []
+        self.index: list[dict[str, Any]] | None = None
 
     def rollback(self) -> None:
         """Remove every object this transaction created; forget its index changes."""
@@ -216,6 +212,47 @@ class Transaction:
         for p in self.blobs:
             with contextlib.suppress(OSError):
                 os.unlink(p)
+
+
+def kept_length(path: str | os.PathLike[str], size: int | None, digest: Digest) -> int:
+    """Bytes held by the partial download of blob ``digest`` at ``path`` (0: none), to resume from. One longer
+    than the blob's ``size`` (or not a regular file) is removed, with a warning, and counts as none. The bytes
+    are not trusted here: whoever resumes hashes them all (:func:`append_hashed`)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(st.st_mode) or (size is not None and size >= 0 and st.st_size > size):
+        log.warning("blob %s: the partial download %s holds %d bytes, more than the blob's %s: discarded, "
+                    "fetching the blob again", digest.short, path, st.st_size, size)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return 0
+    return st.st_size
+
+
+def append_hashed(path: str | os.PathLike[str], start: int, stream: IO[bytes], algorithm: str) -> HashingReader:
+    """Write ``stream`` to its end into the partial download at ``path`` (made, mode 0600, when missing) from
+    byte ``start`` on: what the file held from ``start`` on is dropped, what it held before is kept. Returns
+    the hash of the whole file: its first ``start`` bytes as they are on disk, then what was written (a
+    download is read once). Written as it comes, not fsynced (the caller does, before it renames the file into
+    place): a kill leaves a prefix to resume from; the writeback of every ``_WRITEBACK`` bytes is started as
+    they are written, so that the fsync finds little left to write."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "r+b") as f:
+        os.ftruncate(fd, start)
+        hashing = HashingReader(f, algorithm)  # the kept prefix, from disk
+        hashing.drain(_CHUNK)
+        hashing.then(stream)
+        written = kicked = start
+        while chunk := hashing.read(_CHUNK):
+            f.write(chunk)
+            written += len(chunk)
+            if written - kicked >= _WRITEBACK:  # the disk works while the download goes on
+                f.flush()
+                start_writeback(fd, kicked, written - kicked)
+                kicked = written
+    return hashing
 
 
 class Store:
@@ -358,44 +395,14 @@ class Store:
         return self.tmp_dir / f"{_PARTIAL_PREFIX}{digest.algorithm}-{digest.hex}"
 
     def partial_length(self, digest: Digest, size: int | None) -> int:
-        """Bytes held by the partial download of ``digest`` (0: none), to resume from. One longer than the
-        blob's ``size`` (or not a regular file) is discarded, with a warning, and counts as none. The bytes
-        are not trusted here: ``append_partial`` and ``commit_partial`` hash them all."""
-        path = self.partial_path(digest)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return 0
-        if not stat.S_ISREG(st.st_mode) or (size is not None and size >= 0 and st.st_size > size):
-            log.warning("blob %s: the partial download %s holds %d bytes, more than the blob's %s: discarded, "
-                        "fetching the blob again", digest.short, path, st.st_size, size)
-            self.discard_partial(digest)
-            return 0
-        return st.st_size
+        """Bytes held by the partial download of ``digest`` (0: none), to resume from (see
+        :func:`kept_length`; ``append_partial`` and ``commit_partial`` hash them all)."""
+        return kept_length(self.partial_path(digest), size, digest)
 
     def append_partial(self, digest: Digest, start: int, stream: IO[bytes]) -> HashingReader:
-        """Write ``stream`` to its end into the partial download of ``digest`` from byte ``start`` on (what
-        the file held from ``start`` on is dropped, what it held before is kept). Returns the hash of the whole
-        file: its first ``start`` bytes as they are on disk, then what was written (for ``commit_partial``:
-        a download is read once). Written as it comes, not fsynced (``commit_partial`` does): a kill leaves a
-        prefix to resume from; the writeback of every ``_WRITEBACK`` bytes is started as they are written,
-        so that the fsync finds little left to write."""
-        path = self.partial_path(digest)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "r+b") as f:
-            os.ftruncate(fd, start)
-            hashing = HashingReader(f, digest.algorithm)  # the kept prefix, from disk
-            hashing.drain(_CHUNK)
-            hashing.then(stream)
-            written = kicked = start
-            while chunk := hashing.read(_CHUNK):
-                f.write(chunk)
-                written += len(chunk)
-                if written - kicked >= _WRITEBACK:  # the disk works while the download goes on
-                    f.flush()
-                    start_writeback(fd, kicked, written - kicked)
-                    kicked = written
-        return hashing
+        """Write ``stream`` into the partial download of ``digest`` from byte ``start`` on and return the hash
+        of the whole file (see :func:`append_hashed`), for ``commit_partial``, which fsyncs it."""
+        return append_hashed(self.partial_path(digest), start, stream, digest.algorithm)
 
     def commit_partial(self, digest: Digest, size: int | None, hashed: HashingReader | None = None) -> Digest:
         """Verify the partial download of ``digest`` against ``digest`` and ``size``: by ``hashed``, what
@@ -601,8 +608,9 @@ class Store:
         config = ImageConfig.parse(self.read_blob(manifest.config.digest), strict=False)
         return Image(mdesc, manifest, config, tags)
 
-    def images(self) -> list[Image]:
-        """Every image in the index, tags grouped per manifest, in index order."""
+    def tagged(self) -> list[tuple[Descriptor, tuple[Reference, ...]]]:
+        """Every manifest (or index) descriptor in the index with the references naming it, in index order,
+        read from the index alone: no blob is opened (what :meth:`images` loads, for the ones asked for)."""
         grouped: dict[str, tuple[Descriptor, list[Reference]]] = {}
         for e in self._read_index():
             try:
@@ -613,15 +621,19 @@ class Store:
             ref = self._entry_ref(e)
             if ref:
                 slot[1].append(ref)
+        return [(desc, tuple(refs)) for desc, refs in grouped.values()]
+
+    def images(self) -> list[Image]:
+        """Every image in the index, tags grouped per manifest, in index order."""
         out = []
         entries = self._read_index()
-        for desc, refs in grouped.values():
+        for desc, refs in self.tagged():
             try:
-                image = self.image_from_descriptor(desc, tuple(refs))
+                image = self.image_from_descriptor(desc, refs)
             except UnionfsError as err:
                 log.warning("skipping image %s: %s", desc.digest, err)
                 continue
-            out.append(dataclasses.replace(image, digests=self._digest_refs(entries, desc.digest)))
+            out.append(image._replace(digests=self._digest_refs(entries, desc.digest)))
         return out
 
     def intermediate_images(self) -> list[Image]:
@@ -643,7 +655,7 @@ class Store:
         """Find an image by reference (tag or digest, a kept index's digest too), by image id, or by a unique
         id prefix (>= 4 hex digits)."""
         image = self._resolve(text, platform)
-        return dataclasses.replace(image, digests=self._digest_refs(self._read_index(), image.manifest_desc.digest))
+        return image._replace(digests=self._digest_refs(self._read_index(), image.manifest_desc.digest))
 
     def _resolve(self, text: str, platform: Platform | None = None) -> Image:
         entries = self._read_index()
@@ -861,7 +873,7 @@ class Store:
 
     def set_container_mount(self, name: str, mountpoint: str | None) -> None:
         """Record where container ``name`` is mounted (None: not mounted)."""
-        self._update_container(name, lambda c: dataclasses.replace(c, mountpoint=mountpoint))
+        self._update_container(name, lambda c: c._replace(mountpoint=mountpoint))
 
     def _update_container(self, name: str, change: Callable[[Container], Container]) -> None:
         """Under the lock: read container ``name``'s state, let ``change`` make the new one, and write it back
@@ -878,7 +890,7 @@ class Store:
         def change(c: Container) -> Container:
             if if_current is not None and c.paused != if_current:
                 return c
-            return dataclasses.replace(c, paused=marker)
+            return c._replace(paused=marker)
 
         self._update_container(name, change)
 
