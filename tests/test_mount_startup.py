@@ -327,6 +327,21 @@ def test_registry_transfers_create_no_dataclass() -> None:
     assert out.strip() == "[]"
 
 
+def test_push_ends_without_loading_the_mount_code(tmp_path: Path) -> None:
+    """``unionfs push`` (a quick command) ends by ``exit_now`` without the interpreter's shutdown, and loads
+    nothing of the mount's process code for it (``unionfs.mount.process``: ~1 ms of its start)."""
+    code = ("import os, sys\nreal = os._exit\n"
+            "def _exit(rc):\n"
+            "    print(rc, sorted(m for m in sys.modules if m.startswith('unionfs.mount.')), flush=True)\n"
+            "    real(rc)\n"
+            "os._exit = _exit\nsys.argv = ['unionfs'] + sys.argv[1:]\n"
+            "from unionfs.cli.main import main\nmain()\n")
+    p = subprocess.run([sys.executable, "-c", code, "--root", str(tmp_path / "store"), "push", "nosuch:v1",
+                        "127.0.0.1:9/x:v1"], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip() == "1 ['unionfs.mount.gcpace']"
+    assert "no such image" in p.stderr
+
+
 def test_mount_and_umount_collect_garbage_rarely() -> None:
     """``unionfs mount`` and ``umount`` run as the program make the garbage collector's passes rare
     (``unionfs.mount.gcpace``: their start-up is imports, no garbage); other commands keep Python's pace."""

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     None: the ``unionfs`` script, ``python -m unionfs``), :data:`QUICK_COMMANDS` start with the garbage
     collector's passes made rare (:func:`unionfs.mount.gcpace.collect_rarely`), and a command that leaves
     nothing to the interpreter's shutdown (its parser sets ``fast_exit``: ``mount``, ``umount``, ``pull``,
-    ``push``) ends the process here once its output is flushed (:func:`unionfs.mount.process.exit_now`).
+    ``push``) ends the process here once its output is flushed (:func:`unionfs.mount.gcpace.exit_now`).
     """
     args_in = sys.argv[1:] if argv is None else list(argv)
     if argv is None and command_of(args_in) in QUICK_COMMANDS:
@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if early is not None:
             early.cancel()  # unless the command gave it its mount
     if argv is None and getattr(args, "fast_exit", False):
-        from unionfs.mount.process import exit_now
+        from unionfs.mount.gcpace import exit_now
 
         exit_now(rc)
     return rc

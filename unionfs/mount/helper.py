@@ -33,7 +33,7 @@ from typing import Sequence
 
 from unionfs.errors import UnionfsError, UsageError
 from unionfs.mount import daemon, process
-from unionfs.mount.gcpace import collect_rarely
+from unionfs.mount.gcpace import collect_rarely, exit_now
 from unionfs.union.plan import MountPlan
 
 #: options that only mean something to mount(8), fstab or the kernel's overlayfs, or nothing on a FUSE mount
@@ -139,12 +139,12 @@ def version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: returns once the mount is live (exit 0; with ``-f``/``-d`` once it has ended), or prints one
     line and exits non-zero. Run as the program (``argv`` None), it ends the process itself
-    (:func:`unionfs.mount.process.exit_now`)."""
+    (:func:`unionfs.mount.gcpace.exit_now`)."""
     if argv is None:
         collect_rarely()  # as ``unionfs mount`` does (unionfs.mount.gcpace)
     rc = _mount(sys.argv[1:] if argv is None else argv)
     if argv is None:
-        process.exit_now(rc)
+        exit_now(rc)
     return rc
 
 

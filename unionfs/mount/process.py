@@ -637,21 +637,6 @@ def _idmap(opts: dict[str, object], key: str) -> "IdMap | None":
         raise MountError(f"{key}: {e}") from None
 
 
-def exit_now(rc: int) -> NoReturn:
-    """End the process with status ``rc`` after flushing standard output, standard error and the log handlers,
-    without the interpreter's shutdown (tearing down every loaded module takes longer than the mount itself).
-    For the commands whose start is most of their time (``unionfs mount``, ``umount``, ``mount.fuse.unionfs``,
-    ``pull``, ``push``): only a process that runs no other thread that must finish and leaves nothing to
-    ``atexit`` or finalizers."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            rc = rc or 120  # output lost: the status Python's own shutdown gives then
-    logging.shutdown()
-    os._exit(rc)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a spawned daemon (see :func:`spawn`): ``python -m unionfs.mount.process SPEC_JSON
     READY_FD``. Answers ``ok`` or ``error: ...`` on READY_FD."""
