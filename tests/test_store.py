@@ -194,7 +194,7 @@ def test_a_resolution_against_an_uncommitted_index_is_not_recorded(store_root: P
 
 
 def test_a_download_starts_its_writeback_as_it_goes(store_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``append_partial`` asks the kernel to write back each 8 MiB as written (the final fsync then has little
+    """``append_hashed`` asks the kernel to write back each 8 MiB as written (the final fsync then has little
     left to wait for); the file and its hash are the stream's, also when resuming from a kept prefix."""
     import unionfs.store.store as store_mod
     from unionfs.fsops import start_writeback
@@ -210,7 +210,7 @@ def test_a_download_starts_its_writeback_as_it_goes(store_root: Path, monkeypatc
     data = os.urandom(3 << 20) * 7  # 21 MiB
     d = Digest.of_bytes(data)
     s.partial_path(d).write_bytes(data[:1000])  # a kept prefix: resumed from byte 1000
-    hashed = s.append_partial(d, 1000, io.BytesIO(data[1000:]))
+    hashed = store_mod.append_hashed(s.partial_path(d), 1000, io.BytesIO(data[1000:]), d.algorithm)
     mib8 = 8 << 20
     assert calls == [(1000, mib8), (1000 + mib8, mib8)]  # the last 5 MiB are left to the fsync
     with s.lock():

@@ -28,7 +28,6 @@ and ends; the store is as before (its transaction) and the next ``mount --lazy``
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -36,10 +35,10 @@ import subprocess
 import sys
 from typing import Any
 
-from unionfs.errors import DigestError, UnionfsError
+from unionfs.errors import UnionfsError
 from unionfs.fsops import fsync_dir, open_file_beneath
 from unionfs.lazy import layout
-from unionfs.oci.digest import Digest
+from unionfs.oci.digest import Digest, HashingReader
 from unionfs.oci.manifest import Descriptor, Manifest
 from unionfs.oci.reference import Reference
 
@@ -91,11 +90,11 @@ def download(client: Any, ref: Reference, desc: Descriptor, dest: str) -> None:
     """Download the blob ``desc`` of ``ref``'s repository to ``dest``, whole and verified (see the module
     docstring), unless it is there; waits for another process downloading it.
 
-    What a killed download left in ``dest.partial`` is resumed (a Range request from its length), its bytes
-    hashed again from byte 0 with the rest; when the whole does not verify and kept bytes were in play, the blob
-    is downloaded again from the start. Raises DigestError when a download from byte 0 does not verify (the
-    partial file is gone then), RegistryError when the transfer fails (it is kept, for the next completion)."""
-    from unionfs.store.store import append_hashed, kept_length
+    What a killed download left in ``dest.partial`` is resumed as ``pull`` resumes its own
+    (:func:`unionfs.registry.transfer.fetch_partial`: a Range request from its length, its bytes hashed again
+    from byte 0 with the rest). Raises DigestError when the blob's content is wrong (the partial file is gone
+    then), RegistryError when the transfer fails (it is kept, for the next completion)."""
+    from unionfs.registry.transfer import fetch_partial
 
     os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
     lock = os.open(dest + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -104,27 +103,18 @@ def download(client: Any, ref: Reference, desc: Descriptor, dest: str) -> None:
         if os.path.exists(dest):
             return
         tmp = dest + ".partial"
-        have = kept_length(tmp, desc.size, desc.digest)
-        while True:
-            try:
-                with client.open_blob(ref.repository, desc.digest, desc.size, verify=False, start=have) as reader:
-                    have = reader.start  # 0 when the registry sends the whole blob again
-                    if have:
-                        log.info("blob %s: resuming at byte %d of %d", desc.digest.short, have, desc.size)
-                    append_hashed(tmp, have, reader, desc.digest.algorithm).verify(desc.digest, desc.size, "blob")
-                break
-            except DigestError as e:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                if not have:
-                    raise
-                log.warning("blob %s: the partial download kept from an earlier completion did not verify (%s): "
-                            "discarded, downloading the blob again from the start", desc.digest.short, e)
-                have = 0
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.rename(tmp, dest)
-        fsync_dir(os.path.dirname(dest))
+
+        def commit(hashed: HashingReader | None) -> None:
+            with open(tmp, "rb") as f:
+                if hashed is None:  # the file held every byte already
+                    hashed = HashingReader(f, desc.digest.algorithm)
+                    hashed.drain()
+                hashed.verify(desc.digest, desc.size, "blob")
+                os.fsync(f.fileno())
+            os.rename(tmp, dest)
+            fsync_dir(os.path.dirname(dest))
+
+        fetch_partial(client, ref.repository, desc, tmp, commit)
     finally:
         os.close(lock)
 

@@ -20,7 +20,8 @@ Contracts:
   (``Store.partial_path``), which outlives the run: the next pull asks for ``Range: bytes=N-`` from its
   length N and appends (a registry that ignores the range or answers 416 sends it all again: the file is
   started over). The complete file is hashed from byte 0 before it becomes the blob (the kept bytes read back
-  from disk, the new ones as they are written: ``Store.append_partial``, ``Store.commit_partial``); when a resumed file does not verify, it is discarded and the blob fetched once more from the
+  from disk, the new ones as they are written: ``fetch_partial``, then ``Store.commit_partial``); when a resumed
+  file does not verify, it is discarded and the blob fetched once more from the
   start, with a warning. A pull that fails on wrong content (DigestError) removes its partial files; one
   that is interrupted (kill, lost connection, Ctrl-C) keeps them. Partial files older than a week are
   removed when a pull starts, all of them by ``prune``.
@@ -36,16 +37,18 @@ Contracts:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from typing import IO, Callable, NamedTuple, Protocol, cast
 
 from unionfs.errors import BlobNotFoundError, DigestError, ImageNotFoundError, RegistryError, UnionfsError
-from unionfs.oci.digest import Digest
+from unionfs.oci.digest import Digest, HashingReader
 from unionfs.oci.manifest import DOCKER_FOREIGN_LAYER, OCI_LAYER_ND, Descriptor, Index, Manifest, Platform, is_index
 from unionfs.oci.reference import Reference
 from unionfs.registry.client import DEFAULT_CHUNK_SIZE, DEFAULT_CHUNK_THRESHOLD, FetchedManifest, RegistryClient
-from unionfs.store.store import Image, Store
+from unionfs.store.store import Image, Store, append_hashed, kept_length
 
 log = logging.getLogger(__name__)
 
@@ -201,13 +204,16 @@ def _start(cancel: threading.Event, progress: Progress, desc: Descriptor) -> tup
     return key, on_bytes
 
 
-def download_blob(store: Store, client: RegistryClient, repository: str, desc: Descriptor, *,
-                  on_bytes: Callable[[int], None], follow_foreign_urls: bool = False) -> None:
-    """Download the blob ``desc`` of ``repository`` into ``store`` through its partial file, resuming from
-    what an earlier run left there (see "Resume across runs"); ``on_bytes`` is told of the bytes held
-    already and of each piece that arrives. Needs the store lock. Raises DigestError when the blob's
-    content is wrong (the partial file is gone then), RegistryError when the transfer fails (it is kept)."""
-    have = store.partial_length(desc.digest, desc.size)
+def fetch_partial(client: RegistryClient, repository: str, desc: Descriptor, path: str | os.PathLike[str],
+                  commit: Callable[[HashingReader | None], object], *, on_bytes: Callable[[int], None] | None = None,
+                  follow_foreign_urls: bool = False) -> None:
+    """Download the blob ``desc`` of ``repository`` into the partial file at ``path``, resuming from what an
+    earlier run left there (see "Resume across runs"), then ``commit(hashed)`` it: verify it and put it in place
+    (``hashed``: the hash of the whole file; None when the file held every byte already: hash it from disk).
+    ``on_bytes`` is told of the bytes held already and of each piece that arrives. Raises DigestError when the
+    blob's content is wrong (the partial file is gone then), RegistryError when the transfer fails (it is
+    kept). The caller keeps other writers of ``path`` away (the store's lock, a blob's flock)."""
+    have = kept_length(path, desc.size, desc.digest)
     while True:
         kept = have > 0  # bytes from an earlier run are in play (not when the registry sends it all again)
         hashed = None
@@ -218,17 +224,28 @@ def download_blob(store: Store, client: RegistryClient, repository: str, desc: D
                     kept = reader.start > 0
                     if kept:
                         log.info("blob %s: resuming at byte %d of %d", desc.digest.short, reader.start, desc.size)
-                        on_bytes(reader.start)
-                    hashed = store.append_partial(desc.digest, reader.start, cast(IO[bytes], reader))
-            store.commit_partial(desc.digest, desc.size, hashed)
+                        if on_bytes:
+                            on_bytes(reader.start)
+                    hashed = append_hashed(path, reader.start, cast(IO[bytes], reader), desc.digest.algorithm)
+            commit(hashed)
             return
         except DigestError as e:
-            store.discard_partial(desc.digest)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             if not kept:
                 raise
             log.warning("blob %s: the partial download kept from an earlier run did not verify (%s): discarded, "
                         "fetching the blob again from the start", desc.digest.short, e)
             have = 0
+
+
+def download_blob(store: Store, client: RegistryClient, repository: str, desc: Descriptor, *,
+                  on_bytes: Callable[[int], None], follow_foreign_urls: bool = False) -> None:
+    """Download the blob ``desc`` of ``repository`` into ``store`` through its partial file (``fetch_partial``,
+    then ``Store.commit_partial``). Needs the store lock."""
+    fetch_partial(client, repository, desc, store.partial_path(desc.digest),
+                  lambda hashed: store.commit_partial(desc.digest, desc.size, hashed), on_bytes=on_bytes,
+                  follow_foreign_urls=follow_foreign_urls)
 
 
 def pull(store: Store, ref: Reference, client: RegistryClient, *, platform: Platform | None = None,

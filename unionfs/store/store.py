@@ -43,7 +43,7 @@ Contracts:
 * **Partial downloads** (``partial_path``): a blob being downloaded is written to ``tmp/partial-<algo>-<hex>``,
   kept when the download stops (a kill, a lost connection) so that the next run asks only for the missing
   bytes. Its name is no promise: the whole file is hashed from byte 0 (the kept bytes as they are on disk,
-  while ``append_partial`` adds the rest) and ``commit_partial`` renames it into ``blobs/`` only when digest
+  while :func:`append_hashed` adds the rest) and ``commit_partial`` renames it into ``blobs/`` only when digest
   and size match; a mismatch discards it. One longer than the blob is discarded
   when found; ``expire_partials`` removes those older than ``PARTIAL_MAX_AGE`` (a week), ``prune`` all of
   them. Only a holder of ``lock()`` writes one (a pull downloads under the lock).
@@ -394,19 +394,9 @@ class Store:
         """Where the partial download of blob ``digest`` is kept: ``tmp/partial-<algo>-<hex>``."""
         return self.tmp_dir / f"{_PARTIAL_PREFIX}{digest.algorithm}-{digest.hex}"
 
-    def partial_length(self, digest: Digest, size: int | None) -> int:
-        """Bytes held by the partial download of ``digest`` (0: none), to resume from (see
-        :func:`kept_length`; ``append_partial`` and ``commit_partial`` hash them all)."""
-        return kept_length(self.partial_path(digest), size, digest)
-
-    def append_partial(self, digest: Digest, start: int, stream: IO[bytes]) -> HashingReader:
-        """Write ``stream`` into the partial download of ``digest`` from byte ``start`` on and return the hash
-        of the whole file (see :func:`append_hashed`), for ``commit_partial``, which fsyncs it."""
-        return append_hashed(self.partial_path(digest), start, stream, digest.algorithm)
-
     def commit_partial(self, digest: Digest, size: int | None, hashed: HashingReader | None = None) -> Digest:
         """Verify the partial download of ``digest`` against ``digest`` and ``size``: by ``hashed``, what
-        ``append_partial`` returned for it, else by hashing the whole file from byte 0 as it is on disk; then
+        :func:`append_hashed` returned for it, else by hashing the whole file from byte 0 as it is on disk; then
         fsync it and rename it into ``blobs/`` (recorded in the transaction, as ``put_blob`` does). DigestError
         when it does not match: the partial is discarded (the next try starts over) and nothing is stored.
         BlobNotFoundError when there is no partial."""
